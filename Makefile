@@ -1,0 +1,30 @@
+# `make run` / `make test` build .venv from requirements.txt on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: run test test-fast tune bench report clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed          ## the offline default: python main.py
+	$(PY) main.py $(ARGS)
+
+test: $(VENV)/.installed         ## the whole test suite (what CI runs)
+	$(PY) -m pytest -q tests $(ARGS)
+
+test-fast: $(VENV)/.installed    ## unit tests only, no Ray
+	$(PY) -m pytest -q tests -m "not ray and not slow" $(ARGS)
+
+tune: $(VENV)/.installed
+	$(PY) main.py tune --config configs/tune_heterogeneity.yaml $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) main.py bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,67 @@
+"""From a Config to the objects a run needs. Shared by every engine so they build the same things.
+
+Everything here is deterministic in `cfg.seed`: the same config gives the same partition,
+the same initial weights on every client and the same per-client sampling order, which is
+what lets the Ray engine reproduce the local engine's numbers.
+"""
+from __future__ import annotations
+
+import torch
+
+from qgm_ray.algorithms import make_algorithm_from_config
+from qgm_ray.client import Client
+from qgm_ray.config import Config
+from qgm_ray.data import Dataset, load_dataset
+from qgm_ray.models import make_model
+from qgm_ray.partition import make_partition
+from qgm_ray.topology import make_topology
+
+
+def resolve_device(cfg: Config) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def build_dataset(cfg: Config) -> Dataset:
+    ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
+                      seed=cfg.seed, **cfg.data.options)
+    if cfg.eval.max_test_samples and len(ds.test_x) > cfg.eval.max_test_samples:
+        # A fixed, seeded subset: cheap evaluation for sweeps, identical across trials.
+        g = torch.Generator().manual_seed(cfg.seed)
+        keep = torch.randperm(len(ds.test_x), generator=g)[:cfg.eval.max_test_samples]
+        ds.test_x, ds.test_y = ds.test_x[keep], ds.test_y[keep]
+    return ds
+
+
+def partition_slots(cfg: Config) -> int:
+    """How many data shards to cut: max_clients when the run is elastic, else n_clients."""
+    if cfg.elastic.max_clients is not None:
+        return cfg.elastic.max_clients
+    return max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+
+
+def build_partition(cfg: Config, ds: Dataset) -> list:
+    return make_partition(cfg.data.partition, ds.train_y.numpy(), partition_slots(cfg),
+                          alpha=cfg.data.alpha, seed=cfg.seed, equal_size=cfg.data.equal_size)
+
+
+def build_topology(cfg: Config, n_clients: int | None = None):
+    n = cfg.topology.n_clients if n_clients is None else n_clients
+    return make_topology(cfg.topology.name, n, seed=cfg.seed, **cfg.topology.options)
+
+
+def build_algorithm(cfg: Config):
+    return make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+
+
+def build_model(cfg: Config, ds: Dataset):
+    # Same seed for every client: decentralized training starts from a common point.
+    return make_model(cfg.model.name, ds.input_shape, ds.num_classes, seed=cfg.seed, **cfg.model.options)
+
+
+def build_client(cfg: Config, ds: Dataset, indices, client_id: int, device: str) -> Client:
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    augment = ds.augment if cfg.data.augment else None
+    return Client(client_id, build_model(cfg, ds), build_algorithm(cfg), ds.train_x[idx], ds.train_y[idx],
+                  batch_size=cfg.data.batch_size, seed=cfg.seed, augment=augment, device=device)

@@ -1,0 +1,139 @@
+"""Command line of main.py: `python main.py [run|tune|report|bench] ...` (run is the default)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from qgm_ray.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+COMMANDS = ("run", "tune", "report", "bench")
+
+EPILOG = """\
+examples:
+  python main.py                                   offline default: mnist1d, ring of 16, QG-DSGDm-N, alpha=0.1
+  python main.py --set backend=local --set data.alpha=10
+  python main.py --config configs/paper/cifar10_ring16.yaml --set data.download=true
+  python main.py --resume runs/default-20261125-101500
+  python main.py tune --config configs/tune_heterogeneity.yaml
+  python main.py report runs/tune_heterogeneity-20261125-101500
+  python main.py bench --quick --output bench.json
+
+Config keys are dotted (data.alpha, topology.name, algorithm.lr, ...); --set parses its value
+as YAML, so `--set elastic.schedule=[[5,8]]` is a list. See README.md for every key.
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help="YAML config merged over the built-in defaults (default: configs/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, VALUE parsed as YAML; repeatable")
+    p.add_argument("--output-dir", default=None, help="where outputs go (default: runs/<name>-<timestamp>/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="qgm-ray: decentralized deep learning on heterogeneous data, on Ray "
+        "(Quasi-Global Momentum, Lin et al. ICML 2021).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="{run,tune,report,bench}")
+
+    p_run = sub.add_parser("run", help="one decentralized training run (the default command)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    _add_config_args(p_run)
+    p_run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="continue a stopped run from its last checkpoint (its own config.yaml)")
+
+    p_tune = sub.add_parser("tune", help="a Ray Tune sweep over the config's tune: section")
+    _add_config_args(p_tune)
+    p_tune.add_argument("--resume", metavar="SWEEP_DIR", default=None,
+                        help="resume an interrupted sweep without redoing finished trials")
+
+    p_rep = sub.add_parser("report", help="tables and figures from a run or sweep directory")
+    p_rep.add_argument("path", help="a run directory (metrics.csv) or a sweep directory (results.csv)")
+
+    p_bench = sub.add_parser("bench", help="round-time and memory benchmark of the engines")
+    p_bench.add_argument("--quick", action="store_true", help="small grid (n in {4, 8}), for CI")
+    p_bench.add_argument("--output", default=None, help="write the records as JSON here")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    # `python main.py --config X` means `python main.py run --config X`.
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run"] + list(argv)
+    return build_parser().parse_args(argv)
+
+
+def print_summary(summary: dict) -> None:
+    keys = ["status", "final_test_accuracy", "best_test_accuracy", "rounds", "wall_seconds",
+            "n_clients", "algorithm", "alpha", "topology", "backend"]
+    width = max(map(len, keys))
+    print("\nsummary")
+    print("-" * (width + 24))
+    for k in keys:
+        v = summary.get(k)
+        if isinstance(v, float):
+            v = f"{v:.4f}" if "accuracy" in k else f"{v:.1f}" if k == "wall_seconds" else f"{v:g}"
+        print(f"{k:<{width}}  {v}")
+    if summary.get("message"):
+        print(f"{'message':<{width}}  {summary['message']}")
+    print(f"\nrun directory: {summary['run_dir']}")
+
+
+def cmd_run(args) -> int:
+    from qgm_ray import runner
+    from qgm_ray.config import config_dict, from_dict
+
+    if args.resume:
+        # The run's own resolved config.yaml, then any --set (the runner refuses changes that break replay).
+        run_path = Path(args.resume)
+        if not (run_path / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_path}: not a run directory (no config.yaml)")
+        cfg = from_dict(config_dict(run_path / "config.yaml", args.overrides))
+    else:
+        cfg = from_dict(config_dict(args.config, args.overrides))
+    if args.quiet:
+        cfg.progress = False
+    summary = runner.run(cfg, args.resume or args.output_dir, resume=bool(args.resume))
+    print_summary(summary)
+    return {"completed": 0, "diverged": 3}.get(summary["status"], 1)
+
+
+def cmd_tune(args) -> int:
+    from qgm_ray import tune as qtune
+    from qgm_ray.config import config_dict, from_dict
+
+    cfg = from_dict(config_dict(args.config, args.overrides))
+    if args.quiet:
+        cfg.progress = False
+    qtune.run_sweep(cfg, output_dir=args.output_dir, resume_dir=args.resume)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from qgm_ray import report
+    for path in report.make_report(args.path):
+        print(path)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.harness import main as bench_main
+    return bench_main(quick=args.quick, output=args.output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": cmd_bench}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2

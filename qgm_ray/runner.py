@@ -1,0 +1,211 @@
+"""One decentralized training run, whatever the engine: rounds, evaluation, outputs, resume.
+
+The order matters for the user: every check that can fail (config, data, partition sizes,
+topology) happens before the run directory is created or any actor starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from qgm_ray import build
+from qgm_ray.config import Config, dump_yaml, from_dict, validate_against_data
+from qgm_ray.engine.base import round_bytes
+from qgm_ray.errors import ConfigError
+from qgm_ray.outputs import RunDir, default_run_dir
+from qgm_ray.partition import write_partition_csv
+from qgm_ray.schedule import LRSchedule, rounds_per_epoch
+
+DIVERGENCE_LOSS = 1e3
+
+# Keys whose change makes a checkpoint meaningless for --resume (replay would differ).
+REPLAY_KEYS = ("seed", "data", "model", "topology", "algorithm", "schedule", "elastic")
+
+
+@dataclass
+class RunPlan:
+    """Round arithmetic of a run, derived once from config and data."""
+    rounds_per_epoch: int
+    total_rounds: int
+    eval_every: int
+    lr: LRSchedule
+    resize_at: dict = field(default_factory=dict)  # round -> n_clients
+
+    @classmethod
+    def make(cls, cfg: Config, n_train: int) -> "RunPlan":
+        rpe = rounds_per_epoch(n_train, cfg.topology.n_clients, cfg.data.batch_size)
+        lr = LRSchedule.from_config(cfg, rpe)
+        resize = {max(1, round(e * rpe)): n for e, n in cfg.elastic.schedule}
+        return cls(rpe, lr.total_rounds, max(1, round(cfg.eval.every_epochs * rpe)), lr, resize)
+
+    def stops(self, start: int) -> list[int]:
+        """Round boundaries after `start` where the runner must regain control."""
+        points = set(range(self.eval_every, self.total_rounds, self.eval_every)) | {self.total_rounds}
+        points |= {r for r in self.resize_at if r < self.total_rounds}
+        return sorted(p for p in points if p > start)
+
+
+def replay_fingerprint(cfg: Config) -> str:
+    d = cfg.to_dict()
+    text = repr([(k, d[k]) for k in REPLAY_KEYS])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]):
+    if cfg.backend == "ray":
+        from qgm_ray.engine.ray_engine import RayEngine  # Ray is imported only when used
+        return RayEngine(cfg, ds, parts, log=log)
+    from qgm_ray.engine.local import LocalEngine
+    return LocalEngine(cfg, ds, parts, device=build.resolve_device(cfg))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="round", dynamic_ncols=True,
+                desc="training", leave=True)
+
+
+def prepare(cfg: Config, log=print):
+    """Load data and cut the partition; raises ConfigError on anything wrong. No side effects."""
+    ds = build.build_dataset(cfg)
+    parts = build.build_partition(cfg, ds)
+    validate_against_data(cfg, [len(p) for p in parts])
+    log(f"data: {cfg.data.name} ({len(ds.train_x)} train / {len(ds.test_x)} test, "
+        f"{ds.num_classes} classes), {cfg.data.partition} partition"
+        + (f" alpha={cfg.data.alpha:g}" if cfg.data.partition == "dirichlet" else "")
+        + f" over {len(parts)} clients, sizes {min(map(len, parts))}..{max(map(len, parts))}")
+    return ds, parts
+
+
+def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,
+        on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print) -> dict:
+    """Train; write outputs; return the summary. `on_eval(row)` sees every metrics row (Tune)."""
+    ds, parts = prepare(cfg, log)
+    plan = RunPlan.make(cfg, len(ds.train_x))
+    run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
+
+    checkpoint = None
+    if resume:
+        checkpoint = run_dir.load_latest_checkpoint(log=log)
+        if checkpoint is None:
+            raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
+        if checkpoint.get("fingerprint") != replay_fingerprint(cfg):
+            raise ConfigError(f"--resume {run_dir.path}: the checkpoint was written with a different "
+                              f"config ({', '.join(REPLAY_KEYS)} must match config.yaml)")
+    run_dir.create()
+    run_dir.write_config(dump_yaml(cfg))
+    write_partition_csv(run_dir.path / "partition.csv", ds.train_y.numpy(), parts, ds.num_classes)
+
+    engine = make_engine(cfg, ds, parts, log)
+    start, bytes_sent, wall_before = 0, 0, 0.0
+    if checkpoint is not None:
+        engine.load_state_dict(checkpoint["engine"])
+        start, bytes_sent, wall_before = checkpoint["round"], checkpoint["bytes_sent"], checkpoint["wall_seconds"]
+        run_dir.truncate_metrics_after(start)
+        log(f"resumed from round {start} of {plan.total_rounds}")
+
+    log(f"run: {cfg.algorithm.name} on {engine.topology.describe()}, {plan.total_rounds} rounds "
+        f"({plan.rounds_per_epoch}/epoch), evaluating every {plan.eval_every}; backend={cfg.backend}")
+    log(f"run directory: {run_dir.path}")
+
+    t0 = time.time() - wall_before
+    status, message, rows = "completed", "", []
+    payload_bytes = engine.payload_bytes
+    last_ckpt = start
+    t = start
+    bar = _progress(plan.total_rounds, start, cfg.progress)
+    state = {"loss": float("nan"), "acc": float("nan")}
+
+    def on_round(r: int, loss: float) -> None:
+        state["loss"] = loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{state['acc']:.3f}", refresh=False)
+
+    def save(r: int) -> None:
+        run_dir.save_checkpoint(r, {"round": r, "bytes_sent": bytes_sent, "wall_seconds": time.time() - t0,
+                                    "fingerprint": replay_fingerprint(cfg), "engine": engine.state_dict()},
+                                keep=cfg.fault_tolerance.keep)
+
+    try:
+        for stop in plan.stops(start):
+            losses = engine.train(range(t, stop), plan.lr, on_round)
+            for r in range(t, stop):
+                bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r, payload_bytes)
+            t = stop
+            train_loss = sum(losses) / len(losses)
+            if not math.isfinite(train_loss) or train_loss > DIVERGENCE_LOSS:
+                status = "diverged"
+                message = (f"training diverged at round {t}: train loss {train_loss:.4g} "
+                           f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
+                break
+            if t % plan.eval_every == 0 or t == plan.total_rounds:
+                metrics = engine.evaluate()
+                row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
+                       "train_loss": train_loss, "bytes_sent": bytes_sent,
+                       "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
+                rows.append(row)
+                run_dir.append_metrics(row)
+                state["acc"] = row["test_accuracy"]
+                if on_eval is not None:
+                    on_eval(row)
+            if t in plan.resize_at and t < plan.total_rounds:
+                log(f"elastic: round {t}: {engine.n_clients} -> {plan.resize_at[t]} clients")
+                engine.resize(plan.resize_at[t], t)
+                payload_bytes = engine.payload_bytes
+            every = cfg.fault_tolerance.checkpoint_every
+            if every and t - last_ckpt >= every and t < plan.total_rounds:
+                save(t)
+                last_ckpt = t
+    except KeyboardInterrupt:
+        status, message = "failed", f"interrupted at round {t}; resume with: python main.py --resume {run_dir.path}"
+        save(t)
+    except Exception as e:  # the summary must say what happened, then the error propagates
+        status, message = "failed", f"{type(e).__name__}: {e}"
+        _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar)
+        raise
+    if status == "completed":
+        save(t)
+    return _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar)
+
+
+def _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar) -> dict:
+    bar.close()
+    try:
+        engine.close()
+    except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+        pass
+    accs = [r["test_accuracy"] for r in _all_rows(run_dir, rows)]
+    summary = {
+        "status": status,
+        "final_test_accuracy": accs[-1] if accs else None,
+        "best_test_accuracy": max(accs) if accs else None,
+        "rounds": t,
+        "wall_seconds": time.time() - t0,
+        "n_clients": engine.n_clients,
+        "algorithm": cfg.algorithm.name,
+        "alpha": cfg.data.alpha,
+        "topology": cfg.topology.name,
+        "dataset": cfg.data.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "lr": cfg.algorithm.lr,
+        "backend": cfg.backend,
+        "message": message,
+        "run_dir": str(run_dir.path),
+    }
+    run_dir.write_summary(summary)
+    return summary
+
+
+def _all_rows(run_dir: RunDir, rows: list) -> list:
+    """Every evaluation of the run, including those before a resume."""
+    import csv
+    if not run_dir.metrics_path.exists():
+        return rows
+    with open(run_dir.metrics_path, newline="") as f:
+        return [{"test_accuracy": float(r["test_accuracy"])} for r in csv.DictReader(f)]
+

@@ -1,0 +1,28 @@
+"""Decentralized update rules as pure functions on flat tensors (DESIGN.md, "Algorithm contract").
+
+    algo = make_algorithm("qg_dsgdm_n", momentum=0.9, qgm_beta=0.9)
+    state = algo.init(x)                       # dict of tensors, checkpointable
+    payload = algo.pre_mix(state, x, grad, lr) # sent to neighbours
+    x = algo.post_mix(state, x, sum_j W[i, j] * payload_j, lr)
+
+The math lives in module-level functions (`sgd`, `d2`, `tracking`, `adam`); the classes
+only bind hyper-parameters and state keys to them.
+"""
+
+from qgm_ray.algorithms.base import DEFAULTS, Algorithm, State
+from qgm_ray.algorithms.registry import (
+    ALGORITHMS,
+    accepted_hparams,
+    make_algorithm,
+    make_algorithm_from_config,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULTS",
+    "Algorithm",
+    "State",
+    "accepted_hparams",
+    "make_algorithm",
+    "make_algorithm_from_config",
+]

@@ -1,0 +1,100 @@
+"""Adam-family rules: decentralized Adam and the official code's Quasi-Global Adam.
+
+Bias corrections use t = step + 1 with `step` the number of completed rounds, as the
+official code does with `local_index + 1`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, step_of, with_weight_decay
+
+# Fixed in the official code (`normalization_eps`); not Adam's eps.
+NORMALIZATION_EPS = 1e-8
+
+
+def adam_step(x: Tensor, m1: Tensor, m2: Tensor, t: int, lr: float, betas: tuple[float, float], eps: float) -> Tensor:
+    """`x - lr/bc1 * m1 / (sqrt(m2)/sqrt(bc2) + eps)` as a new tensor."""
+    beta1, beta2 = betas
+    bias_correction1 = 1 - beta1**t
+    bias_correction2 = 1 - beta2**t
+    denom = (m2.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+    return x.addcdiv(m1, denom, value=-lr / bias_correction1)
+
+
+def dadam_pre_mix(
+    x: Tensor, grad: Tensor, m1: Tensor, m2: Tensor, t: int,
+    lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+) -> Tensor:
+    beta1, beta2 = betas
+    g = with_weight_decay(grad, x, weight_decay)
+    m1.mul_(beta1).add_(g, alpha=1 - beta1)
+    m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    return adam_step(x, m1, m2, t, lr, betas, eps)
+
+
+def qg_adam_pre_mix(
+    x: Tensor, grad: Tensor, m1: Tensor, m2: Tensor, t: int,
+    lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+) -> Tensor:
+    # The moments are only refreshed after gossip, from the normalised parameter progress;
+    # the local step uses temporaries. `e1` adds g with weight 1 (not 1 - beta1): this is the
+    # official code's variant, kept as is so results are comparable.
+    beta1, beta2 = betas
+    g = with_weight_decay(grad, x, weight_decay)
+    e1 = m1.mul(beta1).add_(g)
+    e2 = m2.mul(beta2).addcmul_(g, g, value=1 - beta2)
+    return adam_step(x, e1, e2, t, lr, betas, eps)
+
+
+def qg_adam_post_mix(x: Tensor, x_new: Tensor, m1: Tensor, m2: Tensor, betas: tuple[float, float]) -> None:
+    # Normalising the progress (globally over the flat vector) makes the moments track the
+    # direction of the network's movement, independent of lr and of its scale.
+    beta1, beta2 = betas
+    d = x.sub(x_new)
+    d.div_(d.norm(p=2) + NORMALIZATION_EPS)
+    m1.mul_(beta1).add_(d, alpha=1 - beta1)
+    m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+
+
+class _AdamBase(Algorithm):
+    uses = ("betas", "eps", "weight_decay")
+
+    def __init__(self, name: str, hparams: dict[str, Any]):
+        super().__init__(name, hparams)
+        self.betas: tuple[float, float] = hparams["betas"]
+        self.eps: float = hparams["eps"]
+
+    def init(self, params: Tensor) -> State:
+        return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": new_step_counter()}
+
+
+class DAdam(_AdamBase):
+    def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
+        return dadam_pre_mix(
+            params, grad, state["exp_avg"], state["exp_avg_sq"], step_of(state) + 1,
+            lr, self.betas, self.eps, self.weight_decay,
+        )
+
+    def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
+        finish_round(state)
+        return mixed.clone()
+
+
+class QGAdam(_AdamBase):
+    def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
+        return qg_adam_pre_mix(
+            params, grad, state["exp_avg"], state["exp_avg_sq"], step_of(state) + 1,
+            lr, self.betas, self.eps, self.weight_decay,
+        )
+
+    def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
+        x_new = mixed.clone()
+        qg_adam_post_mix(params, x_new, state["exp_avg"], state["exp_avg_sq"], self.betas)
+        finish_round(state)
+        return x_new

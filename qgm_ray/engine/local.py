@@ -39,7 +39,7 @@ class LocalEngine:
         for t in rounds:
             lr = lr_of(t)
             payloads = torch.stack([c.pre_mix(lr) for c in self.clients])
-            w = torch.as_tensor(mixing_matrix(self.topology, self.centralized, self.n_clients, t),
+            w = torch.tensor(mixing_matrix(self.topology, self.centralized, self.n_clients, t),
                                 dtype=payloads.dtype, device=payloads.device)
             mixed = w @ payloads
             for i, c in enumerate(self.clients):

@@ -1,0 +1,376 @@
+"""Dataset registry: every dataset becomes a handful of tensors, normalised once.
+
+Clients index these tensors with their partition's indices and slice mini-batches out of
+them; nothing on the training path loops over samples in Python or builds PIL images.
+Augmentation (`augment_batch`) works on whole batches and draws from a `torch.Generator`,
+so a client's data stream is reproducible from its seed alone.
+
+Offline datasets (no files needed): `mnist1d` (generated with the `mnist1d` package and
+cached as .npz), `digits` (bundled with scikit-learn), `synthetic`, `synthetic_image`.
+torchvision datasets read the usual torchvision layout under `root` and download only when
+asked to (`download=True`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qgm_ray.errors import ConfigError
+
+DATASETS = (
+    "mnist1d",
+    "digits",
+    "synthetic",
+    "synthetic_image",
+    "cifar10",
+    "cifar100",
+    "mnist",
+    "fashion_mnist",
+    "svhn",
+)
+AUGMENTATIONS = ("crop_flip", "crop", "flip")
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: torch.Tensor  # float32, (N, *input_shape), normalised
+    train_y: torch.Tensor  # int64, (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    input_shape: tuple
+    augment: str | None = None
+    # What a zero (black) pixel becomes after normalisation, per channel. Passing it as
+    # `augment_batch(..., fill=ds.fill)` pads exactly as torchvision's RandomCrop does
+    # before Normalize; None means pad with 0.
+    fill: tuple | None = None
+
+    def augment_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """This dataset's training augmentation (identity when it has none)."""
+        if self.augment is None:
+            return x
+        return augment_batch(x, generator, self.augment, fill=0.0 if self.fill is None else self.fill)
+
+
+def describe(ds: Dataset) -> str:
+    return (
+        f"{ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
+        f"input {tuple(ds.input_shape)}, {ds.num_classes} classes, augment={ds.augment}"
+    )
+
+
+def load_dataset(name: str, root: str = "data", download: bool = False, seed: int = 0, **opts) -> Dataset:
+    """Load dataset `name` as tensors. `seed` drives generation and splits of the offline
+    datasets (torchvision datasets have a fixed split). `augment=` overrides the default."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r} (data.name); choose one of: {', '.join(DATASETS)}")
+    augment_override = opts.pop("augment", "default")
+    if name in _TORCHVISION:
+        _check_opts(name, opts, ())
+        ds = _load_torchvision(name, root, download)
+    else:
+        ds = _OFFLINE[name](root=root, seed=seed, **_check_opts(name, opts, _OFFLINE_OPTS[name]))
+    if augment_override != "default":
+        if augment_override is not None and augment_override not in AUGMENTATIONS:
+            raise ConfigError(
+                f"unknown augmentation {augment_override!r} for dataset {name!r}; "
+                f"choose one of: {', '.join(AUGMENTATIONS)} or null"
+            )
+        ds.augment = augment_override
+    return ds
+
+
+def _check_opts(name: str, opts: dict, allowed: tuple) -> dict:
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
+            f"allowed: {', '.join(allowed) if allowed else 'none'} (and augment)"
+        )
+    return opts
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _standardise(train_x: torch.Tensor, test_x: torch.Tensor):
+    """One mean/std per channel (dim 1), taken from the training split only."""
+    dims = [d for d in range(train_x.dim()) if d != 1]
+    mean = train_x.mean(dim=dims, keepdim=True)
+    std = train_x.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    return (train_x - mean) / std, (test_x - mean) / std
+
+
+def _dataset(name, train_x, train_y, test_x, test_y, num_classes, augment=None, fill=None) -> Dataset:
+    return Dataset(
+        name=name,
+        train_x=train_x.float().contiguous(),
+        train_y=train_y.long().contiguous(),
+        test_x=test_x.float().contiguous(),
+        test_y=test_y.long().contiguous(),
+        num_classes=int(num_classes),
+        input_shape=tuple(train_x.shape[1:]),
+        augment=augment,
+        fill=fill,
+    )
+
+
+# ----------------------------------------------------------------------------- offline
+
+# Everything `mnist1d.data.get_dataset_args` defines except `url` (we never download).
+_MNIST1D_OPTS = (
+    "num_samples",
+    "train_split",
+    "template_len",
+    "padding",
+    "scale_coeff",
+    "max_translation",
+    "corr_noise_scale",
+    "iid_noise_scale",
+    "shear_scale",
+    "shuffle_seq",
+    "final_seq_length",
+)
+
+
+def _load_mnist1d(root, seed, **opts) -> Dataset:
+    """MNIST-1D generated locally (the package's defaults: 5000 samples, 4000/1000 split,
+    length 40). `seed` is the generator's seed; the package's own default is 42."""
+    from importlib.metadata import version
+
+    args = _mnist1d_default_args()
+    args.update(opts)
+    args["seed"] = int(seed)
+    key = json.dumps({"args": args, "mnist1d": version("mnist1d")}, sort_keys=True)
+    path = os.path.join(root, "mnist1d", hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz")
+    if os.path.exists(path):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+    else:
+        arrays = _generate_mnist1d(args)
+        _save_npz_atomic(path, arrays)
+    train_x = torch.from_numpy(arrays["x"]).float().unsqueeze(1)
+    test_x = torch.from_numpy(arrays["x_test"]).float().unsqueeze(1)
+    train_x, test_x = _standardise(train_x, test_x)
+    y, y_test = torch.from_numpy(arrays["y"]), torch.from_numpy(arrays["y_test"])
+    return _dataset("mnist1d", train_x, y, test_x, y_test, num_classes=10)
+
+
+def _mnist1d_default_args() -> dict:
+    import mnist1d.data
+
+    args = mnist1d.data.get_dataset_args(as_dict=True)
+    args.pop("url", None)
+    return args
+
+
+def _generate_mnist1d(args: dict) -> dict:
+    import mnist1d.data
+    from mnist1d.utils import ObjectView
+
+    # make_dataset reseeds the global `random` and `np.random`; put them back afterwards.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = mnist1d.data.make_dataset(ObjectView(dict(args)))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return {
+        "x": np.asarray(d["x"], dtype=np.float32),
+        "y": np.asarray(d["y"], dtype=np.int64),
+        "x_test": np.asarray(d["x_test"], dtype=np.float32),
+        "y_test": np.asarray(d["y_test"], dtype=np.int64),
+    }
+
+
+def _save_npz_atomic(path: str, arrays: dict) -> None:
+    # Several actors may generate the same file at once: each writes its own temporary
+    # file and renames it into place. A read-only root only costs us the cache.
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _load_digits(root, seed) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(d.target)), test_size=0.2, stratify=d.target, random_state=seed
+    )
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx_train, idx_test = torch.from_numpy(idx_train), torch.from_numpy(idx_test)
+    train_x, test_x = _standardise(x[idx_train], x[idx_test])
+    return _dataset("digits", train_x, y[idx_train], test_x, y[idx_test], num_classes=10)
+
+
+def _balanced_labels(n: int, num_classes: int, g: torch.Generator) -> torch.Tensor:
+    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
+
+
+def _load_synthetic(root, seed, num_samples=2000, num_features=20, num_classes=4, separation=3.0) -> Dataset:
+    """Gaussian mixture: class means ~ N(0, separation^2 / num_features * I) scaled to norm
+    `separation`, unit-variance noise. 80/20 split, balanced classes."""
+    g = torch.Generator().manual_seed(int(seed))
+    means = torch.randn(num_classes, num_features, generator=g)
+    means = separation * means / means.norm(dim=1, keepdim=True)
+    y = _balanced_labels(num_samples, num_classes, g)
+    x = means[y] + torch.randn(num_samples, num_features, generator=g)
+    n_train = int(0.8 * num_samples)
+    train_x, test_x = _standardise(x[:n_train], x[n_train:])
+    return _dataset("synthetic", train_x, y[:n_train], test_x, y[n_train:], num_classes)
+
+
+def _load_synthetic_image(root, seed, num_samples=1000, shape=(3, 32, 32), num_classes=10, separation=0.05):
+    """Random images around one random prototype per class: learnable, CIFAR-shaped, free."""
+    shape = tuple(int(s) for s in shape)
+    g = torch.Generator().manual_seed(int(seed))
+    prototypes = separation * torch.randn(num_classes, *shape, generator=g)
+    y = _balanced_labels(num_samples, num_classes, g)
+    x = prototypes[y] + torch.randn(num_samples, *shape, generator=g)
+    n_train = int(0.8 * num_samples)
+    colour_32px = len(shape) == 3 and shape[0] == 3 and shape[1:] == (32, 32)
+    return _dataset(
+        "synthetic_image", x[:n_train], y[:n_train], x[n_train:], y[n_train:], num_classes,
+        augment="crop_flip" if colour_32px else None,
+    )
+
+
+_OFFLINE = {
+    "mnist1d": _load_mnist1d,
+    "digits": _load_digits,
+    "synthetic": _load_synthetic,
+    "synthetic_image": _load_synthetic_image,
+}
+_OFFLINE_OPTS = {
+    "mnist1d": _MNIST1D_OPTS,
+    "digits": (),
+    "synthetic": ("num_samples", "num_features", "num_classes", "separation"),
+    "synthetic_image": ("num_samples", "shape", "num_classes", "separation"),
+}
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+# Normalisation constants of the official QGM code (pcode/datasets/prepare_data.py) where it
+# has them; Fashion-MNIST's are the usual ones. SVHN: the official code does not augment it
+# (flipping digits changes them); pass augment="crop" to crop only.
+_TORCHVISION = {
+    "cifar10": dict(cls="CIFAR10", layout="NHWC", num_classes=10, augment="crop_flip",
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
+                    where="cifar-10-batches-py"),
+    "cifar100": dict(cls="CIFAR100", layout="NHWC", num_classes=100, augment="crop_flip",
+                     mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
+                     where="cifar-100-python"),
+    "mnist": dict(cls="MNIST", layout="NHW", num_classes=10, augment=None,
+                  mean=(0.1307,), std=(0.3081,), where="MNIST/raw"),
+    "fashion_mnist": dict(cls="FashionMNIST", layout="NHW", num_classes=10, augment=None,
+                          mean=(0.2860,), std=(0.3530,), where="FashionMNIST/raw"),
+    "svhn": dict(cls="SVHN", layout="NCHW", num_classes=10, augment=None,
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), where="svhn"),
+}
+
+
+def _load_torchvision(name: str, root: str, download: bool) -> Dataset:
+    spec = _TORCHVISION[name]
+    train, test = _open_torchvision(name, root, download)
+    train_x, train_y = _to_tensors(train, spec)
+    test_x, test_y = _to_tensors(test, spec)
+    fill = tuple(-m / s for m, s in zip(spec["mean"], spec["std"]))
+    return _dataset(name, train_x, train_y, test_x, test_y, spec["num_classes"], spec["augment"], fill)
+
+
+def _open_torchvision(name: str, root: str, download: bool):
+    """The (train, test) torchvision dataset objects; a missing file is a ConfigError."""
+    import torchvision.datasets as tvd
+
+    spec = _TORCHVISION[name]
+    cls = getattr(tvd, spec["cls"])
+    # torchvision's SVHN puts its .mat files straight into root; give it a folder.
+    tv_root = os.path.join(root, "svhn") if name == "svhn" else root
+    where = os.path.abspath(os.path.join(root, spec["where"]))
+    try:
+        if name == "svhn":
+            return cls(tv_root, split="train", download=download), cls(tv_root, split="test", download=download)
+        return cls(tv_root, train=True, download=download), cls(tv_root, train=False, download=download)
+    except (RuntimeError, OSError) as e:
+        if download:
+            raise ConfigError(
+                f"dataset {name!r}: download into {where} failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                f"check the internet connection, or copy the torchvision files there"
+            ) from None
+        raise ConfigError(
+            f"dataset {name!r} not found (or corrupted) at {where}; fix: run once with "
+            f"--set data.download=true on a machine with internet, or copy the torchvision files there"
+        ) from None
+
+
+def _to_tensors(ds, spec: dict):
+    """A torchvision dataset's uint8 array -> normalised float32 NCHW tensor, in one go."""
+    data = ds.data
+    data = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(data))
+    if spec["layout"] == "NHWC":
+        data = data.permute(0, 3, 1, 2)
+    elif spec["layout"] == "NHW":
+        data = data.unsqueeze(1)
+    x = data.float().div_(255.0)
+    mean = torch.tensor(spec["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(spec["std"]).view(1, -1, 1, 1)
+    x = x.sub_(mean).div_(std).contiguous()
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        targets = ds.labels  # SVHN
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+    return x, y
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    kind: str = "crop_flip",
+    fill: float | tuple = 0.0,
+    padding: int = 4,
+) -> torch.Tensor:
+    """Per-sample random crop (pad `padding` with `fill`, crop back, as torchvision's
+    RandomCrop(size, padding)) and/or horizontal flip with p=1/2, for a (B, C, H, W) batch.
+    Crop offsets are drawn before flips, so a seeded generator gives the same batch."""
+    if kind is None:
+        return x
+    if kind not in AUGMENTATIONS:
+        raise ConfigError(f"unknown augmentation {kind!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+    if x.dim() != 4:
+        raise ConfigError(f"augmentation {kind!r} needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    gdev = generator.device
+    out = x
+    if "crop" in kind:
+        offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gdev).to(x.device)
+        fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+        padded = fill_t.expand(b, c, h + 2 * padding, w + 2 * padding).clone()
+        padded[:, :, padding:padding + h, padding:padding + w] = x
+        rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        bi = torch.arange(b, device=x.device)[:, None, None, None]
+        ci = torch.arange(c, device=x.device)[None, :, None, None]
+        out = padded[bi, ci, rows, cols]
+    if "flip" in kind:
+        flip = (torch.rand(b, generator=generator, device=gdev) < 0.5).to(x.device)
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out

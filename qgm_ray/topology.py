@@ -1,0 +1,462 @@
+"""Communication graphs -> mixing matrices W(t).
+
+Row i of W(t) holds the weights client i applies to what it receives in round t; every graph
+here is undirected, so W(t) is symmetric and doubly stochastic. Static graphs compute W once;
+time-varying graphs rebuild it from (seed, t), so any process asking for round t gets the
+same matrix without sharing state.
+
+Weights follow the official QGM code (github.com/epfml/quasi-global-momentum,
+pcode/utils/topology.py) unless a comment says why they differ.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections import OrderedDict
+
+import networkx as nx
+import numpy as np
+
+from qgm_ray.errors import ConfigError
+
+TOPOLOGIES = (
+    "complete",
+    "ring",
+    "torus",
+    "ring_ext",
+    "expander",
+    "social",
+    "time_varying_exponential",
+    "time_varying_random_ring",
+    "time_varying_random_pair",
+    "graph",
+)
+TIME_VARYING = ("time_varying_exponential", "time_varying_random_ring", "time_varying_random_pair")
+
+# name -> (networkx constructor, number of nodes)
+SOCIAL_GRAPHS = {
+    "davis_southern_women": (nx.davis_southern_women_graph, 32),
+    "florentine_families": (nx.florentine_families_graph, 15),
+    "karate_club": (nx.karate_club_graph, 34),
+    "les_miserables": (nx.les_miserables_graph, 77),
+}
+DEFAULT_SOCIAL_GRAPH = "davis_southern_women"
+
+_KWARGS = ("graph", "edge_list", "generator", "generator_kwargs")
+_TV_CACHE_ROUNDS = 16  # time-varying: keep a few recent rounds (pipelined engines ask ahead)
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------------------------
+
+
+def mixing_matrix_from_graph(G: nx.Graph) -> np.ndarray:
+    """Metropolis-Hastings weights of an undirected graph on nodes 0..n-1.
+
+    w_ij = 1 / (1 + max(deg_i, deg_j)) on edges, w_ii = 1 - sum_j w_ij. This is what the
+    official code's SocialNetworkGraph computes (its loop over nodes by falling degree assigns
+    each edge the weight of the higher-degree end). Edge attributes and self-loops are ignored.
+    """
+    n = G.number_of_nodes()
+    if sorted(G.nodes) != list(range(n)):
+        raise ValueError("mixing_matrix_from_graph needs nodes labelled 0..n-1")
+    W = np.zeros((n, n))
+    deg = {v: sum(1 for u in G.neighbors(v) if u != v) for v in G.nodes}
+    for i, j in G.edges():
+        if i != j:
+            W[i, j] = W[j, i] = 1.0 / (1.0 + max(deg[i], deg[j]))
+    np.fill_diagonal(W, 1.0 - W.sum(axis=1))
+    return W
+
+
+def _circulant(n: int, offsets: dict[int, float]) -> np.ndarray:
+    """W[i, (i + o) % n] += w for each offset o: the ring-like graphs."""
+    W = np.zeros((n, n))
+    idx = np.arange(n)
+    for o, w in offsets.items():
+        W[idx, (idx + o) % n] += w
+    return W
+
+
+def _ring(n: int) -> np.ndarray:
+    if n == 1:
+        return np.ones((1, 1))
+    if n == 2:
+        return np.full((2, 2), 0.5)
+    return _circulant(n, {-1: 1 / 3, 0: 1 / 3, 1: 1 / 3})
+
+
+def _complete(n: int) -> np.ndarray:
+    return np.full((n, n), 1.0 / n)
+
+
+def _torus_shape(n: int) -> tuple[int, int] | None:
+    r = math.isqrt(n)
+    if r >= 3 and n % r == 0 and n // r - r <= 1:
+        return r, n // r
+    return None
+
+
+def _torus(n: int) -> np.ndarray:
+    # r, c >= 3 so the 4 grid neighbours are distinct and every weight (self included) is 1/5.
+    r, c = _torus_shape(n)
+    G = nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c, periodic=True), ordering="sorted")
+    W = nx.to_numpy_array(G, nodelist=range(n), weight=None) + np.eye(n)
+    return W / 5.0
+
+
+def _ring_ext(n: int) -> np.ndarray:
+    # n >= 4 even: the opposite node is never a ring neighbour, so each row has 4 entries of 1/4.
+    return _circulant(n, {-1: 0.25, 0: 0.25, 1: 0.25, n // 2: 0.25})
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def _expander(n: int) -> np.ndarray:
+    """Cycle plus the chord i -- i^-1 (mod n), weight 1/3 per neighbour.
+
+    The official code writes 1/3 into W[i, i-1], W[i, i+1], W[i, inv(i)] (and W[0, 0]), giving a
+    zero diagonal for most nodes. That is doubly stochastic except where the chord duplicates
+    a ring edge (inv(i) = i +- 1, which happens for n = 5, 11, 19, 29, 31, ...): those rows sum
+    to 2/3. We therefore put 1/3 on every *distinct* neighbour and complete the diagonal
+    Metropolis-Hastings style, w_ii = 1 - sum_j w_ij (max-degree weights with d_max = 3). W stays
+    symmetric and doubly stochastic and equals the official matrix wherever that one is; nodes
+    0, 1, n-1 (no chord, or inv(i) == i) get self-weight 1/3 exactly as in the official code.
+    """
+    if n <= 3:  # the "expander" is the ring (complete graph) itself
+        return _ring(n)
+    W = _circulant(n, {-1: 1 / 3, 1: 1 / 3})
+    for i in range(1, n):
+        j = pow(i, -1, n)
+        if j != i:
+            W[i, j] = 1 / 3  # '=' not '+=': a chord on a ring edge is the same edge
+    np.fill_diagonal(W, 1.0 - W.sum(axis=1))
+    return W
+
+
+def _simple(G: nx.Graph) -> nx.Graph:
+    """Undirected, unweighted, no self-loops, nodes 0..m-1 in G's node (insertion) order."""
+    index = {v: k for k, v in enumerate(G.nodes)}
+    H = nx.Graph()
+    H.add_nodes_from(range(len(index)))
+    H.add_edges_from((index[u], index[v]) for u, v in G.edges() if u != v)
+    return H
+
+
+def _social_graph(name: str) -> nx.Graph:
+    # Unweighted (karate_club / les_miserables carry edge weights in recent networkx); nodes
+    # numbered in the constructor's insertion order, the order the official code's
+    # networkx.adjacency_matrix(graph) uses.
+    return _simple(SOCIAL_GRAPHS[name][0]())
+
+
+def _exponential_period(n: int) -> int:
+    return int(math.floor(math.log2(n - 1))) + 1 if n > 2 else 1
+
+
+def _time_varying_exponential(n: int, t: int) -> np.ndarray:
+    if n == 1:
+        return np.ones((1, 1))
+    hop = 2 ** (t % _exponential_period(n))
+    if (2 * hop) % n == 0:  # i + hop == i - hop: one neighbour, weights 1/2
+        return _circulant(n, {0: 0.5, hop: 0.5})
+    return _circulant(n, {-hop: 1 / 3, 0: 1 / 3, hop: 1 / 3})
+
+
+def _round_rng(seed: int, t: int) -> np.random.Generator:
+    return np.random.default_rng((int(seed), int(t)))
+
+
+def _time_varying_random_ring(n: int, t: int, seed: int) -> np.ndarray:
+    # Relabel the ring: position a of the ring holds client perm[a]. (The official code permutes
+    # only the rows of the off-diagonal part, which is not symmetric; a relabelling is.)
+    perm = _round_rng(seed, t).permutation(n)
+    W = np.empty((n, n))
+    W[np.ix_(perm, perm)] = _ring(n)
+    return W
+
+
+def _time_varying_random_pair(n: int, t: int, seed: int) -> np.ndarray:
+    perm = _round_rng(seed, t).permutation(n)
+    W = np.zeros((n, n))
+    a, b = perm[0::2], perm[1::2]
+    W[a, a] = W[b, b] = W[a, b] = W[b, a] = 0.5
+    return W
+
+
+# ---------------------------------------------------------------------------------------------
+# user graphs
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_edge_list(path: str, n: int) -> nx.Graph:
+    if not os.path.isfile(path):
+        raise ConfigError(f"topology.edge_list={path!r}: no such file")
+    G = nx.Graph()
+    G.add_nodes_from(range(n))
+    with open(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.replace(",", " ").split()
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                i, j = int(parts[0]), int(parts[1])
+            except ValueError:
+                raise ConfigError(
+                    f"topology.edge_list={path!r} line {lineno}: expected two integers, got {raw.strip()!r}"
+                ) from None
+            if not (0 <= i < n and 0 <= j < n):
+                raise ConfigError(
+                    f"topology.edge_list={path!r} line {lineno}: node ids must lie in 0..{n - 1} "
+                    f"(topology.n_clients={n}), got {i} {j}"
+                )
+            if i != j:
+                G.add_edge(i, j)
+    return G
+
+
+def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | None) -> nx.Graph:
+    fn = getattr(nx, str(generator), None)
+    if not callable(fn) or str(generator).startswith("_"):
+        raise ConfigError(
+            f"topology.generator={generator!r} is not a networkx graph generator "
+            "(e.g. watts_strogatz_graph, connected_watts_strogatz_graph, random_regular_graph)"
+        )
+    kwargs = dict(generator_kwargs or {})
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    # Seeded generators get the topology seed unless the user set one: same seed, same graph.
+    if "seed" in params and "seed" not in kwargs:
+        kwargs["seed"] = int(seed)
+    try:
+        # Most generators take n first; random_regular_graph(d, n) names it, so pass it by name.
+        G = fn(n=n, **kwargs) if "n" in params else fn(n, **kwargs)
+    except Exception as e:  # networkx raises many types for bad arguments
+        raise ConfigError(
+            f"topology.generator={generator} with n={n}, generator_kwargs={generator_kwargs}: {e}"
+        ) from None
+    if not isinstance(G, nx.Graph):
+        raise ConfigError(f"topology.generator={generator} did not return a networkx graph")
+    return _simple(G)
+
+
+def _user_graph(n: int, seed: int, edge_list=None, generator=None, generator_kwargs=None) -> nx.Graph:
+    if (edge_list is None) == (generator is None):
+        raise ConfigError(
+            "topology.name=graph needs exactly one of topology.edge_list=PATH or "
+            "topology.generator=NAME (a networkx generator, e.g. watts_strogatz_graph)"
+        )
+    if edge_list is not None:
+        G, what = _read_edge_list(str(edge_list), n), f"edge_list={edge_list}"
+    else:
+        G, what = _generate_graph(generator, n, seed, generator_kwargs), f"generator={generator}"
+    if G.number_of_nodes() != n:
+        raise ConfigError(
+            f"topology.name=graph with {what} has {G.number_of_nodes()} nodes but topology.n_clients={n}"
+        )
+    if n > 1 and not nx.is_connected(G):
+        k = nx.number_connected_components(G)
+        raise ConfigError(
+            f"topology.name=graph with {what} is disconnected ({k} components): "
+            "gossip averaging needs a connected graph"
+        )
+    return G
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+
+
+def valid_sizes(name: str) -> str:
+    """Human description of the n_clients a topology accepts (for error messages)."""
+    return {
+        "complete": "any n >= 1",
+        "ring": "any n >= 1",
+        "torus": "n = r*c with r, c >= 3 and c in {r, r+1} (e.g. 9, 12, 16, 20, 25, 30, ...)",
+        "ring_ext": "an even n >= 4",
+        "expander": "a prime n (e.g. 5, 7, 11, 13, 17, 19, ...)",
+        "social": ", ".join(f"n={k} for graph={g}" for g, (_, k) in SOCIAL_GRAPHS.items()),
+        "time_varying_exponential": "any n >= 1",
+        "time_varying_random_ring": "any n >= 1",
+        "time_varying_random_pair": "an even n >= 2",
+        "graph": "the number of nodes of the user graph",
+    }.get(name, f"unknown topology (valid names: {', '.join(TOPOLOGIES)})")
+
+
+def _size_ok(name: str, n: int) -> bool:
+    if name == "torus":
+        return _torus_shape(n) is not None
+    if name == "ring_ext":
+        return n >= 4 and n % 2 == 0
+    if name == "expander":
+        return _is_prime(n)
+    if name == "time_varying_random_pair":
+        return n >= 2 and n % 2 == 0
+    return True
+
+
+def _check_kwargs(kw: dict) -> dict:
+    unknown = sorted(set(kw) - set(_KWARGS))
+    if unknown:
+        raise ConfigError(
+            f"topology: unknown option(s) {', '.join(unknown)} (valid: {', '.join(_KWARGS)})"
+        )
+    # options meant for another topology are ignored, so one config section serves all names
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def validate_topology(name: str, n: int, seed: int = 0, **kw) -> None:
+    """Raise ConfigError if (name, n, kw) cannot make a topology. Builds no matrix.
+
+    For name='graph' the user graph is read/generated (cheap; a random generator with this
+    seed) so that a wrong size or a disconnected graph is caught here.
+    """
+    if name not in TOPOLOGIES:
+        raise ConfigError(f"topology.name={name!r} is unknown; valid names: {', '.join(TOPOLOGIES)}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"topology.n_clients={n!r} must be an integer >= 1")
+    kw = _check_kwargs(kw)
+    if name == "social":
+        g = kw.get("graph", DEFAULT_SOCIAL_GRAPH)
+        if g not in SOCIAL_GRAPHS:
+            raise ConfigError(
+                f"topology.graph={g!r} is unknown for topology.name=social; valid: {', '.join(SOCIAL_GRAPHS)}"
+            )
+        need = SOCIAL_GRAPHS[g][1]
+        if n != need:
+            raise ConfigError(
+                f"topology.name=social with graph={g} needs n_clients={need}, got {n} "
+                f"(social graphs: {valid_sizes('social')})"
+            )
+    elif name == "graph":
+        _user_graph(int(n), int(seed), **{k: v for k, v in kw.items() if k != "graph"})
+    elif not _size_ok(name, int(n)):
+        raise ConfigError(
+            f"topology.name={name} cannot take topology.n_clients={n}: {name} needs {valid_sizes(name)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the object engines use
+# ---------------------------------------------------------------------------------------------
+
+
+class Topology:
+    """W(t) for one named graph on n clients. Build it with make_topology().
+
+    Plain data (name, n, seed, options) plus caches, so it pickles with the standard pickle
+    module; a static graph computes its matrix once, a time-varying one keeps recent rounds.
+    """
+
+    def __init__(self, name: str, n: int, seed: int = 0, **kw):
+        validate_topology(name, n, seed, **kw)
+        self.name = name
+        self.n = int(n)
+        self.seed = int(seed)
+        self.options = _check_kwargs(kw)
+        self.time_varying = name in TIME_VARYING
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._gap_cache: dict[int, float] = {}
+        if name in ("social", "graph"):
+            self.matrix(0)  # build now: errors surface at construction, and the graph is not kept
+
+    def _build(self, t: int) -> np.ndarray:
+        n, name, kw = self.n, self.name, self.options
+        if name == "complete":
+            return _complete(n)
+        if name == "ring":
+            return _ring(n)
+        if name == "torus":
+            return _torus(n)
+        if name == "ring_ext":
+            return _ring_ext(n)
+        if name == "expander":
+            return _expander(n)
+        if name == "social":
+            return mixing_matrix_from_graph(_social_graph(kw.get("graph", DEFAULT_SOCIAL_GRAPH)))
+        if name == "graph":
+            user = {k: v for k, v in kw.items() if k != "graph"}
+            return mixing_matrix_from_graph(_user_graph(n, self.seed, **user))
+        if name == "time_varying_exponential":
+            return _time_varying_exponential(n, t)
+        if name == "time_varying_random_ring":
+            return _time_varying_random_ring(n, t, self.seed)
+        return _time_varying_random_pair(n, t, self.seed)
+
+    def _key(self, t: int) -> int:
+        return int(t) if self.time_varying else 0
+
+    def matrix(self, t: int = 0) -> np.ndarray:
+        """W(t), float64 n x n, read-only (it is cached: copy before editing)."""
+        key = self._key(t)
+        W = self._cache.get(key)
+        if W is None:
+            W = np.ascontiguousarray(self._build(key), dtype=np.float64)
+            W.setflags(write=False)
+            self._cache[key] = W
+            if len(self._cache) > _TV_CACHE_ROUNDS:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return W
+
+    def in_neighbors(self, i: int, t: int = 0) -> list[int]:
+        """Clients j != i whose payload client i mixes in round t (W[i, j] != 0), sorted."""
+        row = self.matrix(t)[i]
+        return [int(j) for j in np.flatnonzero(row) if j != i]
+
+    def out_degree(self, i: int, t: int = 0) -> int:
+        """Number of clients j != i that receive client i's payload in round t (W[j, i] != 0)."""
+        col = self.matrix(t)[:, i]
+        return int(np.count_nonzero(col)) - int(col[i] != 0)
+
+    def spectral_gap(self, t: int = 0) -> float:
+        """1 - max(|lambda_2|, |lambda_n|): one minus the largest eigenvalue modulus after the 1."""
+        key = self._key(t)
+        if key not in self._gap_cache:
+            W = self.matrix(t)
+            ev = np.linalg.eigvalsh(W) if np.allclose(W, W.T) else np.linalg.eigvals(W)
+            mod = np.sort(np.abs(ev))[::-1]
+            gap = 1.0 - float(mod[1]) if len(mod) > 1 else 1.0
+            self._gap_cache[key] = max(0.0, gap)  # clip -1e-16 noise of disconnected rounds
+        return self._gap_cache[key]
+
+    def describe(self) -> str:
+        kw = self.options
+        if self.name == "torus":
+            extra = ", {}x{}".format(*_torus_shape(self.n))
+        elif self.name == "social":
+            extra = f", graph={kw.get('graph', DEFAULT_SOCIAL_GRAPH)}"
+        elif self.name == "graph":
+            extra = f", edge_list={kw['edge_list']}" if "edge_list" in kw else f", generator={kw['generator']}"
+        elif self.name == "time_varying_exponential":
+            extra = f", period={_exponential_period(self.n)}"
+        else:
+            extra = ""
+        if self.time_varying:
+            return f"{self.name}(n={self.n}{extra}, time-varying, seed={self.seed})"
+        return f"{self.name}(n={self.n}{extra}, spectral_gap={self.spectral_gap():.4f})"
+
+    def __repr__(self) -> str:
+        return f"Topology({self.name!r}, n={self.n}, seed={self.seed})"
+
+
+def make_topology(name: str, n: int, seed: int = 0, **kw) -> Topology:
+    """The topology `name` on n clients; ConfigError if they do not fit (see valid_sizes).
+
+    kw: graph (social: davis_southern_women | florentine_families | karate_club |
+    les_miserables), edge_list=PATH or generator=NAME [+ generator_kwargs] (name='graph').
+    Options meant for another topology are ignored; None values count as unset.
+    """
+    return Topology(name, n, seed, **kw)

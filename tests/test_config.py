@@ -1,0 +1,134 @@
+"""Config loading, overrides and validation: every bad value is one clear ConfigError."""
+from pathlib import Path
+
+import pytest
+
+from qgm_ray.config import Config, config_dict, from_dict, load_config, parse_override
+from qgm_ray.errors import ConfigError
+from qgm_ray.schedule import LRSchedule, rounds_per_epoch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.algorithm.name == "qg_dsgdm_n"
+
+
+def test_default_yaml_is_the_offline_default():
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    assert (cfg.data.name, cfg.model.name, cfg.topology.name, cfg.topology.n_clients) == ("mnist1d", "cnn1d", "ring", 16)
+    assert cfg.data.alpha == 0.1 and cfg.algorithm.name == "qg_dsgdm_n" and cfg.algorithm.lr == 0.1
+
+
+def test_file_holds_only_what_it_changes(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  alpha: 1.0\n")
+    cfg = load_config(p)
+    assert cfg.data.alpha == 1.0 and cfg.data.name == Config().data.name
+
+
+def test_set_parses_yaml_values():
+    cfg = load_config(None, ["data.alpha=10", "elastic.schedule=[[1, 8]]", "algorithm.betas=[0.8, 0.9]",
+                             "ray.address=null"])
+    assert cfg.data.alpha == 10.0 and isinstance(cfg.data.alpha, float)
+    assert cfg.elastic.schedule == [[1, 8]]
+    assert cfg.algorithm.betas == [0.8, 0.9]
+    assert cfg.ray.address is None
+    cfg = load_config(None, ["topology.options={graph: karate_club}", "topology.name=social", "topology.n_clients=34"])
+    assert cfg.topology.options == {"graph": "karate_club"}
+
+
+def test_parse_override_errors():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("data.alpha")
+    assert parse_override("a.b=[1, 0.1]") == ("a.b", [1, 0.1])
+
+
+BAD = [
+    (["nope=1"], "unknown key 'nope'"),
+    (["data.alhpa=1"], "unknown key 'data.alhpa'"),
+    (["data.alpha=0"], "data.alpha must be > 0"),
+    (["data.alpha=-1"], "data.alpha must be > 0"),
+    (["data.alpha=abc"], "data.alpha: expected a number"),
+    (["algorithm.lr=0"], "algorithm.lr must be > 0"),
+    (["algorithm.lr=-0.1"], "algorithm.lr must be > 0"),
+    (["algorithm.name=adamw"], "algorithm.name='adamw' is unknown; choose one of .*qg_dsgdm_n"),
+    (["algorithm.momentum=1.0"], "algorithm.momentum must be in \\[0, 1\\)"),
+    (["algorithm.betas=[0.9]"], "algorithm.betas must be two numbers"),
+    (["data.name=imagenet"], "data.name='imagenet' is unknown; choose one of .*mnist1d"),
+    (["model.name=vgg"], "model.name='vgg' is unknown; choose one of .*cnn1d"),
+    (["topology.name=hypercube"], "hypercube"),
+    (["topology.name=torus", "topology.n_clients=15"], "torus"),
+    (["topology.name=social", "topology.n_clients=16"], "32"),
+    (["topology.n_clients=0"], "topology.n_clients must be >= 1"),
+    (["backend=mpi"], "backend='mpi' is not allowed; choose one of local, ray"),
+    (["data.partition=shards"], "data.partition='shards' is not allowed; choose one of iid, dirichlet, sorted"),
+    (["data.batch_size=0"], "data.batch_size must be >= 1"),
+    (["data.batch_size=1.5"], "data.batch_size: expected an integer"),
+    (["schedule.epochs=0"], "schedule.epochs must be > 0"),
+    (["schedule.milestones=[0.5, 1.5]"], "schedule.milestones must be fractions"),
+    (["schedule.lr_scaleup=quadratic"], "schedule.lr_scaleup='quadratic' is not allowed"),
+    (["ray.clients_per_actor=0"], "ray.clients_per_actor must be >= 1"),
+    (["ray.gpus_per_client=lots"], "ray.gpus_per_client must be 'auto' or a number"),
+    (["fault_tolerance.on_failure=ignore"], "fault_tolerance.on_failure='ignore' is not allowed; choose one of replay, drop"),
+    (["fault_tolerance.checkpoint_every=-1"], "fault_tolerance.checkpoint_every must be >= 0"),
+    (["elastic.schedule=[[1, 15]]", "topology.name=torus"], "torus"),
+    (["elastic.schedule=[5, 8]"], "elastic.schedule entries must be"),
+    (["elastic.max_clients=4"], "elastic.max_clients=4 must be >= the largest client count"),
+    (["tune.grid={data.alfa: [1, 2]}"], "tune.grid: 'data.alfa' is not a config key"),
+    (["tune.search={algorithm.lr: {normal: [0, 1]}}"], "tune.search.algorithm.lr must be one of"),
+    (["eval.every_epochs=0"], "eval.every_epochs must be > 0"),
+    (["progress=maybe"], "progress: expected true or false"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[o[0] for o, _ in BAD])
+def test_bad_config_is_one_clear_error(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst)
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(None, ["data.alpha=1", "topology.name=complete", "topology.n_clients=5"])
+    assert from_dict(cfg.to_dict()) == cfg
+    assert config_dict(None, ["seed=3"])["seed"] == 3
+
+
+def test_lr_schedule_official_recipe():
+    # lr 0.1 per 64 samples, batch 32, n=16 scale-up, 5 warm-up epochs, decay at 50% / 75%.
+    cfg = load_config(None, ["schedule.reference_batch=64", "schedule.lr_scaleup=linear",
+                             "schedule.warmup_epochs=5", "schedule.epochs=100", "algorithm.lr=0.1"])
+    rpe = rounds_per_epoch(50_000, 16, 32)
+    assert rpe == 98
+    s = LRSchedule.from_config(cfg, rpe)
+    assert s.base_lr == pytest.approx(0.05) and s.peak_lr == pytest.approx(0.8)
+    assert s(0) == pytest.approx(0.05)
+    assert s(5 * rpe) == pytest.approx(0.8)
+    assert s(int(2.5 * rpe)) == pytest.approx(0.05 + 0.75 * 0.5, rel=1e-2)
+    assert s(50 * rpe - 1) == pytest.approx(0.8)
+    assert s(50 * rpe) == pytest.approx(0.08)
+    assert s(75 * rpe) == pytest.approx(0.008)
+    lrs = [s(t) for t in range(s.total_rounds)]
+    assert all(b >= a for a, b in zip(lrs[:5 * rpe], lrs[1:5 * rpe]))  # warm-up never goes down
+
+
+def test_lr_schedule_constant_without_milestones():
+    cfg = load_config(None, ["schedule.milestones=[]", "algorithm.lr=0.3"])
+    s = LRSchedule.from_config(cfg, 10)
+    assert {s(t) for t in range(s.total_rounds)} == {0.3}

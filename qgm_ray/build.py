@@ -25,7 +25,7 @@ def resolve_device(cfg: Config) -> str:
 
 def build_dataset(cfg: Config) -> Dataset:
     ds = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
-                      seed=cfg.seed, **cfg.data.options)
+                      seed=cfg.data.seed, **cfg.data.options)
     if cfg.eval.max_test_samples and len(ds.test_x) > cfg.eval.max_test_samples:
         # A fixed, seeded subset: cheap evaluation for sweeps, identical across trials.
         g = torch.Generator().manual_seed(cfg.seed)

@@ -29,6 +29,8 @@ class DataConfig:
     equal_size: bool = False         # official code's re-slicing into equal-size shards
     batch_size: int = 32             # per client, per round
     augment: bool = True             # random crop + flip where the dataset defines it
+    seed: int = 42                   # generation/split seed of the dataset itself: fixed, so runs
+                                     # with different `seed` differ in partition/init/sampling only
     options: dict = field(default_factory=dict)  # dataset-specific, e.g. {num_samples: 8000}
 
 
@@ -188,6 +190,11 @@ def _coerce(key: str, value: Any, tp) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; users mean a number
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

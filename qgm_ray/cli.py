@@ -111,8 +111,8 @@ def cmd_tune(args) -> int:
     cfg = from_dict(config_dict(args.config, args.overrides))
     if args.quiet:
         cfg.progress = False
-    qtune.run_sweep(cfg, output_dir=args.output_dir, resume_dir=args.resume)
-    return 0
+    out = qtune.run_sweep(cfg, output_dir=args.output_dir, resume_dir=args.resume)
+    return 0 if out["complete"] else 1  # interrupted: the last line says how to resume
 
 
 def cmd_report(args) -> int:

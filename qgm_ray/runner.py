@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Callable, Optional
 
 from qgm_ray import build
 from qgm_ray.config import Config, dump_yaml, from_dict, validate_against_data
-from qgm_ray.engine.base import round_bytes
+from qgm_ray.engine.base import EngineFailure, round_bytes
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir, default_run_dir
 from qgm_ray.partition import write_partition_csv
@@ -34,18 +36,22 @@ class RunPlan:
     eval_every: int
     lr: LRSchedule
     resize_at: dict = field(default_factory=dict)  # round -> n_clients
+    checkpoint_every: int = 0
 
     @classmethod
     def make(cls, cfg: Config, n_train: int) -> "RunPlan":
         rpe = rounds_per_epoch(n_train, cfg.topology.n_clients, cfg.data.batch_size)
         lr = LRSchedule.from_config(cfg, rpe)
         resize = {max(1, round(e * rpe)): n for e, n in cfg.elastic.schedule}
-        return cls(rpe, lr.total_rounds, max(1, round(cfg.eval.every_epochs * rpe)), lr, resize)
+        return cls(rpe, lr.total_rounds, max(1, round(cfg.eval.every_epochs * rpe)), lr, resize,
+                   cfg.fault_tolerance.checkpoint_every)
 
     def stops(self, start: int) -> list[int]:
         """Round boundaries after `start` where the runner must regain control."""
         points = set(range(self.eval_every, self.total_rounds, self.eval_every)) | {self.total_rounds}
         points |= {r for r in self.resize_at if r < self.total_rounds}
+        if self.checkpoint_every:
+            points |= set(range(self.checkpoint_every, self.total_rounds, self.checkpoint_every))
         return sorted(p for p in points if p > start)
 
 
@@ -96,15 +102,21 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
         if checkpoint.get("fingerprint") != replay_fingerprint(cfg):
             raise ConfigError(f"--resume {run_dir.path}: the checkpoint was written with a different "
                               f"config ({', '.join(REPLAY_KEYS)} must match config.yaml)")
-    run_dir.create()
-    run_dir.write_config(dump_yaml(cfg))
-    write_partition_csv(run_dir.path / "partition.csv", ds.train_y.numpy(), parts, ds.num_classes)
-
+    # The engine starts (and, on Ray, checks the cluster) before anything is written: a
+    # cluster that cannot run this config fails with a ConfigError and no half-made run dir.
     engine = make_engine(cfg, ds, parts, log)
-    start, bytes_sent, wall_before = 0, 0, 0.0
+    try:
+        run_dir.create()
+        run_dir.write_config(dump_yaml(cfg))
+        write_partition_csv(run_dir.path / "partition.csv", ds.train_y.numpy(), parts, ds.num_classes)
+    except BaseException:
+        engine.close()
+        raise
+    start, bytes_sent, wall_before, pending = 0, 0, 0.0, []
     if checkpoint is not None:
         engine.load_state_dict(checkpoint["engine"])
         start, bytes_sent, wall_before = checkpoint["round"], checkpoint["bytes_sent"], checkpoint["wall_seconds"]
+        pending = list(checkpoint.get("pending_losses", []))
         run_dir.truncate_metrics_after(start)
         log(f"resumed from round {start} of {plan.total_rounds}")
 
@@ -117,8 +129,10 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
     payload_bytes = engine.payload_bytes
     last_ckpt = start
     t = start
+    restarts = 0
     bar = _progress(plan.total_rounds, start, cfg.progress)
     state = {"loss": float("nan"), "acc": float("nan")}
+    stop_flag = _GracefulStop()
 
     def on_round(r: int, loss: float) -> None:
         state["loss"] = loss
@@ -126,43 +140,82 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{state['acc']:.3f}", refresh=False)
 
     def save(r: int) -> None:
+        # `pending_losses`: the rounds since the last evaluation, so a replay's next row is identical.
         run_dir.save_checkpoint(r, {"round": r, "bytes_sent": bytes_sent, "wall_seconds": time.time() - t0,
-                                    "fingerprint": replay_fingerprint(cfg), "engine": engine.state_dict()},
+                                    "pending_losses": list(pending), "fingerprint": replay_fingerprint(cfg),
+                                    "engine": engine.state_dict()},
                                 keep=cfg.fault_tolerance.keep)
 
+    if checkpoint is None:
+        save(start)  # the restore point of a failure before the first periodic checkpoint
+
     try:
-        for stop in plan.stops(start):
-            losses = engine.train(range(t, stop), plan.lr, on_round)
-            for r in range(t, stop):
-                bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r, payload_bytes)
-            t = stop
-            train_loss = sum(losses) / len(losses)
-            if not math.isfinite(train_loss) or train_loss > DIVERGENCE_LOSS:
-                status = "diverged"
-                message = (f"training diverged at round {t}: train loss {train_loss:.4g} "
-                           f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
-                break
-            if t % plan.eval_every == 0 or t == plan.total_rounds:
-                metrics = engine.evaluate()
-                row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
-                       "train_loss": train_loss, "bytes_sent": bytes_sent,
-                       "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
-                rows.append(row)
-                run_dir.append_metrics(row)
-                state["acc"] = row["test_accuracy"]
-                if on_eval is not None:
-                    on_eval(row)
-            if t in plan.resize_at and t < plan.total_rounds:
-                log(f"elastic: round {t}: {engine.n_clients} -> {plan.resize_at[t]} clients")
-                engine.resize(plan.resize_at[t], t)
-                payload_bytes = engine.payload_bytes
-            every = cfg.fault_tolerance.checkpoint_every
-            if every and t - last_ckpt >= every and t < plan.total_rounds:
-                save(t)
-                last_ckpt = t
+        with stop_flag:
+            while True:
+                try:
+                    for stop in plan.stops(t):
+                        losses = engine.train(range(t, stop), plan.lr, on_round, should_stop=stop_flag)
+                        done = t + len(losses)
+                        for r in range(t, done):
+                            bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r,
+                                                      payload_bytes)
+                        t = done
+                        pending.extend(losses)
+                        if done < stop:  # Ctrl-C: the engine stopped cleanly at a round boundary
+                            raise KeyboardInterrupt
+                        chunk_loss = sum(losses) / len(losses)
+                        if not math.isfinite(chunk_loss) or chunk_loss > DIVERGENCE_LOSS:
+                            status = "diverged"
+                            message = (f"training diverged at round {t}: train loss {chunk_loss:.4g} "
+                                       f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
+                            break
+                        if t % plan.eval_every == 0 or t == plan.total_rounds:
+                            metrics = engine.evaluate()
+                            row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
+                                   "train_loss": sum(pending) / len(pending), "bytes_sent": bytes_sent,
+                                   "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
+                            pending = []
+                            rows.append(row)
+                            run_dir.append_metrics(row)
+                            state["acc"] = row["test_accuracy"]
+                            if on_eval is not None:
+                                on_eval(row)
+                        if t in plan.resize_at and t < plan.total_rounds:
+                            log(f"elastic: round {t}: {engine.n_clients} -> {plan.resize_at[t]} clients")
+                            engine.resize(plan.resize_at[t], t)
+                            payload_bytes = engine.payload_bytes
+                        every = cfg.fault_tolerance.checkpoint_every
+                        if every and t - last_ckpt >= every and t < plan.total_rounds:
+                            save(t)
+                            last_ckpt = t
+                    break
+                except EngineFailure as e:
+                    restarts += 1
+                    if restarts > cfg.fault_tolerance.max_restarts:
+                        raise EngineFailure(f"{e} (gave up after fault_tolerance.max_restarts="
+                                            f"{cfg.fault_tolerance.max_restarts} restarts)") from e
+                    ckpt = run_dir.load_latest_checkpoint(log=log)
+                    if ckpt is None:
+                        raise
+                    failed_at = t
+                    engine.load_state_dict(ckpt["engine"])
+                    t, bytes_sent = ckpt["round"], ckpt["bytes_sent"]
+                    pending = list(ckpt.get("pending_losses", []))
+                    last_ckpt = t
+                    payload_bytes = engine.payload_bytes
+                    rows = [r for r in rows if r["round"] <= t]
+                    run_dir.truncate_metrics_after(t)
+                    bar.n = t
+                    bar.refresh()
+                    log(f"recovered from: {e}; restored the checkpoint of round {t} "
+                        f"(failure after round {failed_at}), {engine.n_clients} clients, replaying "
+                        f"(restart {restarts} of {cfg.fault_tolerance.max_restarts})")
     except KeyboardInterrupt:
         status, message = "failed", f"interrupted at round {t}; resume with: python main.py --resume {run_dir.path}"
-        save(t)
+        if stop_flag.clean:
+            save(t)  # the engine stopped at a round boundary: its state is that of round t
+        else:
+            message += " (from its last checkpoint)"
     except Exception as e:  # the summary must say what happened, then the error propagates
         status, message = "failed", f"{type(e).__name__}: {e}"
         _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar)
@@ -170,6 +223,37 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
     if status == "completed":
         save(t)
     return _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar)
+
+
+class _GracefulStop:
+    """First Ctrl-C: ask the engine to stop at the next round boundary (then checkpoint and
+    exit); a second Ctrl-C interrupts at once. Only the main thread can own SIGINT (a Tune
+    trial runs elsewhere and keeps the default behaviour)."""
+
+    def __init__(self):
+        self.requested = False
+        self.clean = True
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            self.clean = False
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: stopping at the next round boundary (Ctrl-C again to abort now)", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar) -> dict:

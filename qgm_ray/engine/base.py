@@ -1,10 +1,20 @@
 """What every engine offers the runner, and the math both engines share."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
+
+
+class EngineFailure(RuntimeError):
+    """Part of the engine died (a Ray actor, a node). The engine has already replaced what died
+    (`on_failure: replay`) or removed it (`drop`); its state is undefined until the runner
+    restores a checkpoint with `load_state_dict`, then the runner replays from that round."""
+
+    def __init__(self, message: str, lost_clients: Sequence[int] = ()):
+        super().__init__(message)
+        self.lost_clients = list(lost_clients)
 
 
 class Engine(Protocol):
@@ -12,8 +22,14 @@ class Engine(Protocol):
     topology: object
 
     def train(self, rounds: range, lr_of: Callable[[int], float],
-              on_round: Optional[Callable[[int, float], None]] = None) -> list[float]:
-        """Run these rounds; return the mean mini-batch loss of each round (len == len(rounds))."""
+              on_round: Optional[Callable[[int, float], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
+        """Run these rounds; return the mean mini-batch loss of each round (len == len(rounds)).
+
+        When `should_stop()` turns true the engine stops at the next round boundary where every
+        client has finished its round, and returns the losses of the rounds done so far (fewer
+        than len(rounds)): the state is then exactly that after round rounds[0] + len(result).
+        Raises EngineFailure when part of the engine died (the runner restores and replays)."""
 
     def evaluate(self) -> dict:
         """test_accuracy (averaged model), local_test_accuracy, consensus_distance, test_loss."""
@@ -32,6 +48,27 @@ def mixing_matrix(topology, centralized: bool, n: int, t: int) -> np.ndarray:
     if centralized:
         return np.full((n, n), 1.0 / n)
     return topology.matrix(t)
+
+
+def mix_sources(w_row: np.ndarray) -> list[int]:
+    """The clients whose payloads client i mixes: the nonzero entries of W(t)[i] (self included),
+    in increasing index order. Both engines sum in this order, so they agree bit for bit."""
+    return [int(j) for j in np.flatnonzero(w_row)]
+
+
+def mix(weights: Sequence[float], payloads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Step 3 of a round for one client: sum_j w_j * payload_j, in the order given, in float32.
+
+    An explicit left-to-right sum instead of `W @ stack(payloads)`: a BLAS matmul is free to
+    reorder (and block) the sum, so a per-row gather on another process (the Ray engine) would
+    differ in the last bits, and those bits grow over thousands of rounds. Elementwise
+    multiply-adds are the same in every process. It is also cheaper for sparse graphs
+    (3 axpys per client on a ring instead of an n x n x d matmul).
+    """
+    out = payloads[0] * float(weights[0])
+    for w, p in zip(weights[1:], payloads[1:]):
+        out.add_(p, alpha=float(w))
+    return out
 
 
 def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int) -> int:

@@ -1,4 +1,5 @@
-"""In-process engine: all clients in one process, the exchange is one W(t) @ stack(payloads).
+"""In-process engine: all clients in one process; the exchange mixes each client's
+in-neighbours' payloads with `engine.base.mix` (the function the Ray engine uses too).
 
 It is the reference the Ray engine is checked against and the fast path for tests and small
 sweeps.
@@ -14,7 +15,7 @@ from qgm_ray import build
 from qgm_ray.client import Client, evaluate_model, flat_buffers, load_params
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine.base import consensus_distance, mixing_matrix
+from qgm_ray.engine.base import consensus_distance, mix, mix_sources, mixing_matrix
 
 
 class LocalEngine:
@@ -34,16 +35,22 @@ class LocalEngine:
         return self.clients[0].algorithm.payload_size(self.clients[0].num_params) * 4
 
     def train(self, rounds: range, lr_of: Callable[[int], float],
-              on_round: Optional[Callable[[int, float], None]] = None) -> list[float]:
+              on_round: Optional[Callable[[int, float], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
         losses = []
         for t in rounds:
+            if should_stop is not None and should_stop():
+                break
             lr = lr_of(t)
-            payloads = torch.stack([c.pre_mix(lr) for c in self.clients])
-            w = torch.tensor(mixing_matrix(self.topology, self.centralized, self.n_clients, t),
-                                dtype=payloads.dtype, device=payloads.device)
-            mixed = w @ payloads
-            for i, c in enumerate(self.clients):
-                c.post_mix(mixed[i], lr)
+            payloads = [c.pre_mix(lr) for c in self.clients]
+            w = mixing_matrix(self.topology, self.centralized, self.n_clients, t)
+            # Every client mixes before any post_mix: a payload may alias its sender's state.
+            mixed = []
+            for i in range(self.n_clients):
+                src = mix_sources(w[i])
+                mixed.append(mix(w[i, src], [payloads[j] for j in src]))
+            for c, m in zip(self.clients, mixed):
+                c.post_mix(m, lr)
             loss = float(np.mean([c.last_loss for c in self.clients]))
             losses.append(loss)
             if on_round is not None:

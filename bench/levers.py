@@ -1,0 +1,100 @@
+"""Measure the Ray engine's performance levers one at a time, each against its baseline,
+side by side (interleaved blocks, same harness as `bench.harness`).
+
+    python -m bench.levers [--model cnn1d] [--n 16] [--levers threads,depth,vmap,coordinator]
+                           [--output docs/results/bench/levers.json]
+
+Levers that are config keys are set with `--set`-style overrides (ray.torch_threads,
+ray.max_inflight_rounds, ray.clients_per_actor); the others are applied to the actor
+processes by a Ray worker setup hook from `bench.patches` (a private Ray cluster per hook).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench import harness, procs
+from bench.harness import Plan, Spec
+
+
+def lever_specs(lever: str, n: int) -> list[Spec]:
+    half = max(1, n // 2)
+    local = [Spec("local", n, "local"), Spec("local", n, "local 1 thread", threads=1)]
+    if lever == "threads":
+        return local + [
+            Spec("ray", 1, "ray k=1, 1 thread/actor"),
+            Spec("ray", 1, "ray k=1, 2 threads/actor", extra=("ray.torch_threads=2",)),
+            Spec("ray", half, f"ray k={half}, 1 thread/actor"),
+            Spec("ray", half, f"ray k={half}, 2 threads/actor", extra=("ray.torch_threads=2",)),
+        ]
+    if lever == "depth":
+        return local + [Spec("ray", half, f"ray k={half}, inflight {d}", extra=(f"ray.max_inflight_rounds={d}",))
+                        for d in (1, 2, 4)]
+    if lever == "vmap":
+        return local + [
+            Spec("ray", half, f"ray k={half}"),
+            Spec("ray", half, f"ray k={half} + vmap", hook="bench.patches.packed_actors"),
+            Spec("ray", n, f"ray k={n}"),
+            Spec("ray", n, f"ray k={n} + vmap", hook="bench.patches.packed_actors"),
+        ]
+    if lever == "coordinator":
+        return local + [
+            Spec("ray", 1, "ray k=1"),
+            Spec("ray", 1, "ray k=1, lean coordinator", hook="bench.patches.lean_coordinator"),
+        ]
+    if lever == "scale":  # hundreds of clients: one process per client is out of the question
+        return local + [
+            Spec("ray", 32, "ray k=32"),
+            Spec("ray", 32, "ray k=32 + vmap + lean", hook="bench.patches.packed_lean"),
+            Spec("ray", n // 2, f"ray k={n // 2}"),
+            Spec("ray", n // 2, f"ray k={n // 2} + vmap + lean", hook="bench.patches.packed_lean"),
+        ]
+    if lever == "best":
+        return local + [
+            Spec("ray", 1, "ray k=1"),
+            Spec("ray", half, f"ray k={half}"),
+            Spec("ray", half, f"ray k={half} + vmap + lean", hook="bench.patches.packed_lean"),
+            Spec("gloo", 1, "gloo"),
+        ]
+    raise SystemExit(f"unknown lever {lever!r}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="cnn1d", choices=sorted(harness.MODELS))
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--levers", default="threads,depth,vmap,coordinator")
+    ap.add_argument("--blocks", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per block")
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args(argv)
+    rounds = args.rounds or {"cnn1d": 20, "resnet20": 4}[args.model]
+    plan = Plan(ns=(args.n,), models=(args.model,), warmup={args.model: 3 if args.model == "cnn1d" else 2},
+                blocks=args.blocks, block_rounds={args.model: rounds}, discard=1)
+    t0 = time.monotonic()
+    out = []
+    for lever in args.levers.split(","):
+        bench = harness.Bench(plan, log=lambda s: print(f"[{time.monotonic() - t0:6.1f}s] {s}", flush=True))
+        print(f"lever {lever}: {args.model} n={args.n} (load {procs.load_avg()})", flush=True)
+        recs = bench.run(specs_of=lambda n, lever=lever: lever_specs(lever, n))
+        for r in recs:
+            r["lever"] = lever
+        out += recs
+        for r in recs:
+            med = r["round_seconds_median"]
+            print(f"    {r['label']:<34} {med * 1e3 if med else float('nan'):9.1f} ms  "
+                  f"x local {r['ratio_to_local']}  cpu/round {r.get('cpu_seconds_per_round')} "
+                  f"(+ray sys {r.get('ray_system_cpu_seconds_per_round')})  PSS {r.get('pss_mb')} MB  "
+                  f"load {r.get('load_avg_1m')}  {r['status']}",
+                  flush=True)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

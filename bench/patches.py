@@ -1,0 +1,114 @@
+"""Levers the Ray engine does not expose as config keys, applied for measurement only.
+
+Each function here is a Ray `worker_process_setup_hook`: `bench.levers` starts one private Ray
+cluster per variant with `runtime_env={"worker_process_setup_hook": "bench.patches.<name>"}`,
+so the patch is in every actor process (the Coordinator creates the ClientActors, so a patch
+in the driver alone would not reach them). They change how the engine runs, never what it
+computes (tests/test_bench.py checks the packed path against separate clients).
+
+The same changes as plain code, for `qgm_ray/engine/actors.py` / `coordinator.py`, are in
+docs/results/bench/README.md ("Proposed hooks").
+"""
+from __future__ import annotations
+
+
+def packed_actors() -> None:
+    """ClientActor steps its k clients with one vmapped forward/backward (PackedClients)."""
+    import numpy as np
+
+    from qgm_ray.engine import actors
+    from qgm_ray.engine.packed import PackedClients
+
+    cls = actors.ClientActor
+    if getattr(cls, "_bench_packed", False):
+        return
+    orig_set, orig_step = cls.set_clients, cls.step
+
+    def set_clients(self, *args, **kwargs):
+        out = orig_set(self, *args, **kwargs)
+        self.packed = PackedClients(self.clients) if len(self.clients) > 1 else None
+        return out
+
+    def step(self, post, pre_lr, sources, *received):
+        if getattr(self, "packed", None) is None or pre_lr is None:
+            return orig_step(self, post, pre_lr, sources, *received)
+        if post is not None:
+            orig_step(self, post, None, sources, *received)   # post-mix only, unchanged
+        payloads = self.packed.pre_mix(pre_lr)                # (k, payload): one vmapped step
+        out = []
+        for pos, p in zip(self.positions, payloads):
+            self.payloads[pos] = p
+            out.append(np.ascontiguousarray(p.detach().cpu().numpy(), dtype=np.float32))
+        return (*out, {"losses": [c.last_loss for c in self.clients]})
+
+    cls.set_clients, cls.step, cls._bench_packed = set_clients, step, True
+
+
+def lean_coordinator() -> None:
+    """Coordinator without per-round O(n) Python: W(t)'s wiring cached while W does not
+    change, and the per-client loss gauges refreshed every 50 rounds instead of every round
+    (the mean is still exported every round)."""
+    from qgm_ray.engine import coordinator, metrics
+
+    if getattr(coordinator.Coordinator, "_bench_lean", False):
+        return
+    orig_wiring = coordinator.wiring
+    cache: dict = {}
+
+    def wiring(W, group):
+        # Static topologies hand out the same W object every round; keep W alive in the
+        # entry so its id cannot be reused by another matrix.
+        key = (id(W), tuple(group))
+        hit = cache.get(key)
+        if hit is None or hit[0] is not W:
+            if len(cache) > 4096:
+                cache.clear()
+            hit = cache[key] = (W, orig_wiring(W, group))
+        return hit[1]
+
+    coordinator.wiring = wiring
+    orig_on_round = metrics.RunMetrics.on_round
+
+    def on_round(self, t, losses, slots, seconds, nbytes):
+        if t % 50 == 0:
+            return orig_on_round(self, t, losses, slots, seconds, nbytes)
+        self.round.set(t + 1, tags=self.tags)
+        self.round_seconds.set(seconds, tags=self.tags)
+        if nbytes > 0:
+            self.bytes_sent.inc(nbytes, tags=self.tags)
+        if losses:
+            self.train_loss.set(sum(losses) / len(losses), tags={**self.tags, "client": "mean"})
+
+    metrics.RunMetrics.on_round = on_round
+    coordinator.Coordinator._bench_lean = True
+
+
+def packed_lean() -> None:
+    packed_actors()
+    lean_coordinator()
+
+
+def timed_actors() -> None:
+    """Diagnostics: ClientActor accumulates the thread CPU time spent inside `step`
+    (`bench_step_cpu()`), to split an actor's CPU into the round's work and Ray's overhead."""
+    import time
+
+    from qgm_ray.engine import actors
+
+    cls = actors.ClientActor
+    if getattr(cls, "_bench_timed", False):
+        return
+    orig_step = cls.step
+
+    def step(self, *args):
+        t = time.thread_time()
+        try:
+            return orig_step(self, *args)
+        finally:
+            self._bench_cpu = getattr(self, "_bench_cpu", 0.0) + time.thread_time() - t
+            self._bench_calls = getattr(self, "_bench_calls", 0) + 1
+
+    def bench_step_cpu(self):
+        return getattr(self, "_bench_cpu", 0.0), getattr(self, "_bench_calls", 0), time.process_time()
+
+    cls.step, cls.bench_step_cpu, cls._bench_timed = step, bench_step_cpu, True

@@ -1,0 +1,287 @@
+"""The `Coordinator` actor: topology, round counter, the wiring of the dataflow, membership.
+
+Round t on the Ray engine, for the ClientActor holding positions G (k clients):
+
+    refs = actor.step(post=(lr[t-1], rows of W(t-1) for G), pre_lr=lr[t], sources,
+                      *payload_refs[t-1][j] for j in sources)     # -> k payload refs + a record
+
+`sources` are the in-neighbours of G held by other actors. The refs are top-level arguments,
+so Ray hands the actor the resolved arrays (zero-copy from the node's object store, or pulled
+from another node) and starts the call as soon as those payloads exist: there is no global
+barrier, an actor runs ahead as far as its neighbours allow. The coordinator never fetches a
+payload; it keeps only the refs of the last round (older ones are dropped once the calls that
+read them are submitted, and Ray frees them when those calls finish) and waits for the small
+records of round t - max_inflight_rounds before submitting round t, which bounds how many
+rounds of payloads can sit in the object store. A chunk of rounds ends with a post-mix-only
+call, so between chunks every client has finished its round (evaluation, checkpoints,
+resizes and replacements happen only there).
+
+Plain class, wrapped with `ray.remote` by the engine (max_concurrency=2: `request_stop` must
+get through while `run_rounds` runs; a lock serialises everything else).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+import ray
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
+                            RayActorError, WorkerCrashedError)
+
+from qgm_ray import build
+from qgm_ray.config import Config
+from qgm_ray.engine.actors import ClientActor, average_models, evaluate_average
+from qgm_ray.engine.base import mix_sources, mixing_matrix, round_bytes
+from qgm_ray.engine.metrics import RunMetrics
+
+# What "a process or node died" looks like to the caller of ray.get.
+FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
+            WorkerCrashedError)
+
+
+def groups_of(n: int, k: int) -> list[list[int]]:
+    """Topology positions held by each actor: consecutive blocks of k."""
+    return [list(range(a, min(a + k, n))) for a in range(0, n, k)]
+
+
+def wiring(W: np.ndarray, group: list[int]) -> tuple[list, list[int]]:
+    """For the clients at `group`: rows [(sources, weights)] and the positions to receive."""
+    rows, need = [], set()
+    for i in group:
+        src = mix_sources(W[i])
+        rows.append((src, [float(w) for w in W[i, src]]))
+        need.update(src)
+    return rows, sorted(need - set(group))
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, run: str, meta: dict, data_refs: list, parts_ref, slots: list[int],
+                 resources: dict):
+        self.cfg, self.run, self.meta = cfg, run, meta
+        self.data_refs, self.parts_ref = data_refs, parts_ref   # refs (nested: never resolved here)
+        self.resources = resources   # {"num_cpus": per client, "num_gpus": per client}
+        self.k = cfg.ray.clients_per_actor
+        self.lock = threading.Lock()
+        self.stop_requested = False
+        self.metrics = RunMetrics(run)
+        self.actors: list = []
+        self.slots: list[int] = []
+        self.num_params = 0
+        self.algorithm = build.build_algorithm(cfg)
+        self.centralized = self.algorithm.centralized
+        self.initial_slots = list(slots)
+        # The averaged model: one client's GPU share, no CPU (it runs while the clients wait).
+        gpu = resources["num_gpus"]
+        self.evaluate_task = ray.remote(evaluate_average).options(num_cpus=0, num_gpus=gpu, max_retries=3)
+        self.average_task = ray.remote(average_models).options(num_cpus=0, max_retries=3)
+
+    def start(self) -> dict:
+        """Create the actors and build the clients (blocks while the cluster lacks resources)."""
+        with self.lock:
+            self._set_slots(self.initial_slots)
+            return self.info()
+
+    # ------------------------------------------------------------ actors
+    def _actor_options(self, n_clients: int) -> dict:
+        r = self.resources
+        return {"num_cpus": r["num_cpus"] * n_clients, "num_gpus": r["num_gpus"] * n_clients, "max_restarts": 0}
+
+    def _new_actor(self, n_clients: int):
+        cls = ray.remote(ClientActor).options(**self._actor_options(n_clients))
+        return cls.remote(self.cfg, self.meta, self.parts_ref, self.resources["num_gpus"] * n_clients,
+                          *self.data_refs)
+
+    def _set_slots(self, slots: list[int], states: Optional[list] = None) -> None:
+        """Make the actors hold exactly `slots` (position i = slots[i]) in blocks of k; reuse
+        live actors (they keep the clients they already hold), create or kill the rest.
+        `states`: refs of one state dict per slot (restore), or None (keep / build fresh)."""
+        groups = groups_of(len(slots), self.k)
+        for extra in self.actors[len(groups):]:
+            ray.kill(extra)
+        self.actors = self.actors[:len(groups)]
+        while len(self.actors) < len(groups):
+            self.actors.append(self._new_actor(len(groups[len(self.actors)])))
+        calls = []
+        for actor, g in zip(self.actors, groups):
+            args = [states[i] for i in g] if states is not None else []
+            calls.append(actor.set_clients.remote([slots[i] for i in g], g, *args))
+        self.num_params = ray.get(calls)[0]
+        self.slots = list(slots)
+        self.topology = build.build_topology(self.cfg, len(slots))
+
+    def info(self) -> dict:
+        return {"slots": list(self.slots), "num_params": self.num_params, "n_actors": len(self.actors),
+                "payload_bytes": self.algorithm.payload_size(self.num_params) * 4}
+
+    def handles(self) -> list:
+        return list(self.actors)
+
+    def pids(self) -> list[int]:
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    # ------------------------------------------------------------ rounds
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def run_rounds(self, t0: int, lrs: list[float]):
+        """Rounds t0 .. t0+len(lrs)-1. Yields a record per finished round, in order, then
+        {"done": rounds}. A dead actor ends the chunk with {"failed": message}."""
+        with self.lock:
+            self.stop_requested = False
+            try:
+                yield from self._run(t0, lrs)
+            except FAILURES as e:
+                yield {"failed": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+    def _run(self, t0: int, lrs: list[float]):
+        depth = self.cfg.ray.max_inflight_rounds
+        n, groups = len(self.slots), groups_of(len(self.slots), self.k)
+        payload_bytes = self.algorithm.payload_size(self.num_params) * 4
+        inflight: deque = deque()     # (t, [record refs]) submitted, not yet collected
+        prev: Optional[dict] = None   # position -> payload ref of the last pre-mixed round
+        last_time = time.time()
+        t = t0
+        submitted = 0
+        for idx, lr in enumerate(lrs):
+            if self.stop_requested:
+                break
+            t = t0 + idx
+            while len(inflight) >= depth:
+                rec = self._collect(inflight.popleft(), n, payload_bytes, last_time)
+                last_time = time.time()
+                yield rec
+            post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if prev is not None else None
+            payloads, records = {}, []
+            for actor, g in zip(self.actors, groups):
+                if post_W is not None:
+                    rows, sources = wiring(post_W, g)
+                    post, args = (lrs[idx - 1], rows), [prev[j] for j in sources]
+                else:
+                    post, sources, args = None, [], []
+                refs = actor.step.options(num_returns=len(g) + 1).remote(post, lr, sources, *args)
+                payloads.update(zip(g, refs[:-1]))
+                records.append(refs[-1])
+            prev = payloads   # the previous round's refs are dropped here
+            inflight.append((t, records))
+            submitted += 1
+        if prev is not None:  # finish the last round: post-mix only
+            W = mixing_matrix(self.topology, self.centralized, n, t0 + submitted - 1)
+            finals = []
+            for actor, g in zip(self.actors, groups):
+                rows, sources = wiring(W, g)
+                finals.append(actor.step.remote((lrs[submitted - 1], rows), None, sources,
+                                                *[prev[j] for j in sources]))
+            prev = None
+            while inflight:
+                rec = self._collect(inflight.popleft(), n, payload_bytes, last_time)
+                last_time = time.time()
+                yield rec
+            ray.get(finals)
+        yield {"done": submitted}
+
+    def _collect(self, item, n: int, payload_bytes: int, since: float) -> dict:
+        t, refs = item
+        losses = [x for r in ray.get(refs) for x in r["losses"]]   # position order, as LocalEngine
+        loss = float(np.mean(losses))
+        seconds = time.time() - since
+        nbytes = round_bytes(self.topology, self.centralized, n, t, payload_bytes)
+        self.metrics.on_round(t, losses, self.slots, seconds, nbytes)
+        return {"round": t, "loss": loss, "seconds": seconds}
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict:
+        with self.lock:
+            params = [a.params.remote() for a in self.actors]
+            result = self.evaluate_task.remote(self.cfg, self.meta, self.resources["num_gpus"], self.data_refs[2],
+                                               self.data_refs[3], *params)
+            local = ([a.local_accuracies.remote(self.cfg.eval.batch_size) for a in self.actors]
+                     if self.cfg.eval.local_models else [])
+            out = ray.get(result)
+            accs = [x for r in ray.get(local) for x in r]
+            out["local_test_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+            self.metrics.on_eval(out)
+            return out
+
+    # ------------------------------------------------------------ checkpoints, membership
+    def state_refs(self) -> list:
+        """Refs of each actor's list of client state dicts, in position order (the driver
+        fetches them to write a checkpoint)."""
+        with self.lock:
+            return [a.state_dicts.remote() for a in self.actors]
+
+    def load_states(self, slots: list[int], state_refs: list) -> None:
+        """Restore: hold `slots`, client i loading the state behind state_refs[i]."""
+        with self.lock:
+            self._set_slots(list(slots), states=list(state_refs))
+
+    def resize(self, n_clients: int, n_shards: Optional[int] = None) -> dict:
+        """Elastic: leavers (the last positions) release their shards; joiners take free shards
+        and start from the current average model with fresh optimizer state; the topology is
+        rebuilt for the new n. Same semantics as LocalEngine.resize. Usable at run time
+        (`ray.get_actor(name).resize.remote(n)`): it waits for the current chunk of rounds."""
+        from qgm_ray.topology import validate_topology
+        with self.lock:
+            n_shards = n_shards or self.cfg.elastic.max_clients or self.cfg.topology.n_clients
+            validate_topology(self.cfg.topology.name, n_clients, **self.cfg.topology.options)
+            if n_clients == len(self.slots):
+                return self.info()
+            if n_clients > n_shards:
+                raise ValueError(f"resize to {n_clients} clients: the data was cut into {n_shards} shards "
+                                 f"(set elastic.max_clients)")
+            avg = self.average_task.remote(*[a.params.remote() for a in self.actors])
+            if n_clients < len(self.slots):
+                slots = self.slots[:n_clients]
+            else:
+                free = [s for s in range(n_shards) if s not in self.slots]
+                slots = self.slots + free[:n_clients - len(self.slots)]
+            joiners = [s for s in slots if s not in self.slots]
+            self._set_slots(slots)
+            if joiners:
+                ray.get([a.reset_clients.remote(joiners, avg) for a in self.actors])
+            return self.info()
+
+    def find_dead(self, timeout: float = 10.0) -> list[int]:
+        """Indices of ClientActors that do not answer (dead process or node)."""
+        pings = [a.ping.remote() for a in self.actors]
+        dead = []
+        for i, p in enumerate(pings):
+            try:
+                ray.get(p, timeout=timeout)
+            except FAILURES:
+                dead.append(i)
+            except ray.exceptions.GetTimeoutError:
+                dead.append(i)
+        return dead
+
+    def repair(self, policy: str) -> dict:
+        """After a failure: replace dead actors (replay: same clients, state restored later by
+        load_states) or remove them with their clients (drop). Returns the lost slots."""
+        with self.lock:
+            dead = self.find_dead()
+            groups = groups_of(len(self.slots), self.k)
+            lost = [self.slots[i] for a in dead for i in groups[a]]
+            for a in dead:
+                try:
+                    ray.kill(self.actors[a])
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            if policy == "drop":
+                keep = [a for i, a in enumerate(self.actors) if i not in dead]
+                self.actors = keep
+                slots = [s for s in self.slots if s not in lost]
+            else:
+                for a in dead:
+                    self.actors[a] = self._new_actor(len(groups[a]))
+                slots = self.slots
+            return {"dead_actors": dead, "lost_slots": lost, "slots": slots}
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []

@@ -1,0 +1,217 @@
+"""The Ray engine, driver side: the same interface as LocalEngine, the clients in Ray actors.
+
+    driver (RayEngine)  --small calls / records-->  Coordinator actor  --refs-->  ClientActors
+                                                                     `-> Evaluator actor
+
+The driver starts or joins Ray (ray_setup), puts the dataset into the object store once
+(numpy arrays: every actor on a node maps the same memory and slices its own partition),
+starts the Coordinator (which starts the actors) and then only exchanges small things with
+it: per-round records that feed the progress bar, evaluation dicts, and the client states
+it writes to checkpoints. See coordinator.py for the round dataflow and actors.py for the
+workers.
+
+Failures. A ClientActor that dies (process killed, node lost) makes the coordinator's chunk
+end with a "failed" record; the engine then has the coordinator replace the dead actors
+(`fault_tolerance.on_failure: replay`) or remove them with their clients (`drop`, which
+rebuilds the topology for the clients left and refuses an n it cannot take) and raises
+EngineFailure. The runner restores the last checkpoint into the engine and replays from
+there, so a replayed run's numbers are those of an uninterrupted one. A dead Coordinator
+(its actors share its fate) is rebuilt the same way.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable, Optional
+
+import numpy as np
+import ray
+
+from qgm_ray import build
+from qgm_ray.config import Config
+from qgm_ray.data import Dataset
+from qgm_ray.engine.actors import dataset_meta
+from qgm_ray.engine.base import EngineFailure
+from qgm_ray.engine.coordinator import FAILURES, Coordinator
+from qgm_ray.engine.ray_setup import connect, describe_resources, plan_resources
+from qgm_ray.errors import ConfigError
+
+WAIT_LOG_EVERY_S = 30.0
+
+
+class RayEngine:
+    def __init__(self, cfg: Config, ds: Dataset, parts: list, log: Callable[[str], None] = print):
+        self.cfg, self.log = cfg, log
+        self.n_shards = len(parts)
+        self.dropped: set[int] = set()   # shards lost with `on_failure: drop`
+        self.coordinator = None
+        self.recoveries, self.last_recovery = 0, None
+        self.started_ray = connect(cfg, log)
+        try:
+            n_max = max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+            self.resources = plan_resources(cfg, n_max, self.started_ray, log)
+            self.meta = dataset_meta(ds)
+            # Owned by the driver for the engine's lifetime; actors read them zero-copy.
+            self.data_refs = [ray.put(np.ascontiguousarray(t.numpy()))
+                              for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y)]
+            self.parts_ref = ray.put([np.asarray(p) for p in parts])
+            self.centralized = build.build_algorithm(cfg).centralized
+            self.name = f"qgm-{cfg.name}-{uuid.uuid4().hex[:6]}"
+            self._start(list(range(cfg.topology.n_clients)))
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ lifecycle
+    def _start(self, slots: list[int]) -> None:
+        cls = ray.remote(Coordinator).options(name=self.name, num_cpus=0, max_concurrency=2, max_restarts=0)
+        self.coordinator = cls.remote(self.cfg, self.name, self.meta, self.data_refs, self.parts_ref, slots,
+                                      self.resources)
+        started = self.coordinator.start.remote()
+        t0 = time.time()
+        while True:
+            ready, _ = ray.wait([started], timeout=WAIT_LOG_EVERY_S)
+            if ready:
+                break
+            self.log(f"ray: waiting {time.time() - t0:.0f}s for resources for {len(slots)} clients "
+                     f"(available now: {describe_resources(ray.available_resources())})")
+        self._apply(ray.get(started))
+        k = self.cfg.ray.clients_per_actor
+        self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}; "
+                 f"coordinator actor {self.name!r}")
+
+    def _apply(self, info: dict) -> None:
+        self._info = info
+        self.slots = list(info["slots"])
+        self.n_clients = len(self.slots)
+        self.topology = build.build_topology(self.cfg, self.n_clients)
+
+    def _refresh(self) -> None:
+        self._apply(ray.get(self.coordinator.info.remote()))
+
+    @property
+    def payload_bytes(self) -> int:
+        return self._info["payload_bytes"]
+
+    def close(self) -> None:
+        if self.coordinator is not None:
+            try:
+                ray.get(self.coordinator.shutdown.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - dead already, or stuck: kill below
+                pass
+            try:
+                ray.kill(self.coordinator)
+            except Exception:  # noqa: BLE001
+                pass
+            self.coordinator = None
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+            self.started_ray = False
+
+    # ------------------------------------------------------------ training
+    def train(self, rounds: range, lr_of: Callable[[int], float],
+              on_round: Optional[Callable[[int, float], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
+        losses: list[float] = []
+        if len(rounds) == 0 or (should_stop is not None and should_stop()):
+            return losses
+        lrs = [float(lr_of(t)) for t in rounds]
+        stop_sent = False
+        try:
+            stream = self.coordinator.run_rounds.options(num_returns="streaming").remote(rounds.start, lrs)
+            for ref in stream:
+                rec = ray.get(ref)
+                if "failed" in rec:
+                    self._recover(rec["failed"])
+                if "done" in rec:
+                    break
+                losses.append(rec["loss"])
+                if on_round is not None:
+                    on_round(rec["round"], rec["loss"])
+                if not stop_sent and should_stop is not None and should_stop():
+                    self.coordinator.request_stop.remote()
+                    stop_sent = True
+        except FAILURES as e:
+            self._on_failure(e)
+        self._refresh()   # a run-time Coordinator.resize may have changed n
+        return losses
+
+    def _call(self, method: str, *args):
+        """ray.get(coordinator.method(*args)), turning a dead actor into EngineFailure."""
+        try:
+            return ray.get(getattr(self.coordinator, method).remote(*args))
+        except FAILURES as e:
+            self._on_failure(e)
+
+    def _on_failure(self, err: Exception) -> None:
+        try:  # is it the coordinator (its actors die with it) or one of its actors?
+            ray.get(self.coordinator.info.remote(), timeout=30)
+        except (*FAILURES, ray.exceptions.GetTimeoutError):
+            self._restart(f"the coordinator died ({type(err).__name__})")
+        self._recover(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+
+    def _recover(self, reason: str) -> None:
+        policy = self.cfg.fault_tolerance.on_failure
+        t0 = time.time()
+        info = ray.get(self.coordinator.repair.remote(policy))
+        lost = info["lost_slots"]
+        if policy == "drop":
+            self.dropped.update(lost)
+            left = len(info["slots"])
+            try:
+                from qgm_ray.topology import validate_topology
+                if left == 0:
+                    raise ConfigError("no client is left")
+                validate_topology(self.cfg.topology.name, left, **self.cfg.topology.options)
+            except ConfigError as e:
+                raise ConfigError(f"fault_tolerance.on_failure=drop: clients {lost} died and the "
+                                  f"{left} left cannot form the topology: {e}") from None
+        self.recoveries += 1
+        self.last_recovery = {"reason": reason, "lost_slots": lost, "dead_actors": info["dead_actors"],
+                              "repair_seconds": time.time() - t0}
+        action = "replaced" if policy == "replay" else "dropped"
+        raise EngineFailure(f"ClientActor(s) {info['dead_actors']} died ({reason}); clients {lost} {action}",
+                            lost)
+
+    def _restart(self, reason: str) -> None:
+        slots = [s for s in self.slots if s not in self.dropped]
+        try:
+            ray.kill(self.coordinator)
+        except Exception:  # noqa: BLE001
+            pass
+        self.name = f"qgm-{self.cfg.name}-{uuid.uuid4().hex[:6]}"
+        self._start(slots)
+        raise EngineFailure(reason)
+
+    # ------------------------------------------------------------ evaluation, state
+    def evaluate(self) -> dict:
+        return self._call("evaluate")
+
+    def state_dict(self) -> dict:
+        try:
+            per_actor = ray.get(ray.get(self.coordinator.state_refs.remote()))
+        except FAILURES as e:
+            self._on_failure(e)
+        return {"slots": list(self.slots), "clients": [s for states in per_actor for s in states]}
+
+    def load_state_dict(self, state: dict) -> None:
+        keep = [i for i, s in enumerate(state["slots"]) if s not in self.dropped]
+        slots = [int(state["slots"][i]) for i in keep]
+        refs = [ray.put(state["clients"][i]) for i in keep]
+        self._call("load_states", slots, refs)
+        self._refresh()
+
+    def resize(self, n_clients: int, at_round: int) -> None:
+        from qgm_ray.topology import validate_topology
+        validate_topology(self.cfg.topology.name, n_clients, **self.cfg.topology.options)
+        if n_clients > self.n_shards:
+            raise ConfigError(f"elastic: {n_clients} clients at round {at_round}, but the data was cut into "
+                              f"{self.n_shards} shards; set elastic.max_clients >= {n_clients}")
+        self._apply(self._call("resize", n_clients, self.n_shards))
+
+    # ------------------------------------------------------------ for tests and operators
+    def actor_handles(self) -> list:
+        return ray.get(self.coordinator.handles.remote())
+
+    def actor_pids(self) -> list[int]:
+        return ray.get(self.coordinator.pids.remote())

@@ -1,0 +1,136 @@
+"""Starting or joining Ray, and sizing the actors: every check here runs before an actor starts.
+
+GPUs. `ray.gpus_per_client` is the fraction of a GPU each client asks Ray for; an actor of k
+clients asks for k times that. Fractions pack several clients on one GPU (Ray places actors
+so that the fractions on a GPU sum to at most 1) but they are scheduling bookkeeping only:
+Ray does not cap a process's GPU memory, so clients sharing a GPU must fit in its memory
+together (lower `ray.gpus_per_client`'s denominator, i.e. use more GPUs, if they do not).
+`auto` uses min(1/k, G / (n + 1)) of a GPU per client when the cluster has G GPUs (n clients
+plus the evaluation task spread over the GPUs there are, and never more than one GPU per actor),
+and the CPU when it has none. On an autoscaling cluster whose GPU workers start at zero,
+`auto` sees no GPU: set the fraction explicitly and the autoscaler adds GPU nodes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+from typing import Callable, Optional
+
+from qgm_ray.config import Config
+from qgm_ray.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+def ray_address(cfg: Config) -> Optional[str]:
+    return cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds on an address nobody answers (ray.init would retry for a minute)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        host, port = hostport, "6379"
+    try:
+        port_num = int(port)
+    except ValueError:
+        raise ConfigError(f"ray.address={address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379 or ray://head:10001)") from None
+    try:
+        with socket.create_connection((host, port_num), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"ray.address={address!r}: cannot reach a Ray head at {host}:{port_num} ({reason}); "
+                          f"start one with `ray start --head`, fix the address, or unset ray.address and "
+                          f"RAY_ADDRESS to run on a local Ray") from None
+
+
+def connect(cfg: Config, log: Callable[[str], None]) -> bool:
+    """Join the configured cluster or start a local Ray sized to this machine.
+    Returns True when this call started Ray (and the engine should shut it down)."""
+    import ray
+
+    if ray.is_initialized():  # a test session, a Tune trial, a notebook: use what is there
+        return False
+    address = ray_address(cfg)
+    if address:
+        probe_address(address)
+        try:
+            ctx = ray.init(address=address, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"ray.address={address!r}: could not join the Ray cluster: "
+                              f"{str(e).splitlines()[0]}") from None
+        where = f"joined the Ray cluster at {address}"
+    else:
+        ctx = ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=True,
+                       dashboard_host=cfg.ray.dashboard_host, logging_level="WARNING")
+        where = "started a local Ray"
+    url = getattr(ctx, "dashboard_url", None)
+    log(f"ray: {where}; dashboard: " + (f"http://{url}" if url else "not running (needs ray[default])"))
+    return not address
+
+
+def describe_resources(res: dict) -> str:
+    shown = {k: v for k, v in res.items() if not k.startswith("node:") and "memory" not in k}
+    mem = res.get("memory", 0) / 2**30
+    return ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + f", memory: {mem:.1f} GiB"
+
+
+def cluster_autoscales() -> bool:
+    """Whether a Ray autoscaler manages this cluster (it would add nodes for pending actors)."""
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+        if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None:  # autoscaler v1
+            return True
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+        return bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # noqa: BLE001 - no autoscaler, or an API that moved: be strict
+        return False
+
+
+def gpus_per_client(cfg: Config, n_max: int, cluster_gpus: float) -> float:
+    k = cfg.ray.clients_per_actor
+    if cfg.ray.gpus_per_client == "auto":
+        if cluster_gpus <= 0:
+            return 0.0
+        share = min(1.0 / k, cluster_gpus / (n_max + 1))
+        return math.floor(share * 1e4) / 1e4  # Ray keeps 4 decimals: never round up past the GPU
+    return float(cfg.ray.gpus_per_client)
+
+
+def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[str], None]) -> dict:
+    """Per-client {"num_cpus", "num_gpus"}; ConfigError when this cluster can never run it."""
+    import ray
+
+    res = ray.cluster_resources()
+    k = cfg.ray.clients_per_actor
+    gpu = gpus_per_client(cfg, n_max, res.get("GPU", 0.0))
+    if gpu * k > 1 and abs(gpu * k - round(gpu * k)) > 1e-9:
+        raise ConfigError(f"ray.gpus_per_client={gpu:g} x ray.clients_per_actor={k} = {gpu * k:g} GPUs per actor: "
+                          f"Ray needs a fraction <= 1 or a whole number")
+    if cfg.device == "cuda" and gpu == 0:
+        raise ConfigError(f"device=cuda but the clients get no GPU (ray.gpus_per_client={cfg.ray.gpus_per_client}, "
+                          f"cluster: {describe_resources(res)})")
+    cpu = cfg.ray.cpus_per_client
+    # Evaluation takes one client's GPU share and no CPU (it runs while the clients wait).
+    need = {"CPU": cpu * n_max, "GPU": gpu * (n_max + 1)}
+    short = {r: v for r, v in need.items() if v > res.get(r, 0.0) + 1e-6}
+    if short:
+        what = " and ".join(f"{v:g} {r}" for r, v in short.items())
+        msg = (f"{n_max} clients need {what} (ray.cpus_per_client={cpu:g}, ray.gpus_per_client="
+               f"{cfg.ray.gpus_per_client}) but the Ray cluster has {describe_resources(res)}")
+        if not started_here and cluster_autoscales():
+            log(f"ray: {msg}; the autoscaler will add nodes, the run waits for them")
+        else:
+            hint = ("set ray.gpus_per_client: 0 (or auto) to train on CPU, or join a cluster with GPUs (ray.address)"
+                    if "GPU" in short else "lower ray.cpus_per_client or raise ray.num_cpus")
+            raise ConfigError(f"{msg}; {hint}")
+    if gpu > 0:
+        log(f"ray: {gpu:g} GPU per client ({gpu * k:g} per actor of {k}); fractions share a GPU's memory, "
+            f"they do not cap it")
+    return {"num_cpus": cpu, "num_gpus": gpu}

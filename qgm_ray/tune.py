@@ -1,0 +1,479 @@
+"""Ray Tune sweeps: one trial = one full decentralized run (`runner.run`) in its own directory.
+
+The config's `tune:` section declares a grid over dotted config keys (`tune.grid_search`) and
+optionally sampled keys (`tune.loguniform`, ...); every trial merges its values over the
+sweep's config and trains. Each evaluation row goes to `tune.report`, so ASHA can stop bad
+trials early and the dashboard shows progress; when the run ends, one last report carries its
+`status` (completed | diverged) and final / best accuracy. A diverged run is a result, not an
+error; an exception in a run is a Tune error (status failed).
+
+Sweep directory (default `runs/<name>-<timestamp>/`):
+
+    config.yaml       the resolved config, tune: section included (`--resume` reads it)
+    tune/             Tune's experiment state (`Tuner.restore` reads it)
+    trials/<trial>/   each trial's run directory: config.yaml, metrics.csv, summary.json, ...
+    results.csv, histories.csv, partitions.csv, table.md, *.png   (qgm_ray.report)
+
+Resources: with `backend: local` a trial is one process holding one CPU (or one GPU when the
+run is on CUDA). With `backend: ray` a trial reserves, through a PlacementGroupFactory, one
+bundle for itself (the trial process, which also hosts the engine's Coordinator) and one bundle
+per ClientActor; Tune schedules the trial with `placement_group_capture_child_tasks=True`, so
+the actors the engine creates land in the trial's own bundles and concurrent trials can never
+starve each other of the resources their actors need.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from qgm_ray.config import Config, config_dict, dump_yaml, from_dict, set_dotted
+from qgm_ray.errors import ConfigError
+
+EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
+TRIALS = "trials"     # our run directories inside the sweep directory
+
+# Short labels for trial names and progress lines.
+_SHORT = {"algorithm.name": "", "data.alpha": "alpha", "seed": "seed", "algorithm.lr": "lr",
+          "topology.name": "", "topology.n_clients": "n"}
+
+
+# ---------------------------------------------------------------- search space
+
+def _sampler(key: str, spec: dict):
+    from ray import tune
+    (kind, arg), = spec.items()
+    if kind == "choice":
+        return tune.choice(list(arg))
+    lo, hi = arg
+    if kind == "uniform":
+        return tune.uniform(lo, hi)
+    if kind == "loguniform":
+        return tune.loguniform(lo, hi)
+    if kind == "randint":
+        return tune.randint(lo, hi + 1)  # [lo, hi] inclusive, as written in the config
+    raise ConfigError(f"tune.search.{key}: unknown distribution {kind!r}")
+
+
+def param_space(tc) -> dict:
+    """Flat {dotted key: grid_search | sampler}: Tune expands the grid, samples the rest."""
+    from ray import tune
+    space = {k: tune.grid_search(list(v)) for k, v in tc.grid.items()}
+    space.update({k: _sampler(k, spec) for k, spec in tc.search.items()})
+    return space
+
+
+def grid_points(tc) -> list[dict]:
+    """Every grid combination (without the sampled keys)."""
+    keys = list(tc.grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(tc.grid[k] for k in keys))]
+
+
+def count_trials(tc) -> int:
+    return math.prod(len(v) for v in tc.grid.values()) * tc.num_samples
+
+
+def trial_dict(base: dict, params: dict) -> dict:
+    d = copy.deepcopy(base)
+    for key, value in params.items():
+        set_dotted(d, key, value)
+    d["tune"] = Config().to_dict()["tune"]  # a trial is a plain run
+    return d
+
+
+def trial_config(base: dict, params: dict) -> Config:
+    return from_dict(trial_dict(base, params))
+
+
+def describe_params(params: dict) -> str:
+    """`qg_dsgdm_n alpha=0.1 seed=2`: the trial's values, shortest readable form."""
+    parts = []
+    for key, value in params.items():
+        label = _SHORT.get(key, key.rsplit(".", 1)[-1])
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        parts.append(f"{label}={text}" if label else text)
+    return " ".join(parts)
+
+
+def _trial_name(trial) -> str:
+    safe = describe_params(trial.config).replace(" ", "_").replace("=", "")
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in safe)
+    return f"{safe}_{trial.trial_id}"
+
+
+# ---------------------------------------------------------------- resources
+
+def _cluster_gpus() -> float:
+    import ray
+    return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
+
+
+def trial_bundles(cfg: Config, cluster_gpus: float = 0.0) -> list[dict]:
+    """Placement-group bundles of one trial. The first bundle is the trial process itself.
+
+    backend ray: the engine's Coordinator asks for no CPU (it fits in the first bundle); each
+    ClientActor of k clients asks for k x (ray.cpus_per_client, gpus_per_client) and the
+    Evaluator for one client's share (qgm_ray.engine.ray_setup.plan_resources), so the trial
+    reserves one bundle per actor of that size.
+    """
+    wants_gpu = cfg.device == "cuda" or (cfg.device == "auto" and cluster_gpus > 0)
+    if cfg.backend == "local":
+        return [{"CPU": 1.0, "GPU": 1.0}] if wants_gpu else [{"CPU": 1.0}]
+    from qgm_ray.engine.ray_setup import gpus_per_client
+    k = cfg.ray.clients_per_actor
+    n_max = max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+    gpu = gpus_per_client(cfg, n_max, cluster_gpus)
+    cpu = cfg.ray.cpus_per_client
+
+    def bundle(clients: int) -> dict:
+        return {"CPU": cpu * clients, **({"GPU": gpu * clients} if gpu > 0 else {})}
+
+    # The trial process only drives the coordinator and writes outputs: half a CPU is plenty.
+    return [{"CPU": 0.5}] + [bundle(k) for _ in range(math.ceil(n_max / k))] + [bundle(1)]
+
+
+def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None:
+    """A trial bigger than the whole cluster would wait forever (Tune only warns): refuse it."""
+    if autoscaling:
+        return
+    for point in grid_points(tc):
+        need: dict = {}
+        for b in trial_bundles(trial_config(base, point), cluster.get("GPU", 0.0)):
+            for r, v in b.items():
+                need[r] = need.get(r, 0.0) + v
+        short = {r: v for r, v in need.items() if v > cluster.get(r, 0.0) + 1e-6}
+        if short:
+            have = ", ".join(f"{cluster.get(r, 0.0):g} {r}" for r in short)
+            raise ConfigError(
+                f"trial {describe_params(point)} needs {', '.join(f'{v:g} {r}' for r, v in need.items())} "
+                f"(backend={base['backend']}: trial process + ClientActors + evaluator) but the Ray cluster "
+                f"has {have}; lower ray.cpus_per_client / ray.gpus_per_client, raise ray.num_cpus, or join "
+                f"a bigger cluster (ray.address)")
+
+
+def _resources_fn(base: dict, cluster_gpus: float) -> Callable:
+    def resources(params: dict):
+        from ray import tune
+        return tune.PlacementGroupFactory(trial_bundles(trial_config(base, params), cluster_gpus))
+    return resources
+
+
+# ---------------------------------------------------------------- the trainable
+
+def _worst(mode: str) -> float:
+    return 0.0 if mode == "max" else float("inf")
+
+
+def _prepare_trial_dir(path: Path) -> bool:
+    """A trial restarted by Tuner.restore finds its old run directory: resume from its own
+    checkpoint when it has one, else start over (metrics.csv is appended, so it must go)."""
+    from qgm_ray.outputs import RunDir
+    if not path.exists():
+        return False
+    if RunDir(path).list_checkpoints() and (path / "config.yaml").is_file():
+        return True
+    shutil.rmtree(path)
+    return False
+
+
+def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
+    """Tune function trainable: one run, every evaluation reported, then the outcome."""
+    import torch
+    from ray import tune
+
+    from qgm_ray import runner
+
+    cfg = trial_config(base, params)
+    cfg.progress = False
+    if cfg.backend == "local":
+        torch.set_num_threads(cfg.ray.torch_threads)
+    name = tune.get_context().get_trial_name()
+    path = Path(sweep_dir) / TRIALS / name
+    resume = _prepare_trial_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    metric, mode = base["tune"]["metric"], base["tune"]["mode"]
+    best = {"acc": float("-inf")}
+    last = {}
+
+    def on_eval(row: dict) -> None:
+        best["acc"] = max(best["acc"], row["test_accuracy"])
+        last.clear()
+        last.update(row)
+        # Same keys in every report (Tune's progress.csv takes its header from the first one).
+        tune.report({**row, "status": "running", "final_test_accuracy": row["test_accuracy"],
+                     "best_test_accuracy": best["acc"]})
+
+    with open(path / "log.txt", "a") as logf:
+        def log(msg: str) -> None:
+            logf.write(msg + "\n")
+            logf.flush()
+        log(f"trial {name}: {describe_params(params)} (qgm_ray from {Path(runner.__file__).parent})")
+        summary = runner.run(cfg, path, resume=resume, on_eval=on_eval, log=log)
+
+    final = {**last, "status": summary["status"],
+             "final_test_accuracy": summary["final_test_accuracy"],
+             "best_test_accuracy": summary["best_test_accuracy"],
+             "wall_seconds": summary["wall_seconds"], "round": summary["rounds"]}
+    for key in ("final_test_accuracy", "best_test_accuracy", "test_accuracy"):
+        if final.get(key) is None:
+            final[key] = float("nan")
+    if summary["status"] != "completed" or metric not in final or not _finite(final[metric]):
+        final[metric] = _worst(mode)  # schedulers and best-trial selection must not prefer it
+    tune.report(final)
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- progress lines
+
+def _progress_callback(total: int, t0: float, log: Callable[[str], None]):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per finished trial (Tune's own reporter is off: verbose=0)."""
+
+        def _line(self, trials, trial, outcome: str) -> None:
+            # `trial` itself is not marked TERMINATED / ERROR yet when the callback runs.
+            done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+            elapsed = time.time() - t0
+            log(f"[{done:>{len(str(total))}}/{total}] {describe_params(trial.config)}: {outcome}"
+                f"  ({elapsed / 60:.1f} min elapsed)")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            status = r.get("status")
+            if status == "completed":
+                outcome = (f"completed, final {_pct(r.get('final_test_accuracy'))} best "
+                           f"{_pct(r.get('best_test_accuracy'))}, {r.get('wall_seconds', float('nan')):.0f} s")
+            elif status == "diverged":
+                outcome = (f"DIVERGED at round {r.get('round')} (last evaluation before: "
+                           f"{_pct(r.get('final_test_accuracy'))})")
+            else:
+                outcome = (f"stopped early by the scheduler at epoch {r.get('epoch', float('nan')):g}, "
+                           f"test accuracy {_pct(r.get('test_accuracy'))}")
+            self._line(trials, trial, outcome)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trials, trial, f"FAILED (see {trial.path}/error.txt)")
+
+    return Progress()
+
+
+def _pct(x) -> str:
+    return f"{100 * float(x):.2f}%" if _finite(x) else "n/a"
+
+
+# ---------------------------------------------------------------- driver
+
+def _init_ray(cfg: Config) -> bool:
+    """Connect to ray.address / $RAY_ADDRESS, else start a local Ray. True if we started one."""
+    import ray
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), dashboard_host=cfg.ray.dashboard_host,
+                 log_to_driver=False)
+    return True
+
+
+def _autoscales() -> bool:
+    try:
+        from qgm_ray.engine.ray_setup import cluster_autoscales
+        return cluster_autoscales()
+    except ImportError:
+        return False
+
+
+def _absolute_paths(d: dict) -> dict:
+    # Trials run in Tune's working directories, not ours: relative data paths must not move.
+    root = d["data"]["root"]
+    if root and not os.path.isabs(root):
+        d["data"]["root"] = os.path.abspath(root)
+    return d
+
+
+def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
+    """Every grid point (and the ends of every sampled range) must be a valid config, and for
+    offline data the partition must fit the batch size: fail now, not 20 minutes in."""
+    from qgm_ray import data as qdata
+    from qgm_ray import runner
+
+    probes = [{}]
+    for key, spec in tc.search.items():
+        (kind, arg), = spec.items()
+        probes += [{key: v} for v in (arg if kind == "choice" else arg[:2])]
+    offline = base["data"]["name"] in getattr(qdata, "_OFFLINE", {})
+    seen = set()
+    for point in grid_points(tc):
+        for probe in probes:
+            params = {**point, **probe}
+            try:
+                cfg = trial_config(base, params)
+            except ConfigError as e:
+                raise ConfigError(f"trial {describe_params(params)}: {e}") from None
+            if offline:
+                d = cfg.to_dict()
+                key = repr((d["seed"], d["data"], d["topology"], d["elastic"]))
+                if key not in seen:
+                    seen.add(key)
+                    try:
+                        runner.prepare(cfg, log=lambda m: None)
+                    except ConfigError as e:
+                        raise ConfigError(f"trial {describe_params(params)}: {e}") from None
+
+
+def default_sweep_dir(name: str) -> Path:
+    from qgm_ray.outputs import default_run_dir
+    return default_run_dir(name)
+
+
+def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: Optional[str | Path] = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the sweep of `cfg.tune`; write results.csv, table.md and figures.
+
+    Returns {"sweep_dir", "results" (DataFrame, a row per trial), "files", "wall_seconds",
+    "complete" (False when interrupted: resume with `--resume sweep_dir`)}.
+    """
+    import logging
+
+    import ray
+    from ray import tune
+
+    from qgm_ray import report
+
+    # Tune's own reporter prints a table every few seconds; with the legacy reporter at verbose=0
+    # it is silent and our callback prints one line per trial instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    t0 = time.time()
+    if resume_dir is not None:
+        sweep_dir = Path(resume_dir).resolve()
+        if not (sweep_dir / "config.yaml").is_file() or not tune.Tuner.can_restore(str(sweep_dir / EXPERIMENT)):
+            raise ConfigError(f"--resume {sweep_dir}: not a sweep directory (needs config.yaml and {EXPERIMENT}/)")
+        base = config_dict(sweep_dir / "config.yaml")
+        cfg = from_dict(base)  # the sweep's own config, whatever --config says
+        log(f"resuming sweep {sweep_dir} (its own config.yaml)")
+    else:
+        if not cfg.tune.grid and not cfg.tune.search:
+            raise ConfigError("tune: the config has no tune.grid or tune.search section; nothing to sweep "
+                              "(see configs/tune_heterogeneity.yaml)")
+        base = _absolute_paths(cfg.to_dict())
+        cfg = from_dict(base)
+        check_trials(base, cfg.tune, log)
+        sweep_dir = Path(output_dir or cfg.output_dir or default_sweep_dir(cfg.name)).resolve()
+        if (sweep_dir / EXPERIMENT).exists():
+            raise ConfigError(f"--output-dir {sweep_dir} already holds a sweep; use --resume {sweep_dir} "
+                              f"to continue it, or another directory")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    tc = cfg.tune
+    total = count_trials(tc)
+    started_ray = _init_ray(cfg)
+    try:
+        cluster_gpus = _cluster_gpus()
+        check_fits(base, tc, ray.cluster_resources(), autoscaling=not started_ray and _autoscales())
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir)),
+            _resources_fn(base, cluster_gpus))
+        progress = _progress_callback(total, t0, log)
+        if resume_dir is not None:
+            # restart_errored: a crashed trial gets a fresh start; finished ones are kept as they are.
+            tuner = tune.Tuner.restore(str(sweep_dir / EXPERIMENT), trainable,
+                                       resume_unfinished=True, restart_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=param_space(tc),
+                               tune_config=_tune_config(cfg), run_config=_run_config(sweep_dir, progress))
+        log(f"sweep: {total} trials ({_space_text(tc)}), backend={cfg.backend}, scheduler={tc.scheduler}, "
+            f"Ray resources {_resources_text()}; directory {sweep_dir}")
+        grid = tuner.fit()
+        statuses = _tune_statuses(grid)
+        results = [(r.config, Path(r.path).name, r.metrics or {}, r.error) for r in grid]
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    rows = [report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics,
+                             _trial_status(statuses.get(metrics.get("trial_id")), error))
+            for params, name, metrics, error in results]
+    df = report.results_frame(rows, list(tc.grid) + list(tc.search))
+    files = report.write_sweep_report(sweep_dir, df)
+    wall = time.time() - t0
+    unfinished = int((df["status"] == "unfinished").sum()) if len(df) else 0
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    log(f"sweep finished in {wall / 60:.1f} min: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if unfinished:
+        log(f"{unfinished} trial(s) unfinished (interrupted); continue with: "
+            f"python main.py tune --resume {sweep_dir}")
+    log(f"table: {sweep_dir / 'table.md'}")
+    return {"sweep_dir": sweep_dir, "results": df, "files": files, "wall_seconds": wall,
+            "complete": unfinished == 0 and len(df) >= total}
+
+
+def _tune_config(cfg: Config):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    tc = cfg.tune
+    if tc.scheduler == "asha":
+        # One Tune iteration = one evaluation; +2 so the final report never hits max_t early.
+        max_t = math.ceil(cfg.schedule.epochs / cfg.eval.every_epochs) + 2
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                  grace_period=min(tc.grace_period_evals, max_t), reduction_factor=3)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(metric=tc.metric, mode=tc.mode, scheduler=scheduler, num_samples=tc.num_samples,
+                           max_concurrent_trials=tc.max_concurrent_trials or None,
+                           trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
+
+
+def _run_config(sweep_dir: Path, progress):
+    from ray import tune
+    return tune.RunConfig(name=EXPERIMENT, storage_path=str(sweep_dir), verbose=0, callbacks=[progress],
+                          failure_config=tune.FailureConfig(max_failures=0))
+
+
+def _tune_statuses(grid) -> dict:
+    """trial_id -> Tune status (TERMINATED, ERROR, PENDING, ...). ResultGrid keeps it private."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+
+
+def _trial_status(tune_status: Optional[str], error) -> str:
+    """Status for a trial whose run wrote no summary.json."""
+    if error is not None or tune_status == "ERROR":
+        return "failed"
+    if tune_status == "TERMINATED":
+        return "stopped"  # by the scheduler (ASHA), before the run's end
+    return "unfinished"
+
+
+def _space_text(tc) -> str:
+    parts = [f"{k} x{len(v)}" for k, v in tc.grid.items()]
+    parts += [f"{k} ~ {next(iter(s))}" for k, s in tc.search.items()]
+    if tc.num_samples > 1:
+        parts.append(f"{tc.num_samples} samples")
+    return ", ".join(parts)
+
+
+def _resources_text() -> str:
+    import ray
+    r = ray.cluster_resources()
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(r.items()) if k in ("CPU", "GPU"))
+
+
+__all__ = ["run_sweep", "param_space", "grid_points", "count_trials", "trial_config", "trial_bundles",
+           "run_trial", "describe_params"]

@@ -1,0 +1,25 @@
+"""Shared fixtures. Ray tests share one local Ray for the whole session (starting Ray costs
+seconds on a 2-core CI machine), with a metrics export port the metrics test scrapes."""
+import os
+import socket
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray (2 CPUs, no dashboard UI) shared by every test marked `ray`."""
+    ray = pytest.importorskip("ray")
+    os.environ.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=port, logging_level="WARNING",
+                 log_to_driver=False)
+    yield {"metrics_port": port}
+    ray.shutdown()

@@ -1,0 +1,114 @@
+"""The benchmark harness (no timing asserts), the gloo peer's math, and packed clients."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bench import harness
+from bench.gloo_peer import GlooPeer
+from qgm_ray import build
+from qgm_ray.config import from_dict
+from qgm_ray.engine.local import LocalEngine
+from qgm_ray.engine.packed import PackedClients
+
+
+def _local(cfg_dict, rounds, lr):
+    cfg = from_dict(cfg_dict)
+    ds = build.build_dataset(cfg)
+    engine = LocalEngine(cfg, ds, build.build_partition(cfg, ds))
+    losses = engine.train(range(rounds), lambda t: lr)
+    return engine, losses
+
+
+@pytest.mark.slow
+def test_smoke_bench_writes_valid_records(tmp_path):
+    out = tmp_path / "bench.json"
+    assert harness.main(output=str(out), mode="smoke") == 0
+    records = json.loads(out.read_text())
+    assert harness.validate_records(records) == []
+    by = {r["label"]: r for r in records}
+    assert by["local"]["status"] == "ok" and by["gloo"]["status"] == "ok"
+    assert by["local"]["ratio_to_local"] is not None and by["gloo"]["ratio_to_gloo"] == 1.0
+    for r in records:
+        if r["status"] == "ok":
+            assert r["round_seconds_median"] > 0 and r["peak_rss_mb"] > 0 and r["rounds_measured"] > 0
+        else:  # only the Ray engine may be missing on a checkout without it
+            assert r["backend"] == "ray" and r["status"].startswith("skipped")
+    assert (tmp_path / "bench.md").read_text().count("| cnn1d | 4 |") == len(records)
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_record_schema_rejects_bad_records():
+    good = {"backend": "local", "n_clients": 4, "clients_per_actor": 4, "model": "cnn1d",
+            "round_seconds_median": 0.01, "peak_rss_mb": 800.0, "status": "ok"}
+    assert harness.validate_records([good]) == []
+    assert harness.validate_records([]) != []
+    assert any("missing peak_rss_mb" in e for e in harness.validate_records([{k: v for k, v in good.items()
+                                                                            if k != "peak_rss_mb"}]))
+    assert harness.validate_records([{**good, "backend": "mpi"}]) != []
+    assert harness.validate_records([{**good, "n_clients": "4"}]) != []
+    assert harness.validate_records([{**good, "round_seconds_median": None}]) != []
+
+
+def test_memory_groups_keep_local_everywhere():
+    specs = harness.backend_specs(32, harness.PLANS["full"])
+    gs = harness.groups(32, specs, budget_mb=40 * harness.MB_PER_PROCESS)
+    assert len(gs) > 1 and all(g[0].backend == "local" for g in gs)
+    others = [s for g in gs for s in g if s.backend != "local"]
+    assert sorted(s.label for s in others) == sorted(s.label for s in specs if s.backend != "local")
+    assert len(harness.groups(4, harness.backend_specs(4, harness.PLANS["full"]), budget_mb=1e9)) == 1
+
+
+@pytest.mark.parametrize("algorithm", ["qg_dsgdm_n", "gradient_tracking"])
+def test_gloo_peer_computes_what_the_local_engine_computes(algorithm):
+    d = harness.config_dict("cnn1d", 4, "local", extra=[f"algorithm.name={algorithm}"])
+    rounds, lr = 3, 0.05
+    peer = GlooPeer(d, timeout=120)
+    try:
+        _, ends, gloo_losses = peer.train(0, [lr] * rounds)
+        gloo = np.stack(peer.params())
+    finally:
+        peer.close()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: then even the convolutions' sums run in the same order
+    try:
+        engine, losses = _local(d, rounds, lr)
+    finally:
+        torch.set_num_threads(threads)
+    local = torch.stack([c.params for c in engine.clients]).numpy()
+    assert len(ends) == rounds and ends == sorted(ends)
+    np.testing.assert_allclose(gloo_losses, losses, rtol=1e-5)
+    np.testing.assert_allclose(gloo, local, rtol=1e-5, atol=1e-6)
+    # Same mixing function, same summation order, one thread each: bit for bit.
+    np.testing.assert_array_equal(gloo, local)
+
+
+@pytest.mark.parametrize("model,data,opts", [
+    ("cnn1d", "mnist1d", {}),
+    ("resnet20", "synthetic_image", {"num_samples": 400, "shape": [3, 8, 8]}),  # BatchNorm buffers
+])
+def test_packed_clients_compute_what_separate_clients_compute(model, data, opts):
+    torch.set_num_threads(1)
+    d = harness.config_dict("cnn1d", 4, "local", extra=[f"model.name={model}", f"data.name={data}"])
+    d["data"]["options"] = opts
+    cfg = from_dict(d)
+    ds = build.build_dataset(cfg)
+    parts = build.build_partition(cfg, ds)
+    ref, packed_engine = LocalEngine(cfg, ds, parts), LocalEngine(cfg, ds, parts)
+    packed = PackedClients(packed_engine.clients)
+    w = torch.tensor(ref.topology.matrix(0), dtype=torch.float32)
+    for t in range(2):
+        ref.train(range(t, t + 1), lambda r: 0.05)
+        packed.post_mix(w @ packed.pre_mix(0.05), 0.05)
+    for a, b in zip(ref.clients, packed_engine.clients):
+        torch.testing.assert_close(b.params, a.params, rtol=1e-4, atol=1e-5)
+        assert b.last_loss == pytest.approx(a.last_loss, rel=1e-5)
+        for x, y in zip(a.model.buffers(), b.model.buffers()):
+            torch.testing.assert_close(y.float(), x.float(), rtol=1e-4, atol=1e-5)
+    # The clients still work on their own: a checkpoint round-trips through the packed rows.
+    c = packed_engine.clients[1]
+    state = c.state_dict()
+    c.params.add_(1.0)
+    c.load_state_dict(state)
+    torch.testing.assert_close(packed.params[1], state["params"])

@@ -1,0 +1,84 @@
+"""Cluster configuration and the checks that run before Ray starts (no Ray instance needed)."""
+import copy
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qgm_ray.config import load_config
+from qgm_ray.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when we return: nobody listens there
+
+
+def test_unreachable_ray_address_fails_fast_with_one_line():
+    from qgm_ray.engine.ray_setup import probe_address
+    port = _closed_port()
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=rf"ray.address='127.0.0.1:{port}': cannot reach a Ray head"):
+        probe_address(f"127.0.0.1:{port}")
+    assert time.time() - t0 < 5
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        probe_address("head:notaport")
+
+
+def test_main_reports_unreachable_address_before_writing_anything(tmp_path):
+    port = _closed_port()
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "main.py", "--quiet", "--output-dir", str(out),
+                        "--set", "backend=ray", "--set", f"ray.address=127.0.0.1:{port}",
+                        "--set", "data.name=synthetic", "--set", "model.name=mlp", "--set", "topology.n_clients=4"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("config error")]
+    assert len(errors) == 1 and "cannot reach a Ray head" in errors[0], p.stderr
+    assert not out.exists()
+
+
+def test_gpu_share_rules():
+    from qgm_ray.engine.ray_setup import gpus_per_client
+    assert gpus_per_client(load_config(None, []), 16, 0.0) == 0.0            # auto, no GPU: CPU
+    assert gpus_per_client(load_config(None, []), 3, 4.0) == 1.0             # auto: one GPU per actor at most
+    assert gpus_per_client(load_config(None, ["ray.gpus_per_client=0.25"]), 16, 0.0) == 0.25
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "local.yaml"])
+def test_cluster_yaml_passes_rays_schema_validator(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    raw = yaml.safe_load((ROOT / "cluster" / name).read_text())
+    validate_config(prepare_config(copy.deepcopy(raw)))
+    bad = copy.deepcopy(raw)
+    bad["not_a_ray_key"] = 1
+    with pytest.raises(Exception):  # the validator is strict: it would catch a typo
+        validate_config(prepare_config(bad))
+
+
+def test_aws_yaml_shape_and_security():
+    cfg = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    workers = {k: v for k, v in types.items() if k != cfg["head_node_type"]}
+    assert "GPU" not in head.get("resources", {}) and not head["node_config"]["InstanceType"].startswith(("g", "p"))
+    (gpu,) = workers.values()
+    assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p"))  # a GPU instance family
+    setup = " ".join(cfg["setup_commands"])
+    assert "requirements.txt" in setup and "qgm-ray" in setup
+    assert any("qgm-ray" in k for k in cfg["file_mounts"])
+    # Nothing opens the dashboard / GCS / metrics ports to the internet.
+    sg = cfg["provider"].get("security_group", {})
+    for perm in sg.get("IpPermissions", []):
+        opened = any(r.get("CidrIp") == "0.0.0.0/0" for r in perm.get("IpRanges", []))
+        assert not (opened and perm.get("ToPort") != 22), perm
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start

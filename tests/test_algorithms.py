@@ -126,8 +126,8 @@ def ref_run(name, hp, problem, Ws, lrs, steps=STEPS):
             if t == 0:
                 X_new = W @ (X - lr * G)
             else:
-                X_new = W @ (2 * X - X_prev - lr * (G - G_prev))
-            X_prev, G_prev = X, G
+                X_new = W @ (2 * X - X_prev - (lr * G - S_prev))
+            X_prev, S_prev = X, lr * G
         elif name == "gradient_tracking":
             Y = G if t == 0 else Y + G - G_prev
             G_prev = G
@@ -252,6 +252,22 @@ def test_d2_and_gradient_tracking_reach_exact_optimum_where_dsgd_does_not():
     assert d2_err < 1e-6, d2_err
     assert gt_err < 1e-6, gt_err
     assert dsgd_err > 1e-2, dsgd_err
+
+
+def test_d2_stays_exact_through_an_lr_decay():
+    # A multistep schedule (lr 0.1 then 0.05) must not leave a drift behind: D^2 differences
+    # the previous *step* lr*g, not the previous gradient (see algorithms/d2.py).
+    n, d = 5, 4
+    problem = Problem(seed=7, n=n, d=d, rows=12, hetero=3.0)
+    x_star = problem.optimum()
+    problem.x0 = np.zeros((n, d))
+    ring = np.zeros((n, n))
+    for i in range(n):
+        ring[i, [i, (i - 1) % n, (i + 1) % n]] = 1.0 / 3.0
+    steps = 1500
+    lrs = [0.1] * 20 + [0.05] * (steps - 20)  # decay long before convergence
+    history, _ = run_impl("d2", dict(weight_decay=0.0), problem, [ring] * steps, lrs, steps=steps, noisy=False)
+    assert np.abs(history[-1] - x_star).max() < 1e-6
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -1,8 +1,14 @@
 """D^2 (Tang et al. 2018), as in the official QGM code: no momentum, meant for a constant lr.
 
-D^2 gossips `2x - x_prev - lr*(g - g_prev)`: the correction term cancels the
+D^2 gossips `2x - x_prev - (lr*g - lr_prev*g_prev)`: the correction term cancels the
 heterogeneity bias of DSGD, so with a constant lr it reaches the exact optimum of the
-average objective (DSGD only reaches a neighbourhood). It needs W's smallest eigenvalue
+average objective (DSGD only reaches a neighbourhood).
+
+With a constant lr this is DESIGN.md's `2x - x_prev - lr*(g - g_prev)` exactly. We keep the
+previous *step* `lr_prev*g_prev` rather than the previous gradient because the lr changes
+(warm-up, decay): with `lr*(g - g_prev)` every lr change leaves a permanent drift
+`(lr_prev - lr)*g_prev` in the iterates, and D^2 collapsed after each decay in our sweep
+(docs/results/heterogeneity). Differencing the steps keeps the telescoping that makes D^2 exact. It needs W's smallest eigenvalue
 > -1/3, which the usual graphs (ring with weights 1/3 and n > 3 odd or lazy variants) meet.
 """
 
@@ -15,16 +21,17 @@ from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_cou
 
 
 def d2_pre_mix(
-    x: Tensor, grad: Tensor, x_prev: Tensor, g_prev: Tensor, first: bool, lr: float, weight_decay: float
+    x: Tensor, grad: Tensor, x_prev: Tensor, step_prev: Tensor, first: bool, lr: float, weight_decay: float
 ) -> Tensor:
-    """Payload of D^2; records x and g (with weight decay) in `x_prev`, `g_prev` in place."""
-    g = with_weight_decay(grad, x, weight_decay)
+    """Payload of D^2; records x and the step lr*g (g with weight decay) in `x_prev`,
+    `step_prev` in place."""
+    step = with_weight_decay(grad, x, weight_decay).mul_(lr)
     if first:
-        payload = x.add(g, alpha=-lr)
+        payload = x.sub(step)
     else:
-        payload = (2 * x).sub_(x_prev).sub_(g.sub(g_prev), alpha=lr)
+        payload = (2 * x).sub_(x_prev).sub_(step.sub(step_prev))
     x_prev.copy_(x)
-    g_prev.copy_(g)
+    step_prev.copy_(step)
     return payload
 
 
@@ -34,13 +41,13 @@ class D2(Algorithm):
     def init(self, params: Tensor) -> State:
         return {
             "prev_params": torch.zeros_like(params),
-            "prev_grad": torch.zeros_like(params),
+            "prev_step": torch.zeros_like(params),
             "step": new_step_counter(),
         }
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return d2_pre_mix(
-            params, grad, state["prev_params"], state["prev_grad"], step_of(state) == 0, lr, self.weight_decay
+            params, grad, state["prev_params"], state["prev_step"], step_of(state) == 0, lr, self.weight_decay
         )
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:

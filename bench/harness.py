@@ -348,7 +348,9 @@ def markdown(records: list[dict], meta: dict) -> str:
     lines = [
         f"Benchmark: {meta['date']} on {meta['machine']}; {meta['versions']}.",
         f"Load average (1, 5, 15 min) at start {meta['load_start']}, at end {meta['load_end']}"
-        f" (machine shared with other jobs while measuring).",
+        f" (machine shared with other jobs while measuring)."
+        + "".join(f" Rows for {', '.join(f'{m} n={n}' for m, n in r['redone'])} re-measured {r['date']} "
+                  f"(load {r['load_start']} -> {r['load_end']})." for r in meta.get("reruns", [])),
         "Median round time after warm-up; the configurations of one (model, n) run side by side in "
         "interleaved blocks of rounds. × local: to the local engine's floor, the faster of its runs with "
         "all cores and with 1 thread in the same group; × gloo: to the torch.distributed gloo peer. "
@@ -433,6 +435,34 @@ def metadata() -> dict:
     }
 
 
+def write(records: list[dict], meta: dict, out: Path) -> None:
+    """FILE.json (records), FILE.md (table), FILE.meta.json, FILE.png."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(records, meta))
+    out.with_name(out.stem + ".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    try:
+        plot(records, out.with_suffix(".png"))
+    except Exception as e:  # noqa: BLE001 - the numbers matter more than the figure
+        print(f"plot failed: {e}", file=sys.stderr)
+    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+def merge(base: Path, patch: Path) -> None:
+    """Replace base's records of every (model, n) that `patch` measured (a re-run of part of
+    the grid, e.g. after a failure), keeping both runs' metadata."""
+    recs, new = json.loads(base.read_text()), json.loads(patch.read_text())
+    redone = {(r["model"], r["n_clients"]) for r in new}
+    merged = [r for r in recs if (r["model"], r["n_clients"]) not in redone] + new
+    order = {m: i for i, m in enumerate(MODELS)}
+    merged.sort(key=lambda r: (order.get(r["model"], 99), r["n_clients"]))
+    meta = json.loads(base.with_name(base.stem + ".meta.json").read_text())
+    meta_p = json.loads(patch.with_name(patch.stem + ".meta.json").read_text())
+    meta.setdefault("reruns", []).append({"date": meta_p["date"], "redone": sorted(map(list, redone)),
+                                          "load_start": meta_p["load_start"], "load_end": meta_p["load_end"]})
+    write(merged, meta, base)
+
+
 def main(quick: bool = False, output: str | None = None, mode: str | None = None, plan: Plan | None = None) -> int:
     mode = mode or ("quick" if quick else "full")
     plan = plan or PLANS[mode]
@@ -453,16 +483,7 @@ def main(quick: bool = False, output: str | None = None, mode: str | None = None
     print(f"bench took {meta['seconds']:.0f} s")
     errors = validate_records(records)
     if output:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(records, indent=1) + "\n")
-        out.with_suffix(".md").write_text(table)
-        out.with_name(out.stem + ".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        try:
-            plot(records, out.with_suffix(".png"))
-        except Exception as e:  # noqa: BLE001 - the numbers matter more than the figure
-            print(f"plot failed: {e}", file=sys.stderr)
-        print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+        write(records, meta, Path(output))
     if errors:
         print("record schema problems:\n  " + "\n  ".join(errors), file=sys.stderr)
         return 1
@@ -478,7 +499,12 @@ if __name__ == "__main__":
     ap.add_argument("--models", default=None, help="comma-separated subset, e.g. resnet20")
     ap.add_argument("--ns", default=None, help="comma-separated client counts, e.g. 16,32")
     ap.add_argument("--blocks", type=int, default=None)
+    ap.add_argument("--merge", nargs=2, metavar=("BASE.json", "RERUN.json"), default=None,
+                    help="replace BASE's (model, n) rows by RERUN's and re-render the table and plot")
     args = ap.parse_args()
+    if args.merge:
+        merge(Path(args.merge[0]), Path(args.merge[1]))
+        sys.exit(0)
     import dataclasses
     plan = PLANS[args.mode]
     if args.models:

@@ -129,9 +129,16 @@ def cell_stats(df: pd.DataFrame, value: str = "final_test_accuracy", hparams=(),
         best = None
         if hp_cols and len(ok):
             per = ok.groupby(hp_cols, dropna=False)[value].agg(["mean", "std", "count"]).reset_index()
-            best = per.loc[per["mean"].idxmax() if mode == "max" else per["mean"].idxmin()]
+            # A setting that diverged (or crashed) on some seed is not a usable setting: it ranks
+            # after every setting that completed on all its seeds, whatever its mean.
+            bad = g[g["status"].isin(["diverged", "failed"])].groupby(hp_cols, dropna=False).size()
+            per["n_bad"] = [int(bad.get(k if len(hp_cols) > 1 else k[0], 0))
+                            for k in per[hp_cols].itertuples(index=False, name=None)]
+            per = per.sort_values(["n_bad", "mean"], ascending=[True, mode != "max"], kind="stable")
+            best = per.iloc[0]
             rec.update({c: best[c] for c in hp_cols})
-            rec.update({"mean": best["mean"], "std": best["std"], "n": int(best["count"])})
+            rec.update({"mean": best["mean"], "std": best["std"], "n": int(best["count"]),
+                        "n_bad_at_best": int(best["n_bad"])})
         else:
             rec.update({"mean": ok[value].mean() if len(ok) else np.nan,
                         "std": ok[value].std() if len(ok) > 1 else np.nan, "n": len(ok)})
@@ -185,7 +192,7 @@ def accuracy_tables(df: pd.DataFrame, param_keys=(), value: str = "final_test_ac
             for _, rec in col.iterrows():
                 text = _fmt_cell(rec, hp_cols)
                 if rec["n"] and rec["mean"] == best and len(col) > 1:
-                    head, sep, rest = text.partition(" ±")
+                    head, sep, rest = text.partition(" ")
                     text = f"**{head}**{sep}{rest}"
                 table.loc[rec["algorithm"], f"α = {_alpha_text(a)}"] = text
         tables.append((title, table.loc[[a for a in algos if a in set(g["algorithm"])]]))
@@ -216,7 +223,9 @@ def table_markdown(df: pd.DataFrame, base: Optional[dict] = None, param_keys=())
     lines.append(f"Cells: test accuracy of the averaged model at the end of training, mean ± std "
                  f"(sample std) over {len(seeds)} seed(s) of the completed trials; Dirichlet alpha: "
                  f"10 is near iid, 0.1 about one class per client. Bold: best in its column."
-                 + (f" Hyper-parameters {', '.join(hparams)}: the best setting per cell (by mean)." if hparams else "")
+                 + (f" Hyper-parameters {', '.join(hparams)}: the best setting per cell (by mean over seeds;"
+                    f" a setting that diverged on any seed ranks after those that never did); the bracket"
+                    f" counts every trial of the cell, all settings included." if hparams else "")
                  + " [k/n status]: trials that did not complete (diverged, failed, stopped by the scheduler"
                    " or unfinished) are left out of the mean.")
     lines.append("")

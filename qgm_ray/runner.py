@@ -109,12 +109,13 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
         run_dir.create()
         run_dir.write_config(dump_yaml(cfg))
         write_partition_csv(run_dir.path / "partition.csv", ds.train_y.numpy(), parts, ds.num_classes)
+        if checkpoint is not None:
+            engine.load_state_dict(checkpoint["engine"])
     except BaseException:
         engine.close()
         raise
     start, bytes_sent, wall_before, pending = 0, 0, 0.0, []
     if checkpoint is not None:
-        engine.load_state_dict(checkpoint["engine"])
         start, bytes_sent, wall_before = checkpoint["round"], checkpoint["bytes_sent"], checkpoint["wall_seconds"]
         pending = list(checkpoint.get("pending_losses", []))
         run_dir.truncate_metrics_after(start)

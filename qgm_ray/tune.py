@@ -236,16 +236,22 @@ def _finite(x) -> bool:
 
 # ---------------------------------------------------------------- progress lines
 
-def _progress_callback(total: int, t0: float, log: Callable[[str], None]):
+def _progress_callback(total: int, log: Callable[[str], None]):
     from ray.tune import Callback
 
     class Progress(Callback):
-        """One line per finished trial (Tune's own reporter is off: verbose=0)."""
+        """One line per finished trial (Tune's own reporter is off: verbose=0). Tuner.restore
+        brings back this same object (pickled with the run config): `setup` restarts the clock."""
+
+        t0 = time.time()
+
+        def setup(self, **info):
+            self.t0 = time.time()
 
         def _line(self, trials, trial, outcome: str) -> None:
             # `trial` itself is not marked TERMINATED / ERROR yet when the callback runs.
             done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
-            elapsed = time.time() - t0
+            elapsed = time.time() - self.t0
             log(f"[{done:>{len(str(total))}}/{total}] {describe_params(trial.config)}: {outcome}"
                 f"  ({elapsed / 60:.1f} min elapsed)")
 
@@ -389,7 +395,7 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir)),
             _resources_fn(base, cluster_gpus))
-        progress = _progress_callback(total, t0, log)
+        progress = _progress_callback(total, log)
         if resume_dir is not None:
             # restart_errored: a crashed trial gets a fresh start; finished ones are kept as they are.
             tuner = tune.Tuner.restore(str(sweep_dir / EXPERIMENT), trainable,
@@ -412,15 +418,17 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
     df = report.results_frame(rows, list(tc.grid) + list(tc.search))
     files = report.write_sweep_report(sweep_dir, df)
     wall = time.time() - t0
-    unfinished = int((df["status"] == "unfinished").sum()) if len(df) else 0
+    # Interrupted: trials cut short, and grid points Tune had not even created yet.
+    unfinished = int((df["status"] == "unfinished").sum()) + max(0, total - len(df))
     counts = df["status"].value_counts().to_dict() if len(df) else {}
-    log(f"sweep finished in {wall / 60:.1f} min: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    log(f"sweep {'stopped' if unfinished else 'finished'} after {wall / 60:.1f} min: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if unfinished:
-        log(f"{unfinished} trial(s) unfinished (interrupted); continue with: "
+        log(f"{unfinished} of {total} trials not done (interrupted); continue with: "
             f"python main.py tune --resume {sweep_dir}")
     log(f"table: {sweep_dir / 'table.md'}")
     return {"sweep_dir": sweep_dir, "results": df, "files": files, "wall_seconds": wall,
-            "complete": unfinished == 0 and len(df) >= total}
+            "complete": unfinished == 0}
 
 
 def _tune_config(cfg: Config):
@@ -437,6 +445,9 @@ def _tune_config(cfg: Config):
         scheduler = FIFOScheduler()
     return tune.TuneConfig(metric=tc.metric, mode=tc.mode, scheduler=scheduler, num_samples=tc.num_samples,
                            max_concurrent_trials=tc.max_concurrent_trials or None,
+                           # A new trial process pays seconds of imports (torch) before its first
+                           # round; trials of a local sweep are short, so keep the processes.
+                           reuse_actors=cfg.backend == "local",
                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
 
 

@@ -69,6 +69,17 @@ def reference(ray_session, tmp_path_factory):
     return {"dir": d, "summary": summary, "rows": read_metrics(d)}
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_actors(ray_session):
+    """Every engine a test starts must be gone when it ends (close() kills the actors)."""
+    yield
+    import time
+    deadline = time.time() + 10
+    while ray.util.list_named_actors() and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.util.list_named_actors() == []
+
+
 def capture_engine(monkeypatch):
     engines = []
     make = runner.make_engine
@@ -232,6 +243,35 @@ def test_graceful_stop_checkpoints_at_a_round_boundary(ray_session, tmp_path):
         ray_engine.close()
 
 
+def test_coordinator_death_and_run_time_resize(ray_session):
+    """A dead Coordinator (its actors die with it) is rebuilt and reported as EngineFailure;
+    the named Coordinator's resize works at run time, between chunks."""
+    from qgm_ray.engine.base import EngineFailure
+    from qgm_ray.engine.ray_engine import RayEngine
+    cfg = small("ray.clients_per_actor=4", "elastic.max_clients=4")
+    ds, parts = runner.prepare(cfg, log=quiet)
+    engine, local = RayEngine(cfg, ds, parts, log=quiet), LocalEngine(cfg, ds, parts)
+    lr = lambda t: 0.05  # noqa: E731
+    try:
+        engine.train(range(0, 3), lr)
+        local.train(range(0, 3), lr)
+        saved = engine.state_dict()
+        ray.kill(ray.get_actor(engine.name))
+        with pytest.raises(EngineFailure, match="coordinator died"):
+            engine.train(range(3, 6), lr)
+        engine.load_state_dict(saved)   # what the runner does: restore, replay
+        assert engine.train(range(3, 6), lr) == local.train(range(3, 6), lr)
+        ray.get(ray.get_actor(engine.name).resize.remote(2))   # an operator, at run time
+        local.resize(2, 6)
+        engine.train(range(6, 8), lr)
+        local.train(range(6, 8), lr)
+        assert engine.n_clients == 2
+        a, b = local.evaluate(), engine.evaluate()
+        assert all(rel(a[k], b[k]) <= TOL for k in a)
+    finally:
+        engine.close()
+
+
 # ------------------------------------------------------------------ monitoring
 
 
@@ -248,6 +288,11 @@ def test_metrics_are_exported_to_prometheus(ray_session):
         engine.train(range(0, 3), lambda t: 0.05)
         engine.evaluate()
         url = f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"
+        tag = f'run="{engine.name}"'
+
+        def missing(text):  # this run's series (earlier tests' runs export the same names)
+            lines = [l for l in text.splitlines() if tag in l]
+            return [n for n in NAMES if not any(l.startswith(f"ray_{n}") for l in lines)]
         deadline, text, err = time.time() + 60, "", None
         while time.time() < deadline:
             try:
@@ -255,14 +300,14 @@ def test_metrics_are_exported_to_prometheus(ray_session):
                 err = None
             except OSError as e:
                 err = e
-            if all(f"ray_{n}" in text for n in NAMES):
+            if not missing(text):
                 break
             time.sleep(1)
         if err is not None and not text:
             pytest.skip(f"Ray's metrics agent does not serve {url} here ({err})")
-        missing = [n for n in NAMES if f"ray_{n}" not in text]
-        assert not missing, missing
-        assert 'run="metrics_test' in text
+        assert not missing(text), (missing(text), [l for l in text.splitlines() if "qgm" in l][:20])
+        per_client = [l for l in text.splitlines() if l.startswith("ray_qgm_train_loss") and tag in l]
+        assert any('client="mean"' in l for l in per_client) and any('client="0"' in l for l in per_client)
     finally:
         engine.close()
 

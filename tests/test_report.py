@@ -73,6 +73,16 @@ def test_hyper_parameter_sweep_shows_the_best_lr_per_cell():
     (_, table), = report.accuracy_tables(df, keys)
     assert table.loc["dsgd", "α = 0.1"] == "72.00 ± 2.83 (lr 0.1)"
     assert set(report.best_trials(df, keys)["lr"]) == {0.1}
+    # lr 0.3: better mean over the seeds that completed, but it diverged on one: not chosen.
+    more = rows + [{"algorithm": "dsgd", "alpha": 0.1, "seed": 0, "lr": 0.3, "final_test_accuracy": 0.9,
+                    "status": "completed"},
+                   {"algorithm": "dsgd", "alpha": 0.1, "seed": 1, "lr": 0.3, "final_test_accuracy": 0.2,
+                    "status": "diverged"}]
+    df = report.results_frame([{"trial": f"t{i}", "topology": "ring", "n_clients": 4, "trial_dir": f"trials/t{i}",
+                                "best_test_accuracy": r["final_test_accuracy"], **r} for i, r in enumerate(more)],
+                              ["algorithm.lr"])
+    (_, table), = report.accuracy_tables(df, keys)
+    assert table.loc["dsgd", "α = 0.1"] == "72.00 ± 2.83 (lr 0.1) [1/8 diverged]"
 
 
 def test_other_grid_keys_split_the_table_in_sections():

@@ -68,17 +68,16 @@ class ClientActor:
         self._test = None
 
     # ------------------------------------------------------------ membership
-    def set_clients(self, slots: Sequence[int], positions: Sequence[int], states: Optional[list] = None) -> int:
+    def set_clients(self, slots: Sequence[int], positions: Sequence[int], *states: dict) -> int:
         """Hold exactly these shards (slots) at these topology positions; keep clients that
-        stay, build the others; `states` (one per slot, or None entries) restores them."""
+        stay, build the others; `states` (none, or one per slot, resolved from refs) restores them."""
         by_slot = {c.id: c for c in self.clients}
         self.clients = [by_slot.get(s) or build.build_client(self.cfg, self.ds, self.parts[s], s, self.device)
                         for s in slots]
         self.positions = list(positions)
         self.payloads = {}
-        for c, st in zip(self.clients, states or [None] * len(self.clients)):
-            if st is not None:
-                c.load_state_dict(st)
+        for c, st in zip(self.clients, states):
+            c.load_state_dict(st)
         return self.num_params()
 
     def reset_clients(self, slots: Sequence[int], average: tuple) -> None:

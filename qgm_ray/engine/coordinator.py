@@ -85,14 +85,11 @@ class Coordinator:
             return self.info()
 
     # ------------------------------------------------------------ actors
-    def _actor_options(self, n_clients: int) -> dict:
-        r = self.resources
-        return {"num_cpus": r["num_cpus"] * n_clients, "num_gpus": r["num_gpus"] * n_clients, "max_restarts": 0}
-
-    def _new_actor(self, n_clients: int):
-        cls = ray.remote(ClientActor).options(**self._actor_options(n_clients))
-        return cls.remote(self.cfg, self.meta, self.parts_ref, self.resources["num_gpus"] * n_clients,
-                          *self.data_refs)
+    def _new_actor(self):
+        # Room for k clients whatever it holds now: a resize can add clients to it later.
+        cpu, gpu = self.resources["num_cpus"] * self.k, self.resources["num_gpus"] * self.k
+        cls = ray.remote(ClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0)
+        return cls.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
 
     def _set_slots(self, slots: list[int], states: Optional[list] = None) -> None:
         """Make the actors hold exactly `slots` (position i = slots[i]) in blocks of k; reuse
@@ -103,7 +100,7 @@ class Coordinator:
             ray.kill(extra)
         self.actors = self.actors[:len(groups)]
         while len(self.actors) < len(groups):
-            self.actors.append(self._new_actor(len(groups[len(self.actors)])))
+            self.actors.append(self._new_actor())
         calls = []
         for actor, g in zip(self.actors, groups):
             args = [states[i] for i in g] if states is not None else []
@@ -274,7 +271,7 @@ class Coordinator:
                 slots = [s for s in self.slots if s not in lost]
             else:
                 for a in dead:
-                    self.actors[a] = self._new_actor(len(groups[a]))
+                    self.actors[a] = self._new_actor()
                 slots = self.slots
             return {"dead_actors": dead, "lost_slots": lost, "slots": slots}
 

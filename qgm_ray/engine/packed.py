@@ -111,3 +111,19 @@ class PackedClients:
         for i, c in enumerate(self.clients):
             c.post_mix(mixed[i], lr)
 
+
+
+# Above this size a client's step is compute-bound and vmap's grouped convolutions are slower
+# than k separate ones on CPU (ResNet-20, 272k parameters: 0.40 s vs 0.25 s for 4 clients).
+PACK_AUTO_MAX_PARAMS = 100_000
+
+
+def should_pack(cfg, clients: list) -> bool:
+    """`ray.pack_clients` (auto | true | false; auto where the config has no such key yet):
+    auto packs an actor's clients when there are several and the model is small."""
+    mode = getattr(cfg.ray, "pack_clients", "auto")
+    if len(clients) < 2 or mode in (False, "false"):
+        return False
+    if mode in (True, "true"):
+        return True
+    return clients[0].num_params <= PACK_AUTO_MAX_PARAMS

@@ -6,7 +6,8 @@ so that the fractions on a GPU sum to at most 1) but they are scheduling bookkee
 Ray does not cap a process's GPU memory, so clients sharing a GPU must fit in its memory
 together (lower `ray.gpus_per_client`'s denominator, i.e. use more GPUs, if they do not).
 `auto` uses min(1/k, G / (n + 1)) of a GPU per client when the cluster has G GPUs (n clients
-plus the evaluation task spread over the GPUs there are, and never more than one GPU per actor),
+plus the evaluation task spread over the GPUs there are, and never more than one GPU per actor;
+n rounded up to a multiple of k, as every actor reserves room for k clients),
 and the CPU when it has none. On an autoscaling cluster whose GPU workers start at zero,
 `auto` sees no GPU: set the fraction explicitly and the autoscaler adds GPU nodes.
 """
@@ -81,16 +82,30 @@ def describe_resources(res: dict) -> str:
 
 
 def cluster_autoscales() -> bool:
-    """Whether a Ray autoscaler manages this cluster (it would add nodes for pending actors)."""
+    """Whether a Ray autoscaler with real node types manages this cluster (it would add nodes
+    for actors waiting for resources). Every Ray head runs a monitor; on a cluster started
+    without an autoscaling config (`ray.init()`, `ray start --head`) it uses a read-only
+    provider whose node types are named after node ids ("node_<hex>")."""
     try:
+        import json
+
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
-        if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None:  # autoscaler v1
-            return True
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)   # autoscaler v1
+        if raw is not None:
+            report = json.loads(raw).get("autoscaler_report") or {}
+            types = (report.get("node_type_mapping") or {}).values()
+            return any(not str(t).startswith("node_") for t in types)
         from ray.autoscaler.v2.utils import is_autoscaler_v2
-        return bool(is_autoscaler_v2(fetch_from_server=True))
+        return bool(is_autoscaler_v2(fetch_from_server=True))          # v2: KubeRay, ray up
     except Exception:  # noqa: BLE001 - no autoscaler, or an API that moved: be strict
         return False
+
+
+def reserved_clients(n: int, k: int) -> int:
+    """Every ClientActor reserves room for k clients, also when it holds fewer (the last one,
+    or after a resize), so it can take joiners without outgrowing its reservation."""
+    return math.ceil(n / k) * k
 
 
 def gpus_per_client(cfg: Config, n_max: int, cluster_gpus: float) -> float:
@@ -98,7 +113,7 @@ def gpus_per_client(cfg: Config, n_max: int, cluster_gpus: float) -> float:
     if cfg.ray.gpus_per_client == "auto":
         if cluster_gpus <= 0:
             return 0.0
-        share = min(1.0 / k, cluster_gpus / (n_max + 1))
+        share = min(1.0 / k, cluster_gpus / (reserved_clients(n_max, k) + 1))
         return math.floor(share * 1e4) / 1e4  # Ray keeps 4 decimals: never round up past the GPU
     return float(cfg.ray.gpus_per_client)
 
@@ -118,7 +133,8 @@ def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[s
                           f"cluster: {describe_resources(res)})")
     cpu = cfg.ray.cpus_per_client
     # Evaluation takes one client's GPU share and no CPU (it runs while the clients wait).
-    need = {"CPU": cpu * n_max, "GPU": gpu * (n_max + 1)}
+    slots = reserved_clients(n_max, k)
+    need = {"CPU": cpu * slots, "GPU": gpu * (slots + 1)}
     short = {r: v for r, v in need.items() if v > res.get(r, 0.0) + 1e-6}
     if short:
         what = " and ".join(f"{v:g} {r}" for r, v in short.items())

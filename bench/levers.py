@@ -62,6 +62,20 @@ def lever_specs(lever: str, n: int) -> list[Spec]:
     raise SystemExit(f"unknown lever {lever!r}")
 
 
+def render(records: list[dict]) -> str:
+    """Markdown: one row per configuration, grouped by lever."""
+    lines = ["| lever | model | n | configuration | round ms (median) | × local floor | CPU ms / round "
+             "| PSS MB | load 1m |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        med, cpu = r.get("round_seconds_median"), r.get("cpu_seconds_per_round")
+        lines.append(f"| {r.get('lever', '')} | {r['model']} | {r['n_clients']} | {r['label']} | "
+                     f"{med * 1e3:.1f} | {r['ratio_to_local']:.2f} | {cpu * 1e3:.1f} | {r.get('pss_mb', 0):.0f} | "
+                     f"{r.get('load_avg_1m')} |" if med else
+                     f"| {r.get('lever', '')} | {r['model']} | {r['n_clients']} | {r['label']} | — | — | — | — | "
+                     f"{r['status']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cnn1d", choices=sorted(harness.MODELS))
@@ -70,7 +84,11 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=None, help="rounds per block")
     ap.add_argument("--output", default=None)
+    ap.add_argument("--render", nargs="+", default=None, help="print the Markdown table of these JSON files")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render([r for f in args.render for r in json.loads(Path(f).read_text())]))
+        return 0
     rounds = args.rounds or {"cnn1d": 20, "resnet20": 4}[args.model]
     plan = Plan(ns=(args.n,), models=(args.model,), warmup={args.model: 3 if args.model == "cnn1d" else 2},
                 blocks=args.blocks, block_rounds={args.model: rounds}, discard=1)
@@ -93,6 +111,7 @@ def main(argv=None) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+    print(render(out))
     return 0
 
 

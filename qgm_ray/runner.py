@@ -198,7 +198,6 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                     ckpt = run_dir.load_latest_checkpoint(log=log)
                     if ckpt is None:
                         raise
-                    failed_at = t
                     engine.load_state_dict(ckpt["engine"])
                     t, bytes_sent = ckpt["round"], ckpt["bytes_sent"]
                     pending = list(ckpt.get("pending_losses", []))
@@ -209,7 +208,7 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                     bar.n = t
                     bar.refresh()
                     log(f"recovered from: {e}; restored the checkpoint of round {t} "
-                        f"(failure after round {failed_at}), {engine.n_clients} clients, replaying "
+                        f"({engine.n_clients} clients), replaying "
                         f"(restart {restarts} of {cfg.fault_tolerance.max_restarts})")
     except KeyboardInterrupt:
         status, message = "failed", f"interrupted at round {t}; resume with: python main.py --resume {run_dir.path}"

@@ -55,6 +55,7 @@ def test_memory_groups_keep_local_everywhere():
     specs = harness.backend_specs(32, harness.PLANS["full"])
     gs = harness.groups(32, specs, budget_mb=40 * harness.MB_PER_PROCESS)
     assert len(gs) > 1 and all(g[0].backend == "local" for g in gs)
+    assert all(any(s.backend == "local" and s.n_threads() == 1 for s in g) for g in gs)
     others = [s for g in gs for s in g if s.backend != "local"]
     assert sorted(s.label for s in others) == sorted(s.label for s in specs if s.backend != "local")
     assert len(harness.groups(4, harness.backend_specs(4, harness.PLANS["full"]), budget_mb=1e9)) == 1

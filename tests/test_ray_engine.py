@@ -75,9 +75,13 @@ def no_leftover_actors(ray_session):
     yield
     import time
     deadline = time.time() + 10
-    while ray.util.list_named_actors() and time.time() < deadline:
+    while coordinators() and time.time() < deadline:
         time.sleep(0.2)
-    assert ray.util.list_named_actors() == []
+    assert coordinators() == []
+
+
+def coordinators():
+    return [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "qgm"]
 
 
 def capture_engine(monkeypatch):
@@ -256,12 +260,12 @@ def test_coordinator_death_and_run_time_resize(ray_session):
         engine.train(range(0, 3), lr)
         local.train(range(0, 3), lr)
         saved = engine.state_dict()
-        ray.kill(ray.get_actor(engine.name))
+        ray.kill(ray.get_actor(engine.name, namespace="qgm"))
         with pytest.raises(EngineFailure, match="coordinator died"):
             engine.train(range(3, 6), lr)
         engine.load_state_dict(saved)   # what the runner does: restore, replay
         assert engine.train(range(3, 6), lr) == local.train(range(3, 6), lr)
-        ray.get(ray.get_actor(engine.name).resize.remote(2))   # an operator, at run time
+        ray.get(ray.get_actor(engine.name, namespace="qgm").resize.remote(2))   # an operator, at run time
         local.resize(2, 6)
         engine.train(range(6, 8), lr)
         local.train(range(6, 8), lr)
@@ -320,10 +324,10 @@ def test_gpu_request_on_a_cluster_without_gpus_is_a_config_error(ray_session):
     from qgm_ray.errors import ConfigError
     cfg = small("ray.gpus_per_client=0.5")
     ds, parts = runner.prepare(cfg, log=quiet)
-    before = len(ray.util.list_named_actors())
+    before = len(coordinators())
     with pytest.raises(ConfigError, match=r"need 2\.5 GPU .* the Ray cluster has CPU: 2"):
         RayEngine(cfg, ds, parts, log=quiet)
-    assert len(ray.util.list_named_actors()) == before  # nothing was started
+    assert len(coordinators()) == before  # nothing was started
 
 
 def test_gpus_auto_means_cpu_here(ray_session):

@@ -128,16 +128,29 @@ class Coordinator:
         {"done": rounds}. A dead actor ends the chunk with {"failed": message}."""
         with self.lock:
             self.stop_requested = False
+            self.inflight: deque = deque()   # (t, [record refs]) submitted, not yet collected
+            self.finals: list = []
             try:
                 yield from self._run(t0, lrs)
             except FAILURES as e:
+                self._drain()
                 yield {"failed": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+    def _drain(self) -> None:
+        """After a failure: wait for the chunk's other calls to end (they fail fast once a
+        payload they need is lost) and read their errors, so that no call still runs when the
+        engine restores a checkpoint, and Ray does not report them as unhandled."""
+        for ref in [r for _, refs in self.inflight for r in refs] + self.finals:
+            try:
+                ray.get(ref, timeout=60)
+            except Exception:  # noqa: BLE001 - the errors are the expected consequence
+                pass
 
     def _run(self, t0: int, lrs: list[float]):
         depth = self.cfg.ray.max_inflight_rounds
         n, groups = len(self.slots), groups_of(len(self.slots), self.k)
         payload_bytes = self.algorithm.payload_size(self.num_params) * 4
-        inflight: deque = deque()     # (t, [record refs]) submitted, not yet collected
+        inflight = self.inflight
         prev: Optional[dict] = None   # position -> payload ref of the last pre-mixed round
         last_time = time.time()
         t = t0
@@ -147,7 +160,8 @@ class Coordinator:
                 break
             t = t0 + idx
             while len(inflight) >= depth:
-                rec = self._collect(inflight.popleft(), n, payload_bytes, last_time)
+                rec = self._collect(inflight[0], n, payload_bytes, last_time)
+                inflight.popleft()
                 last_time = time.time()
                 yield rec
             post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if prev is not None else None
@@ -166,14 +180,15 @@ class Coordinator:
             submitted += 1
         if prev is not None:  # finish the last round: post-mix only
             W = mixing_matrix(self.topology, self.centralized, n, t0 + submitted - 1)
-            finals = []
+            finals = self.finals
             for actor, g in zip(self.actors, groups):
                 rows, sources = wiring(W, g)
                 finals.append(actor.step.remote((lrs[submitted - 1], rows), None, sources,
                                                 *[prev[j] for j in sources]))
             prev = None
             while inflight:
-                rec = self._collect(inflight.popleft(), n, payload_bytes, last_time)
+                rec = self._collect(inflight[0], n, payload_bytes, last_time)
+                inflight.popleft()
                 last_time = time.time()
                 yield rec
             ray.get(finals)
@@ -218,7 +233,7 @@ class Coordinator:
         """Elastic: leavers (the last positions) release their shards; joiners take free shards
         and start from the current average model with fresh optimizer state; the topology is
         rebuilt for the new n. Same semantics as LocalEngine.resize. Usable at run time
-        (`ray.get_actor(name).resize.remote(n)`): it waits for the current chunk of rounds."""
+        (`ray.get_actor(name, namespace="qgm").resize.remote(n)`): it waits for the current chunk of rounds."""
         from qgm_ray.topology import validate_topology
         with self.lock:
             n_shards = n_shards or self.cfg.elastic.max_clients or self.cfg.topology.n_clients

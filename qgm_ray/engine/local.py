@@ -21,6 +21,11 @@ from qgm_ray.engine.base import consensus_distance, mix, mix_sources, mixing_mat
 class LocalEngine:
     def __init__(self, cfg: Config, ds: Dataset, parts: list, device: str = "cpu"):
         self.cfg, self.ds, self.parts, self.device = cfg, ds, parts, device
+        # The intra-op threads of a ClientActor (ray.torch_threads, default 1). Another thread
+        # count splits conv / matmul reductions differently: the engines would then agree to
+        # ~1e-7 per round only and drift apart over a long run. For these small models extra
+        # threads mostly spin anyway (2 threads: ~30x slower on a busy 2-core machine).
+        torch.set_num_threads(cfg.ray.torch_threads)
         self.n_clients = cfg.topology.n_clients
         self.topology = build.build_topology(cfg, self.n_clients)
         # Elastic runs cut max_clients shards; slot i of `self.slots` says which shard client i holds.

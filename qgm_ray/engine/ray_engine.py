@@ -37,6 +37,9 @@ from qgm_ray.engine.ray_setup import connect, describe_resources, plan_resources
 from qgm_ray.errors import ConfigError
 
 WAIT_LOG_EVERY_S = 30.0
+# Coordinators are named actors in this namespace, so an operator can reach a running one from
+# another process: ray.get_actor("qgm-<name>-<id>", namespace="qgm").resize.remote(8)
+NAMESPACE = "qgm"
 
 
 class RayEngine:
@@ -64,7 +67,11 @@ class RayEngine:
 
     # ------------------------------------------------------------ lifecycle
     def _start(self, slots: list[int]) -> None:
-        cls = ray.remote(Coordinator).options(name=self.name, num_cpus=0, max_concurrency=2, max_restarts=0)
+        # After a failure the coordinator drops refs to calls that failed because a payload
+        # was lost; those errors are expected and handled (EngineFailure), not "unhandled".
+        env = {"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}}
+        cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
+                                              max_restarts=0, runtime_env=env)
         self.coordinator = cls.remote(self.cfg, self.name, self.meta, self.data_refs, self.parts_ref, slots,
                                       self.resources)
         started = self.coordinator.start.remote()
@@ -78,7 +85,7 @@ class RayEngine:
         self._apply(ray.get(started))
         k = self.cfg.ray.clients_per_actor
         self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}; "
-                 f"coordinator actor {self.name!r}")
+                 f"coordinator actor {self.name!r} in namespace {NAMESPACE!r} (metrics tag run={self.name})")
 
     def _apply(self, info: dict) -> None:
         self._info = info

@@ -380,11 +380,14 @@ def markdown(records: list[dict], meta: dict) -> str:
         "all cores and with 1 thread in the same group; × gloo: to the torch.distributed gloo peer. "
         "Ray and gloo processes use 1 torch thread each (they share the cores). Peak RSS = sum over "
         "the configuration's processes (driver, actors, ranks) of each one's high-water mark, which counts "
-        "shared library pages once per process; PSS = proportional set size after the measured rounds.",
+        "shared library pages once per process; PSS = proportional set size after the measured rounds. "
+        "CPU ms/round: CPU time of all the configuration's processes per round (on a loaded machine the "
+        "scheduler gives a configuration with more runnable processes a larger share of the cores, so "
+        "wall-time ratios then favour many processes; CPU per round does not).",
         "",
         "| model | n | configuration | clients/actor | threads | round ms (median) | p90 ms | × local | × gloo "
-        "| peak RSS MB | PSS MB | processes | load 1m | status |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPU ms/round | peak RSS MB | PSS MB | processes | load 1m | status |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in records:
         med = r["round_seconds_median"]
@@ -394,6 +397,7 @@ def markdown(records: list[dict], meta: dict) -> str:
             f"{r.get('torch_threads', '')} | "
             f"{_fmt(med and med * 1e3, '.1f')} | {_fmt(p90 and p90 * 1e3, '.1f')} | "
             f"{_fmt(r.get('ratio_to_local'), '.2f')} | {_fmt(r.get('ratio_to_gloo'), '.2f')} | "
+            f"{_fmt(r.get('cpu_seconds_per_round') and r['cpu_seconds_per_round'] * 1e3, '.0f')} | "
             f"{_fmt(r.get('peak_rss_mb'), '.0f')} | {_fmt(r.get('pss_mb'), '.0f')} | "
             f"{_fmt(r.get('processes'), 'd')} | {_fmt(r.get('load_avg_1m'), '.2f')} | {r.get('status', 'ok')} |")
     return "\n".join(lines) + "\n"
@@ -497,6 +501,8 @@ def main(quick: bool = False, output: str | None = None, mode: str | None = None
     print(f"bench ({mode}): models {', '.join(plan.models)}, n in {list(plan.ns)}; {meta['machine']}; "
           f"load {meta['load_start']}", flush=True)
     partial = Path(output).with_suffix(".partial.json") if output else None
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
     records = Bench(plan, log=log).run(partial=partial)
     if partial is not None and partial.exists():
         partial.unlink()

@@ -119,10 +119,6 @@ def _serve(conn, kind: str, threads: int, ray_init: dict) -> None:
                 if kind == "ray":
                     out["cpu_system"] = procs.cpu_seconds(_ray_worker_pids(me)[1])
                 conn.send(("ok", out))
-            elif op == "params":
-                _, key = cmd
-                eng = engines[key]
-                conn.send(("ok", eng.state_dict()))
             elif op == "close":
                 _, key = cmd
                 eng = engines.pop(key, None)
@@ -205,7 +201,6 @@ class GlooBackend:
         t = time.monotonic()
         self.peer = GlooPeer(cfg_dict, threads=threads)
         self.build_seconds = time.monotonic() - t
-        self.t_next = 0
 
     def train(self, t0: int, lrs: list[float]):
         return self.peer.train(t0, lrs)

@@ -12,7 +12,8 @@ client's row, so the numbers are those of the unpacked clients up to float summa
 The clients keep working on their own: after packing, `client.params` / `client.grad` are
 rows of the stacked matrices and the model's parameters (and BatchNorm buffers) are views of
 those rows, so `Client.state_dict`, `load_state_dict`, `reset` and `evaluate` see the same
-tensors. Used by both engines (the local engine's clients, a ClientActor's k clients):
+tensors. Usable by both engines (the local engine's clients, a ClientActor's k clients; the
+ClientActor hook is proposed in docs/results/bench/proposed-actors-packing.patch):
 
     packed = PackedClients(clients)          # after building the clients
     payloads = packed.pre_mix(lr)            # (k, payload_size), row i = client i's payload
@@ -63,7 +64,6 @@ class PackedClients:
             _rebind_views(ps, c.params)
             c.grad = self.grad[i]
             _rebind_views([p.grad for p in ps], c.grad)
-            c.state = {k: v for k, v in c.state.items()}  # algorithm state stays per client
 
         # Buffers (BatchNorm running stats, counters): stacked per name, clients hold row views,
         # so the vmapped forward's in-place running-stat updates land in each client's model.

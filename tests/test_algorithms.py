@@ -231,14 +231,18 @@ def test_qg_buffer_tracks_parameter_progress(name):
         xs = new
 
 
-def test_d2_and_gradient_tracking_reach_exact_optimum_where_dsgd_does_not():
-    n, d = 5, 4
+def heterogeneous_quadratics_on_a_ring(n=5, d=4):
+    """(problem starting at 0, its exact optimum, ring W with weights 1/3)."""
     problem = Problem(seed=7, n=n, d=d, rows=12, hetero=3.0)
-    x_star = problem.optimum()
     problem.x0 = np.zeros((n, d))
     ring = np.zeros((n, n))
     for i in range(n):
         ring[i, [i, (i - 1) % n, (i + 1) % n]] = 1.0 / 3.0
+    return problem, problem.optimum(), ring
+
+
+def test_d2_and_gradient_tracking_reach_exact_optimum_where_dsgd_does_not():
+    problem, x_star, ring = heterogeneous_quadratics_on_a_ring()
     steps, lr = 500, 0.1
     Ws, lrs = [ring] * steps, [lr] * steps
 
@@ -257,13 +261,7 @@ def test_d2_and_gradient_tracking_reach_exact_optimum_where_dsgd_does_not():
 def test_d2_stays_exact_through_an_lr_decay():
     # A multistep schedule (lr 0.1 then 0.05) must not leave a drift behind: D^2 differences
     # the previous *step* lr*g, not the previous gradient (see algorithms/d2.py).
-    n, d = 5, 4
-    problem = Problem(seed=7, n=n, d=d, rows=12, hetero=3.0)
-    x_star = problem.optimum()
-    problem.x0 = np.zeros((n, d))
-    ring = np.zeros((n, n))
-    for i in range(n):
-        ring[i, [i, (i - 1) % n, (i + 1) % n]] = 1.0 / 3.0
+    problem, x_star, ring = heterogeneous_quadratics_on_a_ring()
     steps = 1500
     lrs = [0.1] * 20 + [0.05] * (steps - 20)  # decay long before convergence
     history, _ = run_impl("d2", dict(weight_decay=0.0), problem, [ring] * steps, lrs, steps=steps, noisy=False)

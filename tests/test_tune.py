@@ -235,8 +235,11 @@ def test_asha_search_samples_lr_and_reports_best_per_cell(ray_session, tmp_path)
     df = out["results"]
     assert len(df) == 3 and df["lr"].between(0.001, 0.5).all() and df["lr"].nunique() == 3
     assert set(df["status"]) <= {"completed", "stopped"} and "completed" in set(df["status"])
-    best = df[df["status"] == "completed"].sort_values("final_test_accuracy").iloc[-1]
-    assert f"lr {best['lr']:.3g}" in (tmp_path / "s" / "table.md").read_text()
+    done = df[df["status"] == "completed"]
+    # Several lrs can tie on this easy task: the table must name one of the best.
+    best_lrs = done.loc[done["final_test_accuracy"] == done["final_test_accuracy"].max(), "lr"]
+    table = (tmp_path / "s" / "table.md").read_text()
+    assert any(f"lr {lr:.3g}" in table for lr in best_lrs), (table, list(best_lrs))
 
 
 @pytest.mark.ray

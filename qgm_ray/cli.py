@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("path", help="a run directory (metrics.csv) or a sweep directory (results.csv)")
 
     p_bench = sub.add_parser("bench", help="round-time and memory benchmark of the engines")
-    p_bench.add_argument("--quick", action="store_true", help="small grid (n in {4, 8}), for CI")
+    p_bench.add_argument("--quick", action="store_true", help="small grid: n in {4, 8}, both models (a few minutes on 2 cores)")
     p_bench.add_argument("--output", default=None, help="write the records as JSON here")
     return parser
 

@@ -62,6 +62,13 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
+    def test_accuracies(self) -> list[float]:
+        """test_accuracy of every evaluation written so far, in order."""
+        if not self.metrics_path.exists():
+            return []
+        with open(self.metrics_path, newline="") as f:
+            return [float(r["test_accuracy"]) for r in csv.DictReader(f)]
+
     def truncate_metrics_after(self, round_: int) -> None:
         """On resume, evaluations after the checkpoint are redone: drop their rows."""
         if not self.metrics_path.exists():

@@ -126,7 +126,7 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
     log(f"run directory: {run_dir.path}")
 
     t0 = time.time() - wall_before
-    status, message, rows = "completed", "", []
+    status, message = "completed", ""
     payload_bytes = engine.payload_bytes
     last_ckpt = start
     t = start
@@ -176,7 +176,6 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                                    "train_loss": sum(pending) / len(pending), "bytes_sent": bytes_sent,
                                    "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
                             pending = []
-                            rows.append(row)
                             run_dir.append_metrics(row)
                             state["acc"] = row["test_accuracy"]
                             if on_eval is not None:
@@ -203,7 +202,6 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                     pending = list(ckpt.get("pending_losses", []))
                     last_ckpt = t
                     payload_bytes = engine.payload_bytes
-                    rows = [r for r in rows if r["round"] <= t]
                     run_dir.truncate_metrics_after(t)
                     bar.n = t
                     bar.refresh()
@@ -218,11 +216,11 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
             message += " (from its last checkpoint)"
     except Exception as e:  # the summary must say what happened, then the error propagates
         status, message = "failed", f"{type(e).__name__}: {e}"
-        _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar)
+        _finish(run_dir, cfg, engine, status, message, t, t0, bar)
         raise
     if status == "completed":
         save(t)
-    return _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar)
+    return _finish(run_dir, cfg, engine, status, message, t, t0, bar)
 
 
 class _GracefulStop:
@@ -256,13 +254,13 @@ class _GracefulStop:
         return False
 
 
-def _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar) -> dict:
+def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:
     bar.close()
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the real outcome
         pass
-    accs = [r["test_accuracy"] for r in _all_rows(run_dir, rows)]
+    accs = run_dir.test_accuracies()  # metrics.csv: every evaluation, also those before a resume
     summary = {
         "status": status,
         "final_test_accuracy": accs[-1] if accs else None,
@@ -283,13 +281,3 @@ def _finish(run_dir, cfg, engine, rows, status, message, t, t0, bar) -> dict:
     }
     run_dir.write_summary(summary)
     return summary
-
-
-def _all_rows(run_dir: RunDir, rows: list) -> list:
-    """Every evaluation of the run, including those before a resume."""
-    import csv
-    if not run_dir.metrics_path.exists():
-        return rows
-    with open(run_dir.metrics_path, newline="") as f:
-        return [{"test_accuracy": float(r["test_accuracy"])} for r in csv.DictReader(f)]
-

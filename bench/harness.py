@@ -54,6 +54,7 @@ class Plan:
     ray: bool = True
     gloo: bool = True
     ray_one_per_actor: bool = True  # also ray with clients_per_actor=1 (besides n/2)
+    packed_models: tuple = ("cnn1d",)  # also ray k=n/2 with ray.pack_clients=true (vmap)
 
 
 PLANS = {
@@ -97,7 +98,7 @@ class Spec:
         return (os.cpu_count() or 1) if self.backend == "local" else 1
 
 
-def backend_specs(n: int, plan: Plan) -> list[Spec]:
+def backend_specs(model: str, n: int, plan: Plan) -> list[Spec]:
     cores = os.cpu_count() or 1
     specs = [Spec("local", n, "local")]
     if cores > 1:
@@ -105,8 +106,12 @@ def backend_specs(n: int, plan: Plan) -> list[Spec]:
         # process can lose badly to one-threaded ones (OpenMP threads wait for each other).
         specs.append(Spec("local", n, "local 1 thread", threads=1))
     if plan.ray:
-        ks = [1, max(1, n // 2)] if plan.ray_one_per_actor else [max(1, n // 2)]
-        specs += [Spec("ray", k, f"ray k={k}") for k in dict.fromkeys(ks)]
+        half = max(1, n // 2)
+        ks = [1, half] if plan.ray_one_per_actor else [half]
+        # Unpacked rows say so explicitly: `ray.pack_clients: auto` would pack k >= 8 clients.
+        specs += [Spec("ray", k, f"ray k={k}", extra=("ray.pack_clients=false",)) for k in dict.fromkeys(ks)]
+        if model in plan.packed_models and half > 1:
+            specs.append(Spec("ray", half, f"ray k={half} packed", extra=("ray.pack_clients=true",)))
     if plan.gloo:
         specs.append(Spec("gloo", 1, "gloo"))
     return specs
@@ -293,13 +298,13 @@ class Bench:
 
     def run(self, specs_of=None, partial: Path | None = None) -> list[dict]:
         """All groups; after each, the records so far go to `partial` (a crash keeps them)."""
-        specs_of = specs_of or (lambda n: backend_specs(n, self.plan))
+        specs_of = specs_of or (lambda model, n: backend_specs(model, n, self.plan))
         out = []
         try:
             for model in self.plan.models:
                 for n in self.plan.ns:
                     budget = 0.6 * procs.mem_available_mb()
-                    gs = groups(n, specs_of(n), budget)
+                    gs = groups(n, specs_of(model, n), budget)
                     for gi, g in enumerate(gs):
                         self.log(f"{model} n={n}: group {gi + 1}/{len(gs)}: "
                                  + ", ".join(s.label for s in g) + f" (load {procs.load_avg()})")
@@ -414,8 +419,9 @@ def plot(records: list[dict], path: Path) -> None:
         rs = [r for r in records if r["model"] == model and r["round_seconds_median"]]
         labels = {}
         for r in rs:
-            lab = ("ray k=n/2" if r["backend"] == "ray" and r["clients_per_actor"] > 1
-                   and r["label"].startswith("ray k=") else r["label"])
+            lab = r["label"]
+            if r["backend"] == "ray" and r["clients_per_actor"] > 1 and lab.startswith("ray k="):
+                lab = "ray k=n/2" + (" packed" if lab.endswith("packed") else "")
             labels.setdefault(lab, []).append((r["n_clients"], r["round_seconds_median"] * 1e3))
         for lab, pts in sorted(labels.items()):
             pts.sort()

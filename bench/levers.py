@@ -19,6 +19,8 @@ from pathlib import Path
 from bench import harness, procs
 from bench.harness import Plan, Spec
 
+PACKED, UNPACKED = "ray.pack_clients=true", "ray.pack_clients=false"
+
 
 def lever_specs(lever: str, n: int) -> list[Spec]:
     half = max(1, n // 2)
@@ -35,10 +37,10 @@ def lever_specs(lever: str, n: int) -> list[Spec]:
                         for d in (1, 2, 4)]
     if lever == "vmap":
         return local + [
-            Spec("ray", half, f"ray k={half}"),
-            Spec("ray", half, f"ray k={half} + vmap", hook="bench.patches.packed_actors"),
-            Spec("ray", n, f"ray k={n}"),
-            Spec("ray", n, f"ray k={n} + vmap", hook="bench.patches.packed_actors"),
+            Spec("ray", half, f"ray k={half}", extra=(UNPACKED,)),
+            Spec("ray", half, f"ray k={half} + vmap", extra=(PACKED,)),
+            Spec("ray", n, f"ray k={n}", extra=(UNPACKED,)),
+            Spec("ray", n, f"ray k={n} + vmap", extra=(PACKED,)),
         ]
     if lever == "coordinator":
         return local + [
@@ -47,16 +49,16 @@ def lever_specs(lever: str, n: int) -> list[Spec]:
         ]
     if lever == "scale":  # hundreds of clients: one process per client is out of the question
         return local + [
-            Spec("ray", 32, "ray k=32"),
-            Spec("ray", 32, "ray k=32 + vmap + lean", hook="bench.patches.packed_lean"),
-            Spec("ray", n // 2, f"ray k={n // 2}"),
-            Spec("ray", n // 2, f"ray k={n // 2} + vmap + lean", hook="bench.patches.packed_lean"),
+            Spec("ray", 32, "ray k=32", extra=(UNPACKED,)),
+            Spec("ray", 32, "ray k=32 + vmap + lean", extra=(PACKED,), hook="bench.patches.lean_coordinator"),
+            Spec("ray", n // 2, f"ray k={n // 2}", extra=(UNPACKED,)),
+            Spec("ray", n // 2, f"ray k={n // 2} + vmap + lean", extra=(PACKED,), hook="bench.patches.lean_coordinator"),
         ]
     if lever == "best":
         return local + [
             Spec("ray", 1, "ray k=1"),
-            Spec("ray", half, f"ray k={half}"),
-            Spec("ray", half, f"ray k={half} + vmap + lean", hook="bench.patches.packed_lean"),
+            Spec("ray", half, f"ray k={half}", extra=(UNPACKED,)),
+            Spec("ray", half, f"ray k={half} + vmap + lean", extra=(PACKED,), hook="bench.patches.lean_coordinator"),
             Spec("gloo", 1, "gloo"),
         ]
     raise SystemExit(f"unknown lever {lever!r}")
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
     for lever in args.levers.split(","):
         bench = harness.Bench(plan, log=lambda s: print(f"[{time.monotonic() - t0:6.1f}s] {s}", flush=True))
         print(f"lever {lever}: {args.model} n={args.n} (load {procs.load_avg()})", flush=True)
-        recs = bench.run(specs_of=lambda n, lever=lever: lever_specs(lever, n))
+        recs = bench.run(specs_of=lambda model, n, lever=lever: lever_specs(lever, n))
         for r in recs:
             r["lever"] = lever
         out += recs

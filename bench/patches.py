@@ -12,38 +12,6 @@ docs/results/bench/README.md ("Proposed hooks").
 from __future__ import annotations
 
 
-def packed_actors() -> None:
-    """ClientActor steps its k clients with one vmapped forward/backward (PackedClients)."""
-    import numpy as np
-
-    from qgm_ray.engine import actors
-    from qgm_ray.engine.packed import PackedClients
-
-    cls = actors.ClientActor
-    if getattr(cls, "_bench_packed", False):
-        return
-    orig_set, orig_step = cls.set_clients, cls.step
-
-    def set_clients(self, *args, **kwargs):
-        out = orig_set(self, *args, **kwargs)
-        self.packed = PackedClients(self.clients) if len(self.clients) > 1 else None
-        return out
-
-    def step(self, post, pre_lr, sources, *received):
-        if getattr(self, "packed", None) is None or pre_lr is None:
-            return orig_step(self, post, pre_lr, sources, *received)
-        if post is not None:
-            orig_step(self, post, None, sources, *received)   # post-mix only, unchanged
-        payloads = self.packed.pre_mix(pre_lr)                # (k, payload): one vmapped step
-        out = []
-        for pos, p in zip(self.positions, payloads):
-            self.payloads[pos] = p
-            out.append(np.ascontiguousarray(p.detach().cpu().numpy(), dtype=np.float32))
-        return (*out, {"losses": [c.last_loss for c in self.clients]})
-
-    cls.set_clients, cls.step, cls._bench_packed = set_clients, step, True
-
-
 def lean_coordinator() -> None:
     """Coordinator without per-round O(n) Python: W(t)'s wiring cached while W does not
     change, and the per-client loss gauges refreshed every 50 rounds instead of every round
@@ -81,11 +49,6 @@ def lean_coordinator() -> None:
 
     metrics.RunMetrics.on_round = on_round
     coordinator.Coordinator._bench_lean = True
-
-
-def packed_lean() -> None:
-    packed_actors()
-    lean_coordinator()
 
 
 def timed_actors() -> None:

@@ -95,6 +95,10 @@ class RayConfig:
     dashboard_host: str = "127.0.0.1"
     num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
     torch_threads: int = 1           # per actor: actors share cores, oversubscription hurts
+    # An actor's k clients as one vmapped forward/backward (engine/packed.py). auto: only where
+    # it measured faster (CPU: k >= 8 clients of a model <= 100k parameters). Packed clients
+    # match unpacked ones to float rounding, not bit for bit (false: bit-identical to local).
+    pack_clients: Union[bool, str] = "auto"   # auto | true | false
 
 
 @dataclass
@@ -331,6 +335,8 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         v = get_dotted(d, key)
         _require(v in allowed, f"{key}={v!r} is not allowed; choose one of {', '.join(allowed)}")
+    _require(cfg.ray.pack_clients in ("auto", True, False),
+             f"ray.pack_clients={cfg.ray.pack_clients!r} is not allowed; choose one of auto, true, false")
 
     _require(cfg.data.name in DATASETS, f"data.name={cfg.data.name!r} is unknown; choose one of {', '.join(DATASETS)}")
     _require(cfg.model.name in MODELS, f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(MODELS)}")

@@ -52,13 +52,13 @@ def test_record_schema_rejects_bad_records():
 
 
 def test_memory_groups_keep_local_everywhere():
-    specs = harness.backend_specs(32, harness.PLANS["full"])
+    specs = harness.backend_specs("cnn1d", 32, harness.PLANS["full"])
     gs = harness.groups(32, specs, budget_mb=40 * harness.MB_PER_PROCESS)
     assert len(gs) > 1 and all(g[0].backend == "local" for g in gs)
     assert all(any(s.backend == "local" and s.n_threads() == 1 for s in g) for g in gs)
     others = [s for g in gs for s in g if s.backend != "local"]
     assert sorted(s.label for s in others) == sorted(s.label for s in specs if s.backend != "local")
-    assert len(harness.groups(4, harness.backend_specs(4, harness.PLANS["full"]), budget_mb=1e9)) == 1
+    assert len(harness.groups(4, harness.backend_specs("cnn1d", 4, harness.PLANS["full"]), budget_mb=1e9)) == 1
 
 
 @pytest.mark.parametrize("algorithm", ["qg_dsgdm_n", "gradient_tracking"])
@@ -113,3 +113,61 @@ def test_packed_clients_compute_what_separate_clients_compute(model, data, opts)
     c.params.add_(1.0)
     c.load_state_dict(state)
     torch.testing.assert_close(packed.params[1], state["params"])
+
+
+def _actor(k: int, pack, model="cnn1d"):
+    """A ClientActor (the plain class, no Ray) holding clients 0..k-1 of an n=k ring."""
+    from qgm_ray.engine.actors import ClientActor, dataset_meta
+
+    cfg = from_dict(harness.config_dict(model, k, "ray", k, [f"ray.pack_clients={pack}"]))
+    ds = build.build_dataset(cfg)
+    parts = build.build_partition(cfg, ds)
+    actor = ClientActor(cfg, dataset_meta(ds), parts, 0, ds.train_x.numpy(), ds.train_y.numpy(),
+                        ds.test_x.numpy(), ds.test_y.numpy())
+    actor.set_clients(list(range(k)), list(range(k)))
+    return actor
+
+
+def _actor_rounds(actor, rounds: int, lr: float = 0.05):
+    """Drive `actor.step` like the coordinator does for a ring held entirely by this actor."""
+    k = len(actor.clients)
+    w = np.asarray(build.build_topology(actor.cfg, k).matrix(0))
+    rows = [([j for j in range(k) if w[i, j] != 0], [float(w[i, j]) for j in range(k) if w[i, j] != 0])
+            for i in range(k)]
+    out = actor.step(None, lr, [])
+    for _ in range(rounds):
+        out = actor.step((lr, rows), lr, [])
+    return out[:-1], out[-1]
+
+
+@pytest.mark.parametrize("k,pack,packed", [(8, "auto", True), (2, "auto", False), (8, "false", False),
+                                           (2, "true", True)])
+def test_actor_packs_its_clients_as_configured(k, pack, packed):
+    torch.set_num_threads(1)
+    assert (_actor(k, pack).packed is not None) == packed
+
+
+def test_packed_actor_matches_unpacked_actor_and_survives_a_membership_change():
+    torch.set_num_threads(1)
+    a, b = _actor(8, "false"), _actor(8, "true")
+    pa, ra = _actor_rounds(a, 3)
+    pb, rb = _actor_rounds(b, 3)
+    assert b.packed is not None and len(pb) == 8
+    for x, y in zip(pa, pb):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rb["losses"], ra["losses"], rtol=1e-5)
+    # Restoring checkpoints into a packed actor writes through to the packed rows, and a
+    # membership change re-packs exactly the clients it now holds.
+    b.load_state_dicts(a.state_dicts())
+    np.testing.assert_array_equal(b.params()[0], a.params()[0])
+    b.set_clients(list(range(4)), list(range(4)))
+    assert b.packed is not None and b.packed.k == 4
+    np.testing.assert_array_equal(b.params()[0], a.params()[0][:4])
+    b.set_clients(list(range(8)), list(range(8)))   # clients 4-7 are built afresh
+    assert b.packed is not None and b.packed.k == 8
+    b.load_state_dicts(a.state_dicts())
+    np.testing.assert_array_equal(b.packed.params.numpy(), a.params()[0])
+    pa, _ = _actor_rounds(a, 1)
+    pb, _ = _actor_rounds(b, 1)
+    for x, y in zip(pa, pb):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)

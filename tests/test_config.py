@@ -72,6 +72,8 @@ BAD = [
     (["schedule.lr_scaleup=quadratic"], "schedule.lr_scaleup='quadratic' is not allowed"),
     (["ray.clients_per_actor=0"], "ray.clients_per_actor must be >= 1"),
     (["ray.gpus_per_client=lots"], "ray.gpus_per_client must be 'auto' or a number"),
+    (["ray.pack_clients=sometimes"], "ray.pack_clients='sometimes' is not allowed; choose one of auto, true, false"),
+    (["ray.pack_clients=1"], "ray.pack_clients: expected one of bool, str"),
     (["fault_tolerance.on_failure=ignore"], "fault_tolerance.on_failure='ignore' is not allowed; choose one of replay, drop"),
     (["fault_tolerance.checkpoint_every=-1"], "fault_tolerance.checkpoint_every must be >= 0"),
     (["elastic.schedule=[[1, 15]]", "topology.name=torus"], "torus"),

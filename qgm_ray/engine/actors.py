@@ -24,6 +24,7 @@ from qgm_ray.client import Client, evaluate_model, flat_buffers, load_params
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.base import consensus_distance, mix
+from qgm_ray.engine.packed import PackedClients, should_pack
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -65,6 +66,7 @@ class ClientActor:
         self.clients: list[Client] = []
         self.positions: list[int] = []     # topology index of each client (changes on resize)
         self.payloads: dict[int, torch.Tensor] = {}  # position -> own payload of the pending round
+        self.packed: Optional[PackedClients] = None  # the clients stepped as one (ray.pack_clients)
         self._test = None
 
     # ------------------------------------------------------------ membership
@@ -78,6 +80,8 @@ class ClientActor:
         self.payloads = {}
         for c, st in zip(self.clients, states):
             c.load_state_dict(st)
+        # Re-packed on every membership change: the stacked matrices hold exactly these clients.
+        self.packed = PackedClients(self.clients) if should_pack(self.cfg.ray.pack_clients, self.clients) else None
         return self.num_params()
 
     def reset_clients(self, slots: Sequence[int], average: tuple) -> None:
@@ -108,8 +112,9 @@ class ClientActor:
         if pre_lr is None:
             return {"losses": []}
         out = []
-        for pos, c in zip(self.positions, self.clients):
-            p = c.pre_mix(pre_lr)
+        payloads = (self.packed.pre_mix(pre_lr) if self.packed is not None
+                    else [c.pre_mix(pre_lr) for c in self.clients])
+        for pos, p in zip(self.positions, payloads):
             self.payloads[pos] = p
             out.append(np.ascontiguousarray(p.detach().cpu().numpy(), dtype=np.float32))
         record = {"losses": [c.last_loss for c in self.clients]}

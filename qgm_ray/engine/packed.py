@@ -12,8 +12,8 @@ client's row, so the numbers are those of the unpacked clients up to float summa
 The clients keep working on their own: after packing, `client.params` / `client.grad` are
 rows of the stacked matrices and the model's parameters (and BatchNorm buffers) are views of
 those rows, so `Client.state_dict`, `load_state_dict`, `reset` and `evaluate` see the same
-tensors. Usable by both engines (the local engine's clients, a ClientActor's k clients; the
-ClientActor hook is proposed in docs/results/bench/proposed-actors-packing.patch):
+tensors. A ClientActor packs its k clients when `should_pack` says so (`ray.pack_clients`);
+anything holding a list of Clients can do the same:
 
     packed = PackedClients(clients)          # after building the clients
     payloads = packed.pre_mix(lr)            # (k, payload_size), row i = client i's payload
@@ -113,17 +113,20 @@ class PackedClients:
 
 
 
-# Above this size a client's step is compute-bound and vmap's grouped convolutions are slower
-# than k separate ones on CPU (ResNet-20, 272k parameters: 0.40 s vs 0.25 s for 4 clients).
+# When `ray.pack_clients: auto` packs (bench: `python -m bench.levers --levers vmap`). Measured
+# on CPU, 1 torch thread, cnn1d, one pre-mix of k clients, packed / separate: k=2 1.45x (slower),
+# k=4 1.09x, k=8 0.78x, k=16 0.76x, k=32 0.71x. Above ~100k parameters a client's step is
+# compute-bound and vmap's grouped convolutions lose to k separate ones on CPU (ResNet-20,
+# 272k parameters: 0.40 s vs 0.25 s for 4 clients). Not measured on a GPU.
+PACK_AUTO_MIN_CLIENTS = 8
 PACK_AUTO_MAX_PARAMS = 100_000
 
 
-def should_pack(cfg, clients: list) -> bool:
-    """`ray.pack_clients` (auto | true | false; auto where the config has no such key yet):
-    auto packs an actor's clients when there are several and the model is small."""
-    mode = getattr(cfg.ray, "pack_clients", "auto")
-    if len(clients) < 2 or mode in (False, "false"):
+def should_pack(mode, clients: list) -> bool:
+    """`ray.pack_clients` (auto | True | False) for these clients: never fewer than 2; auto
+    packs where it measured faster (see above)."""
+    if len(clients) < 2 or mode is False:
         return False
-    if mode in (True, "true"):
+    if mode is True:
         return True
-    return clients[0].num_params <= PACK_AUTO_MAX_PARAMS
+    return len(clients) >= PACK_AUTO_MIN_CLIENTS and clients[0].num_params <= PACK_AUTO_MAX_PARAMS

@@ -42,6 +42,9 @@ def lever_specs(lever: str, n: int) -> list[Spec]:
             Spec("ray", n, f"ray k={n}", extra=(UNPACKED,)),
             Spec("ray", n, f"ray k={n} + vmap", extra=(PACKED,)),
         ]
+    if lever == "k":  # actors per core: 1 actor per core (auto) against 2 and 4 per core
+        ks = dict.fromkeys(max(1, n // d) for d in (2, 4, 8))
+        return local + [Spec("ray", k, f"ray k={k}", extra=(UNPACKED,)) for k in ks] + [Spec("gloo", 1, "gloo")]
     if lever == "coordinator":
         return local + [
             Spec("ray", 1, "ray k=1"),

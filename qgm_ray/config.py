@@ -88,7 +88,9 @@ class EvalConfig:
 @dataclass
 class RayConfig:
     address: Optional[str] = None    # None: $RAY_ADDRESS, else start a local Ray
-    clients_per_actor: int = 1
+    # auto: one ClientActor per GPU when the clients get GPUs, else one per CPU core of the
+    # cluster (engine/ray_setup.py: resolve_clients_per_actor); 1 = one actor per client.
+    clients_per_actor: Union[int, str] = "auto"
     gpus_per_client: Union[str, float] = "auto"
     cpus_per_client: float = 0.125
     max_inflight_rounds: int = 2
@@ -373,7 +375,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.eval.max_test_samples >= 0, f"eval.max_test_samples must be >= 0, got {cfg.eval.max_test_samples}")
 
     r = cfg.ray
-    _require(r.clients_per_actor >= 1, f"ray.clients_per_actor must be >= 1, got {r.clients_per_actor}")
+    _require(r.clients_per_actor == "auto" or (isinstance(r.clients_per_actor, int) and r.clients_per_actor >= 1),
+             f"ray.clients_per_actor must be 'auto' or an integer >= 1, got {r.clients_per_actor!r}")
     _require(r.gpus_per_client == "auto" or (isinstance(r.gpus_per_client, float) and r.gpus_per_client >= 0),
              f"ray.gpus_per_client must be 'auto' or a number >= 0, got {r.gpus_per_client!r}")
     _require(r.cpus_per_client > 0, f"ray.cpus_per_client must be > 0, got {r.cpus_per_client}")

@@ -108,25 +108,24 @@ def _trial_name(trial) -> str:
 
 # ---------------------------------------------------------------- resources
 
-def _cluster_gpus() -> float:
-    import ray
-    return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
-
-
-def trial_bundles(cfg: Config, cluster_gpus: float = 0.0) -> list[dict]:
+def trial_bundles(cfg: Config, cluster: Optional[dict] = None) -> list[dict]:
     """Placement-group bundles of one trial. The first bundle is the trial process itself.
 
     backend ray: the engine's Coordinator asks for no CPU (it fits in the first bundle); each
     ClientActor of k clients asks for k x (ray.cpus_per_client, gpus_per_client) and the
-    Evaluator for one client's share (qgm_ray.engine.ray_setup.plan_resources), so the trial
-    reserves one bundle per actor of that size.
+    evaluation task for a token GPU share (qgm_ray.engine.ray_setup.plan_resources), so the trial
+    reserves one bundle per actor of that size. `cluster`: the Ray cluster's resources.
     """
+    cluster = cluster or {}
+    cluster_gpus = cluster.get("GPU", 0.0)
     wants_gpu = cfg.device == "cuda" or (cfg.device == "auto" and cluster_gpus > 0)
     if cfg.backend == "local":
         return [{"CPU": 1.0, "GPU": 1.0}] if wants_gpu else [{"CPU": 1.0}]
-    from qgm_ray.engine.ray_setup import gpus_per_client
-    k = cfg.ray.clients_per_actor
+    from qgm_ray.engine.ray_setup import eval_gpus, gpus_per_client, resolve_clients_per_actor
     n_max = max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+    # auto resolves as the trial's RayEngine will resolve it, on the same cluster
+    cfg = resolve_clients_per_actor(cfg, n_max, cluster)
+    k = cfg.ray.clients_per_actor
     gpu = gpus_per_client(cfg, n_max, cluster_gpus)
     cpu = cfg.ray.cpus_per_client
 
@@ -134,7 +133,8 @@ def trial_bundles(cfg: Config, cluster_gpus: float = 0.0) -> list[dict]:
         return {"CPU": cpu * clients, **({"GPU": gpu * clients} if gpu > 0 else {})}
 
     # The trial process only drives the coordinator and writes outputs: half a CPU is plenty.
-    return [{"CPU": 0.5}] + [bundle(k) for _ in range(math.ceil(n_max / k))] + [bundle(1)]
+    evaluator = {"CPU": cpu, **({"GPU": eval_gpus(gpu)} if gpu > 0 else {})}
+    return [{"CPU": 0.5}] + [bundle(k) for _ in range(math.ceil(n_max / k))] + [evaluator]
 
 
 def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None:
@@ -143,7 +143,7 @@ def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None
         return
     for point in grid_points(tc):
         need: dict = {}
-        for b in trial_bundles(trial_config(base, point), cluster.get("GPU", 0.0)):
+        for b in trial_bundles(trial_config(base, point), cluster):
             for r, v in b.items():
                 need[r] = need.get(r, 0.0) + v
         short = {r: v for r, v in need.items() if v > cluster.get(r, 0.0) + 1e-6}
@@ -156,10 +156,10 @@ def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None
                 f"a bigger cluster (ray.address)")
 
 
-def _resources_fn(base: dict, cluster_gpus: float) -> Callable:
+def _resources_fn(base: dict, cluster: dict) -> Callable:
     def resources(params: dict):
         from ray import tune
-        return tune.PlacementGroupFactory(trial_bundles(trial_config(base, params), cluster_gpus))
+        return tune.PlacementGroupFactory(trial_bundles(trial_config(base, params), cluster))
     return resources
 
 
@@ -390,11 +390,11 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
     total = count_trials(tc)
     started_ray = _init_ray(cfg)
     try:
-        cluster_gpus = _cluster_gpus()
-        check_fits(base, tc, ray.cluster_resources(), autoscaling=not started_ray and _autoscales())
+        cluster = ray.cluster_resources()
+        check_fits(base, tc, cluster, autoscaling=not started_ray and _autoscales())
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir)),
-            _resources_fn(base, cluster_gpus))
+            _resources_fn(base, cluster))
         progress = _progress_callback(total, log)
         if resume_dir is not None:
             # restart_errored: a crashed trial gets a fresh start; finished ones are kept as they are.

@@ -22,20 +22,24 @@ def _local(cfg_dict, rounds, lr):
 
 
 @pytest.mark.slow
-def test_smoke_bench_writes_valid_records(tmp_path):
+def test_quick_bench_writes_valid_records(tmp_path):
+    """`python main.py bench --quick` as CI runs it (about 3 minutes here): every backend of
+    both models measures, and the records validate against the schema. No timing asserts."""
     out = tmp_path / "bench.json"
-    assert harness.main(output=str(out), mode="smoke") == 0
+    assert harness.main(output=str(out), mode="quick") == 0
     records = json.loads(out.read_text())
     assert harness.validate_records(records) == []
-    by = {r["label"]: r for r in records}
-    assert by["local"]["status"] == "ok" and by["gloo"]["status"] == "ok"
-    assert by["local"]["ratio_to_local"] is not None and by["gloo"]["ratio_to_gloo"] == 1.0
+    plan = harness.PLANS["quick"]
+    expected = {(m, n, s.label) for m in plan.models for n in plan.ns for s in harness.backend_specs(m, n, plan)}
+    assert {(r["model"], r["n_clients"], r["label"]) for r in records} == expected
     for r in records:
-        if r["status"] == "ok":
-            assert r["round_seconds_median"] > 0 and r["peak_rss_mb"] > 0 and r["rounds_measured"] > 0
-        else:  # only the Ray engine may be missing on a checkout without it
-            assert r["backend"] == "ray" and r["status"].startswith("skipped")
-    assert (tmp_path / "bench.md").read_text().count("| cnn1d | 4 |") == len(records)
+        assert r["status"] == "ok", r
+        assert r["round_seconds_median"] > 0 and r["peak_rss_mb"] > 0 and r["rounds_measured"] > 0
+        assert r["ratio_to_local"] is not None
+        assert r["ratio_to_gloo"] is not None and (r["backend"] != "gloo" or r["ratio_to_gloo"] == 1.0)
+    assert any(r["label"].endswith("packed") for r in records)
+    table = (tmp_path / "bench.md").read_text()
+    assert sum(table.count(f"| {m} | {n} |") for m in plan.models for n in plan.ns) == len(records)
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 

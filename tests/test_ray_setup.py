@@ -1,5 +1,6 @@
 """Cluster configuration and the checks that run before Ray starts (no Ray instance needed)."""
 import copy
+import math
 import socket
 import subprocess
 import sys
@@ -46,10 +47,46 @@ def test_main_reports_unreachable_address_before_writing_anything(tmp_path):
 
 
 def test_gpu_share_rules():
-    from qgm_ray.engine.ray_setup import gpus_per_client
+    from qgm_ray.engine.ray_setup import gpus_per_client, resolve_clients_per_actor
     assert gpus_per_client(load_config(None, []), 16, 0.0) == 0.0            # auto, no GPU: CPU
-    assert gpus_per_client(load_config(None, []), 3, 4.0) == 1.0             # auto: one GPU per actor at most
+    cfg = resolve_clients_per_actor(load_config(None, []), 3, {"CPU": 8.0, "GPU": 4.0})
+    assert gpus_per_client(cfg, 3, 4.0) == 0.99                              # auto: one GPU per actor at most
     assert gpus_per_client(load_config(None, ["ray.gpus_per_client=0.25"]), 16, 0.0) == 0.25
+
+
+@pytest.mark.parametrize("n,k,gpus", [(16, 1, 16), (16, 1, 8), (16, 2, 8), (32, 1, 16), (15, 4, 4), (16, 3, 4),
+                                      (16, 1, 3), (5, 1, 0.5)])
+def test_auto_gpu_shares_leave_room_for_evaluation_on_every_gpu(n, k, gpus):
+    """Place the actors as Ray does (fill a GPU before the next) and check that every actor is
+    placed, none spans GPUs and the evaluation task's EVAL_GPU still fits somewhere."""
+    from qgm_ray.engine.ray_setup import EVAL_GPU, gpus_per_client
+    cfg = load_config(None, [f"topology.n_clients={n}", f"ray.clients_per_actor={k}"])
+    actor = gpus_per_client(cfg, n, gpus) * k
+    assert 0 < actor <= 1
+    free = [min(1.0, gpus - i) for i in range(math.ceil(gpus))]
+    for _ in range(math.ceil(n / k)):
+        slot = next(i for i, f in enumerate(free) if f >= actor - 1e-12)
+        free[slot] -= actor
+    assert max(free) >= EVAL_GPU - 1e-12
+
+
+@pytest.mark.parametrize("n,cpus,gpus,share,k", [
+    (16, 2, 0, "auto", 8),      # CPU: one actor per core
+    (16, 64, 0, "auto", 1),     # more cores than clients: one actor per client
+    (15, 4, 0, "auto", 4),      # rounded up: 4 actors, the last with 3 clients
+    (16, 8, 4, "auto", 4),      # GPUs: one actor per GPU
+    (16, 8, 0.5, "auto", 2),    # half a GPU in the cluster is no GPU for auto
+    (16, 8, 4, 0.25, 4),        # explicit fraction: 1/0.25 clients fill a GPU
+    (16, 8, 4, 2.0, 1),         # 2 GPUs per client: one client per actor
+])
+def test_clients_per_actor_auto(n, cpus, gpus, share, k):
+    from qgm_ray.engine.ray_setup import auto_clients_per_actor, resolve_clients_per_actor
+    assert auto_clients_per_actor(n, cpus, gpus, share) == k
+    cfg = load_config(None, [f"topology.n_clients={n}", f"ray.gpus_per_client={share}"])
+    assert cfg.ray.clients_per_actor == "auto"
+    assert resolve_clients_per_actor(cfg, n, {"CPU": cpus, "GPU": gpus}).ray.clients_per_actor == k
+    fixed = load_config(None, [f"topology.n_clients={n}", "ray.clients_per_actor=3"])
+    assert resolve_clients_per_actor(fixed, n, {"CPU": cpus, "GPU": gpus}) is fixed
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "local.yaml"])

@@ -36,6 +36,7 @@ from qgm_ray.config import Config
 from qgm_ray.engine.actors import ClientActor, average_models, evaluate_average
 from qgm_ray.engine.base import mix_sources, mixing_matrix, round_bytes
 from qgm_ray.engine.metrics import RunMetrics
+from qgm_ray.engine.ray_setup import eval_gpus
 
 # What "a process or node died" looks like to the caller of ray.get.
 FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
@@ -73,9 +74,10 @@ class Coordinator:
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
         self.initial_slots = list(slots)
-        # The averaged model: one client's GPU share, no CPU (it runs while the clients wait).
-        gpu = resources["num_gpus"]
-        self.evaluate_task = ray.remote(evaluate_average).options(num_cpus=0, num_gpus=gpu, max_retries=3)
+        # The averaged model: a token GPU share (ray_setup.EVAL_GPU), no CPU (it runs while the clients wait).
+        self.eval_gpus = eval_gpus(resources["num_gpus"])
+        self.evaluate_task = ray.remote(evaluate_average).options(num_cpus=0, num_gpus=self.eval_gpus,
+                                                                  max_retries=3)
         self.average_task = ray.remote(average_models).options(num_cpus=0, max_retries=3)
 
     def start(self) -> dict:
@@ -207,7 +209,7 @@ class Coordinator:
     def evaluate(self) -> dict:
         with self.lock:
             params = [a.params.remote() for a in self.actors]
-            result = self.evaluate_task.remote(self.cfg, self.meta, self.resources["num_gpus"], self.data_refs[2],
+            result = self.evaluate_task.remote(self.cfg, self.meta, self.eval_gpus, self.data_refs[2],
                                                self.data_refs[3], *params)
             local = ([a.local_accuracies.remote(self.cfg.eval.batch_size) for a in self.actors]
                      if self.cfg.eval.local_models else [])

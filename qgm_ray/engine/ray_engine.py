@@ -33,7 +33,7 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
 from qgm_ray.engine.base import EngineFailure
 from qgm_ray.engine.coordinator import FAILURES, Coordinator
-from qgm_ray.engine.ray_setup import connect, describe_resources, plan_resources
+from qgm_ray.engine.ray_setup import connect, describe_resources, plan_resources, resolve_clients_per_actor
 from qgm_ray.errors import ConfigError
 
 WAIT_LOG_EVERY_S = 30.0
@@ -52,6 +52,8 @@ class RayEngine:
         self.started_ray = connect(cfg, log)
         try:
             n_max = max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+            # Everything below (coordinator, actors, resource plan) sees a number for k.
+            self.cfg = cfg = resolve_clients_per_actor(cfg, n_max, ray.cluster_resources())
             self.resources = plan_resources(cfg, n_max, self.started_ray, log)
             self.meta = dataset_meta(ds)
             # Owned by the driver for the engine's lifetime; actors read them zero-copy.

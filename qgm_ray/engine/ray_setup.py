@@ -5,14 +5,18 @@ clients asks for k times that. Fractions pack several clients on one GPU (Ray pl
 so that the fractions on a GPU sum to at most 1) but they are scheduling bookkeeping only:
 Ray does not cap a process's GPU memory, so clients sharing a GPU must fit in its memory
 together (lower `ray.gpus_per_client`'s denominator, i.e. use more GPUs, if they do not).
-`auto` uses min(1/k, G / (n + 1)) of a GPU per client when the cluster has G GPUs (n clients
-plus the evaluation task spread over the GPUs there are, and never more than one GPU per actor;
-n rounded up to a multiple of k, as every actor reserves room for k clients),
-and the CPU when it has none. On an autoscaling cluster whose GPU workers start at zero,
+`auto` spreads the actors evenly over the cluster's G GPUs (never more than one GPU per actor)
+and leaves EVAL_GPU free on each GPU for the evaluation task, and uses the CPU when there is
+no GPU. On an autoscaling cluster whose GPU workers start at zero,
 `auto` sees no GPU: set the fraction explicitly and the autoscaler adds GPU nodes.
+
+Actors. `ray.clients_per_actor: auto` gives one ClientActor per GPU when the clients get GPUs
+and one per CPU core otherwise (docs/results/bench: on CPU, more actors than cores buy no
+parallelism, cost ~0.39 GB each and made cnn1d rounds 2.3-2.7x slower at n=16).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -108,14 +112,48 @@ def reserved_clients(n: int, k: int) -> int:
     return math.ceil(n / k) * k
 
 
+def auto_clients_per_actor(n_max: int, cpus: float, gpus: float, gpus_per_client) -> int:
+    """k for `ray.clients_per_actor: auto`: one actor per GPU where the clients get GPUs
+    (gpus_per_client auto with GPUs in the cluster, or an explicit fraction g: 1/g clients
+    fill a GPU), else one actor per CPU core."""
+    if gpus_per_client == "auto" and gpus >= 1:
+        return math.ceil(n_max / int(gpus))
+    if gpus_per_client != "auto" and gpus_per_client > 0:
+        return max(1, int(1 / gpus_per_client + 1e-9)) if gpus_per_client < 1 else 1
+    return math.ceil(n_max / max(1, int(cpus)))
+
+
+def resolve_clients_per_actor(cfg: Config, n_max: int, cluster: dict) -> Config:
+    """`cfg` with a number for ray.clients_per_actor (auto resolved for this cluster's resources)."""
+    if cfg.ray.clients_per_actor != "auto":
+        return cfg
+    k = auto_clients_per_actor(n_max, cluster.get("CPU", 1.0), cluster.get("GPU", 0.0), cfg.ray.gpus_per_client)
+    return dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, clients_per_actor=k))
+
+
+# The averaged-model evaluation task's GPU request: a token that gets it a GPU (Ray hides the
+# GPUs from a task that asks for none) and always fits beside the actors, because `auto` leaves
+# this much free on every GPU. It runs while the clients wait, so it takes no GPU time from them.
+EVAL_GPU = 0.01
+
+
 def gpus_per_client(cfg: Config, n_max: int, cluster_gpus: float) -> float:
-    k = cfg.ray.clients_per_actor
     if cfg.ray.gpus_per_client == "auto":
         if cluster_gpus <= 0:
             return 0.0
-        share = min(1.0 / k, cluster_gpus / (reserved_clients(n_max, k) + 1))
-        return math.floor(share * 1e4) / 1e4  # Ray keeps 4 decimals: never round up past the GPU
+        k = resolve_clients_per_actor(cfg, n_max, {"GPU": cluster_gpus}).ray.clients_per_actor
+        actors = math.ceil(n_max / k)
+        # Actors spread evenly over the GPUs, never more than one GPU per actor, EVAL_GPU left
+        # on each GPU (Ray fills a GPU with fractions before it moves to the next).
+        per_gpu = math.ceil(actors / max(1, math.floor(cluster_gpus)))
+        actor_share = min((1.0 - EVAL_GPU) / per_gpu, (cluster_gpus - EVAL_GPU) / actors)
+        return math.floor(actor_share / k * 1e4) / 1e4  # Ray keeps 4 decimals: never round up
     return float(cfg.ray.gpus_per_client)
+
+
+def eval_gpus(client_gpus: float) -> float:
+    """GPU request of the evaluation task: EVAL_GPU when the clients train on GPUs, else 0."""
+    return EVAL_GPU if client_gpus > 0 else 0.0
 
 
 def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[str], None]) -> dict:
@@ -123,6 +161,7 @@ def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[s
     import ray
 
     res = ray.cluster_resources()
+    cfg = resolve_clients_per_actor(cfg, n_max, res)
     k = cfg.ray.clients_per_actor
     gpu = gpus_per_client(cfg, n_max, res.get("GPU", 0.0))
     if gpu * k > 1 and abs(gpu * k - round(gpu * k)) > 1e-9:
@@ -134,7 +173,7 @@ def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[s
     cpu = cfg.ray.cpus_per_client
     # Evaluation takes one client's GPU share and no CPU (it runs while the clients wait).
     slots = reserved_clients(n_max, k)
-    need = {"CPU": cpu * slots, "GPU": gpu * (slots + 1)}
+    need = {"CPU": cpu * slots, "GPU": gpu * slots + eval_gpus(gpu)}
     short = {r: v for r, v in need.items() if v > res.get(r, 0.0) + 1e-6}
     if short:
         what = " and ".join(f"{v:g} {r}" for r, v in short.items())

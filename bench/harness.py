@@ -76,7 +76,10 @@ def config_dict(model: str, n: int, backend: str, clients_per_actor: int = 1, ex
         f"model.name={model}", f"data.name={dataset}", f"topology.n_clients={n}", "topology.name=ring",
         "data.partition=iid", "data.batch_size=32", "algorithm.name=qg_dsgdm_n", "algorithm.lr=0.05",
         f"backend={'ray' if backend == 'ray' else 'local'}", f"ray.clients_per_actor={clients_per_actor}",
-        "ray.torch_threads=1", "progress=false", "device=cpu", *(extra or [])])
+        "ray.torch_threads=1", "progress=false", "device=cpu",
+        # The floor is the plain per-client loop; `auto` would vmap-pack the local engine's
+        # clients in blocks of k = n too (a "local packed" spec can still ask for it).
+        *(["ray.pack_clients=false"] if backend == "local" else []), *(extra or [])])
     d["data"]["root"] = str(REPO / "data")
     d["data"]["options"] = opts(n)
     return d
@@ -377,7 +380,7 @@ def markdown(records: list[dict], meta: dict) -> str:
     lines = [
         f"Benchmark: {meta['date']} on {meta['machine']}; {meta['versions']}.",
         f"Load average (1, 5, 15 min) at start {meta['load_start']}, at end {meta['load_end']}"
-        f" (machine shared with other jobs while measuring)."
+        f" (the benchmark's own processes count: 32 gloo ranks or 34 Ray processes alone give a load of 10-20)."
         + "".join(f" Rows for {', '.join(f'{m} n={n}' for m, n in r['redone'])} re-measured {r['date']} "
                   f"(load {r['load_start']} -> {r['load_end']})." for r in meta.get("reruns", [])),
         "Median round time after warm-up; the configurations of one (model, n) run side by side in "

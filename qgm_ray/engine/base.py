@@ -83,3 +83,9 @@ def consensus_distance(stacked: torch.Tensor) -> float:
     """mean_i ||x_i - xbar||^2 over the rows of `stacked` (float64 for a stable small number)."""
     x = stacked.double()
     return float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
+
+
+def groups_of(n: int, k: int) -> list[list[int]]:
+    """Topology positions held by each ClientActor: consecutive blocks of k. The local engine
+    packs its clients in the same blocks (ray.pack_clients), so both compute the same numbers."""
+    return [list(range(a, min(a + k, n))) for a in range(0, n, k)]

@@ -34,18 +34,13 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostErr
 from qgm_ray import build
 from qgm_ray.config import Config
 from qgm_ray.engine.actors import ClientActor, average_models, evaluate_average
-from qgm_ray.engine.base import mix_sources, mixing_matrix, round_bytes
+from qgm_ray.engine.base import groups_of, mix_sources, mixing_matrix, round_bytes
 from qgm_ray.engine.metrics import RunMetrics
 from qgm_ray.engine.ray_setup import eval_gpus
 
 # What "a process or node died" looks like to the caller of ray.get.
 FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
             WorkerCrashedError)
-
-
-def groups_of(n: int, k: int) -> list[list[int]]:
-    """Topology positions held by each actor: consecutive blocks of k."""
-    return [list(range(a, min(a + k, n))) for a in range(0, n, k)]
 
 
 def wiring(W: np.ndarray, group: list[int]) -> tuple[list, list[int]]:

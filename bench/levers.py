@@ -51,11 +51,15 @@ def lever_specs(lever: str, n: int) -> list[Spec]:
             Spec("ray", 1, "ray k=1, lean coordinator", hook="bench.patches.lean_coordinator"),
         ]
     if lever == "scale":  # hundreds of clients: one process per client is out of the question
+        half = n // 2  # what ray.clients_per_actor: auto gives on 2 cores
         return local + [
+            Spec("local", half, f"local packed k={half}", extra=(PACKED, f"ray.clients_per_actor={half}"), threads=1),
             Spec("ray", 32, "ray k=32", extra=(UNPACKED,)),
-            Spec("ray", 32, "ray k=32 + vmap + lean", extra=(PACKED,), hook="bench.patches.lean_coordinator"),
-            Spec("ray", n // 2, f"ray k={n // 2}", extra=(UNPACKED,)),
-            Spec("ray", n // 2, f"ray k={n // 2} + vmap + lean", extra=(PACKED,), hook="bench.patches.lean_coordinator"),
+            Spec("ray", 32, "ray k=32 packed", extra=(PACKED,)),
+            Spec("ray", half, f"ray k={half}", extra=(UNPACKED,)),
+            Spec("ray", half, f"ray k={half} packed (auto)", extra=(PACKED,)),
+            Spec("ray", half, f"ray k={half} packed + lean coordinator", extra=(PACKED,),
+                 hook="bench.patches.lean_coordinator"),
         ]
     if lever == "best":
         return local + [

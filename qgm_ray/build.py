@@ -34,11 +34,16 @@ def build_dataset(cfg: Config) -> Dataset:
     return ds
 
 
+def max_clients(cfg: Config) -> int:
+    """The most clients the run holds at once: n_clients or the elastic schedule's largest."""
+    return max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+
+
 def partition_slots(cfg: Config) -> int:
     """How many data shards to cut: max_clients when the run is elastic, else n_clients."""
     if cfg.elastic.max_clients is not None:
         return cfg.elastic.max_clients
-    return max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+    return max_clients(cfg)
 
 
 def build_partition(cfg: Config, ds: Dataset) -> list:

@@ -99,7 +99,7 @@ class RayConfig:
     torch_threads: int = 1           # per actor: actors share cores, oversubscription hurts
     # An actor's k clients as one vmapped forward/backward (engine/packed.py). auto: only where
     # it measured faster (CPU: k >= 8 clients of a model <= 100k parameters). Packed clients
-    # match unpacked ones to float rounding, not bit for bit (false: bit-identical to local).
+    # match unpacked ones to float rounding; the local engine packs the same blocks of k.
     pack_clients: Union[bool, str] = "auto"   # auto | true | false
 
 

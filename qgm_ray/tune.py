@@ -121,8 +121,9 @@ def trial_bundles(cfg: Config, cluster: Optional[dict] = None) -> list[dict]:
     wants_gpu = cfg.device == "cuda" or (cfg.device == "auto" and cluster_gpus > 0)
     if cfg.backend == "local":
         return [{"CPU": 1.0, "GPU": 1.0}] if wants_gpu else [{"CPU": 1.0}]
+    from qgm_ray.build import max_clients
     from qgm_ray.engine.ray_setup import eval_gpus, gpus_per_client, resolve_clients_per_actor
-    n_max = max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+    n_max = max_clients(cfg)
     # auto resolves as the trial's RayEngine will resolve it, on the same cluster
     cfg = resolve_clients_per_actor(cfg, n_max, cluster)
     k = cfg.ray.clients_per_actor

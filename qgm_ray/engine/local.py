@@ -145,7 +145,7 @@ def local_clients_per_actor(cfg: Config, device: str) -> int:
     resolves to for a local Ray (ray.num_cpus or the machine's cores; its GPUs if on CUDA)."""
     from qgm_ray.engine.ray_setup import resolve_clients_per_actor
 
-    n_max = max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+    n_max = build.max_clients(cfg)
     gpus = torch.cuda.device_count() if str(device).startswith("cuda") else 0
     cluster = {"CPU": float(cfg.ray.num_cpus or os.cpu_count() or 1), "GPU": float(gpus)}
     return resolve_clients_per_actor(cfg, n_max, cluster).ray.clients_per_actor

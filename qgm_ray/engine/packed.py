@@ -12,8 +12,8 @@ client's row, so the numbers are those of the unpacked clients up to float summa
 The clients keep working on their own: after packing, `client.params` / `client.grad` are
 rows of the stacked matrices and the model's parameters (and BatchNorm buffers) are views of
 those rows, so `Client.state_dict`, `load_state_dict`, `reset` and `evaluate` see the same
-tensors. A ClientActor packs its k clients when `should_pack` says so (`ray.pack_clients`);
-anything holding a list of Clients can do the same:
+tensors. A ClientActor packs its k clients when `should_pack` says so (`ray.pack_clients`),
+and the local engine packs the same blocks of k (so the engines stay bit-identical):
 
     packed = PackedClients(clients)          # after building the clients
     payloads = packed.pre_mix(lr)            # (k, payload_size), row i = client i's payload

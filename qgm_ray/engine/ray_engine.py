@@ -51,7 +51,7 @@ class RayEngine:
         self.recoveries, self.last_recovery = 0, None
         self.started_ray = connect(cfg, log)
         try:
-            n_max = max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+            n_max = build.max_clients(cfg)
             # Everything below (coordinator, actors, resource plan) sees a number for k.
             self.cfg = cfg = resolve_clients_per_actor(cfg, n_max, ray.cluster_resources())
             self.resources = plan_resources(cfg, n_max, self.started_ray, log)

@@ -69,7 +69,7 @@ def _serve(conn, kind: str, threads: int, ray_init: dict) -> None:
         # gloo backends run at nice 0; on a machine shared with other jobs that alone would
         # decide the comparison, so the benchmark's actors run at nice 0 too.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(**ray_init)
+        ray.init(**{"address": "local", **ray_init})
     conn.send(("ready", me))
     while True:
         cmd = conn.recv()

@@ -291,7 +291,7 @@ def _init_ray(cfg: Config) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), dashboard_host=cfg.ray.dashboard_host,
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), dashboard_host=cfg.ray.dashboard_host,
                  log_to_driver=False)
     return True
 

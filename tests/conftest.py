@@ -19,7 +19,7 @@ def ray_session():
     os.environ.pop("RAY_ADDRESS", None)
     port = _free_port()
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=port, logging_level="WARNING",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=port, logging_level="WARNING",
                  log_to_driver=False)
     yield {"metrics_port": port}
     ray.shutdown()

@@ -71,7 +71,9 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
                               f"{str(e).splitlines()[0]}") from None
         where = f"joined the Ray cluster at {address}"
     else:
-        ctx = ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=True,
+        # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
+        # address file still names (a dead one there made ray.init fail on num_cpus).
+        ctx = ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=True,
                        dashboard_host=cfg.ray.dashboard_host, logging_level="WARNING")
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)

@@ -20,6 +20,16 @@ CASES = [
     ("mlp", (1, 40), {}),
     ("mlp", (20,), {"hidden": [32]}),
     ("mlp", (3, 32, 32), {}),
+    ("lenet5", (1, 28, 28), {}),
+    # Tiny widths / small inputs keep the file fast; the paper sizes are checked by parameter
+    # count in test_new_model_sizes (built, not run).
+    ("vgg11", (3, 32, 32), {"width": 0.0625}),
+    ("vgg11", (3, 32, 32), {"width": 0.0625, "norm": "none"}),
+    ("vgg16", (3, 32, 32), {"width": 0.0625, "norm": "gn"}),
+    ("wideresnet28", (3, 8, 8), {"width": 1}),
+    ("wideresnet28", (3, 8, 8), {"width": 1, "norm": "gn", "dropout": 0.3}),
+    ("densenet_bc", (3, 8, 8), {"depth": 10, "growth": 4}),
+    ("densenet_bc", (3, 8, 8), {"depth": 16, "growth": 4, "norm": "gn", "groups": 2}),
 ]
 
 
@@ -103,7 +113,7 @@ def test_evonorm_train_and_eval():
 
 def test_errors():
     with pytest.raises(ConfigError) as e:
-        make_model("vgg16", (3, 32, 32), 10)
+        make_model("vgg19", (3, 32, 32), 10)
     assert all(n in str(e.value) for n in MODELS)
     with pytest.raises(ConfigError, match="norm"):
         make_model("resnet20", (3, 32, 32), 10, norm="ln")
@@ -111,3 +121,78 @@ def test_errors():
         make_model("mlp", (20,), 10, widht=3)
     with pytest.raises(ConfigError):
         make_model("cnn", (40,), 10)
+
+
+@pytest.mark.parametrize("name,kw,message", [
+    ("vgg11", {"norm": "ln"}, "bn, gn, none"),
+    ("vgg16", {"width": 0}, "width"),
+    ("vgg11", {"dropout": 1.0}, "dropout"),
+    ("wideresnet28", {"norm": "none"}, "bn, gn"),
+    ("wideresnet28", {"width": 2.5}, "width"),
+    ("wideresnet28", {"depth": 28}, "allowed: width, norm, groups, dropout"),
+    ("densenet_bc", {"depth": 41}, "6n\\+4"),
+    ("densenet_bc", {"growth": 0}, "growth"),
+    ("densenet_bc", {"compression": 0}, "compression"),
+    ("densenet_bc", {"growth": 5, "norm": "gn", "groups": 4}, "groups=4"),
+])
+def test_new_model_options_are_validated(name, kw, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        make_model(name, (3, 32, 32), 10, **kw)
+    assert "\n" not in str(e.value)
+
+
+def test_new_models_need_images_and_32px_for_vgg():
+    for name in ("vgg11", "wideresnet28", "densenet_bc"):
+        with pytest.raises(ConfigError, match="image input"):
+            make_model(name, (40,), 10)
+    with pytest.raises(ConfigError, match="32px"):
+        make_model("vgg11", (3, 16, 16), 10)
+
+
+def test_new_model_sizes():
+    # The published sizes (CIFAR-10 heads): VGG-11/16 with the 512-512 classifier, WRN-28-10
+    # 36.5M, DenseNet-BC-100-12 0.8M; the official code's LeNet-5 on 32px colour images.
+    assert 9_700_000 < num_parameters(make_model("vgg11", (3, 32, 32), 10)) < 9_800_000
+    assert 15_200_000 < num_parameters(make_model("vgg16", (3, 32, 32), 10)) < 15_300_000
+    assert 36_400_000 < num_parameters(make_model("wideresnet28", (3, 32, 32), 10)) < 36_550_000
+    assert 760_000 < num_parameters(make_model("densenet_bc", (3, 32, 32), 10, depth=100)) < 800_000
+    assert num_parameters(make_model("lenet5", (3, 32, 32), 10)) == 62_006
+    gn = make_model("vgg11", (3, 32, 32), 10, norm="gn", width=0.125)
+    assert len(list(gn.buffers())) == 0 and not any(isinstance(m, nn.BatchNorm2d) for m in gn.modules())
+    plain = make_model("vgg11", (3, 32, 32), 10, norm="none", width=0.125)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in plain.modules())
+
+
+PACKED = [c for c in CASES if c[0] in ("lenet5", "vgg11", "vgg16", "wideresnet28", "densenet_bc")]
+
+
+@pytest.mark.parametrize("name,shape,kw", PACKED)
+def test_vmap_packed_step_equals_separate_steps(name, shape, kw):
+    """What engine/packed.py does: one vmap(grad_and_value(functional_call)) over two stacked
+    clients gives each client's own gradient, loss and BatchNorm running statistics."""
+    from torch.func import functional_call, grad_and_value, vmap
+
+    if name != "lenet5":
+        kw = {**kw, "dropout": 0.0}  # dropout masks are drawn differently by the two ways
+    model = make_model(name, shape, num_classes=5, seed=0, **kw)
+    model.train()
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    params = [base, {n: p + 0.05 * torch.randn(p.shape, generator=g) for n, p in base.items()}]
+    buffers = [{n: b.clone() for n, b in model.named_buffers()} for _ in range(2)]
+    xs = torch.randn(2, 3, *shape, generator=g)
+    ys = torch.randint(0, 5, (2, 3), generator=g)
+
+    def loss(p, b, x, y):
+        return nn.functional.cross_entropy(functional_call(model, (p, b), (x,)), y)
+
+    stacked_p = {n: torch.stack([params[0][n], params[1][n]]) for n in base}
+    stacked_b = {n: torch.stack([buffers[0][n], buffers[1][n]]) for n in buffers[0]}
+    grads, losses = vmap(grad_and_value(loss), randomness="different")(stacked_p, stacked_b, xs, ys)
+    for i in range(2):
+        grad_i, loss_i = grad_and_value(loss)(params[i], buffers[i], xs[i], ys[i])
+        assert torch.allclose(losses[i], loss_i, rtol=1e-5, atol=1e-6)
+        for n in base:
+            assert torch.allclose(grads[n][i], grad_i[n], rtol=1e-4, atol=1e-6), (name, n)
+        for n in buffers[i]:  # running stats were updated in place, per client
+            assert torch.allclose(stacked_b[n][i].float(), buffers[i][n].float(), rtol=1e-5, atol=1e-6), (name, n)

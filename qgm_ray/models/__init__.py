@@ -12,8 +12,11 @@ import torch
 import torch.nn as nn
 
 from qgm_ray.errors import ConfigError
+from qgm_ray.models.densenet import densenet_bc
 from qgm_ray.models.resnet import resnet20, resnet_evonorm20
 from qgm_ray.models.small import CNN, CNN1d, MLP
+from qgm_ray.models.vgg import vgg11, vgg16
+from qgm_ray.models.wideresnet import wideresnet28
 
 _BUILDERS = {
     "resnet20": resnet20,
@@ -21,6 +24,13 @@ _BUILDERS = {
     "cnn": CNN,
     "cnn1d": CNN1d,
     "mlp": MLP,
+    # `cnn` is already the official code's LeNet-5 (pcode/models/lenet.py); the alias gives
+    # it the name the official code and papers use.
+    "lenet5": CNN,
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "wideresnet28": wideresnet28,
+    "densenet_bc": densenet_bc,
 }
 MODELS = tuple(_BUILDERS)
 

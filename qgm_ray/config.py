@@ -57,12 +57,15 @@ class AlgorithmConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     nesterov: bool = False
+    normalization_eps: float = 1e-8  # qg_adam, qg_adam_v2: eps of the progress normalisation
+    qgm_local_step: int = 1          # qg_dsgdm_ls(_n): rounds between QG buffer refreshes
 
     def hparams(self) -> dict:
         return {
             "momentum": self.momentum, "weight_decay": self.weight_decay,
             "qgm_beta": self.qgm_beta, "betas": tuple(self.betas), "eps": self.eps,
-            "nesterov": self.nesterov,
+            "nesterov": self.nesterov, "normalization_eps": self.normalization_eps,
+            "qgm_local_step": self.qgm_local_step,
         }
 
 

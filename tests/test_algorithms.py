@@ -163,7 +163,8 @@ def ref_run(name, hp, problem, Ws, lrs, steps=STEPS):
     return history
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+# The official code's variants (d2_official, qg_adam_v2, ...) have their references in test_variants.py.
+@pytest.mark.parametrize("name", tuple(HP))
 def test_matches_independent_reference(name):
     problem = Problem(seed=1)
     Ws, lrs = gossip_matrices(seed=2), learning_rates()
@@ -270,7 +271,7 @@ def test_d2_stays_exact_through_an_lr_decay():
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_state_is_checkpointable_dict_of_tensors_and_args_are_not_mutated(name):
-    algo = make_algorithm(name, **HP[name])
+    algo = make_algorithm(name, **HP.get(name, {}))
     rng = np.random.default_rng(8)
     x = torch.tensor(rng.normal(size=DIM))
     state = algo.init(x)
@@ -312,6 +313,7 @@ def test_names_flags_and_payload_size():
     assert ALGORITHMS == (
         "dsgd", "dsgdm", "dsgdm_n", "qg_dsgdm", "qg_dsgdm_n", "d2", "gradient_tracking",
         "dadam", "qg_adam", "centralized_sgdm", "centralized_sgdm_n",
+        "d2_official", "qg_adam_v2", "centralized_adam", "qg_dsgdm_ls", "qg_dsgdm_n_ls",
     )
     for name in ALGORITHMS:
         algo = make_algorithm(name)
@@ -321,7 +323,8 @@ def test_names_flags_and_payload_size():
         # hparams are the resolved, user-settable values: they rebuild the same algorithm.
         assert make_algorithm(name, **algo.hparams).hparams == algo.hparams
     assert make_algorithm("qg_dsgdm_n").hparams == dict(momentum=0.9, weight_decay=1e-4, qgm_beta=0.9)
-    assert make_algorithm("qg_adam").hparams == dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+    assert make_algorithm("qg_adam").hparams == dict(
+        betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4, normalization_eps=1e-8)
     assert make_algorithm("gradient_tracking").hparams["nesterov"] is False
 
 

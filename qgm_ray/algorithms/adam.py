@@ -14,7 +14,8 @@ from torch import Tensor
 
 from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, step_of, with_weight_decay
 
-# Fixed in the official code (`normalization_eps`); not Adam's eps.
+# The official default of `slow_buffer_conf normalization_eps`; not Adam's eps. A
+# hyper-parameter (`normalization_eps`) of qg_adam and qg_adam_v2.
 NORMALIZATION_EPS = 1e-8
 
 
@@ -52,12 +53,15 @@ def qg_adam_pre_mix(
     return adam_step(x, e1, e2, t, lr, betas, eps)
 
 
-def qg_adam_post_mix(x: Tensor, x_new: Tensor, m1: Tensor, m2: Tensor, betas: tuple[float, float]) -> None:
+def qg_adam_post_mix(
+    x: Tensor, x_new: Tensor, m1: Tensor, m2: Tensor, betas: tuple[float, float],
+    normalization_eps: float = NORMALIZATION_EPS,
+) -> None:
     # Normalising the progress (globally over the flat vector) makes the moments track the
     # direction of the network's movement, independent of lr and of its scale.
     beta1, beta2 = betas
     d = x.sub(x_new)
-    d.div_(d.norm(p=2) + NORMALIZATION_EPS)
+    d.div_(d.norm(p=2) + normalization_eps)
     m1.mul_(beta1).add_(d, alpha=1 - beta1)
     m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
 
@@ -87,6 +91,12 @@ class DAdam(_AdamBase):
 
 
 class QGAdam(_AdamBase):
+    uses = ("betas", "eps", "weight_decay", "normalization_eps")
+
+    def __init__(self, name: str, hparams: dict[str, Any]):
+        super().__init__(name, hparams)
+        self.normalization_eps: float = hparams["normalization_eps"]
+
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return qg_adam_pre_mix(
             params, grad, state["exp_avg"], state["exp_avg_sq"], step_of(state) + 1,
@@ -95,6 +105,6 @@ class QGAdam(_AdamBase):
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         x_new = mixed.clone()
-        qg_adam_post_mix(params, x_new, state["exp_avg"], state["exp_avg_sq"], self.betas)
+        qg_adam_post_mix(params, x_new, state["exp_avg"], state["exp_avg_sq"], self.betas, self.normalization_eps)
         finish_round(state)
         return x_new

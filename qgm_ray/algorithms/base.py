@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "betas": (0.9, 0.999),
     "eps": 1e-8,
     "nesterov": False,
+    "normalization_eps": 1e-8,  # QG-Adam: eps of the progress normalisation (not Adam's eps)
+    "qgm_local_step": 1,        # qg_dsgdm_ls: rounds between quasi-global buffer refreshes
 }
 
 
@@ -134,6 +136,12 @@ def _boolean(key: str, value: Any) -> bool:
     return value
 
 
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"algorithm hyper-parameter {key!r} must be an integer >= 1, got {value!r}")
+    return value
+
+
 VALIDATORS = {
     "momentum": _unit_interval,
     "weight_decay": _non_negative,
@@ -141,6 +149,8 @@ VALIDATORS = {
     "betas": _betas,
     "eps": _positive,
     "nesterov": _boolean,
+    "normalization_eps": _positive,
+    "qgm_local_step": _positive_int,
 }
 assert VALIDATORS.keys() == DEFAULTS.keys()
 

@@ -10,6 +10,7 @@ from qgm_ray.algorithms.base import Algorithm, resolve_hparams
 from qgm_ray.algorithms.d2 import D2
 from qgm_ray.algorithms.sgd import DSGD, CentralizedSGDm, DSGDm, QGDSGDm
 from qgm_ray.algorithms.tracking import GradientTracking
+from qgm_ray.algorithms.variants import CentralizedAdam, D2Official, QGAdamV2, QGDSGDmLocalStep
 from qgm_ray.errors import ConfigError
 
 # The `_n` names are the Nesterov variants; for them Nesterov is part of the name, not a knob.
@@ -25,6 +26,12 @@ _FACTORIES: dict[str, Callable[[str, dict[str, Any]], Algorithm]] = {
     "qg_adam": QGAdam,
     "centralized_sgdm": partial(CentralizedSGDm, nesterov=False),
     "centralized_sgdm_n": partial(CentralizedSGDm, nesterov=True),
+    # The official code's variants (algorithms/variants.py).
+    "d2_official": D2Official,
+    "qg_adam_v2": QGAdamV2,
+    "centralized_adam": CentralizedAdam,
+    "qg_dsgdm_ls": partial(QGDSGDmLocalStep, nesterov=False),
+    "qg_dsgdm_n_ls": partial(QGDSGDmLocalStep, nesterov=True),
 }
 
 ALGORITHMS: tuple[str, ...] = tuple(_FACTORIES)
@@ -46,7 +53,8 @@ def make_algorithm(name: str, **hparams: Any) -> Algorithm:
     """Strict constructor: a hyper-parameter the algorithm does not read is a ConfigError.
 
     Defaults: momentum=0.9, weight_decay=1e-4, qgm_beta=0.9, betas=(0.9, 0.999), eps=1e-8,
-    nesterov=False (gradient_tracking only; the `_n` names imply Nesterov).
+    nesterov=False (gradient_tracking only; the `_n` names imply Nesterov),
+    normalization_eps=1e-8 (qg_adam, qg_adam_v2), qgm_local_step=1 (qg_dsgdm_ls, qg_dsgdm_n_ls).
     """
     uses = accepted_hparams(name)
     return _FACTORIES[name](name, resolve_hparams(name, uses, hparams))

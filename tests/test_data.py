@@ -247,3 +247,61 @@ def test_augment_batch():
                        augment_batch(ds.train_x[:4], torch.Generator().manual_seed(0)))
     with pytest.raises(ConfigError):
         augment_batch(torch.randn(4, 40), torch.Generator())
+
+
+# ----------------------------------------------------------------------------- ImageNet-32
+
+
+def _write_fake_imagenet32(folder, n_per_batch=3, n_val=5, batches=10, pickled=(), seed=0):
+    """Files in the real downsampled-ImageNet format: <stem>.npz with `data` (N, 3072) uint8,
+    channel-major, and 1-based `labels` (pickled without extension for stems in `pickled`)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = {}
+    stems = [f"train_data_batch_{i}" for i in range(1, batches + 1)] + ["val_data"]
+    for stem in stems:
+        n = n_val if stem == "val_data" else n_per_batch
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(1, 1001, size=n)
+        labels[0] = 1000 if stem == "val_data" else 1  # both ends of the 1-based range
+        raw[stem] = (data, labels)
+        if stem in pickled:
+            with open(folder / stem, "wb") as f:
+                pickle.dump({"data": data, "labels": labels.tolist(), "mean": data.mean(0)}, f)
+        else:
+            np.savez(folder / f"{stem}.npz", data=data, labels=labels, mean=data.mean(0))
+    return raw
+
+
+def test_imagenet32_reads_the_official_batch_format(tmp_path):
+    raw = _write_fake_imagenet32(tmp_path / "imagenet32", pickled=("train_data_batch_3",))
+    ds = load_dataset("imagenet32", root=str(tmp_path))
+    assert ds.num_classes == 1000 and ds.input_shape == (3, 32, 32) and ds.augment == "crop_flip"
+    assert ds.train_x.shape == (30, 3, 32, 32) and ds.test_x.shape == (5, 3, 32, 32)
+    # order: batches 1..10 (numeric, not 1, 10, 2, ...), labels shifted to 0-based
+    want_y = np.concatenate([raw[f"train_data_batch_{i}"][1] for i in range(1, 11)]) - 1
+    assert ds.train_y.tolist() == want_y.tolist() and ds.train_y.min() == 0
+    assert ds.test_y[0] == 999
+    # pixel (c, h, w) of a row is data[c*1024 + h*32 + w], scaled to [-1, 1]
+    data = raw["train_data_batch_2"][0]
+    img = ds.train_x[3]  # first image of batch 2
+    for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 30)]:
+        assert img[c, h, w].item() == pytest.approx(data[0, c * 1024 + h * 32 + w] / 127.5 - 1.0, abs=1e-6)
+    assert ds.fill == (-1.0, -1.0, -1.0)
+    assert load_dataset("imagenet32", root=str(tmp_path), train_batches=2).train_x.shape[0] == 6
+
+
+def test_imagenet32_missing_files_and_bad_option(tmp_path):
+    _write_fake_imagenet32(tmp_path / "imagenet32", batches=4)
+    for download in (False, True):
+        with pytest.raises(ConfigError) as e:
+            load_dataset("imagenet32", root=str(tmp_path), download=download)
+        msg = str(e.value)
+        assert "\n" not in msg and str(tmp_path / "imagenet32") in msg and "fix:" in msg
+        assert "train_data_batch_5.npz" in msg and "train_data_batch_4" not in msg and "val_data" not in msg
+        assert ("cannot fetch" in msg) == download
+    assert len(load_dataset("imagenet32", root=str(tmp_path), train_batches=4).train_y) == 12
+    with pytest.raises(ConfigError, match="train_batches"):
+        load_dataset("imagenet32", root=str(tmp_path), train_batches=11)
+    with pytest.raises(ConfigError, match="resize"):
+        load_dataset("imagenet32", root=str(tmp_path), resize=64)

@@ -11,10 +11,15 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# The optional NLP dependencies (AG News + DistilBERT), so that `make test` (CI) runs tests/test_nlp.py.
+$(VENV)/.nlp-installed: $(VENV)/.installed requirements-nlp.txt
+	$(PY) -m pip install --quiet -r requirements-nlp.txt
+	touch $@
+
 run: $(VENV)/.installed          ## the offline default: python main.py
 	$(PY) main.py $(ARGS)
 
-test: $(VENV)/.installed         ## the whole test suite (what CI runs)
+test: $(VENV)/.installed $(VENV)/.nlp-installed  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q tests $(ARGS)
 
 test-fast: $(VENV)/.installed    ## unit tests only, no Ray

@@ -6,13 +6,15 @@ what lets the Ray engine reproduce the local engine's numbers.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from qgm_ray.algorithms import make_algorithm_from_config
 from qgm_ray.client import Client
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset, load_dataset
-from qgm_ray.models import make_model
+from qgm_ray.models import HUB_MODELS, make_model
 from qgm_ray.partition import make_partition
 from qgm_ray.topology import make_topology
 
@@ -62,7 +64,12 @@ def build_algorithm(cfg: Config):
 
 def build_model(cfg: Config, ds: Dataset):
     # Same seed for every client: decentralized training starts from a common point.
-    return make_model(cfg.model.name, ds.input_shape, ds.num_classes, seed=cfg.seed, **cfg.model.options)
+    options = dict(cfg.model.options)
+    if cfg.model.name in HUB_MODELS:
+        # Hub weights are read from data.root's cache and fetched only when data.download asks.
+        options.setdefault("download", cfg.data.download)
+        options.setdefault("cache_dir", os.path.join(cfg.data.root, "hf"))
+    return make_model(cfg.model.name, ds.input_shape, ds.num_classes, seed=cfg.seed, **options)
 
 
 def build_client(cfg: Config, ds: Dataset, indices, client_id: int, device: str) -> Client:

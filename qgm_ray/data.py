@@ -9,7 +9,8 @@ Offline datasets (no files needed): `mnist1d` (generated with the `mnist1d` pack
 cached as .npz), `digits` (bundled with scikit-learn), `synthetic`, `synthetic_image`.
 torchvision datasets read the usual torchvision layout under `root` and download only when
 asked to (`download=True`). `imagenet32` reads the downsampled-ImageNet batch files under
-`root/imagenet32`.
+`root/imagenet32`; `agnews` (qgm_ray/text.py, optional NLP dependencies) reads a saved copy
+under `root/agnews` and fetches one only with `download=True`.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ DATASETS = (
     "fashion_mnist",
     "svhn",
     "imagenet32",
+    "agnews",
 )
 AUGMENTATIONS = ("crop_flip", "crop", "flip")
 
@@ -407,8 +409,15 @@ def _load_imagenet32(root, download, seed, train_batches=10) -> Dataset:
     return _dataset("imagenet32", train_x, train_y, test_x, test_y, 1000, "crop_flip", fill)
 
 
+def _load_agnews(root, download, seed, **opts) -> Dataset:
+    from qgm_ray.text import load_agnews
+
+    return load_agnews(root=root, download=download, **opts)
+
+
 _FILE_LOADERS = {
     "imagenet32": (_load_imagenet32, ("train_batches",)),
+    "agnews": (_load_agnews, ("tokenizer", "max_length", "max_train_samples", "max_test_samples")),
 }
 
 

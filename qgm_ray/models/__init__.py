@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from qgm_ray.errors import ConfigError
 from qgm_ray.models.densenet import densenet_bc
+from qgm_ray.models.distilbert import distilbert
 from qgm_ray.models.resnet import resnet20, resnet_evonorm20
 from qgm_ray.models.small import CNN, CNN1d, MLP
 from qgm_ray.models.vgg import vgg11, vgg16
@@ -31,8 +32,12 @@ _BUILDERS = {
     "vgg16": vgg16,
     "wideresnet28": wideresnet28,
     "densenet_bc": densenet_bc,
+    # Token-id input (data.name=agnews); needs requirements-nlp.txt, imported when built.
+    "distilbert": distilbert,
 }
 MODELS = tuple(_BUILDERS)
+# Models whose weights may come from a hub: the runner hands them data.download and a cache.
+HUB_MODELS = ("distilbert",)
 
 
 def make_model(name: str, input_shape, num_classes: int, seed: int = 0, **kw) -> nn.Module:
@@ -59,4 +64,4 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "make_model", "num_parameters"]
+__all__ = ["HUB_MODELS", "MODELS", "make_model", "num_parameters"]

@@ -219,3 +219,66 @@ def test_agnews_distilbert_qg_adam_run_offline(nlp_root, tmp_path):
     summary = runner.run(cfg, tmp_path / "run", log=lambda m: None)
     assert summary["status"] == "completed" and summary["algorithm"] == "qg_adam_v2"
     assert 0.0 <= summary["final_test_accuracy"] <= 1.0
+
+
+def _tiny_run_config(root, tok, *extra, dropout=0.1):
+    from qgm_ray.config import load_config
+
+    config = dict(TINY, vocab_size=len(tok), dropout=dropout, attention_dropout=dropout, seq_classif_dropout=dropout)
+    return load_config("configs/paper/agnews_qg_adam.yaml", [
+        f"data.root={root}", f"data.options={{tokenizer: {root / 'tok'}, max_length: {MAX_LEN}}}",
+        f"model.options={{pretrained: null, config: {json.dumps(config)}}}",
+        "backend=local", "topology.n_clients=4", "data.batch_size=4", "data.alpha=10", "schedule.epochs=1",
+        "progress=false", "algorithm.lr=1e-3", "tune.grid={}", "device=cpu", *extra,
+    ])
+
+
+@pytest.mark.ray
+def test_agnews_distilbert_on_ray_matches_local_engine(nlp_root, ray_session):
+    """Ray actors rebuild the tokenised dataset from the object store and DistilBERT from the
+    config; 4 packed clients in one actor give the local engine's numbers.
+
+    Without dropout: dropout masks come from each process's global RNG, which the engines do
+    not seed per client and round (client.py), so with dropout Ray and local runs differ."""
+    from qgm_ray import runner
+    from qgm_ray.engine.local import LocalEngine
+    from qgm_ray.engine.ray_engine import RayEngine
+
+    root, tok = nlp_root
+    cfg = _tiny_run_config(root, tok, "backend=ray", "ray.clients_per_actor=4", "ray.pack_clients=true",
+                           "ray.cpus_per_client=0.25", dropout=0.0)
+    ds, parts = runner.prepare(cfg, log=lambda m: None)
+    results = {}
+    for name in ("local", "ray"):
+        engine = LocalEngine(cfg, ds, parts) if name == "local" else RayEngine(cfg, ds, parts, log=lambda m: None)
+        try:
+            results[name] = (engine.train(range(0, 4), lambda t: 1e-3), engine.evaluate())
+        finally:
+            engine.close()
+    (la, ea), (lb, eb) = results["local"], results["ray"]
+    assert len(la) == 4
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    assert ea.keys() == eb.keys()
+    for k in ea:
+        assert ea[k] == pytest.approx(eb[k], rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="dropout draws from the process-global torch RNG, which client.py / "
+                   "engine/packed.py do not seed per (seed, client, round): runs with dropout depend on what "
+                   "the process drew before, so Ray != local and replay is not exact for them")
+def test_dropout_does_not_depend_on_the_process_rng(nlp_root):
+    from qgm_ray import runner
+    from qgm_ray.engine.local import LocalEngine
+
+    root, tok = nlp_root
+    cfg = _tiny_run_config(root, tok, "topology.n_clients=2", dropout=0.3)
+    ds, parts = runner.prepare(cfg, log=lambda m: None)
+    losses = []
+    for rng_seed in (1, 2):
+        torch.manual_seed(rng_seed)  # what else the process drew before the run
+        engine = LocalEngine(cfg, ds, parts)
+        try:
+            losses.append(engine.train(range(0, 2), lambda t: 1e-3))
+        finally:
+            engine.close()
+    assert losses[0] == losses[1]

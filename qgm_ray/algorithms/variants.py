@@ -27,7 +27,7 @@ from torch import Tensor
 
 from qgm_ray.algorithms.adam import _AdamBase, adam_step
 from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, step_of, with_weight_decay
-from qgm_ray.algorithms.sgd import QGDSGDm, qg_dsgdm_pre_mix
+from qgm_ray.algorithms.sgd import QGDSGDm
 
 
 # ---- functional core ------------------------------------------------------------------
@@ -166,10 +166,7 @@ class QGDSGDmLocalStep(QGDSGDm):
         state["progress_sum"] = torch.zeros_like(params)
         return state
 
-    def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
-        return qg_dsgdm_pre_mix(
-            params, grad, state["momentum_buffer"], lr, self.momentum, self.weight_decay, self.nesterov
-        )
+    # pre_mix is QGDSGDm's: the local step is the same, only the buffer refresh differs.
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         x_new = mixed.clone()

@@ -157,6 +157,37 @@ def test_block_of_clients_equals_clients_one_by_one(name):
     np.testing.assert_allclose(blocked[-1], one_by_one[-1], rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("name", [n for n in VARIANT_HP if n != "qg_adam"])
+def test_block_rows_at_different_steps(name):
+    """After an elastic join a block holds rows at different steps: two veterans (3 rounds
+    done) and two newcomers. Each row must follow its own first-round branch, bias
+    corrections and refresh schedule: the block equals the clients stepped one by one."""
+    algo = make_algorithm(name, **VARIANT_HP[name])
+    problem, lr_list = Problem(seed=14), lrs()
+    rng = np.random.default_rng(15)
+    xs = [torch.tensor(problem.x0[i]) for i in range(N)]
+    states = [algo.init(x) for x in xs]
+    for t in range(3):  # only the two veterans run, mixing between themselves
+        G = problem.grads(torch.stack(xs).numpy(), t)
+        pay = torch.stack([algo.pre_mix(states[i], xs[i], torch.tensor(G[i]), lr_list[t]) for i in range(2)])
+        mixed = torch.full((2, 2), 0.5, dtype=torch.float64) @ pay if algo.centralized else \
+            torch.tensor([[0.7, 0.3], [0.3, 0.7]], dtype=torch.float64) @ pay
+        xs[:2] = [algo.post_mix(states[i], xs[i], mixed[i], lr_list[t]) for i in range(2)]
+    X = torch.stack(xs)
+    block = {k: torch.stack([s[k] for s in states]).clone() for k in states[0]}
+    assert block["step"].tolist() == [3, 3, 0, 0]
+    for t in range(3, 9):
+        lr = lr_list[t]
+        W = torch.full((N, N), 1.0 / N, dtype=torch.float64) if algo.centralized else \
+            torch.tensor(mixing(int(rng.integers(1000)), steps=1)[0])
+        G = problem.grads(X.numpy(), t)
+        pay = torch.stack([algo.pre_mix(states[i], xs[i], torch.tensor(G[i]), lr) for i in range(N)])
+        xs = [algo.post_mix(states[i], xs[i], (W @ pay)[i], lr) for i in range(N)]
+        X = algo.post_mix(block, X, W @ algo.pre_mix(block, X, torch.tensor(G), lr), lr)
+        np.testing.assert_allclose(X.numpy(), torch.stack(xs).numpy(), rtol=1e-12, atol=1e-13, err_msg=f"round {t}")
+    assert block["step"].tolist() == [9, 9, 6, 6]
+
+
 def test_every_registered_rule_has_a_reference_somewhere():
     from test_algorithms import HP
 

@@ -14,20 +14,61 @@
                      from the mean progress over those rounds.
 
 Every function works on a single client's flat vector (P,) and on a block of k clients
-(k, P) alike: per-client reductions are taken along the last dimension, and nothing reads a
-per-client value back to Python.
+(k, P) alike: per-client reductions are taken along the last dimension, the step counter has
+one entry per row (shape params.shape[:-1], on the CPU), and rows may be at different steps
+(an elastic joiner starts at 0): first-round branches and Adam bias corrections are per row.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import torch
 from torch import Tensor
 
 from qgm_ray.algorithms.adam import _AdamBase, adam_step
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, step_of, with_weight_decay
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, with_weight_decay
 from qgm_ray.algorithms.sgd import QGDSGDm
+
+
+# ---- per-row helpers ---------------------------------------------------------------------
+
+def row_steps(params: Tensor) -> Tensor:
+    """Completed rounds: a scalar for a client's (P,) params, one per row for a (k, P) block.
+    On the CPU whatever the params' device, so reading it never waits for a GPU."""
+    return torch.zeros(tuple(params.shape[:-1]), dtype=torch.int64)
+
+
+def _column(values: Tensor, like: Tensor) -> Tensor:
+    """Per-row values shaped to broadcast over the rows of `like`."""
+    return values.to(dtype=like.dtype, device=like.device).reshape(*values.shape, *([1] * (like.dim() - values.dim())))
+
+
+def select_rows(cond: Tensor, a, b) -> Tensor:
+    """`a()` where `cond` else `b()`, per row. Only one side is computed when all rows agree
+    (always, except right after an elastic join)."""
+    if bool(cond.all()):
+        return a()
+    if not bool(cond.any()):
+        return b()
+    va, vb = a(), b()
+    return torch.where(_column(cond, va).bool(), va, vb)
+
+
+def adam_step_rows(x: Tensor, m1: Tensor, m2: Tensor, t: Tensor, lr: float,
+                   betas: tuple[float, float], eps: float) -> Tensor:
+    """adam.adam_step with the bias corrections of each row's own step `t` (per row, CPU)."""
+    flat = t.reshape(-1)
+    if bool((flat == flat[0]).all()):
+        return adam_step(x, m1, m2, int(flat[0]), lr, betas, eps)  # same arithmetic as dadam
+    beta1, beta2 = betas
+    steps = [int(v) for v in flat]
+    sqrt_bc2 = _column(torch.tensor([math.sqrt(1 - beta2**s) for s in steps], dtype=torch.float64).reshape(t.shape), x)
+    step_size = _column(torch.tensor([lr / (1 - beta1**s) for s in steps], dtype=torch.float64).reshape(t.shape), x)
+    denom = (m2.sqrt() / sqrt_bc2).add_(eps)
+    return x.sub(m1.div(denom).mul_(step_size))
 
 
 # ---- functional core ------------------------------------------------------------------
@@ -39,22 +80,20 @@ def normalized_progress(x: Tensor, x_new: Tensor, eps: float) -> Tensor:
 
 
 def d2_official_pre_mix(
-    x: Tensor, grad: Tensor, x_prev: Tensor, g_prev: Tensor, first: bool, lr: float, weight_decay: float
+    x: Tensor, grad: Tensor, x_prev: Tensor, g_prev: Tensor, first, lr: float, weight_decay: float
 ) -> Tensor:
     """Payload `x - lr*g` (first round) or `2x - x_prev - lr*(g - g_prev)`; records x and g
-    (with weight decay) in `x_prev`, `g_prev` in place."""
+    (with weight decay) in `x_prev`, `g_prev` in place. `first`: bool, or one per row."""
     g = with_weight_decay(grad, x, weight_decay)
-    if first:
-        payload = x.add(g, alpha=-lr)
-    else:
-        payload = (2 * x).sub_(x_prev).sub_(g.sub(g_prev), alpha=lr)
+    payload = select_rows(torch.as_tensor(first), lambda: x.add(g, alpha=-lr),
+                          lambda: (2 * x).sub_(x_prev).sub_(g.sub(g_prev), alpha=lr))
     x_prev.copy_(x)
     g_prev.copy_(g)
     return payload
 
 
 def qg_adam_v2_pre_mix(
-    x: Tensor, grad: Tensor, m1: Tensor, m2: Tensor, t: int,
+    x: Tensor, grad: Tensor, m1: Tensor, m2: Tensor, t: Tensor,
     lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
 ) -> Tensor:
     # m1 is updated in place (local Adam); m2 is only read: its local update is a temporary,
@@ -63,7 +102,7 @@ def qg_adam_v2_pre_mix(
     g = with_weight_decay(grad, x, weight_decay)
     m1.mul_(beta1).add_(g, alpha=1 - beta1)
     e2 = m2.mul(beta2).addcmul_(g, g, value=1 - beta2)
-    return adam_step(x, m1, e2, t, lr, betas, eps)
+    return adam_step_rows(x, m1, e2, t, lr, betas, eps)
 
 
 def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, normalization_eps: float) -> None:
@@ -72,21 +111,22 @@ def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, norm
 
 
 def centralized_adam_post_mix(
-    x: Tensor, mean_grad: Tensor, m1: Tensor, m2: Tensor, t: int,
+    x: Tensor, mean_grad: Tensor, m1: Tensor, m2: Tensor, t: Tensor,
     lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
 ) -> Tensor:
     beta1, beta2 = betas
     g = mean_grad.add(x, alpha=weight_decay)
     m1.mul_(beta1).add_(g, alpha=1 - beta1)
     m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    return adam_step(x, m1, m2, t, lr, betas, eps)
+    return adam_step_rows(x, m1, m2, t, lr, betas, eps)
 
 
 def qg_local_step_update(
-    m: Tensor, progress: Tensor, x: Tensor, x_new: Tensor, t: int, lr: float, mu: float, local_step: int
+    m: Tensor, progress: Tensor, x: Tensor, x_new: Tensor, t: Tensor, lr: float, mu: float, local_step: int
 ) -> None:
     """`progress += (x - x+)/lr`; on rounds t with t % local_step == 0 (t counts from 0, as
-    the official `local_index`), `m <- mu*m + (1-mu)*progress/local_step` and the sum restarts.
+    the official `local_index`; one per row), `m <- mu*m + (1-mu)*progress/local_step` and
+    the sum restarts.
 
     Like the official code, the first refresh is at round 0, from that round's progress alone
     (still divided by local_step). With local_step = 1 this is `qg_momentum_update`.
@@ -95,9 +135,14 @@ def qg_local_step_update(
         raise ValueError(f"qg momentum needs lr >= 0, got {lr!r}")
     if lr > 0:  # lr = 0: no optimisation step to learn a direction from (see sgd.py)
         progress.add_(x.sub(x_new), alpha=1.0 / lr)
-    if t % local_step == 0:
+    refresh = torch.as_tensor(t) % local_step == 0
+    if bool(refresh.all()):
         m.mul_(mu).add_(progress, alpha=(1.0 - mu) / local_step)
         progress.zero_()
+    elif bool(refresh.any()):  # rows at different steps (after an elastic join)
+        rows = _column(refresh, m).bool()
+        m.copy_(torch.where(rows, m.mul(mu).add_(progress, alpha=(1.0 - mu) / local_step), m))
+        progress.masked_fill_(rows, 0.0)
 
 
 # ---- thin stateful wrappers -------------------------------------------------------------
@@ -107,11 +152,11 @@ class D2Official(Algorithm):
 
     def init(self, params: Tensor) -> State:
         return {"prev_params": torch.zeros_like(params), "prev_grad": torch.zeros_like(params),
-                "step": new_step_counter()}
+                "step": row_steps(params)}
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return d2_official_pre_mix(
-            params, grad, state["prev_params"], state["prev_grad"], step_of(state) == 0, lr, self.weight_decay
+            params, grad, state["prev_params"], state["prev_grad"], state["step"] == 0, lr, self.weight_decay
         )
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
@@ -119,7 +164,12 @@ class D2Official(Algorithm):
         return mixed.clone()
 
 
-class QGAdamV2(_AdamBase):
+class _RowAdam(_AdamBase):
+    def init(self, params: Tensor) -> State:
+        return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": row_steps(params)}
+
+
+class QGAdamV2(_RowAdam):
     uses = ("betas", "eps", "weight_decay", "normalization_eps")
 
     def __init__(self, name: str, hparams: dict[str, Any]):
@@ -128,7 +178,7 @@ class QGAdamV2(_AdamBase):
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return qg_adam_v2_pre_mix(
-            params, grad, state["exp_avg"], state["exp_avg_sq"], step_of(state) + 1,
+            params, grad, state["exp_avg"], state["exp_avg_sq"], state["step"] + 1,
             lr, self.betas, self.eps, self.weight_decay,
         )
 
@@ -139,7 +189,7 @@ class QGAdamV2(_AdamBase):
         return x_new
 
 
-class CentralizedAdam(_AdamBase):
+class CentralizedAdam(_RowAdam):
     centralized = True
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
@@ -147,7 +197,7 @@ class CentralizedAdam(_AdamBase):
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         x_new = centralized_adam_post_mix(
-            params, mixed, state["exp_avg"], state["exp_avg_sq"], step_of(state) + 1,
+            params, mixed, state["exp_avg"], state["exp_avg_sq"], state["step"] + 1,
             lr, self.betas, self.eps, self.weight_decay,
         )
         finish_round(state)
@@ -164,6 +214,7 @@ class QGDSGDmLocalStep(QGDSGDm):
     def init(self, params: Tensor) -> State:
         state = super().init(params)
         state["progress_sum"] = torch.zeros_like(params)
+        state["step"] = row_steps(params)
         return state
 
     # pre_mix is QGDSGDm's: the local step is the same, only the buffer refresh differs.
@@ -171,7 +222,7 @@ class QGDSGDmLocalStep(QGDSGDm):
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         x_new = mixed.clone()
         qg_local_step_update(
-            state["momentum_buffer"], state["progress_sum"], params, x_new, step_of(state), lr,
+            state["momentum_buffer"], state["progress_sum"], params, x_new, state["step"], lr,
             self.qgm_beta, self.qgm_local_step,
         )
         finish_round(state)

@@ -348,6 +348,57 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+# ---------------------------------------------------------------- key listing
+
+def _field_comments(cls) -> dict:
+    """{field: its trailing `# comment`} from the dataclass source: one place documents a key."""
+    import inspect
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"^\s+(\w+):[^#]*#\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _dynamic_choices() -> dict:
+    from qgm_ray.algorithms import ALGORITHMS
+    from qgm_ray.data import DATASETS
+    from qgm_ray.models import MODELS
+    from qgm_ray.topology import TOPOLOGIES
+    return {"data.name": DATASETS, "model.name": MODELS, "topology.name": TOPOLOGIES,
+            "algorithm.name": ALGORITHMS, "ray.pack_clients": ("auto", "true", "false"),
+            "tune.metric": TUNE_METRICS}
+
+
+def describe_keys() -> str:
+    """Every key: type, default, allowed values and the comment of its field (`main.py config --keys`)."""
+    choices = {**CHOICES, **_dynamic_choices()}
+    rows = []
+
+    def walk(cls, prefix: str) -> None:
+        hints, notes = typing.get_type_hints(cls), _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            key, tp = prefix + f.name, hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = " | ".join(_type_name(a) for a in typing.get_args(tp)) if typing.get_args(tp) else _type_name(tp)
+            text = notes.get(f.name, "")
+            if key in choices:
+                listed = " | ".join(map(str, choices[key]))
+                text = f"one of {', '.join(map(str, choices[key]))}" + (f"; {text}" if text and text != listed else "")
+            rows.append((key, kind.replace("NoneType", "null"), yaml.safe_dump(default, default_flow_style=True).strip()
+                         .removesuffix("...").strip(), text))
+
+    walk(Config, "")
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{'key':<{w[0]}}  {'type':<{w[1]}}  {'default':<{w[2]}}  allowed / meaning"]
+    lines += [f"{k:<{w[0]}}  {t:<{w[1]}}  {d:<{w[2]}}  {x}".rstrip() for k, t, d, x in rows]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- validation
 
 def _require(cond: bool, msg: str) -> None:

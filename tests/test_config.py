@@ -191,3 +191,22 @@ def test_changing_the_dataset_drops_the_files_dataset_options():
 def test_finite_numbers_still_accepted():
     cfg = load_config(None, ["algorithm.lr=1e-3", "schedule.epochs=0.5", "name=my_run-1.b"])
     assert cfg.algorithm.lr == 1e-3 and cfg.schedule.epochs == 0.5
+
+
+def test_describe_keys_lists_every_key_with_default_and_choices():
+    from qgm_ray.config import describe_keys
+    text = describe_keys()
+    keys = {line.split()[0] for line in text.splitlines()[1:]}
+    flat = set()
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("options", "grid", "search"):
+                walk(v, prefix + k + ".")
+            else:
+                flat.add(prefix + k)
+    walk(Config().to_dict())
+    assert keys == flat
+    line = next(l for l in text.splitlines() if l.startswith("data.partition "))
+    assert "dirichlet" in line and "one of iid, dirichlet, sorted" in line
+    assert "one of test_accuracy" in next(l for l in text.splitlines() if l.startswith("tune.metric "))

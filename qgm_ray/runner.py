@@ -104,6 +104,13 @@ def prepare(cfg: Config, log=print):
     return ds, parts
 
 
+def _ray_initialized() -> bool:
+    if "ray" not in sys.modules:  # importing Ray just to ask costs a second
+        return False
+    import ray
+    return ray.is_initialized()
+
+
 def check_device(cfg: Config) -> None:
     """device=cuda where it can be known now (local engine, or a Ray this process starts)."""
     import torch
@@ -127,6 +134,10 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
     run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
     if not resume:
         check_new_run_dir(run_dir.path, ignore=own_files)  # never write into another run's directory
+    if cfg.backend == "ray":  # a wrong ray.address fails in seconds, before the data is made
+        from qgm_ray.engine.ray_setup import probe_address, ray_address
+        if ray_address(cfg) and not _ray_initialized():
+            probe_address(ray_address(cfg))
     ds, parts = prepare(cfg, log)
     plan = RunPlan.make(cfg, len(ds.train_x))
 

@@ -290,6 +290,8 @@ def _init_ray(cfg: Config) -> bool:
         return False
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
+        from qgm_ray.engine.ray_setup import probe_address
+        probe_address(address)   # one line within seconds, not minutes of GCS retries
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), dashboard_host=cfg.ray.dashboard_host,

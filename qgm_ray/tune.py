@@ -388,6 +388,9 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
                               f"{sweep_dir}` to continue it, or another directory")
         from qgm_ray.outputs import check_new_run_dir
         check_new_run_dir(sweep_dir, resume_cmd="python main.py tune --resume")
+        if (cfg.ray.address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized():
+            from qgm_ray.engine.ray_setup import probe_address
+            probe_address(cfg.ray.address or os.environ["RAY_ADDRESS"])   # before anything is written
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "config.yaml").write_text(dump_yaml(cfg))
 

@@ -337,3 +337,24 @@ def test_a_trial_gives_the_numbers_of_main_py_with_the_same_config(ray_session, 
     assert sweep["complete"] and len(a) == len(b) >= 2
     assert a[cols].equals(b[cols]), (a[cols], b[cols])
     assert alone["final_test_accuracy"] == json.loads((trial / "summary.json").read_text())["final_test_accuracy"]
+
+
+def test_a_sweep_on_an_address_that_is_not_ray_writes_nothing(tmp_path):
+    srv = __import__("socket").socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    try:
+        cfg = tiny("tune.grid={seed: [0]}", f"ray.address=127.0.0.1:{srv.getsockname()[1]}")
+        with pytest.raises(ConfigError, match="is not a Ray cluster's GCS"):
+            qtune.run_sweep(cfg, output_dir=tmp_path / "s", log=quiet)
+    finally:
+        srv.close()
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_non_empty_sweep_dir_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "metrics.csv").write_text("round\n")
+    with pytest.raises(ConfigError, match=r"not empty; continue the run there with `python main.py tune --resume"):
+        qtune.run_sweep(tiny("tune.grid={seed: [0]}"), output_dir=tmp_path / "s", log=quiet)
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["metrics.csv"]

@@ -122,7 +122,8 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
                        dashboard_host=cfg.ray.dashboard_host, logging_level="WARNING")
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)
-    log(f"ray: {where}; dashboard: " + (f"http://{url}" if url else "not running (needs ray[default])"))
+    gcs = ray.get_runtime_context().gcs_address   # what another process passes to ray.init(address=...)
+    log(f"ray: {where} (address {gcs}); dashboard: " + (f"http://{url}" if url else "not running (needs ray[default])"))
     return not address
 
 

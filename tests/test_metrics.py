@@ -3,6 +3,7 @@ run (also across a Coordinator restart), live resizes logged."""
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 from qgm_ray import runner  # noqa: E402
 from qgm_ray.config import load_config  # noqa: E402

@@ -343,12 +343,17 @@ def test_a_sweep_on_an_address_that_is_not_ray_writes_nothing(tmp_path):
     srv = __import__("socket").socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
+    cfg_file = tmp_path / "sweep.yaml"
+    cfg_file.write_text("backend: local\ndata: {name: synthetic}\nmodel: {name: mlp}\ntune: {grid: {seed: [0]}}\n")
     try:
-        cfg = tiny("tune.grid={seed: [0]}", f"ray.address=127.0.0.1:{srv.getsockname()[1]}")
-        with pytest.raises(ConfigError, match="is not a Ray cluster's GCS"):
-            qtune.run_sweep(cfg, output_dir=tmp_path / "s", log=quiet)
+        out = subprocess.run([sys.executable, str(ROOT / "main.py"), "tune", "--config", str(cfg_file),
+                              "--set", f"ray.address=127.0.0.1:{srv.getsockname()[1]}",
+                              "--output-dir", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
     finally:
         srv.close()
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "is not a Ray cluster's GCS" in lines[0], out.stderr
     assert not (tmp_path / "s").exists()
 
 

@@ -225,68 +225,69 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
         save(start)  # the restore point of a failure before the first periodic checkpoint
 
     try:
-        while True:
-            try:
-                for stop in plan.stops(t):
-                    losses = engine.train(range(t, stop), plan.lr, on_round, should_stop=stop_flag)
-                    done = t + len(losses)
-                    for r in range(t, done):
-                        bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r,
-                                                  payload_bytes)
-                    t = done
-                    pending.extend(losses)
-                    if done < stop:  # a stop signal: the engine stopped cleanly at a round boundary
-                        raise _Stopped
-                    chunk_loss = sum(losses) / len(losses)
-                    if not math.isfinite(chunk_loss) or chunk_loss > DIVERGENCE_LOSS:
-                        status = "diverged"
-                        message = (f"training diverged at round {t}: train loss {chunk_loss:.4g} "
-                                   f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
-                        break
-                    if t % plan.eval_every == 0 or t == plan.total_rounds:
-                        metrics = engine.evaluate()
-                        row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
-                               "train_loss": sum(pending) / len(pending), "bytes_sent": bytes_sent,
-                               "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
-                        pending = []
-                        run_dir.append_metrics(row)
-                        state["acc"] = row["test_accuracy"]
-                        if on_eval is not None:
-                            on_eval(row)
-                    if t in plan.resize_at and t < plan.total_rounds:
-                        log(f"elastic: round {t}: {engine.n_clients} -> {plan.resize_at[t]} clients")
-                        engine.resize(plan.resize_at[t], t)
-                        payload_bytes = engine.payload_bytes
-                    every = cfg.fault_tolerance.checkpoint_every
-                    if every and t - last_ckpt >= every and t < plan.total_rounds:
-                        save(t)
-                        last_ckpt = t
-                break
-            except EngineFailure as e:
-                restarts += 1
-                if restarts > cfg.fault_tolerance.max_restarts:
-                    kept = run_dir.list_checkpoints()
-                    where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept"
-                             if kept else "no checkpoint was written")
-                    status, message = "failed", (
-                        f"{e}; gave up after fault_tolerance.max_restarts={cfg.fault_tolerance.max_restarts} "
-                        f"restarts at round {t}; {where}: resume with {resume_hint(run_dir)} "
-                        f"(or raise fault_tolerance.max_restarts)")
+        with stop_flag:
+            while True:
+                try:
+                    for stop in plan.stops(t):
+                        losses = engine.train(range(t, stop), plan.lr, on_round, should_stop=stop_flag)
+                        done = t + len(losses)
+                        for r in range(t, done):
+                            bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r,
+                                                      payload_bytes)
+                        t = done
+                        pending.extend(losses)
+                        if done < stop:  # a stop signal: the engine stopped cleanly at a round boundary
+                            raise _Stopped
+                        chunk_loss = sum(losses) / len(losses)
+                        if not math.isfinite(chunk_loss) or chunk_loss > DIVERGENCE_LOSS:
+                            status = "diverged"
+                            message = (f"training diverged at round {t}: train loss {chunk_loss:.4g} "
+                                       f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
+                            break
+                        if t % plan.eval_every == 0 or t == plan.total_rounds:
+                            metrics = engine.evaluate()
+                            row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
+                                   "train_loss": sum(pending) / len(pending), "bytes_sent": bytes_sent,
+                                   "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
+                            pending = []
+                            run_dir.append_metrics(row)
+                            state["acc"] = row["test_accuracy"]
+                            if on_eval is not None:
+                                on_eval(row)
+                        if t in plan.resize_at and t < plan.total_rounds:
+                            log(f"elastic: round {t}: {engine.n_clients} -> {plan.resize_at[t]} clients")
+                            engine.resize(plan.resize_at[t], t)
+                            payload_bytes = engine.payload_bytes
+                        every = cfg.fault_tolerance.checkpoint_every
+                        if every and t - last_ckpt >= every and t < plan.total_rounds:
+                            save(t)
+                            last_ckpt = t
                     break
-                ckpt = run_dir.load_latest_checkpoint(log=log)
-                if ckpt is None:
-                    raise
-                engine.load_state_dict(ckpt["engine"])
-                t, bytes_sent = ckpt["round"], ckpt["bytes_sent"]
-                pending = list(ckpt.get("pending_losses", []))
-                last_ckpt = t
-                payload_bytes = engine.payload_bytes
-                run_dir.truncate_metrics_after(t)
-                bar.n = t
-                bar.refresh()
-                log(f"recovered from: {e}; restored the checkpoint of round {t} "
-                    f"({engine.n_clients} clients), replaying "
-                    f"(restart {restarts} of {cfg.fault_tolerance.max_restarts})")
+                except EngineFailure as e:
+                    restarts += 1
+                    if restarts > cfg.fault_tolerance.max_restarts:
+                        kept = run_dir.list_checkpoints()
+                        where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept"
+                                 if kept else "no checkpoint was written")
+                        status, message = "failed", (
+                            f"{e}; gave up after fault_tolerance.max_restarts={cfg.fault_tolerance.max_restarts} "
+                            f"restarts at round {t}; {where}: resume with {resume_hint(run_dir)} "
+                            f"(or raise fault_tolerance.max_restarts)")
+                        break
+                    ckpt = run_dir.load_latest_checkpoint(log=log)
+                    if ckpt is None:
+                        raise
+                    engine.load_state_dict(ckpt["engine"])
+                    t, bytes_sent = ckpt["round"], ckpt["bytes_sent"]
+                    pending = list(ckpt.get("pending_losses", []))
+                    last_ckpt = t
+                    payload_bytes = engine.payload_bytes
+                    run_dir.truncate_metrics_after(t)
+                    bar.n = t
+                    bar.refresh()
+                    log(f"recovered from: {e}; restored the checkpoint of round {t} "
+                        f"({engine.n_clients} clients), replaying "
+                        f"(restart {restarts} of {cfg.fault_tolerance.max_restarts})")
     except _Stopped:
         save(t)  # the engine stopped at a round boundary: its state is that of round t
         name = signal.Signals(stop_flag.signum).name if stop_flag.signum else "stop"
@@ -312,7 +313,7 @@ class StopSignals:
     asks the engine to stop at the next round boundary; the run then checkpoints, writes
     summary.json (status stopped) and says how to resume. A second one calls `on_abort`, which
     exits at once. Only the main thread can own signals: a Tune trial runs in another thread
-    and is stopped by Tune."""
+    and is stopped by Tune. Nested `with` blocks install the handlers once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -320,6 +321,7 @@ class StopSignals:
         self.signum: Optional[int] = None
         self.on_abort: Optional[Callable[[int], None]] = None
         self._previous: dict = {}
+        self._depth = 0
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -335,7 +337,8 @@ class StopSignals:
               file=sys.stderr, flush=True)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 self._previous[s] = signal.signal(s, self._handler)
         return self
@@ -346,6 +349,9 @@ class StopSignals:
             signal.signal(s, self._handler)
 
     def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth:
+            return False
         for s, previous in self._previous.items():
             # Once stopping, the outcome is on disk: a late second signal (while the summary is
             # printed, or at interpreter exit) just ends the process, without a traceback.

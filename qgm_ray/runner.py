@@ -90,8 +90,9 @@ def prepare(cfg: Config, log=print):
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
     validate_against_data(cfg, [len(p) for p in parts])
-    try:  # model options only the data's shape can check (e.g. a norm the model lacks)
-        build.build_model(cfg, ds)
+    try:  # model options only the data's shape can check (one model, only when options are set)
+        if cfg.model.options:
+            build.build_model(cfg, ds)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - any constructor error is a bad model.options

@@ -194,3 +194,13 @@ def test_max_restarts_used_up_is_a_resumable_failure(tmp_path, monkeypatch):
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
     assert resumed["status"] == "completed"
     assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
+
+
+def test_model_options_the_model_cannot_take_are_one_line_before_anything_is_written(tmp_path):
+    # groups=3 passes the config's shape check; GroupNorm over 16 channels refuses it at construction
+    with pytest.raises(ConfigError, match=r"model.name='resnet20' with model.options=\{'norm': 'gn', 'groups': 3\}: "
+                                          r"ValueError") as e:
+        runner.run(small("model.name=resnet20", "model.options={norm: gn, groups: 3}", "data.name=synthetic_image",
+                         "data.options={num_samples: 200}"), tmp_path / "m", log=lambda m: None)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "m").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from qgm_ray.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-COMMANDS = ("run", "tune", "report", "bench")
+COMMANDS = ("run", "tune", "report", "bench", "config")
 
 EPILOG = """\
 examples:
@@ -20,6 +20,8 @@ examples:
   python main.py tune --config configs/tune_heterogeneity.yaml
   python main.py report runs/tune_heterogeneity-20261125-101500
   python main.py bench --quick --output bench.json
+  python main.py config --set data.name=cifar10     the resolved, validated config as YAML
+  python main.py config --keys                     every key: type, default, allowed values
 
 Config keys are dotted (data.alpha, topology.name, algorithm.lr, ...); --set parses its value
 as YAML, so `--set elastic.schedule=[[5,8]]` is a list. See README.md for every key.
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py", description="qgm-ray: decentralized deep learning on heterogeneous data, on Ray "
         "(Quasi-Global Momentum, Lin et al. ICML 2021).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    sub = parser.add_subparsers(dest="command", metavar="{run,tune,report,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,tune,report,bench,config}")
 
     p_run = sub.add_parser("run", help="one decentralized training run (the default command)",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
@@ -59,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench = sub.add_parser("bench", help="round-time and memory benchmark of the engines")
     p_bench.add_argument("--quick", action="store_true", help="small grid: n in {4, 8}, both models (a few minutes on 2 cores)")
     p_bench.add_argument("--output", default=None, help="write the records as JSON here")
+
+    p_cfg = sub.add_parser("config", help="print the resolved, validated config as YAML (starts nothing)")
+    p_cfg.add_argument("--config", default=str(DEFAULT_CONFIG),
+                       help="YAML config merged over the built-in defaults (default: configs/default.yaml)")
+    p_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, VALUE parsed as YAML; repeatable")
+    p_cfg.add_argument("--keys", action="store_true",
+                       help="list every key with its type, default and allowed values instead")
     return parser
 
 
@@ -85,6 +95,16 @@ def print_summary(summary: dict) -> None:
     print(f"\nrun directory: {summary['run_dir']}")
 
 
+def cmd_config(args) -> int:
+    from qgm_ray.config import config_dict, dump_yaml, describe_keys, from_dict
+
+    if args.keys:
+        print(describe_keys())
+        return 0
+    print(dump_yaml(from_dict(config_dict(args.config, args.overrides))), end="")
+    return 0
+
+
 def cmd_run(args) -> int:
     from qgm_ray import runner
     from qgm_ray.config import config_dict, from_dict
@@ -101,6 +121,8 @@ def cmd_run(args) -> int:
         cfg.progress = False
     summary = runner.run(cfg, args.resume or args.output_dir, resume=bool(args.resume))
     print_summary(summary)
+    if summary["status"] == "stopped":  # by a signal: 128 + its number, as a shell reports it
+        return 128 + int(summary.get("signal") or 2)
     return {"completed": 0, "diverged": 3}.get(summary["status"], 1)
 
 
@@ -131,9 +153,19 @@ def cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": cmd_bench}[args.command]
+    handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": cmd_bench,
+               "config": cmd_config}[args.command]
     try:
         return handler(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `main.py config --keys | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        # `run` turns signals into a graceful stop once training starts; before that (loading
+        # data, starting Ray) there is nothing to save.
+        print("interrupted before training started; nothing was written" if args.command == "run"
+              else "interrupted", file=sys.stderr)
+        return 130

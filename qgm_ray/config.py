@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,8 +31,8 @@ class DataConfig:
     equal_size: bool = False         # official code's re-slicing into equal-size shards
     batch_size: int = 32             # per client, per round
     augment: bool = True             # random crop + flip where the dataset defines it
-    seed: int = 42                   # generation/split seed of the dataset itself: fixed, so runs
-                                     # with different `seed` differ in partition/init/sampling only
+    seed: int = 42                   # generation/split seed of the dataset itself (not `seed`)
+                                     # fixed, so runs with different `seed` differ in partition/init/sampling only
     options: dict = field(default_factory=dict)  # dataset-specific, e.g. {num_samples: 8000}
 
 
@@ -42,23 +44,23 @@ class ModelConfig:
 
 @dataclass
 class TopologyConfig:
-    name: str = "ring"
-    n_clients: int = 16
+    name: str = "ring"                 # see README: Topologies
+    n_clients: int = 16              # clients (graph nodes) at the start
     options: dict = field(default_factory=dict)  # e.g. {graph: karate_club} for social
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "qg_dsgdm_n"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    qgm_beta: float = 0.9
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    nesterov: bool = False
-    normalization_eps: float = 1e-8  # qg_adam, qg_adam_v2: eps of the progress normalisation
-    qgm_local_step: int = 1          # qg_dsgdm_ls(_n): rounds between QG buffer refreshes
+    name: str = "qg_dsgdm_n"         # see README: Algorithms
+    lr: float = 0.1                  # base learning rate (> 0; see schedule.* for scaling)
+    momentum: float = 0.9            # [0, 1): heavy-ball / Nesterov momentum
+    weight_decay: float = 1e-4       # >= 0
+    qgm_beta: float = 0.9            # [0, 1): quasi-global momentum's beta
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam's (beta1, beta2), each in [0, 1)
+    eps: float = 1e-8                # Adam's epsilon, > 0
+    nesterov: bool = False           # gradient_tracking: Nesterov momentum
+    normalization_eps: float = 1e-8  # qg_adam, qg_adam_v2: eps of the progress normalisation (> 0)
+    qgm_local_step: int = 1          # qg_dsgdm_ls(_n): rounds between QG buffer refreshes (>= 1)
 
     def hparams(self) -> dict:
         return {
@@ -71,19 +73,19 @@ class AlgorithmConfig:
 
 @dataclass
 class ScheduleConfig:
-    epochs: float = 40.0
+    epochs: float = 40.0             # > 0; one epoch = ceil(N_train / (n_clients x batch)) rounds
     lr_scaleup: str = "none"         # none | linear (x n_clients) | factor
     scaleup_factor: float = 1.0      # used when lr_scaleup == factor
     reference_batch: int = 0         # >0: lr is "per reference_batch samples", scaled by batch/ref
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0       # linear warm-up, < epochs
     milestones: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of total epochs
-    decay: float = 0.1
+    decay: float = 0.1               # (0, 1]: lr factor at each milestone
 
 
 @dataclass
 class EvalConfig:
-    every_epochs: float = 1.0
-    batch_size: int = 1024
+    every_epochs: float = 1.0        # evaluation cadence, > 0
+    batch_size: int = 1024           # test batch size (memory only, not the numbers)
     local_models: bool = True        # also report mean test accuracy of the clients' own models
     max_test_samples: int = 0        # >0: evaluate on a fixed subset (fast sweeps)
 
@@ -93,11 +95,11 @@ class RayConfig:
     address: Optional[str] = None    # None: $RAY_ADDRESS, else start a local Ray
     # auto: one ClientActor per GPU when the clients get GPUs, else one per CPU core of the
     # cluster (engine/ray_setup.py: resolve_clients_per_actor); 1 = one actor per client.
-    clients_per_actor: Union[int, str] = "auto"
-    gpus_per_client: Union[str, float] = "auto"
-    cpus_per_client: float = 0.125
-    max_inflight_rounds: int = 2
-    dashboard_host: str = "127.0.0.1"
+    clients_per_actor: Union[int, str] = "auto"   # auto (one actor per GPU, else per CPU core) or k >= 1
+    gpus_per_client: Union[str, float] = "auto"   # auto, or a GPU fraction per client (0: CPU)
+    cpus_per_client: float = 0.125   # CPUs Ray reserves per client, > 0
+    max_inflight_rounds: int = 2     # rounds of payloads in flight at most, >= 1
+    dashboard_host: str = "127.0.0.1"  # where a local Ray's dashboard listens
     num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
     torch_threads: int = 1           # per actor: actors share cores, oversubscription hurts
     # An actor's k clients as one vmapped forward/backward (engine/packed.py). auto: only where
@@ -111,35 +113,35 @@ class FaultToleranceConfig:
     checkpoint_every: int = 0        # rounds; 0 = only at the end
     on_failure: str = "replay"       # replay | drop
     keep: int = 2                    # checkpoints kept on disk
-    max_restarts: int = 3
+    max_restarts: int = 3            # recoveries before the run gives up (resumable)
 
 
 @dataclass
 class ElasticConfig:
     schedule: list = field(default_factory=list)  # [[epoch, n_clients], ...]
-    max_clients: Optional[int] = None
+    max_clients: Optional[int] = None  # data shards cut; null: the largest client count
 
 
 @dataclass
 class TuneConfig:
-    grid: dict = field(default_factory=dict)
-    search: dict = field(default_factory=dict)
-    num_samples: int = 1
+    grid: dict = field(default_factory=dict)    # {dotted.key: [values]}: every combination
+    search: dict = field(default_factory=dict)  # {dotted.key: {uniform|loguniform|randint: [lo, hi]} | {choice: [..]}}
+    num_samples: int = 1             # samples of the search space per grid point
     scheduler: str = "fifo"          # fifo | asha
     metric: str = "test_accuracy"
-    mode: str = "max"
+    mode: str = "max"                # max | min
     max_concurrent_trials: int = 0   # 0: as many as resources allow
-    grace_period_evals: int = 2      # asha
+    grace_period_evals: int = 2      # asha: evaluations before a trial can be stopped
 
 
 @dataclass
 class Config:
-    name: str = "qgm"
-    seed: int = 0
+    name: str = "qgm"                # run name: letters, digits, . _ - (directory runs/<name>-<time>)
+    seed: int = 0                    # >= 0: partition, init, sampling, random graphs
     backend: str = "local"           # local | ray
     device: str = "auto"             # auto | cpu | cuda
-    output_dir: Optional[str] = None  # default runs/<name>-<timestamp>
-    progress: bool = True
+    output_dir: Optional[str] = None  # null: runs/<name>-<timestamp>; must be new or empty (else --resume it)
+    progress: bool = True            # progress bar (--quiet: false)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -165,6 +167,17 @@ CHOICES = {
     "tune.scheduler": ("fifo", "asha"),
     "tune.mode": ("max", "min"),
 }
+
+# What a trial reports to Tune (every metrics.csv column, plus the run's outcome), so the only
+# values `tune.metric` can name; checked here, not after the first trial has trained.
+TUNE_METRICS = ("test_accuracy", "final_test_accuracy", "best_test_accuracy", "local_test_accuracy",
+                "train_loss", "test_loss", "consensus_distance")
+
+# `name` becomes a directory name under runs/: no separators, no `..`.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Dataset options that count something: a positive integer or the dataset cannot be made.
+POSITIVE_INT_DATA_OPTIONS = ("num_samples", "num_features", "num_classes", "template_len", "final_seq_length")
 
 
 # ---------------------------------------------------------------- building from dicts
@@ -197,14 +210,20 @@ def _coerce(key: str, value: Any, tp) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; users mean a number
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; users mean a number
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        # .inf / .nan are valid YAML numbers but no setting of this project means them.
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -301,9 +320,20 @@ def config_dict(path: str | Path | None = None, overrides: list[str] | tuple = (
     d = Config().to_dict()
     if path is not None:
         d = _merge(d, read_yaml(path))
-    for item in overrides:
-        key, value = parse_override(item)
+    return apply_overrides(d, dict(parse_override(item) for item in overrides))
+
+
+def apply_overrides(d: dict, values: dict) -> dict:
+    """Set dotted keys in `d` (in place; returned). A file's `data.options` are options of the
+    file's dataset: when the overrides change `data.name` and do not set any data option
+    themselves, the old options are dropped instead of being handed to another dataset
+    (`--set data.name=cifar10` on configs/default.yaml must not fail on mnist1d's num_samples)."""
+    dataset = d.get("data", {}).get("name") if isinstance(d.get("data"), dict) else None
+    for key, value in values.items():
         set_dotted(d, key, value)
+    sets_options = any(k == "data" or k.startswith("data.options") for k in values)
+    if isinstance(d.get("data"), dict) and d["data"].get("name") != dataset and not sets_options:
+        d["data"]["options"] = {}
     return d
 
 
@@ -321,6 +351,57 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+# ---------------------------------------------------------------- key listing
+
+def _field_comments(cls) -> dict:
+    """{field: its trailing `# comment`} from the dataclass source: one place documents a key."""
+    import inspect
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"^\s+(\w+):[^#]*#\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _dynamic_choices() -> dict:
+    from qgm_ray.algorithms import ALGORITHMS
+    from qgm_ray.data import DATASETS
+    from qgm_ray.models import MODELS
+    from qgm_ray.topology import TOPOLOGIES
+    return {"data.name": DATASETS, "model.name": MODELS, "topology.name": TOPOLOGIES,
+            "algorithm.name": ALGORITHMS, "ray.pack_clients": ("auto", "true", "false"),
+            "tune.metric": TUNE_METRICS}
+
+
+def describe_keys() -> str:
+    """Every key: type, default, allowed values and the comment of its field (`main.py config --keys`)."""
+    choices = {**CHOICES, **_dynamic_choices()}
+    rows = []
+
+    def walk(cls, prefix: str) -> None:
+        hints, notes = typing.get_type_hints(cls), _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            key, tp = prefix + f.name, hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = " | ".join(_type_name(a) for a in typing.get_args(tp)) if typing.get_args(tp) else _type_name(tp)
+            text = notes.get(f.name, "")
+            if key in choices:
+                listed = " | ".join(map(str, choices[key]))
+                text = f"one of {', '.join(map(str, choices[key]))}" + (f"; {text}" if text and text != listed else "")
+            rows.append((key, kind.replace("NoneType", "null"), yaml.safe_dump(default, default_flow_style=True).strip()
+                         .removesuffix("...").strip(), text))
+
+    walk(Config, "")
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{'key':<{w[0]}}  {'type':<{w[1]}}  {'default':<{w[2]}}  allowed / meaning"]
+    lines += [f"{k:<{w[0]}}  {t:<{w[1]}}  {d:<{w[2]}}  {x}".rstrip() for k, t, d, x in rows]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- validation
 
 def _require(cond: bool, msg: str) -> None:
@@ -336,6 +417,13 @@ def validate(cfg: Config) -> None:
     from qgm_ray.models import MODELS
     from qgm_ray.topology import validate_topology
 
+    _require(bool(NAME_PATTERN.match(cfg.name)),
+             f"name={cfg.name!r} is not allowed: it names the run directory under runs/; use letters, "
+             f"digits, '.', '_' and '-' (no '/', no leading '.')")
+    _require(cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed}")
+    _require(cfg.data.seed >= 0, f"data.seed must be an integer >= 0, got {cfg.data.seed}")
+    _require(cfg.output_dir is None or cfg.output_dir.strip() != "",
+             "output_dir must be a directory path or null (default runs/<name>-<timestamp>), got ''")
     d = cfg.to_dict()
     for key, allowed in CHOICES.items():
         v = get_dotted(d, key)
@@ -348,6 +436,8 @@ def validate(cfg: Config) -> None:
     _require(cfg.algorithm.name in ALGORITHMS,
              f"algorithm.name={cfg.algorithm.name!r} is unknown; choose one of {', '.join(ALGORITHMS)}")
 
+    _validate_data_options(cfg)
+    _validate_model_options(cfg)
     _require(cfg.data.alpha > 0, f"data.alpha must be > 0 (0.1 = extreme non-iid, 10 = near iid), got {cfg.data.alpha}")
     _require(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     _require(cfg.algorithm.lr > 0, f"algorithm.lr must be > 0, got {cfg.algorithm.lr}")
@@ -396,6 +486,57 @@ def validate(cfg: Config) -> None:
     _validate_tune(cfg)
 
 
+def dataset_options(name: str) -> Optional[tuple]:
+    """The `data.options` keys dataset `name` takes (besides augment); None if unknown here."""
+    from qgm_ray import data as qdata
+    offline = getattr(qdata, "_OFFLINE_OPTS", {})
+    if name in offline:
+        return tuple(offline[name])
+    if name in getattr(qdata, "_TORCHVISION", {}):
+        return ()
+    return None
+
+
+def _validate_data_options(cfg: Config) -> None:
+    from qgm_ray import data as qdata
+    opts, name = cfg.data.options, cfg.data.name
+    allowed = dataset_options(name)
+    if allowed is not None:
+        unknown = sorted(set(opts) - set(allowed) - {"augment"})
+        _require(not unknown,
+                 f"data.options.{unknown[0] if unknown else ''} is not an option of data.name={name!r} "
+                 f"(allowed: {', '.join(allowed + ('augment',))}); remove it, e.g. --set data.options={{}}")
+    for key in POSITIVE_INT_DATA_OPTIONS:
+        if key in opts:
+            v, least = opts[key], 2 if key == "num_classes" else 1
+            _require(isinstance(v, int) and not isinstance(v, bool) and v >= least,
+                     f"data.options.{key} must be an integer >= {least}, got {v!r}")
+    for key, v in opts.items():
+        if isinstance(v, float):
+            _require(math.isfinite(v), f"data.options.{key} must be a finite number, got {v!r}")
+    if "augment" in opts:
+        allowed_aug = tuple(getattr(qdata, "AUGMENTATIONS", ()))
+        _require(opts["augment"] is None or opts["augment"] in allowed_aug,
+                 f"data.options.augment={opts['augment']!r} is not allowed; choose one of "
+                 f"{', '.join(allowed_aug)} or null")
+
+
+def _validate_model_options(cfg: Config) -> None:
+    """Shapes of the common model options; anything else is checked by building the model
+    once in runner.prepare (it needs the data's shape)."""
+    o = cfg.model.options
+    if "hidden" in o:
+        h = o["hidden"]
+        _require(isinstance(h, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                                      for x in h),
+                 f"model.options.hidden must be a list of layer widths (integers >= 1), e.g. [100, 100]; got {h!r}")
+    for key in ("channels", "groups", "scaling", "depth"):
+        if key in o:
+            v = o[key]
+            _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                     f"model.options.{key} must be an integer >= 1, got {v!r}")
+
+
 def _validate_elastic(cfg: Config) -> None:
     from qgm_ray.topology import validate_topology
 
@@ -426,10 +567,30 @@ def _validate_tune(cfg: Config) -> None:
                 _require(isinstance(values, list) and len(values) > 0,
                          f"tune.grid.{key} must be a non-empty list of values, got {values!r}")
             else:
-                ok = (isinstance(values, dict) and len(values) == 1
-                      and next(iter(values)) in ("uniform", "loguniform", "choice", "randint"))
-                _require(ok, f"tune.search.{key} must be one of {{uniform|loguniform|randint: [lo, hi]}} or {{choice: [...]}}, got {values!r}")
-    _require(cfg.tune.num_samples >= 1, f"tune.num_samples must be >= 1, got {cfg.tune.num_samples}")
+                _validate_search(key, values)
+    tc = cfg.tune
+    _require(tc.num_samples >= 1, f"tune.num_samples must be >= 1, got {tc.num_samples}")
+    _require(tc.metric in TUNE_METRICS,
+             f"tune.metric={tc.metric!r} is not a reported metric; choose one of {', '.join(TUNE_METRICS)}")
+    _require(tc.max_concurrent_trials >= 0,
+             f"tune.max_concurrent_trials must be >= 0 (0: as many as resources allow), got {tc.max_concurrent_trials}")
+    _require(tc.grace_period_evals >= 1, f"tune.grace_period_evals must be >= 1, got {tc.grace_period_evals}")
+
+
+def _validate_search(key: str, spec: Any) -> None:
+    usage = (f"tune.search.{key} must be {{uniform|loguniform: [lo, hi]}} (numbers, lo < hi), "
+             f"{{randint: [lo, hi]}} (integers) or {{choice: [v1, v2, ...]}}, got {spec!r}")
+    _require(isinstance(spec, dict) and len(spec) == 1
+             and next(iter(spec)) in ("uniform", "loguniform", "choice", "randint"), usage)
+    (kind, arg), = spec.items()
+    if kind == "choice":
+        _require(isinstance(arg, list) and len(arg) > 0, usage)
+        return
+    num = int if kind == "randint" else (int, float)
+    _require(isinstance(arg, list) and len(arg) == 2
+             and all(isinstance(x, num) and not isinstance(x, bool) and math.isfinite(x) for x in arg)
+             and arg[0] < arg[1], usage)
+    _require(kind != "loguniform" or arg[0] > 0, f"tune.search.{key}: loguniform needs lo > 0, got {arg!r}")
 
 
 def validate_against_data(cfg: Config, partition_sizes: list[int]) -> None:

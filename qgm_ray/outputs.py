@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from qgm_ray.errors import ConfigError
+
 METRIC_COLUMNS = ["round", "epoch", "lr", "train_loss", "test_accuracy", "local_test_accuracy",
                   "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss"]
 
@@ -32,6 +34,17 @@ def default_run_dir(name: str, root: str = "runs") -> Path:
     return path
 
 
+def check_new_run_dir(path: str | Path, resume_cmd: str = "python main.py --resume", ignore: tuple = ()) -> None:
+    """A new run (or sweep) gets a directory of its own: refuse a file, or a directory that
+    already holds anything (another run's metrics, checkpoints, config) - never mix or delete."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--output-dir / output_dir {str(p)!r} is a file, not a directory; name a new directory")
+    if p.is_dir() and any(q.name not in ignore for q in p.iterdir()):
+        raise ConfigError(f"--output-dir / output_dir {str(p)!r} is not empty; continue the run there with "
+                          f"`{resume_cmd} {p}`, or name a new directory")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -46,6 +59,17 @@ class RunDir:
     def create(self) -> "RunDir":
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         return self
+
+    def claim(self, config_text: str) -> None:
+        """Write config.yaml of a new run, failing if it is there already: of two runs started
+        on one directory at once, only the first gets it."""
+        try:
+            fd = os.open(self.path / "config.yaml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise ConfigError(f"--output-dir / output_dir {str(self.path)!r} was just taken by another run; "
+                              f"name a new directory") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(config_text)
 
     # ------------------------------------------------------------ metrics
     @property

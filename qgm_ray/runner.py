@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from qgm_ray import build
 from qgm_ray.config import Config, dump_yaml, from_dict, validate_against_data
 from qgm_ray.engine.base import EngineFailure, round_bytes
 from qgm_ray.errors import ConfigError
-from qgm_ray.outputs import RunDir, default_run_dir
+from qgm_ray.outputs import RunDir, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
 from qgm_ray.schedule import LRSchedule, rounds_per_epoch
 
@@ -77,9 +79,25 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def prepare(cfg: Config, log=print):
     """Load data and cut the partition; raises ConfigError on anything wrong. No side effects."""
+    import torch
+
+    # Data preprocessing (standardisation) reduces over the whole dataset; its last bits depend
+    # on the intra-op thread count. A Tune trial or Ray worker starts with OMP_NUM_THREADS=1, a
+    # shell does not: without this, main.py and a Tune trial of the same config trained on
+    # data differing in the last bit, and their numbers drifted apart (0.73675 vs 0.7345).
+    torch.set_num_threads(cfg.ray.torch_threads)
+    check_device(cfg)
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
     validate_against_data(cfg, [len(p) for p in parts])
+    try:  # model options only the data's shape can check (one model, only when options are set)
+        if cfg.model.options:
+            build.build_model(cfg, ds)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any constructor error is a bad model.options
+        raise ConfigError(f"model.name={cfg.model.name!r} with model.options={cfg.model.options}: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     log(f"data: {cfg.data.name} ({len(ds.train_x)} train / {len(ds.test_x)} test, "
         f"{ds.num_classes} classes), {cfg.data.partition} partition"
         + (f" alpha={cfg.data.alpha:g}" if cfg.data.partition == "dirichlet" else "")
@@ -87,12 +105,42 @@ def prepare(cfg: Config, log=print):
     return ds, parts
 
 
+def _ray_initialized() -> bool:
+    if "ray" not in sys.modules:  # importing Ray just to ask costs a second
+        return False
+    import ray
+    return ray.is_initialized()
+
+
+def check_device(cfg: Config) -> None:
+    """device=cuda where it can be known now (local engine, or a Ray this process starts)."""
+    import torch
+    if cfg.device != "cuda" or torch.cuda.is_available():
+        return
+    joins_cluster = cfg.backend == "ray" and (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    if not joins_cluster:  # a cluster's GPUs are checked when the engine plans its resources
+        raise ConfigError("device=cuda but torch sees no CUDA GPU on this machine; use device=auto "
+                          "(GPU when there is one) or device=cpu")
+
+
+def resume_hint(run_dir: RunDir) -> str:
+    return f"python main.py --resume {run_dir.path}"
+
+
 def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,
-        on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print) -> dict:
-    """Train; write outputs; return the summary. `on_eval(row)` sees every metrics row (Tune)."""
+        on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print,
+        own_files: tuple = ()) -> dict:
+    """Train; write outputs; return the summary. `on_eval(row)` sees every metrics row (Tune).
+    `own_files`: names the caller has already put into output_dir (a Tune trial's log.txt)."""
+    run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
+    if not resume:
+        check_new_run_dir(run_dir.path, ignore=own_files)  # never write into another run's directory
+    if cfg.backend == "ray":  # a wrong ray.address fails in seconds, before the data is made
+        from qgm_ray.engine.ray_setup import probe_address, ray_address
+        if ray_address(cfg) and not _ray_initialized():
+            probe_address(ray_address(cfg))
     ds, parts = prepare(cfg, log)
     plan = RunPlan.make(cfg, len(ds.train_x))
-    run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
 
     checkpoint = None
     if resume:
@@ -102,12 +150,25 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
         if checkpoint.get("fingerprint") != replay_fingerprint(cfg):
             raise ConfigError(f"--resume {run_dir.path}: the checkpoint was written with a different "
                               f"config ({', '.join(REPLAY_KEYS)} must match config.yaml)")
+    stop_flag = StopSignals()
+    with stop_flag:
+        return _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log)
+
+
+def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> dict:
     # The engine starts (and, on Ray, checks the cluster) before anything is written: a
     # cluster that cannot run this config fails with a ConfigError and no half-made run dir.
     engine = make_engine(cfg, ds, parts, log)
+    stop_flag.reinstall()
+    if stop_flag():  # a signal while Ray or the actors started: nothing to save yet
+        engine.close()
+        raise KeyboardInterrupt
     try:
         run_dir.create()
-        run_dir.write_config(dump_yaml(cfg))
+        if checkpoint is None:
+            run_dir.claim(dump_yaml(cfg))   # atomic: two runs racing for one directory cannot both get it
+        else:
+            run_dir.write_config(dump_yaml(cfg))
         write_partition_csv(run_dir.path / "partition.csv", ds.train_y.numpy(), parts, ds.num_classes)
         if checkpoint is not None:
             engine.load_state_dict(checkpoint["engine"])
@@ -133,7 +194,21 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
     restarts = 0
     bar = _progress(plan.total_rounds, start, cfg.progress)
     state = {"loss": float("nan"), "acc": float("nan")}
-    stop_flag = _GracefulStop()
+
+    def abort(signum: int) -> None:
+        # Second signal: no checkpoint, no engine shutdown (that is what takes seconds and, cut
+        # short, printed pages of Ray internals). The summary says how to go on; os._exit ends
+        # this process, and a Ray it started dies with it (Ray's fate-sharing of child processes).
+        msg = (f"{signal.Signals(signum).name} again: stopped at once at round {t}; resume from the last "
+               f"checkpoint with: {resume_hint(run_dir)}")
+        try:
+            bar.close()
+            _write_summary(run_dir, cfg, engine.n_clients, "stopped", msg, t, t0)
+        finally:
+            print(msg, file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+
+    stop_flag.on_abort = abort
 
     def on_round(r: int, loss: float) -> None:
         state["loss"] = loss
@@ -162,8 +237,8 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                                                       payload_bytes)
                         t = done
                         pending.extend(losses)
-                        if done < stop:  # Ctrl-C: the engine stopped cleanly at a round boundary
-                            raise KeyboardInterrupt
+                        if done < stop:  # a stop signal: the engine stopped cleanly at a round boundary
+                            raise _Stopped
                         chunk_loss = sum(losses) / len(losses)
                         if not math.isfinite(chunk_loss) or chunk_loss > DIVERGENCE_LOSS:
                             status = "diverged"
@@ -192,8 +267,14 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                 except EngineFailure as e:
                     restarts += 1
                     if restarts > cfg.fault_tolerance.max_restarts:
-                        raise EngineFailure(f"{e} (gave up after fault_tolerance.max_restarts="
-                                            f"{cfg.fault_tolerance.max_restarts} restarts)") from e
+                        kept = run_dir.list_checkpoints()
+                        where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept"
+                                 if kept else "no checkpoint was written")
+                        status, message = "failed", (
+                            f"{e}; gave up after fault_tolerance.max_restarts={cfg.fault_tolerance.max_restarts} "
+                            f"restarts at round {t}; {where}: resume with {resume_hint(run_dir)} "
+                            f"(or raise fault_tolerance.max_restarts)")
+                        break
                     ckpt = run_dir.load_latest_checkpoint(log=log)
                     if ckpt is None:
                         raise
@@ -208,50 +289,81 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                     log(f"recovered from: {e}; restored the checkpoint of round {t} "
                         f"({engine.n_clients} clients), replaying "
                         f"(restart {restarts} of {cfg.fault_tolerance.max_restarts})")
-    except KeyboardInterrupt:
-        status, message = "failed", f"interrupted at round {t}; resume with: python main.py --resume {run_dir.path}"
-        if stop_flag.clean:
-            save(t)  # the engine stopped at a round boundary: its state is that of round t
-        else:
-            message += " (from its last checkpoint)"
+    except _Stopped:
+        save(t)  # the engine stopped at a round boundary: its state is that of round t
+        name = signal.Signals(stop_flag.signum).name if stop_flag.signum else "stop"
+        status, message = "stopped", f"{name}: stopped at round {t} (checkpointed); resume with: {resume_hint(run_dir)}"
     except Exception as e:  # the summary must say what happened, then the error propagates
         status, message = "failed", f"{type(e).__name__}: {e}"
         _finish(run_dir, cfg, engine, status, message, t, t0, bar)
         raise
     if status == "completed":
         save(t)
-    return _finish(run_dir, cfg, engine, status, message, t, t0, bar)
+    summary = _finish(run_dir, cfg, engine, status, message, t, t0, bar)
+    if status == "stopped":
+        summary["signal"] = stop_flag.signum
+    return summary
 
 
-class _GracefulStop:
-    """First Ctrl-C: ask the engine to stop at the next round boundary (then checkpoint and
-    exit); a second Ctrl-C interrupts at once. Only the main thread can own SIGINT (a Tune
-    trial runs elsewhere and keeps the default behaviour)."""
+class _Stopped(Exception):
+    """The engine stopped at a round boundary because a stop signal came."""
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what Slurm, Kubernetes and `kill` send) alike. The first
+    asks the engine to stop at the next round boundary; the run then checkpoints, writes
+    summary.json (status stopped) and says how to resume. A second one calls `on_abort`, which
+    exits at once. Only the main thread can own signals: a Tune trial runs in another thread
+    and is stopped by Tune. Nested `with` blocks install the handlers once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self.clean = True
-        self._previous = None
+        self.signum: Optional[int] = None
+        self.on_abort: Optional[Callable[[int], None]] = None
+        self._previous: dict = {}
+        self._depth = 0
 
     def __call__(self) -> bool:
-        return self.requested
+        return self.signum is not None
 
     def _handler(self, signum, frame):
-        if self.requested:
-            self.clean = False
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: stopping at the next round boundary (Ctrl-C again to abort now)", flush=True)
+        if self.signum is not None:
+            if self.on_abort is not None:
+                self.on_abort(signum)   # does not return
+            raise KeyboardInterrupt     # before training started: nothing to save
+        self.signum = signum
+        name = signal.Signals(signum).name
+        print(f"\n{name}: stopping at the next round boundary, then checkpointing ({name} again: stop at once)",
+              file=sys.stderr, flush=True)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handler)
         return self
 
+    def reinstall(self) -> None:
+        """ray.init installs its own SIGTERM handler (a C++ stack dump, then death): take it back."""
+        for s in self._previous:
+            signal.signal(s, self._handler)
+
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._depth -= 1
+        if self._depth:
+            return False
+        for s, previous in self._previous.items():
+            # Once stopping, the outcome is on disk: a late second signal (while the summary is
+            # printed, or at interpreter exit) just ends the process, without a traceback.
+            signal.signal(s, _exit_now if self.signum is not None else previous)
+        self._previous = {}
         return False
+
+
+def _exit_now(signum, frame):
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:
@@ -260,6 +372,10 @@ def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the real outcome
         pass
+    return _write_summary(run_dir, cfg, engine.n_clients, status, message, t, t0)
+
+
+def _write_summary(run_dir, cfg, n_clients, status, message, t, t0) -> dict:
     accs = run_dir.test_accuracies()  # metrics.csv: every evaluation, also those before a resume
     summary = {
         "status": status,
@@ -267,7 +383,7 @@ def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:
         "best_test_accuracy": max(accs) if accs else None,
         "rounds": t,
         "wall_seconds": time.time() - t0,
-        "n_clients": engine.n_clients,
+        "n_clients": n_clients,
         "algorithm": cfg.algorithm.name,
         "alpha": cfg.data.alpha,
         "topology": cfg.topology.name,

@@ -225,9 +225,11 @@ def _read_edge_list(path: str, n: int) -> nx.Graph:
 
 def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | None) -> nx.Graph:
     fn = getattr(nx, str(generator), None)
-    if not callable(fn) or str(generator).startswith("_"):
+    # Only networkx.generators.*: other callables (is_directed, degree, ...) take a graph, not n.
+    module = getattr(fn, "__module__", "") or ""
+    if not callable(fn) or str(generator).startswith("_") or not module.startswith("networkx.generators"):
         raise ConfigError(
-            f"topology.generator={generator!r} is not a networkx graph generator "
+            f"topology.options.generator={generator!r} is not a networkx graph generator "
             "(e.g. watts_strogatz_graph, connected_watts_strogatz_graph, random_regular_graph)"
         )
     kwargs = dict(generator_kwargs or {})
@@ -243,10 +245,10 @@ def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | 
         G = fn(n=n, **kwargs) if "n" in params else fn(n, **kwargs)
     except Exception as e:  # networkx raises many types for bad arguments
         raise ConfigError(
-            f"topology.generator={generator} with n={n}, generator_kwargs={generator_kwargs}: {e}"
+            f"topology.options.generator={generator} with n={n}, generator_kwargs={generator_kwargs}: {e}"
         ) from None
     if not isinstance(G, nx.Graph):
-        raise ConfigError(f"topology.generator={generator} did not return a networkx graph")
+        raise ConfigError(f"topology.options.generator={generator} did not return a networkx graph")
     return _simple(G)
 
 

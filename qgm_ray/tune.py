@@ -28,11 +28,14 @@ import itertools
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from qgm_ray.config import Config, config_dict, dump_yaml, from_dict, set_dotted
+from qgm_ray.config import Config, apply_overrides, config_dict, dump_yaml, from_dict
 from qgm_ray.errors import ConfigError
 
 EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
@@ -79,9 +82,7 @@ def count_trials(tc) -> int:
 
 
 def trial_dict(base: dict, params: dict) -> dict:
-    d = copy.deepcopy(base)
-    for key, value in params.items():
-        set_dotted(d, key, value)
+    d = apply_overrides(copy.deepcopy(base), params or {})  # a grid over data.name drops the file's options
     d["tune"] = Config().to_dict()["tune"]  # a trial is a plain run
     return d
 
@@ -214,7 +215,7 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
             logf.write(msg + "\n")
             logf.flush()
         log(f"trial {name}: {describe_params(params)} (qgm_ray from {Path(runner.__file__).parent})")
-        summary = runner.run(cfg, path, resume=resume, on_eval=on_eval, log=log)
+        summary = runner.run(cfg, path, resume=resume, on_eval=on_eval, log=log, own_files=("log.txt",))
 
     final = {**last, "status": summary["status"],
              "final_test_accuracy": summary["final_test_accuracy"],
@@ -289,6 +290,8 @@ def _init_ray(cfg: Config) -> bool:
         return False
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
+        from qgm_ray.engine.ray_setup import probe_address
+        probe_address(address)   # one line within seconds, not minutes of GCS retries
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), dashboard_host=cfg.ray.dashboard_host,
@@ -359,7 +362,6 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
     import ray
     from ray import tune
 
-    from qgm_ray import report
 
     # Tune's own reporter prints a table every few seconds; with the legacy reporter at verbose=0
     # it is silent and our callback prints one line per trial instead.
@@ -382,15 +384,22 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         check_trials(base, cfg.tune, log)
         sweep_dir = Path(output_dir or cfg.output_dir or default_sweep_dir(cfg.name)).resolve()
         if (sweep_dir / EXPERIMENT).exists():
-            raise ConfigError(f"--output-dir {sweep_dir} already holds a sweep; use --resume {sweep_dir} "
-                              f"to continue it, or another directory")
+            raise ConfigError(f"--output-dir {sweep_dir} already holds a sweep; use `python main.py tune --resume "
+                              f"{sweep_dir}` to continue it, or another directory")
+        from qgm_ray.outputs import check_new_run_dir
+        check_new_run_dir(sweep_dir, resume_cmd="python main.py tune --resume")
+        if (cfg.ray.address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized():
+            from qgm_ray.engine.ray_setup import probe_address
+            probe_address(cfg.ray.address or os.environ["RAY_ADDRESS"])   # before anything is written
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "config.yaml").write_text(dump_yaml(cfg))
 
     tc = cfg.tune
     total = count_trials(tc)
     started_ray = _init_ray(cfg)
+    signals = _SweepSignals(sweep_dir, new=resume_dir is None, log=log)
     try:
+        signals.install()
         cluster = ray.cluster_resources()
         check_fits(base, tc, cluster, autoscaling=not started_ray and _autoscales())
         trainable = tune.with_resources(
@@ -408,10 +417,24 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
             f"Ray resources {_resources_text()}; directory {sweep_dir}")
         grid = tuner.fit()
         statuses = _tune_statuses(grid)
-        results = [(r.config, Path(r.path).name, r.metrics or {}, r.error) for r in grid]
+        # A trial Tune had created but not started when a stop came has no config or path yet:
+        # it is counted below as not done.
+        results = [(r.config, Path(r.path).name, r.metrics or {}, r.error) for r in grid
+                   if r.config is not None and r.path is not None]
+    except BaseException:
+        signals.restore()
+        raise
     finally:
         if started_ray:
-            ray.shutdown()
+            ray.shutdown()   # a second signal here still exits at once, with the hint
+    try:
+        return _write_results(sweep_dir, base, tc, total, results, statuses, t0, log)
+    finally:
+        signals.restore()
+
+
+def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> dict:
+    from qgm_ray import report
 
     rows = [report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics,
                              _trial_status(statuses.get(metrics.get("trial_id")), error))
@@ -430,6 +453,47 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
     log(f"table: {sweep_dir / 'table.md'}")
     return {"sweep_dir": sweep_dir, "results": df, "files": files, "wall_seconds": wall,
             "complete": unfinished == 0}
+
+
+class _SweepSignals:
+    """SIGTERM does what Ctrl-C does: Tune's graceful stop (it saves the experiment state, our
+    driver then writes results.csv / table.md of what finished and prints `tune --resume`).
+    A second signal exits at once with the same hint. Tune installs its own SIGINT handler in
+    fit() and, after the first Ctrl-C, puts back the one it found: ours, which aborts."""
+
+    def __init__(self, sweep_dir: Path, new: bool, log: Callable[[str], None]):
+        self.sweep_dir, self.new, self.log = sweep_dir, new, log
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        # After ray.init: it installs a SIGTERM handler of its own (C++ stack dump, then death).
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self.previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._abort),
+                         signal.SIGTERM: signal.signal(signal.SIGTERM, self._term)}
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
+
+    def _term(self, signum, frame):
+        signal.raise_signal(signal.SIGINT)   # whoever holds SIGINT now: Tune (graceful) or _abort
+
+    def _abort(self, signum, frame):
+        if (self.sweep_dir / EXPERIMENT).exists():
+            msg = (f"stopped at once; finished trials are kept; continue with: "
+                   f"python main.py tune --resume {self.sweep_dir}")
+        else:  # Tune had not started: take back the directory this sweep made, nothing ran
+            if self.new:
+                (self.sweep_dir / "config.yaml").unlink(missing_ok=True)
+                try:
+                    self.sweep_dir.rmdir()
+                except OSError:
+                    pass
+            msg = "stopped before the sweep started; nothing ran"
+        print(msg, file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
 
 def _tune_config(cfg: Config):

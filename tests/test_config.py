@@ -81,7 +81,7 @@ BAD = [
     (["elastic.schedule=[5, 8]"], "elastic.schedule entries must be"),
     (["elastic.max_clients=4"], "elastic.max_clients=4 must be >= the largest client count"),
     (["tune.grid={data.alfa: [1, 2]}"], "tune.grid: 'data.alfa' is not a config key"),
-    (["tune.search={algorithm.lr: {normal: [0, 1]}}"], "tune.search.algorithm.lr must be one of"),
+    (["tune.search={algorithm.lr: {normal: [0, 1]}}"], "tune.search.algorithm.lr must be .uniform"),
     (["eval.every_epochs=0"], "eval.every_epochs must be > 0"),
     (["progress=maybe"], "progress: expected true or false"),
 ]
@@ -135,3 +135,78 @@ def test_lr_schedule_constant_without_milestones():
     cfg = load_config(None, ["schedule.milestones=[]", "algorithm.lr=0.3"])
     s = LRSchedule.from_config(cfg, 10)
     assert {s(t) for t in range(s.total_rounds)} == {0.3}
+
+
+# Inputs a demanding user tried (issue 10): each one line naming the key and what is allowed.
+BAD_FROM_THE_FIELD = [
+    (["seed=-1"], r"seed must be an integer >= 0, got -1"),
+    (["data.seed=-3"], r"data.seed must be an integer >= 0"),
+    (["data.options.num_samples=-5"], r"data.options.num_samples must be an integer >= 1, got -5"),
+    (["data.name=synthetic", "data.options={num_classes: 0}"], r"data.options.num_classes must be an integer >= 2, got 0"),
+    (["schedule.epochs=.inf"], r"schedule.epochs: expected a finite number, got inf"),
+    (["algorithm.lr=.inf"], r"algorithm.lr: expected a finite number, got inf"),
+    (["algorithm.lr=.nan"], r"algorithm.lr: expected a finite number"),
+    (["model.name=mlp", "model.options.hidden=abc"], r"model.options.hidden must be a list of layer widths"),
+    (["model.name=mlp", "model.options.hidden=[16, 0]"], r"model.options.hidden must be a list of layer widths"),
+    (["model.options.channels=two"], r"model.options.channels must be an integer >= 1"),
+    (["tune.search={algorithm.lr: {uniform: 0.5}}"], r"tune.search.algorithm.lr must be .uniform\|loguniform: \[lo, hi\]"),
+    (["tune.search={algorithm.lr: {uniform: [1, 0.1]}}"], r"tune.search.algorithm.lr must be"),
+    (["tune.search={algorithm.lr: {loguniform: [0, 1]}}"], r"loguniform needs lo > 0"),
+    (["tune.search={seed: {randint: [0.5, 3]}}"], r"tune.search.seed must be"),
+    (["tune.search={seed: {choice: []}}"], r"tune.search.seed must be"),
+    (["tune.metric=acc"], r"tune.metric='acc' is not a reported metric; choose one of test_accuracy"),
+    (["tune.max_concurrent_trials=-1"], r"tune.max_concurrent_trials must be >= 0"),
+    (["tune.grace_period_evals=0"], r"tune.grace_period_evals must be >= 1"),
+    (["name=../../x"], r"name='../../x' is not allowed: it names the run directory"),
+    (["name=a/b"], r"name='a/b' is not allowed"),
+    (["name=.hidden"], r"name='.hidden' is not allowed"),
+    (["output_dir="], r"output_dir must be a directory path or null"),
+    (["topology.name=graph", "topology.options={generator: is_directed}"],
+     r"topology.options.generator='is_directed' is not a networkx graph generator"),
+    (["data.name=cifar10", "data.options.num_samples=5"],
+     r"data.options.num_samples is not an option of data.name='cifar10' \(allowed: augment\); remove it, e.g. --set data.options=\{\}"),
+    (["data.options.augment=rotate"], r"data.options.augment='rotate' is not allowed; choose one of crop_flip"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_FROM_THE_FIELD, ids=[" ".join(o) for o, _ in BAD_FROM_THE_FIELD])
+def test_bad_inputs_from_the_field_are_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(ROOT / "configs" / "default.yaml", overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_changing_the_dataset_drops_the_files_dataset_options():
+    # configs/default.yaml sets data.options.num_samples for mnist1d; cifar10 takes none.
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["data.name=cifar10"])
+    assert cfg.data.name == "cifar10" and cfg.data.options == {}
+    # Options set on the same command line are the user's: kept (and checked).
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["data.name=synthetic", "data.options.num_samples=500"])
+    assert cfg.data.options == {"num_samples": 500}
+    # Same dataset: the file's options stay.
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["data.alpha=1"])
+    assert cfg.data.options == {"num_samples": 20000}
+
+
+def test_finite_numbers_still_accepted():
+    cfg = load_config(None, ["algorithm.lr=1e-3", "schedule.epochs=0.5", "name=my_run-1.b"])
+    assert cfg.algorithm.lr == 1e-3 and cfg.schedule.epochs == 0.5
+
+
+def test_describe_keys_lists_every_key_with_default_and_choices():
+    from qgm_ray.config import describe_keys
+    text = describe_keys()
+    keys = {line.split()[0] for line in text.splitlines()[1:]}
+    flat = set()
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("options", "grid", "search"):
+                walk(v, prefix + k + ".")
+            else:
+                flat.add(prefix + k)
+    walk(Config().to_dict())
+    assert keys == flat
+    line = next(l for l in text.splitlines() if l.startswith("data.partition "))
+    assert "dirichlet" in line and "one of iid, dirichlet, sorted" in line
+    assert "one of test_accuracy" in next(l for l in text.splitlines() if l.startswith("tune.metric "))

@@ -119,3 +119,51 @@ def test_aws_yaml_shape_and_security():
         assert not (opened and perm.get("ToPort") != 22), perm
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+
+
+def _silent_server():
+    """A TCP port that accepts connections and never answers: not a Ray GCS."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    held = []
+    threading.Thread(target=lambda: [held.append(srv.accept()) for _ in iter(int, 1)], daemon=True).start()
+    return srv
+
+
+def test_an_open_port_that_is_not_a_ray_gcs_fails_within_10s_with_one_line():
+    from qgm_ray.engine.ray_setup import probe_address
+    srv = _silent_server()
+    port = srv.getsockname()[1]
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=rf"ray.address='127.0.0.1:{port}': 127.0.0.1:{port} answers but is not "
+                                          r"a Ray cluster's GCS") as e:
+        probe_address(f"127.0.0.1:{port}")
+    assert time.time() - t0 < 10 and "\n" not in str(e.value)
+    srv.close()
+
+
+def test_main_with_an_address_that_is_not_ray_is_one_line_within_10s(tmp_path):
+    srv = _silent_server()
+    out = tmp_path / "run"
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "main.py", "--quiet", "--output-dir", str(out),
+                        "--set", "backend=ray", "--set", f"ray.address=127.0.0.1:{srv.getsockname()[1]}",
+                        "--set", "data.name=synthetic", "--set", "model.name=mlp", "--set", "topology.n_clients=4"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    took = time.time() - t0
+    srv.close()
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is not a Ray cluster's GCS" in lines[0], p.stderr
+    assert took < 10, took  # the whole command: imports, the probe (before the data is made)
+    assert not out.exists()
+
+
+@pytest.mark.ray
+def test_a_live_ray_gcs_passes_the_probe(ray_session):
+    import ray
+
+    from qgm_ray.engine.ray_setup import probe_address
+    probe_address(ray.get_runtime_context().gcs_address)

@@ -122,3 +122,85 @@ def test_client_params_are_views_of_the_flat_vector():
     assert all(float(p.detach().abs().sum()) == 0 for p in c.model.parameters())
     c.pre_mix(0.1)
     assert float(c.grad.abs().sum()) > 0
+
+
+# ---------------------------------------------------------------- a run directory is never damaged
+
+def snapshot(path):
+    return {p.relative_to(path): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_non_empty_output_dir_is_refused_and_left_untouched(tmp_path):
+    d = tmp_path / "r"
+    runner.run(small("schedule.epochs=1"), d, log=lambda m: None)
+    before = snapshot(d)
+    with pytest.raises(ConfigError, match=r"is not empty; continue the run there with `python main.py --resume .*r`"):
+        runner.run(small("schedule.epochs=1", "seed=5"), d, log=lambda m: None)
+    assert snapshot(d) == before
+    # Any stray file makes a directory someone else's.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        runner.run(small("schedule.epochs=1"), other, log=lambda m: None)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_output_dir_naming_a_file_is_refused(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        runner.run(small("schedule.epochs=1"), f, log=lambda m: None)
+    assert f.read_text() == "x"
+
+
+def test_an_empty_existing_dir_is_used(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert runner.run(small("schedule.epochs=1"), tmp_path / "empty", log=lambda m: None)["status"] == "completed"
+
+
+def test_two_runs_cannot_claim_one_directory(tmp_path):
+    rd = RunDir(tmp_path / "c").create()
+    rd.claim("a: 1\n")
+    with pytest.raises(ConfigError, match="taken by another run"):
+        rd.claim("b: 2\n")
+    assert (tmp_path / "c" / "config.yaml").read_text() == "a: 1\n"
+
+
+def test_max_restarts_used_up_is_a_resumable_failure(tmp_path, monkeypatch):
+    """Every chunk after round 10 'loses an actor': after max_restarts recoveries the run stops with
+    one message naming --resume, keeps its checkpoint, and a resume finishes the run."""
+    from qgm_ray.engine.base import EngineFailure
+    from qgm_ray.engine.local import LocalEngine
+
+    class Failing(LocalEngine):
+        def train(self, rounds, lr_of, on_round=None, should_stop=None):
+            if rounds.start >= 10:
+                raise EngineFailure("ClientActor(s) [0] died (test)")
+            return super().train(rounds, lr_of, on_round, should_stop)
+
+    real = runner.make_engine
+    monkeypatch.setattr(runner, "make_engine", lambda cfg, ds, parts, log: Failing(cfg, ds, parts))
+    cfg = small("fault_tolerance.checkpoint_every=5", "fault_tolerance.max_restarts=2")
+    d = tmp_path / "f"
+    s = runner.run(cfg, d, log=lambda m: None)
+    assert s["status"] == "failed"
+    assert "gave up after fault_tolerance.max_restarts=2 restarts" in s["message"]
+    assert f"python main.py --resume {d}" in s["message"] and "\n" not in s["message"]
+    assert json.loads((d / "summary.json").read_text())["status"] == "failed"
+    assert RunDir(d).list_checkpoints()
+    monkeypatch.setattr(runner, "make_engine", real)
+    resumed = runner.run(cfg, d, resume=True, log=lambda m: None)
+    full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
+    assert resumed["status"] == "completed"
+    assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
+
+
+def test_model_options_the_model_cannot_take_are_one_line_before_anything_is_written(tmp_path):
+    # groups=3 passes the config's shape check; GroupNorm over 16 channels refuses it at construction
+    with pytest.raises(ConfigError, match=r"model.name='resnet20' with model.options=\{'norm': 'gn', 'groups': 3\}: "
+                                          r"ValueError") as e:
+        runner.run(small("model.name=resnet20", "model.options={norm: gn, groups: 3}", "data.name=synthetic_image",
+                         "data.options={num_samples: 200}"), tmp_path / "m", log=lambda m: None)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "m").exists()

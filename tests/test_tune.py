@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -164,8 +165,10 @@ def test_resume_of_a_finished_sweep_reruns_nothing(tiny_sweep):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_session, tmp_path):
-    """Ctrl+C the sweep's driver (a real `python main.py tune`) after its first trial, resume."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_session, tmp_path, sig):
+    """Ctrl+C (or SIGTERM, as Slurm / Kubernetes send) the sweep's driver (a real `python main.py
+    tune`) after its first trial: results so far are written, the hint names `tune --resume`; resume."""
     import ray
     from ray.tune import ExperimentAnalysis
 
@@ -187,13 +190,16 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_session, 
             seen.append(line)
             if line.startswith("[1/3]"):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         output = "".join(seen) + proc.communicate(timeout=60)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, output[-3000:]  # interrupted: not complete
-    assert "--resume" in output
+    assert f"python main.py tune --resume {sweep}" in output
+    assert "Traceback" not in output and "SIGTERM received" not in output, output[-3000:]
+    so_far = pd.read_csv(sweep / "results.csv")
+    assert "completed" in set(so_far["status"]) and (sweep / "table.md").is_file()
     assert list(sweep.glob("trials/*/summary.json")), output[-3000:]
 
     finished = {t.trial_id for t in ExperimentAnalysis(str(sweep / "tune")).trials if t.status == "TERMINATED"}
@@ -268,3 +274,92 @@ def test_ray_backend_trial_runs_its_actors_inside_its_placement_group(ray_sessio
     assert list(df["status"]) == ["completed"]
     log = (tmp_path / "s" / df["trial_dir"][0] / "log.txt").read_text()
     assert "ClientActor" in log
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_ctrl_c_exit_at_once_with_the_resume_hint(ray_session, tmp_path):
+    import ray
+
+    cfg_file = tmp_path / "sweep.yaml"
+    cfg_file.write_text(
+        "name: twice\nbackend: local\nprogress: false\n"
+        f"data: {{name: synthetic, batch_size: 16, alpha: 1.0, root: {tmp_path / 'data'}}}\n"
+        "model: {name: mlp, options: {hidden: [16]}}\ntopology: {name: ring, n_clients: 4}\n"
+        "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: 8}\neval: {every_epochs: 2, local_models: false}\n"
+        "tune: {grid: {seed: [0, 1, 2]}, max_concurrent_trials: 1}\n")
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "tune", "--config", str(cfg_file),
+                             "--output-dir", str(sweep)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("[1/3]"):
+                break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        output = "".join(seen) + proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert f"python main.py tune --resume {sweep}" in output.splitlines()[-1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_trial_gives_the_numbers_of_main_py_with_the_same_config(ray_session, tmp_path):
+    """A researcher re-running the best trial with main.py must get its numbers. The data is
+    standardised with a reduction whose last bits depend on torch's thread count; a trial's
+    process starts with OMP_NUM_THREADS=1, a shell with all cores: both now build data with
+    ray.torch_threads. mnist1d (16000 x 40 values) is big enough for a threaded reduction."""
+    import torch
+
+    from qgm_ray import runner
+
+    overrides = ["name=same", "backend=local", "progress=false", f"data.root={tmp_path / 'data'}",
+                 "topology.n_clients=4", "schedule.epochs=1", "eval.every_epochs=0.5",
+                 "eval.local_models=false"]
+    torch.set_num_threads(2)   # as a fresh `python main.py` in a shell on this machine
+    cfg = load_config(ROOT / "configs" / "default.yaml", overrides)
+    alone = runner.run(cfg, tmp_path / "main", log=quiet)
+    sweep = qtune.run_sweep(load_config(ROOT / "configs" / "default.yaml", overrides + ["tune.grid={seed: [0]}"]),
+                            output_dir=tmp_path / "s", log=quiet)
+    trial = trial_dirs(tmp_path / "s")[0]
+    a = pd.read_csv(tmp_path / "main" / "metrics.csv")
+    b = pd.read_csv(trial / "metrics.csv")
+    cols = ["round", "train_loss", "test_accuracy", "test_loss", "consensus_distance", "bytes_sent"]
+    assert sweep["complete"] and len(a) == len(b) >= 2
+    assert a[cols].equals(b[cols]), (a[cols], b[cols])
+    assert alone["final_test_accuracy"] == json.loads((trial / "summary.json").read_text())["final_test_accuracy"]
+
+
+def test_a_sweep_on_an_address_that_is_not_ray_writes_nothing(tmp_path):
+    srv = __import__("socket").socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    cfg_file = tmp_path / "sweep.yaml"
+    cfg_file.write_text("backend: local\ndata: {name: synthetic}\nmodel: {name: mlp}\ntune: {grid: {seed: [0]}}\n")
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "main.py"), "tune", "--config", str(cfg_file),
+                              "--set", f"ray.address=127.0.0.1:{srv.getsockname()[1]}",
+                              "--output-dir", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        srv.close()
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "is not a Ray cluster's GCS" in lines[0], out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_non_empty_sweep_dir_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "metrics.csv").write_text("round\n")
+    with pytest.raises(ConfigError, match=r"not empty; continue the run there with `python main.py tune --resume"):
+        qtune.run_sweep(tiny("tune.grid={seed: [0]}"), output_dir=tmp_path / "s", log=quiet)
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["metrics.csv"]

@@ -55,14 +55,14 @@ def wiring(W: np.ndarray, group: list[int]) -> tuple[list, list[int]]:
 
 class Coordinator:
     def __init__(self, cfg: Config, run: str, meta: dict, data_refs: list, parts_ref, slots: list[int],
-                 resources: dict):
+                 resources: dict, counted_rounds: int = 0):
         self.cfg, self.run, self.meta = cfg, run, meta
         self.data_refs, self.parts_ref = data_refs, parts_ref   # refs (nested: never resolved here)
         self.resources = resources   # {"num_cpus": per client, "num_gpus": per client}
         self.k = cfg.ray.clients_per_actor
         self.lock = threading.Lock()
         self.stop_requested = False
-        self.metrics = RunMetrics(run)
+        self.metrics = RunMetrics(run, counted_rounds)   # `run`: the run's tag, not this actor's name
         self.actors: list = []
         self.slots: list[int] = []
         self.num_params = 0
@@ -108,7 +108,9 @@ class Coordinator:
 
     def info(self) -> dict:
         return {"slots": list(self.slots), "num_params": self.num_params, "n_actors": len(self.actors),
-                "payload_bytes": self.algorithm.payload_size(self.num_params) * 4}
+                "payload_bytes": self.algorithm.payload_size(self.num_params) * 4,
+                "metrics": {"run": self.run, "counted_rounds": self.metrics.counted_rounds,
+                            "bytes_counted": self.metrics.bytes_counted}}
 
     def handles(self) -> list:
         return list(self.actors)

@@ -62,6 +62,10 @@ class RayEngine:
             self.parts_ref = ray.put([np.asarray(p) for p in parts])
             self.centralized = build.build_algorithm(cfg).centralized
             self.name = f"qgm-{cfg.name}-{uuid.uuid4().hex[:6]}"
+            # The metrics' `run` tag: this first name, kept when a dead coordinator is replaced
+            # under a new name, so the dashboard's series of the run stay one series.
+            self.run_tag = self.name
+            self.counted_rounds = 0   # rounds in qgm_bytes_sent_total (a replay does not count twice)
             self._start(list(range(cfg.topology.n_clients)))
         except BaseException:
             self.close()
@@ -74,8 +78,8 @@ class RayEngine:
         env = {"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}}
         cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
                                               max_restarts=0, runtime_env=env)
-        self.coordinator = cls.remote(self.cfg, self.name, self.meta, self.data_refs, self.parts_ref, slots,
-                                      self.resources)
+        self.coordinator = cls.remote(self.cfg, self.run_tag, self.meta, self.data_refs, self.parts_ref, slots,
+                                      self.resources, self.counted_rounds)
         started = self.coordinator.start.remote()
         t0 = time.time()
         while True:
@@ -87,7 +91,7 @@ class RayEngine:
         self._apply(ray.get(started))
         k = self.cfg.ray.clients_per_actor
         self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}; "
-                 f"coordinator actor {self.name!r} in namespace {NAMESPACE!r} (metrics tag run={self.name})")
+                 f"coordinator actor {self.name!r} in namespace {NAMESPACE!r} (metrics tag run={self.run_tag})")
 
     def _apply(self, info: dict) -> None:
         self._info = info
@@ -127,6 +131,7 @@ class RayEngine:
         lrs = [float(lr_of(t)) for t in rounds]
         stop_sent = False
         try:
+            self._refresh_logging_resizes(rounds.start)   # a resize between chunks
             stream = self.coordinator.run_rounds.options(num_returns="streaming").remote(rounds.start, lrs)
             for ref in stream:
                 rec = ray.get(ref)
@@ -135,6 +140,7 @@ class RayEngine:
                 if "done" in rec:
                     break
                 losses.append(rec["loss"])
+                self.counted_rounds = max(self.counted_rounds, rec["round"] + 1)
                 if on_round is not None:
                     on_round(rec["round"], rec["loss"])
                 if not stop_sent and should_stop is not None and should_stop():
@@ -142,8 +148,16 @@ class RayEngine:
                     stop_sent = True
         except FAILURES as e:
             self._on_failure(e)
-        self._refresh()   # a run-time Coordinator.resize may have changed n
+        self._refresh_logging_resizes(rounds.start + len(losses))
         return losses
+
+    def _refresh_logging_resizes(self, at_round: int) -> None:
+        """Pick up a run-time Coordinator.resize (from another process) and say so in the log."""
+        before = self.n_clients
+        self._refresh()
+        if self.n_clients != before:
+            self.log(f"elastic: live resize (Coordinator.resize) at round {at_round}: "
+                     f"{before} -> {self.n_clients} clients")
 
     def _call(self, method: str, *args):
         """ray.get(coordinator.method(*args)), turning a dead actor into EngineFailure."""

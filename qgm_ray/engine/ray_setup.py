@@ -34,7 +34,24 @@ def ray_address(cfg: Config) -> Optional[str]:
 
 def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail in seconds on an address nobody answers (ray.init would retry for a minute)."""
-    if address in ("auto", "local"):
+    if address == "local":
+        return
+    if address == "auto":
+        # `auto` joins the cluster Ray's address file records (the last `ray start`); once that
+        # cluster has died the file still names it and ray.init retries it for minutes.
+        try:
+            from ray._private.services import find_bootstrap_address
+            recorded = find_bootstrap_address(None)
+        except Exception:  # noqa: BLE001 - a moved private API: let ray.init decide
+            return
+        if recorded:
+            try:
+                probe_address(recorded, timeout)
+            except ConfigError as e:
+                raise ConfigError(f"ray.address='auto' names the cluster of the last `ray start` on this "
+                                  f"machine, {recorded}, which is not running "
+                                  f"({str(e).split(': ', 1)[-1].split(';')[0]}); start it again, give its "
+                                  f"address, or unset ray.address and RAY_ADDRESS to run on a local Ray") from None
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
@@ -52,6 +69,34 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise ConfigError(f"ray.address={address!r}: cannot reach a Ray head at {host}:{port_num} ({reason}); "
                           f"start one with `ray start --head`, fix the address, or unset ray.address and "
                           f"RAY_ADDRESS to run on a local Ray") from None
+    if not address.startswith("ray://"):  # ray:// is the Ray Client server, not the GCS
+        _probe_gcs(address, host, port_num, timeout)
+
+
+def _probe_gcs(address: str, host: str, port: int, timeout: float) -> None:
+    """Something listens there; is it a Ray GCS? ray.init would retry a port that is not one
+    for minutes. One GCS call with a deadline: any answer of the GCS service counts (with
+    RAY_AUTH_MODE=token an unauthenticated call is refused, which still proves it is one)."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return  # a TLS cluster needs the certificates Ray reads itself; keep the TCP check only
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # Ray moved its generated code: the TCP check above has to do
+        return
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+    except grpc.RpcError as e:
+        code = e.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return
+        raise ConfigError(f"ray.address={address!r}: {host}:{port} answers but is not a Ray cluster's GCS "
+                          f"({code.name}); use the head's GCS address (`ray status` on the head, default port "
+                          f"6379), or unset ray.address and RAY_ADDRESS to run on a local Ray") from None
+    finally:
+        channel.close()
 
 
 def connect(cfg: Config, log: Callable[[str], None]) -> bool:
@@ -77,7 +122,8 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
                        dashboard_host=cfg.ray.dashboard_host, logging_level="WARNING")
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)
-    log(f"ray: {where}; dashboard: " + (f"http://{url}" if url else "not running (needs ray[default])"))
+    gcs = ray.get_runtime_context().gcs_address   # what another process passes to ray.init(address=...)
+    log(f"ray: {where} (address {gcs}); dashboard: " + (f"http://{url}" if url else "not running (needs ray[default])"))
     return not address
 
 

@@ -25,7 +25,7 @@ from qgm_ray.errors import ConfigError
 class DataConfig:
     name: str = "mnist1d"
     root: str = "data"               # where datasets live / are cached
-    download: bool = False           # torchvision datasets only; offline ones never download
+    download: bool = False           # fetch torchvision sets, AG News, DistilBERT weights; offline ones never download
     partition: str = "dirichlet"     # iid | dirichlet | sorted
     alpha: float = 0.1               # Dirichlet concentration: 0.1 extreme non-iid, 10 near iid
     equal_size: bool = False         # official code's re-slicing into equal-size shards

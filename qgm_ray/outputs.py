@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 METRIC_COLUMNS = ["round", "epoch", "lr", "train_loss", "test_accuracy", "local_test_accuracy",
-                  "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss"]
+                  "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss", "bytes_cross_node"]
 
 _CKPT = re.compile(r"^round_(\d+)\.pt$")
 

@@ -115,8 +115,10 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
         engine.close()
         raise
     start, bytes_sent, wall_before, pending = 0, 0, 0.0, []
+    cross = 0   # payload bytes that crossed Ray nodes (0 on the local engine)
     if checkpoint is not None:
         start, bytes_sent, wall_before = checkpoint["round"], checkpoint["bytes_sent"], checkpoint["wall_seconds"]
+        cross = checkpoint.get("bytes_cross_node", 0)
         pending = list(checkpoint.get("pending_losses", []))
         run_dir.truncate_metrics_after(start)
         log(f"resumed from round {start} of {plan.total_rounds}")
@@ -143,6 +145,7 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
     def save(r: int) -> None:
         # `pending_losses`: the rounds since the last evaluation, so a replay's next row is identical.
         run_dir.save_checkpoint(r, {"round": r, "bytes_sent": bytes_sent, "wall_seconds": time.time() - t0,
+                                    "bytes_cross_node": cross,
                                     "pending_losses": list(pending), "fingerprint": replay_fingerprint(cfg),
                                     "engine": engine.state_dict()},
                                 keep=cfg.fault_tolerance.keep)
@@ -160,6 +163,7 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                         for r in range(t, done):
                             bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r,
                                                       payload_bytes)
+                            cross += engine.cross_node_bytes(r) if hasattr(engine, "cross_node_bytes") else 0
                         t = done
                         pending.extend(losses)
                         if done < stop:  # Ctrl-C: the engine stopped cleanly at a round boundary
@@ -174,6 +178,7 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                             metrics = engine.evaluate()
                             row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
                                    "train_loss": sum(pending) / len(pending), "bytes_sent": bytes_sent,
+                                   "bytes_cross_node": cross,
                                    "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
                             pending = []
                             run_dir.append_metrics(row)
@@ -190,15 +195,31 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
                             last_ckpt = t
                     break
                 except EngineFailure as e:
-                    restarts += 1
-                    if restarts > cfg.fault_tolerance.max_restarts:
-                        raise EngineFailure(f"{e} (gave up after fault_tolerance.max_restarts="
-                                            f"{cfg.fault_tolerance.max_restarts} restarts)") from e
-                    ckpt = run_dir.load_latest_checkpoint(log=log)
+                    # A restore that fails (a replacement on a node that is dying too) is one
+                    # more restart, not a crash.
+                    ckpt = None
+                    while ckpt is None:
+                        restarts += 1
+                        if restarts > cfg.fault_tolerance.max_restarts:
+                            break
+                        ckpt = run_dir.load_latest_checkpoint(log=log)
+                        if ckpt is None:
+                            raise
+                        try:
+                            engine.load_state_dict(ckpt["engine"])
+                        except EngineFailure as again:
+                            log(f"restore failed: {again}")
+                            e, ckpt = again, None
                     if ckpt is None:
-                        raise
-                    engine.load_state_dict(ckpt["engine"])
+                        last = run_dir.list_checkpoints()
+                        status, message = "failed", (
+                            f"gave up after fault_tolerance.max_restarts={cfg.fault_tolerance.max_restarts} "
+                            f"restarts, last failure: {str(e).splitlines()[0]}; checkpoint "
+                            f"{last[-1] if last else 'none'}; resume with: python main.py --resume {run_dir.path}")
+                        log(message)
+                        break
                     t, bytes_sent = ckpt["round"], ckpt["bytes_sent"]
+                    cross = ckpt.get("bytes_cross_node", 0)
                     pending = list(ckpt.get("pending_losses", []))
                     last_ckpt = t
                     payload_bytes = engine.payload_bytes
@@ -276,6 +297,7 @@ def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:
         "seed": cfg.seed,
         "lr": cfg.algorithm.lr,
         "backend": cfg.backend,
+        "time_lost_seconds": getattr(engine, "time_lost_seconds", 0.0),   # to failures (Ray engine)
         "message": message,
         "run_dir": str(run_dir.path),
     }

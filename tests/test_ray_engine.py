@@ -188,8 +188,9 @@ def test_on_failure_drop_continues_with_fewer_clients(ray_session, monkeypatch, 
                                        ["fault_tolerance.on_failure=drop"])
     assert s["status"] == "completed", s["message"]
     rows = read_metrics(tmp_path / "run")
-    # actor 1 held clients 2 and 3 (clients_per_actor=2): the ring goes on with 2 clients
-    assert int(rows[0]["n_clients"]) == 4 and int(rows[-1]["n_clients"]) == 2
+    # actor 1 held clients 2 and 3 (clients_per_actor=2): the ring goes on with 2 clients (from
+    # the checkpoint restored, which may precede the first evaluation: then every row has 2)
+    assert int(rows[-1]["n_clients"]) == 2 and any("dropped" in m for m in logs)
     assert s["n_clients"] == 2 and engine.last_recovery["lost_slots"] == [2, 3]
     assert all(math.isfinite(float(r["train_loss"])) for r in rows)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ray.util.metrics import Counter, Gauge
 
 NAMES = ("qgm_round", "qgm_train_loss", "qgm_test_accuracy", "qgm_consensus_distance",
-         "qgm_round_seconds", "qgm_bytes_sent_total")
+         "qgm_round_seconds", "qgm_bytes_sent_total", "qgm_bytes_cross_node_total")
 
 
 class RunMetrics:
@@ -25,6 +25,10 @@ class RunMetrics:
         self.consensus = Gauge("qgm_consensus_distance", "mean_i ||x_i - xbar||^2", tag_keys=("run",))
         self.round_seconds = Gauge("qgm_round_seconds", "wall seconds of the last round", tag_keys=("run",))
         self.bytes_sent = Counter("qgm_bytes_sent_total", "payload bytes sent to neighbours", tag_keys=("run",))
+        # A gauge holding the running total: a Counter cannot export its 0 (single-node runs).
+        self.bytes_cross_node = Gauge("qgm_bytes_cross_node_total",
+                                      "payload bytes moved from one Ray node to another, in all", tag_keys=("run",))
+        self.cross_total = 0
 
     def on_round(self, t: int, losses: list, slots: list, seconds: float, nbytes: int) -> None:
         self.round.set(t + 1, tags=self.tags)
@@ -35,6 +39,10 @@ class RunMetrics:
             self.train_loss.set(sum(losses) / len(losses), tags={**self.tags, "client": "mean"})
             for s, loss in zip(slots, losses):
                 self.train_loss.set(loss, tags={**self.tags, "client": str(s)})
+
+    def on_cross_node(self, nbytes: int) -> None:
+        self.cross_total += nbytes
+        self.bytes_cross_node.set(self.cross_total, tags=self.tags)
 
     def on_eval(self, metrics: dict) -> None:
         self.test_accuracy.set(metrics["test_accuracy"], tags=self.tags)

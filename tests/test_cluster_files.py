@@ -40,7 +40,7 @@ def load(name):
     return yaml.safe_load((CLUSTER / name).read_text())
 
 
-def adjust(cmd: str, temp_dir: str, head_port: int) -> str:
+def adjust(cmd: str, temp_dir: str, head_port: int, dashboard_port: int) -> str:
     """A start command of the YAML, made to run here (see the module docstring)."""
     cmd = re.sub(r"\s+--autoscaling-config=\S+", "", cmd)
     cmd = cmd.replace("--port=6379", f"--port={head_port}").replace(":6379", f":{head_port}")
@@ -49,7 +49,7 @@ def adjust(cmd: str, temp_dir: str, head_port: int) -> str:
     extra = (f" --temp-dir={temp_dir} --dashboard-agent-listen-port={free_port()}"
              f" --dashboard-agent-grpc-port={free_port()} --disable-usage-stats")
     if "--head" in cmd:
-        extra += f" --dashboard-port={free_port()} --ray-client-server-port={free_port()}"
+        extra += f" --dashboard-port={dashboard_port} --ray-client-server-port={free_port()}"
     return cmd.replace("ray start", f"{shlex.quote(str(Path(sys.executable).parent / 'ray'))} start", 1) + extra
 
 
@@ -101,13 +101,13 @@ def test_local_yaml_start_commands_make_a_cluster_main_py_joins(tmp_path):
     assert "qgm-ray" in (home / ".bashrc").read_text()
 
     temp_dir = tempfile.mkdtemp(prefix="qgmcl", dir="/tmp")   # short: Ray's socket paths must fit
-    head_port = free_port()
+    head_port, dashboard_port = free_port(), free_port()
     try:
         for role in ("head_start_ray_commands", "worker_start_ray_commands"):
             for cmd in local[role]:
                 if cmd.strip() == "ray stop":
                     continue
-                cmd = adjust(cmd, temp_dir, head_port)
+                cmd = adjust(cmd, temp_dir, head_port, dashboard_port)
                 p = subprocess.run(["bash", "-c", cmd], env={**env, "RAY_HEAD_IP": "127.0.0.1"},
                                    capture_output=True, text=True, timeout=180)
                 assert p.returncode == 0, (role, cmd, p.stdout[-2000:], p.stderr[-2000:])
@@ -124,6 +124,20 @@ def test_local_yaml_start_commands_make_a_cluster_main_py_joins(tmp_path):
         assert f"joined the Ray cluster at 127.0.0.1:{head_port}" in out
         assert re.search(r"clients per node \(2 node\(s\)", out), out[-3000:]   # head and worker
         assert (run_dir / "summary.json").is_file()
+
+        # The same run as a Ray job (README: Jobs). The job's driver runs on the head, in a
+        # copy of the working dir; --output-dir puts the outputs where they outlive the job.
+        job_dir = tmp_path / "job_run"
+        p = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+             f"http://127.0.0.1:{dashboard_port}", "--working-dir", ".", "--", "python", "main.py", "--quiet",
+             "--output-dir", str(job_dir), "--set", "backend=ray", "--set", "data.name=synthetic",
+             "--set", "model.name=mlp", "--set", "model.options={hidden: [8]}", "--set", "topology.n_clients=4",
+             "--set", "ray.clients_per_actor=1", "--set", "schedule.epochs=0.5", "--set", "data.batch_size=32"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        out = p.stdout + p.stderr
+        assert p.returncode == 0 and "succeeded" in out, out[-3000:]
+        assert "joined the Ray cluster" in out and json.loads((job_dir / "summary.json").read_text())["status"] == "completed"
     finally:
         stop(temp_dir)
         left = processes_of(temp_dir)

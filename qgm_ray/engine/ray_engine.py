@@ -90,7 +90,9 @@ class RayEngine:
         # On the driver's node: the one node a run cannot lose anyway. Not soft: with a
         # runtime_env Ray's soft affinity put it on a worker node (test bed), where a lost
         # node took the whole run down with it.
-        home = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        home = "DEFAULT"
+        if not ray.util.client.ray.is_connected():   # a Ray Client driver has no node of its own
+            home = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
                                               max_restarts=0, runtime_env=env, scheduling_strategy=home)
         self.coordinator = cls.remote(self.cfg, self.name, self.meta, self.data_refs, self.parts_ref, slots,

@@ -68,9 +68,9 @@ def rows(run_dir) -> list[dict]:
 class Recorder:
     """Captures the engine the runner makes and its log lines."""
 
-    def __init__(self):
+    def __init__(self, on_log=None):
         from qgm_ray import runner
-        self.engines, self.logs = [], []
+        self.engines, self.logs, self.on_log = [], [], on_log
         make = runner.make_engine
 
         def wrapped(*a, **k):
@@ -81,6 +81,8 @@ class Recorder:
     def log(self, msg):
         self.logs.append(msg)
         print(msg, flush=True)
+        if self.on_log is not None:
+            self.on_log(msg)
 
 
 def kill_node_of_actor(cluster, engine, actor: int) -> str:
@@ -92,10 +94,10 @@ def kill_node_of_actor(cluster, engine, actor: int) -> str:
     return node_id
 
 
-def run_killing(cluster, out: Path, name: str, cfg, actor: int = 1) -> dict:
+def run_killing(cluster, out: Path, name: str, cfg, actor: int = 1, on_log=None) -> dict:
     """A run whose node holding `actor` is killed while the rounds after the first evaluation run."""
     from qgm_ray import runner
-    rec = Recorder()
+    rec = Recorder(on_log)
     killed = []
 
     threads = []
@@ -111,7 +113,8 @@ def run_killing(cluster, out: Path, name: str, cfg, actor: int = 1) -> dict:
     s = runner.run(cfg, out / name, on_eval=on_eval, log=rec.log)
     eng = rec.engines[-1]
     return {"summary": s, "rows": rows(out / name) if (out / name / "metrics.csv").exists() else [],
-            "logs": rec.logs, "killed": killed, "coordinator_node": eng._info["coordinator_node"], "recoveries": eng.recoveries, "last_recovery": eng.last_recovery}
+            "logs": rec.logs, "killed": killed, "coordinator_node": eng._info["coordinator_node"],
+            "actor_nodes": eng._info["actor_nodes"], "recoveries": eng.recoveries, "last_recovery": eng.last_recovery}
 
 
 # ------------------------------------------------------------------ scenarios
@@ -132,9 +135,22 @@ def node_loss(out: Path) -> dict:
         replay = run_killing(cluster, out, "replay", config(*base))
         add_worker(cluster)   # the bed gets a node back for the next kill
         drop = run_killing(cluster, out, "drop", config(*base, "fault_tolerance.on_failure=drop"))
+        # One actor per node (1 CPU each) on 3 nodes: after the kill no node has room, the run
+        # waits and logs until a node joins (what an autoscaler does), then replays.
+        while len(cluster.worker_nodes) < 3:
+            add_worker(cluster)
+        from qgm_ray.engine import ray_engine
+        ray_engine.WAIT_LOG_EVERY_S = 2.0   # 30 s in real runs
+        joiner = []
+
+        def on_log(msg):   # called on the main thread, where Cluster.add_node must run
+            if "to replace lost actors" in msg and not joiner:
+                joiner.append(add_worker(cluster).node_id)
+        wait = run_killing(cluster, out, "wait", config(*base, "ray.cpus_per_client=0.5"), on_log=on_log)
+        wait["joined"] = joiner
         return {"head": cluster.head_node.node_id, "reference": {"summary": ref, "rows": rows(out / "reference"), "actor_nodes": placed,
                               "seconds": ref_seconds},
-                "replay": replay, "drop": drop}
+                "replay": replay, "drop": drop, "wait": wait}
     finally:
         stop(cluster)
 

@@ -47,6 +47,11 @@ def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
           f"{rep['last_recovery']['repair_seconds']:.1f}s; run {rep['summary']['wall_seconds']:.1f}s vs "
           f"uninterrupted {ref['summary']['wall_seconds']:.1f}s")
 
+    wait = r["wait"]   # no room left after the loss: waits, logs, uses the node that joins
+    assert wait["summary"]["status"] == "completed", wait["summary"]["message"]
+    assert any("waiting" in m and "for resources" in m for m in wait["logs"]) and wait["joined"]
+    assert wait["joined"][0] in wait["actor_nodes"] and same(ref["rows"], wait["rows"])
+
     drop = r["drop"]
     assert drop["summary"]["status"] == "completed", drop["summary"]["message"]
     assert drop["summary"]["n_clients"] == 4 and drop["last_recovery"]["lost_slots"] == [2, 3]

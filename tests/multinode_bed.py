@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -88,9 +89,20 @@ class Recorder:
 def kill_node_of_actor(cluster, engine, actor: int) -> str:
     """Kill (no graceful shutdown) the worker node that holds ClientActor `actor`: what a lost
     spot instance looks like to Ray."""
+    import ray
     node_id = engine._info["actor_nodes"][actor]
     node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+    pid = engine.actor_pids()[actor]
     cluster.remove_node(node, allow_graceful=False)
+    # A lost machine loses its processes too; Cluster.remove_node kills the raylet and the
+    # object store but leaves the worker processes to notice that on their own.
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + 60
+    while any(x["NodeID"] == node_id and x["Alive"] for x in ray.nodes()) and time.time() < deadline:
+        time.sleep(0.5)
     return node_id
 
 

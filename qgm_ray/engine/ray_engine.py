@@ -263,7 +263,10 @@ class RayEngine:
         except Exception:  # noqa: BLE001
             pass
         self.name = f"qgm-{self.cfg.name}-{uuid.uuid4().hex[:6]}"
-        self._start(slots)
+        try:
+            self._start(slots)
+        except FAILURES as e:   # an actor of the new coordinator died too: the next restore retries
+            raise EngineFailure(f"{reason}; starting a new one failed too ({type(e).__name__})") from None
         raise EngineFailure(reason)
 
     # ------------------------------------------------------------ evaluation, state

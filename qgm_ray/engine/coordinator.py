@@ -103,10 +103,10 @@ class Coordinator:
     def _new_actor(self, node: Optional[str] = None):
         # Room for k clients whatever it holds now: a resize can add clients to it later.
         cpu, gpu = self.resources["num_cpus"] * self.k, self.resources["num_gpus"] * self.k
-        # soft: a node that is full, gone or unknown falls back to Ray's own choice.
-        where = NodeAffinitySchedulingStrategy(node, soft=True) if node else "DEFAULT"
-        cls = ray.remote(NodeClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0,
-                                                  scheduling_strategy=where)
+        # soft: a node that is full, gone or unknown falls back to Ray's own choice. No target:
+        # no strategy at all, so that a placement group the caller runs in (Tune) captures it.
+        where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
+        cls = ray.remote(NodeClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0, **where)
         return cls.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
 
     def _targets(self, n: int, fixed: dict, exclude=()) -> dict:
@@ -118,8 +118,8 @@ class Coordinator:
         # Joined since the last placement: logged by the engine when they get actors.
         self._fresh = alive_ids - self.known_nodes if self.known_nodes else set()
         self.known_nodes = alive_ids
-        if self.cfg.ray.placement != "graph" or n == 0:
-            return {}
+        if self.cfg.ray.placement != "graph" or n == 0 or ray.util.get_current_placement_group() is not None:
+            return {}   # default placement, or a placement group (a Tune trial) places the actors
         need = {"CPU": self.resources["num_cpus"] * self.k, "GPU": self.resources["num_gpus"] * self.k}
         capacity = {x["NodeID"]: placement.actors_fit(x.get("Resources", {}), need)
                     for x in alive if x["NodeID"] not in set(exclude)}

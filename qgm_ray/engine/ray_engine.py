@@ -90,11 +90,14 @@ class RayEngine:
         # On the driver's node: the one node a run cannot lose anyway. Not soft: with a
         # runtime_env Ray's soft affinity put it on a worker node (test bed), where a lost
         # node took the whole run down with it.
-        home = "DEFAULT"
-        if not ray.util.client.ray.is_connected():   # a Ray Client driver has no node of its own
-            home = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        # Inside a placement group (a Tune trial) nothing is pinned: an explicit strategy would
+        # take the actors out of the group the trial reserved. A Ray Client driver has no node.
+        home = {}
+        if ray.util.get_current_placement_group() is None and not ray.util.client.ray.is_connected():
+            home = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                          soft=False)}
         cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
-                                              max_restarts=0, runtime_env=env, scheduling_strategy=home)
+                                              max_restarts=0, runtime_env=env, **home)
         self.coordinator = cls.remote(self.cfg, self.name, self.meta, self.data_refs, self.parts_ref, slots,
                                       self.resources)
         self._apply(self._wait(self.coordinator.start.remote(), f"for {len(slots)} clients"))

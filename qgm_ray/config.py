@@ -106,6 +106,9 @@ class RayConfig:
     # it measured faster (CPU: k >= 8 clients of a model <= 100k parameters). Packed clients
     # match unpacked ones to float rounding; the local engine packs the same blocks of k.
     pack_clients: Union[bool, str] = "auto"   # auto | true | false
+    # graph: actors holding graph neighbours share a node where resources allow
+    # (engine/placement.py); default: wherever Ray's scheduler puts them.
+    placement: str = "graph"
 
 
 @dataclass
@@ -164,6 +167,7 @@ CHOICES = {
     "data.partition": ("iid", "dirichlet", "sorted"),
     "schedule.lr_scaleup": ("none", "linear", "factor"),
     "fault_tolerance.on_failure": ("replay", "drop"),
+    "ray.placement": ("graph", "default"),
     "tune.scheduler": ("fifo", "asha"),
     "tune.mode": ("max", "min"),
 }

@@ -19,7 +19,7 @@ import torch
 from qgm_ray.errors import ConfigError
 
 METRIC_COLUMNS = ["round", "epoch", "lr", "train_loss", "test_accuracy", "local_test_accuracy",
-                  "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss"]
+                  "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss", "bytes_cross_node"]
 
 _CKPT = re.compile(r"^round_(\d+)\.pt$")
 

@@ -176,8 +176,10 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
         engine.close()
         raise
     start, bytes_sent, wall_before, pending = 0, 0, 0.0, []
+    cross = 0   # payload bytes that crossed Ray nodes (0 on the local engine)
     if checkpoint is not None:
         start, bytes_sent, wall_before = checkpoint["round"], checkpoint["bytes_sent"], checkpoint["wall_seconds"]
+        cross = checkpoint.get("bytes_cross_node", 0)
         pending = list(checkpoint.get("pending_losses", []))
         run_dir.truncate_metrics_after(start)
         log(f"resumed from round {start} of {plan.total_rounds}")
@@ -218,6 +220,7 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
     def save(r: int) -> None:
         # `pending_losses`: the rounds since the last evaluation, so a replay's next row is identical.
         run_dir.save_checkpoint(r, {"round": r, "bytes_sent": bytes_sent, "wall_seconds": time.time() - t0,
+                                    "bytes_cross_node": cross,
                                     "pending_losses": list(pending), "fingerprint": replay_fingerprint(cfg),
                                     "engine": engine.state_dict()},
                                 keep=cfg.fault_tolerance.keep)
@@ -235,6 +238,7 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
                         for r in range(t, done):
                             bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r,
                                                       payload_bytes)
+                            cross += engine.cross_node_bytes(r) if hasattr(engine, "cross_node_bytes") else 0
                         t = done
                         pending.extend(losses)
                         if done < stop:  # a stop signal: the engine stopped cleanly at a round boundary
@@ -249,6 +253,7 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
                             metrics = engine.evaluate()
                             row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
                                    "train_loss": sum(pending) / len(pending), "bytes_sent": bytes_sent,
+                                   "bytes_cross_node": cross,
                                    "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
                             pending = []
                             run_dir.append_metrics(row)
@@ -265,8 +270,22 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
                             last_ckpt = t
                     break
                 except EngineFailure as e:
-                    restarts += 1
-                    if restarts > cfg.fault_tolerance.max_restarts:
+                    # A restore that fails (a replacement on a node that is dying too) is one
+                    # more restart, not a crash.
+                    ckpt = None
+                    while ckpt is None:
+                        restarts += 1
+                        if restarts > cfg.fault_tolerance.max_restarts:
+                            break
+                        ckpt = run_dir.load_latest_checkpoint(log=log)
+                        if ckpt is None:
+                            raise
+                        try:
+                            engine.load_state_dict(ckpt["engine"])
+                        except EngineFailure as again:
+                            log(f"restore failed: {again}")
+                            e, ckpt = again, None
+                    if ckpt is None:
                         kept = run_dir.list_checkpoints()
                         where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept"
                                  if kept else "no checkpoint was written")
@@ -275,11 +294,8 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
                             f"restarts at round {t}; {where}: resume with {resume_hint(run_dir)} "
                             f"(or raise fault_tolerance.max_restarts)")
                         break
-                    ckpt = run_dir.load_latest_checkpoint(log=log)
-                    if ckpt is None:
-                        raise
-                    engine.load_state_dict(ckpt["engine"])
                     t, bytes_sent = ckpt["round"], ckpt["bytes_sent"]
+                    cross = ckpt.get("bytes_cross_node", 0)
                     pending = list(ckpt.get("pending_losses", []))
                     last_ckpt = t
                     payload_bytes = engine.payload_bytes
@@ -392,6 +408,7 @@ def _write_summary(run_dir, cfg, n_clients, status, message, t, t0) -> dict:
         "seed": cfg.seed,
         "lr": cfg.algorithm.lr,
         "backend": cfg.backend,
+        "time_lost_seconds": getattr(engine, "time_lost_seconds", 0.0),   # to failures (Ray engine)
         "message": message,
         "run_dir": str(run_dir.path),
     }

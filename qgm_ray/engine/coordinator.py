@@ -30,17 +30,31 @@ import numpy as np
 import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
                             RayActorError, WorkerCrashedError)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qgm_ray import build
 from qgm_ray.config import Config
 from qgm_ray.engine.actors import ClientActor, average_models, evaluate_average
 from qgm_ray.engine.base import groups_of, mix_sources, mixing_matrix, round_bytes
+from qgm_ray.engine import placement
 from qgm_ray.engine.metrics import RunMetrics
 from qgm_ray.engine.ray_setup import eval_gpus
 
 # What "a process or node died" looks like to the caller of ray.get.
 FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
             WorkerCrashedError)
+
+
+# A replacement that dies before it answers (it landed on a node that is dying too) is
+# replaced again, this many times per repair.
+REPLACE_TRIES = 5
+
+
+class NodeClientActor(ClientActor):
+    """A ClientActor that says which Ray node it runs on (placement, repair, cross-node bytes)."""
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
 
 def wiring(W: np.ndarray, group: list[int]) -> tuple[list, list[int]]:
@@ -64,6 +78,10 @@ class Coordinator:
         self.stop_requested = False
         self.metrics = RunMetrics(run, counted_rounds)   # `run`: the run's tag, not this actor's name
         self.actors: list = []
+        self.nodes: list[str] = []     # node id of each actor
+        self.known_nodes: set = set()  # alive nodes at the last placement: newer ones "joined"
+        self.joined_used: list[str] = []
+        self._fresh: set = set()
         self.slots: list[int] = []
         self.num_params = 0
         self.algorithm = build.build_algorithm(cfg)
@@ -82,11 +100,34 @@ class Coordinator:
             return self.info()
 
     # ------------------------------------------------------------ actors
-    def _new_actor(self):
+    def _new_actor(self, node: Optional[str] = None):
         # Room for k clients whatever it holds now: a resize can add clients to it later.
         cpu, gpu = self.resources["num_cpus"] * self.k, self.resources["num_gpus"] * self.k
-        cls = ray.remote(ClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0)
+        # soft: a node that is full, gone or unknown falls back to Ray's own choice. No target:
+        # no strategy at all, so that a placement group the caller runs in (Tune) captures it.
+        where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
+        cls = ray.remote(NodeClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0, **where)
         return cls.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
+
+    def _targets(self, n: int, fixed: dict, exclude=()) -> dict:
+        """actor index -> node for the actors of an n-client layout not in `fixed` (index ->
+        node of live actors that stay), graph neighbours together (engine/placement.py).
+        {} with `ray.placement: default`: Ray's scheduler decides."""
+        alive = sorted((x for x in ray.nodes() if x.get("Alive")), key=lambda x: x["NodeID"])
+        alive_ids = {x["NodeID"] for x in alive}
+        # Joined since the last placement: logged by the engine when they get actors.
+        self._fresh = alive_ids - self.known_nodes if self.known_nodes else set()
+        self.known_nodes = alive_ids
+        if self.cfg.ray.placement != "graph" or n == 0 or ray.util.get_current_placement_group() is not None:
+            return {}   # default placement, or a placement group (a Tune trial) places the actors
+        need = {"CPU": self.resources["num_cpus"] * self.k, "GPU": self.resources["num_gpus"] * self.k}
+        capacity = {x["NodeID"]: placement.actors_fit(x.get("Resources", {}), need)
+                    for x in alive if x["NodeID"] not in set(exclude)}
+        topo = build.build_topology(self.cfg, n)
+        rounds = placement.ROUNDS_FOR_GRAPH if topo.time_varying else 1
+        traffic = placement.actor_traffic((mixing_matrix(topo, self.centralized, n, t) for t in range(rounds)),
+                                          groups_of(n, self.k))
+        return placement.assign(traffic, capacity, {a: m for a, m in fixed.items() if m in capacity})
 
     def _set_slots(self, slots: list[int], states: Optional[list] = None) -> None:
         """Make the actors hold exactly `slots` (position i = slots[i]) in blocks of k; reuse
@@ -95,22 +136,31 @@ class Coordinator:
         groups = groups_of(len(slots), self.k)
         for extra in self.actors[len(groups):]:
             ray.kill(extra)
-        self.actors = self.actors[:len(groups)]
+        self.actors, self.nodes = self.actors[:len(groups)], self.nodes[:len(groups)]
+        targets = self._targets(len(slots), dict(enumerate(self.nodes)))
         while len(self.actors) < len(groups):
-            self.actors.append(self._new_actor())
+            self.actors.append(self._new_actor(targets.get(len(self.actors))))
         calls = []
         for actor, g in zip(self.actors, groups):
             args = [states[i] for i in g] if states is not None else []
             calls.append(actor.set_clients.remote([slots[i] for i in g], g, *args))
+        where = [a.node_id.remote() for a in self.actors]
         self.num_params = ray.get(calls)[0]
+        self._placed(ray.get(where))
         self.slots = list(slots)
         self.topology = build.build_topology(self.cfg, len(slots))
+
+    def _placed(self, nodes: list[str]) -> None:
+        self.joined_used = sorted({m for m in nodes if m in self._fresh} - set(self.nodes))
+        self.nodes = list(nodes)
 
     def info(self) -> dict:
         return {"slots": list(self.slots), "num_params": self.num_params, "n_actors": len(self.actors),
                 "payload_bytes": self.algorithm.payload_size(self.num_params) * 4,
                 "metrics": {"run": self.run, "counted_rounds": self.metrics.counted_rounds,
-                            "bytes_counted": self.metrics.bytes_counted}}
+                            "bytes_counted": self.metrics.bytes_counted},
+                "actor_nodes": list(self.nodes), "joined_nodes_used": list(self.joined_used),
+                "coordinator_node": ray.get_runtime_context().get_node_id()}
 
     def handles(self) -> list:
         return list(self.actors)
@@ -199,7 +249,9 @@ class Coordinator:
         loss = float(np.mean(losses))
         seconds = time.time() - since
         nbytes = round_bytes(self.topology, self.centralized, n, t, payload_bytes)
-        self.metrics.on_round(t, losses, self.slots, seconds, nbytes)
+        cross = placement.cross_node_bytes(mixing_matrix(self.topology, self.centralized, n, t),
+                                           groups_of(n, self.k), self.nodes, payload_bytes)
+        self.metrics.on_round(t, losses, self.slots, seconds, nbytes, cross)
         return {"round": t, "loss": loss, "seconds": seconds}
 
     # ------------------------------------------------------------ evaluation
@@ -269,25 +321,47 @@ class Coordinator:
 
     def repair(self, policy: str) -> dict:
         """After a failure: replace dead actors (replay: same clients, state restored later by
-        load_states) or remove them with their clients (drop). Returns the lost slots."""
+        load_states) or remove them with their clients (drop). Returns the lost slots.
+
+        Replacements go to the nodes left (placement, away from the nodes where actors just
+        died: such a node may be dying and not yet known dead), and the call returns only when
+        they answer: one that dies first is replaced again; one waiting for resources (no node
+        has room) keeps the call waiting until a node joins (the engine logs the wait)."""
         with self.lock:
             dead = self.find_dead()
             groups = groups_of(len(self.slots), self.k)
             lost = [self.slots[i] for a in dead for i in groups[a]]
+            suspect = {self.nodes[a] for a in dead if a < len(self.nodes)}
             for a in dead:
                 try:
                     ray.kill(self.actors[a])
                 except Exception:  # noqa: BLE001 - already gone
                     pass
             if policy == "drop":
-                keep = [a for i, a in enumerate(self.actors) if i not in dead]
-                self.actors = keep
+                self.actors = [a for i, a in enumerate(self.actors) if i not in dead]
+                self.nodes = [m for i, m in enumerate(self.nodes) if i not in dead]
                 slots = [s for s in self.slots if s not in lost]
             else:
-                for a in dead:
-                    self.actors[a] = self._new_actor()
+                todo, tries = list(dead), 0
+                while todo:
+                    tries += 1
+                    live = {i: m for i, m in enumerate(self.nodes) if i not in todo}
+                    targets = self._targets(len(self.slots), live, exclude=suspect)
+                    for a in todo:
+                        self.actors[a] = self._new_actor(targets.get(a))
+                    answers = {a: self.actors[a].node_id.remote() for a in todo}
+                    failed = []
+                    for a, ref in answers.items():
+                        try:
+                            self.nodes[a] = ray.get(ref)
+                        except FAILURES:
+                            failed.append(a)
+                    todo = failed
+                    if todo and tries >= REPLACE_TRIES:
+                        break   # the engine reports it; the runner's next restore repairs again
                 slots = self.slots
-            return {"dead_actors": dead, "lost_slots": lost, "slots": slots}
+            return {"dead_actors": dead, "lost_slots": lost, "slots": slots, "actor_nodes": list(self.nodes),
+                    "unreplaced": todo if policy != "drop" else []}
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -10,14 +10,15 @@ series never breaks); per-client series also carry `client` (the shard id), and
 Replays. After a failure the engine restores a checkpoint and runs some rounds again; those
 rounds' bytes were sent already. `qgm_bytes_sent_total` counts a round only the first time
 (`counted_rounds`: rounds counted so far, handed to a restarted Coordinator), so it stays the
-bytes of the run's rounds, as metrics.csv's `bytes_sent` does.
+bytes of the run's rounds, as metrics.csv's `bytes_sent` does; `qgm_bytes_cross_node_total`
+likewise (a restarted Coordinator starts that gauge's total from 0 again).
 """
 from __future__ import annotations
 
 from ray.util.metrics import Counter, Gauge
 
 NAMES = ("qgm_round", "qgm_train_loss", "qgm_test_accuracy", "qgm_consensus_distance",
-         "qgm_round_seconds", "qgm_bytes_sent_total", "qgm_clients")
+         "qgm_round_seconds", "qgm_bytes_sent_total", "qgm_clients", "qgm_bytes_cross_node_total")
 
 
 class RunMetrics:
@@ -36,8 +37,12 @@ class RunMetrics:
                                   tag_keys=("run",))
         self.clients = Gauge("qgm_clients", "clients in the run now (elastic resizes, dropped clients)",
                              tag_keys=("run",))
+        # A gauge holding the running total: a Counter cannot export its 0 (single-node runs).
+        self.bytes_cross_node = Gauge("qgm_bytes_cross_node_total",
+                                      "payload bytes moved from one Ray node to another, in all", tag_keys=("run",))
+        self.cross_total = 0
 
-    def on_round(self, t: int, losses: list, slots: list, seconds: float, nbytes: int) -> None:
+    def on_round(self, t: int, losses: list, slots: list, seconds: float, nbytes: int, cross_nbytes: int = 0) -> None:
         self.round.set(t + 1, tags=self.tags)
         self.round_seconds.set(seconds, tags=self.tags)
         self.clients.set(len(slots), tags=self.tags)
@@ -46,6 +51,8 @@ class RunMetrics:
             if nbytes > 0:
                 self.bytes_sent.inc(nbytes, tags=self.tags)
                 self.bytes_counted += nbytes
+            self.cross_total += cross_nbytes
+            self.bytes_cross_node.set(self.cross_total, tags=self.tags)
         if losses:
             self.train_loss.set(sum(losses) / len(losses), tags={**self.tags, "client": "mean"})
             for s, loss in zip(slots, losses):

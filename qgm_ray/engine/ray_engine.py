@@ -17,6 +17,14 @@ rebuilds the topology for the clients left and refuses an n it cannot take) and 
 EngineFailure. The runner restores the last checkpoint into the engine and replays from
 there, so a replayed run's numbers are those of an uninterrupted one. A dead Coordinator
 (its actors share its fate) is rebuilt the same way.
+
+Nodes. A lost node is a set of dead actors: the replacements go to the nodes left (or wait,
+logging every 30 s, until one joins: the autoscaler's, or an operator's `ray start`). A
+failure while restoring (a replacement on a node that was dying too) is another EngineFailure
+the runner retries within `fault_tolerance.max_restarts`. The coordinator runs on the
+driver's node (the head, on a cluster), so only the driver's node is needed to the end.
+Actors are placed so that graph neighbours share a node (engine/placement.py); the log says
+how many clients each node holds and how many payload bytes per round cross nodes.
 """
 from __future__ import annotations
 
@@ -26,13 +34,15 @@ from typing import Callable, Optional
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qgm_ray import build
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
-from qgm_ray.engine.base import EngineFailure
+from qgm_ray.engine.base import EngineFailure, groups_of, mixing_matrix, round_bytes
 from qgm_ray.engine.coordinator import FAILURES, Coordinator
+from qgm_ray.engine.placement import clients_per_node, cross_node_bytes
 from qgm_ray.engine.ray_setup import connect, describe_resources, plan_resources, resolve_clients_per_actor
 from qgm_ray.errors import ConfigError
 
@@ -49,6 +59,11 @@ class RayEngine:
         self.dropped: set[int] = set()   # shards lost with `on_failure: drop`
         self.coordinator = None
         self.recoveries, self.last_recovery = 0, None
+        # Time lost to failures: from the first time the run reached its furthest round to the
+        # time the replay reached it again (recovery + replayed rounds).
+        self.time_lost_seconds = 0.0
+        self._frontier = (0, time.time())   # (rounds done, when first done)
+        self._behind: Optional[tuple] = None
         self.started_ray = connect(cfg, log)
         try:
             n_max = build.max_clients(cfg)
@@ -76,22 +91,44 @@ class RayEngine:
         # After a failure the coordinator drops refs to calls that failed because a payload
         # was lost; those errors are expected and handled (EngineFailure), not "unhandled".
         env = {"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}}
+        # On the driver's node: the one node a run cannot lose anyway. Not soft: with a
+        # runtime_env Ray's soft affinity put it on a worker node (test bed), where a lost
+        # node took the whole run down with it.
+        # Inside a placement group (a Tune trial) nothing is pinned: an explicit strategy would
+        # take the actors out of the group the trial reserved. A Ray Client driver has no node.
+        home = {}
+        if ray.util.get_current_placement_group() is None and not ray.util.client.ray.is_connected():
+            home = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                          soft=False)}
         cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
-                                              max_restarts=0, runtime_env=env)
+                                              max_restarts=0, runtime_env=env, **home)
         self.coordinator = cls.remote(self.cfg, self.run_tag, self.meta, self.data_refs, self.parts_ref, slots,
                                       self.resources, self.counted_rounds)
-        started = self.coordinator.start.remote()
-        t0 = time.time()
-        while True:
-            ready, _ = ray.wait([started], timeout=WAIT_LOG_EVERY_S)
-            if ready:
-                break
-            self.log(f"ray: waiting {time.time() - t0:.0f}s for resources for {len(slots)} clients "
-                     f"(available now: {describe_resources(ray.available_resources())})")
-        self._apply(ray.get(started))
+        self._apply(self._wait(self.coordinator.start.remote(), f"for {len(slots)} clients"))
         k = self.cfg.ray.clients_per_actor
         self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}; "
                  f"coordinator actor {self.name!r} in namespace {NAMESPACE!r} (metrics tag run={self.run_tag})")
+        self._log_placement()
+
+    def _wait(self, ref, what: str):
+        """ray.get(ref), logging every WAIT_LOG_EVERY_S while the actors wait for resources."""
+        t0 = time.time()
+        while True:
+            ready, _ = ray.wait([ref], timeout=WAIT_LOG_EVERY_S)
+            if ready:
+                return ray.get(ref)
+            self.log(f"ray: waiting {time.time() - t0:.0f}s for resources {what} "
+                     f"(alive nodes: {sum(1 for x in ray.nodes() if x.get('Alive'))}; available now: "
+                     f"{describe_resources(ray.available_resources())}); an autoscaler or `ray start` "
+                     f"on a new node ends the wait")
+
+    def _log_placement(self) -> None:
+        per_node = clients_per_node(groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
+                                    self._info["actor_nodes"])
+        shown = ", ".join(f"{node[:8]}: {c}" for node, c in sorted(per_node.items()))
+        self.log(f"ray: clients per node ({len(per_node)} node(s), {self.cfg.ray.placement} placement): {shown}; "
+                 f"payload bytes crossing nodes in round 0: {self.cross_node_bytes(0)} of "
+                 f"{round_bytes(self.topology, self.centralized, self.n_clients, 0, self.payload_bytes)}")
 
     def _apply(self, info: dict) -> None:
         self._info = info
@@ -101,6 +138,12 @@ class RayEngine:
 
     def _refresh(self) -> None:
         self._apply(ray.get(self.coordinator.info.remote()))
+
+    def cross_node_bytes(self, t: int) -> int:
+        """Payload bytes that move between Ray nodes in round t with the actors where they are."""
+        W = mixing_matrix(self.topology, self.centralized, self.n_clients, t)
+        return cross_node_bytes(W, groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
+                                self._info["actor_nodes"], self.payload_bytes)
 
     @property
     def payload_bytes(self) -> int:
@@ -141,6 +184,7 @@ class RayEngine:
                     break
                 losses.append(rec["loss"])
                 self.counted_rounds = max(self.counted_rounds, rec["round"] + 1)
+                self._progress(rec["round"] + 1)
                 if on_round is not None:
                     on_round(rec["round"], rec["loss"])
                 if not stop_sent and should_stop is not None and should_stop():
@@ -166,17 +210,42 @@ class RayEngine:
         except FAILURES as e:
             self._on_failure(e)
 
+    def _progress(self, done: int) -> None:
+        now = time.time()
+        if self._behind is not None and done >= self._behind[0]:
+            lost = now - self._behind[1]
+            self.time_lost_seconds += lost
+            self.log(f"ray: back at round {self._behind[0]} {lost:.1f}s later than before the failure "
+                     f"(recovery and replay; {self.time_lost_seconds:.1f}s lost to failures in all)")
+            self._behind = None
+        if done > self._frontier[0]:
+            self._frontier = (done, now)
+
     def _on_failure(self, err: Exception) -> None:
-        try:  # is it the coordinator (its actors die with it) or one of its actors?
-            ray.get(self.coordinator.info.remote(), timeout=30)
-        except (*FAILURES, ray.exceptions.GetTimeoutError):
-            self._restart(f"the coordinator died ({type(err).__name__})")
+        # Is it the coordinator (its actors die with it) or one of its actors? "Unavailable"
+        # is what Ray says while it does not know yet: ask again.
+        deadline = time.time() + 30
+        while True:
+            try:
+                ray.get(self.coordinator.info.remote(), timeout=max(1.0, deadline - time.time()))
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.time() > deadline:
+                    self._restart(f"the coordinator did not answer for 30s ({type(err).__name__})")
+                time.sleep(1.0)
+            except (*FAILURES, ray.exceptions.GetTimeoutError):
+                self._restart(f"the coordinator died ({type(err).__name__})")
         self._recover(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
 
     def _recover(self, reason: str) -> None:
         policy = self.cfg.fault_tolerance.on_failure
         t0 = time.time()
-        info = ray.get(self.coordinator.repair.remote(policy))
+        if self._behind is None:
+            self._behind = self._frontier
+        try:
+            info = self._wait(self.coordinator.repair.remote(policy), "to replace lost actors")
+        except FAILURES:   # the coordinator died while repairing: rebuild everything
+            self._restart(f"the coordinator died while replacing actors ({reason})")
         lost = info["lost_slots"]
         if policy == "drop":
             self.dropped.update(lost)
@@ -192,18 +261,29 @@ class RayEngine:
         self.recoveries += 1
         self.last_recovery = {"reason": reason, "lost_slots": lost, "dead_actors": info["dead_actors"],
                               "repair_seconds": time.time() - t0}
+        self._apply({**self._info, "actor_nodes": info["actor_nodes"], "slots": info["slots"],
+                     "n_actors": len(info["actor_nodes"])})
         action = "replaced" if policy == "replay" else "dropped"
+        if info["unreplaced"]:
+            action += f", but the replacements of actor(s) {info['unreplaced']} kept dying"
+        else:
+            self._log_placement()
         raise EngineFailure(f"ClientActor(s) {info['dead_actors']} died ({reason}); clients {lost} {action}",
                             lost)
 
     def _restart(self, reason: str) -> None:
+        if self._behind is None:
+            self._behind = self._frontier
         slots = [s for s in self.slots if s not in self.dropped]
         try:
             ray.kill(self.coordinator)
         except Exception:  # noqa: BLE001
             pass
         self.name = f"qgm-{self.cfg.name}-{uuid.uuid4().hex[:6]}"
-        self._start(slots)
+        try:
+            self._start(slots)
+        except FAILURES as e:   # an actor of the new coordinator died too: the next restore retries
+            raise EngineFailure(f"{reason}; starting a new one failed too ({type(e).__name__})") from None
         raise EngineFailure(reason)
 
     # ------------------------------------------------------------ evaluation, state
@@ -230,7 +310,19 @@ class RayEngine:
         if n_clients > self.n_shards:
             raise ConfigError(f"elastic: {n_clients} clients at round {at_round}, but the data was cut into "
                               f"{self.n_shards} shards; set elastic.max_clients >= {n_clients}")
-        self._apply(self._call("resize", n_clients, self.n_shards))
+        self._apply(self._wait_call("resize", n_clients, self.n_shards))
+        joined = self._info["joined_nodes_used"]
+        if joined:
+            self.log(f"ray: node(s) {', '.join(m[:8] for m in joined)} joined the cluster during the run; "
+                     f"the resize to {n_clients} clients placed actors there")
+        self._log_placement()
+
+    def _wait_call(self, method: str, *args):
+        """As _call, logging while new actors wait for resources (a grow waits for a node)."""
+        try:
+            return self._wait(getattr(self.coordinator, method).remote(*args), f"for {method}{args}")
+        except FAILURES as e:
+            self._on_failure(e)
 
     # ------------------------------------------------------------ for tests and operators
     def actor_handles(self) -> list:

@@ -16,6 +16,7 @@ parallelism, cost ~0.39 GB each and made cnn1d rounds 2.3-2.7x slower at n=16).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -99,6 +100,35 @@ def _probe_gcs(address: str, host: str, port: int, timeout: float) -> None:
         channel.close()
 
 
+# Ray's own switch for a single-machine Ray (its default on macOS / Windows): the node's IP
+# is 127.0.0.1, so GCS, raylet, object manager, workers, the dashboard agent and the metrics
+# endpoint all listen on loopback instead of every interface. ray.init maps an explicit
+# _node_ip_address="127.0.0.1" back to the machine's IP, so this is the way Ray allows.
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """While starting a local Ray: every Ray process of it listens on 127.0.0.1 only."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:   # a Ray without the switch: it binds where it binds
+        yield
+        return
+    old_env, old = os.environ.get(_SINGLE_MACHINE_ENV), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_SINGLE_MACHINE_ENV] = "0"      # the processes Ray starts read the variable
+    ray_constants.ENABLE_RAY_CLUSTER = False   # this process read it at import
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = old_env
+        if old is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = old
+
+
 def connect(cfg: Config, log: Callable[[str], None]) -> bool:
     """Join the configured cluster or start a local Ray sized to this machine.
     Returns True when this call started Ray (and the engine should shut it down)."""
@@ -118,8 +148,9 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
     else:
         # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
         # address file still names (a dead one there made ray.init fail on num_cpus).
-        ctx = ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=True,
-                       dashboard_host=cfg.ray.dashboard_host, logging_level="WARNING")
+        with loopback_only():
+            ctx = ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=True,
+                           dashboard_host=cfg.ray.dashboard_host, logging_level="WARNING")
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)
     gcs = ray.get_runtime_context().gcs_address   # what another process passes to ray.init(address=...)

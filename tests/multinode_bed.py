@@ -1,0 +1,220 @@
+"""A multi-node Ray test bed on one machine, and the scenarios tests/test_multinode.py runs.
+
+`ray.cluster_utils.Cluster` starts a head (0 CPUs: only the driver and the coordinator live
+there) and worker nodes with 1 CPU each, every node with its own raylet and a small object
+store, so payloads really move between object stores. One driver joins one cluster per
+process, and the rest of the test session shares a single-node Ray: every scenario therefore
+runs in its own process,
+
+    python tests/multinode_bed.py SCENARIO OUT_DIR      # last stdout line: a JSON result
+
+and the pytest side only asserts on that result. Node failure detection is sped up
+(1 s health checks instead of Ray's 3 s x 5); everything else is Ray's defaults.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "data.batch_size=16",
+         "eval.every_epochs=0.5", "progress=false", "algorithm.lr=0.05", "data.alpha=1.0", "backend=ray"]
+OBJECT_STORE = 80 * 2**20
+METRIC_KEYS = ("train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance", "bytes_sent",
+               "n_clients", "round")
+
+
+def start_cluster(workers: int, cpus_per_worker: int = 1):
+    import ray
+    from ray.cluster_utils import Cluster
+    os.environ.pop("RAY_ADDRESS", None)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": OBJECT_STORE, "include_dashboard": False,
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                           "health_check_failure_threshold": 3}})
+    for _ in range(workers):
+        add_worker(cluster, cpus_per_worker)
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    return cluster
+
+
+def stop(cluster) -> None:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def add_worker(cluster, cpus: int = 1):
+    return cluster.add_node(num_cpus=cpus, object_store_memory=OBJECT_STORE)
+
+
+def config(*extra):
+    from qgm_ray.config import load_config
+    return load_config(None, SMALL + list(extra))
+
+
+def rows(run_dir) -> list[dict]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return [{k: r[k] for k in METRIC_KEYS} | {"bytes_cross_node": r["bytes_cross_node"]}
+                for r in csv.DictReader(f)]
+
+
+class Recorder:
+    """Captures the engine the runner makes and its log lines."""
+
+    def __init__(self, on_log=None):
+        from qgm_ray import runner
+        self.engines, self.logs, self.on_log = [], [], on_log
+        make = runner.make_engine
+
+        def wrapped(*a, **k):
+            self.engines.append(make(*a, **k))
+            return self.engines[-1]
+        runner.make_engine = wrapped
+
+    def log(self, msg):
+        self.logs.append(msg)
+        print(msg, flush=True)
+        if self.on_log is not None:
+            self.on_log(msg)
+
+
+def kill_node_of_actor(cluster, engine, actor: int) -> str:
+    """Kill (no graceful shutdown) the worker node that holds ClientActor `actor`: what a lost
+    spot instance looks like to Ray."""
+    import ray
+    node_id = engine._info["actor_nodes"][actor]
+    node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+    pid = engine.actor_pids()[actor]
+    cluster.remove_node(node, allow_graceful=False)
+    # A lost machine loses its processes too; Cluster.remove_node kills the raylet and the
+    # object store but leaves the worker processes to notice that on their own.
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.time() + 60
+    while any(x["NodeID"] == node_id and x["Alive"] for x in ray.nodes()) and time.time() < deadline:
+        time.sleep(0.5)
+    return node_id
+
+
+def run_killing(cluster, out: Path, name: str, cfg, actor: int = 1, on_log=None) -> dict:
+    """A run whose node holding `actor` is killed while the rounds after the first evaluation run."""
+    from qgm_ray import runner
+    rec = Recorder(on_log)
+    killed = []
+
+    threads = []
+
+    def on_eval(row):
+        if not killed:   # first evaluation: kill while the next rounds run
+            killed.append(None)
+            threads.append(threading.Thread(target=lambda: killed.__setitem__(0, kill_node_of_actor(
+                cluster, rec.engines[-1], actor))))
+            threads[0].start()
+        elif threads:    # second one: the node is gone by now, whatever the timing of the first
+            threads.pop().join()
+    s = runner.run(cfg, out / name, on_eval=on_eval, log=rec.log)
+    eng = rec.engines[-1]
+    return {"summary": s, "rows": rows(out / name) if (out / name / "metrics.csv").exists() else [],
+            "logs": rec.logs, "killed": killed, "coordinator_node": eng._info["coordinator_node"],
+            "actor_nodes": eng._info["actor_nodes"], "recoveries": eng.recoveries, "last_recovery": eng.last_recovery}
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+def node_loss(out: Path) -> dict:
+    """Uninterrupted run, then the same run with a node killed (replay), then drop."""
+    from qgm_ray import runner
+    cluster = start_cluster(3)
+    try:
+        base = ["topology.n_clients=6", "ray.clients_per_actor=2", "ray.cpus_per_client=0.25",
+                "schedule.epochs=2", "fault_tolerance.checkpoint_every=7", "fault_tolerance.keep=3"]
+        rec = Recorder()
+        t0 = time.time()
+        ref = runner.run(config(*base), out / "reference", log=rec.log)
+        placed = rec.engines[-1]._info["actor_nodes"]
+        ref_seconds = time.time() - t0
+        replay = run_killing(cluster, out, "replay", config(*base))
+        add_worker(cluster)   # the bed gets a node back for the next kill
+        drop = run_killing(cluster, out, "drop", config(*base, "fault_tolerance.on_failure=drop"))
+        # One actor per node (1 CPU each) on 3 nodes: after the kill no node has room, the run
+        # waits and logs until a node joins (what an autoscaler does), then replays.
+        while len(cluster.worker_nodes) < 3:
+            add_worker(cluster)
+        from qgm_ray.engine import ray_engine
+        ray_engine.WAIT_LOG_EVERY_S = 2.0   # 30 s in real runs
+        joiner = []
+
+        def on_log(msg):   # called on the main thread, where Cluster.add_node must run
+            if "to replace lost actors" in msg and not joiner:
+                joiner.append(add_worker(cluster).node_id)
+        wait = run_killing(cluster, out, "wait", config(*base, "ray.cpus_per_client=0.5"), on_log=on_log)
+        wait["joined"] = joiner
+        return {"head": cluster.head_node.node_id, "reference": {"summary": ref, "rows": rows(out / "reference"), "actor_nodes": placed,
+                              "seconds": ref_seconds},
+                "replay": replay, "drop": drop, "wait": wait}
+    finally:
+        stop(cluster)
+
+
+def placement(out: Path) -> dict:
+    """Ring of 16 in 8 actors of 2 over 4 one-CPU nodes: graph placement vs Ray's default."""
+    from qgm_ray import runner
+    cluster = start_cluster(4)
+    result = {}
+    try:
+        for how in ("graph", "default"):
+            rec = Recorder()
+            cfg = config("topology.n_clients=16", "ray.clients_per_actor=2", "ray.cpus_per_client=0.25",
+                         "schedule.epochs=1", f"ray.placement={how}", "name=placement")
+            s = runner.run(cfg, out / how, log=rec.log)
+            eng = rec.engines[-1]
+            r = rows(out / how)
+            result[how] = {"summary": s, "actor_nodes": eng._info["actor_nodes"],
+                           "cross_per_round": eng.cross_node_bytes(0), "payload_bytes": eng.payload_bytes,
+                           "rounds": s["rounds"], "bytes_cross_node": int(r[-1]["bytes_cross_node"]),
+                           "logs": [m for m in rec.logs if "per node" in m]}
+        return result
+    finally:
+        stop(cluster)
+
+
+def joining(out: Path) -> dict:
+    """Elastic run 4 -> 6 -> 4 clients on 2 nodes; a third node joins after the first
+    evaluation and the grow places the new actor there. Compared with the local engine."""
+    from qgm_ray import runner
+    cluster = start_cluster(2)
+    try:
+        extra = ["topology.n_clients=4", "elastic.max_clients=6", "elastic.schedule=[[1.0, 6], [1.5, 4]]",
+                 "ray.clients_per_actor=2", "ray.cpus_per_client=0.25", "schedule.epochs=2"]
+        rec = Recorder()
+        joined = []
+
+        def on_eval(row):
+            if not joined:
+                joined.append(add_worker(cluster).node_id)
+        s = runner.run(config(*extra), out / "ray", on_eval=on_eval, log=rec.log)
+        local = runner.run(config(*extra, "backend=local"), out / "local", log=lambda m: None)
+        return {"summary": s, "local_summary": local, "rows": rows(out / "ray"), "local_rows": rows(out / "local"),
+                "joined": joined, "logs": rec.logs}
+    finally:
+        stop(cluster)
+
+
+SCENARIOS = {"node_loss": node_loss, "placement": placement, "joining": joining}
+
+if __name__ == "__main__":
+    name, out = sys.argv[1], Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    result = SCENARIOS[name](out)
+    print(json.dumps(result, default=str))

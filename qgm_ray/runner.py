@@ -205,7 +205,7 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
                f"checkpoint with: {resume_hint(run_dir)}")
         try:
             bar.close()
-            _write_summary(run_dir, cfg, engine.n_clients, "stopped", msg, t, t0)
+            _write_summary(run_dir, cfg, engine, "stopped", msg, t, t0)
         finally:
             print(msg, file=sys.stderr, flush=True)
             os._exit(128 + signum)
@@ -388,10 +388,10 @@ def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:
         engine.close()
     except Exception:  # noqa: BLE001 - closing must not hide the real outcome
         pass
-    return _write_summary(run_dir, cfg, engine.n_clients, status, message, t, t0)
+    return _write_summary(run_dir, cfg, engine, status, message, t, t0)
 
 
-def _write_summary(run_dir, cfg, n_clients, status, message, t, t0) -> dict:
+def _write_summary(run_dir, cfg, engine, status, message, t, t0) -> dict:
     accs = run_dir.test_accuracies()  # metrics.csv: every evaluation, also those before a resume
     summary = {
         "status": status,
@@ -399,7 +399,7 @@ def _write_summary(run_dir, cfg, n_clients, status, message, t, t0) -> dict:
         "best_test_accuracy": max(accs) if accs else None,
         "rounds": t,
         "wall_seconds": time.time() - t0,
-        "n_clients": n_clients,
+        "n_clients": engine.n_clients,
         "algorithm": cfg.algorithm.name,
         "alpha": cfg.data.alpha,
         "topology": cfg.topology.name,

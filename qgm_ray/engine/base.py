@@ -71,6 +71,43 @@ def mix(weights: Sequence[float], payloads: Sequence[torch.Tensor]) -> torch.Ten
     return out
 
 
+def wiring(W: np.ndarray, group: Sequence[int]) -> tuple[list, list[int]]:
+    """For the clients at positions `group` (a block): rows [(sources, weights)] of W, and the
+    positions held by other blocks that the block must receive, in increasing order."""
+    rows, need = [], set()
+    for i in group:
+        src = mix_sources(W[i])
+        rows.append((src, [float(w) for w in W[i, src]]))
+        need.update(src)
+    return rows, sorted(need - set(group))
+
+
+def block_mix(own: torch.Tensor, positions: Sequence[int], rows: Sequence[tuple], sources: Sequence[int],
+              received: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Step 3 of a round for a whole block: row i of the result = sum_j w_ij * payload_j over
+    row i's sources (`rows[i]` = (positions, weights), from `wiring`), where a payload is a
+    row of `own` (the block's own payloads, rows at `positions`) or one of `received` (the
+    payloads of `sources`, in that order).
+
+    One gather + multiply-add per in-neighbour slot over the whole block (d ops for in-degree
+    d, padded with zero weights), not one Python loop per client. Both engines call this with
+    the same inputs in the same order and shapes (the layout gives them the same blocks), so
+    they agree bit for bit. Not a BLAS `W @ P`: a matmul is free to reorder and block its sums.
+    """
+    where = {p: i for i, p in enumerate(positions)}
+    where.update({p: len(positions) + i for i, p in enumerate(sources)})
+    table = own if not received else torch.cat([own] + [r.reshape(1, -1).to(own.device) for r in received])
+    d = max(len(src) for src, _ in rows)
+    idx = [[where[j] for j in src] + [i] * (d - len(src)) for i, (src, _) in enumerate(rows)]
+    w = [list(ws) + [0.0] * (d - len(ws)) for _, ws in rows]
+    idx_t = torch.tensor(idx, dtype=torch.long).to(own.device)
+    w_t = torch.tensor(w, dtype=own.dtype).to(own.device)
+    out = table[idx_t[:, 0]] * w_t[:, 0:1]
+    for c in range(1, d):
+        out.addcmul_(table[idx_t[:, c]], w_t[:, c:c + 1])
+    return out
+
+
 def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int) -> int:
     """Bytes put on the wire in round t: each payload goes to each out-neighbour.
     All-reduce is counted as a ring all-reduce, 2 (n-1)/n payloads per client."""
@@ -86,6 +123,6 @@ def consensus_distance(stacked: torch.Tensor) -> float:
 
 
 def groups_of(n: int, k: int) -> list[list[int]]:
-    """Topology positions held by each ClientActor: consecutive blocks of k. The local engine
-    packs its clients in the same blocks (ray.pack_clients), so both compute the same numbers."""
+    """Topology positions held by each block (one per ClientActor): consecutive runs of k.
+    Both engines use the same blocks (qgm_ray.layout), so both compute the same numbers."""
     return [list(range(a, min(a + k, n))) for a in range(0, n, k)]

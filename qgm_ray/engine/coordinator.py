@@ -31,26 +31,16 @@ import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
                             RayActorError, WorkerCrashedError)
 
-from qgm_ray import build
+from qgm_ray import build, determinism
 from qgm_ray.config import Config
-from qgm_ray.engine.actors import ClientActor, average_models, evaluate_average
-from qgm_ray.engine.base import groups_of, mix_sources, mixing_matrix, round_bytes
+from qgm_ray.engine.actors import ClientActor, Evaluator
+from qgm_ray.engine.base import groups_of, mixing_matrix, round_bytes, wiring  # noqa: F401 - wiring re-exported
 from qgm_ray.engine.metrics import RunMetrics
 from qgm_ray.engine.ray_setup import eval_gpus
 
 # What "a process or node died" looks like to the caller of ray.get.
 FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
             WorkerCrashedError)
-
-
-def wiring(W: np.ndarray, group: list[int]) -> tuple[list, list[int]]:
-    """For the clients at `group`: rows [(sources, weights)] and the positions to receive."""
-    rows, need = [], set()
-    for i in group:
-        src = mix_sources(W[i])
-        rows.append((src, [float(w) for w in W[i, src]]))
-        need.update(src)
-    return rows, sorted(need - set(group))
 
 
 class Coordinator:
@@ -69,23 +59,41 @@ class Coordinator:
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
         self.initial_slots = list(slots)
-        # The averaged model: a token GPU share (ray_setup.EVAL_GPU), no CPU (it runs while the clients wait).
+        # The averaged model: a token GPU share (ray_setup.EVAL_GPU), no CPU (it runs while the
+        # clients wait), in one Evaluator actor for the whole run (started with the ClientActors).
         self.eval_gpus = eval_gpus(resources["num_gpus"])
-        self.evaluate_task = ray.remote(evaluate_average).options(num_cpus=0, num_gpus=self.eval_gpus,
-                                                                  max_retries=3)
-        self.average_task = ray.remote(average_models).options(num_cpus=0, max_retries=3)
+        self.runtime_env = {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None
+        self.evaluator = None
+        self.eval_pids: list[int] = []   # the process that answered each evaluation
 
     def start(self) -> dict:
         """Create the actors and build the clients (blocks while the cluster lacks resources)."""
         with self.lock:
+            self._new_evaluator()   # starts (imports torch) while the ClientActors build their blocks
             self._set_slots(self.initial_slots)
             return self.info()
+
+    def _new_evaluator(self) -> None:
+        cls = ray.remote(Evaluator).options(num_cpus=0, num_gpus=self.eval_gpus, max_restarts=0,
+                                            **({"runtime_env": self.runtime_env} if self.runtime_env else {}))
+        self.evaluator = cls.remote(self.cfg, self.meta, self.eval_gpus, self.data_refs[2], self.data_refs[3])
+
+    def _on_evaluator(self, method: str, *args):
+        """evaluator.method(*args), on a new Evaluator if the old one died (a lost node)."""
+        for attempt in range(2):
+            try:
+                return ray.get(getattr(self.evaluator, method).remote(*args))
+            except FAILURES:
+                if attempt:
+                    raise
+                self._new_evaluator()
 
     # ------------------------------------------------------------ actors
     def _new_actor(self):
         # Room for k clients whatever it holds now: a resize can add clients to it later.
         cpu, gpu = self.resources["num_cpus"] * self.k, self.resources["num_gpus"] * self.k
-        cls = ray.remote(ClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0)
+        cls = ray.remote(ClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0,
+                                              **({"runtime_env": self.runtime_env} if self.runtime_env else {}))
         return cls.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
 
     def _set_slots(self, slots: list[int], states: Optional[list] = None) -> None:
@@ -204,11 +212,10 @@ class Coordinator:
     def evaluate(self) -> dict:
         with self.lock:
             params = [a.params.remote() for a in self.actors]
-            result = self.evaluate_task.remote(self.cfg, self.meta, self.eval_gpus, self.data_refs[2],
-                                               self.data_refs[3], *params)
             local = ([a.local_accuracies.remote(self.cfg.eval.batch_size) for a in self.actors]
                      if self.cfg.eval.local_models else [])
-            out = ray.get(result)
+            out = self._on_evaluator("evaluate", *params)
+            self.eval_pids.append(out.pop("evaluator_pid"))
             accs = [x for r in ray.get(local) for x in r]
             out["local_test_accuracy"] = float(np.mean(accs)) if accs else float("nan")
             self.metrics.on_eval(out)
@@ -240,7 +247,7 @@ class Coordinator:
             if n_clients > n_shards:
                 raise ValueError(f"resize to {n_clients} clients: the data was cut into {n_shards} shards "
                                  f"(set elastic.max_clients)")
-            avg = self.average_task.remote(*[a.params.remote() for a in self.actors])
+            avg = ray.put(self._on_evaluator("average", *[a.params.remote() for a in self.actors]))
             if n_clients < len(self.slots):
                 slots = self.slots[:n_clients]
             else:
@@ -287,8 +294,12 @@ class Coordinator:
                 slots = self.slots
             return {"dead_actors": dead, "lost_slots": lost, "slots": slots}
 
+    def evaluator_pids(self) -> list[int]:
+        """The pid of the process that answered each evaluation so far (tests, operators)."""
+        return list(self.eval_pids)
+
     def shutdown(self) -> None:
-        for a in self.actors:
+        for a in self.actors + ([self.evaluator] if self.evaluator is not None else []):
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001

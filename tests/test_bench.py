@@ -145,3 +145,29 @@ def test_packed_actor_matches_unpacked_actor_and_survives_a_membership_change():
     for x, y in zip(pa, pb):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
 
+
+def test_gpu_bench_without_cuda_exits_2_with_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "main.py", "bench", "--device", "cuda", "--quick"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
+    assert len(lines) == 1 and "no CUDA device" in lines[0]
+
+
+def test_gpu_bench_code_paths_run_on_cpu_with_tiny_sizes():
+    """The GPU bench's measurements (local block, ceiling) on CPU with 8x8 images: the code the
+    next GPU session runs is exercised here; the Ray column is covered by the engine tests."""
+    from bench import gpu
+    torch.set_num_threads(1)
+    recs = gpu.run("cpu", ns=(2,), models=("resnet_evonorm20",), warmup=2, rounds=2, ray=False,
+                   image=(3, 8, 8), log=lambda s: None)
+    assert [r["configuration"] for r in recs] == ["ceiling", "local block"]
+    assert recs[0]["throughput_vs_ceiling"] == 1.0
+    assert all(r["round_seconds"] > 0 for r in recs)
+    assert "| resnet_evonorm20 | 2 | local block |" in gpu.markdown(recs, {"mode": "test"})

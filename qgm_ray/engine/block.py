@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from qgm_ray.client import BatchSampler, evaluate_model, load_params
-from qgm_ray.data import augment_batch
+from qgm_ray.data import apply_augment, draw_augment
 
 
 class Block:
@@ -96,9 +96,12 @@ class Block:
         xb = self.x[idx].view(self.k, self.batch_size, *self.x.shape[1:])
         yb = self.y[idx].view(self.k, self.batch_size)
         if self.augment:
-            # Each client's own generator draws its crops and flips (same numbers as a lone client).
-            xb = torch.stack([augment_batch(xb[i], s.generator, kind=self.augment)
-                              for i, s in enumerate(self.samplers)])
+            # Each client's own generator draws its crops and flips (the numbers of a lone
+            # client), then one crop/flip program runs over the whole block's k*b samples.
+            draws = [draw_augment(self.batch_size, s.generator, self.augment) for s in self.samplers]
+            params = {key: torch.cat([d[key] for d in draws], dim=-1) for key in draws[0]}
+            flat = xb.reshape(self.k * self.batch_size, *self.x.shape[1:])
+            xb = apply_augment(flat, params, self.augment).view_as(xb)
         return xb, yb
 
     def gradients(self) -> torch.Tensor:

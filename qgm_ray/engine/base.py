@@ -94,18 +94,35 @@ def block_mix(own: torch.Tensor, positions: Sequence[int], rows: Sequence[tuple]
     the same inputs in the same order and shapes (the layout gives them the same blocks), so
     they agree bit for bit. Not a BLAS `W @ P`: a matmul is free to reorder and block its sums.
     """
-    where = {p: i for i, p in enumerate(positions)}
-    where.update({p: len(positions) + i for i, p in enumerate(sources)})
     table = own if not received else torch.cat([own] + [r.reshape(1, -1).to(own.device) for r in received])
-    d = max(len(src) for src, _ in rows)
-    idx = [[where[j] for j in src] + [i] * (d - len(src)) for i, (src, _) in enumerate(rows)]
-    w = [list(ws) + [0.0] * (d - len(ws)) for _, ws in rows]
-    idx_t = torch.tensor(idx, dtype=torch.long).to(own.device)
-    w_t = torch.tensor(w, dtype=own.dtype).to(own.device)
+    idx_t, w_t = _mix_plan(tuple(positions), tuple(sources), tuple((tuple(s), tuple(w)) for s, w in rows),
+                           own.dtype, own.device)
+    d = idx_t.shape[1]
     out = table[idx_t[:, 0]] * w_t[:, 0:1]
     for c in range(1, d):
         out.addcmul_(table[idx_t[:, c]], w_t[:, c:c + 1])
     return out
+
+
+_PLANS: dict = {}
+
+
+def _mix_plan(positions: tuple, sources: tuple, rows: tuple, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, d) gather indices into [own rows, received rows] and (k, d) weights, zero-padded to
+    the largest in-degree d. Cached: a static graph asks for the same plan every round."""
+    key = (positions, sources, rows, dtype, str(device))
+    plan = _PLANS.get(key)
+    if plan is None:
+        where = {p: i for i, p in enumerate(positions)}
+        where.update({p: len(positions) + i for i, p in enumerate(sources)})
+        d = max(len(src) for src, _ in rows)
+        idx = [[where[j] for j in src] + [i] * (d - len(src)) for i, (src, _) in enumerate(rows)]
+        w = [list(ws) + [0.0] * (d - len(ws)) for _, ws in rows]
+        plan = (torch.tensor(idx, dtype=torch.long).to(device), torch.tensor(w, dtype=dtype).to(device))
+        if len(_PLANS) >= 256:   # time-varying graphs: many plans, each used once in a while
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int) -> int:

@@ -66,6 +66,8 @@ class Block:
         self.losses = torch.full((self.k,), float("nan"), device=self.device)
         self._vstep = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0), randomness="different")
         self._eval_model: Optional[nn.Module] = None
+        self._rows: Optional[list] = None   # unpacked: per-row modules over views of the rows
+        self.grad: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------ state
     def _fresh_state(self, params: torch.Tensor) -> dict:
@@ -107,22 +109,38 @@ class Block:
     def gradients(self) -> torch.Tensor:
         """(k, P) gradients on each client's next batch; sets `self.losses` (k,)."""
         xb, yb = self._batches()
-        self.model.train()
         if self.packed:
             grads, losses = self._vstep(self._param_views(self.params), self.buffers, xb, yb)
             self.losses = losses.detach()
             return torch.cat([grads[name].reshape(self.k, n) for name, _, n, _ in self.layout], dim=1)
-        out = torch.empty_like(self.params)
+        # Unpacked: each row's own module, whose parameters, gradients and buffers are views of
+        # the block's rows (plain forward/backward: torch.func.functional_call costs ~0.3 ms of
+        # Python per call, 40% of a tiny model's step on CPU).
+        modules = self._row_modules()
+        self.grad.zero_()
         losses = []
-        for i in range(self.k):
-            leaves = {name: v.detach().requires_grad_() for name, v in self._param_views(self.params[i]).items()}
-            bufs = {name: b[i] for name, b in self.buffers.items()}
-            loss = self._loss(leaves, bufs, xb[i], yb[i])
-            grads = torch.autograd.grad(loss, list(leaves.values()))
-            torch.cat([g.reshape(-1) for g in grads], out=out[i])
+        for i, m in enumerate(modules):
+            loss = F.cross_entropy(m(xb[i]), yb[i])
+            loss.backward()
             losses.append(loss.detach())
         self.losses = torch.stack(losses)
-        return out
+        return self.grad
+
+    def _row_modules(self) -> list:
+        if self._rows is None:
+            import copy
+            self.grad = torch.zeros_like(self.params)
+            self._rows = []
+            for i in range(self.k):
+                m = copy.deepcopy(self.model).train()
+                for (name, off, n, shape), p in zip(self.layout, m.parameters()):
+                    p.data = self.params[i, off:off + n].view(shape)
+                    p.grad = self.grad[i, off:off + n].view(shape)
+                for name, stacked in self.buffers.items():
+                    mod_name, _, attr = name.rpartition(".")
+                    (m.get_submodule(mod_name) if mod_name else m)._buffers[attr] = stacked[i]
+                self._rows.append(m)
+        return self._rows
 
     def pre_mix(self, lr: float) -> torch.Tensor:
         """Steps 1-2 of a round for all k clients: (k, payload_size) payloads."""
@@ -130,7 +148,8 @@ class Block:
 
     def post_mix(self, mixed: torch.Tensor, lr: float) -> None:
         """Step 4: row i of `mixed` is what client i mixed from its in-neighbours."""
-        self.params = self.algorithm.post_mix(self.state, self.params, mixed.to(self.device), lr).contiguous()
+        # In place: the unpacked path's row modules are views of these rows.
+        self.params.copy_(self.algorithm.post_mix(self.state, self.params, mixed.to(self.device), lr))
 
     # ------------------------------------------------------------ views for evaluation and averaging
     def float_buffer_names(self) -> list[str]:

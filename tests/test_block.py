@@ -204,3 +204,20 @@ def test_minimal_ray_without_dashboard_starts_with_a_log_line(monkeypatch):
     assert [c["include_dashboard"] for c in calls] == [True, False]
     assert calls[1]["address"] == "local"
     assert len(logs) == 1 and "dashboard could not start" in logs[0] and "missing packages" in logs[0]
+
+
+def test_block_mix_and_exports_on_a_ring_split_in_two_blocks():
+    """A block mixes its own rows and the rows it received with one gather-multiply-add per
+    in-neighbour slot; it only has to export the rows the other block mixes."""
+    import numpy as np
+
+    from qgm_ray.engine.base import block_mix, exports, wiring
+    from qgm_ray.topology import make_topology
+    W = make_topology("ring", 6).matrix(0)
+    payloads = torch.randn(6, 5)
+    assert exports(W, [0, 1, 2]) == [0, 2] and exports(W, [3, 4, 5]) == [3, 5] and exports(W, range(6)) == []
+    rows, sources = wiring(W, [0, 1, 2])
+    assert sources == [3, 5]
+    mixed = block_mix(payloads[:3], [0, 1, 2], rows, sources, [payloads[3], payloads[5]])
+    want = torch.tensor(np.asarray(W, dtype=np.float32)) @ payloads
+    torch.testing.assert_close(mixed, want[:3])

@@ -97,11 +97,13 @@ class ClientActor:
         return self.block.num_params if self.block is not None else 0
 
     # ------------------------------------------------------------ one round
-    def step(self, post: Optional[tuple], pre_lr: Optional[float], sources: Sequence[int], *received: np.ndarray):
+    def step(self, post: Optional[tuple], pre_lr: Optional[float], sources: Sequence[int], *received: np.ndarray,
+             export: Optional[Sequence[int]] = None):
         """post = (lr, rows): finish the previous round; rows[c] = (positions, weights) row c
         mixes, in order; `received` are the payloads of `sources` (positions held elsewhere),
         resolved by Ray from the refs the coordinator passed. pre_lr: start the next round and
-        return its payloads (one float32 array per client) followed by a small record."""
+        return its payloads (one float32 array per client; None for a client no other actor
+        mixes next round, when `export` lists the positions that are) followed by a small record."""
         if post is not None:
             lr, rows = post
             mixed = block_mix(self.payload, self.positions, rows, sources, [as_tensor(a) for a in received])
@@ -110,8 +112,14 @@ class ClientActor:
         if pre_lr is None:
             return {"losses": []}
         self.payload = self.block.pre_mix(pre_lr)
-        host = self.payload.detach().to("cpu", torch.float32).numpy()   # one device->host copy
-        out = [np.ascontiguousarray(row) for row in host]
+        wanted = set(self.positions if export is None else export)
+        rows = [r for r, p in enumerate(self.positions) if p in wanted]
+        out: list = [None] * self.block.k
+        if rows:
+            sent = self.payload if len(rows) == self.block.k else self.payload[rows]
+            host = sent.detach().to("cpu", torch.float32).numpy()   # one device->host copy
+            for r, row in zip(rows, host):
+                out[r] = np.ascontiguousarray(row)
         record = {"losses": self.block.losses.tolist()}   # one read of the device per round
         return (*out, record)
 

@@ -82,6 +82,15 @@ def wiring(W: np.ndarray, group: Sequence[int]) -> tuple[list, list[int]]:
     return rows, sorted(need - set(group))
 
 
+def exports(W: np.ndarray, group: Sequence[int]) -> list[int]:
+    """Positions of `group` whose payload a client outside the group mixes in W: the only rows
+    a block has to put in the object store (one GPU holding every client exports none)."""
+    outside = np.ones(W.shape[0], dtype=bool)
+    outside[list(group)] = False
+    used = (W[outside][:, list(group)] != 0).any(0)
+    return [group[c] for c in np.flatnonzero(used)]
+
+
 def block_mix(own: torch.Tensor, positions: Sequence[int], rows: Sequence[tuple], sources: Sequence[int],
               received: Sequence[torch.Tensor]) -> torch.Tensor:
     """Step 3 of a round for a whole block: row i of the result = sum_j w_ij * payload_j over

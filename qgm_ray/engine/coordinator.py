@@ -34,7 +34,7 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostErr
 from qgm_ray import build, determinism
 from qgm_ray.config import Config
 from qgm_ray.engine.actors import ClientActor, Evaluator
-from qgm_ray.engine.base import groups_of, mixing_matrix, round_bytes, wiring  # noqa: F401 - wiring re-exported
+from qgm_ray.engine.base import exports, groups_of, mixing_matrix, round_bytes, wiring  # noqa: F401 - wiring re-exported
 from qgm_ray.engine.metrics import RunMetrics
 from qgm_ray.engine.ray_setup import eval_gpus
 
@@ -170,6 +170,7 @@ class Coordinator:
                 last_time = time.time()
                 yield rec
             post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if prev is not None else None
+            this_W = mixing_matrix(self.topology, self.centralized, n, t)
             payloads, records = {}, []
             for actor, g in zip(self.actors, groups):
                 if post_W is not None:
@@ -177,7 +178,9 @@ class Coordinator:
                     post, args = (lrs[idx - 1], rows), [prev[j] for j in sources]
                 else:
                     post, sources, args = None, [], []
-                refs = actor.step.options(num_returns=len(g) + 1).remote(post, lr, sources, *args)
+                # Only the rows another actor mixes next round go to the object store.
+                refs = actor.step.options(num_returns=len(g) + 1).remote(post, lr, sources, *args,
+                                                                         export=exports(this_W, g))
                 payloads.update(zip(g, refs[:-1]))
                 records.append(refs[-1])
             prev = payloads   # the previous round's refs are dropped here

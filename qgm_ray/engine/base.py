@@ -52,23 +52,9 @@ def mixing_matrix(topology, centralized: bool, n: int, t: int) -> np.ndarray:
 
 def mix_sources(w_row: np.ndarray) -> list[int]:
     """The clients whose payloads client i mixes: the nonzero entries of W(t)[i] (self included),
-    in increasing index order. Both engines sum in this order, so they agree bit for bit."""
+    in increasing index order. Both engines sum in this order (block_mix), so they agree bit
+    for bit."""
     return [int(j) for j in np.flatnonzero(w_row)]
-
-
-def mix(weights: Sequence[float], payloads: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Step 3 of a round for one client: sum_j w_j * payload_j, in the order given, in float32.
-
-    An explicit left-to-right sum instead of `W @ stack(payloads)`: a BLAS matmul is free to
-    reorder (and block) the sum, so a per-row gather on another process (the Ray engine) would
-    differ in the last bits, and those bits grow over thousands of rounds. Elementwise
-    multiply-adds are the same in every process. It is also cheaper for sparse graphs
-    (3 axpys per client on a ring instead of an n x n x d matmul).
-    """
-    out = payloads[0] * float(weights[0])
-    for w, p in zip(weights[1:], payloads[1:]):
-        out.add_(p, alpha=float(w))
-    return out
 
 
 def wiring(W: np.ndarray, group: Sequence[int]) -> tuple[list, list[int]]:

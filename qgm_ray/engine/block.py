@@ -184,18 +184,20 @@ class Block:
         return accs
 
     # ------------------------------------------------------------ per-client state
-    def client_state(self, i: int) -> dict:
+    def client_state(self, i: int, flat_buffers: Optional[torch.Tensor] = None) -> dict:
         """Client i's checkpoint (CPU tensors): the format of a lone client, whatever the block."""
+        bufs = self.flat_buffers() if flat_buffers is None else flat_buffers
         return {
             "id": self.ids[i],
             "params": self.params[i].detach().cpu().clone(),
-            "buffers": self.flat_buffers()[i].cpu().clone(),
+            "buffers": bufs[i].cpu().clone(),
             "algorithm": {key: v[i].detach().cpu().clone() for key, v in self.state.items()},
             "sampler": self.samplers[i].state_dict(),
         }
 
     def client_states(self) -> list[dict]:
-        return [self.client_state(i) for i in range(self.k)]
+        bufs = self.flat_buffers()   # once for the block, not once per client
+        return [self.client_state(i, bufs) for i in range(self.k)]
 
     def load_client_state(self, i: int, s: dict) -> None:
         self.params[i] = s["params"].to(self.device)

@@ -1,9 +1,9 @@
 """The torch.distributed (gloo) peer: the transport of the official epfml code, for comparison.
 
 n OS processes, one client each, rendezvous over TCP on 127.0.0.1. Every round each rank
-computes the same `Client.pre_mix` as the engines, sends its payload to its out-neighbours and
+computes the same `Block.pre_mix` as the engines (a block of 1), sends its payload to its out-neighbours and
 receives its in-neighbours' payloads with point-to-point `isend` / `irecv`, mixes them with
-its row of W(t), and calls `Client.post_mix`. Same config, same seed => same numbers as the
+its row of W(t), and calls `Block.post_mix`. Same config, same seed => same numbers as the
 local engine (up to float summation order), which `tests/test_bench.py` checks.
 
 The parent process (`GlooPeer`) never imports torch; it drives the ranks over pipes in blocks
@@ -28,18 +28,18 @@ def free_port() -> int:
 
 def _mix(payload, w, rank: int, in_nb: list[int], out_nb: list[int], dist):
     """mixed = sum_j W[rank, j] * payload_j over j in {rank} + in-neighbours, via isend/irecv,
-    summed by the engines' own `mix` in the engines' order (so the numbers agree bit for bit)."""
+    summed by the engines' own `block_mix` for a block of 1 (so the numbers agree bit for bit
+    with engines whose blocks are of 1)."""
     import torch
 
-    from qgm_ray.engine.base import mix, mix_sources
+    from qgm_ray.engine.base import block_mix, wiring
 
-    have = {j: torch.empty_like(payload) for j in in_nb}
-    reqs = [dist.isend(payload, j) for j in out_nb] + [dist.irecv(have[j], j) for j in in_nb]
+    have = {j: torch.empty_like(payload[0]) for j in in_nb}
+    reqs = [dist.isend(payload[0], j) for j in out_nb] + [dist.irecv(have[j], j) for j in in_nb]
     for r in reqs:
         r.wait()
-    have[rank] = payload
-    sources = mix_sources(w[rank])
-    return mix([w[rank, j] for j in sources], [have[j] for j in sources])
+    rows, sources = wiring(w, [rank])
+    return block_mix(payload, [rank], rows, sources, [have[j] for j in sources])
 
 
 def _rank_main(rank: int, n: int, port: int, cfg_dict: dict, threads: int, conn) -> None:
@@ -55,7 +55,7 @@ def _rank_main(rank: int, n: int, port: int, cfg_dict: dict, threads: int, conn)
     cfg = from_dict(cfg_dict)
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
-    client = build.build_client(cfg, ds, parts[rank], rank, "cpu")
+    client = build.build_block(cfg, ds, parts, [rank], "cpu")
     del ds  # a rank keeps only its own shard, like the official code's data loader
     topology = build.build_topology(cfg, n)
     centralized = client.algorithm.centralized
@@ -88,10 +88,10 @@ def _rank_main(rank: int, n: int, port: int, cfg_dict: dict, threads: int, conn)
                     mixed = _mix(payload, w, rank, in_nb, out_nb, dist)
                 client.post_mix(mixed, lr)
                 ends.append(time.monotonic())
-                losses.append(client.last_loss)
+                losses.append(float(client.losses[0]))
             conn.send((ends, losses))
         elif cmd[0] == "params":
-            conn.send(client.params.detach().numpy().copy())
+            conn.send(client.params[0].detach().numpy().copy())
         elif cmd[0] == "stop":
             dist.destroy_process_group()
             conn.send("stopped")

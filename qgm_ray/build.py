@@ -11,7 +11,6 @@ import os
 import torch
 
 from qgm_ray.algorithms import make_algorithm_from_config
-from qgm_ray.client import Client
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset, load_dataset
 from qgm_ray.models import HUB_MODELS, make_model
@@ -72,8 +71,18 @@ def build_model(cfg: Config, ds: Dataset):
     return make_model(cfg.model.name, ds.input_shape, ds.num_classes, seed=cfg.seed, **options)
 
 
-def build_client(cfg: Config, ds: Dataset, indices, client_id: int, device: str) -> Client:
-    idx = torch.as_tensor(indices, dtype=torch.long)
+def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str):
+    """The block of the clients holding these shards (slots), in this order, on `device`;
+    packed (one vmap) per `ray.pack_clients` and the device (engine.block.should_pack)."""
+    from qgm_ray.engine.block import Block, should_pack
+
+    model = build_model(cfg, ds)
+    num_params = sum(p.numel() for p in model.parameters())
+    shards = []
+    for s in slots:
+        idx = torch.as_tensor(parts[s], dtype=torch.long)
+        shards.append((ds.train_x[idx], ds.train_y[idx]))
     augment = ds.augment if cfg.data.augment else None
-    return Client(client_id, build_model(cfg, ds), build_algorithm(cfg), ds.train_x[idx], ds.train_y[idx],
-                  batch_size=cfg.data.batch_size, seed=cfg.seed, augment=augment, device=device)
+    return Block(model, build_algorithm(cfg), shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
+                 augment=augment, device=device,
+                 packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device))

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench = sub.add_parser("bench", help="round-time and memory benchmark of the engines")
     p_bench.add_argument("--quick", action="store_true", help="small grid: n in {4, 8}, both models (a few minutes on 2 cores)")
     p_bench.add_argument("--output", default=None, help="write the records as JSON here")
+    p_bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                         help="cuda: blocks vs one model at batch n*b on a GPU (bench/gpu.py; exits 2 without CUDA)")
 
     p_cfg = sub.add_parser("config", help="print the resolved, validated config as YAML (starts nothing)")
     p_cfg.add_argument("--config", default=str(DEFAULT_CONFIG),
@@ -146,6 +148,9 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if args.device == "cuda":
+        from bench.gpu import main as gpu_main
+        return gpu_main(quick=args.quick, output=args.output)
     from bench.harness import main as bench_main
     return bench_main(quick=args.quick, output=args.output)
 

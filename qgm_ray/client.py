@@ -1,18 +1,16 @@
-"""One decentralized client: its model, its data partition, its algorithm state.
+"""What one client is made of, outside the block that steps it (engine/block.py): its batch
+sampler (a seeded, checkpointable stream) and the flat-vector <-> module helpers used to
+evaluate one client's model or the averaged model.
 
-Plain Python, no Ray: the local engine holds n of these, a ClientActor holds k. The model's
-parameters are views into one flat float32 vector (`self.params`), and their gradients views
-into another, so the algorithms work on flat tensors with no per-step copying.
+The clients themselves live as rows of a block's stacked tensors; `Block.client_state(i)`
+is a client's checkpoint.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qgm_ray.data import augment_batch
 
 
 def flatten_into_views(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -92,73 +90,3 @@ class BatchSampler:
         self.generator.set_state(s["rng"])
         self.order = s["order"].clone()
         self.pos = int(s["pos"])
-
-
-class Client:
-    def __init__(self, client_id: int, model: nn.Module, algorithm, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int, seed: int, augment: Optional[str] = None, device: str = "cpu"):
-        self.id = client_id
-        self.device = torch.device(device)
-        self.model = model.to(self.device).train()
-        self.algorithm = algorithm
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        self.augment = augment
-        self.sampler = BatchSampler(len(x), batch_size, seed=seed * 1_000_003 + client_id)
-        params = list(self.model.parameters())
-        self.params = flatten_into_views(params)
-        for p in params:
-            p.grad = torch.zeros_like(p)
-        self.grad = flatten_into_views([p.grad for p in params])
-        self.state = algorithm.init(self.params)
-        self.last_loss = float("nan")
-
-    @property
-    def num_params(self) -> int:
-        return self.params.numel()
-
-    def _loss_and_grad(self) -> float:
-        idx = self.sampler.next().to(self.device)
-        xb, yb = self.x[idx], self.y[idx]
-        if self.augment:
-            xb = augment_batch(xb, self.sampler.generator, kind=self.augment)
-        self.grad.zero_()
-        loss = F.cross_entropy(self.model(xb), yb)
-        loss.backward()
-        return loss.item()
-
-    def pre_mix(self, lr: float) -> torch.Tensor:
-        """Steps 1-2 of a round: gradient on the next local batch, then the payload to send."""
-        self.last_loss = self._loss_and_grad()
-        return self.algorithm.pre_mix(self.state, self.params, self.grad, lr)
-
-    def post_mix(self, mixed: torch.Tensor, lr: float) -> None:
-        """Step 4: apply the neighbours' weighted payloads. In place, so the model views stay valid."""
-        new = self.algorithm.post_mix(self.state, self.params, mixed.to(self.device), lr)
-        self.params.copy_(new)
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-        return evaluate_model(self.model, x, y, batch_size)
-
-    # -- fresh start for an elastic join: given parameters, zero optimizer state
-    def reset(self, params: torch.Tensor, buffers: Optional[torch.Tensor] = None) -> None:
-        self.params.copy_(params.to(self.device))
-        if buffers is not None and buffers.numel():
-            load_flat_buffers(self.model, buffers.to(self.device))
-        self.state = self.algorithm.init(self.params)
-
-    # -- checkpointing: everything a replay needs to reproduce the same numbers
-    def state_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "params": self.params.detach().cpu().clone(),
-            "buffers": flat_buffers(self.model).cpu(),
-            "algorithm": {k: v.detach().cpu().clone() for k, v in self.state.items()},
-            "sampler": self.sampler.state_dict(),
-        }
-
-    def load_state_dict(self, s: dict) -> None:
-        self.params.copy_(s["params"].to(self.device))
-        if s["buffers"].numel():
-            load_flat_buffers(self.model, s["buffers"].to(self.device))
-        self.state = {k: v.to(self.device).clone() for k, v in s["algorithm"].items()}
-        self.sampler.load_state_dict(s["sampler"])

@@ -102,9 +102,10 @@ class RayConfig:
     dashboard_host: str = "127.0.0.1"  # where a local Ray's dashboard listens
     num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
     torch_threads: int = 1           # per actor: actors share cores, oversubscription hurts
-    # An actor's k clients as one vmapped forward/backward (engine/packed.py). auto: only where
-    # it measured faster (CPU: k >= 8 clients of a model <= 100k parameters). Packed clients
-    # match unpacked ones to float rounding; the local engine packs the same blocks of k.
+    # A block's k clients as one vmapped forward/backward (engine/block.py) on CPU. auto: only
+    # where it measured faster (k >= 8 clients of a model <= 100k parameters); on CUDA a block
+    # always steps packed. Unpacked, a block still owns the stacked tensors and runs the
+    # algorithm once; it steps its rows' forward/backward one at a time.
     pack_clients: Union[bool, str] = "auto"   # auto | true | false
     # graph: actors holding graph neighbours share a node where resources allow
     # (engine/placement.py); default: wherever Ray's scheduler puts them.
@@ -143,6 +144,9 @@ class Config:
     seed: int = 0                    # >= 0: partition, init, sampling, random graphs
     backend: str = "local"           # local | ray
     device: str = "auto"             # auto | cpu | cuda
+    # Deterministic kernels in every process (qgm_ray/determinism.py): on a GPU, two runs and
+    # the two engines then agree bit for bit (on CPU they always do); off by default (slower).
+    deterministic: bool = False
     output_dir: Optional[str] = None  # null: runs/<name>-<timestamp>; must be new or empty (else --resume it)
     progress: bool = True            # progress bar (--quiet: false)
     data: DataConfig = field(default_factory=DataConfig)

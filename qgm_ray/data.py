@@ -436,15 +436,36 @@ def augment_batch(
     Crop offsets are drawn before flips, so a seeded generator gives the same batch."""
     if kind is None:
         return x
+    if x.dim() != 4:
+        _check_kind(kind)
+        raise ConfigError(f"augmentation {kind!r} needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
+    return apply_augment(x, draw_augment(x.shape[0], generator, kind, padding), kind, fill, padding)
+
+
+def _check_kind(kind: str) -> None:
     if kind not in AUGMENTATIONS:
         raise ConfigError(f"unknown augmentation {kind!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-    if x.dim() != 4:
-        raise ConfigError(f"augmentation {kind!r} needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
-    b, c, h, w = x.shape
+
+
+def draw_augment(b: int, generator: torch.Generator, kind: str, padding: int = 4) -> dict:
+    """The random numbers of `augment_batch` for b samples, in its order (offsets, then flips).
+    A block draws each client's from that client's generator and applies them all at once."""
+    _check_kind(kind)
     gdev = generator.device
+    out = {}
+    if "crop" in kind:
+        out["offsets"] = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gdev)
+    if "flip" in kind:
+        out["flip"] = torch.rand(b, generator=generator, device=gdev) < 0.5
+    return out
+
+
+def apply_augment(x: torch.Tensor, params: dict, kind: str, fill: float | tuple = 0.0, padding: int = 4) -> torch.Tensor:
+    """Crop and/or flip a (B, C, H, W) batch with drawn `params` (concatenated over samples)."""
+    b, c, h, w = x.shape
     out = x
     if "crop" in kind:
-        offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gdev).to(x.device)
+        offsets = params["offsets"].to(x.device)
         fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
         padded = fill_t.expand(b, c, h + 2 * padding, w + 2 * padding).clone()
         padded[:, :, padding:padding + h, padding:padding + w] = x
@@ -454,6 +475,6 @@ def augment_batch(
         ci = torch.arange(c, device=x.device)[None, :, None, None]
         out = padded[bi, ci, rows, cols]
     if "flip" in kind:
-        flip = (torch.rand(b, generator=generator, device=gdev) < 0.5).to(x.device)
+        flip = params["flip"].to(x.device)
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     return out

@@ -1,4 +1,4 @@
-"""The benchmark harness (no timing asserts), the gloo peer's math, and packed clients."""
+"""The benchmark harness (no timing asserts), the gloo peer's math, and a ClientActor's block."""
 import json
 
 import numpy as np
@@ -10,7 +10,6 @@ from bench.gloo_peer import GlooPeer
 from qgm_ray import build
 from qgm_ray.config import from_dict
 from qgm_ray.engine.local import LocalEngine
-from qgm_ray.engine.packed import PackedClients
 
 
 def _local(cfg_dict, rounds, lr):
@@ -81,42 +80,12 @@ def test_gloo_peer_computes_what_the_local_engine_computes(algorithm):
         engine, losses = _local(d, rounds, lr)
     finally:
         torch.set_num_threads(threads)
-    local = torch.stack([c.params for c in engine.clients]).numpy()
+    local = engine.params.numpy()
     assert len(ends) == rounds and ends == sorted(ends)
     np.testing.assert_allclose(gloo_losses, losses, rtol=1e-5)
     np.testing.assert_allclose(gloo, local, rtol=1e-5, atol=1e-6)
     # Same mixing function, same summation order, one thread each: bit for bit.
     np.testing.assert_array_equal(gloo, local)
-
-
-@pytest.mark.parametrize("model,data,opts", [
-    ("cnn1d", "mnist1d", {}),
-    ("resnet20", "synthetic_image", {"num_samples": 400, "shape": [3, 8, 8]}),  # BatchNorm buffers
-])
-def test_packed_clients_compute_what_separate_clients_compute(model, data, opts):
-    torch.set_num_threads(1)
-    d = harness.config_dict("cnn1d", 4, "local", extra=[f"model.name={model}", f"data.name={data}"])
-    d["data"]["options"] = opts
-    cfg = from_dict(d)
-    ds = build.build_dataset(cfg)
-    parts = build.build_partition(cfg, ds)
-    ref, packed_engine = LocalEngine(cfg, ds, parts), LocalEngine(cfg, ds, parts)
-    packed = PackedClients(packed_engine.clients)
-    w = torch.tensor(ref.topology.matrix(0), dtype=torch.float32)
-    for t in range(2):
-        ref.train(range(t, t + 1), lambda r: 0.05)
-        packed.post_mix(w @ packed.pre_mix(0.05), 0.05)
-    for a, b in zip(ref.clients, packed_engine.clients):
-        torch.testing.assert_close(b.params, a.params, rtol=1e-4, atol=1e-5)
-        assert b.last_loss == pytest.approx(a.last_loss, rel=1e-5)
-        for x, y in zip(a.model.buffers(), b.model.buffers()):
-            torch.testing.assert_close(y.float(), x.float(), rtol=1e-4, atol=1e-5)
-    # The clients still work on their own: a checkpoint round-trips through the packed rows.
-    c = packed_engine.clients[1]
-    state = c.state_dict()
-    c.params.add_(1.0)
-    c.load_state_dict(state)
-    torch.testing.assert_close(packed.params[1], state["params"])
 
 
 def _actor(k: int, pack, model="cnn1d"):
@@ -134,7 +103,7 @@ def _actor(k: int, pack, model="cnn1d"):
 
 def _actor_rounds(actor, rounds: int, lr: float = 0.05):
     """Drive `actor.step` like the coordinator does for a ring held entirely by this actor."""
-    k = len(actor.clients)
+    k = actor.block.k
     w = np.asarray(build.build_topology(actor.cfg, k).matrix(0))
     rows = [([j for j in range(k) if w[i, j] != 0], [float(w[i, j]) for j in range(k) if w[i, j] != 0])
             for i in range(k)]
@@ -148,7 +117,7 @@ def _actor_rounds(actor, rounds: int, lr: float = 0.05):
                                            (2, "true", True)])
 def test_actor_packs_its_clients_as_configured(k, pack, packed):
     torch.set_num_threads(1)
-    assert (_actor(k, pack).packed is not None) == packed
+    assert _actor(k, pack).block.packed == packed
 
 
 def test_packed_actor_matches_unpacked_actor_and_survives_a_membership_change():
@@ -156,7 +125,7 @@ def test_packed_actor_matches_unpacked_actor_and_survives_a_membership_change():
     a, b = _actor(8, "false"), _actor(8, "true")
     pa, ra = _actor_rounds(a, 3)
     pb, rb = _actor_rounds(b, 3)
-    assert b.packed is not None and len(pb) == 8
+    assert b.block.packed and not a.block.packed and len(pb) == 8
     for x, y in zip(pa, pb):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(rb["losses"], ra["losses"], rtol=1e-5)
@@ -165,13 +134,40 @@ def test_packed_actor_matches_unpacked_actor_and_survives_a_membership_change():
     b.load_state_dicts(a.state_dicts())
     np.testing.assert_array_equal(b.params()[0], a.params()[0])
     b.set_clients(list(range(4)), list(range(4)))
-    assert b.packed is not None and b.packed.k == 4
+    assert b.block.packed and b.block.k == 4
     np.testing.assert_array_equal(b.params()[0], a.params()[0][:4])
     b.set_clients(list(range(8)), list(range(8)))   # clients 4-7 are built afresh
-    assert b.packed is not None and b.packed.k == 8
+    assert b.block.packed and b.block.k == 8
     b.load_state_dicts(a.state_dicts())
-    np.testing.assert_array_equal(b.packed.params.numpy(), a.params()[0])
+    np.testing.assert_array_equal(b.block.params.numpy(), a.params()[0])
     pa, _ = _actor_rounds(a, 1)
     pb, _ = _actor_rounds(b, 1)
     for x, y in zip(pa, pb):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_bench_without_cuda_exits_2_with_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "main.py", "bench", "--device", "cuda", "--quick"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = [x for x in (p.stdout + p.stderr).splitlines() if x.strip()]
+    assert len(lines) == 1 and "no CUDA device" in lines[0]
+
+
+def test_gpu_bench_code_paths_run_on_cpu_with_tiny_sizes():
+    """The GPU bench's measurements (local block, ceiling) on CPU with 8x8 images: the code the
+    next GPU session runs is exercised here; the Ray column is covered by the engine tests."""
+    from bench import gpu
+    torch.set_num_threads(1)
+    recs = gpu.run("cpu", ns=(2,), models=("resnet_evonorm20",), warmup=2, rounds=2, ray=False,
+                   image=(3, 8, 8), log=lambda s: None)
+    assert [r["configuration"] for r in recs] == ["ceiling", "local block"]
+    assert recs[0]["throughput_vs_ceiling"] == 1.0
+    assert all(r["round_seconds"] > 0 for r in recs)
+    assert "| resnet_evonorm20 | 2 | local block |" in gpu.markdown(recs, {"mode": "test"})

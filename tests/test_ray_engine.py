@@ -393,3 +393,27 @@ def test_resume_of_a_directory_without_checkpoints_is_refused(ray_session, tmp_p
 
 def test_zz_report_max_equivalence_error():
     print(f"\nmax relative local-vs-ray error observed: {MAX_REL['value']:.3g}")
+
+
+# ------------------------------------------------------------------ evaluation, deterministic mode
+
+
+def test_evaluations_run_in_one_process_and_deterministic_mode_reaches_the_actors(ray_session):
+    """Every evaluation of a run is answered by the same long-lived Evaluator process (no
+    fresh worker importing torch per evaluation); `deterministic: true` is applied in every
+    ClientActor, with CUBLAS_WORKSPACE_CONFIG in its environment before CUDA could start."""
+    from qgm_ray.engine.ray_engine import RayEngine
+    cfg = small("ray.clients_per_actor=2", "deterministic=true")
+    ds, parts = runner.prepare(cfg, log=quiet)
+    engine = RayEngine(cfg, ds, parts, log=quiet)
+    try:
+        for chunk in range(3):
+            engine.train(range(2 * chunk, 2 * chunk + 2), lambda t: 0.05)
+            assert 0.0 <= engine.evaluate()["test_accuracy"] <= 1.0
+        pids = ray.get(engine.coordinator.evaluator_pids.remote())
+        assert len(pids) == 3 and len(set(pids)) == 1
+        assert pids[0] not in engine.actor_pids()
+        states = ray.get([a.deterministic.remote() for a in engine.actor_handles()])
+        assert states == [(True, ":4096:8")] * 2
+    finally:
+        engine.close()

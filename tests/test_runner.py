@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from qgm_ray import runner
-from qgm_ray.client import Client
 from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
@@ -112,16 +111,19 @@ def test_elastic_schedule_changes_client_count(tmp_path):
     assert s["status"] == "completed" and s["n_clients"] == 4
 
 
-def test_client_params_are_views_of_the_flat_vector():
+def test_block_of_one_steps_one_client_from_its_stacked_row():
     from qgm_ray.algorithms import make_algorithm
+    from qgm_ray.engine.block import Block
     from qgm_ray.models import make_model
     model = make_model("mlp", (5,), 3, seed=0)
-    c = Client(0, model, make_algorithm("dsgd"), torch.randn(20, 5), torch.randint(0, 3, (20,)),
-               batch_size=4, seed=0)
-    c.params.zero_()
-    assert all(float(p.detach().abs().sum()) == 0 for p in c.model.parameters())
-    c.pre_mix(0.1)
-    assert float(c.grad.abs().sum()) > 0
+    b = Block(model, make_algorithm("dsgd"), [(torch.randn(20, 5), torch.randint(0, 3, (20,)))], [0],
+              batch_size=4, seed=0)
+    assert b.params.shape == (1, b.num_params)
+    before = b.params.clone()
+    payload = b.pre_mix(0.1)
+    assert payload.shape == (1, b.num_params) and not torch.equal(payload, before)
+    b.post_mix(payload, 0.1)
+    assert torch.equal(b.params, payload) and torch.isfinite(b.losses).all()
 
 
 # ---------------------------------------------------------------- a run directory is never damaged

@@ -12,20 +12,35 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, step_of, with_weight_decay
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, with_weight_decay
 
 # The official default of `slow_buffer_conf normalization_eps`; not Adam's eps. A
 # hyper-parameter (`normalization_eps`) of qg_adam and qg_adam_v2.
 NORMALIZATION_EPS = 1e-8
 
 
-def adam_step(x: Tensor, m1: Tensor, m2: Tensor, t: int, lr: float, betas: tuple[float, float], eps: float) -> Tensor:
-    """`x - lr/bc1 * m1 / (sqrt(m2)/sqrt(bc2) + eps)` as a new tensor."""
+def adam_step(x: Tensor, m1: Tensor, m2: Tensor, t, lr: float, betas: tuple[float, float], eps: float) -> Tensor:
+    """`x - lr/bc1 * m1 / (sqrt(m2)/sqrt(bc2) + eps)` as a new tensor. `t`: an int, or one
+    per row of a block (a CPU tensor: each row's bias correction is its own)."""
     beta1, beta2 = betas
-    bias_correction1 = 1 - beta1**t
-    bias_correction2 = 1 - beta2**t
-    denom = (m2.sqrt() / math.sqrt(bias_correction2)).add_(eps)
-    return x.addcdiv(m1, denom, value=-lr / bias_correction1)
+    ts = torch.as_tensor(t)
+    if ts.dim() == 0 or bool((ts == ts.reshape(-1)[0]).all()):
+        # Every row at the same step (always, except right after an elastic join): the
+        # single-client arithmetic, with Python-float corrections.
+        t = int(ts.reshape(-1)[0])
+        bias_correction1 = 1 - beta1**t
+        bias_correction2 = 1 - beta2**t
+        denom = (m2.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+        return x.addcdiv(m1, denom, value=-lr / bias_correction1)
+    steps = [int(v) for v in ts.reshape(-1)]
+    col = (len(steps),) + (1,) * (x.dim() - ts.dim())
+
+    def column(values):
+        return torch.tensor(values, dtype=x.dtype).reshape(col).to(x.device)
+    sqrt_bc2 = column([math.sqrt(1 - beta2**s) for s in steps])
+    step_size = column([-lr / (1 - beta1**s) for s in steps])
+    denom = (m2.sqrt() / sqrt_bc2).add_(eps)
+    return x.add(m1.div(denom).mul_(step_size))
 
 
 def dadam_pre_mix(
@@ -57,11 +72,11 @@ def qg_adam_post_mix(
     x: Tensor, x_new: Tensor, m1: Tensor, m2: Tensor, betas: tuple[float, float],
     normalization_eps: float = NORMALIZATION_EPS,
 ) -> None:
-    # Normalising the progress (globally over the flat vector) makes the moments track the
+    # Normalising the progress (over each client's flat vector) makes the moments track the
     # direction of the network's movement, independent of lr and of its scale.
     beta1, beta2 = betas
     d = x.sub(x_new)
-    d.div_(d.norm(p=2) + normalization_eps)
+    d.div_(d.norm(p=2, dim=-1, keepdim=True) + normalization_eps)   # per client (row) of a block
     m1.mul_(beta1).add_(d, alpha=1 - beta1)
     m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
 
@@ -75,13 +90,13 @@ class _AdamBase(Algorithm):
         self.eps: float = hparams["eps"]
 
     def init(self, params: Tensor) -> State:
-        return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": new_step_counter()}
+        return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": new_step_counter(params)}
 
 
 class DAdam(_AdamBase):
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return dadam_pre_mix(
-            params, grad, state["exp_avg"], state["exp_avg_sq"], step_of(state) + 1,
+            params, grad, state["exp_avg"], state["exp_avg_sq"], state["step"] + 1,
             lr, self.betas, self.eps, self.weight_decay,
         )
 
@@ -99,7 +114,7 @@ class QGAdam(_AdamBase):
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return qg_adam_pre_mix(
-            params, grad, state["exp_avg"], state["exp_avg_sq"], step_of(state) + 1,
+            params, grad, state["exp_avg"], state["exp_avg_sq"], state["step"] + 1,
             lr, self.betas, self.eps, self.weight_decay,
         )
 

@@ -50,7 +50,7 @@ class Algorithm:
         self.weight_decay: float = hparams["weight_decay"]
 
     def init(self, params: Tensor) -> State:
-        return {"step": new_step_counter()}
+        return {"step": new_step_counter(params)}
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         raise NotImplementedError
@@ -66,14 +66,43 @@ class Algorithm:
         return f"{type(self).__name__}({self.name!r}, {args})"
 
 
-def new_step_counter() -> Tensor:
-    # Kept on the CPU whatever the params' device: reading it (bias corrections, the
-    # "first step" branches) must not force a GPU sync every round.
-    return torch.zeros((), dtype=torch.int64)
+def new_step_counter(params: Tensor | None = None) -> Tensor:
+    """Rounds completed: a scalar for one client's 1-D params, one per row for a block's
+    (k, P) params (rows can be at different steps: an elastic joiner starts at 0).
+    Kept on the CPU whatever the params' device: reading it (bias corrections, the
+    "first step" branches) must not force a GPU sync every round."""
+    shape = () if params is None else tuple(params.shape[:-1])
+    return torch.zeros(shape, dtype=torch.int64)
 
 
 def step_of(state: State) -> int:
-    return int(state["step"])
+    """The step of a single client (or of a block whose rows are all at the same step)."""
+    steps = state["step"]
+    if steps.dim() == 0:
+        return int(steps)
+    lo, hi = int(steps.min()), int(steps.max())
+    if lo != hi:
+        raise ValueError("step_of: the rows of this block are at different steps; use rows_where")
+    return lo
+
+
+def first_round(state: State) -> Tensor:
+    """Per row (or scalar): True where no round has been completed yet."""
+    return state["step"] == 0
+
+
+def rows_where(cond: Tensor, a, b) -> Tensor:
+    """`a` where `cond` else `b`, per row of a block (cond: () or (k,) bool on the CPU).
+    `a` / `b` are tensors or zero-argument callables; only the branch that is needed is
+    computed when every row agrees, which is the case except right after an elastic join."""
+    def value(v):
+        return v() if callable(v) else v
+    if bool(cond.all()):
+        return value(a)
+    if not bool(cond.any()):
+        return value(b)
+    va, vb = value(a), value(b)
+    return torch.where(cond.to(va.device).reshape(*cond.shape, *([1] * (va.dim() - cond.dim()))), va, vb)
 
 
 def finish_round(state: State) -> None:

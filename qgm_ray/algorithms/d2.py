@@ -17,19 +17,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, step_of, with_weight_decay
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, first_round, new_step_counter, rows_where, with_weight_decay
 
 
 def d2_pre_mix(
-    x: Tensor, grad: Tensor, x_prev: Tensor, step_prev: Tensor, first: bool, lr: float, weight_decay: float
+    x: Tensor, grad: Tensor, x_prev: Tensor, step_prev: Tensor, first, lr: float, weight_decay: float
 ) -> Tensor:
     """Payload of D^2; records x and the step lr*g (g with weight decay) in `x_prev`,
-    `step_prev` in place."""
+    `step_prev` in place. `first`: bool, or per row of a block (a bool tensor)."""
     step = with_weight_decay(grad, x, weight_decay).mul_(lr)
-    if first:
-        payload = x.sub(step)
-    else:
-        payload = (2 * x).sub_(x_prev).sub_(step.sub(step_prev))
+    payload = rows_where(torch.as_tensor(first), lambda: x.sub(step),
+                         lambda: (2 * x).sub_(x_prev).sub_(step.sub(step_prev)))
     x_prev.copy_(x)
     step_prev.copy_(step)
     return payload
@@ -42,12 +40,12 @@ class D2(Algorithm):
         return {
             "prev_params": torch.zeros_like(params),
             "prev_step": torch.zeros_like(params),
-            "step": new_step_counter(),
+            "step": new_step_counter(params),
         }
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return d2_pre_mix(
-            params, grad, state["prev_params"], state["prev_step"], step_of(state) == 0, lr, self.weight_decay
+            params, grad, state["prev_params"], state["prev_step"], first_round(state), lr, self.weight_decay
         )
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:

@@ -91,7 +91,7 @@ class DSGDm(Algorithm):
         self.nesterov = nesterov
 
     def init(self, params: Tensor) -> State:
-        return {"momentum_buffer": torch.zeros_like(params), "step": new_step_counter()}
+        return {"momentum_buffer": torch.zeros_like(params), "step": new_step_counter(params)}
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return dsgdm_pre_mix(

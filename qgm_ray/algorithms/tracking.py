@@ -13,28 +13,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, step_of, with_weight_decay
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, first_round, new_step_counter, rows_where, with_weight_decay
 from qgm_ray.algorithms.sgd import momentum_direction
 
 
 def tracking_pre_mix(
-    x: Tensor, grad: Tensor, y: Tensor, g_prev: Tensor, first: bool, weight_decay: float
+    x: Tensor, grad: Tensor, y: Tensor, g_prev: Tensor, first, weight_decay: float
 ) -> Tensor:
-    """`y <- g` (first round) or `y <- y + g - g_prev`, `g_prev <- g`, in place; payload cat(x, y)."""
+    """`y <- g` (first round) or `y <- y + g - g_prev`, `g_prev <- g`, in place; payload cat(x, y)
+    along the last dim (a block's rows each send their own [x_i, y_i]). `first`: bool or per row."""
     g = with_weight_decay(grad, x, weight_decay)
-    if first:
-        y.copy_(g)
-    else:
-        y.add_(g.sub(g_prev))
+    y.copy_(rows_where(torch.as_tensor(first), g, lambda: y.add(g.sub(g_prev))))
     g_prev.copy_(g)
-    return torch.cat([x, y])
+    return torch.cat([x, y], dim=-1)
 
 
 def tracking_post_mix(
     mixed: Tensor, y: Tensor, m: Tensor, lr: float, beta: float, nesterov: bool
 ) -> Tensor:
-    n = y.numel()
-    xbar, ybar = mixed[:n], mixed[n:]
+    n = y.shape[-1]
+    xbar, ybar = mixed[..., :n], mixed[..., n:]
     x_new = xbar.add(momentum_direction(m, y, beta, nesterov), alpha=-lr)
     y.copy_(ybar)
     return x_new
@@ -53,19 +51,19 @@ class GradientTracking(Algorithm):
             "momentum_buffer": torch.zeros_like(params),
             "tracker": torch.zeros_like(params),
             "prev_grad": torch.zeros_like(params),
-            "step": new_step_counter(),
+            "step": new_step_counter(params),
         }
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return tracking_pre_mix(
-            params, grad, state["tracker"], state["prev_grad"], step_of(state) == 0, self.weight_decay
+            params, grad, state["tracker"], state["prev_grad"], first_round(state), self.weight_decay
         )
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
-        if mixed.numel() != 2 * params.numel():
+        if mixed.shape[-1] != 2 * params.shape[-1]:
             raise ValueError(
-                f"gradient_tracking expects a mixed payload of {2 * params.numel()} values "
-                f"(params and tracker), got {mixed.numel()}"
+                f"gradient_tracking expects a mixed payload of {2 * params.shape[-1]} values per client "
+                f"(params and tracker), got {mixed.shape[-1]}"
             )
         x_new = tracking_post_mix(mixed, state["tracker"], state["momentum_buffer"], lr, self.momentum, self.nesterov)
         finish_round(state)

@@ -1,14 +1,15 @@
-"""The Ray engine's workers: `ClientActor` (k clients each) and the averaged-model tasks.
+"""The Ray engine's workers: `ClientActor` (one block of k clients) and the `Evaluator`.
 
 Both are plain classes (the engine wraps them with `ray.remote` when it creates them), so their
 logic runs and is tested without Ray. Neither imports Ray: tensors arrive as numpy arrays that
 Ray resolved from object refs passed as top-level arguments, and leave as numpy arrays that
 Ray puts in the object store (read zero-copy by actors on the same node).
 
-Exactness with the local engine rests on three things: clients are built by the same
-factory (`build.build_client`, so same initial weights and sampler seeds), the exchange uses
-the same `engine.base.mix` over the same sources in the same order, and averages / losses
-are reduced in client order exactly as `LocalEngine` does.
+Exactness with the local engine rests on three things: blocks are built by the same factory
+(`build.build_block`, so same initial weights and sampler seeds) in the same layout
+(`qgm_ray.layout`), each block mixes with the same `engine.base.block_mix` over the same
+sources in the same order, and averages / losses are reduced in client order exactly as
+`LocalEngine` does.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from qgm_ray import build
-from qgm_ray.client import Client, evaluate_model, flat_buffers, load_params
+from qgm_ray import build, determinism
+from qgm_ray.client import evaluate_model, load_params
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine.base import consensus_distance, mix
-from qgm_ray.engine.packed import PackedClients, should_pack
+from qgm_ray.engine.base import block_mix, consensus_distance
+from qgm_ray.engine.block import Block
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -54,82 +55,82 @@ def _device(num_gpus: float) -> str:
 
 
 class ClientActor:
-    """k decentralized clients in one process. One `step` call per round does the post-mix of
-    the previous round and the pre-mix of this one, so a round costs one actor call."""
+    """One block of k decentralized clients in one process. One `step` call per round does the
+    post-mix of the previous round and the pre-mix of this one, so a round costs one actor call."""
 
     def __init__(self, cfg: Config, meta: dict, parts: list, num_gpus: float,
                  train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray):
+        determinism.apply(cfg)
         torch.set_num_threads(cfg.ray.torch_threads)
         self.cfg, self.parts = cfg, parts
         self.device = _device(num_gpus)
         self.ds = dataset_from_arrays(meta, train_x, train_y, test_x, test_y)
-        self.clients: list[Client] = []
-        self.positions: list[int] = []     # topology index of each client (changes on resize)
-        self.payloads: dict[int, torch.Tensor] = {}  # position -> own payload of the pending round
-        self.packed: Optional[PackedClients] = None  # the clients stepped as one (ray.pack_clients)
+        self.block: Optional[Block] = None
+        self.positions: list[int] = []     # topology index of each row (changes on resize)
+        self.payload: Optional[torch.Tensor] = None  # own payloads of the pending round (k, D)
         self._test = None
 
     # ------------------------------------------------------------ membership
     def set_clients(self, slots: Sequence[int], positions: Sequence[int], *states: dict) -> int:
-        """Hold exactly these shards (slots) at these topology positions; keep clients that
-        stay, build the others; `states` (none, or one per slot, resolved from refs) restores them."""
-        by_slot = {c.id: c for c in self.clients}
-        self.clients = [by_slot.get(s) or build.build_client(self.cfg, self.ds, self.parts[s], s, self.device)
-                        for s in slots]
+        """Hold exactly these shards (slots) at these topology positions; clients that stay keep
+        their state, the others are built; `states` (none, or one per slot, resolved from refs)
+        restores them. The block is rebuilt when its clients change (same as LocalEngine)."""
+        slots = list(slots)
+        if self.block is None or self.block.ids != slots:
+            kept = {s["id"]: s for s in self.block.client_states()} if self.block is not None else {}
+            self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device)
+            for r, s in enumerate(slots):
+                if s in kept and not states:
+                    self.block.load_client_state(r, kept[s])
+        for r, st in enumerate(states):
+            self.block.load_client_state(r, st)
         self.positions = list(positions)
-        self.payloads = {}
-        for c, st in zip(self.clients, states):
-            c.load_state_dict(st)
-        # Re-packed on every membership change: the stacked matrices hold exactly these clients.
-        self.packed = PackedClients(self.clients) if should_pack(self.cfg.ray.pack_clients, self.clients) else None
+        self.payload = None
         return self.num_params()
 
     def reset_clients(self, slots: Sequence[int], average: tuple) -> None:
         """Elastic joiners: start from the given (average) model with fresh optimizer state."""
         params, buffers = as_tensor(average[0]), as_tensor(average[1])
-        for c in self.clients:
-            if c.id in slots:
-                c.reset(params, buffers)
+        self.block.reset_rows([r for r, s in enumerate(self.block.ids) if s in slots], params, buffers)
 
     def num_params(self) -> int:
-        return self.clients[0].num_params if self.clients else 0
+        return self.block.num_params if self.block is not None else 0
 
     # ------------------------------------------------------------ one round
-    def step(self, post: Optional[tuple], pre_lr: Optional[float], sources: Sequence[int], *received: np.ndarray):
-        """post = (lr, rows): finish the previous round; rows[c] = (positions, weights) client c
+    def step(self, post: Optional[tuple], pre_lr: Optional[float], sources: Sequence[int], *received: np.ndarray,
+             export: Optional[Sequence[int]] = None):
+        """post = (lr, rows): finish the previous round; rows[c] = (positions, weights) row c
         mixes, in order; `received` are the payloads of `sources` (positions held elsewhere),
         resolved by Ray from the refs the coordinator passed. pre_lr: start the next round and
-        return its payloads (one float32 array per client) followed by a small record."""
+        return its payloads (one float32 array per client; None for a client no other actor
+        mixes next round, when `export` lists the positions that are) followed by a small record."""
         if post is not None:
             lr, rows = post
-            have = dict(self.payloads)
-            for j, arr in zip(sources, received):
-                have[j] = as_tensor(arr).to(self.device)
-            mixed = [mix(weights, [have[j] for j in src]) for src, weights in rows]
-            for c, m in zip(self.clients, mixed):
-                c.post_mix(m, lr)
-            self.payloads = {}
+            mixed = block_mix(self.payload, self.positions, rows, sources, [as_tensor(a) for a in received])
+            self.block.post_mix(mixed, lr)
+            self.payload = None
         if pre_lr is None:
             return {"losses": []}
-        out = []
-        payloads = (self.packed.pre_mix(pre_lr) if self.packed is not None
-                    else [c.pre_mix(pre_lr) for c in self.clients])
-        for pos, p in zip(self.positions, payloads):
-            self.payloads[pos] = p
-            out.append(np.ascontiguousarray(p.detach().cpu().numpy(), dtype=np.float32))
-        record = {"losses": [c.last_loss for c in self.clients]}
-        return (*out, record) if len(out) > 0 else record
+        self.payload = self.block.pre_mix(pre_lr)
+        wanted = set(self.positions if export is None else export)
+        rows = [r for r, p in enumerate(self.positions) if p in wanted]
+        out: list = [None] * self.block.k
+        if rows:
+            sent = self.payload if len(rows) == self.block.k else self.payload[rows]
+            host = sent.detach().to("cpu", torch.float32).numpy()   # one device->host copy
+            for r, row in zip(rows, host):
+                out[r] = np.ascontiguousarray(row)
+        record = {"losses": self.block.losses.tolist()}   # one read of the device per round
+        return (*out, record)
 
     # ------------------------------------------------------------ evaluation / checkpoints
     def params(self) -> tuple[np.ndarray, np.ndarray]:
-        """(k x P params, k x B float buffers) of the clients, in client order."""
-        p = torch.stack([c.params.detach() for c in self.clients]).cpu().numpy()
-        b = torch.stack([flat_buffers(c.model) for c in self.clients]).cpu().numpy()
-        return p, b
+        """(k x P params, k x B float buffers) of the clients, in row order."""
+        return self.block.params.detach().cpu().numpy(), self.block.flat_buffers().cpu().numpy()
 
     def local_accuracies(self, batch_size: int) -> list[float]:
         x, y = self._test_set()
-        return [c.evaluate(x, y, batch_size)[0] for c in self.clients]
+        return self.block.evaluate_rows(x, y, batch_size)
 
     def _test_set(self):
         if self._test is None:
@@ -137,12 +138,12 @@ class ClientActor:
         return self._test
 
     def state_dicts(self) -> list[dict]:
-        return [c.state_dict() for c in self.clients]
+        return self.block.client_states()
 
     def load_state_dicts(self, states: list[dict]) -> None:
-        for c, s in zip(self.clients, states):
-            c.load_state_dict(s)
-        self.payloads = {}
+        for r, s in enumerate(states):
+            self.block.load_client_state(r, s)
+        self.payload = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -150,12 +151,18 @@ class ClientActor:
     def ping(self) -> bool:
         return True
 
+    def deterministic(self) -> tuple[bool, Optional[str]]:
+        """(deterministic algorithms on, CUBLAS_WORKSPACE_CONFIG) in this process."""
+        return torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+
 
 # ------------------------------------------------------------------ the averaged model
-# Ray tasks rather than an actor: they run on Ray's pooled workers (which keep torch imported
-# from one call to the next), hold nothing between evaluations and need no repair when a
-# node dies. They read the clients' parameters from the refs the ClientActors returned, so
-# neither the coordinator nor the driver handles a tensor.
+# One Evaluator actor per run: it lives as long as the run, keeps torch imported, the model
+# built and the test set on its device. (Ray tasks landed on freshly started workers that
+# imported torch again: 44 worker processes in a default CPU run, 2.5x the local engine's
+# time; on a GPU every fresh process also paid a new CUDA context, 6 s.) It reads the
+# clients' parameters from the refs the ClientActors returned, so neither the coordinator
+# nor the driver handles a tensor. A node loss can kill it: the coordinator starts a new one.
 
 
 def _stack(per_actor: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,23 +176,31 @@ def _average(params: torch.Tensor, buffers: torch.Tensor) -> tuple[torch.Tensor,
     return params.mean(0), (buffers.mean(0) if buffers.shape[1] else buffers[0])
 
 
-def average_models(*per_actor: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(params, buffers) of the clients' average: what elastic joiners start from."""
-    p, b = _average(*_stack(per_actor))
-    return p.numpy(), b.numpy()
+class Evaluator:
+    def __init__(self, cfg: Config, meta: dict, num_gpus: float, test_x: np.ndarray, test_y: np.ndarray):
+        determinism.apply(cfg)
+        torch.set_num_threads(cfg.ray.torch_threads)
+        self.cfg = cfg
+        self.device = _device(num_gpus)
+        ds = Dataset(name=meta["name"], train_x=torch.zeros(0), train_y=torch.zeros(0, dtype=torch.long),
+                     test_x=as_tensor(test_x), test_y=as_tensor(test_y), num_classes=meta["num_classes"],
+                     input_shape=meta["input_shape"])
+        self.model = build.build_model(cfg, ds).to(self.device)
+        self.test_x, self.test_y = ds.test_x.to(self.device), ds.test_y.to(self.device)
 
+    def average(self, *per_actor: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """(params, buffers) of the clients' average: what elastic joiners start from."""
+        p, b = _average(*_stack(per_actor))
+        return p.numpy(), b.numpy()
 
-def evaluate_average(cfg: Config, meta: dict, num_gpus: float, test_x: np.ndarray, test_y: np.ndarray,
-                     *per_actor: tuple) -> dict:
-    """Test accuracy / loss of the averaged model and the consensus distance."""
-    torch.set_num_threads(cfg.ray.torch_threads)
-    device = _device(num_gpus)
-    ds = Dataset(name=meta["name"], train_x=torch.zeros(0), train_y=torch.zeros(0, dtype=torch.long),
-                 test_x=as_tensor(test_x), test_y=as_tensor(test_y), num_classes=meta["num_classes"],
-                 input_shape=meta["input_shape"])
-    stacked, buffers = _stack(per_actor)
-    params, bufs = _average(stacked, buffers)
-    model = build.build_model(cfg, ds).to(device)
-    load_params(model, params.to(device), bufs.to(device))
-    acc, loss = evaluate_model(model, ds.test_x.to(device), ds.test_y.to(device), cfg.eval.batch_size)
-    return {"test_accuracy": acc, "test_loss": loss, "consensus_distance": consensus_distance(stacked)}
+    def evaluate(self, *per_actor: tuple) -> dict:
+        """Test accuracy / loss of the averaged model and the consensus distance."""
+        stacked, buffers = _stack(per_actor)
+        params, bufs = _average(stacked, buffers)
+        load_params(self.model, params.to(self.device), bufs.to(self.device))
+        acc, loss = evaluate_model(self.model, self.test_x, self.test_y, self.cfg.eval.batch_size)
+        return {"test_accuracy": acc, "test_loss": loss, "consensus_distance": consensus_distance(stacked),
+                "evaluator_pid": os.getpid()}
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -52,23 +52,72 @@ def mixing_matrix(topology, centralized: bool, n: int, t: int) -> np.ndarray:
 
 def mix_sources(w_row: np.ndarray) -> list[int]:
     """The clients whose payloads client i mixes: the nonzero entries of W(t)[i] (self included),
-    in increasing index order. Both engines sum in this order, so they agree bit for bit."""
+    in increasing index order. Both engines sum in this order (block_mix), so they agree bit
+    for bit."""
     return [int(j) for j in np.flatnonzero(w_row)]
 
 
-def mix(weights: Sequence[float], payloads: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Step 3 of a round for one client: sum_j w_j * payload_j, in the order given, in float32.
+def wiring(W: np.ndarray, group: Sequence[int]) -> tuple[list, list[int]]:
+    """For the clients at positions `group` (a block): rows [(sources, weights)] of W, and the
+    positions held by other blocks that the block must receive, in increasing order."""
+    rows, need = [], set()
+    for i in group:
+        src = mix_sources(W[i])
+        rows.append((src, [float(w) for w in W[i, src]]))
+        need.update(src)
+    return rows, sorted(need - set(group))
 
-    An explicit left-to-right sum instead of `W @ stack(payloads)`: a BLAS matmul is free to
-    reorder (and block) the sum, so a per-row gather on another process (the Ray engine) would
-    differ in the last bits, and those bits grow over thousands of rounds. Elementwise
-    multiply-adds are the same in every process. It is also cheaper for sparse graphs
-    (3 axpys per client on a ring instead of an n x n x d matmul).
+
+def exports(W: np.ndarray, group: Sequence[int]) -> list[int]:
+    """Positions of `group` whose payload a client outside the group mixes in W: the only rows
+    a block has to put in the object store (one GPU holding every client exports none)."""
+    outside = np.ones(W.shape[0], dtype=bool)
+    outside[list(group)] = False
+    used = (W[outside][:, list(group)] != 0).any(0)
+    return [group[c] for c in np.flatnonzero(used)]
+
+
+def block_mix(own: torch.Tensor, positions: Sequence[int], rows: Sequence[tuple], sources: Sequence[int],
+              received: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Step 3 of a round for a whole block: row i of the result = sum_j w_ij * payload_j over
+    row i's sources (`rows[i]` = (positions, weights), from `wiring`), where a payload is a
+    row of `own` (the block's own payloads, rows at `positions`) or one of `received` (the
+    payloads of `sources`, in that order).
+
+    One gather + multiply-add per in-neighbour slot over the whole block (d ops for in-degree
+    d, padded with zero weights), not one Python loop per client. Both engines call this with
+    the same inputs in the same order and shapes (the layout gives them the same blocks), so
+    they agree bit for bit. Not a BLAS `W @ P`: a matmul is free to reorder and block its sums.
     """
-    out = payloads[0] * float(weights[0])
-    for w, p in zip(weights[1:], payloads[1:]):
-        out.add_(p, alpha=float(w))
+    table = own if not received else torch.cat([own] + [r.reshape(1, -1).to(own.device) for r in received])
+    idx_t, w_t = _mix_plan(tuple(positions), tuple(sources), tuple((tuple(s), tuple(w)) for s, w in rows),
+                           own.dtype, own.device)
+    d = idx_t.shape[1]
+    out = table[idx_t[:, 0]] * w_t[:, 0:1]
+    for c in range(1, d):
+        out.addcmul_(table[idx_t[:, c]], w_t[:, c:c + 1])
     return out
+
+
+_PLANS: dict = {}
+
+
+def _mix_plan(positions: tuple, sources: tuple, rows: tuple, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, d) gather indices into [own rows, received rows] and (k, d) weights, zero-padded to
+    the largest in-degree d. Cached: a static graph asks for the same plan every round."""
+    key = (positions, sources, rows, dtype, str(device))
+    plan = _PLANS.get(key)
+    if plan is None:
+        where = {p: i for i, p in enumerate(positions)}
+        where.update({p: len(positions) + i for i, p in enumerate(sources)})
+        d = max(len(src) for src, _ in rows)
+        idx = [[where[j] for j in src] + [i] * (d - len(src)) for i, (src, _) in enumerate(rows)]
+        w = [list(ws) + [0.0] * (d - len(ws)) for _, ws in rows]
+        plan = (torch.tensor(idx, dtype=torch.long).to(device), torch.tensor(w, dtype=dtype).to(device))
+        if len(_PLANS) >= 256:   # time-varying graphs: many plans, each used once in a while
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int) -> int:
@@ -86,6 +135,6 @@ def consensus_distance(stacked: torch.Tensor) -> float:
 
 
 def groups_of(n: int, k: int) -> list[list[int]]:
-    """Topology positions held by each ClientActor: consecutive blocks of k. The local engine
-    packs its clients in the same blocks (ray.pack_clients), so both compute the same numbers."""
+    """Topology positions held by each block (one per ClientActor): consecutive runs of k.
+    Both engines use the same blocks (qgm_ray.layout), so both compute the same numbers."""
     return [list(range(a, min(a + k, n))) for a in range(0, n, k)]

@@ -32,11 +32,11 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostErr
                             RayActorError, WorkerCrashedError)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qgm_ray import build
+from qgm_ray import build, determinism
 from qgm_ray.config import Config
-from qgm_ray.engine.actors import ClientActor, average_models, evaluate_average
-from qgm_ray.engine.base import groups_of, mix_sources, mixing_matrix, round_bytes
 from qgm_ray.engine import placement
+from qgm_ray.engine.actors import ClientActor, Evaluator
+from qgm_ray.engine.base import exports, groups_of, mixing_matrix, round_bytes, wiring  # noqa: F401 - wiring re-exported
 from qgm_ray.engine.metrics import RunMetrics
 from qgm_ray.engine.ray_setup import eval_gpus
 
@@ -55,16 +55,6 @@ class NodeClientActor(ClientActor):
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
-
-
-def wiring(W: np.ndarray, group: list[int]) -> tuple[list, list[int]]:
-    """For the clients at `group`: rows [(sources, weights)] and the positions to receive."""
-    rows, need = [], set()
-    for i in group:
-        src = mix_sources(W[i])
-        rows.append((src, [float(w) for w in W[i, src]]))
-        need.update(src)
-    return rows, sorted(need - set(group))
 
 
 class Coordinator:
@@ -87,17 +77,39 @@ class Coordinator:
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
         self.initial_slots = list(slots)
-        # The averaged model: a token GPU share (ray_setup.EVAL_GPU), no CPU (it runs while the clients wait).
+        # The averaged model: a token GPU share (ray_setup.EVAL_GPU), no CPU (it runs while the
+        # clients wait), in one Evaluator actor for the whole run (started with the ClientActors).
         self.eval_gpus = eval_gpus(resources["num_gpus"])
-        self.evaluate_task = ray.remote(evaluate_average).options(num_cpus=0, num_gpus=self.eval_gpus,
-                                                                  max_retries=3)
-        self.average_task = ray.remote(average_models).options(num_cpus=0, max_retries=3)
+        self.runtime_env = {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None
+        self.evaluator = None
+        self.eval_pids: list[int] = []   # the process that answered each evaluation
 
     def start(self) -> dict:
         """Create the actors and build the clients (blocks while the cluster lacks resources)."""
         with self.lock:
+            self._new_evaluator()   # starts (imports torch) while the ClientActors build their blocks
             self._set_slots(self.initial_slots)
             return self.info()
+
+    def _new_evaluator(self) -> None:
+        opts = {"runtime_env": self.runtime_env} if self.runtime_env else {}
+        if ray.util.get_current_placement_group() is None:
+            # Beside the coordinator (the driver's node, which a run cannot lose anyway), so a lost
+            # worker node rarely takes the evaluator with it; soft: a GPU share may live elsewhere.
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                         soft=True)
+        cls = ray.remote(Evaluator).options(num_cpus=0, num_gpus=self.eval_gpus, max_restarts=0, **opts)
+        self.evaluator = cls.remote(self.cfg, self.meta, self.eval_gpus, self.data_refs[2], self.data_refs[3])
+
+    def _on_evaluator(self, method: str, *args):
+        """evaluator.method(*args), on a new Evaluator if the old one died (a lost node)."""
+        for attempt in range(2):
+            try:
+                return ray.get(getattr(self.evaluator, method).remote(*args))
+            except FAILURES:
+                if attempt:
+                    raise
+                self._new_evaluator()
 
     # ------------------------------------------------------------ actors
     def _new_actor(self, node: Optional[str] = None):
@@ -106,6 +118,8 @@ class Coordinator:
         # soft: a node that is full, gone or unknown falls back to Ray's own choice. No target:
         # no strategy at all, so that a placement group the caller runs in (Tune) captures it.
         where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
+        if self.runtime_env:
+            where["runtime_env"] = self.runtime_env
         cls = ray.remote(NodeClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0, **where)
         return cls.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
 
@@ -214,6 +228,7 @@ class Coordinator:
                 last_time = time.time()
                 yield rec
             post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if prev is not None else None
+            this_W = mixing_matrix(self.topology, self.centralized, n, t)
             payloads, records = {}, []
             for actor, g in zip(self.actors, groups):
                 if post_W is not None:
@@ -221,7 +236,9 @@ class Coordinator:
                     post, args = (lrs[idx - 1], rows), [prev[j] for j in sources]
                 else:
                     post, sources, args = None, [], []
-                refs = actor.step.options(num_returns=len(g) + 1).remote(post, lr, sources, *args)
+                # Only the rows another actor mixes next round go to the object store.
+                refs = actor.step.options(num_returns=len(g) + 1).remote(post, lr, sources, *args,
+                                                                         export=exports(this_W, g))
                 payloads.update(zip(g, refs[:-1]))
                 records.append(refs[-1])
             prev = payloads   # the previous round's refs are dropped here
@@ -258,11 +275,10 @@ class Coordinator:
     def evaluate(self) -> dict:
         with self.lock:
             params = [a.params.remote() for a in self.actors]
-            result = self.evaluate_task.remote(self.cfg, self.meta, self.eval_gpus, self.data_refs[2],
-                                               self.data_refs[3], *params)
             local = ([a.local_accuracies.remote(self.cfg.eval.batch_size) for a in self.actors]
                      if self.cfg.eval.local_models else [])
-            out = ray.get(result)
+            out = self._on_evaluator("evaluate", *params)
+            self.eval_pids.append(out.pop("evaluator_pid"))
             accs = [x for r in ray.get(local) for x in r]
             out["local_test_accuracy"] = float(np.mean(accs)) if accs else float("nan")
             self.metrics.on_eval(out)
@@ -294,7 +310,7 @@ class Coordinator:
             if n_clients > n_shards:
                 raise ValueError(f"resize to {n_clients} clients: the data was cut into {n_shards} shards "
                                  f"(set elastic.max_clients)")
-            avg = self.average_task.remote(*[a.params.remote() for a in self.actors])
+            avg = ray.put(self._on_evaluator("average", *[a.params.remote() for a in self.actors]))
             if n_clients < len(self.slots):
                 slots = self.slots[:n_clients]
             else:
@@ -363,8 +379,12 @@ class Coordinator:
             return {"dead_actors": dead, "lost_slots": lost, "slots": slots, "actor_nodes": list(self.nodes),
                     "unreplaced": todo if policy != "drop" else []}
 
+    def evaluator_pids(self) -> list[int]:
+        """The pid of the process that answered each evaluation so far (tests, operators)."""
+        return list(self.eval_pids)
+
     def shutdown(self) -> None:
-        for a in self.actors:
+        for a in self.actors + ([self.evaluator] if self.evaluator is not None else []):
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001

@@ -17,7 +17,6 @@ parallelism, cost ~0.39 GB each and made cnn1d rounds 2.3-2.7x slower at n=16).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import socket
@@ -25,6 +24,7 @@ from typing import Callable, Optional
 
 from qgm_ray.config import Config
 from qgm_ray.errors import ConfigError
+from qgm_ray.layout import auto_clients_per_actor, with_clients_per_block  # noqa: F401 - re-exported
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -149,13 +149,29 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
         # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
         # address file still names (a dead one there made ray.init fail on num_cpus).
         with loopback_only():
-            ctx = ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=True,
-                           dashboard_host=cfg.ray.dashboard_host, logging_level="WARNING")
+            ctx = start_local_ray(cfg, log)
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)
     gcs = ray.get_runtime_context().gcs_address   # what another process passes to ray.init(address=...)
     log(f"ray: {where} (address {gcs}); dashboard: " + (f"http://{url}" if url else "not running (needs ray[default])"))
     return not address
+
+
+def start_local_ray(cfg: Config, log: Callable[[str], None]):
+    """A local Ray with the dashboard, or without it where its packages are missing (a minimal
+    `pip install ray`, as on some GPU machines): a log line, not a crash."""
+    import ray
+
+    kwargs = dict(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), logging_level="WARNING")
+    try:
+        return ray.init(include_dashboard=True, dashboard_host=cfg.ray.dashboard_host, **kwargs)
+    except Exception as e:  # noqa: BLE001 - Ray raises several kinds here; the retry tells
+        if ray.is_initialized():
+            ray.shutdown()
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log(f"ray: the dashboard could not start ({first}); starting Ray without it "
+            f"(pip install 'ray[default]' for the dashboard)")
+        return ray.init(include_dashboard=False, **kwargs)
 
 
 def describe_resources(res: dict) -> str:
@@ -191,23 +207,13 @@ def reserved_clients(n: int, k: int) -> int:
     return math.ceil(n / k) * k
 
 
-def auto_clients_per_actor(n_max: int, cpus: float, gpus: float, gpus_per_client) -> int:
-    """k for `ray.clients_per_actor: auto`: one actor per GPU where the clients get GPUs
-    (gpus_per_client auto with GPUs in the cluster, or an explicit fraction g: 1/g clients
-    fill a GPU), else one actor per CPU core."""
-    if gpus_per_client == "auto" and gpus >= 1:
-        return math.ceil(n_max / int(gpus))
-    if gpus_per_client != "auto" and gpus_per_client > 0:
-        return max(1, int(1 / gpus_per_client + 1e-9)) if gpus_per_client < 1 else 1
-    return math.ceil(n_max / max(1, int(cpus)))
-
-
 def resolve_clients_per_actor(cfg: Config, n_max: int, cluster: dict) -> Config:
-    """`cfg` with a number for ray.clients_per_actor (auto resolved for this cluster's resources)."""
+    """`cfg` with a number for ray.clients_per_actor (auto resolved for this cluster's resources
+    by qgm_ray.layout, which the local engine reads too)."""
     if cfg.ray.clients_per_actor != "auto":
         return cfg
-    k = auto_clients_per_actor(n_max, cluster.get("CPU", 1.0), cluster.get("GPU", 0.0), cfg.ray.gpus_per_client)
-    return dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, clients_per_actor=k))
+    return with_clients_per_block(cfg, auto_clients_per_actor(n_max, cluster.get("CPU", 1.0),
+                                                              cluster.get("GPU", 0.0), cfg.ray.gpus_per_client))
 
 
 # The averaged-model evaluation task's GPU request: a token that gets it a GPU (Ray hides the

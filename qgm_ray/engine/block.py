@@ -1,0 +1,243 @@
+"""A block: k clients of one architecture, the unit of computation of both engines.
+
+The block owns stacked tensors: parameters (k, P), every algorithm buffer (k, ...) with a
+per-row step counter (k,), BatchNorm-style buffers stacked per name (k, ...), and the k
+clients' training shards concatenated on the block's device. One round:
+
+    payload = block.pre_mix(lr)       # (k, D): row i = client i's payload
+    block.post_mix(mixed, lr)         # mixed: (k, D), row i = sum_j W[i, j] payload_j
+
+The forward/backward is one `vmap(grad_and_value(functional_call(...)))` over the k rows
+when the block is packed, else the rows one at a time (CPU: vmap's grouped convolutions
+lose to separate ones for large models, see `should_pack`); either way the algorithm runs
+once on the whole (k, P) block. Each client keeps its own seeded, checkpointable
+`BatchSampler` (the same numbers as a lone client), so a client's batches do not depend on
+which block it is in. Losses stay on the device (`block.losses`) until an engine reads them.
+
+A single client is a block of 1. Checkpoints stay per client: `client_state(i)` slices row
+i, `load_client_state(i, s)` writes it back, so `--resume`, replays and elastic resizes
+work whatever the blocks were when the checkpoint was written.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from qgm_ray.client import BatchSampler, evaluate_model, load_params
+from qgm_ray.data import apply_augment, draw_augment
+
+
+class Block:
+    def __init__(self, model: nn.Module, algorithm, shards: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 ids: Sequence[int], batch_size: int, seed: int, augment: Optional[str] = None,
+                 device: str = "cpu", packed: bool = False):
+        if not ids or len(ids) != len(shards):
+            raise ValueError("a block needs one shard per client and at least one client")
+        self.ids = list(ids)
+        self.k = len(self.ids)
+        self.device = torch.device(device)
+        self.algorithm = algorithm
+        self.augment = augment
+        self.packed = packed
+        self.batch_size = batch_size
+        # The template: functional_call reads only its structure; every client starts from its
+        # weights (build_model seeds it, so all clients share the initial point).
+        self.model = model.to(self.device).train()
+        self.layout = []   # (name, offset, numel, shape) of each parameter in a row
+        offset = 0
+        for name, p in self.model.named_parameters():
+            self.layout.append((name, offset, p.numel(), tuple(p.shape)))
+            offset += p.numel()
+        init = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+        self.params = init.unsqueeze(0).repeat(self.k, 1).contiguous()
+        self.buffers = {name: b.detach().unsqueeze(0).repeat(self.k, *([1] * b.dim())).contiguous()
+                        for name, b in self.model.named_buffers()}
+        self.state = self._fresh_state(self.params)
+        # All shards in one tensor on the device, so a round's k batches are one gather.
+        self.x = torch.cat([x for x, _ in shards]).to(self.device)
+        self.y = torch.cat([y for _, y in shards]).to(self.device)
+        sizes = [len(x) for x, _ in shards]
+        self.offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        self.samplers = [BatchSampler(n, batch_size, seed=seed * 1_000_003 + cid) for n, cid in zip(sizes, self.ids)]
+        self.losses = torch.full((self.k,), float("nan"), device=self.device)
+        self._vstep = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0), randomness="different")
+        self._eval_model: Optional[nn.Module] = None
+        self._rows: Optional[list] = None   # unpacked: per-row modules over views of the rows
+        self.grad: Optional[torch.Tensor] = None
+
+    # ------------------------------------------------------------ state
+    def _fresh_state(self, params: torch.Tensor) -> dict:
+        state = self.algorithm.init(params)
+        # A rule written for one client may count steps with a scalar: give each row its own.
+        rows = params.shape[0]
+        return {key: v.expand(rows).clone() if v.dim() == 0 else v for key, v in state.items()}
+
+    @property
+    def num_params(self) -> int:
+        return self.params.shape[1]
+
+    @property
+    def payload_size(self) -> int:
+        return self.algorithm.payload_size(self.num_params)
+
+    # ------------------------------------------------------------ one round
+    def _loss(self, params: dict, buffers: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(self.model, (params, buffers), (xb,)), yb)
+
+    def _param_views(self, params: torch.Tensor) -> dict:
+        return {name: params[..., off:off + n].view(*params.shape[:-1], *shape)
+                for name, off, n, shape in self.layout}
+
+    def _batches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.cat([s.next() + off for s, off in zip(self.samplers, self.offsets.tolist())])
+        idx = idx.to(self.device)
+        xb = self.x[idx].view(self.k, self.batch_size, *self.x.shape[1:])
+        yb = self.y[idx].view(self.k, self.batch_size)
+        if self.augment:
+            # Each client's own generator draws its crops and flips (the numbers of a lone
+            # client), then one crop/flip program runs over the whole block's k*b samples.
+            draws = [draw_augment(self.batch_size, s.generator, self.augment) for s in self.samplers]
+            params = {key: torch.cat([d[key] for d in draws], dim=-1) for key in draws[0]}
+            flat = xb.reshape(self.k * self.batch_size, *self.x.shape[1:])
+            xb = apply_augment(flat, params, self.augment).view_as(xb)
+        return xb, yb
+
+    def gradients(self) -> torch.Tensor:
+        """(k, P) gradients on each client's next batch; sets `self.losses` (k,)."""
+        xb, yb = self._batches()
+        if self.packed:
+            grads, losses = self._vstep(self._param_views(self.params), self.buffers, xb, yb)
+            self.losses = losses.detach()
+            return torch.cat([grads[name].reshape(self.k, n) for name, _, n, _ in self.layout], dim=1)
+        # Unpacked: each row's own module, whose parameters, gradients and buffers are views of
+        # the block's rows (plain forward/backward: torch.func.functional_call costs ~0.3 ms of
+        # Python per call, 40% of a tiny model's step on CPU).
+        modules = self._row_modules()
+        self.grad.zero_()
+        losses = []
+        for i, m in enumerate(modules):
+            loss = F.cross_entropy(m(xb[i]), yb[i])
+            loss.backward()
+            losses.append(loss.detach())
+        self.losses = torch.stack(losses)
+        return self.grad
+
+    def _row_modules(self) -> list:
+        if self._rows is None:
+            import copy
+            self.grad = torch.zeros_like(self.params)
+            self._rows = []
+            for i in range(self.k):
+                m = copy.deepcopy(self.model).train()
+                for (name, off, n, shape), p in zip(self.layout, m.parameters()):
+                    p.data = self.params[i, off:off + n].view(shape)
+                    p.grad = self.grad[i, off:off + n].view(shape)
+                for name, stacked in self.buffers.items():
+                    mod_name, _, attr = name.rpartition(".")
+                    (m.get_submodule(mod_name) if mod_name else m)._buffers[attr] = stacked[i]
+                self._rows.append(m)
+        return self._rows
+
+    def pre_mix(self, lr: float) -> torch.Tensor:
+        """Steps 1-2 of a round for all k clients: (k, payload_size) payloads."""
+        return self.algorithm.pre_mix(self.state, self.params, self.gradients(), lr)
+
+    def post_mix(self, mixed: torch.Tensor, lr: float) -> None:
+        """Step 4: row i of `mixed` is what client i mixed from its in-neighbours."""
+        # In place: the unpacked path's row modules are views of these rows.
+        self.params.copy_(self.algorithm.post_mix(self.state, self.params, mixed.to(self.device), lr))
+
+    # ------------------------------------------------------------ views for evaluation and averaging
+    def float_buffer_names(self) -> list[str]:
+        return [n for n, b in self.buffers.items() if b.is_floating_point()]
+
+    def flat_buffers(self) -> torch.Tensor:
+        """(k, B): each client's floating-point buffers (BatchNorm running stats), flattened in
+        the model's buffer order (B may be 0)."""
+        names = self.float_buffer_names()
+        if not names:
+            return torch.zeros(self.k, 0, device=self.device)
+        return torch.cat([self.buffers[n].reshape(self.k, -1).float() for n in names], dim=1)
+
+    def _load_flat_buffers(self, rows, flat: torch.Tensor) -> None:
+        offset = 0
+        for n in self.float_buffer_names():
+            b = self.buffers[n]
+            size = b[0].numel()
+            b[rows] = flat[..., offset:offset + size].reshape(b[rows].shape).to(b.dtype)
+            offset += size
+
+    def evaluate_rows(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
+        """Test accuracy of each client's own model, in row order."""
+        if self._eval_model is None:
+            import copy
+            self._eval_model = copy.deepcopy(self.model)
+        bufs = self.flat_buffers()
+        accs = []
+        for i in range(self.k):
+            load_params(self._eval_model, self.params[i], bufs[i])
+            accs.append(evaluate_model(self._eval_model, x, y, batch_size)[0])
+        return accs
+
+    # ------------------------------------------------------------ per-client state
+    def client_state(self, i: int, flat_buffers: Optional[torch.Tensor] = None) -> dict:
+        """Client i's checkpoint (CPU tensors): the format of a lone client, whatever the block."""
+        bufs = self.flat_buffers() if flat_buffers is None else flat_buffers
+        return {
+            "id": self.ids[i],
+            "params": self.params[i].detach().cpu().clone(),
+            "buffers": bufs[i].cpu().clone(),
+            "algorithm": {key: v[i].detach().cpu().clone() for key, v in self.state.items()},
+            "sampler": self.samplers[i].state_dict(),
+        }
+
+    def client_states(self) -> list[dict]:
+        bufs = self.flat_buffers()   # once for the block, not once per client
+        return [self.client_state(i, bufs) for i in range(self.k)]
+
+    def load_client_state(self, i: int, s: dict) -> None:
+        self.params[i] = s["params"].to(self.device)
+        if s["buffers"].numel():
+            self._load_flat_buffers(i, s["buffers"].to(self.device))
+        for key, v in s["algorithm"].items():
+            self.state[key][i] = v.to(self.state[key].device)
+        self.samplers[i].load_state_dict(s["sampler"])
+
+    def reset_rows(self, rows: Sequence[int], params: torch.Tensor, buffers: Optional[torch.Tensor] = None) -> None:
+        """Elastic joiners: these rows start from `params` (and buffers) with fresh algorithm
+        state in their rows only; the other rows keep theirs (and their step counts)."""
+        rows = list(rows)
+        if not rows:
+            return
+        self.params[rows] = params.to(self.device)
+        if buffers is not None and buffers.numel():
+            self._load_flat_buffers(rows, buffers.to(self.device).expand(len(rows), -1))
+        fresh = self._fresh_state(self.params[rows])
+        for key, v in fresh.items():
+            self.state[key][rows] = v.to(self.state[key].device)
+
+
+# When a CPU block steps packed under `ray.pack_clients: auto` (bench: `python -m bench.levers
+# --levers vmap`). Measured on CPU, 1 torch thread, cnn1d, one pre-mix of k clients, packed /
+# separate: k=2 1.45x (slower), k=4 1.09x, k=8 0.78x, k=16 0.76x, k=32 0.71x. Above ~100k
+# parameters a client's step is compute-bound and vmap's grouped convolutions lose to k
+# separate ones on CPU (ResNet-20, 272k parameters: 0.40 s vs 0.25 s for 4 clients).
+PACK_AUTO_MIN_CLIENTS = 8
+PACK_AUTO_MAX_PARAMS = 100_000
+
+
+def should_pack(mode, k: int, num_params: int, device) -> bool:
+    """Whether a block of k clients steps with one vmap. On CUDA always (one program for k
+    clients is what fills a GPU: issue 9's H200 numbers, 3.4x at n=16); on CPU per
+    `ray.pack_clients` (auto | True | False): never for fewer than 2, auto where it measured faster."""
+    if str(device).startswith("cuda"):
+        return True
+    if k < 2 or mode is False:
+        return False
+    if mode is True:
+        return True
+    return k >= PACK_AUTO_MIN_CLIENTS and num_params <= PACK_AUTO_MAX_PARAMS

@@ -1,0 +1,223 @@
+"""Blocks (engine/block.py): a block of k clients computes what k separate clients compute,
+for every algorithm and model family; per-row state (elastic joiners); packing decisions;
+the layout; deterministic mode's wiring; the minimal-Ray fallback."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qgm_ray import build, determinism, layout
+from qgm_ray.algorithms import ALGORITHMS
+from qgm_ray.config import load_config
+from qgm_ray.engine.block import PACK_AUTO_MAX_PARAMS, should_pack
+from qgm_ray.engine.local import LocalEngine
+
+BASE = ["topology.n_clients=4", "topology.name=ring", "data.batch_size=8", "progress=false", "data.alpha=1.0"]
+FAMILIES = {
+    "mlp": ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}"],
+    "cnn1d": ["data.name=mnist1d", "model.name=cnn1d"],
+    # BatchNorm buffers stacked per name; GroupNorm; EvoNorm (tiny CIFAR-shaped images).
+    "resnet20-bn": ["data.name=synthetic_image", "data.options={num_samples: 200, shape: [3, 8, 8]}",
+                    "model.name=resnet20"],
+    "resnet20-gn": ["data.name=synthetic_image", "data.options={num_samples: 200, shape: [3, 8, 8]}",
+                    "model.name=resnet20", "model.options={norm: gn}"],
+    "resnet_evonorm20": ["data.name=synthetic_image", "data.options={num_samples: 200, shape: [3, 8, 8]}",
+                         "model.name=resnet_evonorm20"],
+}
+
+
+def _engine(extra, k, pack):
+    cfg = load_config(None, BASE + list(extra) + [f"ray.clients_per_actor={k}", f"ray.pack_clients={pack}"])
+    ds = build.build_dataset(cfg)
+    return LocalEngine(cfg, ds, build.build_partition(cfg, ds))
+
+
+def _run(engine, rounds=3):
+    return engine.train(range(rounds), lambda t: 0.05 if t < 2 else 0.02)
+
+
+def _compare(extra, exact_unpacked=True, rounds=3):
+    torch.set_num_threads(1)
+    alone = _engine(extra, 1, "false")           # 4 blocks of 1: four separate clients
+    block = _engine(extra, 4, "false")           # one block of 4, rows stepped one at a time
+    packed = _engine(extra, 4, "true")           # one block of 4, one vmap
+    assert len(alone.blocks) == 4 and len(block.blocks) == 1 and block.blocks[0].k == 4
+    assert not block.blocks[0].packed and packed.blocks[0].packed
+    la, lb, lp = _run(alone, rounds), _run(block, rounds), _run(packed, rounds)
+    pa, pb, pp = alone.params, block.params, packed.params
+    if exact_unpacked:
+        # Same ops on the same rows in the same order: bit for bit.
+        assert la == lb
+        assert torch.equal(pa, pb)
+    torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+    # vmap turns k convolutions into one grouped one (another summation order): float tolerance.
+    torch.testing.assert_close(pp, pa, rtol=1e-3, atol=1e-4)
+    assert lp == pytest.approx(la, rel=1e-4)
+    for sa, sp in zip(alone.client_states(), packed.client_states()):
+        torch.testing.assert_close(sp["buffers"], sa["buffers"], rtol=1e-4, atol=1e-5)
+        for key in sa["algorithm"]:
+            torch.testing.assert_close(sp["algorithm"][key], sa["algorithm"][key], rtol=1e-4, atol=1e-4)
+    return alone, block, packed
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_block_equals_separate_clients_for_every_algorithm(algorithm):
+    _compare(FAMILIES["mlp"] + [f"algorithm.name={algorithm}"])
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mlp"])
+def test_block_equals_separate_clients_for_every_model_family(family):
+    alone, _, packed = _compare(FAMILIES[family] + ["algorithm.name=qg_dsgdm_n"])
+    if family == "resnet20-bn":
+        # BatchNorm running stats moved, per client, and the block's evaluation reads them.
+        bufs = packed.blocks[0].flat_buffers()
+        assert bufs.shape[0] == 4 and not torch.equal(bufs[0], bufs[1])
+        ea, ep = alone.evaluate(), packed.evaluate()
+        assert ep["test_accuracy"] == pytest.approx(ea["test_accuracy"], abs=0.02)
+
+
+def test_block_augments_each_client_from_its_own_stream():
+    """Crop+flip drawn from each client's generator, applied once to the block: a block of 4
+    equals 4 lone clients bit for bit. Packed, the gradients on the same parameters and batches
+    agree to float rounding (trajectories are compared on un-augmented data above: with
+    zero-padded crops, BatchNorm over 8 tiny images turns vmap's 1e-7 summation differences
+    into ~1e-3 parameter differences within 3 rounds)."""
+    torch.set_num_threads(1)
+    aug = ["data.name=synthetic_image", "data.options={num_samples: 200, shape: [3, 8, 8], augment: crop_flip}",
+           "model.name=resnet20", "data.augment=true"]
+    alone, block = _engine(aug, 1, "false"), _engine(aug, 4, "false")
+    assert block.blocks[0].augment == "crop_flip"
+    assert _run(alone) == _run(block) and torch.equal(alone.params, block.params)
+    unpacked, packed = _engine(aug, 4, "false").blocks[0], _engine(aug, 4, "true").blocks[0]
+    for _ in range(3):
+        gu, gp = unpacked.gradients(), packed.gradients()   # same batches: same samplers
+        assert (gu - gp).norm(dim=1).max() <= 1e-5 * gu.norm(dim=1).min()
+        torch.testing.assert_close(packed.losses, unpacked.losses, rtol=1e-5, atol=1e-6)
+
+
+def test_qg_adam_block_normalises_per_row():
+    _compare(FAMILIES["cnn1d"] + ["algorithm.name=qg_adam"])
+
+
+@pytest.mark.parametrize("algorithm", ["qg_adam", "dadam", "d2", "gradient_tracking"])
+def test_elastic_joiner_gets_fresh_state_in_its_row_only(algorithm):
+    """After a reset, row 1 is a fresh client (step 0: its first-step branch, its own bias
+    correction) while row 0 keeps its state; each row then equals a lone client."""
+    torch.set_num_threads(1)
+    extra = FAMILIES["mlp"] + [f"algorithm.name={algorithm}"]
+    block = _engine(extra, 2, "true")
+    ref = _engine(extra, 1, "false")
+    _run(block, 2)
+    _run(ref, 2)
+    b = block.blocks[0]
+    avg, bufs = block.averaged_params()
+    b.reset_rows([1], avg, bufs)
+    assert b.state["step"].tolist() == [2, 0]
+    ref.blocks[1].reset_rows([0], avg, bufs)
+    # Row 0 of the block = lone client 0 (already equal); one more round, mixing only with itself.
+    eye_lr = 0.03
+    for blk in [b] + ref.blocks[:2]:
+        blk.post_mix(blk.pre_mix(eye_lr), eye_lr)   # W = I: each row mixes only itself
+    torch.testing.assert_close(b.params[0], ref.blocks[0].params[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.params[1], ref.blocks[1].params[0], rtol=1e-5, atol=1e-6)
+    assert b.state["step"].tolist() == [3, 1]
+
+
+def test_client_checkpoint_round_trips_through_block_rows():
+    torch.set_num_threads(1)
+    engine = _engine(FAMILIES["resnet20-bn"] + ["algorithm.name=qg_adam"], 4, "true")
+    _run(engine, 2)
+    b = engine.blocks[0]
+    state = b.client_state(2)
+    assert state["params"].shape == (b.num_params,) and state["algorithm"]["step"].shape == ()
+    saved = b.params.clone(), b.flat_buffers().clone()
+    b.params[2] += 1.0
+    b.load_client_state(2, state)
+    assert torch.equal(b.params, saved[0]) and torch.equal(b.flat_buffers(), saved[1])
+    # The same client in a block of another size continues identically (resume / resize).
+    other = _engine(FAMILIES["resnet20-bn"] + ["algorithm.name=qg_adam"], 1, "false")
+    for i, s in enumerate(engine.client_states()):
+        other.blocks[i].load_client_state(0, s)
+    torch.testing.assert_close(other.params, engine.params, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device,mode,k,params,packed", [
+    ("cuda", False, 1, 10**7, True),       # on a GPU a block always steps packed
+    ("cuda", "auto", 16, 272_474, True),
+    ("cpu", "auto", 8, 5_000, True),
+    ("cpu", "auto", 4, 5_000, False),
+    ("cpu", "auto", 16, PACK_AUTO_MAX_PARAMS + 1, False),
+    ("cpu", True, 2, 10**6, True),
+    ("cpu", True, 1, 10, False),
+    ("cpu", False, 64, 10, False),
+])
+def test_packing_decision_per_device(device, mode, k, params, packed):
+    assert should_pack(mode, k, params, device) is packed
+
+
+def test_layout_is_computed_without_ray_and_shared_by_both_engines():
+    cfg = load_config(None, BASE + ["topology.n_clients=10"])
+    lay = layout.plan(cfg, {"CPU": 4.0, "GPU": 0.0}, "cpu")
+    assert lay.k == 3 and lay.groups(10) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert layout.plan(cfg, {"CPU": 16.0, "GPU": 2.0}, "cuda").k == 5   # one block per GPU
+    assert lay.block_of(10)[7] == (2, 1)
+    from qgm_ray.engine.ray_setup import resolve_clients_per_actor
+    assert resolve_clients_per_actor(cfg, 10, {"CPU": 4.0}).ray.clients_per_actor == lay.k
+    # The local engine learns k without Ray.
+    code = ("import sys, qgm_ray.engine.local; "
+            "assert 'ray' not in sys.modules and 'qgm_ray.engine.ray_setup' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_deterministic_mode_wiring(monkeypatch):
+    off = load_config(None, BASE)
+    on = load_config(None, BASE + ["deterministic=true"])
+    assert off.deterministic is False and determinism.env_vars(off) == {}
+    assert determinism.env_vars(on) == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        assert determinism.apply(off) is False and not torch.are_deterministic_algorithms_enabled()
+        assert determinism.apply(on) is True
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def test_minimal_ray_without_dashboard_starts_with_a_log_line(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from qgm_ray.engine import ray_setup
+    calls, logs = [], []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        if kwargs.get("include_dashboard"):
+            raise RuntimeError("Cannot include dashboard with missing packages, include_dashboard=False")
+        return "ctx"
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    cfg = load_config(None, BASE)
+    assert ray_setup.start_local_ray(cfg, logs.append) == "ctx"
+    assert [c["include_dashboard"] for c in calls] == [True, False]
+    assert calls[1]["address"] == "local"
+    assert len(logs) == 1 and "dashboard could not start" in logs[0] and "missing packages" in logs[0]
+
+
+def test_block_mix_and_exports_on_a_ring_split_in_two_blocks():
+    """A block mixes its own rows and the rows it received with one gather-multiply-add per
+    in-neighbour slot; it only has to export the rows the other block mixes."""
+    import numpy as np
+
+    from qgm_ray.engine.base import block_mix, exports, wiring
+    from qgm_ray.topology import make_topology
+    W = make_topology("ring", 6).matrix(0)
+    payloads = torch.randn(6, 5)
+    assert exports(W, [0, 1, 2]) == [0, 2] and exports(W, [3, 4, 5]) == [3, 5] and exports(W, range(6)) == []
+    rows, sources = wiring(W, [0, 1, 2])
+    assert sources == [3, 5]
+    mixed = block_mix(payloads[:3], [0, 1, 2], rows, sources, [payloads[3], payloads[5]])
+    want = torch.tensor(np.asarray(W, dtype=np.float32)) @ payloads
+    torch.testing.assert_close(mixed, want[:3])

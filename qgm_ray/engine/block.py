@@ -20,8 +20,10 @@ work whatever the blocks were when the checkpoint was written.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,11 @@ class Block:
         self.algorithm = algorithm
         self.augment = augment
         self.packed = packed
+        self.seed = seed
+        # Dropout draws from the process-global RNG. Seeding it from (seed, client, step) around
+        # the forward makes those draws a function of the run alone, so Ray == local and replays
+        # stay exact for models with dropout too (VGG, DistilBERT); models without skip it.
+        self.stochastic = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
         self.batch_size = batch_size
         # The template: functional_call reads only its structure; every client starts from its
         # weights (build_model seeds it, so all clients share the initial point).
@@ -110,7 +117,8 @@ class Block:
         """(k, P) gradients on each client's next batch; sets `self.losses` (k,)."""
         xb, yb = self._batches()
         if self.packed:
-            grads, losses = self._vstep(self._param_views(self.params), self.buffers, xb, yb)
+            with self._global_rng(self.ids):
+                grads, losses = self._vstep(self._param_views(self.params), self.buffers, xb, yb)
             self.losses = losses.detach()
             return torch.cat([grads[name].reshape(self.k, n) for name, _, n, _ in self.layout], dim=1)
         # Unpacked: each row's own module, whose parameters, gradients and buffers are views of
@@ -120,11 +128,24 @@ class Block:
         self.grad.zero_()
         losses = []
         for i, m in enumerate(modules):
-            loss = F.cross_entropy(m(xb[i]), yb[i])
+            with self._global_rng([self.ids[i]], rows=[i]):
+                loss = F.cross_entropy(m(xb[i]), yb[i])
             loss.backward()
             losses.append(loss.detach())
         self.losses = torch.stack(losses)
         return self.grad
+
+    def _global_rng(self, ids: Sequence[int], rows: Optional[Sequence[int]] = None):
+        """The global RNG seeded from (seed, these clients, their step counts), restored after.
+        A packed block draws once for all its rows (vmap), so its stream depends on the block's
+        members: both engines build the same blocks (layout.py), so they still agree."""
+        if not self.stochastic:
+            return contextlib.nullcontext()
+        steps = self.state["step"] if rows is None else self.state["step"][list(rows)]
+        entropy = [self.seed, *ids, *[int(s) for s in steps.reshape(-1).tolist()]]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+        devices = [self.device] if self.device.type == "cuda" else []
+        return _seeded(seed, devices)
 
     def _row_modules(self) -> list:
         if self._rows is None:
@@ -219,6 +240,13 @@ class Block:
         fresh = self._fresh_state(self.params[rows])
         for key, v in fresh.items():
             self.state[key][rows] = v.to(self.state[key].device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, devices: list):
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 # When a CPU block steps packed under `ray.pack_clients: auto` (bench: `python -m bench.levers

@@ -225,9 +225,10 @@ def test_max_restarts_used_up_stops_with_one_line(ray_session, monkeypatch, tmp_
     s, logs, _ = _kill_during_run(monkeypatch, tmp_path, lambda e: ray.kill(e.actor_handles()[1]),
                                   ["fault_tolerance.max_restarts=0"])
     msg = s["message"]
-    assert s["status"] == "failed" and "\n" not in msg and msg in logs
+    assert s["status"] == "failed" and "\n" not in msg
     ckpt = RunDir(tmp_path / "run").list_checkpoints()[-1]
-    assert "max_restarts=0" in msg and str(ckpt) in msg and f"--resume {tmp_path / 'run'}" in msg
+    kept = f"the checkpoint of round {int(ckpt.stem.split('_')[1])} is kept"
+    assert "max_restarts=0" in msg and kept in msg and f"--resume {tmp_path / 'run'}" in msg
     assert RunDir(tmp_path / "run").read_summary()["status"] == "failed"
 
 

@@ -23,52 +23,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import math
 
 import torch
 from torch import Tensor
 
 from qgm_ray.algorithms.adam import _AdamBase, adam_step
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, with_weight_decay
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, rows_where, with_weight_decay
 from qgm_ray.algorithms.sgd import QGDSGDm
-
-
-# ---- per-row helpers ---------------------------------------------------------------------
-
-def row_steps(params: Tensor) -> Tensor:
-    """Completed rounds: a scalar for a client's (P,) params, one per row for a (k, P) block.
-    On the CPU whatever the params' device, so reading it never waits for a GPU."""
-    return torch.zeros(tuple(params.shape[:-1]), dtype=torch.int64)
 
 
 def _column(values: Tensor, like: Tensor) -> Tensor:
     """Per-row values shaped to broadcast over the rows of `like`."""
     return values.to(dtype=like.dtype, device=like.device).reshape(*values.shape, *([1] * (like.dim() - values.dim())))
-
-
-def select_rows(cond: Tensor, a, b) -> Tensor:
-    """`a()` where `cond` else `b()`, per row. Only one side is computed when all rows agree
-    (always, except right after an elastic join)."""
-    if bool(cond.all()):
-        return a()
-    if not bool(cond.any()):
-        return b()
-    va, vb = a(), b()
-    return torch.where(_column(cond, va).bool(), va, vb)
-
-
-def adam_step_rows(x: Tensor, m1: Tensor, m2: Tensor, t: Tensor, lr: float,
-                   betas: tuple[float, float], eps: float) -> Tensor:
-    """adam.adam_step with the bias corrections of each row's own step `t` (per row, CPU)."""
-    flat = t.reshape(-1)
-    if bool((flat == flat[0]).all()):
-        return adam_step(x, m1, m2, int(flat[0]), lr, betas, eps)  # same arithmetic as dadam
-    beta1, beta2 = betas
-    steps = [int(v) for v in flat]
-    sqrt_bc2 = _column(torch.tensor([math.sqrt(1 - beta2**s) for s in steps], dtype=torch.float64).reshape(t.shape), x)
-    step_size = _column(torch.tensor([lr / (1 - beta1**s) for s in steps], dtype=torch.float64).reshape(t.shape), x)
-    denom = (m2.sqrt() / sqrt_bc2).add_(eps)
-    return x.sub(m1.div(denom).mul_(step_size))
 
 
 # ---- functional core ------------------------------------------------------------------
@@ -85,8 +51,8 @@ def d2_official_pre_mix(
     """Payload `x - lr*g` (first round) or `2x - x_prev - lr*(g - g_prev)`; records x and g
     (with weight decay) in `x_prev`, `g_prev` in place. `first`: bool, or one per row."""
     g = with_weight_decay(grad, x, weight_decay)
-    payload = select_rows(torch.as_tensor(first), lambda: x.add(g, alpha=-lr),
-                          lambda: (2 * x).sub_(x_prev).sub_(g.sub(g_prev), alpha=lr))
+    payload = rows_where(torch.as_tensor(first), lambda: x.add(g, alpha=-lr),
+                         lambda: (2 * x).sub_(x_prev).sub_(g.sub(g_prev), alpha=lr))
     x_prev.copy_(x)
     g_prev.copy_(g)
     return payload
@@ -102,7 +68,7 @@ def qg_adam_v2_pre_mix(
     g = with_weight_decay(grad, x, weight_decay)
     m1.mul_(beta1).add_(g, alpha=1 - beta1)
     e2 = m2.mul(beta2).addcmul_(g, g, value=1 - beta2)
-    return adam_step_rows(x, m1, e2, t, lr, betas, eps)
+    return adam_step(x, m1, e2, t, lr, betas, eps)
 
 
 def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, normalization_eps: float) -> None:
@@ -118,7 +84,7 @@ def centralized_adam_post_mix(
     g = mean_grad.add(x, alpha=weight_decay)
     m1.mul_(beta1).add_(g, alpha=1 - beta1)
     m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    return adam_step_rows(x, m1, m2, t, lr, betas, eps)
+    return adam_step(x, m1, m2, t, lr, betas, eps)
 
 
 def qg_local_step_update(
@@ -152,7 +118,7 @@ class D2Official(Algorithm):
 
     def init(self, params: Tensor) -> State:
         return {"prev_params": torch.zeros_like(params), "prev_grad": torch.zeros_like(params),
-                "step": row_steps(params)}
+                "step": new_step_counter(params)}
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return d2_official_pre_mix(
@@ -166,7 +132,7 @@ class D2Official(Algorithm):
 
 class _RowAdam(_AdamBase):
     def init(self, params: Tensor) -> State:
-        return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": row_steps(params)}
+        return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": new_step_counter(params)}
 
 
 class QGAdamV2(_RowAdam):
@@ -214,7 +180,7 @@ class QGDSGDmLocalStep(QGDSGDm):
     def init(self, params: Tensor) -> State:
         state = super().init(params)
         state["progress_sum"] = torch.zeros_like(params)
-        state["step"] = row_steps(params)
+        state["step"] = new_step_counter(params)
         return state
 
     # pre_mix is QGDSGDm's: the local step is the same, only the buffer refresh differs.

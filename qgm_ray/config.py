@@ -202,7 +202,7 @@ def _coerce(key: str, value: Any, tp) -> Any:
         for arg in typing.get_args(tp):
             try:
                 return _coerce(key, value, arg)
-            except ConfigError as e:
+            except ConfigError:
                 errors.append(_type_name(arg))
         raise ConfigError(f"{key}: expected one of {', '.join(errors)}, got {value!r}")
     if tp is type(None):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from qgm_ray import build
-from qgm_ray.config import Config, dump_yaml, from_dict, validate_against_data
+from qgm_ray.config import Config, dump_yaml, validate_against_data
 from qgm_ray.engine.base import EngineFailure, round_bytes
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir, check_new_run_dir, default_run_dir

@@ -166,15 +166,13 @@ def test_resume_of_a_finished_sweep_reruns_nothing(tiny_sweep):
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_session, tmp_path, sig):
-    """Ctrl+C (or SIGTERM, as Slurm / Kubernetes send) the sweep's driver (a real `python main.py
-    tune`) after its first trial: results so far are written, the hint names `tune --resume`; resume."""
+def _start_sweep_driver(tmp_path, name: str):
+    """A real `python main.py tune` of 3 tiny trials, one at a time, on the test session's Ray."""
     import ray
-    from ray.tune import ExperimentAnalysis
 
     cfg_file = tmp_path / "sweep.yaml"
     cfg_file.write_text(
-        "name: interrupted\nbackend: local\nprogress: false\n"
+        f"name: {name}\nbackend: local\nprogress: false\n"
         f"data: {{name: synthetic, batch_size: 16, alpha: 1.0, root: {tmp_path / 'data'}}}\n"
         "model: {name: mlp, options: {hidden: [16]}}\ntopology: {name: ring, n_clients: 4}\n"
         "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: 8}\neval: {every_epochs: 2, local_models: false}\n"
@@ -184,6 +182,15 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_session, 
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "tune", "--config", str(cfg_file),
                              "--output-dir", str(sweep)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    return cfg_file, sweep, proc
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_session, tmp_path, sig):
+    """Ctrl+C (or SIGTERM, as Slurm / Kubernetes send) the sweep's driver (a real `python main.py
+    tune`) after its first trial: results so far are written, the hint names `tune --resume`; resume."""
+    from ray.tune import ExperimentAnalysis
+
+    cfg_file, sweep, proc = _start_sweep_driver(tmp_path, "interrupted")
     seen = []
     try:
         for line in proc.stdout:  # the driver prints "[1/3] ..." once Tune has the first trial done
@@ -279,20 +286,7 @@ def test_ray_backend_trial_runs_its_actors_inside_its_placement_group(ray_sessio
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_ctrl_c_exit_at_once_with_the_resume_hint(ray_session, tmp_path):
-    import ray
-
-    cfg_file = tmp_path / "sweep.yaml"
-    cfg_file.write_text(
-        "name: twice\nbackend: local\nprogress: false\n"
-        f"data: {{name: synthetic, batch_size: 16, alpha: 1.0, root: {tmp_path / 'data'}}}\n"
-        "model: {name: mlp, options: {hidden: [16]}}\ntopology: {name: ring, n_clients: 4}\n"
-        "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: 8}\neval: {every_epochs: 2, local_models: false}\n"
-        "tune: {grid: {seed: [0, 1, 2]}, max_concurrent_trials: 1}\n")
-    sweep = tmp_path / "sweep"
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "tune", "--config", str(cfg_file),
-                             "--output-dir", str(sweep)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cfg_file, sweep, proc = _start_sweep_driver(tmp_path, "twice")
     seen = []
     try:
         for line in proc.stdout:

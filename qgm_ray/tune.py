@@ -113,8 +113,8 @@ def trial_bundles(cfg: Config, cluster: Optional[dict] = None) -> list[dict]:
     """Placement-group bundles of one trial. The first bundle is the trial process itself.
 
     backend ray: the engine's Coordinator asks for no CPU (it fits in the first bundle); each
-    ClientActor of k clients asks for k x (ray.cpus_per_client, gpus_per_client) and the
-    evaluation task for a token GPU share (qgm_ray.engine.ray_setup.plan_resources), so the trial
+    ClientActor of k clients asks for k x (ray.cpus_per_client, gpus_per_client)
+    (qgm_ray.engine.ray_setup.plan_resources; the first one also evaluates), so the trial
     reserves one bundle per actor of that size. `cluster`: the Ray cluster's resources.
     """
     cluster = cluster or {}
@@ -123,7 +123,7 @@ def trial_bundles(cfg: Config, cluster: Optional[dict] = None) -> list[dict]:
     if cfg.backend == "local":
         return [{"CPU": 1.0, "GPU": 1.0}] if wants_gpu else [{"CPU": 1.0}]
     from qgm_ray.build import max_clients
-    from qgm_ray.engine.ray_setup import eval_gpus, gpus_per_client, resolve_clients_per_actor
+    from qgm_ray.engine.ray_setup import gpus_per_client, resolve_clients_per_actor
     n_max = max_clients(cfg)
     # auto resolves as the trial's RayEngine will resolve it, on the same cluster
     cfg = resolve_clients_per_actor(cfg, n_max, cluster)
@@ -135,8 +135,8 @@ def trial_bundles(cfg: Config, cluster: Optional[dict] = None) -> list[dict]:
         return {"CPU": cpu * clients, **({"GPU": gpu * clients} if gpu > 0 else {})}
 
     # The trial process only drives the coordinator and writes outputs: half a CPU is plenty.
-    evaluator = {"CPU": cpu, **({"GPU": eval_gpus(gpu)} if gpu > 0 else {})}
-    return [{"CPU": 0.5}] + [bundle(k) for _ in range(math.ceil(n_max / k))] + [evaluator]
+    # The first ClientActor evaluates the averaged model: no bundle of its own.
+    return [{"CPU": 0.5}] + [bundle(k) for _ in range(math.ceil(n_max / k))]
 
 
 def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None:
@@ -153,7 +153,7 @@ def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None
             have = ", ".join(f"{cluster.get(r, 0.0):g} {r}" for r in short)
             raise ConfigError(
                 f"trial {describe_params(point)} needs {', '.join(f'{v:g} {r}' for r, v in need.items())} "
-                f"(backend={base['backend']}: trial process + ClientActors + evaluator) but the Ray cluster "
+                f"(backend={base['backend']}: trial process + ClientActors) but the Ray cluster "
                 f"has {have}; lower ray.cpus_per_client / ray.gpus_per_client, raise ray.num_cpus, or join "
                 f"a bigger cluster (ray.address)")
 

@@ -101,15 +101,15 @@ def test_trial_bundles():
     ray_cfg = tiny("backend=ray", "topology.n_clients=8", "ray.clients_per_actor=4", "ray.cpus_per_client=0.25",
                    "ray.gpus_per_client=0.125")
     bundles = qtune.trial_bundles(ray_cfg, {"CPU": 2.0, "GPU": 1.0})
-    # trial process (+ CPU-less coordinator), 2 ClientActors of 4 clients, the evaluator
-    assert bundles == [{"CPU": 0.5}, {"CPU": 1.0, "GPU": 0.5}, {"CPU": 1.0, "GPU": 0.5}, {"CPU": 0.25, "GPU": 0.01}]
+    # trial process (+ CPU-less coordinator), 2 ClientActors of 4 clients (the first also evaluates)
+    assert bundles == [{"CPU": 0.5}, {"CPU": 1.0, "GPU": 0.5}, {"CPU": 1.0, "GPU": 0.5}]
     cpu_only = tiny("backend=ray", "topology.n_clients=4", "ray.cpus_per_client=0.125", "ray.clients_per_actor=1")
-    assert qtune.trial_bundles(cpu_only) == [{"CPU": 0.5}] + [{"CPU": 0.125}] * 5
+    assert qtune.trial_bundles(cpu_only) == [{"CPU": 0.5}] + [{"CPU": 0.125}] * 4
     # clients_per_actor auto: one actor per CPU core of the cluster (4 clients, 2 cores: 2 actors of 2)
     auto = tiny("backend=ray", "topology.n_clients=4", "ray.cpus_per_client=0.125")
-    assert qtune.trial_bundles(auto, {"CPU": 2.0}) == [{"CPU": 0.5}] + [{"CPU": 0.25}] * 2 + [{"CPU": 0.125}]
-    with pytest.raises(ConfigError, match="needs 1.125 CPU"):
-        qtune.check_fits(cpu_only.to_dict(), tiny("tune.grid={seed: [0]}").tune, {"CPU": 1.0})
+    assert qtune.trial_bundles(auto, {"CPU": 2.0}) == [{"CPU": 0.5}] + [{"CPU": 0.25}] * 2
+    with pytest.raises(ConfigError, match="needs 1 CPU"):
+        qtune.check_fits(cpu_only.to_dict(), tiny("tune.grid={seed: [0]}").tune, {"CPU": 0.75})
     qtune.check_fits(cpu_only.to_dict(), tiny("tune.grid={seed: [0]}").tune, {"CPU": 2.0})
 
 

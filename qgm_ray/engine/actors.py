@@ -69,6 +69,7 @@ class ClientActor:
         self.positions: list[int] = []     # topology index of each row (changes on resize)
         self.payload: Optional[torch.Tensor] = None  # own payloads of the pending round (k, D)
         self._test = None
+        self._averaged: Optional[Evaluator] = None   # built on the first evaluation (actor 0 only)
 
     # ------------------------------------------------------------ membership
     def set_clients(self, slots: Sequence[int], positions: Sequence[int], *states: dict) -> int:
@@ -132,6 +133,21 @@ class ClientActor:
         x, y = self._test_set()
         return self.block.evaluate_rows(x, y, batch_size)
 
+    def evaluate_average(self, *per_actor: tuple) -> dict:
+        """The averaged model of every client (params from every actor's `params` ref): the
+        coordinator asks the first ClientActor, which holds the test set on its device already."""
+        out = self._evaluator().evaluate(*per_actor)
+        out["evaluator_pid"] = os.getpid()
+        return out
+
+    def average(self, *per_actor: tuple) -> tuple[np.ndarray, np.ndarray]:
+        return self._evaluator().average(*per_actor)
+
+    def _evaluator(self) -> "Evaluator":
+        if self._averaged is None:
+            self._averaged = Evaluator(self.cfg, self.ds, self.device, self._test_set())
+        return self._averaged
+
     def _test_set(self):
         if self._test is None:
             self._test = (self.ds.test_x.to(self.device), self.ds.test_y.to(self.device))
@@ -157,12 +173,13 @@ class ClientActor:
 
 
 # ------------------------------------------------------------------ the averaged model
-# One Evaluator actor per run: it lives as long as the run, keeps torch imported, the model
-# built and the test set on its device. (Ray tasks landed on freshly started workers that
-# imported torch again: 44 worker processes in a default CPU run, 2.5x the local engine's
-# time; on a GPU every fresh process also paid a new CUDA context, 6 s.) It reads the
-# clients' parameters from the refs the ClientActors returned, so neither the coordinator
-# nor the driver handles a tensor. A node loss can kill it: the coordinator starts a new one.
+# Evaluated inside the first ClientActor: a process that lives as long as the run, has torch
+# imported, the test set and (on a GPU) a CUDA context already. (Ray tasks landed on freshly
+# started workers that imported torch again: 44 worker processes in a default CPU run, 2.5x
+# the local engine's time; on a GPU every fresh process also paid a new CUDA context, 6 s. A
+# separate Evaluator actor cost one more torch process, 0.46 GB of a 256-client run.) It reads
+# the clients' parameters from the refs the ClientActors returned, so neither the coordinator
+# nor the driver handles a tensor; if its actor dies, the run recovers as from any dead actor.
 
 
 def _stack(per_actor: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,16 +194,13 @@ def _average(params: torch.Tensor, buffers: torch.Tensor) -> tuple[torch.Tensor,
 
 
 class Evaluator:
-    def __init__(self, cfg: Config, meta: dict, num_gpus: float, test_x: np.ndarray, test_y: np.ndarray):
-        determinism.apply(cfg)
-        torch.set_num_threads(cfg.ray.torch_threads)
+    """The averaged model and the test set on one device (held by a ClientActor)."""
+
+    def __init__(self, cfg: Config, ds: Dataset, device, test: tuple[torch.Tensor, torch.Tensor]):
         self.cfg = cfg
-        self.device = _device(num_gpus)
-        ds = Dataset(name=meta["name"], train_x=torch.zeros(0), train_y=torch.zeros(0, dtype=torch.long),
-                     test_x=as_tensor(test_x), test_y=as_tensor(test_y), num_classes=meta["num_classes"],
-                     input_shape=meta["input_shape"])
-        self.model = build.build_model(cfg, ds).to(self.device)
-        self.test_x, self.test_y = ds.test_x.to(self.device), ds.test_y.to(self.device)
+        self.model = build.build_model(cfg, ds).to(device)
+        self.device = device
+        self.test_x, self.test_y = test
 
     def average(self, *per_actor: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(params, buffers) of the clients' average: what elastic joiners start from."""
@@ -199,8 +213,5 @@ class Evaluator:
         params, bufs = _average(stacked, buffers)
         load_params(self.model, params.to(self.device), bufs.to(self.device))
         acc, loss = evaluate_model(self.model, self.test_x, self.test_y, self.cfg.eval.batch_size)
-        return {"test_accuracy": acc, "test_loss": loss, "consensus_distance": consensus_distance(stacked),
-                "evaluator_pid": os.getpid()}
+        return {"test_accuracy": acc, "test_loss": loss, "consensus_distance": consensus_distance(stacked)}
 
-    def pid(self) -> int:
-        return os.getpid()

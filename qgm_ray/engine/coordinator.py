@@ -35,10 +35,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from qgm_ray import build, determinism
 from qgm_ray.config import Config
 from qgm_ray.engine import placement
-from qgm_ray.engine.actors import ClientActor, Evaluator
+from qgm_ray.engine.actors import ClientActor
 from qgm_ray.engine.base import exports, groups_of, mixing_matrix, round_bytes, wiring  # noqa: F401 - wiring re-exported
 from qgm_ray.engine.metrics import RunMetrics
-from qgm_ray.engine.ray_setup import eval_gpus
 
 # What "a process or node died" looks like to the caller of ray.get.
 FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
@@ -77,39 +76,14 @@ class Coordinator:
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
         self.initial_slots = list(slots)
-        # The averaged model: a token GPU share (ray_setup.EVAL_GPU), no CPU (it runs while the
-        # clients wait), in one Evaluator actor for the whole run (started with the ClientActors).
-        self.eval_gpus = eval_gpus(resources["num_gpus"])
         self.runtime_env = {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None
-        self.evaluator = None
         self.eval_pids: list[int] = []   # the process that answered each evaluation
 
     def start(self) -> dict:
         """Create the actors and build the clients (blocks while the cluster lacks resources)."""
         with self.lock:
-            self._new_evaluator()   # starts (imports torch) while the ClientActors build their blocks
             self._set_slots(self.initial_slots)
             return self.info()
-
-    def _new_evaluator(self) -> None:
-        opts = {"runtime_env": self.runtime_env} if self.runtime_env else {}
-        if ray.util.get_current_placement_group() is None:
-            # Beside the coordinator (the driver's node, which a run cannot lose anyway), so a lost
-            # worker node rarely takes the evaluator with it; soft: a GPU share may live elsewhere.
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
-                                                                         soft=True)
-        cls = ray.remote(Evaluator).options(num_cpus=0, num_gpus=self.eval_gpus, max_restarts=0, **opts)
-        self.evaluator = cls.remote(self.cfg, self.meta, self.eval_gpus, self.data_refs[2], self.data_refs[3])
-
-    def _on_evaluator(self, method: str, *args):
-        """evaluator.method(*args), on a new Evaluator if the old one died (a lost node)."""
-        for attempt in range(2):
-            try:
-                return ray.get(getattr(self.evaluator, method).remote(*args))
-            except FAILURES:
-                if attempt:
-                    raise
-                self._new_evaluator()
 
     # ------------------------------------------------------------ actors
     def _new_actor(self, node: Optional[str] = None):
@@ -277,7 +251,8 @@ class Coordinator:
             params = [a.params.remote() for a in self.actors]
             local = ([a.local_accuracies.remote(self.cfg.eval.batch_size) for a in self.actors]
                      if self.cfg.eval.local_models else [])
-            out = self._on_evaluator("evaluate", *params)
+            # The first ClientActor evaluates the average (actors.py: the averaged model).
+            out = ray.get(self.actors[0].evaluate_average.remote(*params))
             self.eval_pids.append(out.pop("evaluator_pid"))
             accs = [x for r in ray.get(local) for x in r]
             out["local_test_accuracy"] = float(np.mean(accs)) if accs else float("nan")
@@ -310,7 +285,7 @@ class Coordinator:
             if n_clients > n_shards:
                 raise ValueError(f"resize to {n_clients} clients: the data was cut into {n_shards} shards "
                                  f"(set elastic.max_clients)")
-            avg = ray.put(self._on_evaluator("average", *[a.params.remote() for a in self.actors]))
+            avg = ray.put(ray.get(self.actors[0].average.remote(*[a.params.remote() for a in self.actors])))
             if n_clients < len(self.slots):
                 slots = self.slots[:n_clients]
             else:
@@ -384,7 +359,7 @@ class Coordinator:
         return list(self.eval_pids)
 
     def shutdown(self) -> None:
-        for a in self.actors + ([self.evaluator] if self.evaluator is not None else []):
+        for a in self.actors:
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001

@@ -1,7 +1,7 @@
 """The Ray engine, driver side: the same interface as LocalEngine, the clients in Ray actors.
 
     driver (RayEngine)  --small calls / records-->  Coordinator actor  --refs-->  ClientActors
-                                                                     `-> Evaluator actor
+                                                     (the first one also evaluates the averaged model)
 
 The driver starts or joins Ray (ray_setup), puts the dataset into the object store once
 (numpy arrays: every actor on a node maps the same memory and slices its own partition),

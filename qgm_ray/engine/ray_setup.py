@@ -6,8 +6,8 @@ so that the fractions on a GPU sum to at most 1) but they are scheduling bookkee
 Ray does not cap a process's GPU memory, so clients sharing a GPU must fit in its memory
 together (lower `ray.gpus_per_client`'s denominator, i.e. use more GPUs, if they do not).
 `auto` spreads the actors evenly over the cluster's G GPUs (never more than one GPU per actor)
-and leaves EVAL_GPU free on each GPU for the evaluation task, and uses the CPU when there is
-no GPU. On an autoscaling cluster whose GPU workers start at zero,
+and uses the CPU when there is no GPU (the averaged model is evaluated inside the first
+ClientActor, on its GPU: nothing else asks for one). On an autoscaling cluster whose GPU workers start at zero,
 `auto` sees no GPU: set the fraction explicitly and the autoscaler adds GPU nodes.
 
 Actors. `ray.clients_per_actor: auto` gives one ClientActor per GPU when the clients get GPUs
@@ -216,29 +216,18 @@ def resolve_clients_per_actor(cfg: Config, n_max: int, cluster: dict) -> Config:
                                                               cluster.get("GPU", 0.0), cfg.ray.gpus_per_client))
 
 
-# The averaged-model evaluation task's GPU request: a token that gets it a GPU (Ray hides the
-# GPUs from a task that asks for none) and always fits beside the actors, because `auto` leaves
-# this much free on every GPU. It runs while the clients wait, so it takes no GPU time from them.
-EVAL_GPU = 0.01
-
-
 def gpus_per_client(cfg: Config, n_max: int, cluster_gpus: float) -> float:
     if cfg.ray.gpus_per_client == "auto":
         if cluster_gpus <= 0:
             return 0.0
         k = resolve_clients_per_actor(cfg, n_max, {"GPU": cluster_gpus}).ray.clients_per_actor
         actors = math.ceil(n_max / k)
-        # Actors spread evenly over the GPUs, never more than one GPU per actor, EVAL_GPU left
-        # on each GPU (Ray fills a GPU with fractions before it moves to the next).
+        # Actors spread evenly over the GPUs, never more than one GPU per actor (Ray fills a
+        # GPU with fractions before it moves to the next).
         per_gpu = math.ceil(actors / max(1, math.floor(cluster_gpus)))
-        actor_share = min((1.0 - EVAL_GPU) / per_gpu, (cluster_gpus - EVAL_GPU) / actors)
+        actor_share = min(1.0 / per_gpu, cluster_gpus / actors)
         return math.floor(actor_share / k * 1e4) / 1e4  # Ray keeps 4 decimals: never round up
     return float(cfg.ray.gpus_per_client)
-
-
-def eval_gpus(client_gpus: float) -> float:
-    """GPU request of the evaluation task: EVAL_GPU when the clients train on GPUs, else 0."""
-    return EVAL_GPU if client_gpus > 0 else 0.0
 
 
 def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[str], None]) -> dict:
@@ -256,9 +245,8 @@ def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[s
         raise ConfigError(f"device=cuda but the clients get no GPU (ray.gpus_per_client={cfg.ray.gpus_per_client}, "
                           f"cluster: {describe_resources(res)})")
     cpu = cfg.ray.cpus_per_client
-    # Evaluation takes one client's GPU share and no CPU (it runs while the clients wait).
     slots = reserved_clients(n_max, k)
-    need = {"CPU": cpu * slots, "GPU": gpu * slots + eval_gpus(gpu)}
+    need = {"CPU": cpu * slots, "GPU": gpu * slots}
     short = {r: v for r, v in need.items() if v > res.get(r, 0.0) + 1e-6}
     if short:
         what = " and ".join(f"{v:g} {r}" for r, v in short.items())

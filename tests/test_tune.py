@@ -163,9 +163,6 @@ def test_resume_of_a_finished_sweep_reruns_nothing(tiny_sweep):
     assert all(starts(d) == 1 for d in trial_dirs(sweep))
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def _start_sweep_driver(tmp_path, name: str):
     """A real `python main.py tune` of 3 tiny trials, one at a time, on the test session's Ray."""
     import ray
@@ -185,6 +182,9 @@ def _start_sweep_driver(tmp_path, name: str):
     return cfg_file, sweep, proc
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(ray_session, tmp_path, sig):
     """Ctrl+C (or SIGTERM, as Slurm / Kubernetes send) the sweep's driver (a real `python main.py
     tune`) after its first trial: results so far are written, the hint names `tune --resume`; resume."""

@@ -46,6 +46,15 @@ def _median_round(times: list[float]) -> float:
     return statistics.median(b - a for a, b in zip(times, times[1:]))
 
 
+def _time_rounds(engine, warmup: int, rounds: int) -> float:
+    """Median round time of `rounds` rounds after `warmup` (either engine)."""
+    engine.train(range(warmup), lambda t: 0.05)
+    ends = [time.perf_counter()]
+    engine.train(range(warmup, warmup + rounds), lambda t: 0.05,
+                 on_round=lambda t, loss: ends.append(time.perf_counter()))
+    return _median_round(ends)
+
+
 def time_local_block(cfg, device: str, warmup: int, rounds: int) -> dict:
     from qgm_ray import build
     from qgm_ray.engine.local import LocalEngine
@@ -54,11 +63,7 @@ def time_local_block(cfg, device: str, warmup: int, rounds: int) -> dict:
     ds = build.build_dataset(cfg)
     engine = LocalEngine(cfg, ds, build.build_partition(cfg, ds), device=device)
     try:
-        engine.train(range(warmup), lambda t: 0.05)
-        ends = [time.perf_counter()]
-        engine.train(range(warmup, warmup + rounds), lambda t: 0.05,
-                     on_round=lambda t, loss: ends.append(time.perf_counter()))
-        return {"round_seconds": _median_round(ends), "packed": all(b.packed for b in engine.blocks),
+        return {"round_seconds": _time_rounds(engine, warmup, rounds), "packed": all(b.packed for b in engine.blocks),
                 "blocks": len(engine.blocks)}
     finally:
         engine.close()
@@ -71,11 +76,7 @@ def time_ray(cfg, warmup: int, rounds: int, log=print) -> dict:
     ds = build.build_dataset(cfg)
     engine = RayEngine(cfg, ds, build.build_partition(cfg, ds), log=log)
     try:
-        engine.train(range(warmup), lambda t: 0.05)
-        ends = [time.perf_counter()]
-        engine.train(range(warmup, warmup + rounds), lambda t: 0.05,
-                     on_round=lambda t, loss: ends.append(time.perf_counter()))
-        return {"round_seconds": _median_round(ends), "actors": engine._info["n_actors"],
+        return {"round_seconds": _time_rounds(engine, warmup, rounds), "actors": engine._info["n_actors"],
                 "clients_per_actor": engine.cfg.ray.clients_per_actor}
     finally:
         engine.close()

@@ -91,7 +91,9 @@ def test_local_yaml_start_commands_make_a_cluster_main_py_joins(tmp_path):
     home = tmp_path / "home"
     (home / "qgm-ray").parent.mkdir(parents=True)
     os.symlink(ROOT, home / "qgm-ray")
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HOME": str(home),
+    # A fresh shell on a node: no RAY_ADDRESS, and no RAY_AUTH_MODE that an in-process Ray of the
+    # test session exported (with it `ray start` wants a token under the fake HOME).
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}, "HOME": str(home),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for cmd in shared:
         # pip: resolve against what is installed (no index, nothing downloaded or changed)

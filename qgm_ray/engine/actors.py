@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from qgm_ray import build, determinism
-from qgm_ray.client import evaluate_model, load_params
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine.base import block_mix, consensus_distance
+from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
+from qgm_ray.engine.evaluation import AveragedModel, average_rows
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -136,7 +136,7 @@ class ClientActor:
     def evaluate_average(self, *per_actor: tuple) -> dict:
         """The averaged model of every client (params from every actor's `params` ref): the
         coordinator asks the first ClientActor, which holds the test set on its device already."""
-        out = self._evaluator().evaluate(*per_actor)
+        out = self._evaluator().evaluate_arrays(*per_actor)
         out["evaluator_pid"] = os.getpid()
         return out
 
@@ -188,30 +188,13 @@ def _stack(per_actor: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
     return params, buffers
 
 
-def _average(params: torch.Tensor, buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # The reductions of LocalEngine.averaged_params: the mean over the stacked rows.
-    return params.mean(0), (buffers.mean(0) if buffers.shape[1] else buffers[0])
-
-
-class Evaluator:
-    """The averaged model and the test set on one device (held by a ClientActor)."""
-
-    def __init__(self, cfg: Config, ds: Dataset, device, test: tuple[torch.Tensor, torch.Tensor]):
-        self.cfg = cfg
-        self.model = build.build_model(cfg, ds).to(device)
-        self.device = device
-        self.test_x, self.test_y = test
+class Evaluator(AveragedModel):
+    """The averaged model of a Ray run, fed from every actor's `params` arrays."""
 
     def average(self, *per_actor: tuple) -> tuple[np.ndarray, np.ndarray]:
         """(params, buffers) of the clients' average: what elastic joiners start from."""
-        p, b = _average(*_stack(per_actor))
+        p, b = average_rows(*_stack(per_actor))
         return p.numpy(), b.numpy()
 
-    def evaluate(self, *per_actor: tuple) -> dict:
-        """Test accuracy / loss of the averaged model and the consensus distance."""
-        stacked, buffers = _stack(per_actor)
-        params, bufs = _average(stacked, buffers)
-        load_params(self.model, params.to(self.device), bufs.to(self.device))
-        acc, loss = evaluate_model(self.model, self.test_x, self.test_y, self.cfg.eval.batch_size)
-        return {"test_accuracy": acc, "test_loss": loss, "consensus_distance": consensus_distance(stacked)}
-
+    def evaluate_arrays(self, *per_actor: tuple) -> dict:
+        return self.evaluate(*_stack(per_actor))

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from qgm_ray import build, determinism, layout
-from qgm_ray.client import evaluate_model, load_params
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine.base import block_mix, consensus_distance, mixing_matrix, wiring
+from qgm_ray.engine.base import block_mix, mixing_matrix, wiring
 from qgm_ray.engine.block import Block
+from qgm_ray.engine.evaluation import AveragedModel, average_rows
 
 
 class LocalEngine:
@@ -38,8 +38,8 @@ class LocalEngine:
         self.blocks: list[Block] = []
         self._set_slots(list(range(self.n_clients)))
         self.centralized = self.blocks[0].algorithm.centralized
-        self.eval_model = build.build_model(cfg, ds).to(device)
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
+        self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
 
     @property
     def payload_bytes(self) -> int:
@@ -77,18 +77,16 @@ class LocalEngine:
                 on_round(t, loss)
         return losses
 
+    def flat_buffers(self) -> torch.Tensor:
+        """(n, B): every client's float buffers in position order."""
+        return torch.cat([b.flat_buffers() for b in self.blocks])
+
     def averaged_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        params = self.params.mean(0)
-        bufs = torch.cat([b.flat_buffers() for b in self.blocks])
-        return params, (bufs.mean(0) if bufs.shape[1] else bufs[0])
+        return average_rows(self.params, self.flat_buffers())
 
     def evaluate(self) -> dict:
         bs = self.cfg.eval.batch_size
-        stacked = self.params
-        params, buffers = self.averaged_params()
-        load_params(self.eval_model, params, buffers)
-        acc, loss = evaluate_model(self.eval_model, self.test_x, self.test_y, bs)
-        out = {"test_accuracy": acc, "test_loss": loss, "consensus_distance": consensus_distance(stacked)}
+        out = self.averaged.evaluate(self.params, self.flat_buffers())
         if self.cfg.eval.local_models:
             accs = [a for b in self.blocks for a in b.evaluate_rows(self.test_x, self.test_y, bs)]
             out["local_test_accuracy"] = float(np.mean(accs))

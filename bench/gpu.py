@@ -88,6 +88,7 @@ def time_ceiling(cfg, device: str, warmup: int, rounds: int) -> dict:
     import torch.nn.functional as F
 
     from qgm_ray import build
+    from qgm_ray.data import pixel_table, to_float
 
     ds = build.build_dataset(cfg)
     model = build.build_model(cfg, ds).to(device).train()
@@ -95,11 +96,12 @@ def time_ceiling(cfg, device: str, warmup: int, rounds: int) -> dict:
     batch = cfg.topology.n_clients * cfg.data.batch_size
     g = torch.Generator().manual_seed(0)
     x, y = ds.train_x.to(device), ds.train_y.to(device)
+    table = pixel_table(ds.norm).to(device) if ds.norm is not None else None   # uint8 pixels, as the blocks
     ends = []
     for step in range(warmup + rounds):
         idx = torch.randint(0, len(x), (batch,), generator=g).to(device)
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = F.cross_entropy(model(to_float(x[idx], table)), y[idx])
         loss.backward()
         opt.step()
         loss.item()   # as the engines: one read per round

@@ -97,6 +97,6 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
     augment = ds.augment if cfg.data.augment else None
     algorithm = build_algorithm(cfg)
     return Block(model, algorithm, shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
-                 augment=augment, device=device,
+                 augment=augment, device=device, norm=ds.norm,
                  packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device),
                  push_sum=uses_push_sum(cfg, algorithm))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qgm_ray.data import to_float
 
 
 def flatten_into_views(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -51,13 +52,15 @@ def load_params(model: nn.Module, params: torch.Tensor, buffers: torch.Tensor) -
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """(accuracy in [0, 1], mean cross-entropy) of `model` on (x, y)."""
+def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   table: torch.Tensor | None = None) -> tuple[float, float]:
+    """(accuracy in [0, 1], mean cross-entropy) of `model` on (x, y). uint8 pixels are
+    normalised one evaluation batch at a time (`data.to_float` with the dataset's `table`)."""
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
+        logits = model(to_float(x[start:start + batch_size], table))
         yb = y[start:start + batch_size]
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()

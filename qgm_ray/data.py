@@ -1,7 +1,12 @@
-"""Dataset registry: every dataset becomes a handful of tensors, normalised once.
+"""Dataset registry: every dataset becomes a handful of tensors.
 
 Clients index these tensors with their partition's indices and slice mini-batches out of
 them; nothing on the training path loops over samples in Python or builds PIL images.
+Datasets whose pixels are 8-bit (the torchvision ones, `imagenet32`) keep them as uint8 (a
+quarter of float32 in the driver, the object store and every block) and carry their
+per-channel `norm`; a batch becomes normalised float32 where it is used (`to_float`, on the
+block's device), bit for bit what normalising the whole dataset at load time gave. The
+other datasets are float32, normalised once (`norm` None; agnews holds int64 token ids).
 Augmentation (`augment_batch`) works on whole batches and draws from a `torch.Generator`,
 so a client's data stream is reproducible from its seed alone.
 
@@ -45,7 +50,9 @@ AUGMENTATIONS = ("crop_flip", "crop", "flip")
 @dataclass
 class Dataset:
     name: str
-    train_x: torch.Tensor  # float32, (N, *input_shape), normalised
+    # (N, *input_shape): uint8 pixels when `norm` is set, else float32 normalised (int64
+    # token ids for text)
+    train_x: torch.Tensor
     train_y: torch.Tensor  # int64, (N,)
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -56,6 +63,10 @@ class Dataset:
     # `augment_batch(..., fill=ds.fill)` pads exactly as torchvision's RandomCrop does
     # before Normalize; None means pad with 0.
     fill: tuple | None = None
+    # ((mean per channel), (std per channel)) of uint8 storage: x = (x / 255 - mean) / std,
+    # applied per batch by `to_float(x, pixel_table(norm))`. None: train_x/test_x are the
+    # model's inputs already.
+    norm: tuple | None = None
 
     def augment_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """This dataset's training augmentation (identity when it has none)."""
@@ -116,18 +127,55 @@ def _standardise(train_x: torch.Tensor, test_x: torch.Tensor):
     return (train_x - mean) / std, (test_x - mean) / std
 
 
-def _dataset(name, train_x, train_y, test_x, test_y, num_classes, augment=None, fill=None) -> Dataset:
+def _dataset(name, train_x, train_y, test_x, test_y, num_classes, augment=None, fill=None, norm=None) -> Dataset:
+    """float32 inputs, or uint8 pixels left as they are when `norm` says how to normalise them."""
+    if norm is not None:
+        assert train_x.dtype == test_x.dtype == torch.uint8, "norm is for uint8 pixels"
+        norm = (tuple(float(m) for m in norm[0]), tuple(float(s) for s in norm[1]))
+    x_dtype = torch.float32 if norm is None else torch.uint8
     return Dataset(
         name=name,
-        train_x=train_x.float().contiguous(),
+        train_x=train_x.to(x_dtype).contiguous(),
         train_y=train_y.long().contiguous(),
-        test_x=test_x.float().contiguous(),
+        test_x=test_x.to(x_dtype).contiguous(),
         test_y=test_y.long().contiguous(),
         num_classes=int(num_classes),
         input_shape=tuple(train_x.shape[1:]),
         augment=augment,
         fill=fill,
+        norm=norm,
     )
+
+
+# ----------------------------------------------------------------------------- uint8 pixels
+
+
+def pixel_table(norm: tuple) -> torch.Tensor:
+    """(C, 256) float32: what each 8-bit value of each channel normalises to, computed on the
+    CPU with the ops and order that normalising the whole dataset at load time used
+    (float, / 255, - mean, / std). A batch looked up in this table is bit for bit that
+    float32 data on any device. Computing it on the device instead would not be: CUDA
+    divides by a CPU scalar as a multiply by its reciprocal (ATen's div_true_kernel_cuda),
+    which rounds x / 255 differently for 126 of the 256 values (tests/test_uint8.py, emulated
+    on the CPU)."""
+    mean, std = norm
+    c = len(mean)
+    levels = torch.arange(256, dtype=torch.uint8).expand(c, 256)
+    x = levels.float().div_(255.0)
+    return x.sub_(torch.tensor(mean).view(c, 1)).div_(torch.tensor(std).view(c, 1)).contiguous()
+
+
+def to_float(x: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
+    """A (B, C, ...) batch of uint8 pixels as normalised float32 (a gather from `table`, on
+    x's device); x unchanged when table is None (datasets stored as model inputs)."""
+    if table is None:
+        return x
+    c = table.shape[0]
+    if x.dtype != torch.uint8 or x.dim() < 2 or x.shape[1] != c:
+        raise ValueError(f"to_float: expected uint8 (B, {c}, ...) pixels, got {x.dtype} {tuple(x.shape)}")
+    table = table.to(x.device)   # no-op where the caller keeps it on the device (blocks do)
+    offsets = (torch.arange(c, device=x.device) * 256).view(1, c, *([1] * (x.dim() - 2)))
+    return torch.take(table, x.long() + offsets)   # take: 2x faster than indexing on CPU
 
 
 # ----------------------------------------------------------------------------- offline
@@ -299,7 +347,8 @@ def _load_torchvision(name: str, root: str, download: bool) -> Dataset:
     train_x, train_y = _to_tensors(train, spec)
     test_x, test_y = _to_tensors(test, spec)
     fill = tuple(-m / s for m, s in zip(spec["mean"], spec["std"]))
-    return _dataset(name, train_x, train_y, test_x, test_y, spec["num_classes"], spec["augment"], fill)
+    return _dataset(name, train_x, train_y, test_x, test_y, spec["num_classes"], spec["augment"], fill,
+                    norm=(spec["mean"], spec["std"]))
 
 
 def _open_torchvision(name: str, root: str, download: bool):
@@ -328,17 +377,14 @@ def _open_torchvision(name: str, root: str, download: bool):
 
 
 def _to_tensors(ds, spec: dict):
-    """A torchvision dataset's uint8 array -> normalised float32 NCHW tensor, in one go."""
+    """A torchvision dataset's uint8 array -> uint8 NCHW tensor (normalised per batch: `to_float`)."""
     data = ds.data
     data = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(data))
     if spec["layout"] == "NHWC":
         data = data.permute(0, 3, 1, 2)
     elif spec["layout"] == "NHW":
         data = data.unsqueeze(1)
-    x = data.float().div_(255.0)
-    mean = torch.tensor(spec["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(spec["std"]).view(1, -1, 1, 1)
-    x = x.sub_(mean).div_(std).contiguous()
+    x = data.contiguous()
     targets = getattr(ds, "targets", None)
     if targets is None:
         targets = ds.labels  # SVHN
@@ -370,9 +416,9 @@ def _read_imagenet32_batch(folder: str, stem: str):
 
 def _load_imagenet32(root, download, seed, train_batches=10) -> Dataset:
     """Downsampled ImageNet 32x32 (1.28M train / 50k val images, 1000 classes), normalised
-    with mean = std = 0.5 and augmented by crop + flip, as in the official code. The full
-    training set is 15.7 GB as float32: `train_batches: k` reads only the first k of the ten
-    batches (~128k images each)."""
+    with mean = std = 0.5 and augmented by crop + flip, as in the official code. Stored as
+    uint8, the full training set is 1,281,167 x 3072 B = 3.94 GB (15.7 GB as float32):
+    `train_batches: k` reads only the first k of the ten batches (~128k images each)."""
     if isinstance(train_batches, bool) or not isinstance(train_batches, int) or not 1 <= train_batches <= 10:
         raise ConfigError(f"dataset 'imagenet32': option train_batches must be an integer in 1..10, got {train_batches!r}")
     folder = os.path.abspath(os.path.join(root, IMAGENET32_FOLDER))
@@ -399,14 +445,12 @@ def _load_imagenet32(root, download, seed, train_batches=10) -> Dataset:
         if labels.min() < 1 or labels.max() > 1000:
             raise ConfigError(f"dataset 'imagenet32': labels in {folder} must be 1..1000 (1-based), "
                               f"got {labels.min()}..{labels.max()}")
-        x = torch.from_numpy(data).view(-1, 3, 32, 32).float().div_(255.0)
-        x = x.sub_(torch.tensor(mean).view(1, 3, 1, 1)).div_(torch.tensor(std).view(1, 3, 1, 1))
-        return x, torch.from_numpy(labels - 1)
+        return torch.from_numpy(data).view(-1, 3, 32, 32), torch.from_numpy(labels - 1)
 
     train_x, train_y = tensors(stems[:-1])
     test_x, test_y = tensors(stems[-1:])
     fill = tuple(-m / s for m, s in zip(mean, std))
-    return _dataset("imagenet32", train_x, train_y, test_x, test_y, 1000, "crop_flip", fill)
+    return _dataset("imagenet32", train_x, train_y, test_x, test_y, 1000, "crop_flip", fill, norm=(mean, std))
 
 
 def _load_agnews(root, download, seed, **opts) -> Dataset:

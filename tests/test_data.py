@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import qgm_ray.data as data
-from qgm_ray.data import DATASETS, augment_batch, describe, load_dataset
+from qgm_ray.data import DATASETS, augment_batch, describe, load_dataset, pixel_table, to_float
 from qgm_ray.errors import ConfigError
 
 
 def _check(ds, n_train, n_test, shape, num_classes):
     assert ds.train_x.shape == (n_train, *shape) and ds.test_x.shape == (n_test, *shape)
-    assert ds.train_x.dtype == ds.test_x.dtype == torch.float32
+    assert ds.train_x.dtype == ds.test_x.dtype == torch.float32 and ds.norm is None  # not 8-bit: float as before
     assert ds.train_y.dtype == ds.test_y.dtype == torch.int64
     assert ds.train_y.shape == (n_train,) and ds.test_y.shape == (n_test,)
     assert ds.input_shape == shape and ds.num_classes == num_classes
@@ -162,16 +162,17 @@ def test_fake_cifar10_conversion(tmp_path, monkeypatch):
     ds = load_dataset("cifar10", root=str(tmp_path))
 
     assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_x.shape == (6, 3, 32, 32)
-    assert ds.train_x.dtype == torch.float32 and ds.train_y.dtype == torch.int64
+    assert ds.train_x.dtype == torch.uint8 and ds.train_y.dtype == torch.int64
     assert ds.input_shape == (3, 32, 32) and ds.num_classes == 10 and ds.augment == "crop_flip"
+    assert ds.norm == ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
     mean = torch.tensor((0.4914, 0.4822, 0.4465)).view(3, 1, 1)
     std = torch.tensor((0.2023, 0.1994, 0.2010)).view(3, 1, 1)
-    # the pickled rows are channel planes (R, G, B) of 32x32, row-major
+    # the pickled rows are channel planes (R, G, B) of 32x32, row-major, kept as uint8
     train_raw = np.concatenate([raw[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert torch.equal(ds.train_x, torch.from_numpy(train_raw).view(-1, 3, 32, 32))
+    assert torch.equal(ds.test_x, torch.from_numpy(raw["test_batch"][0]).view(-1, 3, 32, 32))
     expect = (torch.from_numpy(train_raw).float().view(-1, 3, 32, 32) / 255 - mean) / std
-    assert torch.allclose(ds.train_x, expect, atol=1e-5)
-    expect_test = (torch.from_numpy(raw["test_batch"][0]).float().view(-1, 3, 32, 32) / 255 - mean) / std
-    assert torch.allclose(ds.test_x, expect_test, atol=1e-5)
+    assert torch.allclose(to_float(ds.train_x, pixel_table(ds.norm)), expect, atol=1e-5)
     assert ds.train_y.tolist() == sum((raw[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     assert ds.test_y.tolist() == raw["test_batch"][1]
     # a black pixel after normalisation is what the crop pads with
@@ -186,14 +187,16 @@ def test_to_tensors_layouts():
     mnist_like.data = torch.full((2, 28, 28), 255, dtype=torch.uint8)
     mnist_like.targets = torch.tensor([3, 4])
     x, y = data._to_tensors(mnist_like, data._TORCHVISION["mnist"])
-    assert x.shape == (2, 1, 28, 28) and y.tolist() == [3, 4]
+    assert x.shape == (2, 1, 28, 28) and x.dtype == torch.uint8 and y.tolist() == [3, 4]
+    x = to_float(x, pixel_table(((0.1307,), (0.3081,))))
     assert torch.allclose(x, torch.full_like(x, (1 - 0.1307) / 0.3081))
 
     svhn_like = Fake()
     svhn_like.data = np.zeros((2, 3, 32, 32), dtype=np.uint8)
     svhn_like.labels = np.array([0, 9])
     x, y = data._to_tensors(svhn_like, data._TORCHVISION["svhn"])
-    assert x.shape == (2, 3, 32, 32) and y.dtype == torch.int64 and torch.all(x == -1)
+    assert x.shape == (2, 3, 32, 32) and y.dtype == torch.int64 and torch.all(x == 0)
+    assert torch.all(to_float(x, pixel_table(((0.5,) * 3, (0.5,) * 3))) == -1)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -282,11 +285,14 @@ def test_imagenet32_reads_the_official_batch_format(tmp_path):
     want_y = np.concatenate([raw[f"train_data_batch_{i}"][1] for i in range(1, 11)]) - 1
     assert ds.train_y.tolist() == want_y.tolist() and ds.train_y.min() == 0
     assert ds.test_y[0] == 999
-    # pixel (c, h, w) of a row is data[c*1024 + h*32 + w], scaled to [-1, 1]
+    # pixel (c, h, w) of a row is data[c*1024 + h*32 + w], kept as uint8, normalised to [-1, 1]
+    assert ds.train_x.dtype == ds.test_x.dtype == torch.uint8 and ds.norm == ((0.5,) * 3, (0.5,) * 3)
     data = raw["train_data_batch_2"][0]
     img = ds.train_x[3]  # first image of batch 2
+    img_float = to_float(ds.train_x[3:4], pixel_table(ds.norm))[0]
     for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 30)]:
-        assert img[c, h, w].item() == pytest.approx(data[0, c * 1024 + h * 32 + w] / 127.5 - 1.0, abs=1e-6)
+        assert img[c, h, w].item() == data[0, c * 1024 + h * 32 + w]
+        assert img_float[c, h, w].item() == pytest.approx(data[0, c * 1024 + h * 32 + w] / 127.5 - 1.0, abs=1e-6)
     assert ds.fill == (-1.0, -1.0, -1.0)
     assert load_dataset("imagenet32", root=str(tmp_path), train_batches=2).train_x.shape[0] == 6
 

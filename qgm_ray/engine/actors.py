@@ -45,8 +45,9 @@ def dataset_from_arrays(meta: dict, train_x: np.ndarray, train_y: np.ndarray,
 
 
 def dataset_meta(ds: Dataset) -> dict:
+    # norm travels with the arrays: uint8 pixels in the object store, normalised per batch
     return {"name": ds.name, "num_classes": ds.num_classes, "input_shape": tuple(ds.input_shape),
-            "augment": ds.augment, "fill": ds.fill}
+            "augment": ds.augment, "fill": ds.fill, "norm": ds.norm}
 
 
 def _device(num_gpus: float) -> str:

@@ -33,14 +33,15 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from qgm_ray.client import BatchSampler, evaluate_model, load_params
-from qgm_ray.data import apply_augment, draw_augment
+from qgm_ray.data import apply_augment, draw_augment, pixel_table, to_float
 from qgm_ray.engine import push_sum as ps
 
 
 class Block:
     def __init__(self, model: nn.Module, algorithm, shards: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  ids: Sequence[int], batch_size: int, seed: int, augment: Optional[str] = None,
-                 device: str = "cpu", packed: bool = False, push_sum: bool = False):
+                 device: str = "cpu", packed: bool = False, push_sum: bool = False,
+                 norm: Optional[tuple] = None):
         if not ids or len(ids) != len(shards):
             raise ValueError("a block needs one shard per client and at least one client")
         self.ids = list(ids)
@@ -73,6 +74,8 @@ class Block:
         self.weight = torch.ones(self.k, dtype=self.params.dtype, device=self.device) if self.push_sum else None
         # All shards in one tensor on the device, so a round's k batches are one gather.
         self.x = torch.cat([x for x, _ in shards]).to(self.device)
+        # uint8 shards (data.Dataset.norm): normalised per batch, after the gather
+        self.table = pixel_table(norm).to(self.device) if norm is not None else None
         self.y = torch.cat([y for _, y in shards]).to(self.device)
         sizes = [len(x) for x, _ in shards]
         self.offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
@@ -110,13 +113,15 @@ class Block:
     def _batches(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.cat([s.next() + off for s, off in zip(self.samplers, self.offsets.tolist())])
         idx = idx.to(self.device)
-        xb = self.x[idx].view(self.k, self.batch_size, *self.x.shape[1:])
+        xb = to_float(self.x[idx], self.table).view(self.k, self.batch_size, *self.x.shape[1:])
         yb = self.y[idx].view(self.k, self.batch_size)
         if self.augment:
             # Each client's own generator draws its crops and flips (the numbers of a lone
             # client), then one crop/flip program runs over the whole block's k*b samples.
             draws = [draw_augment(self.batch_size, s.generator, self.augment) for s in self.samplers]
             params = {key: torch.cat([d[key] for d in draws], dim=-1) for key in draws[0]}
+            # On normalised floats, padded with 0 (the normalisation's mean colour), as blocks always
+            # have; Dataset.fill (black) is what torchvision's RandomCrop before Normalize pads with.
             flat = xb.reshape(self.k * self.batch_size, *self.x.shape[1:])
             xb = apply_augment(flat, params, self.augment).view_as(xb)
         return xb, yb
@@ -213,7 +218,7 @@ class Block:
         accs = []
         for i in range(self.k):
             load_params(self._eval_model, self.params[i], bufs[i])
-            accs.append(evaluate_model(self._eval_model, x, y, batch_size)[0])
+            accs.append(evaluate_model(self._eval_model, x, y, batch_size, self.table)[0])
         return accs
 
     # ------------------------------------------------------------ per-client state

@@ -11,7 +11,7 @@ import torch
 from qgm_ray import build
 from qgm_ray.client import evaluate_model, load_params
 from qgm_ray.config import Config
-from qgm_ray.data import Dataset
+from qgm_ray.data import Dataset, pixel_table
 from qgm_ray.engine.base import consensus_distance
 from qgm_ray.engine.push_sum import weighted_mean
 
@@ -33,10 +33,12 @@ class AveragedModel:
         self.device = device
         self.model = build.build_model(cfg, ds).to(device)
         self.test_x, self.test_y = test
+        # uint8 test pixels (ds.norm) are normalised per evaluation batch, on this device
+        self.table = pixel_table(ds.norm).to(device) if ds.norm is not None else None
 
     def evaluate(self, stacked: torch.Tensor, buffers: torch.Tensor, weights: Optional[torch.Tensor] = None) -> dict:
         """Test accuracy / loss of the average of `stacked`'s rows and their consensus distance."""
         params, bufs = average_rows(stacked, buffers, weights)
         load_params(self.model, params.to(self.device), bufs.to(self.device))
-        acc, loss = evaluate_model(self.model, self.test_x, self.test_y, self.batch_size)
+        acc, loss = evaluate_model(self.model, self.test_x, self.test_y, self.batch_size, self.table)
         return {"test_accuracy": acc, "test_loss": loss, "consensus_distance": consensus_distance(stacked)}

@@ -107,6 +107,10 @@ class RayConfig:
     # always steps packed. Unpacked, a block still owns the stacked tensors and runs the
     # algorithm once; it steps its rows' forward/backward one at a time.
     pack_clients: Union[bool, str] = "auto"   # auto | true | false
+    # Rows of a packed block per vmapped forward/backward. auto: all of them, except on a GPU
+    # where a probe says the block's activations would not fit in its share of the GPU
+    # (engine/memory.py: 1024 ResNet-20 clients needed 120 GB in one vmap); a number caps it.
+    vmap_chunk: Union[int, str] = "auto"      # auto | k >= 1
     # graph: actors holding graph neighbours share a node where resources allow
     # (engine/placement.py); default: wherever Ray's scheduler puts them.
     placement: str = "graph"
@@ -438,6 +442,9 @@ def validate(cfg: Config) -> None:
         _require(v in allowed, f"{key}={v!r} is not allowed; choose one of {', '.join(allowed)}")
     _require(cfg.ray.pack_clients in ("auto", True, False),
              f"ray.pack_clients={cfg.ray.pack_clients!r} is not allowed; choose one of auto, true, false")
+    vc = cfg.ray.vmap_chunk
+    _require(vc == "auto" or (isinstance(vc, int) and not isinstance(vc, bool) and vc >= 1),
+             f"ray.vmap_chunk={vc!r} is not allowed; choose auto or an integer >= 1 (clients per vmapped step)")
 
     _require(cfg.data.name in DATASETS, f"data.name={cfg.data.name!r} is unknown; choose one of {', '.join(DATASETS)}")
     _require(cfg.model.name in MODELS, f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(MODELS)}")

@@ -64,6 +64,9 @@ class ClientActor:
         torch.set_num_threads(cfg.ray.torch_threads)
         self.cfg, self.parts = cfg, parts
         self.device = _device(num_gpus)
+        # The GPU fraction this actor's block may plan to use: 1 / actors per GPU (Ray keeps 4
+        # decimals of a fraction, so round back to the whole number of actors sharing it).
+        self.gpu_share = 1.0 / round(1.0 / num_gpus) if 0 < num_gpus < 1 else 1.0
         self.ds = dataset_from_arrays(meta, train_x, train_y, test_x, test_y)
         self.block: Optional[Block] = None
         self.positions: list[int] = []     # topology index of each row (changes on resize)
@@ -79,7 +82,7 @@ class ClientActor:
         slots = list(slots)
         if self.block is None or self.block.ids != slots:
             kept = {s["id"]: s for s in self.block.client_states()} if self.block is not None else {}
-            self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device)
+            self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
             for r, s in enumerate(slots):
                 if s in kept and not states:
                     self.block.load_client_state(r, kept[s])

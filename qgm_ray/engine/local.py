@@ -129,7 +129,9 @@ class LocalEngine:
             ids = [slots[i] for i in g]
             block = old.get(tuple(ids))
             if block is None:
-                block = build.build_block(self.cfg, self.ds, self.parts, ids, self.device)
+                # One GPU holds every block: each gets its share (as each actor of a Ray run on
+                # one GPU does), so both engines choose the same vmap chunks (engine/memory.py).
+                block = build.build_block(self.cfg, self.ds, self.parts, ids, self.device, gpu_share=1 / len(groups))
                 for r, s in enumerate(ids):
                     if s in kept:
                         block.load_client_state(r, kept[s])

@@ -19,6 +19,9 @@ from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows
 
 
+LOSS_READS_EVERY = 16   # rounds of losses kept on the device before one read
+
+
 class LocalEngine:
     def __init__(self, cfg: Config, ds: Dataset, parts: list, device: str = "cpu"):
         self.cfg, self.ds, self.parts, self.device = cfg, ds, parts, device
@@ -53,7 +56,22 @@ class LocalEngine:
     def train(self, rounds: range, lr_of: Callable[[int], float],
               on_round: Optional[Callable[[int, float], None]] = None,
               should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
-        losses = []
+        losses: list[float] = []
+        pending: list[tuple[int, torch.Tensor]] = []   # (round, every client's loss) not read yet
+
+        def read() -> None:
+            # One device read for up to LOSS_READS_EVERY rounds: on a GPU a read per round is a
+            # host sync that stops the CPU from queueing the next round's kernels.
+            if not pending:
+                return
+            values = torch.stack([v for _, v in pending]).tolist()
+            for (r, _), row in zip(pending, values):
+                loss = float(np.mean(row))   # position order, as Ray's records
+                losses.append(loss)
+                if on_round is not None:
+                    on_round(r, loss)
+            pending.clear()
+
         groups = self.layout.groups(self.n_clients)
         where = self.layout.block_of(self.n_clients)
         for t in rounds:
@@ -70,11 +88,10 @@ class LocalEngine:
                 mixed.append(block_mix(own, g, rows, sources, received))
             for b, m in zip(self.blocks, mixed):
                 b.post_mix(m, lr)
-            # One read of the device per round for every client (position order, as Ray's records).
-            loss = float(np.mean(torch.cat([b.losses for b in self.blocks]).tolist()))
-            losses.append(loss)
-            if on_round is not None:
-                on_round(t, loss)
+            pending.append((t, torch.cat([b.losses for b in self.blocks])))
+            if len(pending) >= LOSS_READS_EVERY:
+                read()
+        read()
         return losses
 
     def flat_buffers(self) -> torch.Tensor:

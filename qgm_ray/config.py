@@ -550,18 +550,6 @@ def _validate_model_options(cfg: Config) -> None:
                      f"model.options.{key} must be an integer >= 1, got {v!r}")
 
 
-def _validate_slowmo(a: AlgorithmConfig) -> None:
-    from qgm_ray.algorithms.slowmo import SLOWMO_ALGORITHMS
-
-    _require(isinstance(a.slowmo_tau, int) and not isinstance(a.slowmo_tau, bool) and a.slowmo_tau >= 0,
-             f"algorithm.slowmo_tau must be an integer >= 0 (rounds between outer steps; 0 = off), got {a.slowmo_tau!r}")
-    _require(0 <= a.slowmo_beta < 1, f"algorithm.slowmo_beta must be in [0, 1), got {a.slowmo_beta}")
-    _require(a.slowmo_alpha > 0, f"algorithm.slowmo_alpha must be > 0, got {a.slowmo_alpha}")
-    _require(a.slowmo_tau == 0 or a.name in SLOWMO_ALGORITHMS,
-             f"algorithm.slowmo_tau={a.slowmo_tau} needs algorithm.name one of {', '.join(SLOWMO_ALGORITHMS)} "
-             f"(the official code's SlowMo is its decentralized SGD's), got {a.name!r}; or set algorithm.slowmo_tau=0")
-
-
 def _validate_elastic(cfg: Config) -> None:
     from qgm_ray.topology import validate_topology
 
@@ -616,6 +604,18 @@ def _validate_search(key: str, spec: Any) -> None:
              and all(isinstance(x, num) and not isinstance(x, bool) and math.isfinite(x) for x in arg)
              and arg[0] < arg[1], usage)
     _require(kind != "loguniform" or arg[0] > 0, f"tune.search.{key}: loguniform needs lo > 0, got {arg!r}")
+
+
+def _validate_slowmo(a: AlgorithmConfig) -> None:
+    from qgm_ray.algorithms.slowmo import SLOWMO_ALGORITHMS
+
+    _require(isinstance(a.slowmo_tau, int) and not isinstance(a.slowmo_tau, bool) and a.slowmo_tau >= 0,
+             f"algorithm.slowmo_tau must be an integer >= 0 (rounds between outer steps; 0 = off), got {a.slowmo_tau!r}")
+    _require(0 <= a.slowmo_beta < 1, f"algorithm.slowmo_beta must be in [0, 1), got {a.slowmo_beta}")
+    _require(a.slowmo_alpha > 0, f"algorithm.slowmo_alpha must be > 0, got {a.slowmo_alpha}")
+    _require(a.slowmo_tau == 0 or a.name in SLOWMO_ALGORITHMS,
+             f"algorithm.slowmo_tau={a.slowmo_tau} needs algorithm.name one of {', '.join(SLOWMO_ALGORITHMS)} "
+             f"(the official code's SlowMo is its decentralized SGD's), got {a.name!r}; or set algorithm.slowmo_tau=0")
 
 
 def validate_against_data(cfg: Config, partition_sizes: list[int]) -> None:

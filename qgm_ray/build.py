@@ -15,7 +15,7 @@ from qgm_ray.config import Config
 from qgm_ray.data import Dataset, load_dataset
 from qgm_ray.models import HUB_MODELS, make_model
 from qgm_ray.partition import make_partition
-from qgm_ray.topology import make_topology
+from qgm_ray.topology import is_directed, make_topology
 
 
 def resolve_device(cfg: Config) -> str:
@@ -79,9 +79,21 @@ def build_model(cfg: Config, ds: Dataset):
     return make_model(cfg.model.name, ds.input_shape, ds.num_classes, seed=cfg.seed, **options)
 
 
+def uses_push_sum(cfg: Config, algorithm) -> bool:
+    """Gossip with push-sum weights: on a directed graph, except for all-reduce rules (which
+    ignore the graph)."""
+    return is_directed(cfg.topology.name, cfg.topology.options) and not algorithm.centralized
+
+
+def payload_floats(cfg: Config, algorithm, num_params: int) -> int:
+    """Floats one client sends per round (what engine.block.Block.payload_size says)."""
+    return algorithm.payload_size(num_params) + (1 if uses_push_sum(cfg, algorithm) else 0)
+
+
 def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str):
     """The block of the clients holding these shards (slots), in this order, on `device`;
-    packed (one vmap) per `ray.pack_clients` and the device (engine.block.should_pack)."""
+    packed (one vmap) per `ray.pack_clients` and the device (engine.block.should_pack); with
+    push-sum weights on a directed graph (all-reduce rules ignore the graph)."""
     from qgm_ray.engine.block import Block, should_pack
 
     model = build_model(cfg, ds)
@@ -91,6 +103,8 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
         idx = torch.as_tensor(parts[s], dtype=torch.long)
         shards.append((ds.train_x[idx], ds.train_y[idx]))
     augment = ds.augment if cfg.data.augment else None
-    return Block(model, build_algorithm(cfg), shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
+    algorithm = build_algorithm(cfg)
+    return Block(model, algorithm, shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
                  augment=augment, device=device,
-                 packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device))
+                 packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device),
+                 push_sum=uses_push_sum(cfg, algorithm))

@@ -464,6 +464,7 @@ def validate(cfg: Config) -> None:
 
     _require(cfg.topology.n_clients >= 1, f"topology.n_clients must be >= 1, got {cfg.topology.n_clients}")
     validate_topology(cfg.topology.name, cfg.topology.n_clients, **cfg.topology.options)
+    _validate_push_sum(cfg.algorithm.name, cfg.topology.name, cfg.topology.options)
 
     s = cfg.schedule
     _require(s.epochs > 0, f"schedule.epochs must be > 0, got {s.epochs}")
@@ -548,6 +549,18 @@ def _validate_model_options(cfg: Config) -> None:
             v = o[key]
             _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                      f"model.options.{key} must be an integer >= 1, got {v!r}")
+
+
+def _validate_push_sum(algorithm: str, topology: str, options: dict) -> None:
+    """A directed graph's W is only column stochastic: gossip there is push-sum, which de-biases
+    parameters; rules that mix anything else (D2, gradient tracking) are undefined on it."""
+    from qgm_ray.algorithms.registry import gossips_with_push_sum, push_sum_algorithms
+    from qgm_ray.topology import is_directed
+
+    _require(not is_directed(topology, options) or gossips_with_push_sum(algorithm),
+             f"algorithm.name={algorithm} cannot run on topology.name={topology} (a directed graph, "
+             f"gossiped with push-sum); choose one of {', '.join(push_sum_algorithms())}, "
+             "or an undirected topology")
 
 
 def _validate_elastic(cfg: Config) -> None:

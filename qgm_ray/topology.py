@@ -1,7 +1,9 @@
 """Communication graphs -> mixing matrices W(t).
 
-Row i of W(t) holds the weights client i applies to what it receives in round t; every graph
-here is undirected, so W(t) is symmetric and doubly stochastic. Static graphs compute W once;
+Row i of W(t) holds the weights client i applies to what it receives in round t. Undirected
+graphs are symmetric and doubly stochastic; directed ones (`DIRECTED`, `graph` with
+`directed: true`) are column stochastic, W[j, i] != 0 meaning "i sends to j", and engines
+gossip on them with push-sum (engine/push_sum.py). Static graphs compute W once;
 time-varying graphs rebuild it from (seed, t), so any process asking for round t gets the
 same matrix without sharing state.
 
@@ -19,6 +21,7 @@ from collections import OrderedDict
 import networkx as nx
 import numpy as np
 
+from qgm_ray import directed
 from qgm_ray.errors import ConfigError
 
 TOPOLOGIES = (
@@ -31,9 +34,17 @@ TOPOLOGIES = (
     "time_varying_exponential",
     "time_varying_random_ring",
     "time_varying_random_pair",
+    "margulis",
+    "bipartite_one_peer",
+    "one_peer_exponential",
+    "two_peer_exponential",
+    "random_peer",
     "graph",
 )
-TIME_VARYING = ("time_varying_exponential", "time_varying_random_ring", "time_varying_random_pair")
+TIME_VARYING = ("time_varying_exponential", "time_varying_random_ring", "time_varying_random_pair",
+                "bipartite_one_peer", "one_peer_exponential", "two_peer_exponential", "random_peer")
+# Column- (not row-) stochastic: gossip needs push-sum. `graph` joins them with `directed: true`.
+DIRECTED = ("one_peer_exponential", "two_peer_exponential", "random_peer")
 
 # name -> (networkx constructor, number of nodes)
 SOCIAL_GRAPHS = {
@@ -44,7 +55,7 @@ SOCIAL_GRAPHS = {
 }
 DEFAULT_SOCIAL_GRAPH = "davis_southern_women"
 
-_KWARGS = ("graph", "edge_list", "generator", "generator_kwargs")
+_KWARGS = ("graph", "edge_list", "generator", "generator_kwargs", "directed", "degree")
 _TV_CACHE_ROUNDS = 16  # time-varying: keep a few recent rounds (pipelined engines ask ahead)
 
 
@@ -148,6 +159,15 @@ def _simple(G: nx.Graph) -> nx.Graph:
     return H
 
 
+def _simple_directed(G: nx.Graph) -> nx.DiGraph:
+    """Directed, unweighted, no self-loops, nodes 0..m-1 in G's node order."""
+    index = {v: k for k, v in enumerate(G.nodes)}
+    H = nx.DiGraph()
+    H.add_nodes_from(range(len(index)))
+    H.add_edges_from((index[u], index[v]) for u, v in G.to_directed().edges() if u != v)
+    return H
+
+
 def _social_graph(name: str) -> nx.Graph:
     # Unweighted (karate_club / les_miserables carry edge weights in recent networkx); nodes
     # numbered in the constructor's insertion order, the order the official code's
@@ -194,10 +214,11 @@ def _time_varying_random_pair(n: int, t: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_edge_list(path: str, n: int) -> nx.Graph:
+def _read_edge_list(path: str, n: int, directed: bool = False) -> nx.Graph:
+    """One link per line, `i j` (or `i,j`); with `directed`, i sends to j."""
     if not os.path.isfile(path):
         raise ConfigError(f"topology.edge_list={path!r}: no such file")
-    G = nx.Graph()
+    G = nx.DiGraph() if directed else nx.Graph()
     G.add_nodes_from(range(n))
     with open(path) as f:
         for lineno, raw in enumerate(f, 1):
@@ -223,7 +244,8 @@ def _read_edge_list(path: str, n: int) -> nx.Graph:
     return G
 
 
-def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | None) -> nx.Graph:
+def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | None,
+                    directed: bool = False) -> nx.Graph:
     fn = getattr(nx, str(generator), None)
     # Only networkx.generators.*: other callables (is_directed, degree, ...) take a graph, not n.
     module = getattr(fn, "__module__", "") or ""
@@ -249,30 +271,51 @@ def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | 
         ) from None
     if not isinstance(G, nx.Graph):
         raise ConfigError(f"topology.options.generator={generator} did not return a networkx graph")
+    if directed:   # an undirected generator's links go both ways
+        return _simple_directed(G)
     return _simple(G)
 
 
-def _user_graph(n: int, seed: int, edge_list=None, generator=None, generator_kwargs=None) -> nx.Graph:
+def _user_graph(n: int, seed: int, edge_list=None, generator=None, generator_kwargs=None,
+                directed: bool = False) -> nx.Graph:
     if (edge_list is None) == (generator is None):
         raise ConfigError(
             "topology.name=graph needs exactly one of topology.edge_list=PATH or "
             "topology.generator=NAME (a networkx generator, e.g. watts_strogatz_graph)"
         )
     if edge_list is not None:
-        G, what = _read_edge_list(str(edge_list), n), f"edge_list={edge_list}"
+        G, what = _read_edge_list(str(edge_list), n, directed), f"edge_list={edge_list}"
     else:
-        G, what = _generate_graph(generator, n, seed, generator_kwargs), f"generator={generator}"
+        G, what = _generate_graph(generator, n, seed, generator_kwargs, directed), f"generator={generator}"
     if G.number_of_nodes() != n:
         raise ConfigError(
             f"topology.name=graph with {what} has {G.number_of_nodes()} nodes but topology.n_clients={n}"
         )
-    if n > 1 and not nx.is_connected(G):
+    if directed:
+        if n > 1 and not nx.is_strongly_connected(G):
+            k = nx.number_strongly_connected_components(G)
+            raise ConfigError(
+                f"topology.name=graph with {what} and directed=true is not strongly connected ({k} "
+                "components): push-sum gossip needs a path from every client to every other"
+            )
+    elif n > 1 and not nx.is_connected(G):
         k = nx.number_connected_components(G)
         raise ConfigError(
             f"topology.name=graph with {what} is disconnected ({k} components): "
             "gossip averaging needs a connected graph"
         )
     return G
+
+
+def is_directed(name: str, options: dict) -> bool:
+    """Whether topology `name` with these options is column- rather than doubly stochastic
+    (engines then gossip with push-sum). Builds nothing."""
+    return name in DIRECTED or (name == "graph" and bool(options.get("directed")))
+
+
+def _graph_kwargs(kw: dict) -> dict:
+    """The options of topology.name=graph (the others belong to other names)."""
+    return {k: v for k, v in kw.items() if k in ("edge_list", "generator", "generator_kwargs", "directed")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +335,11 @@ def valid_sizes(name: str) -> str:
         "time_varying_exponential": "any n >= 1",
         "time_varying_random_ring": "any n >= 1",
         "time_varying_random_pair": "an even n >= 2",
+        "margulis": "a square n = b*b with b >= 2 (4, 9, 16, 25, ...)",
+        "bipartite_one_peer": "an even n >= 2",
+        "one_peer_exponential": "any n >= 1",
+        "two_peer_exponential": "any n >= 1",
+        "random_peer": "any n >= 1",
         "graph": "the number of nodes of the user graph",
     }.get(name, f"unknown topology (valid names: {', '.join(TOPOLOGIES)})")
 
@@ -303,8 +351,10 @@ def _size_ok(name: str, n: int) -> bool:
         return n >= 4 and n % 2 == 0
     if name == "expander":
         return _is_prime(n)
-    if name == "time_varying_random_pair":
+    if name in ("time_varying_random_pair", "bipartite_one_peer"):
         return n >= 2 and n % 2 == 0
+    if name == "margulis":
+        return n >= 4 and math.isqrt(n) ** 2 == n
     return True
 
 
@@ -314,6 +364,11 @@ def _check_kwargs(kw: dict) -> dict:
         raise ConfigError(
             f"topology: unknown option(s) {', '.join(unknown)} (valid: {', '.join(_KWARGS)})"
         )
+    if kw.get("directed") is not None and not isinstance(kw["directed"], bool):
+        raise ConfigError(f"topology.options.directed={kw['directed']!r} must be true or false")
+    d = kw.get("degree")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
+        raise ConfigError(f"topology.options.degree={d!r} must be an integer >= 1 (random_peer: most out-links per round)")
     # options meant for another topology are ignored, so one config section serves all names
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -342,7 +397,7 @@ def validate_topology(name: str, n: int, seed: int = 0, **kw) -> None:
                 f"(social graphs: {valid_sizes('social')})"
             )
     elif name == "graph":
-        _user_graph(int(n), int(seed), **{k: v for k, v in kw.items() if k != "graph"})
+        _user_graph(int(n), int(seed), **_graph_kwargs(kw))
     elif not _size_ok(name, int(n)):
         raise ConfigError(
             f"topology.name={name} cannot take topology.n_clients={n}: {name} needs {valid_sizes(name)}"
@@ -368,6 +423,8 @@ class Topology:
         self.seed = int(seed)
         self.options = _check_kwargs(kw)
         self.time_varying = name in TIME_VARYING
+        # Column-stochastic W: the engines gossip with push-sum weights (engine/push_sum.py).
+        self.directed = is_directed(name, self.options)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._gap_cache: dict[int, float] = {}
         if name in ("social", "graph"):
@@ -388,8 +445,18 @@ class Topology:
         if name == "social":
             return mixing_matrix_from_graph(_social_graph(kw.get("graph", DEFAULT_SOCIAL_GRAPH)))
         if name == "graph":
-            user = {k: v for k, v in kw.items() if k != "graph"}
-            return mixing_matrix_from_graph(_user_graph(n, self.seed, **user))
+            G = _user_graph(n, self.seed, **_graph_kwargs(kw))
+            return directed.directed_weights(G) if self.directed else mixing_matrix_from_graph(G)
+        if name == "margulis":
+            return directed.margulis(n)
+        if name == "bipartite_one_peer":
+            return directed.bipartite_one_peer(n, t)
+        if name == "one_peer_exponential":
+            return directed.one_peer_exponential(n, t)
+        if name == "two_peer_exponential":
+            return directed.two_peer_exponential(n, t)
+        if name == "random_peer":
+            return directed.random_peer(n, t, self.seed, int(kw.get("degree", 1)))
         if name == "time_varying_exponential":
             return _time_varying_exponential(n, t)
         if name == "time_varying_random_ring":
@@ -444,8 +511,12 @@ class Topology:
             extra = f", edge_list={kw['edge_list']}" if "edge_list" in kw else f", generator={kw['generator']}"
         elif self.name == "time_varying_exponential":
             extra = f", period={_exponential_period(self.n)}"
+        elif self.name == "random_peer":
+            extra = f", degree={kw.get('degree', 1)}"
         else:
             extra = ""
+        if self.directed:
+            extra += ", directed, push-sum"
         if self.time_varying:
             return f"{self.name}(n={self.n}{extra}, time-varying, seed={self.seed})"
         return f"{self.name}(n={self.n}{extra}, spectral_gap={self.spectral_gap():.4f})"
@@ -458,7 +529,8 @@ def make_topology(name: str, n: int, seed: int = 0, **kw) -> Topology:
     """The topology `name` on n clients; ConfigError if they do not fit (see valid_sizes).
 
     kw: graph (social: davis_southern_women | florentine_families | karate_club |
-    les_miserables), edge_list=PATH or generator=NAME [+ generator_kwargs] (name='graph').
+    les_miserables), edge_list=PATH or generator=NAME [+ generator_kwargs] [+ directed]
+    (name='graph'), degree (random_peer: out-links per round drawn from 1..degree, default 1).
     Options meant for another topology are ignored; None values count as unset.
     """
     return Topology(name, n, seed, **kw)

@@ -102,7 +102,10 @@ def capture_engine(monkeypatch):
     ["topology.name=ring", "ray.clients_per_actor=1"],
     ["topology.name=time_varying_random_ring", "ray.clients_per_actor=2", "algorithm.name=gradient_tracking"],
     ["topology.name=ring", "ray.clients_per_actor=2", "ray.pack_clients=true"],
-], ids=["ring-k1", "time_varying-k2", "ring-k2-packed"])
+    # push-sum: the weight column travels through the object store like the parameters
+    ["topology.name=random_peer", "topology.options={degree: 2}", "ray.clients_per_actor=2",
+     "algorithm.name=qg_dsgdm_n"],
+], ids=["ring-k1", "time_varying-k2", "ring-k2-packed", "random_peer-push_sum-k2"])
 def test_ray_engine_matches_local_engine(ray_session, extra):
     from qgm_ray.engine.ray_engine import RayEngine
     cfg = small(*extra)
@@ -235,10 +238,12 @@ def test_max_restarts_used_up_stops_with_one_line(ray_session, monkeypatch, tmp_
 # ------------------------------------------------------------------ elastic, resume
 
 
-@pytest.mark.parametrize("pack", ["false", "true"])
-def test_elastic_resize_matches_local_engine(ray_session, tmp_path, pack):
-    # packed: both engines re-pack the blocks of k after every resize, and stay bit-identical
-    extra = ["elastic.schedule=[[0.5, 2], [1.0, 3], [1.5, 4]]", "ray.clients_per_actor=2", f"ray.pack_clients={pack}"]
+@pytest.mark.parametrize("pack,graph", [("false", "ring"), ("true", "ring"), ("false", "one_peer_exponential")])
+def test_elastic_resize_matches_local_engine(ray_session, tmp_path, pack, graph):
+    # packed: both engines re-pack the blocks of k after every resize, and stay bit-identical;
+    # directed: joiners start with push-sum weight 1 from the weighted average on both engines
+    extra = ["elastic.schedule=[[0.5, 2], [1.0, 3], [1.5, 4]]", "ray.clients_per_actor=2", f"ray.pack_clients={pack}",
+             f"topology.name={graph}"]
     s = runner.run(small(*extra), tmp_path / "ray", log=quiet)
     runner.run(small(*extra, "backend=local"), tmp_path / "local", log=quiet)
     a, b = read_metrics(tmp_path / "local"), read_metrics(tmp_path / "ray")

@@ -83,6 +83,7 @@ def qg_adam_post_mix(
 
 class _AdamBase(Algorithm):
     uses = ("betas", "eps", "weight_decay")
+    push_sum = True
 
     def __init__(self, name: str, hparams: dict[str, Any]):
         super().__init__(name, hparams)

@@ -41,6 +41,11 @@ class Algorithm:
     uses: tuple[str, ...] = ("weight_decay",)
     # True: the engine must mix with W = 1/n everywhere (an all-reduce), whatever the topology.
     centralized: bool = False
+    # True: the payload is the parameters after a local step, so on a directed graph the engine
+    # can gossip it with push-sum (SGP; QG-SGP for the quasi-global rules). Rules that mix
+    # other quantities (D2's extrapolation, gradient tracking's tracker) need a doubly
+    # stochastic W and are refused on directed graphs.
+    push_sum: bool = False
 
     def __init__(self, name: str, hparams: dict[str, Any]):
         self.name = name

@@ -49,6 +49,18 @@ def accepted_hparams(name: str) -> tuple[str, ...]:
     return _algorithm_class(name).uses
 
 
+def gossips_with_push_sum(name: str) -> bool:
+    """Whether rule `name` can run on a directed graph: its payload is the parameters after a
+    local step, which push-sum de-biases (SGP). All-reduce rules ignore the graph."""
+    cls = _algorithm_class(name)
+    return cls.push_sum or cls.centralized
+
+
+def push_sum_algorithms() -> list[str]:
+    """The gossiping rules that run on a directed graph (the all-reduce ones are left out)."""
+    return [a for a in ALGORITHMS if _algorithm_class(a).push_sum]
+
+
 def make_algorithm(name: str, **hparams: Any) -> Algorithm:
     """Strict constructor: a hyper-parameter the algorithm does not read is a ConfigError.
 

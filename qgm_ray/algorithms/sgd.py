@@ -72,6 +72,7 @@ def centralized_sgdm_post_mix(
 
 class DSGD(Algorithm):
     uses = ("weight_decay",)
+    push_sum = True
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return dsgd_pre_mix(params, grad, lr, self.weight_decay)
@@ -84,6 +85,7 @@ class DSGD(Algorithm):
 
 class DSGDm(Algorithm):
     uses = ("momentum", "weight_decay")
+    push_sum = True
 
     def __init__(self, name: str, hparams: dict[str, Any], nesterov: bool):
         super().__init__(name, hparams)
@@ -125,6 +127,7 @@ class QGDSGDm(DSGDm):
 
 class CentralizedSGDm(DSGDm):
     centralized = True
+    push_sum = False   # its payload is a gradient, all-reduced
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return grad.clone()

@@ -157,6 +157,7 @@ class QGAdamV2(_RowAdam):
 
 class CentralizedAdam(_RowAdam):
     centralized = True
+    push_sum = False   # its payload is a gradient, all-reduced
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return grad.clone()

@@ -146,9 +146,13 @@ class ClientActor:
         return self.block.algorithm.slow_state(self.block.state, 0)
 
     # ------------------------------------------------------------ evaluation / checkpoints
-    def params(self) -> tuple[np.ndarray, np.ndarray]:
-        """(k x P params, k x B float buffers) of the clients, in row order."""
-        return self.block.params.detach().cpu().numpy(), self.block.flat_buffers().cpu().numpy()
+    def params(self) -> tuple:
+        """(k x P params, k x B float buffers[, k push-sum weights on a directed graph]) of the
+        clients, in row order."""
+        out = (self.block.params.detach().cpu().numpy(), self.block.flat_buffers().cpu().numpy())
+        if self.block.push_sum:
+            out += (self.block.weight.detach().cpu().numpy(),)
+        return out
 
     def local_accuracies(self, batch_size: int) -> list[float]:
         x, y = self._test_set()
@@ -203,10 +207,12 @@ class ClientActor:
 # nor the driver handles a tensor; if its actor dies, the run recovers as from any dead actor.
 
 
-def _stack(per_actor: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
-    params = torch.cat([as_tensor(p) for p, _ in per_actor])
-    buffers = torch.cat([as_tensor(b) for _, b in per_actor])
-    return params, buffers
+def _stack(per_actor: Sequence[tuple]) -> tuple:
+    """(params, buffers, push-sum weights or None) of every client, in position order."""
+    params = torch.cat([as_tensor(a[0]) for a in per_actor])
+    buffers = torch.cat([as_tensor(a[1]) for a in per_actor])
+    weights = torch.cat([as_tensor(a[2]) for a in per_actor]) if len(per_actor[0]) > 2 else None
+    return params, buffers, weights
 
 
 class Evaluator(AveragedModel):

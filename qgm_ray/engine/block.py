@@ -14,6 +14,9 @@ once on the whole (k, P) block. Each client keeps its own seeded, checkpointable
 `BatchSampler` (the same numbers as a lone client), so a client's batches do not depend on
 which block it is in. Losses stay on the device (`block.losses`) until an engine reads them.
 
+On a directed graph (`push_sum=True`) each row also carries a push-sum weight, sent as one
+extra payload column and de-biased after the mix (engine/push_sum.py).
+
 A single client is a block of 1. Checkpoints stay per client: `client_state(i)` slices row
 i, `load_client_state(i, s)` writes it back, so `--resume`, replays and elastic resizes
 work whatever the blocks were when the checkpoint was written.
@@ -31,12 +34,13 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from qgm_ray.client import BatchSampler, evaluate_model, load_params
 from qgm_ray.data import apply_augment, draw_augment
+from qgm_ray.engine import push_sum as ps
 
 
 class Block:
     def __init__(self, model: nn.Module, algorithm, shards: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  ids: Sequence[int], batch_size: int, seed: int, augment: Optional[str] = None,
-                 device: str = "cpu", packed: bool = False):
+                 device: str = "cpu", packed: bool = False, push_sum: bool = False):
         if not ids or len(ids) != len(shards):
             raise ValueError("a block needs one shard per client and at least one client")
         self.ids = list(ids)
@@ -64,6 +68,9 @@ class Block:
         self.buffers = {name: b.detach().unsqueeze(0).repeat(self.k, *([1] * b.dim())).contiguous()
                         for name, b in self.model.named_buffers()}
         self.state = self._fresh_state(self.params)
+        # Push-sum weights (directed graphs): every client starts at 1, so sum_i w_i = n.
+        self.push_sum = bool(push_sum)
+        self.weight = torch.ones(self.k, dtype=self.params.dtype, device=self.device) if self.push_sum else None
         # All shards in one tensor on the device, so a round's k batches are one gather.
         self.x = torch.cat([x for x, _ in shards]).to(self.device)
         self.y = torch.cat([y for _, y in shards]).to(self.device)
@@ -89,7 +96,8 @@ class Block:
 
     @property
     def payload_size(self) -> int:
-        return self.algorithm.payload_size(self.num_params)
+        # build.payload_floats says the same for the Ray coordinator, which holds no block
+        return self.algorithm.payload_size(self.num_params) + (1 if self.push_sum else 0)
 
     # ------------------------------------------------------------ one round
     def _loss(self, params: dict, buffers: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -165,12 +173,16 @@ class Block:
 
     def pre_mix(self, lr: float) -> torch.Tensor:
         """Steps 1-2 of a round for all k clients: (k, payload_size) payloads."""
-        return self.algorithm.pre_mix(self.state, self.params, self.gradients(), lr)
+        payload = self.algorithm.pre_mix(self.state, self.params, self.gradients(), lr)
+        return ps.send(payload, self.params, self.weight) if self.push_sum else payload
 
     def post_mix(self, mixed: torch.Tensor, lr: float) -> None:
         """Step 4: row i of `mixed` is what client i mixed from its in-neighbours."""
+        mixed = mixed.to(self.device)
+        if self.push_sum:
+            mixed, self.weight = ps.receive(mixed)
         # In place: the unpacked path's row modules are views of these rows.
-        self.params.copy_(self.algorithm.post_mix(self.state, self.params, mixed.to(self.device), lr))
+        self.params.copy_(self.algorithm.post_mix(self.state, self.params, mixed, lr))
 
     # ------------------------------------------------------------ views for evaluation and averaging
     def float_buffer_names(self) -> list[str]:
@@ -208,13 +220,16 @@ class Block:
     def client_state(self, i: int, flat_buffers: Optional[torch.Tensor] = None) -> dict:
         """Client i's checkpoint (CPU tensors): the format of a lone client, whatever the block."""
         bufs = self.flat_buffers() if flat_buffers is None else flat_buffers
-        return {
+        state = {
             "id": self.ids[i],
             "params": self.params[i].detach().cpu().clone(),
             "buffers": bufs[i].cpu().clone(),
             "algorithm": {key: v[i].detach().cpu().clone() for key, v in self.state.items()},
             "sampler": self.samplers[i].state_dict(),
         }
+        if self.push_sum:
+            state["push_sum_weight"] = self.weight[i].detach().cpu().clone()
+        return state
 
     def client_states(self) -> list[dict]:
         bufs = self.flat_buffers()   # once for the block, not once per client
@@ -227,6 +242,9 @@ class Block:
         for key, v in s["algorithm"].items():
             self.state[key][i] = v.to(self.state[key].device)
         self.samplers[i].load_state_dict(s["sampler"])
+        if self.push_sum:
+            # A checkpoint of an undirected run has no weight: its clients hold plain models (w = 1).
+            self.weight[i] = s["push_sum_weight"].to(self.device) if "push_sum_weight" in s else 1.0
 
     def reset_rows(self, rows: Sequence[int], params: torch.Tensor, buffers: Optional[torch.Tensor] = None) -> None:
         """Elastic joiners: these rows start from `params` (and buffers) with fresh algorithm
@@ -240,6 +258,8 @@ class Block:
         fresh = self._fresh_state(self.params[rows])
         for key, v in fresh.items():
             self.state[key][rows] = v.to(self.state[key].device)
+        if self.push_sum:
+            self.weight[rows] = 1.0
 
 
 @contextlib.contextmanager

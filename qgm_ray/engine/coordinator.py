@@ -145,7 +145,7 @@ class Coordinator:
 
     def info(self) -> dict:
         return {"slots": list(self.slots), "num_params": self.num_params, "n_actors": len(self.actors),
-                "payload_bytes": self.algorithm.payload_size(self.num_params) * 4,
+                "payload_bytes": build.payload_floats(self.cfg, self.algorithm, self.num_params) * 4,
                 "metrics": {"run": self.run, "counted_rounds": self.metrics.counted_rounds,
                             "bytes_counted": self.metrics.bytes_counted},
                 "actor_nodes": list(self.nodes), "joined_nodes_used": list(self.joined_used),
@@ -187,7 +187,7 @@ class Coordinator:
     def _run(self, t0: int, lrs: list[float]):
         depth = self.cfg.ray.max_inflight_rounds
         n, groups = len(self.slots), groups_of(len(self.slots), self.k)
-        payload_bytes = self.algorithm.payload_size(self.num_params) * 4
+        payload_bytes = build.payload_floats(self.cfg, self.algorithm, self.num_params) * 4
         inflight = self.inflight
         prev: Optional[dict] = None   # position -> payload ref of the last pre-mixed round
         last_time = time.time()

@@ -85,12 +85,18 @@ class LocalEngine:
         """(n, B): every client's float buffers in position order."""
         return torch.cat([b.flat_buffers() for b in self.blocks])
 
+    def push_sum_weights(self) -> Optional[torch.Tensor]:
+        """(n,) push-sum weights in position order on a directed graph, else None."""
+        if not self.blocks[0].push_sum:
+            return None
+        return torch.cat([b.weight for b in self.blocks])
+
     def averaged_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return average_rows(self.params, self.flat_buffers())
+        return average_rows(self.params, self.flat_buffers(), self.push_sum_weights())
 
     def evaluate(self) -> dict:
         bs = self.cfg.eval.batch_size
-        out = self.averaged.evaluate(self.params, self.flat_buffers())
+        out = self.averaged.evaluate(self.params, self.flat_buffers(), self.push_sum_weights())
         if self.cfg.eval.local_models:
             accs = [a for b in self.blocks for a in b.evaluate_rows(self.test_x, self.test_y, bs)]
             out["local_test_accuracy"] = float(np.mean(accs))

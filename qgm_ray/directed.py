@@ -1,0 +1,119 @@
+"""The official code's one-peer, directed and expander graphs, as mixing matrices W(t).
+
+Same convention as `qgm_ray.topology`: row i of W holds the weights client i applies to what
+it receives, so W[j, i] != 0 means "i sends to j". A directed graph here is *column*
+stochastic (each sender splits its mass over itself and its out-neighbours, the push-sum
+convention of Stochastic Gradient Push, Assran et al. 2019); its rows need not sum to 1, and
+gossip on it is de-biased by push-sum weights (engine/push_sum.py).
+
+Each matrix is a pure function of (n, t, seed), so any process asking for round t builds the
+same one. The math follows the official code (github.com/epfml/quasi-global-momentum,
+pcode/utils/topology.py); comments say where and why it differs.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+
+def exponential_hops(n: int) -> int:
+    """Number of distinct hops 2^0 .. 2^p the exponential graphs cycle through: p + 1 with
+    p = floor(log2(n - 1)), so the largest hop is below n. (Integer arithmetic: the official
+    code's `int(log(n - 1) / log(2))` can round a power of two down.)"""
+    return (n - 1).bit_length() if n > 2 else 1
+
+
+def _column_normalised(counts: np.ndarray) -> np.ndarray:
+    """counts[j, i] = links i -> j (self included); each column divided by its sum."""
+    return counts / counts.sum(axis=0, keepdims=True)
+
+
+def _sends(n: int, hops: list[int]) -> np.ndarray:
+    """counts with 1 on the diagonal and +1 at (i + h mod n, i) for every hop h."""
+    counts = np.eye(n)
+    idx = np.arange(n)
+    for h in hops:
+        np.add.at(counts, ((idx + h) % n, idx), 1.0)
+    return counts
+
+
+def one_peer_exponential(n: int, t: int) -> np.ndarray:
+    """Directed, time-varying: in round t client i sends to i + 2^(t mod p) and keeps half.
+    Every client also receives from exactly one peer, so W is doubly stochastic (push-sum
+    weights stay 1); SGP's main topology."""
+    if n == 1:
+        return np.ones((1, 1))
+    return _column_normalised(_sends(n, [2 ** (t % exponential_hops(n))]))
+
+
+def two_peer_exponential(n: int, t: int) -> np.ndarray:
+    """Directed, time-varying: client i sends to i + h and i + 2h, h = 2^(t mod p), a third of
+    its mass each. Where i + 2h wraps onto i (2h = n) that link is a second self-link, as in
+    the official code (self-weight 2/3)."""
+    if n == 1:
+        return np.ones((1, 1))
+    h = 2 ** (t % exponential_hops(n))
+    return _column_normalised(_sends(n, [h, 2 * h]))
+
+
+def random_peer(n: int, t: int, seed: int, degree: int) -> np.ndarray:
+    """Directed, time-varying: in round t each client draws an out-degree d uniformly from
+    1..degree, then d hops uniformly from 1..n-1 (with replacement; repeats collapse), from the
+    generator of (seed, t). Column-stochastic: rows do not sum to 1, push-sum de-biases.
+
+    Differs from the official `directed_random_peer_K` in two places: its degree is drawn from
+    1..K-1 (numpy's exclusive upper bound; K=1 cannot run there), ours from 1..degree; and it
+    asserts that every round's graph is strongly connected, which with one out-link per
+    client almost never holds, so it would stop the run. Push-sum only needs the graphs to be
+    connected over time, which independent random rounds are with probability 1."""
+    if n == 1:
+        return np.ones((1, 1))
+    rng = np.random.default_rng((int(seed), int(t), 0x7065))
+    counts = np.eye(n)
+    for i in range(n):
+        d = int(rng.integers(1, degree + 1))
+        for h in rng.integers(1, n, size=d):
+            counts[(i + int(h)) % n, i] = 1.0
+    return _column_normalised(counts)
+
+
+def bipartite_one_peer(n: int, t: int) -> np.ndarray:
+    """Undirected, time-varying, n even: odd client i pairs with i + h (even, since h is odd),
+    h = 2^q - 1 with q cycling over 1..floor(log2(n-1)); weights 1/2. A perfect matching every
+    round, so W is symmetric and doubly stochastic. (For n = 2 the official cycle is empty;
+    the single pair (0, 1) is the only matching, so it is used every round.)"""
+    q = 1 + t % max(1, exponential_hops(n) - 1)
+    h = 2 ** q - 1
+    W = np.zeros((n, n))
+    odd = np.arange(1, n, 2)
+    W[odd, odd] = 0.5
+    W[(odd + h) % n, (odd + h) % n] = 0.5
+    W[odd, (odd + h) % n] = W[(odd + h) % n, odd] = 0.5
+    return W
+
+
+def margulis(n: int) -> np.ndarray:
+    """The Margulis-Gabber-Galil expander on n = b^2 nodes (networkx, degree 8 with repeated
+    edges and some self-loops), weighted as the official code does: links counted once, a
+    self-loop counts in a node's degree d_i, w_ij = 1 / max(d_i, d_j) on every link, and the
+    diagonal completes each row to 1. Symmetric and doubly stochastic."""
+    b = int(round(np.sqrt(n)))
+    G = nx.margulis_gabber_galil_graph(b)
+    # nodes in the constructor's order, the order of the official networkx.adjacency_matrix(G)
+    A = (nx.to_numpy_array(G, nodelist=list(G), weight=None) > 0).astype(float)
+    deg = A.sum(axis=1)
+    W = np.where(A > 0, 1.0 / np.maximum(deg[:, None], deg[None, :]), 0.0)
+    np.fill_diagonal(W, 0.0)
+    np.fill_diagonal(W, 1.0 - W.sum(axis=1))
+    return W
+
+
+def directed_weights(G: nx.DiGraph) -> np.ndarray:
+    """Column-stochastic W of a directed graph on nodes 0..n-1: a client keeps 1/(d+1) of its
+    mass and sends 1/(d+1) along each of its d out-links (self-loops ignored)."""
+    n = G.number_of_nodes()
+    counts = np.eye(n)
+    for i, j in G.edges():
+        if i != j:
+            counts[j, i] = 1.0
+    return _column_normalised(counts)

@@ -31,14 +31,22 @@ def lr_of(t):
 
 # ------------------------------------------------------------------ the official equations, in numpy
 
-def reference_outer_step(x, x_slow, buf, lr, beta, alpha):
+def reference_outer_step(x, x_slow, buf, lr, beta, alpha, w=None):
     """decentralized_sgd.py's SlowMo block on the (n, P) parameters after gossip, written from
     its equations: all-reduce average (summed in client order, then / n), slow buffer, outer
-    iterate, every client set to it. float32 in, float32 out, one rounding per operation."""
-    avg = x[0].copy()
-    for i in range(1, len(x)):
-        avg += x[i]
-    avg /= np.float32(len(x))
+    iterate, every client set to it. float32 in, float32 out, one rounding per operation.
+    `w`: push-sum weights (directed graphs): the average is sum_i w_i x_i / sum_i w_i."""
+    if w is None:
+        avg = x[0].copy()
+        for i in range(1, len(x)):
+            avg += x[i]
+        avg /= np.float32(len(x))
+    else:
+        avg, total = x[0] * w[0], w[0].copy()
+        for i in range(1, len(x)):
+            avg += x[i] * w[i]
+            total += w[i]
+        avg /= total
     buf = np.float32(beta) * buf + (x_slow - avg) / np.float32(lr)
     x_slow = x_slow - np.float32(alpha * lr) * buf
     return np.repeat(x_slow[None], len(x), 0), x_slow, buf
@@ -106,27 +114,37 @@ def test_slowmo_rule_matches_the_official_equations_over_several_rounds(tau):
 
 # ------------------------------------------------------------------ the local engine
 
-def test_local_engine_with_slowmo_equals_plain_engine_plus_reference_outer_steps():
+@pytest.mark.parametrize("topology", ["ring", "random_peer"])
+def test_local_engine_with_slowmo_equals_plain_engine_plus_reference_outer_steps(topology):
     """LocalEngine with SlowMo against the same engine without it, stepped one round at a
     time, with the numpy outer step applied to its parameters after rounds 0, 3, 6: the
-    same bits (momentum buffers are left alone by both, as in the official code)."""
+    same bits (momentum buffers are left alone by both, as in the official code). On a
+    directed graph (push-sum) the average is weighted and the weights return to 1."""
     beta, alpha, tau = 0.6, 0.8, 3
-    cfg = small(*SLOWMO, "ray.clients_per_actor=2")
+    cfg = small(*SLOWMO, "ray.clients_per_actor=2", f"topology.name={topology}")
     ds, parts = runner.prepare(cfg, log=quiet)
     with_slowmo = LocalEngine(cfg, ds, parts)
-    plain = LocalEngine(small("ray.clients_per_actor=2"), ds, parts)
+    plain = LocalEngine(small("ray.clients_per_actor=2", f"topology.name={topology}"), ds, parts)
     assert plain.slowmo is None and with_slowmo.slowmo is not None and len(with_slowmo.blocks) == 2
+    push_sum = plain.blocks[0].push_sum
+    assert push_sum == (topology == "random_peer")
     x0 = plain.params[0].numpy().copy()
     r_slow, r_buf = x0.copy(), np.zeros_like(x0)
     losses = []
     for t in range(8):
         losses += plain.train(range(t, t + 1), lr_of)
         if t % tau == 0:
-            x, r_slow, r_buf = reference_outer_step(plain.params.numpy(), r_slow, r_buf, lr_of(t), beta, alpha)
+            w = plain.push_sum_weights().numpy().copy() if push_sum else None
+            assert w is None or not np.all(w == 1)   # the gossip moved the weights: the weighting matters
+            x, r_slow, r_buf = reference_outer_step(plain.params.numpy(), r_slow, r_buf, lr_of(t), beta, alpha, w)
             for b, g in zip(plain.blocks, plain.layout.groups(4)):
                 b.params.copy_(torch.from_numpy(x[g]))
+                if push_sum:
+                    b.weight.fill_(1.0)
     assert with_slowmo.train(range(0, 8), lr_of) == losses
     assert torch.equal(with_slowmo.params, plain.params)
+    if push_sum:
+        assert torch.equal(with_slowmo.push_sum_weights(), plain.push_sum_weights())
     states = with_slowmo.client_states()
     for s in states:
         assert np.array_equal(s["algorithm"]["slowmo_params"].numpy(), r_slow)
@@ -226,14 +244,16 @@ def test_slowmo_keys_are_listed_and_off_by_default():
 
 
 @pytest.mark.ray
-def test_ray_engine_with_slowmo_equals_local_engine_bit_for_bit(ray_session):
+@pytest.mark.parametrize("topology", ["ring", "random_peer"])
+def test_ray_engine_with_slowmo_equals_local_engine_bit_for_bit(ray_session, topology):
     """2 actors of 2 clients; tau = 2 puts outer rounds inside chunks (0, 2, 6, 8) and at a
     chunk's last round (4): both code paths of the coordinator. Then a state round trip
-    (replay) and elastic resizes (joiners adopting the slow state), all compared exactly."""
+    (replay) and elastic resizes (joiners adopting the slow state), all compared exactly;
+    on a ring and on a directed graph (push-sum weights in the average, checkpointed)."""
     pytest.importorskip("ray")
     from qgm_ray.engine.ray_engine import RayEngine
     cfg = small("algorithm.slowmo_tau=2", "algorithm.slowmo_beta=0.6", "ray.clients_per_actor=2",
-                "elastic.max_clients=4", "backend=ray")
+                "elastic.max_clients=4", "backend=ray", f"topology.name={topology}")
     ds, parts = runner.prepare(cfg, log=quiet)
     local, ray_engine = LocalEngine(cfg, ds, parts), RayEngine(cfg, ds, parts, log=quiet)
 
@@ -244,6 +264,9 @@ def test_ray_engine_with_slowmo_equals_local_engine_bit_for_bit(ray_session):
             assert torch.equal(sa["params"], sb["params"])
             for key in sa["algorithm"]:
                 assert torch.equal(sa["algorithm"][key], sb["algorithm"][key]), key
+            assert sa.keys() == sb.keys()
+            if "push_sum_weight" in sa:
+                assert torch.equal(sa["push_sum_weight"], sb["push_sum_weight"])
 
     try:
         for rounds in (range(0, 5), range(5, 9)):

@@ -17,6 +17,11 @@ alpha = 1 unless given. The first outer step is at round 0, after one local roun
 official code); after it every period has tau rounds. Local optimizer state (the momentum
 buffer) is left as it is, as there.
 
+On a directed graph (push-sum gossip, engine/push_sum.py: SlowMo's own paper runs it on SGP)
+the average is the push-sum consensus sum_i w_i z_i / sum_i w_i, and the outer step also
+resets every push-sum weight to 1: an exact average is a perfect mixing step, after which
+every client holds the same model with equal weight.
+
 Only the official decentralized SGD has it: our `dsgd`, `dsgdm`, `dsgdm_n` (its momentum
 off / heavy ball / Nesterov). Its QG, D^2, gradient-tracking and Adam optimizers do not
 (decentralized_adam.py only carries a stale "slowmo" comment), so the config refuses them.
@@ -45,14 +50,23 @@ def is_outer_round(t: int, tau: int) -> bool:
     return tau > 0 and t % tau == 0
 
 
-def exact_average(rows: Tensor) -> Tensor:
+def exact_average(rows: Tensor, weights: Tensor | None = None) -> Tensor:
     """(P,) mean of the (n, P) rows, summed in row order then divided by n (an all-reduce's
     sum and `op="avg"`). An explicit ordered sum, not `mean(0)`: both engines must get the
-    same bits, whatever reduction order a kernel would pick."""
-    acc = rows[0].clone()
+    same bits, whatever reduction order a kernel would pick.
+
+    With push-sum weights (n,) (directed graphs, rows = the de-biased models z_i): the point
+    push-sum conserves, sum_i w_i z_i / sum_i w_i, both sums in row order."""
+    if weights is None:
+        acc = rows[0].clone()
+        for i in range(1, rows.shape[0]):
+            acc.add_(rows[i])
+        return acc.div_(rows.shape[0])
+    acc, total = rows[0].mul(weights[0]), weights[0].clone()
     for i in range(1, rows.shape[0]):
-        acc.add_(rows[i])
-    return acc.div_(rows.shape[0])
+        acc.add_(rows[i].mul(weights[i]))
+        total.add_(weights[i])
+    return acc.div_(total)
 
 
 def slowmo_update(x_slow: Tensor, buf: Tensor, xbar: Tensor, lr: float, beta: float,

@@ -130,13 +130,16 @@ class ClientActor:
         return (*out, record)
 
     # ------------------------------------------------------------ SlowMo's outer step (engine/slowmo.py)
-    def slowmo_rows(self) -> np.ndarray:
-        """(k, P) float32 parameters after this round's post-mix."""
-        return slowmo.rows_on_cpu(self.block).numpy()
+    def slowmo_rows(self) -> tuple:
+        """(k, P) float32 parameters after this round's post-mix, and the (k,) push-sum
+        weights on a directed graph (else None)."""
+        rows, weights = slowmo.rows_on_cpu(self.block)
+        return rows.numpy(), (None if weights is None else weights.numpy())
 
-    def exact_average(self, *per_actor: np.ndarray) -> np.ndarray:
+    def exact_average(self, *per_actor: tuple) -> np.ndarray:
         """The exact average of every actor's `slowmo_rows`, passed in position order."""
-        return slowmo.average_of([as_tensor(r) for r in per_actor]).numpy()
+        return slowmo.average_of([(as_tensor(r), None if w is None else as_tensor(w))
+                                  for r, w in per_actor]).numpy()
 
     def slowmo_step(self, lr: float, xbar: np.ndarray) -> None:
         slowmo.block_outer_step(self.block, as_tensor(xbar), lr)

@@ -17,7 +17,7 @@ this runs: the algorithm is not wrapped and the round loops take their usual pat
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -26,18 +26,24 @@ from qgm_ray.algorithms.slowmo import exact_average, is_outer_round, slowmo_of
 __all__ = ["average_of", "block_outer_step", "outer_step", "outer_step_bytes", "rows_on_cpu", "slowmo_of"]
 
 
-def rows_on_cpu(block) -> torch.Tensor:
-    """(k, P) float32 parameters of a block on the CPU: what the average is taken over."""
-    return block.params.detach().to("cpu", torch.float32)
+def rows_on_cpu(block) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(k, P) float32 parameters of a block on the CPU, what the average is taken over, and
+    its (k,) push-sum weights on a directed graph (else None)."""
+    weights = block.weight.detach().to("cpu", torch.float32) if getattr(block, "push_sum", False) else None
+    return block.params.detach().to("cpu", torch.float32), weights
 
 
-def average_of(per_block: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The exact average of every client: the blocks' (k, P) CPU rows in position order."""
-    return exact_average(torch.cat(list(per_block)))
+def average_of(per_block: Sequence[tuple]) -> torch.Tensor:
+    """The exact average of every client: the blocks' `rows_on_cpu` in position order."""
+    rows = torch.cat([r for r, _ in per_block])
+    weights = None if per_block[0][1] is None else torch.cat([w for _, w in per_block])
+    return exact_average(rows, weights)
 
 
 def block_outer_step(block, xbar: torch.Tensor, lr: float) -> None:
     block.algorithm.outer_step(block.state, block.params, xbar, lr)
+    if getattr(block, "push_sum", False):
+        block.weight.fill_(1.0)   # after an exact average every client holds the consensus with weight 1
 
 
 def outer_step(blocks: Sequence, lr: float) -> None:

@@ -58,7 +58,15 @@ def build_topology(cfg: Config, n_clients: int | None = None):
 
 
 def build_algorithm(cfg: Config):
-    return make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+    algorithm = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+    return _with_slowmo(cfg, algorithm) if cfg.algorithm.slowmo_tau > 0 else algorithm
+
+
+def _with_slowmo(cfg: Config, algorithm):
+    """The rule with SlowMo's slow state and outer step (algorithms/slowmo.py)."""
+    from qgm_ray.algorithms.slowmo import SlowMo
+    a = cfg.algorithm
+    return SlowMo(algorithm, a.slowmo_tau, a.slowmo_beta, a.slowmo_alpha)
 
 
 def build_model(cfg: Config, ds: Dataset):

@@ -17,6 +17,7 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine.base import block_mix, mixing_matrix, wiring
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows
+from qgm_ray.engine import slowmo
 
 
 LOSS_READS_EVERY = 16   # rounds of losses kept on the device before one read
@@ -41,6 +42,7 @@ class LocalEngine:
         self.blocks: list[Block] = []
         self._set_slots(list(range(self.n_clients)))
         self.centralized = self.blocks[0].algorithm.centralized
+        self.slowmo = slowmo.slowmo_of(self.blocks[0].algorithm)   # None unless algorithm.slowmo_tau > 0
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
         self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
 
@@ -88,6 +90,8 @@ class LocalEngine:
                 mixed.append(block_mix(own, g, rows, sources, received))
             for b, m in zip(self.blocks, mixed):
                 b.post_mix(m, lr)
+            if self.slowmo is not None and self.slowmo.due(t):
+                slowmo.outer_step(self.blocks, lr)
             pending.append((t, torch.cat([b.losses for b in self.blocks])))
             if len(pending) >= LOSS_READS_EVERY:
                 read()
@@ -164,6 +168,8 @@ class LocalEngine:
         if n_clients == self.n_clients:
             return
         avg, bufs = self.averaged_params()
+        # SlowMo: joiners adopt the run's slow state (position 0 always stays).
+        slow = self.slowmo.slow_state(self.blocks[0].state, 0) if self.slowmo is not None else None
         if n_clients < self.n_clients:
             slots = self.slots[:n_clients]
         else:
@@ -172,7 +178,10 @@ class LocalEngine:
         old = set(self.slots)
         self._set_slots(slots)
         for b in self.blocks:
-            b.reset_rows([r for r, s in enumerate(b.ids) if s not in old], avg, bufs)
+            joiners = [r for r, s in enumerate(b.ids) if s not in old]
+            b.reset_rows(joiners, avg, bufs)
+            if slow is not None:
+                self.slowmo.adopt(b.state, joiners, slow)
 
     def close(self) -> None:
         pass

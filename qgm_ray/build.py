@@ -58,7 +58,15 @@ def build_topology(cfg: Config, n_clients: int | None = None):
 
 
 def build_algorithm(cfg: Config):
-    return make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+    algorithm = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+    return _with_slowmo(cfg, algorithm) if cfg.algorithm.slowmo_tau > 0 else algorithm
+
+
+def _with_slowmo(cfg: Config, algorithm):
+    """The rule with SlowMo's slow state and outer step (algorithms/slowmo.py)."""
+    from qgm_ray.algorithms.slowmo import SlowMo
+    a = cfg.algorithm
+    return SlowMo(algorithm, a.slowmo_tau, a.slowmo_beta, a.slowmo_alpha)
 
 
 def build_model(cfg: Config, ds: Dataset):
@@ -82,11 +90,13 @@ def payload_floats(cfg: Config, algorithm, num_params: int) -> int:
     return algorithm.payload_size(num_params) + (1 if uses_push_sum(cfg, algorithm) else 0)
 
 
-def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str):
+def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str, gpu_share: float = 1.0):
     """The block of the clients holding these shards (slots), in this order, on `device`;
     packed (one vmap) per `ray.pack_clients` and the device (engine.block.should_pack); with
-    push-sum weights on a directed graph (all-reduce rules ignore the graph)."""
+    push-sum weights on a directed graph (all-reduce rules ignore the graph); stepping its
+    rows in chunks per `ray.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py)."""
     from qgm_ray.engine.block import Block, should_pack
+    from qgm_ray.engine.memory import auto_chunk
 
     model = build_model(cfg, ds)
     num_params = sum(p.numel() for p in model.parameters())
@@ -96,7 +106,10 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
         shards.append((ds.train_x[idx], ds.train_y[idx]))
     augment = ds.augment if cfg.data.augment else None
     algorithm = build_algorithm(cfg)
-    return Block(model, algorithm, shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
-                 augment=augment, device=device, norm=ds.norm,
-                 packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device),
-                 push_sum=uses_push_sum(cfg, algorithm))
+    block = Block(model, algorithm, shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
+                  augment=augment, device=device, norm=ds.norm,
+                  packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device),
+                  push_sum=uses_push_sum(cfg, algorithm))
+    chunk = cfg.ray.vmap_chunk
+    block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
+    return block

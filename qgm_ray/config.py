@@ -61,6 +61,10 @@ class AlgorithmConfig:
     nesterov: bool = False           # gradient_tracking: Nesterov momentum
     normalization_eps: float = 1e-8  # qg_adam, qg_adam_v2: eps of the progress normalisation (> 0)
     qgm_local_step: int = 1          # qg_dsgdm_ls(_n): rounds between QG buffer refreshes (>= 1)
+    # SlowMo (official --slowmo_step_conf; algorithms/slowmo.py): dsgd, dsgdm, dsgdm_n only.
+    slowmo_tau: int = 0              # SlowMo: exact average + outer step after rounds t % tau == 0 (>= 0; 0 = off)
+    slowmo_beta: float = 0.0         # SlowMo: slow momentum in [0, 1) (0 with alpha 1: periodic exact averaging)
+    slowmo_alpha: float = 1.0        # SlowMo: slow learning rate factor, > 0 (official default 1)
 
     def hparams(self) -> dict:
         return {
@@ -107,6 +111,10 @@ class RayConfig:
     # always steps packed. Unpacked, a block still owns the stacked tensors and runs the
     # algorithm once; it steps its rows' forward/backward one at a time.
     pack_clients: Union[bool, str] = "auto"   # auto | true | false
+    # Rows of a packed block per vmapped forward/backward. auto: all of them, except on a GPU
+    # where a probe says the block's activations would not fit in its share of the GPU
+    # (engine/memory.py: 1024 ResNet-20 clients needed 120 GB in one vmap); a number caps it.
+    vmap_chunk: Union[int, str] = "auto"      # auto | k >= 1
     # graph: actors holding graph neighbours share a node where resources allow
     # (engine/placement.py); default: wherever Ray's scheduler puts them.
     placement: str = "graph"
@@ -438,6 +446,9 @@ def validate(cfg: Config) -> None:
         _require(v in allowed, f"{key}={v!r} is not allowed; choose one of {', '.join(allowed)}")
     _require(cfg.ray.pack_clients in ("auto", True, False),
              f"ray.pack_clients={cfg.ray.pack_clients!r} is not allowed; choose one of auto, true, false")
+    vc = cfg.ray.vmap_chunk
+    _require(vc == "auto" or (isinstance(vc, int) and not isinstance(vc, bool) and vc >= 1),
+             f"ray.vmap_chunk={vc!r} is not allowed; choose auto or an integer >= 1 (clients per vmapped step)")
 
     _require(cfg.data.name in DATASETS, f"data.name={cfg.data.name!r} is unknown; choose one of {', '.join(DATASETS)}")
     _require(cfg.model.name in MODELS, f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(MODELS)}")
@@ -456,6 +467,7 @@ def validate(cfg: Config) -> None:
              f"algorithm.betas must be two numbers in [0, 1), got {cfg.algorithm.betas}")
     _require(cfg.algorithm.eps > 0, f"algorithm.eps must be > 0, got {cfg.algorithm.eps}")
     make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+    _validate_slowmo(cfg.algorithm)
 
     _require(cfg.topology.n_clients >= 1, f"topology.n_clients must be >= 1, got {cfg.topology.n_clients}")
     validate_topology(cfg.topology.name, cfg.topology.n_clients, **cfg.topology.options)
@@ -612,6 +624,18 @@ def _validate_search(key: str, spec: Any) -> None:
              and all(isinstance(x, num) and not isinstance(x, bool) and math.isfinite(x) for x in arg)
              and arg[0] < arg[1], usage)
     _require(kind != "loguniform" or arg[0] > 0, f"tune.search.{key}: loguniform needs lo > 0, got {arg!r}")
+
+
+def _validate_slowmo(a: AlgorithmConfig) -> None:
+    from qgm_ray.algorithms.slowmo import SLOWMO_ALGORITHMS
+
+    _require(isinstance(a.slowmo_tau, int) and not isinstance(a.slowmo_tau, bool) and a.slowmo_tau >= 0,
+             f"algorithm.slowmo_tau must be an integer >= 0 (rounds between outer steps; 0 = off), got {a.slowmo_tau!r}")
+    _require(0 <= a.slowmo_beta < 1, f"algorithm.slowmo_beta must be in [0, 1), got {a.slowmo_beta}")
+    _require(a.slowmo_alpha > 0, f"algorithm.slowmo_alpha must be > 0, got {a.slowmo_alpha}")
+    _require(a.slowmo_tau == 0 or a.name in SLOWMO_ALGORITHMS,
+             f"algorithm.slowmo_tau={a.slowmo_tau} needs algorithm.name one of {', '.join(SLOWMO_ALGORITHMS)} "
+             f"(the official code's SlowMo is its decentralized SGD's), got {a.name!r}; or set algorithm.slowmo_tau=0")
 
 
 def validate_against_data(cfg: Config, partition_sizes: list[int]) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from qgm_ray import build
 from qgm_ray.config import Config, dump_yaml, validate_against_data
 from qgm_ray.engine.base import EngineFailure, round_bytes
+from qgm_ray.engine.slowmo import outer_step_bytes
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
@@ -59,6 +60,11 @@ class RunPlan:
 
 def replay_fingerprint(cfg: Config) -> str:
     d = cfg.to_dict()
+    if cfg.algorithm.slowmo_tau == 0:
+        # SlowMo off: its keys change nothing, and leaving them out keeps the checkpoints of
+        # runs written before they existed resumable.
+        for key in ("slowmo_tau", "slowmo_beta", "slowmo_alpha"):
+            d["algorithm"].pop(key)
     text = repr([(k, d[k]) for k in REPLAY_KEYS])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -238,6 +244,7 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
                         for r in range(t, done):
                             bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r,
                                                       payload_bytes)
+                            bytes_sent += outer_step_bytes(cfg.algorithm.slowmo_tau, engine.n_clients, r, payload_bytes)
                             cross += engine.cross_node_bytes(r) if hasattr(engine, "cross_node_bytes") else 0
                         t = done
                         pending.extend(losses)

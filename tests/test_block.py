@@ -221,3 +221,57 @@ def test_block_mix_and_exports_on_a_ring_split_in_two_blocks():
     mixed = block_mix(payloads[:3], [0, 1, 2], rows, sources, [payloads[3], payloads[5]])
     want = torch.tensor(np.asarray(W, dtype=np.float32)) @ payloads
     torch.testing.assert_close(mixed, want[:3])
+
+
+# ------------------------------------------------------------------ vmap chunks (engine/memory.py)
+
+@pytest.mark.parametrize("family", ["mlp", "resnet20-bn"])
+def test_packed_block_in_chunks_equals_the_whole_vmap(family):
+    """Chunks of rows (a GPU block too big for one vmap) compute what one vmap computes: the
+    same gradients, losses and BatchNorm running stats, row by row."""
+    torch.set_num_threads(1)
+    whole = _engine(FAMILIES[family], 4, "true")
+    chunked = _engine(FAMILIES[family] + ["ray.vmap_chunk=3"], 4, "true")   # rows 0-2, then 3
+    assert whole.blocks[0].chunk == 4 and chunked.blocks[0].chunk == 3
+    lw, lc = _run(whole), _run(chunked)
+    assert lc == pytest.approx(lw, rel=1e-5)
+    torch.testing.assert_close(chunked.params, whole.params, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(chunked.flat_buffers(), whole.flat_buffers(), rtol=1e-4, atol=1e-6)
+
+
+def test_probe_step_changes_nothing():
+    torch.set_num_threads(1)
+    e = _engine(FAMILIES["resnet20-bn"], 4, "true")
+    b = e.blocks[0]
+    before = (b.params.clone(), b.flat_buffers().clone(), [s.state_dict() for s in b.samplers], torch.get_rng_state())
+    b.probe_step(1)
+    b.probe_step(2)
+    assert torch.equal(b.params, before[0]) and torch.equal(b.flat_buffers(), before[1])
+    for s, old in zip(b.samplers, before[2]):
+        now = s.state_dict()
+        assert now.keys() == old.keys()
+        assert all(torch.equal(now[key], old[key]) if isinstance(now[key], torch.Tensor) else now[key] == old[key]
+                   for key in now)
+    assert torch.equal(torch.get_rng_state(), before[3])
+
+
+def test_chunk_from_a_measured_step():
+    from qgm_ray.engine import memory
+    # a step that needs 100 fixed + 30 per row (what a GPU allocator's peak would say)
+    step_peak = {1: 130, 2: 160}
+    calls = []
+    base, per_row = memory.probe(lambda rows: calls.append(rows), lambda fn: (fn(), step_peak[calls[-1]])[1])
+    assert (base, per_row) == (100, 30) and calls == [1, 2]
+    assert memory.chunk_rows(k=64, budget=100 + 30 * 10, base=base, per_row=per_row) == 10
+    assert memory.chunk_rows(k=8, budget=10**9, base=base, per_row=per_row) == 8    # fits whole
+    assert memory.chunk_rows(k=8, budget=50, base=base, per_row=per_row) == 1       # never below 1
+    # CPU blocks are never chunked by auto (no GPU memory to run out of)
+    e = _engine(FAMILIES["mlp"], 4, "true")
+    assert memory.auto_chunk(e.blocks[0], 1.0) == 4
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "many", "true"])
+def test_vmap_chunk_must_be_auto_or_a_positive_integer(bad):
+    from qgm_ray.errors import ConfigError
+    with pytest.raises(ConfigError, match="ray.vmap_chunk"):
+        load_config(None, BASE + FAMILIES["mlp"] + [f"ray.vmap_chunk={bad}"])

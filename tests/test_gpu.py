@@ -57,3 +57,49 @@ def test_ray_equals_local_on_gpu_in_deterministic_mode(ray_session, tmp_path):
             rows[backend] = [{k: r[k] for k in ("round", "train_loss", "test_accuracy", "consensus_distance")}
                              for r in csv.DictReader(f)]
     assert rows["local"] == rows["ray"]
+
+
+def test_a_block_too_big_for_its_share_steps_in_measured_chunks():
+    """engine/memory.py: the probe's per-client bytes predict the real step, and a block whose
+    share of the GPU is too small for one vmap steps in chunks that fit it."""
+    from qgm_ray.engine import memory
+    cfg = load_config(None, SMALL + ["device=cuda", "model.name=resnet20", "topology.n_clients=32",
+                                     "ray.clients_per_actor=32", "data.options={num_samples: 1600, shape: [3, 32, 32]}"])
+    ds = build.build_dataset(cfg)
+    parts = build.build_partition(cfg, ds)
+    total = torch.cuda.get_device_properties(0).total_memory
+    whole = build.build_block(cfg, ds, parts, list(range(32)), "cuda", gpu_share=1.0)
+    assert whole.chunk == 32
+    base, per_row = memory.probe(whole.probe_step, memory.cuda_peak_of(torch.device("cuda")))
+    actual = memory.cuda_peak_of(torch.device("cuda"))(lambda: whole.probe_step(16))
+    print(f"probe: base {base / 2**20:.1f} MiB + {per_row / 2**20:.2f} MiB/client; 16 clients predicted "
+          f"{(base + 16 * per_row) / 2**20:.1f} MiB, measured {actual / 2**20:.1f} MiB")
+    assert 0.7 * actual <= base + 16 * per_row <= 1.3 * actual
+    # a share that holds the block's tensors plus about 8 clients' activations
+    share = (memory.resident_bytes(whole.params, whole.state, whole.buffers, whole.x, whole.y)
+             + base + 8.5 * per_row) / memory.MEMORY_FRACTION / total
+    small = build.build_block(cfg, ds, parts, list(range(32)), "cuda", gpu_share=share)
+    assert 4 <= small.chunk < 32
+    small.post_mix(small.pre_mix(0.05), 0.05)
+    assert torch.isfinite(small.losses).all()
+
+
+def test_1024_resnet20_clients_complete_a_round_on_one_gpu():
+    """Issue 9's target: 1024 ResNet-20 clients (batch 32) on one 80 GB GPU; one vmap of all
+    of them needed 120 GB, so the block steps in chunks (auto)."""
+    import time
+    cfg = load_config(None, ["data.name=synthetic_image", "data.options={num_samples: 42000, shape: [3, 32, 32]}",
+                             "data.partition=iid", "topology.n_clients=1024", "topology.name=ring",
+                             "data.batch_size=32", "progress=false", "ray.clients_per_actor=1024",
+                             "device=cuda", "model.name=resnet20", "eval.local_models=false"])
+    ds = build.build_dataset(cfg)
+    engine = LocalEngine(cfg, ds, build.build_partition(cfg, ds), device="cuda")
+    block = engine.blocks[0]
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    losses = engine.train(range(2), lambda t: 0.05)
+    torch.cuda.synchronize()
+    print(f"1024 clients: chunk {block.chunk}, 2 rounds {time.time() - t0:.1f} s, "
+          f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of "
+          f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+    assert len(losses) == 2 and all(l == l for l in losses)

@@ -23,6 +23,7 @@ import torch
 from qgm_ray import build, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
+from qgm_ray.engine import slowmo
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows
@@ -65,6 +66,9 @@ class ClientActor:
         torch.set_num_threads(cfg.ray.torch_threads)
         self.cfg, self.parts = cfg, parts
         self.device = _device(num_gpus)
+        # The GPU fraction this actor's block may plan to use: 1 / actors per GPU (Ray keeps 4
+        # decimals of a fraction, so round back to the whole number of actors sharing it).
+        self.gpu_share = 1.0 / round(1.0 / num_gpus) if 0 < num_gpus < 1 else 1.0
         self.ds = dataset_from_arrays(meta, train_x, train_y, test_x, test_y)
         self.block: Optional[Block] = None
         self.positions: list[int] = []     # topology index of each row (changes on resize)
@@ -80,7 +84,7 @@ class ClientActor:
         slots = list(slots)
         if self.block is None or self.block.ids != slots:
             kept = {s["id"]: s for s in self.block.client_states()} if self.block is not None else {}
-            self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device)
+            self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
             for r, s in enumerate(slots):
                 if s in kept and not states:
                     self.block.load_client_state(r, kept[s])
@@ -90,10 +94,14 @@ class ClientActor:
         self.payload = None
         return self.num_params()
 
-    def reset_clients(self, slots: Sequence[int], average: tuple) -> None:
-        """Elastic joiners: start from the given (average) model with fresh optimizer state."""
+    def reset_clients(self, slots: Sequence[int], average: tuple, slow: Optional[tuple] = None) -> None:
+        """Elastic joiners: start from the given (average) model with fresh optimizer state
+        (and, with SlowMo, the run's slow state `slow`)."""
         params, buffers = as_tensor(average[0]), as_tensor(average[1])
-        self.block.reset_rows([r for r, s in enumerate(self.block.ids) if s in slots], params, buffers)
+        rows = [r for r, s in enumerate(self.block.ids) if s in slots]
+        self.block.reset_rows(rows, params, buffers)
+        if slow is not None:
+            self.block.algorithm.adopt(self.block.state, rows, slow)
 
     def num_params(self) -> int:
         return self.block.num_params if self.block is not None else 0
@@ -124,6 +132,25 @@ class ClientActor:
                 out[r] = np.ascontiguousarray(row)
         record = {"losses": self.block.losses.tolist()}   # one read of the device per round
         return (*out, record)
+
+    # ------------------------------------------------------------ SlowMo's outer step (engine/slowmo.py)
+    def slowmo_rows(self) -> tuple:
+        """(k, P) float32 parameters after this round's post-mix, and the (k,) push-sum
+        weights on a directed graph (else None)."""
+        rows, weights = slowmo.rows_on_cpu(self.block)
+        return rows.numpy(), (None if weights is None else weights.numpy())
+
+    def exact_average(self, *per_actor: tuple) -> np.ndarray:
+        """The exact average of every actor's `slowmo_rows`, passed in position order."""
+        return slowmo.average_of([(as_tensor(r), None if w is None else as_tensor(w))
+                                  for r, w in per_actor]).numpy()
+
+    def slowmo_step(self, lr: float, xbar: np.ndarray) -> None:
+        slowmo.block_outer_step(self.block, as_tensor(xbar), lr)
+
+    def slow_state(self) -> tuple:
+        """(x_slow, buf) of the first client: the run's slow state, for elastic joiners."""
+        return self.block.algorithm.slow_state(self.block.state, 0)
 
     # ------------------------------------------------------------ evaluation / checkpoints
     def params(self) -> tuple:

@@ -82,6 +82,9 @@ class Block:
         self.samplers = [BatchSampler(n, batch_size, seed=seed * 1_000_003 + cid) for n, cid in zip(sizes, self.ids)]
         self.losses = torch.full((self.k,), float("nan"), device=self.device)
         self._vstep = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0), randomness="different")
+        # Rows per vmapped forward/backward of a packed block (engine/memory.py sets it on a GPU
+        # where the whole block's activations would not fit; ray.vmap_chunk overrides).
+        self.chunk = self.k
         self._eval_model: Optional[nn.Module] = None
         self._rows: Optional[list] = None   # unpacked: per-row modules over views of the rows
         self.grad: Optional[torch.Tensor] = None
@@ -130,10 +133,23 @@ class Block:
         """(k, P) gradients on each client's next batch; sets `self.losses` (k,)."""
         xb, yb = self._batches()
         if self.packed:
-            with self._global_rng(self.ids):
-                grads, losses = self._vstep(self._param_views(self.params), self.buffers, xb, yb)
-            self.losses = losses.detach()
-            return torch.cat([grads[name].reshape(self.k, n) for name, _, n, _ in self.layout], dim=1)
+            if self.chunk >= self.k:
+                with self._global_rng(self.ids):
+                    grads, losses = self._vstep(self._param_views(self.params), self.buffers, xb, yb)
+                self.losses = losses.detach()
+                return self._flat(grads, self.k)
+            # Rows in chunks (engine/memory.py: the whole block's activations would not fit).
+            # Slices are views, so BatchNorm's running stats update the block's buffers.
+            out, losses = [], []
+            for a in range(0, self.k, self.chunk):
+                r = slice(a, min(a + self.chunk, self.k))
+                with self._global_rng(self.ids[r], rows=range(r.start, r.stop)):
+                    grads, loss = self._vstep(self._param_views(self.params[r]),
+                                              {name: b[r] for name, b in self.buffers.items()}, xb[r], yb[r])
+                out.append(self._flat(grads, r.stop - r.start))
+                losses.append(loss.detach())
+            self.losses = torch.cat(losses)
+            return torch.cat(out)
         # Unpacked: each row's own module, whose parameters, gradients and buffers are views of
         # the block's rows (plain forward/backward: torch.func.functional_call costs ~0.3 ms of
         # Python per call, 40% of a tiny model's step on CPU).
@@ -147,6 +163,20 @@ class Block:
             losses.append(loss.detach())
         self.losses = torch.stack(losses)
         return self.grad
+
+    def _flat(self, grads: dict, rows: int) -> torch.Tensor:
+        return torch.cat([grads[name].reshape(rows, n) for name, _, n, _ in self.layout], dim=1)
+
+    def probe_step(self, rows: int) -> None:
+        """One vmapped forward/backward of the first `rows` rows that changes nothing (cloned
+        buffers, forked RNG, the first samples of the shards instead of a sampler draw): what
+        engine/memory.py measures to choose `chunk`."""
+        r = slice(0, rows)
+        xb = self.x[:self.batch_size].unsqueeze(0).expand(rows, *([-1] * self.x.dim()))
+        yb = self.y[:self.batch_size].unsqueeze(0).expand(rows, -1)
+        with _seeded(0, [self.device] if self.device.type == "cuda" else []):
+            self._vstep(self._param_views(self.params[r]), {n: b[r].clone() for n, b in self.buffers.items()},
+                        xb.contiguous(), yb.contiguous())
 
     def _global_rng(self, ids: Sequence[int], rows: Optional[Sequence[int]] = None):
         """The global RNG seeded from (seed, these clients, their step counts), restored after.

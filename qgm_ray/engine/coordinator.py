@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qgm_ray import build, determinism
 from qgm_ray.config import Config
-from qgm_ray.engine import placement
+from qgm_ray.engine import placement, slowmo
 from qgm_ray.engine.actors import ClientActor
 from qgm_ray.engine.base import exports, groups_of, mixing_matrix, round_bytes, wiring  # noqa: F401 - wiring re-exported
 from qgm_ray.engine.metrics import RunMetrics
@@ -75,6 +75,7 @@ class Coordinator:
         self.num_params = 0
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
+        self.slowmo = slowmo.slowmo_of(self.algorithm)   # None unless algorithm.slowmo_tau > 0
         self.initial_slots = list(slots)
         self.runtime_env = {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None
         self.eval_pids: list[int] = []   # the process that answered each evaluation
@@ -202,6 +203,9 @@ class Coordinator:
                 last_time = time.time()
                 yield rec
             post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if prev is not None else None
+            if post_W is not None and self.slowmo is not None and self.slowmo.due(t - 1):
+                self._finish_with_outer_step(post_W, groups, prev, lrs[idx - 1])
+                post_W = None   # round t - 1 is finished: this call only pre-mixes
             this_W = mixing_matrix(self.topology, self.centralized, n, t)
             payloads, records = {}, []
             for actor, g in zip(self.actors, groups):
@@ -225,6 +229,8 @@ class Coordinator:
                 rows, sources = wiring(W, g)
                 finals.append(actor.step.remote((lrs[submitted - 1], rows), None, sources,
                                                 *[prev[j] for j in sources]))
+            if self.slowmo is not None and self.slowmo.due(t0 + submitted - 1):
+                self._outer_step(lrs[submitted - 1])
             prev = None
             while inflight:
                 rec = self._collect(inflight[0], n, payload_bytes, last_time)
@@ -234,12 +240,31 @@ class Coordinator:
             ray.get(finals)
         yield {"done": submitted}
 
+    def _finish_with_outer_step(self, W, groups, prev: dict, lr: float) -> None:
+        """Round t-1 ends with SlowMo's outer step (engine/slowmo.py): post-only calls, then
+        the outer step; the caller's next call per actor only pre-mixes."""
+        for actor, g in zip(self.actors, groups):
+            rows, sources = wiring(W, g)
+            self.finals.append(actor.step.remote((lr, rows), None, sources, *[prev[j] for j in sources]))
+        self._outer_step(lr)
+
+    def _outer_step(self, lr: float) -> None:
+        """Reduce every actor's post-mixed rows at the first actor, broadcast the exact average
+        back. Refs only: each actor runs these after the calls submitted before, and the rows'
+        refs are dropped here, so Ray frees them once the average is taken. The small results
+        join `finals` (waited for at the chunk's end, drained after a failure)."""
+        rows = [a.slowmo_rows.remote() for a in self.actors]
+        xbar = self.actors[0].exact_average.remote(*rows)
+        self.finals.extend(a.slowmo_step.remote(lr, xbar) for a in self.actors)
+
     def _collect(self, item, n: int, payload_bytes: int, since: float) -> dict:
         t, refs = item
         losses = [x for r in ray.get(refs) for x in r["losses"]]   # position order, as LocalEngine
         loss = float(np.mean(losses))
         seconds = time.time() - since
         nbytes = round_bytes(self.topology, self.centralized, n, t, payload_bytes)
+        if self.slowmo is not None:
+            nbytes += slowmo.outer_step_bytes(self.slowmo.tau, n, t, payload_bytes)
         cross = placement.cross_node_bytes(mixing_matrix(self.topology, self.centralized, n, t),
                                            groups_of(n, self.k), self.nodes, payload_bytes)
         self.metrics.on_round(t, losses, self.slots, seconds, nbytes, cross)
@@ -286,6 +311,8 @@ class Coordinator:
                 raise ValueError(f"resize to {n_clients} clients: the data was cut into {n_shards} shards "
                                  f"(set elastic.max_clients)")
             avg = ray.put(ray.get(self.actors[0].average.remote(*[a.params.remote() for a in self.actors])))
+            # SlowMo: joiners adopt the run's slow state (position 0 always stays).
+            slow = ray.put(ray.get(self.actors[0].slow_state.remote())) if self.slowmo is not None else None
             if n_clients < len(self.slots):
                 slots = self.slots[:n_clients]
             else:
@@ -294,7 +321,7 @@ class Coordinator:
             joiners = [s for s in slots if s not in self.slots]
             self._set_slots(slots)
             if joiners:
-                ray.get([a.reset_clients.remote(joiners, avg) for a in self.actors])
+                ray.get([a.reset_clients.remote(joiners, avg, slow) for a in self.actors])
             return self.info()
 
     def find_dead(self, timeout: float = 10.0) -> list[int]:

@@ -17,6 +17,10 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine.base import block_mix, mixing_matrix, wiring
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows
+from qgm_ray.engine import slowmo
+
+
+LOSS_READS_EVERY = 16   # rounds of losses kept on the device before one read
 
 
 class LocalEngine:
@@ -38,6 +42,7 @@ class LocalEngine:
         self.blocks: list[Block] = []
         self._set_slots(list(range(self.n_clients)))
         self.centralized = self.blocks[0].algorithm.centralized
+        self.slowmo = slowmo.slowmo_of(self.blocks[0].algorithm)   # None unless algorithm.slowmo_tau > 0
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
         self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
 
@@ -53,7 +58,22 @@ class LocalEngine:
     def train(self, rounds: range, lr_of: Callable[[int], float],
               on_round: Optional[Callable[[int, float], None]] = None,
               should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
-        losses = []
+        losses: list[float] = []
+        pending: list[tuple[int, torch.Tensor]] = []   # (round, every client's loss) not read yet
+
+        def read() -> None:
+            # One device read for up to LOSS_READS_EVERY rounds: on a GPU a read per round is a
+            # host sync that stops the CPU from queueing the next round's kernels.
+            if not pending:
+                return
+            values = torch.stack([v for _, v in pending]).tolist()
+            for (r, _), row in zip(pending, values):
+                loss = float(np.mean(row))   # position order, as Ray's records
+                losses.append(loss)
+                if on_round is not None:
+                    on_round(r, loss)
+            pending.clear()
+
         groups = self.layout.groups(self.n_clients)
         where = self.layout.block_of(self.n_clients)
         for t in rounds:
@@ -70,11 +90,12 @@ class LocalEngine:
                 mixed.append(block_mix(own, g, rows, sources, received))
             for b, m in zip(self.blocks, mixed):
                 b.post_mix(m, lr)
-            # One read of the device per round for every client (position order, as Ray's records).
-            loss = float(np.mean(torch.cat([b.losses for b in self.blocks]).tolist()))
-            losses.append(loss)
-            if on_round is not None:
-                on_round(t, loss)
+            if self.slowmo is not None and self.slowmo.due(t):
+                slowmo.outer_step(self.blocks, lr)
+            pending.append((t, torch.cat([b.losses for b in self.blocks])))
+            if len(pending) >= LOSS_READS_EVERY:
+                read()
+        read()
         return losses
 
     def flat_buffers(self) -> torch.Tensor:
@@ -129,7 +150,9 @@ class LocalEngine:
             ids = [slots[i] for i in g]
             block = old.get(tuple(ids))
             if block is None:
-                block = build.build_block(self.cfg, self.ds, self.parts, ids, self.device)
+                # One GPU holds every block: each gets its share (as each actor of a Ray run on
+                # one GPU does), so both engines choose the same vmap chunks (engine/memory.py).
+                block = build.build_block(self.cfg, self.ds, self.parts, ids, self.device, gpu_share=1 / len(groups))
                 for r, s in enumerate(ids):
                     if s in kept:
                         block.load_client_state(r, kept[s])
@@ -145,6 +168,8 @@ class LocalEngine:
         if n_clients == self.n_clients:
             return
         avg, bufs = self.averaged_params()
+        # SlowMo: joiners adopt the run's slow state (position 0 always stays).
+        slow = self.slowmo.slow_state(self.blocks[0].state, 0) if self.slowmo is not None else None
         if n_clients < self.n_clients:
             slots = self.slots[:n_clients]
         else:
@@ -153,7 +178,10 @@ class LocalEngine:
         old = set(self.slots)
         self._set_slots(slots)
         for b in self.blocks:
-            b.reset_rows([r for r, s in enumerate(b.ids) if s not in old], avg, bufs)
+            joiners = [r for r, s in enumerate(b.ids) if s not in old]
+            b.reset_rows(joiners, avg, bufs)
+            if slow is not None:
+                self.slowmo.adopt(b.state, joiners, slow)
 
     def close(self) -> None:
         pass

@@ -146,6 +146,11 @@ def test_block_gradients_on_uint8_equal_float32_storage(tmp_path, monkeypatch):
         for _ in range(2):
             ga, gb = a.gradients().clone(), b.gradients().clone()
             assert torch.equal(ga, gb) and torch.equal(a.losses, b.losses)
+        if packed:
+            a.chunk = b.chunk = 2   # engine/memory.py's chunked step, and its probe, on uint8 rows
+            ga, gb = a.gradients().clone(), b.gradients().clone()
+            assert torch.equal(ga, gb) and torch.equal(a.losses, b.losses)
+            a.probe_step(2)
 
 
 @pytest.mark.parametrize("k,pack", [(1, "false"), (4, "true")])

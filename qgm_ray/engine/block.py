@@ -172,7 +172,7 @@ class Block:
         buffers, forked RNG, the first samples of the shards instead of a sampler draw): what
         engine/memory.py measures to choose `chunk`."""
         r = slice(0, rows)
-        xb = self.x[:self.batch_size].unsqueeze(0).expand(rows, *([-1] * self.x.dim()))
+        xb = to_float(self.x[:self.batch_size], self.table).unsqueeze(0).expand(rows, *([-1] * self.x.dim()))
         yb = self.y[:self.batch_size].unsqueeze(0).expand(rows, -1)
         with _seeded(0, [self.device] if self.device.type == "cuda" else []):
             self._vstep(self._param_views(self.params[r]), {n: b[r].clone() for n, b in self.buffers.items()},

@@ -107,7 +107,7 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
     augment = ds.augment if cfg.data.augment else None
     algorithm = build_algorithm(cfg)
     block = Block(model, algorithm, shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
-                  augment=augment, device=device, norm=ds.norm,
+                  augment=augment, device=device, norm=ds.norm, fill=ds.fill,
                   packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device),
                   push_sum=uses_push_sum(cfg, algorithm))
     chunk = cfg.ray.vmap_chunk

@@ -275,3 +275,27 @@ def test_vmap_chunk_must_be_auto_or_a_positive_integer(bad):
     from qgm_ray.errors import ConfigError
     with pytest.raises(ConfigError, match="ray.vmap_chunk"):
         load_config(None, BASE + FAMILIES["mlp"] + [f"ray.vmap_chunk={bad}"])
+
+
+def test_block_crops_pad_with_the_datasets_fill():
+    """Crop padding is the dataset's fill (black in normalised units for CIFAR: the official
+    code's RandomCrop(32, padding=4) before Normalize), not 0 (the mean colour)."""
+    import dataclasses
+
+    from qgm_ray.data import apply_augment, draw_augment
+    aug = ["data.name=synthetic_image", "data.options={num_samples: 200, shape: [3, 8, 8], augment: crop}",
+           "model.name=cnn", "data.augment=true"]
+    cfg = load_config(None, BASE + aug + ["ray.clients_per_actor=2"])
+    ds = dataclasses.replace(build.build_dataset(cfg), fill=(-1.5, -2.5, -3.5))
+    block = build.build_block(cfg, ds, build.build_partition(cfg, ds), [0, 1], "cpu")
+    assert block.fill == (-1.5, -2.5, -3.5)
+    # the batch a block draws: each client's next indices, then its own crop draws (fresh epoch:
+    # the sampler's order is already drawn, so its generator's next numbers are the crops)
+    gens = [torch.Generator().set_state(s.generator.get_state()) for s in block.samplers]
+    idx = [s.order[s.pos:s.pos + block.batch_size].clone() + off for s, off in zip(block.samplers, block.offsets.tolist())]
+    xb, _ = block._batches()
+    for i, (g, rows) in enumerate(zip(gens, idx)):
+        params = draw_augment(block.batch_size, g, "crop")
+        expect = apply_augment(block.x[rows], params, "crop", fill=(-1.5, -2.5, -3.5))
+        assert torch.equal(xb[i], expect)
+    assert (xb == -2.5).any()   # some crop reached into the padding

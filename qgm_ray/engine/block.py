@@ -41,7 +41,7 @@ class Block:
     def __init__(self, model: nn.Module, algorithm, shards: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  ids: Sequence[int], batch_size: int, seed: int, augment: Optional[str] = None,
                  device: str = "cpu", packed: bool = False, push_sum: bool = False,
-                 norm: Optional[tuple] = None):
+                 norm: Optional[tuple] = None, fill: Optional[tuple] = None):
         if not ids or len(ids) != len(shards):
             raise ValueError("a block needs one shard per client and at least one client")
         self.ids = list(ids)
@@ -49,6 +49,9 @@ class Block:
         self.device = torch.device(device)
         self.algorithm = algorithm
         self.augment = augment
+        # Crop padding in normalised units: Dataset.fill is black (-mean/std per channel), what the
+        # official code's RandomCrop(32, padding=4) on the image before Normalize pads with.
+        self.fill = 0.0 if fill is None else fill
         self.packed = packed
         self.seed = seed
         # Dropout draws from the process-global RNG. Seeding it from (seed, client, step) around
@@ -123,10 +126,8 @@ class Block:
             # client), then one crop/flip program runs over the whole block's k*b samples.
             draws = [draw_augment(self.batch_size, s.generator, self.augment) for s in self.samplers]
             params = {key: torch.cat([d[key] for d in draws], dim=-1) for key in draws[0]}
-            # On normalised floats, padded with 0 (the normalisation's mean colour), as blocks always
-            # have; Dataset.fill (black) is what torchvision's RandomCrop before Normalize pads with.
             flat = xb.reshape(self.k * self.batch_size, *self.x.shape[1:])
-            xb = apply_augment(flat, params, self.augment).view_as(xb)
+            xb = apply_augment(flat, params, self.augment, fill=self.fill).view_as(xb)
         return xb, yb
 
     def gradients(self) -> torch.Tensor:

@@ -299,3 +299,14 @@ def test_block_crops_pad_with_the_datasets_fill():
         expect = apply_augment(block.x[rows], params, "crop", fill=(-1.5, -2.5, -3.5))
         assert torch.equal(xb[i], expect)
     assert (xb == -2.5).any()   # some crop reached into the padding
+
+
+def test_packed_local_model_evaluation_equals_one_by_one():
+    """The GPU path (one vmapped forward per chunk of rows), run here on CPU."""
+    torch.set_num_threads(1)
+    e = _engine(FAMILIES["resnet20-bn"], 4, "true")
+    _run(e)
+    b = e.blocks[0]
+    b.chunk = 3   # rows 0-2, then 3
+    vmapped = b._evaluate_packed(e.test_x, e.test_y, 16)
+    assert vmapped == b.evaluate_rows(e.test_x, e.test_y, 16)

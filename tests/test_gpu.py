@@ -103,3 +103,22 @@ def test_1024_resnet20_clients_complete_a_round_on_one_gpu():
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of "
           f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
     assert len(losses) == 2 and all(l == l for l in losses)
+
+
+def test_local_models_are_evaluated_vmapped_on_gpu_like_one_by_one():
+    import time
+    e = _engine("cuda", "model.name=resnet20", "topology.n_clients=16", "ray.clients_per_actor=16")
+    _train(e)
+    b = e.blocks[0]
+    t0 = time.time()
+    vmapped = b.evaluate_rows(e.test_x, e.test_y, 1024)
+    torch.cuda.synchronize()
+    t1 = time.time()
+    b.device = torch.device("cpu")   # the one-by-one path (the tensors stay on the GPU)
+    try:
+        alone = b.evaluate_rows(e.test_x, e.test_y, 1024)
+    finally:
+        b.device = torch.device("cuda")
+    torch.cuda.synchronize()
+    print(f"16 local models: vmapped {t1 - t0:.3f} s, one by one {time.time() - t1:.3f} s")
+    assert max(abs(a - c) for a, c in zip(vmapped, alone)) <= 2 / len(e.test_y)

@@ -241,7 +241,12 @@ class Block:
             offset += size
 
     def evaluate_rows(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
-        """Test accuracy of each client's own model, in row order."""
+        """Test accuracy of each client's own model, in row order: on a GPU one vmapped forward
+        for a chunk of rows per test batch, on CPU one model at a time (measured faster there:
+        8 cnn1d models on 1000 samples 18 ms vs 53 ms vmapped, 8 ResNet-20s on 400 samples
+        3.1 s vs 7.8 s; 2026-11-27, 2-core machine, 1 thread)."""
+        if self.device.type == "cuda":
+            return self._evaluate_packed(x, y, batch_size)
         if self._eval_model is None:
             import copy
             self._eval_model = copy.deepcopy(self.model)
@@ -251,6 +256,31 @@ class Block:
             load_params(self._eval_model, self.params[i], bufs[i])
             accs.append(evaluate_model(self._eval_model, x, y, batch_size, self.table)[0])
         return accs
+
+    @torch.no_grad()
+    def _evaluate_packed(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
+        # `chunk` rows per call (what fits the GPU for training), each on at least a training
+        # batch of test samples (a forward without saved activations needs less than that step),
+        # or on batch_size / rows samples when that is more.
+        rows = self.chunk
+        per_row = max(self.batch_size, batch_size // rows)
+        forward = vmap(lambda p, b, xb: functional_call(self.model, (p, b), (xb,)), in_dims=(0, 0, None))
+        views = self._param_views(self.params)
+        correct = torch.zeros(self.k, dtype=torch.long, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for a in range(0, self.k, rows):
+                r = slice(a, min(a + rows, self.k))
+                p = {n: v[r] for n, v in views.items()}
+                b = {n: v[r] for n, v in self.buffers.items()}
+                for start in range(0, len(x), per_row):
+                    logits = forward(p, b, to_float(x[start:start + per_row], self.table))
+                    correct[r] += (logits.argmax(-1) == y[start:start + per_row]).sum(-1)
+        finally:
+            self.model.train(was_training)
+        n = max(1, len(x))
+        return [c / n for c in correct.tolist()]
 
     # ------------------------------------------------------------ per-client state
     def client_state(self, i: int, flat_buffers: Optional[torch.Tensor] = None) -> dict:

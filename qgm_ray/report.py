@@ -6,7 +6,7 @@
 A sweep gets `results.csv` (a row per trial), `histories.csv` (every trial's metrics.csv, long
 format), `partitions.csv` (one partition per alpha), `table.md` (algorithms x alpha, mean ± std
 over seeds, like Table 1 of the QGM paper; for a hyper-parameter search, the best value per cell)
-and PNG figures. A run gets its curves and its partition heat-map.
+and PNG figures (for an lr grid also lr_sensitivity.png: accuracy against lr per alpha). A run gets its curves and its partition heat-map.
 
 The table functions are pure pandas (testable without Tune); the figures use matplotlib's Agg
 backend, so no display is needed.
@@ -372,6 +372,52 @@ def plot_accuracy_vs_alpha(df: pd.DataFrame, path: Path, param_keys=()) -> Optio
     return path
 
 
+def lr_curves(df: pd.DataFrame, value: str = "final_test_accuracy") -> pd.DataFrame:
+    """One row per (algorithm, alpha, lr): mean of `value` over the seeds that completed, and how
+    many seeds completed / did not (diverged, failed, ...). Pure pandas; the data of lr_sensitivity.png."""
+    out = []
+    for (algo, alpha, lr), g in df.groupby(["algorithm", "alpha", "lr"], sort=False):
+        ok = g[g["status"] == "completed"]
+        out.append({"algorithm": algo, "alpha": alpha, "lr": lr, "n_completed": len(ok),
+                    "n_other": len(g) - len(ok), "mean": ok[value].mean() if len(ok) else np.nan})
+    return pd.DataFrame(out, columns=["algorithm", "alpha", "lr", "n_completed", "n_other", "mean"])
+
+
+def plot_lr_sensitivity(df: pd.DataFrame, path: Path, param_keys=()) -> Optional[Path]:
+    """Final test accuracy against lr, a panel per alpha, a line per algorithm (mean over the seeds
+    that completed). An x marks an lr at which some seed did not complete (diverged): drawn at its
+    completed seeds' mean, or at 0 when none did. Only for a sweep with algorithm.lr on a grid."""
+    sections, hparams = split_keys(param_keys)
+    if "algorithm.lr" not in hparams or sections or df["lr"].nunique() < 2:
+        return None
+    curves = lr_curves(df)
+    alphas = sorted(curves["alpha"].dropna().unique(), reverse=True)
+    if not alphas:
+        return None
+    plt = _plt()
+    colors = _colors(df)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(4.6 * len(alphas), 4), squeeze=False, sharey=True)
+    for ax, alpha in zip(axes[0], alphas):
+        for algo in dict.fromkeys(df["algorithm"]):
+            c = curves[(curves["algorithm"] == algo) & (curves["alpha"] == alpha)].sort_values("lr")
+            if c.empty:
+                continue
+            y = 100 * c["mean"].fillna(0.0)
+            ax.plot(c["lr"], y, marker="o", color=colors[algo], label=algo)
+            bad = c["n_other"] > 0
+            ax.scatter(c["lr"][bad], y[bad], marker="x", s=70, color=colors[algo], zorder=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("lr (log)")
+        ax.set_title(f"alpha = {alpha:g}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("final test accuracy (%), mean over completed seeds")
+    axes[0][-1].legend(fontsize=8, title="x: a seed diverged", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    plt.close(fig)
+    return path
+
+
 def best_trials(df: pd.DataFrame, param_keys=()) -> pd.DataFrame:
     """For a hyper-parameter sweep, only the trials of each cell's best setting."""
     sections, hparams = split_keys(param_keys)
@@ -525,6 +571,7 @@ def write_sweep_report(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
     written.append(sweep_dir / "table.md")
 
     written.append(plot_accuracy_vs_alpha(df, sweep_dir / "accuracy_vs_alpha.png", param_keys))
+    written.append(plot_lr_sensitivity(df, sweep_dir / "lr_sensitivity.png", param_keys))
     if len(df) and df["alpha"].notna().any():
         a = float(df["alpha"].min())
         written.append(plot_curves(df, histories, a, sweep_dir / f"curves_alpha{a:g}.png", param_keys))

@@ -143,6 +143,21 @@ def test_tuned_table_names_the_lr_grid_and_lists_the_edge_cells():
     assert "No cell has its best setting at an edge of the grid (2 cells)." in md
 
 
+def test_lr_sensitivity_curves_and_figure(tmp_path):
+    rows = (_lr_rows({0.01: [0.5, 0.52], 0.1: [0.7, 0.74], 1.0: [0.8, None]})
+            + _lr_rows({0.01: [0.6, 0.6], 0.1: [0.4, 0.5], 1.0: [None, None]}, "qg_dsgdm_n"))
+    df = _lr_frame(rows)
+    curves = report.lr_curves(df).set_index(["algorithm", "lr"])
+    assert curves.loc[("dsgd", 0.1), "mean"] == pytest.approx(0.72)
+    assert curves.loc[("dsgd", 1.0), ["n_completed", "n_other"]].tolist() == [1, 1]
+    assert curves.loc[("dsgd", 1.0), "mean"] == pytest.approx(0.8)   # the seed that completed
+    assert np.isnan(curves.loc[("qg_dsgdm_n", 1.0), "mean"])
+    keys = ["algorithm.name", "data.alpha", "algorithm.lr", "seed"]
+    path = report.plot_lr_sensitivity(df, tmp_path / "lr.png", keys)
+    assert path is not None and path.stat().st_size > 1000
+    assert report.plot_lr_sensitivity(df, tmp_path / "none.png", ["algorithm.name", "seed"]) is None
+
+
 def test_other_grid_keys_split_the_table_in_sections():
     rows = [dict(r, topology=topo) for topo in ("ring", "social") for r in grid_rows()]
     df = report.results_frame([{"trial": f"t{i}", "n_clients": 16, "lr": 0.1, "trial_dir": "x",

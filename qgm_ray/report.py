@@ -6,7 +6,7 @@
 A sweep gets `results.csv` (a row per trial), `histories.csv` (every trial's metrics.csv, long
 format), `partitions.csv` (one partition per alpha), `table.md` (algorithms x alpha, mean ± std
 over seeds, like Table 1 of the QGM paper; for a hyper-parameter search, the best value per cell)
-and PNG figures. A run gets its curves and its partition heat-map.
+and PNG figures (for an lr grid also lr_sensitivity.png: accuracy against lr per alpha). A run gets its curves and its partition heat-map.
 
 The table functions are pure pandas (testable without Tune); the figures use matplotlib's Agg
 backend, so no display is needed.
@@ -111,10 +111,33 @@ def split_keys(param_keys) -> tuple[list[str], list[str]]:
     return sections, hparams
 
 
+def grid_edges(best: dict, tried: dict) -> str:
+    """Which winning values sit at an end of the values tried, e.g. "lr = grid max": the optimum
+    may lie beyond, so that grid should be widened. `best` {column: value}, `tried` {column:
+    values}; a column with fewer than 2 numeric values tried has no edge."""
+    notes = []
+    for col, values in tried.items():
+        values = sorted(pd.to_numeric(pd.Series(list(values)), errors="coerce").dropna().unique())
+        v = pd.to_numeric(pd.Series([best.get(col)]), errors="coerce").iloc[0]
+        if len(values) < 2 or pd.isna(v):
+            continue
+        name = col.rsplit(".", 1)[-1]
+        if np.isclose(v, values[-1]):
+            notes.append(f"{name} = grid max")
+        elif np.isclose(v, values[0]):
+            notes.append(f"{name} = grid min")
+    return ", ".join(notes)
+
+
 def cell_stats(df: pd.DataFrame, value: str = "final_test_accuracy", hparams=(), sections=(),
-               mode: str = "max") -> pd.DataFrame:
+               mode: str = "max", grid: Optional[dict] = None) -> pd.DataFrame:
     """One row per (section..., algorithm, alpha): mean / std over the seeds of completed trials,
-    counts by status and, when `hparams` were tuned, the best setting (by mean) and its stats."""
+    counts by status and, when `hparams` were tuned, the best setting (by mean) and its stats.
+
+    `edge` names the winning hyper-parameter values that sit at an end of their grid
+    (`grid_edges`). `grid` {dotted key: values} is the sweep's tune.grid: only its keys are
+    judged, against every value of the grid (a partial sweep may not have tried them all yet);
+    without it, every hyper-parameter is judged against the values the cell tried."""
     hp_cols = [_column(k) for k in hparams]
     sec_cols = [_column(k) for k in sections]
     cell = sec_cols + ["algorithm", "alpha"]
@@ -139,6 +162,9 @@ def cell_stats(df: pd.DataFrame, value: str = "final_test_accuracy", hparams=(),
             rec.update({c: best[c] for c in hp_cols})
             rec.update({"mean": best["mean"], "std": best["std"], "n": int(best["count"]),
                         "n_bad_at_best": int(best["n_bad"])})
+            tried = ({_column(k): grid[k] for k in hparams if k in grid} if grid is not None
+                     else {c: g[c] for c in hp_cols})
+            rec["edge"] = grid_edges({c: best[c] for c in hp_cols}, tried)
         else:
             rec.update({"mean": ok[value].mean() if len(ok) else np.nan,
                         "std": ok[value].std() if len(ok) > 1 else np.nan, "n": len(ok)})
@@ -154,8 +180,10 @@ def _fmt_cell(rec: pd.Series, hp_cols: list[str]) -> str:
     if not math.isnan(rec["std"]):
         text += f" ± {100 * rec['std']:.2f}"
     if hp_cols:
+        edge = rec.get("edge") if isinstance(rec.get("edge"), str) else ""
         text += " (" + ", ".join(f"{c.rsplit('.', 1)[-1]} {rec[c]:.3g}" if isinstance(rec[c], float)
-                                 else f"{c.rsplit('.', 1)[-1]} {rec[c]}" for c in hp_cols) + ")"
+                                 else f"{c.rsplit('.', 1)[-1]} {rec[c]}" for c in hp_cols) \
+            + (f"; {edge}" if edge else "") + ")"
     notes = [f"{rec[f'n_{s}']}/{rec['n_trials']} {s}" for s in ("diverged", "failed", "stopped", "unfinished")
              if rec[f"n_{s}"]]
     if notes:
@@ -168,13 +196,14 @@ def _alpha_text(a) -> str:
 
 
 def accuracy_tables(df: pd.DataFrame, param_keys=(), value: str = "final_test_accuracy",
-                    mode: str = "max", algo_order=()) -> list[tuple[str, pd.DataFrame]]:
+                    mode: str = "max", algo_order=(), grid: Optional[dict] = None) -> list[tuple[str, pd.DataFrame]]:
     """[(section title, table)]: rows = algorithms (in order of appearance), columns = alpha
-    (descending: near-iid first, as in the paper), cells = formatted strings, best in bold."""
+    (descending: near-iid first, as in the paper), cells = formatted strings, best in bold.
+    A tuned cell names its winning setting and, when it is at an end of the grid, says so."""
     sections, hparams = split_keys(param_keys)
     hp_cols = [_column(k) for k in hparams]
     sec_cols = [_column(k) for k in sections]
-    stats = cell_stats(df, value, hparams, sections, mode)
+    stats = cell_stats(df, value, hparams, sections, mode, grid)
     if stats.empty:
         return []
     algos = list(dict.fromkeys(list(algo_order) + list(df["algorithm"])))
@@ -207,6 +236,16 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _lr_text(base: dict) -> str:
+    tc = base.get("tune", {})
+    if "algorithm.lr" in tc.get("grid", {}):
+        return "lr tuned per cell over {" + ", ".join(f"{v:g}" for v in tc["grid"]["algorithm.lr"]) + "}"
+    if "algorithm.lr" in tc.get("search", {}):
+        (kind, arg), = tc["search"]["algorithm.lr"].items()
+        return f"lr searched ({kind} {arg})"
+    return f"lr {base['algorithm']['lr']:g}"
+
+
 def table_markdown(df: pd.DataFrame, base: Optional[dict] = None, param_keys=()) -> str:
     base = base or {}
     tc = base.get("tune", {})
@@ -218,22 +257,36 @@ def table_markdown(df: pd.DataFrame, base: Optional[dict] = None, param_keys=())
         lines.append(f"{base['data']['name']}, model {base['model']['name']}, "
                      f"{base['topology']['name']} n={base['topology']['n_clients']}, "
                      f"{s['epochs']:g} epochs, batch {base['data']['batch_size']}/client, "
-                     f"lr {base['algorithm']['lr']:g}, backend {base['backend']}.")
-    _, hparams = split_keys(param_keys)
+                     f"{_lr_text(base)}, backend {base['backend']}.")
+    sections, hparams = split_keys(param_keys)
+    grid = tc.get("grid", {}) if base else None
     lines.append(f"Cells: test accuracy of the averaged model at the end of training, mean ± std "
                  f"(sample std) over {len(seeds)} seed(s) of the completed trials; Dirichlet alpha: "
                  f"10 is near iid, 0.1 about one class per client. Bold: best in its column."
                  + (f" Hyper-parameters {', '.join(hparams)}: the best setting per cell (by mean over seeds;"
-                    f" a setting that diverged on any seed ranks after those that never did); the bracket"
+                    f" a setting that diverged on any seed ranks after those that never did), named in"
+                    f" parentheses, with \"= grid max\" / \"= grid min\" when it is the largest / smallest"
+                    f" value of its grid (the optimum may lie outside: widen that grid); the bracket"
                     f" counts every trial of the cell, all settings included." if hparams else "")
                  + " [k/n status]: trials that did not complete (diverged, failed, stopped by the scheduler"
                    " or unfinished) are left out of the mean.")
     lines.append("")
     order = tc.get("grid", {}).get("algorithm.name", [])
-    for title, table in accuracy_tables(df, param_keys, value, tc.get("mode", "max"), order):
+    for title, table in accuracy_tables(df, param_keys, value, tc.get("mode", "max"), order, grid):
         if title:
             lines += [f"## {title}", ""]
         lines += [to_markdown(table), ""]
+    if hparams:
+        stats = cell_stats(df, value, hparams, sections, tc.get("mode", "max"), grid)
+        edges = stats[stats["edge"].fillna("") != ""] if "edge" in stats.columns else stats.iloc[:0]
+        if len(edges):
+            cells = [" ".join([f"{c} {r[c]}" for c in (_column(k) for k in sections)]
+                              + [str(r["algorithm"]), f"α = {_alpha_text(r['alpha'])}"]) + f" ({r['edge']})"
+                     for _, r in edges.iterrows()]
+            lines += [f"Best setting at an edge of its grid in {len(edges)} of {len(stats)} cells "
+                      f"(widen the grid there): " + "; ".join(cells) + ".", ""]
+        else:
+            lines += [f"No cell has its best setting at an edge of the grid ({len(stats)} cells).", ""]
     counts = df["status"].value_counts().to_dict()
     lines.append(f"{len(df)} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".")
     return "\n".join(lines) + "\n"
@@ -313,6 +366,52 @@ def plot_accuracy_vs_alpha(df: pd.DataFrame, path: Path, param_keys=()) -> Optio
         ax.set_title(", ".join(f"{c}={v}" for c, v in zip(sec_cols, key)) or "test accuracy vs heterogeneity")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    plt.close(fig)
+    return path
+
+
+def lr_curves(df: pd.DataFrame, value: str = "final_test_accuracy") -> pd.DataFrame:
+    """One row per (algorithm, alpha, lr): mean of `value` over the seeds that completed, and how
+    many seeds completed / did not (diverged, failed, ...). Pure pandas; the data of lr_sensitivity.png."""
+    out = []
+    for (algo, alpha, lr), g in df.groupby(["algorithm", "alpha", "lr"], sort=False):
+        ok = g[g["status"] == "completed"]
+        out.append({"algorithm": algo, "alpha": alpha, "lr": lr, "n_completed": len(ok),
+                    "n_other": len(g) - len(ok), "mean": ok[value].mean() if len(ok) else np.nan})
+    return pd.DataFrame(out, columns=["algorithm", "alpha", "lr", "n_completed", "n_other", "mean"])
+
+
+def plot_lr_sensitivity(df: pd.DataFrame, path: Path, param_keys=()) -> Optional[Path]:
+    """Final test accuracy against lr, a panel per alpha, a line per algorithm (mean over the seeds
+    that completed). An x marks an lr at which some seed did not complete (diverged): drawn at its
+    completed seeds' mean, or at 0 when none did. Only for a sweep with algorithm.lr on a grid."""
+    sections, hparams = split_keys(param_keys)
+    if "algorithm.lr" not in hparams or sections or df["lr"].nunique() < 2:
+        return None
+    curves = lr_curves(df)
+    alphas = sorted(curves["alpha"].dropna().unique(), reverse=True)
+    if not alphas:
+        return None
+    plt = _plt()
+    colors = _colors(df)
+    fig, axes = plt.subplots(1, len(alphas), figsize=(4.6 * len(alphas), 4), squeeze=False, sharey=True)
+    for ax, alpha in zip(axes[0], alphas):
+        for algo in dict.fromkeys(df["algorithm"]):
+            c = curves[(curves["algorithm"] == algo) & (curves["alpha"] == alpha)].sort_values("lr")
+            if c.empty:
+                continue
+            y = 100 * c["mean"].fillna(0.0)
+            ax.plot(c["lr"], y, marker="o", color=colors[algo], label=algo)
+            bad = c["n_other"] > 0
+            ax.scatter(c["lr"][bad], y[bad], marker="x", s=70, color=colors[algo], zorder=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("lr (log)")
+        ax.set_title(f"alpha = {alpha:g}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("final test accuracy (%), mean over completed seeds")
+    axes[0][-1].legend(fontsize=8, title="x: a seed diverged", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=PNG_DPI)
     plt.close(fig)
@@ -472,6 +571,7 @@ def write_sweep_report(sweep_dir: Path, df: pd.DataFrame) -> list[Path]:
     written.append(sweep_dir / "table.md")
 
     written.append(plot_accuracy_vs_alpha(df, sweep_dir / "accuracy_vs_alpha.png", param_keys))
+    written.append(plot_lr_sensitivity(df, sweep_dir / "lr_sensitivity.png", param_keys))
     if len(df) and df["alpha"].notna().any():
         a = float(df["alpha"].min())
         written.append(plot_curves(df, histories, a, sweep_dir / f"curves_alpha{a:g}.png", param_keys))

@@ -85,6 +85,79 @@ def test_hyper_parameter_sweep_shows_the_best_lr_per_cell():
     assert table.loc["dsgd", "α = 0.1"] == "72.00 ± 2.83 (lr 0.1) [1/8 diverged]"
 
 
+def _lr_rows(accs_by_lr, algorithm="dsgd", alpha=0.1):
+    rows = []
+    for lr, accs in accs_by_lr.items():
+        for seed, a in enumerate(accs):
+            rows.append({"algorithm": algorithm, "alpha": alpha, "seed": seed, "lr": lr,
+                         "final_test_accuracy": a, "status": "completed" if a is not None else "diverged"})
+    return rows
+
+
+def _lr_frame(rows):
+    return report.results_frame([{"trial": f"t{i}", "topology": "ring", "n_clients": 4, "trial_dir": f"trials/t{i}",
+                                  "best_test_accuracy": r["final_test_accuracy"], **r} for i, r in enumerate(rows)],
+                                ["algorithm.lr"])
+
+
+def test_a_winning_lr_at_an_end_of_the_grid_is_flagged():
+    keys = ["algorithm.name", "data.alpha", "algorithm.lr", "seed"]
+    grid = {"algorithm.lr": [0.01, 0.1, 1.0]}
+    # dsgd: best at the largest lr; qg: best at the smallest; dsgdm_n: inside the grid.
+    rows = (_lr_rows({0.01: [0.5, 0.52], 0.1: [0.7, 0.74], 1.0: [0.8, 0.82]})
+            + _lr_rows({0.01: [0.6, 0.6], 0.1: [0.4, 0.5], 1.0: [None, None]}, "qg_dsgdm_n")
+            + _lr_rows({0.01: [0.3, 0.3], 0.1: [0.7, 0.7], 1.0: [0.2, None]}, "dsgdm_n"))
+    df = _lr_frame(rows)
+    stats = report.cell_stats(df, hparams=["algorithm.lr"], grid=grid).set_index("algorithm")
+    assert stats.loc["dsgd", "edge"] == "lr = grid max"
+    assert stats.loc["qg_dsgdm_n", "edge"] == "lr = grid min"
+    assert stats.loc["dsgdm_n", "edge"] == ""
+    (_, table), = report.accuracy_tables(df, keys, grid=grid)
+    assert table.loc["dsgd", "α = 0.1"] == "**81.00** ± 1.41 (lr 1; lr = grid max)"
+    assert table.loc["qg_dsgdm_n", "α = 0.1"] == "60.00 ± 0.00 (lr 0.01; lr = grid min) [2/6 diverged]"
+    assert table.loc["dsgdm_n", "α = 0.1"] == "70.00 ± 0.00 (lr 0.1) [1/6 diverged]"
+    # The edge is judged against the whole grid, not only the lrs a partial sweep has tried.
+    partial = df[df["lr"] < 1.0]
+    stats = report.cell_stats(partial, hparams=["algorithm.lr"], grid=grid).set_index("algorithm")
+    assert stats.loc["dsgd", "edge"] == ""
+    stats = report.cell_stats(partial, hparams=["algorithm.lr"]).set_index("algorithm")
+    assert stats.loc["dsgd", "edge"] == "lr = grid max"   # no grid given: the lrs tried
+    assert report.grid_edges({"lr": 0.1}, {"lr": [0.1]}) == ""   # one value is no grid
+
+
+def test_tuned_table_names_the_lr_grid_and_lists_the_edge_cells():
+    base = Config().to_dict()
+    base["tune"]["grid"] = {"algorithm.name": ["dsgd", "dsgdm_n"], "data.alpha": [0.1],
+                            "algorithm.lr": [0.01, 0.1, 1.0], "seed": [0, 1]}
+    keys = list(base["tune"]["grid"])
+    rows = (_lr_rows({0.01: [0.5, 0.52], 0.1: [0.7, 0.74], 1.0: [0.8, 0.82]})
+            + _lr_rows({0.01: [0.3, 0.3], 0.1: [0.7, 0.7], 1.0: [0.2, 0.2]}, "dsgdm_n"))
+    md = report.table_markdown(_lr_frame(rows), base, keys)
+    assert "lr tuned per cell over {0.01, 0.1, 1}" in md
+    assert "| dsgd | **81.00** ± 1.41 (lr 1; lr = grid max) |" in md
+    assert "Best setting at an edge of its grid in 1 of 2 cells (widen the grid there): " \
+           "dsgd α = 0.1 (lr = grid max)." in md
+    inside = [r for r in rows if not (r["algorithm"] == "dsgd" and r["lr"] == 1.0)]
+    base["tune"]["grid"]["algorithm.lr"] = [0.01, 0.1, 1.0, 10.0]
+    md = report.table_markdown(_lr_frame(inside), base, keys)
+    assert "No cell has its best setting at an edge of the grid (2 cells)." in md
+
+
+def test_lr_sensitivity_curves_and_figure(tmp_path):
+    rows = (_lr_rows({0.01: [0.5, 0.52], 0.1: [0.7, 0.74], 1.0: [0.8, None]})
+            + _lr_rows({0.01: [0.6, 0.6], 0.1: [0.4, 0.5], 1.0: [None, None]}, "qg_dsgdm_n"))
+    df = _lr_frame(rows)
+    curves = report.lr_curves(df).set_index(["algorithm", "lr"])
+    assert curves.loc[("dsgd", 0.1), "mean"] == pytest.approx(0.72)
+    assert curves.loc[("dsgd", 1.0), ["n_completed", "n_other"]].tolist() == [1, 1]
+    assert curves.loc[("dsgd", 1.0), "mean"] == pytest.approx(0.8)   # the seed that completed
+    assert np.isnan(curves.loc[("qg_dsgdm_n", 1.0), "mean"])
+    keys = ["algorithm.name", "data.alpha", "algorithm.lr", "seed"]
+    path = report.plot_lr_sensitivity(df, tmp_path / "lr.png", keys)
+    assert path is not None and path.stat().st_size > 1000
+    assert report.plot_lr_sensitivity(df, tmp_path / "none.png", ["algorithm.name", "seed"]) is None
+
+
 def test_other_grid_keys_split_the_table_in_sections():
     rows = [dict(r, topology=topo) for topo in ("ring", "social") for r in grid_rows()]
     df = report.results_frame([{"trial": f"t{i}", "n_clients": 16, "lr": 0.1, "trial_dir": "x",

@@ -67,6 +67,24 @@ def test_shipped_sweeps_have_the_promised_shape():
     assert "resnet_evonorm20" in names
 
 
+@pytest.mark.parametrize("name,topology,n", [("table1_ring16", "ring", 16), ("table1_social32", "social", 32)])
+def test_table1_sweeps_validate_without_running(name, topology, n):
+    """Table 1, tuned (docs/results/table1/): the promised grid, and every trial a valid run whose
+    partitions fit the batch size (check_trials: what `tune` checks before starting Ray)."""
+    cfg = from_dict(config_dict(ROOT / "configs" / "paper" / f"{name}.yaml"))
+    grid = cfg.tune.grid
+    assert list(grid["algorithm.name"]) == ["dsgd", "dsgdm_n", "qg_dsgdm_n", "d2", "gradient_tracking"]
+    assert grid["data.alpha"] == [10, 1, 0.1] and len(grid["seed"]) >= 3
+    assert len(grid["algorithm.lr"]) >= 4 and min(grid["algorithm.lr"]) <= 0.05 and max(grid["algorithm.lr"]) >= 1.0
+    assert qtune.count_trials(cfg.tune) == 5 * 3 * len(grid["algorithm.lr"]) * len(grid["seed"])
+    assert (cfg.topology.name, cfg.topology.n_clients, cfg.data.name, cfg.model.name, cfg.backend) == \
+        (topology, n, "mnist1d", "cnn1d", "local")
+    if topology == "social":
+        assert cfg.topology.options == {"graph": "davis_southern_women"}
+    assert cfg.tune.scheduler == "fifo" and cfg.schedule.epochs == 100
+    qtune.check_trials(cfg.to_dict(), cfg.tune, log=quiet)
+
+
 def test_trial_config_merges_dotted_values_and_drops_the_sweep():
     base = tiny("tune.grid={data.alpha: [1, 0.1]}").to_dict()
     cfg = qtune.trial_config(base, {"data.alpha": 10, "algorithm.name": "dsgd", "seed": 3})

@@ -9,15 +9,16 @@ run, one after the other on the same GPU:
   that $RAY_ADDRESS names or starting a local one;
 - ceiling: one model trained with SGD at batch n*b (same samples per step, no decentralization).
 
-A round's time is the median over measured rounds (the engines read their losses every round,
-which synchronises the GPU); throughput / ceiling = ceiling round time / engine round time.
+A round's time is the mean over the measured rounds after warm-up: the wall time of one
+`train` call of that many rounds, which ends synchronised (the local engine reads its losses
+once per 16 rounds on a GPU, so single rounds are not timed); the ceiling is timed the same way
+and synchronises once at the end. throughput / ceiling = ceiling round time / engine round time.
 `--quick` (n in {16, 64}) fits in about 3 minutes on one H100/H200. Without CUDA the command
 exits 2 with one line (nothing is measured on a CPU: bench/harness.py is the CPU benchmark).
 """
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,17 +43,13 @@ def config(model: str, n: int, backend: str, device: str, image=(3, 32, 32), ext
         "progress=false", *extra])
 
 
-def _median_round(times: list[float]) -> float:
-    return statistics.median(b - a for a, b in zip(times, times[1:]))
-
-
 def _time_rounds(engine, warmup: int, rounds: int) -> float:
-    """Median round time of `rounds` rounds after `warmup` (either engine)."""
+    """Mean round time of `rounds` rounds after `warmup` (either engine; each `train` call
+    returns after reading its last losses, so the GPU is idle at both ends)."""
     engine.train(range(warmup), lambda t: 0.05)
-    ends = [time.perf_counter()]
-    engine.train(range(warmup, warmup + rounds), lambda t: 0.05,
-                 on_round=lambda t, loss: ends.append(time.perf_counter()))
-    return _median_round(ends)
+    start = time.perf_counter()
+    engine.train(range(warmup, warmup + rounds), lambda t: 0.05)
+    return (time.perf_counter() - start) / rounds
 
 
 def time_local_block(cfg, device: str, warmup: int, rounds: int) -> dict:
@@ -97,17 +94,18 @@ def time_ceiling(cfg, device: str, warmup: int, rounds: int) -> dict:
     g = torch.Generator().manual_seed(0)
     x, y = ds.train_x.to(device), ds.train_y.to(device)
     table = pixel_table(ds.norm).to(device) if ds.norm is not None else None   # uint8 pixels, as the blocks
-    ends = []
+    start = None
     for step in range(warmup + rounds):
+        if step == warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
         idx = torch.randint(0, len(x), (batch,), generator=g).to(device)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(to_float(x[idx], table)), y[idx])
         loss.backward()
         opt.step()
-        loss.item()   # as the engines: one read per round
-        if step >= warmup - 1:
-            ends.append(time.perf_counter())
-    return {"round_seconds": _median_round(ends)}
+    loss.item()   # one read at the end, as the engines' train calls end
+    return {"round_seconds": (time.perf_counter() - start) / rounds}
 
 
 def _with_k(cfg, k: int):

@@ -45,6 +45,7 @@ class LocalEngine:
         self.slowmo = slowmo.slowmo_of(self.blocks[0].algorithm)   # None unless algorithm.slowmo_tau > 0
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
         self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
+        self.loss_reads_every = LOSS_READS_EVERY if str(device).startswith("cuda") else 1
 
     @property
     def payload_bytes(self) -> int:
@@ -62,8 +63,9 @@ class LocalEngine:
         pending: list[tuple[int, torch.Tensor]] = []   # (round, every client's loss) not read yet
 
         def read() -> None:
-            # One device read for up to LOSS_READS_EVERY rounds: on a GPU a read per round is a
-            # host sync that stops the CPU from queueing the next round's kernels.
+            # On a GPU one device read for up to LOSS_READS_EVERY rounds: a read per round is a
+            # host sync that stops the CPU from queueing the next round's kernels. On CPU there is
+            # nothing to overlap: read every round (per-round progress and bench timings).
             if not pending:
                 return
             values = torch.stack([v for _, v in pending]).tolist()
@@ -93,7 +95,7 @@ class LocalEngine:
             if self.slowmo is not None and self.slowmo.due(t):
                 slowmo.outer_step(self.blocks, lr)
             pending.append((t, torch.cat([b.losses for b in self.blocks])))
-            if len(pending) >= LOSS_READS_EVERY:
+            if len(pending) >= self.loss_reads_every:
                 read()
         read()
         return losses

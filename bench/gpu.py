@@ -97,7 +97,8 @@ def time_ceiling(cfg, device: str, warmup: int, rounds: int) -> dict:
     start = None
     for step in range(warmup + rounds):
         if step == warmup:
-            torch.cuda.synchronize()
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize()
             start = time.perf_counter()
         idx = torch.randint(0, len(x), (batch,), generator=g).to(device)
         opt.zero_grad(set_to_none=True)

@@ -9,8 +9,8 @@
 #
 # Steps (each bounded by `timeout`, each writing its log; a failing step does not stop the next):
 #   1. install Ray from .whl/ into /tmp/site (../shared/offline-gpu/README.md)
-#   2. the GPU tests (tests/test_gpu.py, incl. 1024 ResNet-20 clients in vmap chunks) and the
-#      block tests, on the GPU machine's torch
+#   2. the GPU tests (tests/test_gpu.py, incl. 1024 ResNet-20 clients in vmap chunks, the memory
+#      probe and vmapped local-model evaluation) on the GPU machine's torch (CI runs the rest)
 #   3. python main.py bench --device cuda --quick        -> $OUT/gpu_bench.{json,md}
 #   4. the default `python main.py` with the clients on the GPU (Ray, its own local Ray), and
 #      the same on the local engine: wall times and final accuracies side by side
@@ -42,7 +42,7 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, log to $OUT/NAME.log, 
   echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/steps.txt"
 }
 
-step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -s tests/test_gpu.py tests/test_block.py -x
+step gpu_tests 240 $PY -m pytest -q -p no:cacheprovider -s tests/test_gpu.py -x
 step gpu_bench 200 $PY main.py bench --device cuda --quick --output "$OUT/gpu_bench.json"
 step default_ray_cuda 80 $PY main.py --quiet --set device=cuda --output-dir "$OUT/default_ray_cuda"
 step default_local_cuda 80 $PY main.py --quiet --set device=cuda --set backend=local --output-dir "$OUT/default_local_cuda"

@@ -58,7 +58,7 @@ SOCIAL_GRAPHS = {
 }
 DEFAULT_SOCIAL_GRAPH = "davis_southern_women"
 
-_KWARGS = ("graph", "edge_list", "generator", "generator_kwargs", "directed", "degree")
+_KWARGS = ("graph", "edge_list", "generator", "generator_kwargs", "directed", "degree", "lazy")
 _TV_CACHE_ROUNDS = 16  # time-varying: keep a few recent rounds (pipelined engines ask ahead)
 
 
@@ -367,8 +367,9 @@ def _check_kwargs(kw: dict) -> dict:
         raise ConfigError(
             f"topology: unknown option(s) {', '.join(unknown)} (valid: {', '.join(_KWARGS)})"
         )
-    if kw.get("directed") is not None and not isinstance(kw["directed"], bool):
-        raise ConfigError(f"topology.options.directed={kw['directed']!r} must be true or false")
+    for flag in ("directed", "lazy"):
+        if kw.get(flag) is not None and not isinstance(kw[flag], bool):
+            raise ConfigError(f"topology.options.{flag}={kw[flag]!r} must be true or false")
     d = kw.get("degree")
     if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
         raise ConfigError(f"topology.options.degree={d!r} must be an integer >= 1 (random_peer: most out-links per round)")
@@ -474,7 +475,13 @@ class Topology:
         key = self._key(t)
         W = self._cache.get(key)
         if W is None:
-            W = np.ascontiguousarray(self._build(key), dtype=np.float64)
+            W = self._build(key)
+            if self.options.get("lazy"):
+                # (I + W) / 2: eigenvalues move from [-1, 1] to [0, 1]. D2 needs lambda_min > -1/3
+                # and gradient tracking diverged on the social graph (lambda_min -0.434) without it
+                # (docs/results/table1); the price is half the mixing per round.
+                W = (np.eye(self.n) + W) / 2
+            W = np.ascontiguousarray(W, dtype=np.float64)
             W.setflags(write=False)
             self._cache[key] = W
             if len(self._cache) > _TV_CACHE_ROUNDS:
@@ -520,6 +527,8 @@ class Topology:
             extra = ""
         if self.directed:
             extra += ", directed, push-sum"
+        if self.options.get("lazy"):
+            extra += ", lazy (I+W)/2"
         if self.time_varying:
             return f"{self.name}(n={self.n}{extra}, time-varying, seed={self.seed})"
         return f"{self.name}(n={self.n}{extra}, spectral_gap={self.spectral_gap():.4f})"
@@ -533,7 +542,8 @@ def make_topology(name: str, n: int, seed: int = 0, **kw) -> Topology:
 
     kw: graph (social: davis_southern_women | florentine_families | karate_club |
     les_miserables), edge_list=PATH or generator=NAME [+ generator_kwargs] [+ directed]
-    (name='graph'), degree (random_peer: out-links per round drawn from 1..degree, default 3).
+    (name='graph'), degree (random_peer: out-links per round drawn from 1..degree, default 3),
+    lazy (any name: W <- (I + W) / 2).
     Options meant for another topology are ignored; None values count as unset.
     """
     return Topology(name, n, seed, **kw)

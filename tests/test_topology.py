@@ -246,3 +246,19 @@ def test_matrix_is_read_only_and_topology_pickles():
     np.testing.assert_array_equal(clone.matrix(), topo.matrix())
     tv = make_topology("time_varying_random_ring", 8, seed=4)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(tv)).matrix(3), tv.matrix(3))
+
+
+@pytest.mark.parametrize("name,n", [("social", 32), ("ring", 16), ("time_varying_exponential", 8), ("one_peer_exponential", 8)])
+def test_lazy_mixing_is_half_identity_half_w(name, n):
+    plain, lazy = make_topology(name, n, seed=1), make_topology(name, n, seed=1, lazy=True)
+    for t in range(3):
+        np.testing.assert_allclose(lazy.matrix(t), (np.eye(n) + plain.matrix(t)) / 2)
+    if not plain.directed:
+        # D2 needs lambda_min > -1/3; the social graph's MH weights give -0.434, lazy ones >= 0
+        assert np.linalg.eigvalsh(lazy.matrix(0)).min() >= -1e-12
+    assert "lazy" in lazy.describe()
+
+
+def test_lazy_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="topology.options.lazy"):
+        make_topology("ring", 8, lazy="yes")

@@ -134,13 +134,9 @@ class Block:
         """(k, P) gradients on each client's next batch; sets `self.losses` (k,)."""
         xb, yb = self._batches()
         if self.packed:
-            if self.chunk >= self.k:
-                with self._global_rng(self.ids):
-                    grads, losses = self._vstep(self._param_views(self.params), self.buffers, xb, yb)
-                self.losses = losses.detach()
-                return self._flat(grads, self.k)
-            # Rows in chunks (engine/memory.py: the whole block's activations would not fit).
-            # Slices are views, so BatchNorm's running stats update the block's buffers.
+            # Rows in chunks of `chunk` (all k unless engine/memory.py found the whole block's
+            # activations would not fit). Slices are views, so BatchNorm's running stats update
+            # the block's buffers.
             out, losses = [], []
             for a in range(0, self.k, self.chunk):
                 r = slice(a, min(a + self.chunk, self.k))
@@ -149,8 +145,8 @@ class Block:
                                               {name: b[r] for name, b in self.buffers.items()}, xb[r], yb[r])
                 out.append(self._flat(grads, r.stop - r.start))
                 losses.append(loss.detach())
-            self.losses = torch.cat(losses)
-            return torch.cat(out)
+            self.losses = losses[0] if len(losses) == 1 else torch.cat(losses)
+            return out[0] if len(out) == 1 else torch.cat(out)
         # Unpacked: each row's own module, whose parameters, gradients and buffers are views of
         # the block's rows (plain forward/backward: torch.func.functional_call costs ~0.3 ms of
         # Python per call, 40% of a tiny model's step on CPU).

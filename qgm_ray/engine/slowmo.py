@@ -29,7 +29,7 @@ __all__ = ["average_of", "block_outer_step", "outer_step", "outer_step_bytes", "
 def rows_on_cpu(block) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(k, P) float32 parameters of a block on the CPU, what the average is taken over, and
     its (k,) push-sum weights on a directed graph (else None)."""
-    weights = block.weight.detach().to("cpu", torch.float32) if getattr(block, "push_sum", False) else None
+    weights = block.weight.detach().to("cpu", torch.float32) if block.push_sum else None
     return block.params.detach().to("cpu", torch.float32), weights
 
 
@@ -42,7 +42,7 @@ def average_of(per_block: Sequence[tuple]) -> torch.Tensor:
 
 def block_outer_step(block, xbar: torch.Tensor, lr: float) -> None:
     block.algorithm.outer_step(block.state, block.params, xbar, lr)
-    if getattr(block, "push_sum", False):
+    if block.push_sum:
         block.weight.fill_(1.0)   # after an exact average every client holds the consensus with weight 1
 
 

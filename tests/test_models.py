@@ -5,6 +5,7 @@ import torch.nn as nn
 from qgm_ray.errors import ConfigError
 from qgm_ray.models import MODELS, make_model, num_parameters
 from qgm_ray.models.evonorm import EvoNorm2dS0, group_std
+from numerics import assert_normwise_close, longest_reduction, reduction_bound
 
 CASES = [
     ("resnet20", (3, 32, 32), {}),
@@ -175,13 +176,14 @@ def test_vmap_packed_step_equals_separate_steps(name, shape, kw):
 
     if name != "lenet5":
         kw = {**kw, "dropout": 0.0}  # dropout masks are drawn differently by the two ways
-    model = make_model(name, shape, num_classes=5, seed=0, **kw)
+    # float64: a float32 rounding difference can cross a ReLU kink (tests/numerics.py)
+    model = make_model(name, shape, num_classes=5, seed=0, **kw).double()
     model.train()
     base = {n: p.detach() for n, p in model.named_parameters()}
     g = torch.Generator().manual_seed(1)
     params = [base, {n: p + 0.05 * torch.randn(p.shape, generator=g) for n, p in base.items()}]
     buffers = [{n: b.clone() for n, b in model.named_buffers()} for _ in range(2)]
-    xs = torch.randn(2, 3, *shape, generator=g)
+    xs = torch.randn(2, 3, *shape, generator=g, dtype=torch.float64)
     ys = torch.randint(0, 5, (2, 3), generator=g)
 
     def loss(p, b, x, y):
@@ -190,10 +192,19 @@ def test_vmap_packed_step_equals_separate_steps(name, shape, kw):
     stacked_p = {n: torch.stack([params[0][n], params[1][n]]) for n in base}
     stacked_b = {n: torch.stack([buffers[0][n], buffers[1][n]]) for n in buffers[0]}
     grads, losses = vmap(grad_and_value(loss), randomness="different")(stacked_p, stacked_b, xs, ys)
+    # One grouped convolution vs separate ones sums in another order: compare whole vectors
+    # with the rounding bound of the longest sum (tests/numerics.py), not element by element.
+    bound = reduction_bound(longest_reduction(model, 3, shape), torch.float64)
     for i in range(2):
         grad_i, loss_i = grad_and_value(loss)(params[i], buffers[i], xs[i], ys[i])
-        assert torch.allclose(losses[i], loss_i, rtol=1e-5, atol=1e-6)
-        for n in base:
-            assert torch.allclose(grads[n][i], grad_i[n], rtol=1e-4, atol=1e-6), (name, n)
-        for n in buffers[i]:  # running stats were updated in place, per client
-            assert torch.allclose(stacked_b[n][i].float(), buffers[i][n].float(), rtol=1e-5, atol=1e-6), (name, n)
+        assert_normwise_close(losses[i], loss_i, bound, f"{name} loss")
+        assert_normwise_close(torch.cat([grads[n][i].flatten() for n in base]),
+                              torch.cat([grad_i[n].flatten() for n in base]), bound, f"{name} gradient")
+        # running stats were updated in place, per client (counters exactly)
+        floats = [n for n in buffers[i] if buffers[i][n].is_floating_point()]
+        for n in buffers[i]:
+            if n not in floats:
+                assert torch.equal(stacked_b[n][i], buffers[i][n]), (name, n)
+        if floats:
+            assert_normwise_close(torch.cat([stacked_b[n][i].flatten() for n in floats]),
+                                  torch.cat([buffers[i][n].flatten() for n in floats]), bound, f"{name} buffers")

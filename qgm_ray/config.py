@@ -189,6 +189,10 @@ CHOICES = {
 TUNE_METRICS = ("test_accuracy", "final_test_accuracy", "best_test_accuracy", "local_test_accuracy",
                 "train_loss", "test_loss", "consensus_distance")
 
+# Upper limits that only a typo reaches (schedule.epochs=1e12 exhausted memory while planning).
+MAX_EPOCHS = 100_000
+MAX_EVALUATIONS = 100_000
+
 # `name` becomes a directory name under runs/: no separators, no `..`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -334,9 +338,33 @@ def read_yaml(path: str | Path) -> dict:
 def config_dict(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
     """Defaults merged with the file and the overrides, as a plain dict (not yet validated)."""
     d = Config().to_dict()
-    if path is not None:
-        d = _merge(d, read_yaml(path))
-    return apply_overrides(d, dict(parse_override(item) for item in overrides))
+    given = read_yaml(path) if path is not None else {}
+    d = _merge(d, given)
+    values = dict(parse_override(item) for item in overrides)
+    apply_overrides(d, values)
+    # The file's client count was written for the file's graph: `--set topology.name=social` on
+    # configs/default.yaml (a ring of 16) takes the social graph's size, as data.options go
+    # with data.name (apply_overrides).
+    def sets(mapping: dict, key: str) -> bool:
+        return key in mapping or any(k == "topology" and isinstance(v, dict) and key.split(".")[1] in v
+                                     for k, v in mapping.items())
+    file_sets_n = isinstance(given.get("topology"), dict) and "n_clients" in given["topology"]
+    if not sets(values, "topology.n_clients") and (not file_sets_n or sets(values, "topology.name")):
+        size_from_graph(d)
+    return d
+
+
+def size_from_graph(d: dict) -> None:
+    """A social graph fixes the client count: where the user did not set topology.n_clients,
+    take the graph's size instead of the default 16 (which no social graph has)."""
+    topo = d.get("topology")
+    if not isinstance(topo, dict) or topo.get("name") != "social":
+        return
+    from qgm_ray.topology import DEFAULT_SOCIAL_GRAPH, SOCIAL_GRAPHS
+    options = topo.get("options") if isinstance(topo.get("options"), dict) else {}
+    graph = options.get("graph", DEFAULT_SOCIAL_GRAPH)
+    if graph in SOCIAL_GRAPHS:   # an unknown graph is refused by validation, with the names
+        topo["n_clients"] = SOCIAL_GRAPHS[graph][1]
 
 
 def apply_overrides(d: dict, values: dict) -> dict:
@@ -475,6 +503,9 @@ def validate(cfg: Config) -> None:
 
     s = cfg.schedule
     _require(s.epochs > 0, f"schedule.epochs must be > 0, got {s.epochs}")
+    # A run is planned round by round (evaluation and checkpoint points are listed up front): a
+    # typo such as 1e12 would exhaust memory before the first round instead of failing here.
+    _require(s.epochs <= MAX_EPOCHS, f"schedule.epochs must be <= {MAX_EPOCHS:g}, got {s.epochs:g}")
     _require(s.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, got {s.warmup_epochs}")
     _require(s.warmup_epochs < s.epochs or s.warmup_epochs == 0,
              f"schedule.warmup_epochs={s.warmup_epochs} must be smaller than schedule.epochs={s.epochs}")
@@ -485,6 +516,9 @@ def validate(cfg: Config) -> None:
     _require(s.reference_batch >= 0, f"schedule.reference_batch must be >= 0, got {s.reference_batch}")
 
     _require(cfg.eval.every_epochs > 0, f"eval.every_epochs must be > 0, got {cfg.eval.every_epochs}")
+    _require(s.epochs / cfg.eval.every_epochs <= MAX_EVALUATIONS,
+             f"eval.every_epochs={cfg.eval.every_epochs:g} gives {s.epochs / cfg.eval.every_epochs:.3g} evaluations "
+             f"in schedule.epochs={s.epochs:g}; at most {MAX_EVALUATIONS:g} (raise eval.every_epochs)")
     _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
     _require(cfg.eval.max_test_samples >= 0, f"eval.max_test_samples must be >= 0, got {cfg.eval.max_test_samples}")
 
@@ -497,6 +531,7 @@ def validate(cfg: Config) -> None:
     _require(r.max_inflight_rounds >= 1, f"ray.max_inflight_rounds must be >= 1, got {r.max_inflight_rounds}")
     _require(r.torch_threads >= 1, f"ray.torch_threads must be >= 1, got {r.torch_threads}")
     _require(r.num_cpus is None or r.num_cpus >= 1, f"ray.num_cpus must be >= 1 or null, got {r.num_cpus}")
+    _validate_dashboard_host(cfg)
 
     ft = cfg.fault_tolerance
     _require(ft.checkpoint_every >= 0, f"fault_tolerance.checkpoint_every must be >= 0 rounds, got {ft.checkpoint_every}")
@@ -576,16 +611,39 @@ def _validate_elastic(cfg: Config) -> None:
     el = cfg.elastic
     prev = -1.0
     for item in el.schedule:
+        # YAML's `true` is a Python bool, which is an int: [[true, 2]] would be read as epoch 1.
         _require(isinstance(item, (list, tuple)) and len(item) == 2
-                 and isinstance(item[0], (int, float)) and isinstance(item[1], int) and item[1] >= 1,
-                 f"elastic.schedule entries must be [epoch, n_clients] with n_clients >= 1, got {item!r}")
+                 and isinstance(item[0], (int, float)) and not isinstance(item[0], bool)
+                 and isinstance(item[1], int) and not isinstance(item[1], bool) and item[1] >= 1,
+                 f"elastic.schedule entries must be [epoch, n_clients] (numbers, n_clients >= 1), got {item!r}")
         _require(item[0] > prev, f"elastic.schedule epochs must increase, got {el.schedule}")
+        _require(0 < item[0] < cfg.schedule.epochs,
+                 f"elastic.schedule: the step at epoch {item[0]:g} is outside the run (epochs 0 < e < "
+                 f"schedule.epochs={cfg.schedule.epochs:g}) and would never be applied")
         prev = item[0]
         validate_topology(cfg.topology.name, item[1], **cfg.topology.options)
     if el.max_clients is not None:
         need = max([cfg.topology.n_clients] + [n for _, n in el.schedule])
         _require(el.max_clients >= need,
                  f"elastic.max_clients={el.max_clients} must be >= the largest client count ({need})")
+
+
+def _validate_dashboard_host(cfg: Config) -> None:
+    """ray.dashboard_host is where a Ray this process starts binds its dashboard: an address of
+    this machine. Ray itself takes 60 s to give up on a wrong one and then blames missing
+    packages; binding a socket there says it in a millisecond (and sends nothing anywhere)."""
+    import os
+    import socket
+
+    host = cfg.ray.dashboard_host
+    if cfg.backend != "ray" or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return   # joining a cluster: its dashboard is already where it is
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, 0))
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"ray.dashboard_host={host!r} is not an address of this machine ({e.strerror or e}); "
+                          "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
 
 
 def _validate_tune(cfg: Config) -> None:

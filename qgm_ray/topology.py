@@ -17,6 +17,7 @@ import inspect
 import math
 import os
 from collections import OrderedDict
+from typing import Optional
 
 import networkx as nx
 import numpy as np
@@ -59,6 +60,12 @@ SOCIAL_GRAPHS = {
 DEFAULT_SOCIAL_GRAPH = "davis_southern_women"
 
 _KWARGS = ("graph", "edge_list", "generator", "generator_kwargs", "directed", "degree", "lazy")
+# Which graphs read which of them (besides `lazy`, read by all).
+_OPTIONS = {
+    "social": ("graph",),
+    "graph": ("edge_list", "generator", "generator_kwargs", "directed"),
+    "random_peer": ("degree",),
+}
 _TV_CACHE_ROUNDS = 16  # time-varying: keep a few recent rounds (pipelined engines ask ahead)
 
 
@@ -361,12 +368,22 @@ def _size_ok(name: str, n: int) -> bool:
     return True
 
 
-def _check_kwargs(kw: dict) -> dict:
+def options_of(name: str) -> tuple[str, ...]:
+    """The topology.options that topology `name` reads (`lazy` works on every graph)."""
+    return _OPTIONS.get(name, ()) + ("lazy",)
+
+
+def _check_kwargs(kw: dict, name: Optional[str] = None) -> dict:
     unknown = sorted(set(kw) - set(_KWARGS))
     if unknown:
         raise ConfigError(
             f"topology: unknown option(s) {', '.join(unknown)} (valid: {', '.join(_KWARGS)})"
         )
+    # An option of another graph (graph=karate_club on a ring) would be silently ignored.
+    foreign = sorted(k for k, v in kw.items() if v is not None and name is not None and k not in options_of(name))
+    if foreign:
+        raise ConfigError(f"topology.options.{foreign[0]} is not an option of topology.name={name} "
+                          f"(its options: {', '.join(options_of(name))}); remove it")
     for flag in ("directed", "lazy"):
         if kw.get(flag) is not None and not isinstance(kw[flag], bool):
             raise ConfigError(f"topology.options.{flag}={kw[flag]!r} must be true or false")
@@ -387,7 +404,7 @@ def validate_topology(name: str, n: int, seed: int = 0, **kw) -> None:
         raise ConfigError(f"topology.name={name!r} is unknown; valid names: {', '.join(TOPOLOGIES)}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"topology.n_clients={n!r} must be an integer >= 1")
-    kw = _check_kwargs(kw)
+    kw = _check_kwargs(kw, name)
     if name == "social":
         g = kw.get("graph", DEFAULT_SOCIAL_GRAPH)
         if g not in SOCIAL_GRAPHS:

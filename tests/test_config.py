@@ -210,3 +210,43 @@ def test_describe_keys_lists_every_key_with_default_and_choices():
     line = next(l for l in text.splitlines() if l.startswith("data.partition "))
     assert "dirichlet" in line and "one of iid, dirichlet, sorted" in line
     assert "one of test_accuracy" in next(l for l in text.splitlines() if l.startswith("tune.metric "))
+
+
+NONSENSE = [   # accepted before 2026-12-02 (issue 18): each is now one line naming the key
+    (["schedule.epochs=1e12"], "schedule.epochs must be <= 100000"),
+    (["eval.every_epochs=0.00001"], "eval.every_epochs=1e-05 gives 4e\\+06 evaluations"),
+    (["backend=ray", "ray.dashboard_host=not_a_host"], "ray.dashboard_host='not_a_host' is not an address of this machine"),
+    (["backend=ray", "ray.dashboard_host=192.0.2.1"], "ray.dashboard_host='192.0.2.1' is not an address of this machine"),
+    (["elastic.schedule=[[50, 8]]"], "the step at epoch 50 is outside the run"),
+    (["elastic.schedule=[[true, 2]]"], "elastic.schedule entries must be \\[epoch, n_clients\\]"),
+    (["elastic.schedule=[[1, false]]"], "elastic.schedule entries must be \\[epoch, n_clients\\]"),
+    (["topology.options={graph: karate_club}"], "topology.options.graph is not an option of topology.name=ring"),
+    (["topology.name=random_peer", "topology.options={edge_list: x.txt}"],
+     "topology.options.edge_list is not an option of topology.name=random_peer \\(its options: degree, lazy\\)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", NONSENSE)
+def test_nonsense_is_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_dashboard_host_is_checked_only_where_this_process_starts_ray(monkeypatch):
+    assert load_config(None, ["backend=ray", "ray.dashboard_host=0.0.0.0"]).ray.dashboard_host == "0.0.0.0"
+    load_config(None, ["backend=local", "ray.dashboard_host=not_a_host"])   # no Ray started
+    load_config(None, ["backend=ray", "ray.address=10.0.0.1:6379", "ray.dashboard_host=not_a_host"])
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    load_config(None, ["backend=ray", "ray.dashboard_host=not_a_host"])
+
+
+def test_social_graph_gives_the_client_count_unless_set():
+    assert load_config(None, ["topology.name=social"]).topology.n_clients == 32
+    cfg = load_config(None, ["topology.name=social", "topology.options={graph: karate_club}"])
+    assert cfg.topology.n_clients == 34
+    # the default file's 16 was written for its ring: a new graph name takes the graph's size
+    assert load_config(ROOT / "configs" / "default.yaml", ["topology.name=social"]).topology.n_clients == 32
+    with pytest.raises(ConfigError, match="needs n_clients=32, got 16"):
+        load_config(None, ["topology.name=social", "topology.n_clients=16"])   # set explicitly: checked
+    assert load_config(None, ["topology.name=torus"]).topology.n_clients == 16

@@ -143,6 +143,27 @@ def test_an_open_port_that_is_not_a_ray_gcs_fails_within_10s_with_one_line():
     srv.close()
 
 
+def test_a_ray_client_address_that_is_no_ray_client_server_fails_within_10s_with_one_line():
+    """ray:// to a port that never answers, or to an HTTP server: ray.init retried for 35 s."""
+    import http.server
+    import threading
+
+    from qgm_ray.engine.ray_setup import probe_address
+    silent = _silent_server()
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for port in (silent.getsockname()[1], httpd.server_address[1]):
+            t0 = time.time()
+            with pytest.raises(ConfigError, match=rf"ray.address='ray://127.0.0.1:{port}': 127.0.0.1:{port} answers "
+                                                  r"but is not a Ray Client server") as e:
+                probe_address(f"ray://127.0.0.1:{port}")
+            assert time.time() - t0 < 10 and "\n" not in str(e.value)
+    finally:
+        silent.close()
+        httpd.shutdown()
+
+
 def test_main_with_an_address_that_is_not_ray_is_one_line_within_10s(tmp_path):
     srv = _silent_server()
     out = tmp_path / "run"

@@ -70,7 +70,9 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise ConfigError(f"ray.address={address!r}: cannot reach a Ray head at {host}:{port_num} ({reason}); "
                           f"start one with `ray start --head`, fix the address, or unset ray.address and "
                           f"RAY_ADDRESS to run on a local Ray") from None
-    if not address.startswith("ray://"):  # ray:// is the Ray Client server, not the GCS
+    if address.startswith("ray://"):  # ray:// is the Ray Client server, not the GCS
+        _probe_ray_client(address, host, port_num, timeout)
+    else:
         _probe_gcs(address, host, port_num, timeout)
 
 
@@ -96,6 +98,29 @@ def _probe_gcs(address: str, host: str, port: int, timeout: float) -> None:
         raise ConfigError(f"ray.address={address!r}: {host}:{port} answers but is not a Ray cluster's GCS "
                           f"({code.name}); use the head's GCS address (`ray status` on the head, default port "
                           f"6379), or unset ray.address and RAY_ADDRESS to run on a local Ray") from None
+    finally:
+        channel.close()
+
+
+def _probe_ray_client(address: str, host: str, port: int, timeout: float) -> None:
+    """Something listens at a ray:// address; is it a Ray Client server? ray.init retries
+    anything else for 35 s and then prints three lines of gRPC. One PING with a deadline."""
+    try:
+        import grpc
+        from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+    except ImportError:  # Ray moved its generated code: the TCP check has to do
+        return
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
+            ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING), timeout=timeout)
+    except grpc.RpcError as e:
+        code = e.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return
+        raise ConfigError(f"ray.address={address!r}: {host}:{port} answers but is not a Ray Client server "
+                          f"({code.name}); use ray://HEAD:10001 (`ray start --head` starts one there), a GCS "
+                          f"address HOST:6379, or unset ray.address and RAY_ADDRESS to run on a local Ray") from None
     finally:
         channel.close()
 

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        from qgm_ray.outputs import OutputError
+        print(f"{'error' if isinstance(e, OutputError) else 'config error'}: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `main.py config --keys | head`
         sys.stderr.close()

@@ -41,6 +41,11 @@ class WriteError(Exception):
         super().__init__(f"cannot write {path}: {err.strerror or err}")
 
 
+class OutputError(ConfigError):
+    """The output directory cannot take the run (full, read-only, not a directory): exit 2,
+    printed as `error: ...` (no config key is wrong)."""
+
+
 def default_run_dir(name: str, root: str = "runs") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(root) / f"{name}-{stamp}"
@@ -58,12 +63,12 @@ def check_new_run_dir(path: str | Path, resume_cmd: str = "python main.py --resu
     file, a read-only or unwritable place."""
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise ConfigError(f"--output-dir / output_dir {str(p)!r} is a file, not a directory; name a new directory")
+        raise OutputError(f"--output-dir / output_dir {str(p)!r} is a file, not a directory; name a new directory")
     if p.is_dir():
         if RunDir(p).locked_by_another():
-            raise ConfigError(f"--output-dir / output_dir {str(p)!r} is in use by a live run; name a new directory")
+            raise OutputError(f"--output-dir / output_dir {str(p)!r} is in use by a live run; name a new directory")
         if any(q.name not in ignore for q in p.iterdir()):
-            raise ConfigError(f"--output-dir / output_dir {str(p)!r} is not empty; continue the run there with "
+            raise OutputError(f"--output-dir / output_dir {str(p)!r} is not empty; continue the run there with "
                               f"`{resume_cmd} {p}`, or name a new directory")
     check_writable(p, "--output-dir / output_dir")
 
@@ -76,10 +81,10 @@ def check_writable(p: Path, what: str) -> None:
     while not q.exists() and not q.is_symlink():
         q = q.parent
     if not q.is_dir():
-        raise ConfigError(f"{what} {str(p)!r}: {str(q)!r} is a file, not a directory; name another place")
+        raise OutputError(f"{what} {str(p)!r}: {str(q)!r} is a file, not a directory; name another place")
     if not os.access(q, os.W_OK | os.X_OK):
         why = "a read-only filesystem" if _read_only_fs(q) else "not writable by this user"
-        raise ConfigError(f"{what} {str(p)!r}: {str(q)!r} is {why}; name another place")
+        raise OutputError(f"{what} {str(p)!r}: {str(q)!r} is {why}; name another place")
 
 
 def _read_only_fs(p: Path) -> bool:
@@ -103,12 +108,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         _unlink_quietly(tmp)
-        raise WriteError(path, e) from None
-    except BaseException:
-        _unlink_quietly(tmp)
+        cause = _os_error(e)
+        if cause is not None:
+            raise WriteError(path, cause) from None
         raise
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind `e`: torch.save reports a full disk as a RuntimeError ("unexpected
+    pos") raised while handling the OSError of the file object it wrote to."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -133,7 +149,7 @@ class RunDir:
                 made = False
             self.checkpoints.mkdir(exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"--output-dir / output_dir {str(self.path)!r}: cannot make it: "
+            raise OutputError(f"--output-dir / output_dir {str(self.path)!r}: cannot make it: "
                               f"{e.strerror or e}") from None
         return made
 
@@ -150,7 +166,7 @@ class RunDir:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"{self.path} is in use by a live run (another process is writing to it); "
+                raise OutputError(f"{self.path} is in use by a live run (another process is writing to it); "
                                   f"wait for it to end, or stop it first") from None
             raise
         self._lock_fd = fd
@@ -165,7 +181,7 @@ class RunDir:
             return False
         try:
             self.lock()
-        except ConfigError:
+        except OutputError:
             return True
         except OSError:
             return False
@@ -182,7 +198,7 @@ class RunDir:
             tmp.write_text(config_text)
             os.link(tmp, target)
         except FileExistsError:
-            raise ConfigError(f"--output-dir / output_dir {str(self.path)!r} was just taken by another run; "
+            raise OutputError(f"--output-dir / output_dir {str(self.path)!r} was just taken by another run; "
                               f"name a new directory") from None
         except OSError as e:
             raise WriteError(target, e) from None
@@ -241,23 +257,24 @@ class RunDir:
         if not p.exists():
             return []
         if not p.is_file():
-            raise ConfigError(f"{p} is not a file")
+            raise OutputError(f"{p} is not a file")
         try:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: unreadable ({type(e).__name__}); move it away or start a new run") from None
+            raise OutputError(f"{p}: unreadable ({type(e).__name__}); move it away or start a new run") from None
         if not text:
             return []
-        if not text.endswith("\n"):
+        if "\0" in text:
+            raise OutputError(f"{p}: a binary file, not a metrics file written by qgm-ray; move it away or "
+                              f"start a new run")
+        if not text.endswith("\n") and "\n" in text:   # the header is whole: only the last row was cut
             text = text[:text.rfind("\n") + 1]
             log(f"{p}: dropped its last line, cut short by a crash")
-            if not text:
-                return []
         rows = list(csv.DictReader(text.splitlines()))
         header = next(csv.reader(text.splitlines()[:1]))
         missing = [c for c in ("round", "test_accuracy") if c not in header]
         if missing:
-            raise ConfigError(f"{p}: not a metrics file written by qgm-ray (no {', '.join(missing)} column); "
+            raise OutputError(f"{p}: not a metrics file written by qgm-ray (no {', '.join(missing)} column); "
                               f"move it away or start a new run")
         last = 0
         for i, r in enumerate(rows, start=2):
@@ -265,10 +282,10 @@ class RunDir:
                 rnd = int(r["round"])
                 float(r["test_accuracy"])
             except (TypeError, ValueError):
-                raise ConfigError(f"{p}, line {i}: not a metrics row (round={r.get('round')!r}, "
+                raise OutputError(f"{p}, line {i}: not a metrics row (round={r.get('round')!r}, "
                                   f"test_accuracy={r.get('test_accuracy')!r}); move it away or start a new run") from None
             if rnd <= last:
-                raise ConfigError(f"{p}, line {i}: round {rnd} after round {last}: not a metrics file written by "
+                raise OutputError(f"{p}, line {i}: round {rnd} after round {last}: not a metrics file written by "
                                   f"one run; move it away or start a new run")
             last = rnd
         return rows
@@ -277,7 +294,7 @@ class RunDir:
         """test_accuracy of every evaluation written so far, in order."""
         try:
             return [float(r["test_accuracy"]) for r in self.read_metrics(log=lambda m: None)]
-        except ConfigError:
+        except OutputError:
             return []
 
     def truncate_metrics_after(self, round_: int) -> None:
@@ -325,7 +342,10 @@ class RunDir:
         except OSError as e:
             raise WriteError(self.checkpoints, e) from None
         path = self.checkpoint_path(round_)
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:   # a file object: a full disk surfaces as its OSError
+                torch.save(payload, f)
+        atomic_write(path, write)
         for old in self.list_checkpoints()[:-keep]:
             _unlink_quietly(old)
         return path
@@ -341,12 +361,12 @@ class RunDir:
         for name in ("metrics.csv", "summary.json", "config.yaml", "partition.csv"):
             p = self.path / name
             if p.exists() and not p.is_file():
-                raise ConfigError(f"{p} is not a file; move it away")
+                raise OutputError(f"{p} is not a file; move it away")
         if self.checkpoints.exists() and not self.checkpoints.is_dir():
-            raise ConfigError(f"{self.checkpoints} is not a directory; move it away")
+            raise OutputError(f"{self.checkpoints} is not a directory; move it away")
         for p in self.list_checkpoints():
             if not p.is_file():
-                raise ConfigError(f"{p} is not a checkpoint file (a directory?); move it away")
+                raise OutputError(f"{p} is not a checkpoint file (a directory?); move it away")
 
     def iter_checkpoints(self, log=print) -> Iterator[tuple[Path, dict]]:
         """(path, payload) of every checkpoint that loads, newest first; a truncated or corrupt

@@ -23,7 +23,7 @@ from qgm_ray.config import Config, dump_yaml, validate_against_data
 from qgm_ray.engine.base import EngineFailure, round_bytes
 from qgm_ray.engine.slowmo import outer_step_bytes
 from qgm_ray.errors import ConfigError
-from qgm_ray.outputs import RunDir, WriteError, check_new_run_dir, default_run_dir
+from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
 from qgm_ray.schedule import LRSchedule, rounds_per_epoch
 
@@ -291,7 +291,7 @@ class Run:
             if claimed:  # the directory is this run's: take back what it wrote
                 run_dir.discard(made)
             if isinstance(e, WriteError):
-                raise ConfigError(f"{e}; {'nothing was kept' if not self.resume else 'the run is unchanged'}") from None
+                raise OutputError(f"{e}; {'nothing was kept' if not self.resume else 'the run is unchanged'}") from None
             raise
         self.log(f"run: {cfg.algorithm.name} on {self.engine.topology.describe()}, {self.plan.total_rounds} rounds "
                  f"({self.plan.rounds_per_epoch}/epoch), evaluating every {self.plan.eval_every}; backend={cfg.backend}")

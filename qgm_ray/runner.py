@@ -182,6 +182,10 @@ class RunState:
         state.pending_losses = list(state.pending_losses)
         return state
 
+    def restored(self) -> "RunState":
+        """The record to go on from: a checkpoint written when a run stopped says `stopped`."""
+        return dataclasses.replace(self, status="running", message="")
+
 
 def checkpoint_problem(ckpt, cfg: Config, plan: RunPlan) -> Optional[str]:
     """Why a checkpoint that loads cannot be this run's restore point (None: it can)."""
@@ -214,7 +218,7 @@ class Run:
         self.cfg, self.ds, self.parts, self.plan, self.run_dir = cfg, ds, parts, plan, run_dir
         self.resume, self.on_eval, self.log, self.own_files = resume, on_eval, log, own_files
         self._checkpoint, self._older = checkpoint, older   # the restore point; older candidates
-        self.state = RunState() if checkpoint is None else RunState.from_checkpoint(checkpoint)
+        self.state = RunState() if checkpoint is None else RunState.from_checkpoint(checkpoint).restored()
         self.stop = StopSignals()
         self.engine = None
         self.bar = None
@@ -316,8 +320,8 @@ class Run:
             if self._checkpoint is None:
                 raise ConfigError(f"--resume {self.run_dir.path}: no checkpoint in {self.run_dir.checkpoints} "
                                   f"fits this run's engine")
-            self.state = RunState.from_checkpoint(self._checkpoint)
-            self._t0 = time.time() - self.state.wall_seconds
+            self.state = RunState.from_checkpoint(self._checkpoint).restored()
+            self._restarts_at_open = self.state.restarts
 
     # ------------------------------------------------------------ the loop
     def execute(self) -> dict:
@@ -447,7 +451,7 @@ class Run:
                 f"(or raise fault_tolerance.max_restarts)")
             return
         restarts = s.restarts
-        self.state = s = RunState.from_checkpoint(ckpt)
+        self.state = s = RunState.from_checkpoint(ckpt).restored()
         s.restarts = restarts   # the wall clock goes on too: time lost to the failure is time spent
         self.run_dir.truncate_metrics_after(s.round)
         self.bar.n = s.round
@@ -461,12 +465,11 @@ class Run:
         s = self.state
         name = signal.Signals(self.stop.signum).name if self.stop.signum else "stop"
         s.status = "stopped"
+        s.message = f"{name}: stopped at round {s.round} (checkpointed); resume with: {resume_hint(self.run_dir)}"
         try:
             self.checkpoint()
         except WriteError as e:
             self.fail_to_write(e)
-            return
-        s.message = f"{name}: stopped at round {s.round} (checkpointed); resume with: {resume_hint(self.run_dir)}"
 
     def fail_to_write(self, e: WriteError) -> None:
         s = self.state

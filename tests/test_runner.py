@@ -302,3 +302,29 @@ def test_a_checkpoint_written_before_the_run_object_resumes(tmp_path):
     with open(GOLDEN / "old_run_full_metrics.csv", newline="") as f:
         if as_numbers(csv.DictReader(f)) != as_numbers(read_metrics(tmp_path / "full")):
             pytest.skip("tests/golden was recorded on another CPU's kernels; the resume still equals a fresh run")
+
+
+def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers(tmp_path):
+    """What the CLI, Tune and the Python API drive: Run.open, then execute. A stop (what SIGTERM
+    sets) at round 50 checkpoints a record saying `stopped`; the resume goes on from it."""
+    import signal
+    cfg = small("fault_tolerance.checkpoint_every=20")
+    the_run = runner.Run.open(cfg, tmp_path / "r", log=lambda m: None)
+
+    def stop_at_50(row):
+        if row["round"] >= 50:
+            the_run.stop.signum = signal.SIGTERM
+    the_run.on_eval = stop_at_50
+    try:
+        with the_run.stop:
+            s = the_run.execute()
+    finally:
+        the_run.run_dir.unlock()
+    assert s["status"] == "stopped" and s["rounds"] == 50 and s["signal"] == signal.SIGTERM
+    assert the_run.state.status == "stopped" and the_run.state.round == 50 and the_run.state.pending_losses == []
+    saved = runner.RunState.from_checkpoint(RunDir(tmp_path / "r").load_latest_checkpoint())
+    assert saved == the_run.state   # the record on disk is the record in memory (wall time aside)
+    resumed = runner.run(cfg, tmp_path / "r", resume=True, log=lambda m: None)
+    full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
+    assert resumed["status"] == "completed"
+    assert as_numbers(read_metrics(tmp_path / "r")) == as_numbers(read_metrics(tmp_path / "full"))

@@ -140,6 +140,8 @@ class RunDir:
     def create(self) -> bool:
         """Make the directory (and checkpoints/); True when this call made the run directory
         (mkdir says so atomically: of two racing runs only one made it)."""
+        missing = [q for q in self.path.absolute().parents if not q.exists()]
+        self._made_parents = missing   # removed again by discard() when empty (innermost first)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -219,6 +221,11 @@ class RunDir:
         made it, else only the files a run writes (a pre-existing empty directory stays)."""
         if made:
             shutil.rmtree(self.path, ignore_errors=True)
+            for q in getattr(self, "_made_parents", []):   # runs/ made for this run alone
+                try:
+                    q.rmdir()
+                except OSError:
+                    break
             return
         for name in names:
             p = self.path / name
@@ -301,7 +308,7 @@ class RunDir:
         """On resume, evaluations after the checkpoint are redone: drop their rows."""
         if not self.metrics_path.exists():
             return
-        rows = [r for r in self.read_metrics() if int(r["round"]) <= round_]
+        rows = [r for r in self.read_metrics(log=lambda m: None) if int(r["round"]) <= round_]
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:

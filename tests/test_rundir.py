@@ -335,11 +335,12 @@ def test_an_output_dir_on_a_read_only_filesystem_is_one_line(tmp_path, tmpfs):
 
 def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_run_dir(tmp_path, tmpfs):
     disk = tmpfs("16k")   # config.yaml and partition.csv fit, a first checkpoint (~20 kB) does not
-    out = main_py("--config", str(tiny_config(tmp_path)), "--output-dir", str(disk / "run"))
+    out = main_py("--config", str(tiny_config(tmp_path)), "--output-dir", str(disk / "runs" / "run"))
     assert out.returncode == 2, out.stderr[-2000:]
     line = one_line(out.stderr)
-    assert "No space left on device" in line and "round_00000000.pt" in line and "nothing was kept" in line
-    assert list(disk.iterdir()) == []
+    assert line.startswith("error: ") and "No space left on device" in line and "round_00000000.pt" in line
+    assert "nothing was kept" in line
+    assert list(disk.iterdir()) == []   # neither the run directory nor the runs/ made for it
 
 
 def test_a_full_disk_at_a_periodic_checkpoint_is_a_failed_summary_then_resumes(tmp_path, tmpfs):

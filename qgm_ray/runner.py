@@ -236,13 +236,15 @@ class Run:
         run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
         if not resume:
             check_new_run_dir(run_dir.path, ignore=own_files)  # never write into another run's directory
-        else:
-            if not (run_dir.path / "config.yaml").is_file():
-                raise ConfigError(f"--resume {run_dir.path}: not a run directory (no config.yaml)")
-            run_dir.lock()
+        elif run_dir.path.is_dir():
+            run_dir.lock()   # first: a live run is refused as such, whatever it has written yet
         try:
             if resume:
                 run_dir.check_layout()
+                if not run_dir.list_checkpoints():
+                    raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
+                if not (run_dir.path / "config.yaml").is_file():
+                    raise ConfigError(f"--resume {run_dir.path}: not a run directory (no config.yaml)")
                 run_dir.remove_stale_tmp()   # of a writer killed mid-write; we are the one writer now
                 check_resume_config(cfg, run_dir)
                 run_dir.read_metrics(log=log)  # a garbled metrics.csv is refused before Ray starts

@@ -178,6 +178,9 @@ class RunDir:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
 
+    def __del__(self):   # a Run opened and never executed must not hold its directory
+        self.unlock()
+
     def locked_by_another(self) -> bool:
         if self._lock_fd is not None or not self.path.is_dir():
             return False

@@ -142,12 +142,7 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
         own_files: tuple = ()) -> dict:
     """Train; write outputs; return the summary. `on_eval(row)` sees every metrics row (Tune).
     `own_files`: names the caller has already put into output_dir (a Tune trial's log.txt)."""
-    the_run = Run.open(cfg, output_dir, resume=resume, on_eval=on_eval, log=log, own_files=own_files)
-    try:
-        with the_run.stop:
-            return the_run.execute()
-    finally:
-        the_run.run_dir.unlock()
+    return Run.open(cfg, output_dir, resume=resume, on_eval=on_eval, log=log, own_files=own_files).execute()
 
 
 @dataclass
@@ -209,7 +204,7 @@ class Run:
     (`RunState`). `execute()` is the loop; every phase is a method (`train_chunk`, `account`,
     `evaluate`, `resize`, `checkpoint`, `recover`, `stopped`, `finish`), so whatever drives a
     run (main.py, a Tune trial, the Python API) drives this one object. `runner.run` is
-    `Run.open(...)` then `execute()`."""
+    `Run.open(...).execute()`; between the two, `state`, `plan` and `on_eval` may be read or set."""
 
     def __init__(self, cfg: Config, ds, parts, plan: RunPlan, run_dir: RunDir, *, resume: bool,
                  checkpoint: Optional[dict] = None, older: Iterator = iter(()),
@@ -327,7 +322,16 @@ class Run:
 
     # ------------------------------------------------------------ the loop
     def execute(self) -> dict:
-        """Train to the end (or a stop, a divergence, a failure), write the summary, return it."""
+        """Train to the end (or a stop, a divergence, a failure), write the summary, return it.
+        SIGINT / SIGTERM stop the run gracefully meanwhile; the directory's lock is released at
+        the end, whatever the end."""
+        try:
+            with self.stop:
+                return self._execute()
+        finally:
+            self.run_dir.unlock()
+
+    def _execute(self) -> dict:
         self.start()
         try:
             while self.state.status == "running":

@@ -315,11 +315,7 @@ def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers
         if row["round"] >= 50:
             the_run.stop.signum = signal.SIGTERM
     the_run.on_eval = stop_at_50
-    try:
-        with the_run.stop:
-            s = the_run.execute()
-    finally:
-        the_run.run_dir.unlock()
+    s = the_run.execute()
     assert s["status"] == "stopped" and s["rounds"] == 50 and s["signal"] == signal.SIGTERM
     assert the_run.state.status == "stopped" and the_run.state.round == 50 and the_run.state.pending_losses == []
     saved = runner.RunState.from_checkpoint(RunDir(tmp_path / "r").load_latest_checkpoint())

@@ -29,7 +29,8 @@ as YAML, so `--set elastic.schedule=[[5,8]]` is a list. See README.md for every 
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+    # default None, not the file: `run --resume` must tell a --config given from none given
+    p.add_argument("--config", default=None,
                    help="YAML config merged over the built-in defaults (default: configs/default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, VALUE parsed as YAML; repeatable")
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     _add_config_args(p_run)
     p_run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                       help="continue a stopped run from its last checkpoint (its own config.yaml)")
+                       help="continue a stopped run from its last checkpoint, with its own config.yaml in its "
+                            "own directory (so not with --config or --output-dir; --set only for keys that "
+                            "do not change what is measured: backend, ray.*, fault_tolerance.*)")
 
     p_tune = sub.add_parser("tune", help="a Ray Tune sweep over the config's tune: section")
     _add_config_args(p_tune)
@@ -112,13 +115,19 @@ def cmd_run(args) -> int:
     from qgm_ray.config import config_dict, from_dict
 
     if args.resume:
-        # The run's own resolved config.yaml, then any --set (the runner refuses changes that break replay).
+        # The run's own resolved config.yaml, then any --set (the runner refuses changes of
+        # what is measured). A --config or --output-dir would be ignored: refuse them instead.
         run_path = Path(args.resume)
+        given = [f"{flag} {value}" for flag, value in (("--config", args.config), ("--output-dir", args.output_dir))
+                 if value is not None]
+        if given:
+            raise ConfigError(f"--resume {run_path} continues the run with its own config.yaml in its own directory: "
+                              f"{' and '.join(given)} cannot go with it (start a new run for another config or place)")
         if not (run_path / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_path}: not a run directory (no config.yaml)")
         cfg = from_dict(config_dict(run_path / "config.yaml", args.overrides))
     else:
-        cfg = from_dict(config_dict(args.config, args.overrides))
+        cfg = from_dict(config_dict(args.config or DEFAULT_CONFIG, args.overrides))
     if args.quiet:
         cfg.progress = False
     summary = runner.run(cfg, args.resume or args.output_dir, resume=bool(args.resume))
@@ -132,7 +141,7 @@ def cmd_tune(args) -> int:
     from qgm_ray import tune as qtune
     from qgm_ray.config import config_dict, from_dict
 
-    cfg = from_dict(config_dict(args.config, args.overrides))
+    cfg = from_dict(config_dict(args.config or DEFAULT_CONFIG, args.overrides))
     if args.quiet:
         cfg.progress = False
     out = qtune.run_sweep(cfg, output_dir=args.output_dir, resume_dir=args.resume)
@@ -163,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        from qgm_ray.outputs import OutputError
+        print(f"{'error' if isinstance(e, OutputError) else 'config error'}: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `main.py config --keys | head`
         sys.stderr.close()

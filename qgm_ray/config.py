@@ -321,18 +321,45 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict; anything wrong with the file is one ConfigError line
+    naming the file (and, for YAML syntax, the line and column), never a traceback. A pipe or
+    /dev/null is read like a file (empty: the built-in defaults), so `--config <(...)` works."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: no such file {str(p)!r}")
+    where = f"--config {p}"
+    if p.is_dir():
+        raise ConfigError(f"{where}: is a directory, not a YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file {str(p)!r}") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if b"\0" in raw:
+            raise ConfigError(f"{where}: a binary file, not YAML text") from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+                          f"save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_reason(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {p}: top level must be a mapping of keys")
+        raise ConfigError(f"{where}: top level must be a mapping of keys")
     return data
+
+
+def _yaml_reason(e: "yaml.YAMLError") -> str:
+    """PyYAML's 4-7 lines (context, marks, a caret drawing) as: line L, column C: reason."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem, context = getattr(e, "problem", None), getattr(e, "context", None)
+    reason = f"{problem} ({context})" if problem and context else problem or context
+    reason = reason or (str(e).splitlines() or [type(e).__name__])[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {reason}" if mark is not None else reason
 
 
 def config_dict(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:

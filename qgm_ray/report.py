@@ -536,6 +536,27 @@ def plot_run_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> Optio
 
 # ================================================================ entry points
 
+def _read_csv(path: Path, numeric: tuple = (), text: tuple = ()) -> pd.DataFrame:
+    """A CSV this program wrote, or one ConfigError line saying what is wrong with it (empty,
+    not CSV, a column missing or not numbers), instead of pandas' traceback."""
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"report: {path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"report: {path} is not a CSV table written by qgm-ray ({type(e).__name__}: {first})") from None
+    missing = [c for c in numeric + text if c not in df.columns]
+    if missing:
+        raise ConfigError(f"report: {path} has no {', '.join(missing)} column: not a file written by qgm-ray")
+    for c in numeric:
+        bad = df[c][pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()]
+        if len(bad):
+            raise ConfigError(f"report: {path}: column {c} holds {str(bad.iloc[0])[:40]!r}, not a number")
+        df[c] = pd.to_numeric(df[c])
+    return df
+
+
 def _sweep_base(sweep_dir: Path) -> dict:
     from qgm_ray.config import config_dict
     p = Path(sweep_dir) / "config.yaml"
@@ -590,7 +611,8 @@ def make_report(path: str | Path) -> list[Path]:
         base = _sweep_base(path)
         if (path / "results.csv").is_file():
             # The sweep's own record: it also holds what only Tune knew (stopped by ASHA, failed).
-            df = pd.read_csv(path / "results.csv")
+            df = _read_csv(path / "results.csv", numeric=("alpha", "final_test_accuracy"),
+                           text=("algorithm", "status"))
         elif (path / "trials").is_dir() and base:
             # The driver died before writing it: rebuild from the trial directories.
             df = results_frame(rows_from_trial_dirs(path, base),
@@ -599,7 +621,10 @@ def make_report(path: str | Path) -> list[Path]:
             raise ConfigError(f"report {path}: a sweep directory without results.csv or trials/")
         return write_sweep_report(path, df)
     if (path / "metrics.csv").is_file():
-        metrics = pd.read_csv(path / "metrics.csv")
+        metrics = _read_csv(path / "metrics.csv",
+                            numeric=("epoch", "lr", "train_loss", "test_accuracy", "consensus_distance"))
+        if metrics.empty:
+            raise ConfigError(f"report {path}: metrics.csv has no evaluation yet")
         summary = _read_json(path / "summary.json") or {}
         title = " ".join(str(summary[k]) for k in ("algorithm", "dataset", "topology") if k in summary)
         if "alpha" in summary:
@@ -608,7 +633,7 @@ def make_report(path: str | Path) -> list[Path]:
             title += f" ({summary['status']})"
         written = [plot_run_curves(metrics, path / "curves.png", title)]
         if (path / "partition.csv").is_file():
-            written.append(plot_partitions([(f"partition {title}", pd.read_csv(path / "partition.csv"))],
+            written.append(plot_partitions([(f"partition {title}", _read_csv(path / "partition.csv", ("client",)))],
                                            path / "partition.png"))
         return [p for p in written if p is not None]
     raise ConfigError(f"report {path}: neither a run directory (metrics.csv) nor a sweep directory (results.csv)")

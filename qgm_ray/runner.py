@@ -5,8 +5,10 @@ topology) happens before the run directory is created or any actor starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+import numbers
 import os
 import signal
 import sys
@@ -14,14 +16,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from qgm_ray import build
 from qgm_ray.config import Config, dump_yaml, validate_against_data
 from qgm_ray.engine.base import EngineFailure, round_bytes
 from qgm_ray.engine.slowmo import outer_step_bytes
 from qgm_ray.errors import ConfigError
-from qgm_ray.outputs import RunDir, check_new_run_dir, default_run_dir
+from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
 from qgm_ray.schedule import LRSchedule, rounds_per_epoch
 
@@ -29,6 +31,8 @@ DIVERGENCE_LOSS = 1e3
 
 # Keys whose change makes a checkpoint meaningless for --resume (replay would differ).
 REPLAY_KEYS = ("seed", "data", "model", "topology", "algorithm", "schedule", "elastic")
+# Keys a --resume may not change: those, and how the numbers are measured.
+MEASURED_KEYS = REPLAY_KEYS + ("eval",)
 
 
 @dataclass
@@ -138,194 +142,476 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
         own_files: tuple = ()) -> dict:
     """Train; write outputs; return the summary. `on_eval(row)` sees every metrics row (Tune).
     `own_files`: names the caller has already put into output_dir (a Tune trial's log.txt)."""
-    run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
-    if not resume:
-        check_new_run_dir(run_dir.path, ignore=own_files)  # never write into another run's directory
-    if cfg.backend == "ray":  # a wrong ray.address fails in seconds, before the data is made
-        from qgm_ray.engine.ray_setup import probe_address, ray_address
-        if ray_address(cfg) and not _ray_initialized():
-            probe_address(ray_address(cfg))
-    ds, parts = prepare(cfg, log)
-    plan = RunPlan.make(cfg, len(ds.train_x))
-
-    checkpoint = None
-    if resume:
-        checkpoint = run_dir.load_latest_checkpoint(log=log)
-        if checkpoint is None:
-            raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
-        if checkpoint.get("fingerprint") != replay_fingerprint(cfg):
-            raise ConfigError(f"--resume {run_dir.path}: the checkpoint was written with a different "
-                              f"config ({', '.join(REPLAY_KEYS)} must match config.yaml)")
-    stop_flag = StopSignals()
-    with stop_flag:
-        return _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log)
+    return Run.open(cfg, output_dir, resume=resume, on_eval=on_eval, log=log, own_files=own_files).execute()
 
 
-def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> dict:
-    # The engine starts (and, on Ray, checks the cluster) before anything is written: a
-    # cluster that cannot run this config fails with a ConfigError and no half-made run dir.
-    engine = make_engine(cfg, ds, parts, log)
-    stop_flag.reinstall()
-    if stop_flag():  # a signal while Ray or the actors started: nothing to save yet
-        engine.close()
-        raise KeyboardInterrupt
+@dataclass
+class RunState:
+    """Everything a run has done so far, as one record: checkpointed and restored as a unit.
+    A recovery or a resume restores it whole from the checkpoint; only `restarts` carries over
+    a recovery (the restarts happened after the checkpoint)."""
+    round: int = 0                  # rounds done
+    bytes_sent: int = 0             # payload bytes put on the wire so far
+    bytes_cross_node: int = 0       # of which crossed Ray nodes (0 on the local engine)
+    wall_seconds: float = 0.0       # training time so far, at the checkpoint
+    pending_losses: list = field(default_factory=list)   # losses of the rounds since the last evaluation
+    restarts: int = 0               # recoveries from EngineFailure over the run's life
+    last_checkpoint: int = 0        # round of the newest checkpoint
+    status: str = "running"         # running | completed | diverged | stopped | failed
+    message: str = ""
+
+    def to_checkpoint(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "RunState":
+        """The record of a checkpoint; also one written before the record existed (flat keys
+        round, bytes_sent, wall_seconds, bytes_cross_node, pending_losses)."""
+        rec = ckpt.get("state")
+        if not isinstance(rec, dict):
+            rec = {k: ckpt[k] for k in ("round", "bytes_sent", "wall_seconds", "bytes_cross_node", "pending_losses")
+                   if k in ckpt}
+            rec.setdefault("last_checkpoint", rec.get("round", 0))
+        names = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in rec.items() if k in names})
+        state.pending_losses = list(state.pending_losses)
+        return state
+
+    def restored(self) -> "RunState":
+        """The record to go on from: a checkpoint written when a run stopped says `stopped`."""
+        return dataclasses.replace(self, status="running", message="")
+
+
+def checkpoint_problem(ckpt, cfg: Config, plan: RunPlan) -> Optional[str]:
+    """Why a checkpoint that loads cannot be this run's restore point (None: it can)."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("engine"), dict):
+        return "it holds no engine state"
+    if ckpt.get("fingerprint") != replay_fingerprint(cfg):
+        return "it was written with a different config"
     try:
-        run_dir.create()
-        if checkpoint is None:
-            run_dir.claim(dump_yaml(cfg))   # atomic: two runs racing for one directory cannot both get it
-        else:
-            run_dir.write_config(dump_yaml(cfg))
-        write_partition_csv(run_dir.path / "partition.csv", ds.train_y.numpy(), parts, ds.num_classes)
-        if checkpoint is not None:
-            engine.load_state_dict(checkpoint["engine"])
-    except BaseException:
-        engine.close()
-        raise
-    start, bytes_sent, wall_before, pending = 0, 0, 0.0, []
-    cross = 0   # payload bytes that crossed Ray nodes (0 on the local engine)
-    if checkpoint is not None:
-        start, bytes_sent, wall_before = checkpoint["round"], checkpoint["bytes_sent"], checkpoint["wall_seconds"]
-        cross = checkpoint.get("bytes_cross_node", 0)
-        pending = list(checkpoint.get("pending_losses", []))
-        run_dir.truncate_metrics_after(start)
-        log(f"resumed from round {start} of {plan.total_rounds}")
+        state = RunState.from_checkpoint(ckpt)
+    except (TypeError, ValueError) as e:
+        return f"its run record is malformed ({e})"
+    if not (isinstance(state.round, numbers.Integral) and 0 <= state.round <= plan.total_rounds
+            and isinstance(state.bytes_sent, numbers.Integral)
+            and all(isinstance(x, numbers.Real) for x in state.pending_losses)):
+        return "its run record is malformed"
+    return None
 
-    log(f"run: {cfg.algorithm.name} on {engine.topology.describe()}, {plan.total_rounds} rounds "
-        f"({plan.rounds_per_epoch}/epoch), evaluating every {plan.eval_every}; backend={cfg.backend}")
-    log(f"run directory: {run_dir.path}")
 
-    t0 = time.time() - wall_before
-    status, message = "completed", ""
-    payload_bytes = engine.payload_bytes
-    last_ckpt = start
-    t = start
-    restarts = 0
-    bar = _progress(plan.total_rounds, start, cfg.progress)
-    state = {"loss": float("nan"), "acc": float("nan")}
+class Run:
+    """One training run as an object: config, plan, run directory, engine, and its state record
+    (`RunState`). `execute()` is the loop; every phase is a method (`train_chunk`, `account`,
+    `evaluate`, `resize`, `checkpoint`, `recover`, `stopped`, `finish`), so whatever drives a
+    run (main.py, a Tune trial, the Python API) drives this one object. `runner.run` is
+    `Run.open(...).execute()`; between the two, `state`, `plan` and `on_eval` may be read or set."""
 
-    def abort(signum: int) -> None:
-        # Second signal: no checkpoint, no engine shutdown (that is what takes seconds and, cut
-        # short, printed pages of Ray internals). The summary says how to go on; os._exit ends
-        # this process, and a Ray it started dies with it (Ray's fate-sharing of child processes).
-        msg = (f"{signal.Signals(signum).name} again: stopped at once at round {t}; resume from the last "
-               f"checkpoint with: {resume_hint(run_dir)}")
+    def __init__(self, cfg: Config, ds, parts, plan: RunPlan, run_dir: RunDir, *, resume: bool,
+                 checkpoint: Optional[dict] = None, older: Iterator = iter(()),
+                 on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print,
+                 own_files: tuple = ()):
+        self.cfg, self.ds, self.parts, self.plan, self.run_dir = cfg, ds, parts, plan, run_dir
+        self.resume, self.on_eval, self.log, self.own_files = resume, on_eval, log, own_files
+        self._checkpoint, self._older = checkpoint, older   # the restore point; older candidates
+        self.state = RunState() if checkpoint is None else RunState.from_checkpoint(checkpoint).restored()
+        self.stop = StopSignals()
+        self.engine = None
+        self.bar = None
+        self._restarts_at_open = self.state.restarts   # max_restarts is a budget per process
+        self._t0 = time.time() - self.state.wall_seconds
+        self._acc = float("nan")
+        self.fingerprint = replay_fingerprint(cfg)
+
+    # ------------------------------------------------------------ before anything is written
+    @classmethod
+    def open(cls, cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,
+             on_eval=None, log: Callable[[str], None] = print, own_files: tuple = ()) -> "Run":
+        """Every check that can fail, before Ray or any actor starts and before anything is
+        written: the directory (a resume locks it now), the data, the restore point."""
+        run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
+        if not resume:
+            check_new_run_dir(run_dir.path, ignore=own_files)  # never write into another run's directory
+        elif run_dir.path.is_dir():
+            run_dir.lock()   # first: a live run is refused as such, whatever it has written yet
         try:
-            bar.close()
-            _write_summary(run_dir, cfg, engine, "stopped", msg, t, t0)
+            if resume:
+                run_dir.check_layout()
+                if not run_dir.list_checkpoints():
+                    raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
+                if not (run_dir.path / "config.yaml").is_file():
+                    raise ConfigError(f"--resume {run_dir.path}: not a run directory (no config.yaml)")
+                run_dir.remove_stale_tmp()   # of a writer killed mid-write; we are the one writer now
+                check_resume_config(cfg, run_dir)
+                run_dir.read_metrics(log=log)  # a garbled metrics.csv is refused before Ray starts
+            if cfg.backend == "ray":  # a wrong ray.address fails in seconds, before the data is made
+                from qgm_ray.engine.ray_setup import probe_address, ray_address
+                if ray_address(cfg) and not _ray_initialized():
+                    probe_address(ray_address(cfg))
+            ds, parts = prepare(cfg, log)
+            plan = RunPlan.make(cfg, len(ds.train_x))
+            checkpoint, older = None, iter(())
+            if resume:
+                checkpoint, older = restore_points(run_dir, cfg, plan, log)
+                refuse_finished(run_dir, checkpoint, plan)
+            return cls(cfg, ds, parts, plan, run_dir, resume=resume, checkpoint=checkpoint, older=older,
+                       on_eval=on_eval, log=log, own_files=own_files)
+        except BaseException:
+            run_dir.unlock()
+            raise
+
+    def start(self) -> None:
+        """Start the engine, then write the run's files and its restore point. The engine
+        starts (and, on Ray, checks the cluster) before anything is written: a cluster that
+        cannot run this config fails with a ConfigError and no half-made run dir. A new run
+        that fails before its first checkpoint is on disk leaves nothing behind."""
+        cfg, run_dir = self.cfg, self.run_dir
+        self.engine = make_engine(cfg, self.ds, self.parts, self.log)
+        self.stop.reinstall()
+        if self.stop():  # a signal while Ray or the actors started: nothing to save yet
+            self.engine.close()
+            raise KeyboardInterrupt
+        made = claimed = False
+        try:
+            if not self.resume:
+                made = run_dir.create()
+                run_dir.lock()
+                run_dir.claim(dump_yaml(cfg))   # atomic: two runs racing for one directory cannot both get it
+                claimed = True
+            else:
+                run_dir.write_config(dump_yaml(cfg))
+            run_dir.write_file("partition.csv", lambda tmp: write_partition_csv(
+                tmp, self.ds.train_y.numpy(), self.parts, self.ds.num_classes))
+            if self.resume:
+                self._load_restore_point()
+                run_dir.truncate_metrics_after(self.state.round)
+                self.log(f"resumed from round {self.state.round} of {self.plan.total_rounds}")
+            else:
+                self.checkpoint()  # the restore point of a failure before the first periodic checkpoint
+        except BaseException as e:
+            self.engine.close()
+            if claimed:  # the directory is this run's: take back what it wrote
+                run_dir.discard(made)
+            if isinstance(e, WriteError):
+                raise OutputError(f"{e}; {'nothing was kept' if not self.resume else 'the run is unchanged'}") from None
+            raise
+        self.log(f"run: {cfg.algorithm.name} on {self.engine.topology.describe()}, {self.plan.total_rounds} rounds "
+                 f"({self.plan.rounds_per_epoch}/epoch), evaluating every {self.plan.eval_every}; backend={cfg.backend}")
+        self.log(f"run directory: {run_dir.path}")
+        self.bar = _progress(self.plan.total_rounds, self.state.round, cfg.progress)
+        self._t0 = time.time() - self.state.wall_seconds   # the clock runs from here (Ray's start excluded)
+        self.stop.on_abort = self.abort
+
+    def _load_restore_point(self) -> None:
+        """The newest valid checkpoint whose engine state the engine takes; one it refuses (the
+        wrong content) falls back to the one before."""
+        while True:
+            try:
+                self.engine.load_state_dict(self._checkpoint["engine"])
+                return
+            except EngineFailure:
+                raise
+            except Exception as e:  # noqa: BLE001 - the engine cannot take this state: try the previous
+                self.log(f"checkpoint of round {self.state.round} does not fit this run's engine "
+                         f"({type(e).__name__}: {e}); falling back to the previous one")
+            self._checkpoint = next(self._older, None)
+            if self._checkpoint is None:
+                raise ConfigError(f"--resume {self.run_dir.path}: no checkpoint in {self.run_dir.checkpoints} "
+                                  f"fits this run's engine")
+            self.state = RunState.from_checkpoint(self._checkpoint).restored()
+            self._restarts_at_open = self.state.restarts
+
+    # ------------------------------------------------------------ the loop
+    def execute(self) -> dict:
+        """Train to the end (or a stop, a divergence, a failure), write the summary, return it.
+        SIGINT / SIGTERM stop the run gracefully meanwhile; the directory's lock is released at
+        the end, whatever the end."""
+        try:
+            with self.stop:
+                return self._execute()
+        finally:
+            self.run_dir.unlock()
+
+    def _execute(self) -> dict:
+        self.start()
+        try:
+            while self.state.status == "running":
+                try:
+                    self.train_to_end()
+                except EngineFailure as e:
+                    self.recover(e)
+        except _Stopped:
+            self.stopped()
+        except WriteError as e:  # a full disk: a `failed` summary with the reason, no traceback
+            self.fail_to_write(e)
+        except Exception as e:  # the summary must say what happened, then the error propagates
+            self.state.status, self.state.message = "failed", f"{type(e).__name__}: {e}"
+            self.finish()
+            raise
+        summary = self.finish()
+        if self.state.status == "stopped":
+            summary["signal"] = self.stop.signum
+        return summary
+
+    def train_to_end(self) -> None:
+        """The chunks between the points where the runner regains control (evaluations,
+        resizes, checkpoints), from the state's round to the end."""
+        s = self.state
+        for stop_at in self.plan.stops(s.round):
+            losses = self.train_chunk(stop_at)
+            if s.round < stop_at:  # a stop signal: the engine stopped cleanly at a round boundary
+                raise _Stopped
+            if self.diverged(losses):
+                return
+            if s.round % self.plan.eval_every == 0 or s.round == self.plan.total_rounds:
+                self.evaluate()
+            if s.round in self.plan.resize_at and s.round < self.plan.total_rounds:
+                self.resize(self.plan.resize_at[s.round])
+            every = self.cfg.fault_tolerance.checkpoint_every
+            if every and s.round - s.last_checkpoint >= every and s.round < self.plan.total_rounds:
+                self.checkpoint()
+        s.status = "completed"
+        self.checkpoint()
+
+    def train_chunk(self, stop_at: int) -> list[float]:
+        """Rounds state.round .. stop_at - 1 (fewer on a stop signal); their losses."""
+        s = self.state
+        first = s.round
+        losses = self.engine.train(range(first, stop_at), self.plan.lr, self._on_round, should_stop=self.stop)
+        done = first + len(losses)
+        self.account(first, done)
+        s.round = done
+        s.pending_losses.extend(losses)
+        return losses
+
+    def account(self, first: int, done: int) -> None:
+        """Bytes of rounds first .. done - 1: gossip, SlowMo's all-reduce, and what crossed nodes."""
+        s, e = self.state, self.engine
+        payload_bytes = e.payload_bytes
+        for r in range(first, done):
+            s.bytes_sent += round_bytes(e.topology, e.centralized, e.n_clients, r, payload_bytes)
+            s.bytes_sent += outer_step_bytes(self.cfg.algorithm.slowmo_tau, e.n_clients, r, payload_bytes)
+            s.bytes_cross_node += e.cross_node_bytes(r) if hasattr(e, "cross_node_bytes") else 0
+
+    def diverged(self, losses: list[float]) -> bool:
+        chunk_loss = sum(losses) / len(losses)
+        if math.isfinite(chunk_loss) and chunk_loss <= DIVERGENCE_LOSS:
+            return False
+        self.state.status = "diverged"
+        self.state.message = (f"training diverged at round {self.state.round}: train loss {chunk_loss:.4g} "
+                              f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
+        return True
+
+    def evaluate(self) -> dict:
+        """One metrics row: appended to metrics.csv, handed to on_eval."""
+        s, plan = self.state, self.plan
+        metrics = self.engine.evaluate()
+        row = {"round": s.round, "epoch": s.round / plan.rounds_per_epoch, "lr": plan.lr(s.round - 1),
+               "train_loss": sum(s.pending_losses) / len(s.pending_losses), "bytes_sent": s.bytes_sent,
+               "bytes_cross_node": s.bytes_cross_node,
+               "wall_seconds": self.clock(), "n_clients": self.engine.n_clients, **metrics}
+        s.pending_losses = []
+        self.run_dir.append_metrics(row)
+        self._acc = row["test_accuracy"]
+        if self.on_eval is not None:
+            self.on_eval(row)
+        return row
+
+    def resize(self, n_clients: int) -> None:
+        self.log(f"elastic: round {self.state.round}: {self.engine.n_clients} -> {n_clients} clients")
+        self.engine.resize(n_clients, self.state.round)
+
+    def checkpoint(self) -> None:
+        """The state record and the engine's state, as one file (the restore point)."""
+        s = self.state
+        s.last_checkpoint = s.round
+        s.wall_seconds = self.clock()
+        self.run_dir.save_checkpoint(s.round, {"state": s.to_checkpoint(), "fingerprint": self.fingerprint,
+                                               "engine": self.engine.state_dict()},
+                                     keep=self.cfg.fault_tolerance.keep)
+
+    def recover(self, e: EngineFailure) -> None:
+        """Restore the newest checkpoint into the engine and go on from its round (a replay);
+        after fault_tolerance.max_restarts recoveries, fail resumably. A restore that fails (a
+        replacement on a node that is dying too) is one more restart, not a crash."""
+        s, ft = self.state, self.cfg.fault_tolerance
+        ckpt = None
+        while ckpt is None:
+            s.restarts += 1
+            if s.restarts - self._restarts_at_open > ft.max_restarts:
+                break
+            ckpt = next(valid_checkpoints(self.run_dir, self.cfg, self.plan, self.log), None)
+            if ckpt is None:
+                raise e  # nothing to restore: the failure is the outcome
+            try:
+                self.engine.load_state_dict(ckpt["engine"])
+            except EngineFailure as again:
+                self.log(f"restore failed: {again}")
+                e, ckpt = again, None
+        if ckpt is None:
+            kept = self.run_dir.list_checkpoints()
+            where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept"
+                     if kept else "no checkpoint was written")
+            s.status, s.message = "failed", (
+                f"{e}; gave up after fault_tolerance.max_restarts={ft.max_restarts} "
+                f"restarts at round {s.round}; {where}: resume with {resume_hint(self.run_dir)} "
+                f"(or raise fault_tolerance.max_restarts)")
+            return
+        restarts = s.restarts
+        self.state = s = RunState.from_checkpoint(ckpt).restored()
+        s.restarts = restarts   # the wall clock goes on too: time lost to the failure is time spent
+        self.run_dir.truncate_metrics_after(s.round)
+        self.bar.n = s.round
+        self.bar.refresh()
+        self.log(f"recovered from: {e}; restored the checkpoint of round {s.round} "
+                 f"({self.engine.n_clients} clients), replaying "
+                 f"(restart {s.restarts - self._restarts_at_open} of {ft.max_restarts})")
+
+    def stopped(self) -> None:
+        """A stop signal: the engine stopped at a round boundary, its state is that of the round."""
+        s = self.state
+        name = signal.Signals(self.stop.signum).name if self.stop.signum else "stop"
+        s.status = "stopped"
+        s.message = f"{name}: stopped at round {s.round} (checkpointed); resume with: {resume_hint(self.run_dir)}"
+        try:
+            self.checkpoint()
+        except WriteError as e:
+            self.fail_to_write(e)
+
+    def fail_to_write(self, e: WriteError) -> None:
+        s = self.state
+        kept = self.run_dir.list_checkpoints()
+        where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept: "
+                 f"resume with {resume_hint(self.run_dir)} once there is room" if kept else "no checkpoint is kept")
+        s.status, s.message = "failed", f"{e} at round {s.round}; {where}"
+
+    def abort(self, signum: int) -> None:
+        """Second signal: no checkpoint, no engine shutdown (that is what takes seconds and, cut
+        short, printed pages of Ray internals). The summary says how to go on; os._exit ends
+        this process, and a Ray it started dies with it (Ray's fate-sharing of child processes)."""
+        msg = (f"{signal.Signals(signum).name} again: stopped at once at round {self.state.round}; resume from the "
+               f"last checkpoint with: {resume_hint(self.run_dir)}")
+        try:
+            self.bar.close()
+            self.state.status, self.state.message = "stopped", msg
+            self.write_summary()
         finally:
             print(msg, file=sys.stderr, flush=True)
             os._exit(128 + signum)
 
-    stop_flag.on_abort = abort
+    def finish(self) -> dict:
+        self.bar.close()
+        try:
+            self.engine.close()
+        except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+            pass
+        return self.write_summary()
 
-    def on_round(r: int, loss: float) -> None:
-        state["loss"] = loss
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{state['acc']:.3f}", refresh=False)
+    # ------------------------------------------------------------ helpers
+    def clock(self) -> float:
+        """Training seconds so far, across resumes."""
+        return time.time() - self._t0
 
-    def save(r: int) -> None:
-        # `pending_losses`: the rounds since the last evaluation, so a replay's next row is identical.
-        run_dir.save_checkpoint(r, {"round": r, "bytes_sent": bytes_sent, "wall_seconds": time.time() - t0,
-                                    "bytes_cross_node": cross,
-                                    "pending_losses": list(pending), "fingerprint": replay_fingerprint(cfg),
-                                    "engine": engine.state_dict()},
-                                keep=cfg.fault_tolerance.keep)
+    def _on_round(self, r: int, loss: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{self._acc:.3f}", refresh=False)
 
-    if checkpoint is None:
-        save(start)  # the restore point of a failure before the first periodic checkpoint
+    def summary(self) -> dict:
+        cfg, s = self.cfg, self.state
+        accs = self.run_dir.test_accuracies()  # metrics.csv: every evaluation, also those before a resume
+        return {
+            "status": s.status,
+            "final_test_accuracy": accs[-1] if accs else None,
+            "best_test_accuracy": max(accs) if accs else None,
+            "rounds": s.round,
+            "wall_seconds": self.clock(),
+            "n_clients": self.engine.n_clients,
+            "algorithm": cfg.algorithm.name,
+            "alpha": cfg.data.alpha,
+            "topology": cfg.topology.name,
+            "dataset": cfg.data.name,
+            "model": cfg.model.name,
+            "seed": cfg.seed,
+            "lr": cfg.algorithm.lr,
+            "backend": cfg.backend,
+            "time_lost_seconds": getattr(self.engine, "time_lost_seconds", 0.0),   # to failures (Ray engine)
+            "message": s.message,
+            "run_dir": str(self.run_dir.path),
+        }
 
+    def write_summary(self) -> dict:
+        summary = self.summary()
+        try:
+            self.run_dir.write_summary(summary)
+        except WriteError as e:  # the disk is full: say so, the caller still gets the outcome
+            print(f"{e}", file=sys.stderr, flush=True)
+        return summary
+
+
+def valid_checkpoints(run_dir: RunDir, cfg: Config, plan: RunPlan, log, problems: Optional[list] = None) -> Iterator[dict]:
+    """This run's checkpoints that load and hold what they should, newest first. One that loads
+    but holds the wrong content (another config's, no engine state) is skipped, with a line, and
+    the previous one is tried; `problems` collects why."""
+    for path, ckpt in run_dir.iter_checkpoints(log):
+        why = checkpoint_problem(ckpt, cfg, plan)
+        if why is None:
+            yield ckpt
+            continue
+        if problems is not None:
+            problems.append(why)
+        log(f"checkpoint {path} cannot be used: {why}; falling back to the previous one")
+
+
+def restore_points(run_dir: RunDir, cfg: Config, plan: RunPlan, log) -> tuple[dict, Iterator[dict]]:
+    """The newest valid checkpoint and an iterator over the older ones; a ConfigError that
+    says why when there is none."""
+    problems: list = []
+    older = valid_checkpoints(run_dir, cfg, plan, log, problems)
+    newest = next(older, None)
+    if newest is not None:
+        return newest, older
+    if problems and all(p == "it was written with a different config" for p in problems):
+        raise ConfigError(f"--resume {run_dir.path}: the checkpoint was written with a different "
+                          f"config ({', '.join(REPLAY_KEYS)} must match config.yaml)")
+    raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
+
+
+def check_resume_config(cfg: Config, run_dir: RunDir) -> None:
+    """A resumed run measures what it started measuring: refuse a change of any key that
+    changes the numbers (REPLAY_KEYS) or how they are measured (eval.*), against the run's
+    config.yaml. The rest (backend, ray.*, fault_tolerance.*, progress) may change."""
+    from qgm_ray.config import config_dict, from_dict
     try:
-        with stop_flag:
-            while True:
-                try:
-                    for stop in plan.stops(t):
-                        losses = engine.train(range(t, stop), plan.lr, on_round, should_stop=stop_flag)
-                        done = t + len(losses)
-                        for r in range(t, done):
-                            bytes_sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, r,
-                                                      payload_bytes)
-                            bytes_sent += outer_step_bytes(cfg.algorithm.slowmo_tau, engine.n_clients, r, payload_bytes)
-                            cross += engine.cross_node_bytes(r) if hasattr(engine, "cross_node_bytes") else 0
-                        t = done
-                        pending.extend(losses)
-                        if done < stop:  # a stop signal: the engine stopped cleanly at a round boundary
-                            raise _Stopped
-                        chunk_loss = sum(losses) / len(losses)
-                        if not math.isfinite(chunk_loss) or chunk_loss > DIVERGENCE_LOSS:
-                            status = "diverged"
-                            message = (f"training diverged at round {t}: train loss {chunk_loss:.4g} "
-                                       f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
-                            break
-                        if t % plan.eval_every == 0 or t == plan.total_rounds:
-                            metrics = engine.evaluate()
-                            row = {"round": t, "epoch": t / plan.rounds_per_epoch, "lr": plan.lr(t - 1),
-                                   "train_loss": sum(pending) / len(pending), "bytes_sent": bytes_sent,
-                                   "bytes_cross_node": cross,
-                                   "wall_seconds": time.time() - t0, "n_clients": engine.n_clients, **metrics}
-                            pending = []
-                            run_dir.append_metrics(row)
-                            state["acc"] = row["test_accuracy"]
-                            if on_eval is not None:
-                                on_eval(row)
-                        if t in plan.resize_at and t < plan.total_rounds:
-                            log(f"elastic: round {t}: {engine.n_clients} -> {plan.resize_at[t]} clients")
-                            engine.resize(plan.resize_at[t], t)
-                            payload_bytes = engine.payload_bytes
-                        every = cfg.fault_tolerance.checkpoint_every
-                        if every and t - last_ckpt >= every and t < plan.total_rounds:
-                            save(t)
-                            last_ckpt = t
-                    break
-                except EngineFailure as e:
-                    # A restore that fails (a replacement on a node that is dying too) is one
-                    # more restart, not a crash.
-                    ckpt = None
-                    while ckpt is None:
-                        restarts += 1
-                        if restarts > cfg.fault_tolerance.max_restarts:
-                            break
-                        ckpt = run_dir.load_latest_checkpoint(log=log)
-                        if ckpt is None:
-                            raise
-                        try:
-                            engine.load_state_dict(ckpt["engine"])
-                        except EngineFailure as again:
-                            log(f"restore failed: {again}")
-                            e, ckpt = again, None
-                    if ckpt is None:
-                        kept = run_dir.list_checkpoints()
-                        where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept"
-                                 if kept else "no checkpoint was written")
-                        status, message = "failed", (
-                            f"{e}; gave up after fault_tolerance.max_restarts={cfg.fault_tolerance.max_restarts} "
-                            f"restarts at round {t}; {where}: resume with {resume_hint(run_dir)} "
-                            f"(or raise fault_tolerance.max_restarts)")
-                        break
-                    t, bytes_sent = ckpt["round"], ckpt["bytes_sent"]
-                    cross = ckpt.get("bytes_cross_node", 0)
-                    pending = list(ckpt.get("pending_losses", []))
-                    last_ckpt = t
-                    payload_bytes = engine.payload_bytes
-                    run_dir.truncate_metrics_after(t)
-                    bar.n = t
-                    bar.refresh()
-                    log(f"recovered from: {e}; restored the checkpoint of round {t} "
-                        f"({engine.n_clients} clients), replaying "
-                        f"(restart {restarts} of {cfg.fault_tolerance.max_restarts})")
-    except _Stopped:
-        save(t)  # the engine stopped at a round boundary: its state is that of round t
-        name = signal.Signals(stop_flag.signum).name if stop_flag.signum else "stop"
-        status, message = "stopped", f"{name}: stopped at round {t} (checkpointed); resume with: {resume_hint(run_dir)}"
-    except Exception as e:  # the summary must say what happened, then the error propagates
-        status, message = "failed", f"{type(e).__name__}: {e}"
-        _finish(run_dir, cfg, engine, status, message, t, t0, bar)
-        raise
-    if status == "completed":
-        save(t)
-    summary = _finish(run_dir, cfg, engine, status, message, t, t0, bar)
-    if status == "stopped":
-        summary["signal"] = stop_flag.signum
-    return summary
+        written = from_dict(config_dict(run_dir.path / "config.yaml")).to_dict()
+    except ConfigError as e:
+        raise ConfigError(f"--resume {run_dir.path}: its config.yaml: {e}") from None
+    now = cfg.to_dict()
+    changed = [f"{k}: {a!r} -> {b!r}" for key in MEASURED_KEYS
+               for k, a, b in _diff(key, written.get(key), now.get(key))]
+    if changed:
+        raise ConfigError(f"--resume {run_dir.path}: a resumed run must measure what it started measuring, but "
+                          f"this changes {'; '.join(changed)} (different config); start a new run for that")
+
+
+def _diff(key: str, a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            yield from _diff(f"{key}.{k}", a.get(k), b.get(k))
+    elif a != b:
+        yield key, a, b
+
+
+def refuse_finished(run_dir: RunDir, checkpoint: Optional[dict], plan: RunPlan) -> None:
+    """A completed (or diverged) run has nothing to resume: replaying it would rewrite its
+    summary and final checkpoint with the same numbers."""
+    summary = run_dir.read_summary() or {}
+    state = RunState.from_checkpoint(checkpoint) if checkpoint is not None else None
+    if summary.get("status") == "completed" or (state is not None and (state.status == "completed"
+                                                                        or state.round >= plan.total_rounds)):
+        raise ConfigError(f"--resume {run_dir.path}: the run has completed ({plan.total_rounds} of "
+                          f"{plan.total_rounds} rounds); nothing to resume: start a new run in another directory")
+    if summary.get("status") == "diverged":
+        raise ConfigError(f"--resume {run_dir.path}: the run diverged ({summary.get('message', '')}); a resume "
+                          f"would replay the same rounds: start a new run, e.g. with a smaller algorithm.lr")
 
 
 class _Stopped(Exception):
@@ -387,37 +673,3 @@ class StopSignals:
 def _exit_now(signum, frame):
     sys.stderr.flush()
     os._exit(128 + signum)
-
-
-def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:
-    bar.close()
-    try:
-        engine.close()
-    except Exception:  # noqa: BLE001 - closing must not hide the real outcome
-        pass
-    return _write_summary(run_dir, cfg, engine, status, message, t, t0)
-
-
-def _write_summary(run_dir, cfg, engine, status, message, t, t0) -> dict:
-    accs = run_dir.test_accuracies()  # metrics.csv: every evaluation, also those before a resume
-    summary = {
-        "status": status,
-        "final_test_accuracy": accs[-1] if accs else None,
-        "best_test_accuracy": max(accs) if accs else None,
-        "rounds": t,
-        "wall_seconds": time.time() - t0,
-        "n_clients": engine.n_clients,
-        "algorithm": cfg.algorithm.name,
-        "alpha": cfg.data.alpha,
-        "topology": cfg.topology.name,
-        "dataset": cfg.data.name,
-        "model": cfg.model.name,
-        "seed": cfg.seed,
-        "lr": cfg.algorithm.lr,
-        "backend": cfg.backend,
-        "time_lost_seconds": getattr(engine, "time_lost_seconds", 0.0),   # to failures (Ray engine)
-        "message": message,
-        "run_dir": str(run_dir.path),
-    }
-    run_dir.write_summary(summary)
-    return summary

@@ -136,7 +136,9 @@ def cmd_tune(args) -> int:
     if args.quiet:
         cfg.progress = False
     out = qtune.run_sweep(cfg, output_dir=args.output_dir, resume_dir=args.resume)
-    return 0 if out["complete"] else 1  # interrupted: the last line says how to resume
+    if out.get("signal"):   # interrupted by a signal: 128 + its number, as for `run`
+        return 128 + int(out["signal"])
+    return 0 if out["complete"] else 1  # the last line says how to resume
 
 
 def cmd_report(args) -> int:
@@ -156,21 +158,31 @@ def cmd_bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qgm_ray import signals
+    signals.install_early()   # SIGTERM as Ctrl-C from here: one line and 143, never a silent death
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": cmd_bench,
                "config": cmd_config}[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        signals.quiet_exit_from_now()
+        return code
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `main.py config --keys | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # `run` turns signals into a graceful stop once training starts; before that (loading
-        # data, starting Ray) there is nothing to save.
-        print("interrupted before training started; nothing was written" if args.command == "run"
-              else "interrupted", file=sys.stderr)
-        return 130
+        # data, starting Ray) there is nothing to save. qgm_ray.signals says what happened.
+        message = getattr(e, "message", None)
+        if message is None:
+            name = signals.signal_name(getattr(e, "signum", 2))
+            message = (f"{name}: stopped before training started; nothing was written" if args.command == "run"
+                       else f"{name}: stopped")
+        if message:
+            print(message, file=sys.stderr)
+        signals.quiet_exit_from_now()
+        return signals.exit_code(e)

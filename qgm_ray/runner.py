@@ -24,6 +24,7 @@ from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
 from qgm_ray.schedule import LRSchedule, rounds_per_epoch
+from qgm_ray.signals import StopSignals, _exit_now  # noqa: F401 - signals.py owns them
 
 DIVERGENCE_LOSS = 1e3
 
@@ -330,63 +331,6 @@ def _run(cfg, ds, parts, plan, run_dir, checkpoint, stop_flag, on_eval, log) -> 
 
 class _Stopped(Exception):
     """The engine stopped at a round boundary because a stop signal came."""
-
-
-class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (what Slurm, Kubernetes and `kill` send) alike. The first
-    asks the engine to stop at the next round boundary; the run then checkpoints, writes
-    summary.json (status stopped) and says how to resume. A second one calls `on_abort`, which
-    exits at once. Only the main thread can own signals: a Tune trial runs in another thread
-    and is stopped by Tune. Nested `with` blocks install the handlers once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self.on_abort: Optional[Callable[[int], None]] = None
-        self._previous: dict = {}
-        self._depth = 0
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            if self.on_abort is not None:
-                self.on_abort(signum)   # does not return
-            raise KeyboardInterrupt     # before training started: nothing to save
-        self.signum = signum
-        name = signal.Signals(signum).name
-        print(f"\n{name}: stopping at the next round boundary, then checkpointing ({name} again: stop at once)",
-              file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        self._depth += 1
-        if self._depth == 1 and threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handler)
-        return self
-
-    def reinstall(self) -> None:
-        """ray.init installs its own SIGTERM handler (a C++ stack dump, then death): take it back."""
-        for s in self._previous:
-            signal.signal(s, self._handler)
-
-    def __exit__(self, *exc):
-        self._depth -= 1
-        if self._depth:
-            return False
-        for s, previous in self._previous.items():
-            # Once stopping, the outcome is on disk: a late second signal (while the summary is
-            # printed, or at interpreter exit) just ends the process, without a traceback.
-            signal.signal(s, _exit_now if self.signum is not None else previous)
-        self._previous = {}
-        return False
-
-
-def _exit_now(signum, frame):
-    sys.stderr.flush()
-    os._exit(128 + signum)
 
 
 def _finish(run_dir, cfg, engine, status, message, t, t0, bar) -> dict:

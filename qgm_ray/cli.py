@@ -159,8 +159,11 @@ def cmd_bench(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from qgm_ray import signals
-    signals.install_early()   # SIGTERM as Ctrl-C from here: one line and 143, never a silent death
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # A signal from here on: one line and 128 + its number, never a silent death or a traceback.
+    signals.install_early("stopped before training started; nothing was written" if args.command == "run"
+                          else "stopped before the sweep started; nothing ran" if args.command == "tune"
+                          else "stopped")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": cmd_bench,
                "config": cmd_config}[args.command]

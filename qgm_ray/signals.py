@@ -50,16 +50,19 @@ def exit_code(exc: BaseException) -> int:
     return 128 + int(getattr(exc, "signum", signal.SIGINT))
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
+def install_early(what: str = "stopped") -> None:
+    """From the first line of a command until a phase-aware handler takes over (the run's
+    StopSignals, the sweep's): a signal exits at once with one line, `NAME: what`, and
+    128 + its number. Python's default for SIGTERM is a silent death; raising KeyboardInterrupt
+    instead was swallowed when it landed inside an import guarded by a bare `except:` (a sweep
+    then ran to the end)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
 
-
-def install_early() -> None:
-    """From the first line of a command: SIGTERM does what Ctrl-C does (Python's default for
-    SIGTERM is a silent death), until a phase-aware handler takes over."""
-    if threading.current_thread() is threading.main_thread():
-        for s in SIGNALS:
-            signal.signal(s, _raise_interrupted)
+    def early(signum, frame):
+        hard_exit(signum, f"{signal_name(signum)}: {what}")
+    for s in SIGNALS:
+        signal.signal(s, early)
 
 
 def hard_exit(signum: int, message: str = "", cleanups: tuple = ()) -> None:

@@ -482,9 +482,11 @@ def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> di
 
 class _SweepSignals:
     """SIGTERM does what Ctrl-C does: Tune's graceful stop (it saves the experiment state, our
-    driver then writes results.csv / table.md of what finished and prints `tune --resume`).
-    A second signal exits at once with the same hint. Tune installs its own SIGINT handler in
-    fit() and, after the first Ctrl-C, puts back the one it found: ours, which aborts."""
+    driver then writes results.csv / table.md of what finished and prints `tune --resume`,
+    and exits with 128 + the signal's number). Before Tune starts (Ray starting) a signal exits
+    at once: nothing ran. A second signal exits at once with the resume hint. Tune installs its
+    own SIGINT handler in fit() and, after the first Ctrl-C, puts back the one it found: ours,
+    which aborts. Ray's processes are left to the reaper (engine/reaper.py)."""
 
     def __init__(self, sweep_dir: Path, new: bool, log: Callable[[str], None]):
         self.sweep_dir, self.new, self.log = sweep_dir, new, log

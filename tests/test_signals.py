@@ -48,6 +48,26 @@ def test_a_signal_while_starting_exits_at_once_with_one_line(sig):
     assert "not reached" not in out
 
 
+def test_a_signal_before_the_run_takes_over_cannot_be_swallowed():
+    """From the command's first line (cli.main): a SIGTERM that landed inside an import guarded by
+    a bare `except:` was swallowed when it raised KeyboardInterrupt, and the sweep ran to the end."""
+    proc = _script("""
+        from qgm_ray.signals import install_early
+        install_early("stopped before the sweep started; nothing ran")
+        print("ready", flush=True)
+        try:
+            time.sleep(30)          # an optional import, guarded as some libraries do
+        except:                     # noqa: E722
+            pass
+        print("swallowed", flush=True)
+    """)
+    _wait_for(proc, "ready")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "swallowed" not in out
+    assert err.strip().splitlines() == ["SIGTERM: stopped before the sweep started; nothing ran"]
+
+
 def test_a_signal_after_training_exits_once_the_summary_is_written():
     """The run has ended, Ray is shutting down: the outcome is written, then exit 143 (not 0, not a
     silent death), one line."""

@@ -101,7 +101,7 @@ class HandlerGuard:
     Python's back: Python still believes its handler is in place, and a SIGTERM during Ray's
     2-s shutdown killed the process silently (exit -15). Linux / glibc; a no-op elsewhere."""
 
-    EVERY_S = 0.005
+    EVERY_S = 0.02   # the window left: 20 ms of a 2-s shutdown
     _SIZE = 512   # >= sizeof(struct sigaction); the handler pointer is its first field
 
     def __init__(self, signals=SIGNALS):

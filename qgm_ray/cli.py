@@ -145,7 +145,9 @@ def cmd_tune(args) -> int:
     if args.quiet:
         cfg.progress = False
     out = qtune.run_sweep(cfg, output_dir=args.output_dir, resume_dir=args.resume)
-    return 0 if out["complete"] else 1  # interrupted: the last line says how to resume
+    if out.get("signal"):   # interrupted by a signal: 128 + its number, as for `run`
+        return 128 + int(out["signal"])
+    return 0 if out["complete"] else 1  # the last line says how to resume
 
 
 def cmd_report(args) -> int:
@@ -165,12 +167,19 @@ def cmd_bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qgm_ray import signals
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # A signal from here on: one line and 128 + its number, never a silent death or a traceback.
+    signals.install_early("stopped before training started; nothing was written" if args.command == "run"
+                          else "stopped before the sweep started; nothing ran" if args.command == "tune"
+                          else "stopped")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": cmd_bench,
                "config": cmd_config}[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        signals.quiet_exit_from_now()
+        return code
     except ConfigError as e:
         from qgm_ray.outputs import OutputError
         print(f"{'error' if isinstance(e, OutputError) else 'config error'}: {e}", file=sys.stderr)
@@ -178,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `main.py config --keys | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # `run` turns signals into a graceful stop once training starts; before that (loading
-        # data, starting Ray) there is nothing to save.
-        print("interrupted before training started; nothing was written" if args.command == "run"
-              else "interrupted", file=sys.stderr)
-        return 130
+        # data, starting Ray) there is nothing to save. qgm_ray.signals says what happened.
+        message = getattr(e, "message", None)
+        if message is None:
+            name = signals.signal_name(getattr(e, "signum", 2))
+            message = (f"{name}: stopped before training started; nothing was written" if args.command == "run"
+                       else f"{name}: stopped")
+        if message:
+            print(message, file=sys.stderr)
+        signals.quiet_exit_from_now()
+        return signals.exit_code(e)

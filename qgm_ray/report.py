@@ -53,7 +53,7 @@ def trial_row(sweep_dir: Path, base: dict, trial_rel: Path, params: dict, metric
               fallback_status: str) -> dict:
     """One results.csv row: the trial's config values and outcome. The run's summary.json is the
     source when the run finished; otherwise Tune's last report and `fallback_status`
-    (stopped: by the scheduler; failed; unfinished: interrupted sweep)."""
+    (stopped: by the scheduler; failed; interrupted: cut short by a stop signal)."""
     from qgm_ray.tune import trial_dict
 
     d = trial_dict(base, params)
@@ -64,8 +64,8 @@ def trial_row(sweep_dir: Path, base: dict, trial_rel: Path, params: dict, metric
     if summary is not None and summary.get("status") in ("completed", "diverged", "failed"):
         row.update({k: summary.get(k) for k in ("final_test_accuracy", "best_test_accuracy", "status",
                                                 "rounds", "wall_seconds")})
-        if row["status"] == "failed" and fallback_status == "unfinished":
-            row["status"] = "unfinished"  # interrupted (KeyboardInterrupt) rather than crashed
+        if row["status"] == "failed" and fallback_status == "interrupted":
+            row["status"] = "interrupted"  # interrupted (KeyboardInterrupt) rather than crashed
     else:
         row.update({"final_test_accuracy": metrics.get("test_accuracy"),
                     "best_test_accuracy": metrics.get("best_test_accuracy"), "status": fallback_status,
@@ -95,7 +95,7 @@ def rows_from_trial_dirs(sweep_dir: Path, base: dict) -> list[dict]:
     for trial in sorted((Path(sweep_dir) / "trials").glob("*/config.yaml")):
         d = config_dict(trial)
         params = {k: get_dotted(d, k) for k in keys}
-        rows.append(trial_row(sweep_dir, base, trial.parent.relative_to(sweep_dir), params, {}, "unfinished"))
+        rows.append(trial_row(sweep_dir, base, trial.parent.relative_to(sweep_dir), params, {}, "interrupted"))
     return rows
 
 
@@ -146,7 +146,7 @@ def cell_stats(df: pd.DataFrame, value: str = "final_test_accuracy", hparams=(),
         key = key if isinstance(key, tuple) else (key,)
         rec = dict(zip(cell, key))
         rec["n_trials"] = len(g)
-        for s in ("completed", "diverged", "failed", "stopped", "unfinished"):
+        for s in ("completed", "diverged", "failed", "stopped", "interrupted"):
             rec[f"n_{s}"] = int((g["status"] == s).sum())
         ok = g[g["status"] == "completed"]
         best = None
@@ -174,7 +174,7 @@ def cell_stats(df: pd.DataFrame, value: str = "final_test_accuracy", hparams=(),
 
 def _fmt_cell(rec: pd.Series, hp_cols: list[str]) -> str:
     if rec["n"] == 0:
-        bad = [f"{rec[f'n_{s}']} {s}" for s in ("diverged", "failed", "stopped", "unfinished") if rec[f"n_{s}"]]
+        bad = [f"{rec[f'n_{s}']} {s}" for s in ("diverged", "failed", "stopped", "interrupted") if rec[f"n_{s}"]]
         return ", ".join(bad) or "-"
     text = f"{100 * rec['mean']:.2f}"
     if not math.isnan(rec["std"]):
@@ -184,7 +184,7 @@ def _fmt_cell(rec: pd.Series, hp_cols: list[str]) -> str:
         text += " (" + ", ".join(f"{c.rsplit('.', 1)[-1]} {rec[c]:.3g}" if isinstance(rec[c], float)
                                  else f"{c.rsplit('.', 1)[-1]} {rec[c]}" for c in hp_cols) \
             + (f"; {edge}" if edge else "") + ")"
-    notes = [f"{rec[f'n_{s}']}/{rec['n_trials']} {s}" for s in ("diverged", "failed", "stopped", "unfinished")
+    notes = [f"{rec[f'n_{s}']}/{rec['n_trials']} {s}" for s in ("diverged", "failed", "stopped", "interrupted")
              if rec[f"n_{s}"]]
     if notes:
         text += " [" + ", ".join(notes) + "]"
@@ -269,7 +269,7 @@ def table_markdown(df: pd.DataFrame, base: Optional[dict] = None, param_keys=())
                     f" value of its grid (the optimum may lie outside: widen that grid); the bracket"
                     f" counts every trial of the cell, all settings included." if hparams else "")
                  + " [k/n status]: trials that did not complete (diverged, failed, stopped by the scheduler"
-                   " or unfinished) are left out of the mean.")
+                   " or interrupted) are left out of the mean.")
     lines.append("")
     order = tc.get("grid", {}).get("algorithm.name", [])
     for title, table in accuracy_tables(df, param_keys, value, tc.get("mode", "max"), order, grid):

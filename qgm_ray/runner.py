@@ -26,6 +26,7 @@ from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
 from qgm_ray.schedule import LRSchedule, rounds_per_epoch
+from qgm_ray.signals import StopSignals, _exit_now  # noqa: F401 - signals.py owns them
 
 DIVERGENCE_LOSS = 1e3
 
@@ -286,7 +287,7 @@ class Run:
                 run_dir.truncate_metrics_after(self.state.round)
                 self.log(f"resumed from round {self.state.round} of {self.plan.total_rounds}")
             else:
-                self.checkpoint()  # the restore point of a failure before the first periodic checkpoint
+                self._first_checkpoint()  # the restore point of a failure before the first periodic checkpoint
         except BaseException as e:
             self.engine.close()
             if claimed:  # the directory is this run's: take back what it wrote
@@ -300,6 +301,21 @@ class Run:
         self.bar = _progress(self.plan.total_rounds, self.state.round, cfg.progress)
         self._t0 = time.time() - self.state.wall_seconds   # the clock runs from here (Ray's start excluded)
         self.stop.on_abort = self.abort
+
+    def _first_checkpoint(self) -> None:
+        """A new run's restore point, at round 0. An actor lost while it is taken has been
+        replaced by the engine with a fresh one, and at round 0 fresh is what was lost: take it
+        again (one restart each), rather than fail a run that has not trained yet."""
+        while True:
+            try:
+                self.checkpoint()
+                return
+            except EngineFailure as e:
+                self.state.restarts += 1
+                if self.state.restarts > self.cfg.fault_tolerance.max_restarts:
+                    raise
+                self.log(f"recovered from: {e}; before round 0, so the first checkpoint is taken again "
+                         f"(restart {self.state.restarts} of {self.cfg.fault_tolerance.max_restarts})")
 
     def _load_restore_point(self) -> None:
         """The newest valid checkpoint whose engine state the engine takes; one it refuses (the
@@ -499,6 +515,13 @@ class Run:
             os._exit(128 + signum)
 
     def finish(self) -> dict:
+        """Close the engine (Ray's shutdown) and write the summary. From here a signal ends the
+        process once the summary is written (qgm_ray/signals.py: the finishing phase)."""
+        self.stop.finishing()
+        if self.state.status != "stopped" and self.stop():
+            # The signal came after the last round trained (during the final evaluation or
+            # checkpoint): the run is whole; report it as it is, then exit 128 + n.
+            self.stop.late_signum, self.stop.signum = self.stop.signum, None
         self.bar.close()
         try:
             self.engine.close()
@@ -618,58 +641,3 @@ class _Stopped(Exception):
     """The engine stopped at a round boundary because a stop signal came."""
 
 
-class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (what Slurm, Kubernetes and `kill` send) alike. The first
-    asks the engine to stop at the next round boundary; the run then checkpoints, writes
-    summary.json (status stopped) and says how to resume. A second one calls `on_abort`, which
-    exits at once. Only the main thread can own signals: a Tune trial runs in another thread
-    and is stopped by Tune. Nested `with` blocks install the handlers once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self.on_abort: Optional[Callable[[int], None]] = None
-        self._previous: dict = {}
-        self._depth = 0
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            if self.on_abort is not None:
-                self.on_abort(signum)   # does not return
-            raise KeyboardInterrupt     # before training started: nothing to save
-        self.signum = signum
-        name = signal.Signals(signum).name
-        print(f"\n{name}: stopping at the next round boundary, then checkpointing ({name} again: stop at once)",
-              file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        self._depth += 1
-        if self._depth == 1 and threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handler)
-        return self
-
-    def reinstall(self) -> None:
-        """ray.init installs its own SIGTERM handler (a C++ stack dump, then death): take it back."""
-        for s in self._previous:
-            signal.signal(s, self._handler)
-
-    def __exit__(self, *exc):
-        self._depth -= 1
-        if self._depth:
-            return False
-        for s, previous in self._previous.items():
-            # Once stopping, the outcome is on disk: a late second signal (while the summary is
-            # printed, or at interpreter exit) just ends the process, without a traceback.
-            signal.signal(s, _exit_now if self.signum is not None else previous)
-        self._previous = {}
-        return False
-
-
-def _exit_now(signum, frame):
-    sys.stderr.flush()
-    os._exit(128 + signum)

@@ -40,6 +40,7 @@ from qgm_ray.errors import ConfigError
 
 EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
 TRIALS = "trials"     # our run directories inside the sweep directory
+SCHEDULER_STOP = "scheduler_stopped"   # marker file in a trial directory (see _mark_scheduler_stop)
 
 # Short labels for trial names and progress lines.
 _SHORT = {"algorithm.name": "", "data.alpha": "alpha", "seed": "seed", "algorithm.lr": "lr",
@@ -238,7 +239,15 @@ def _finite(x) -> bool:
 
 # ---------------------------------------------------------------- progress lines
 
-def _progress_callback(total: int, log: Callable[[str], None]):
+def _mark_scheduler_stop(sweep_dir: Path, trial) -> None:
+    """A marker in the trial's run directory: stopped early by the scheduler (ASHA), on purpose.
+    Without it a trial that did not finish was interrupted; the marker outlives a resume."""
+    path = Path(sweep_dir) / TRIALS / _trial_name(trial)
+    if path.is_dir():
+        (path / SCHEDULER_STOP).write_text("stopped early by the scheduler\n")
+
+
+def _progress_callback(total: int, log: Callable[[str], None], sweep_dir: Path):
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -258,8 +267,12 @@ def _progress_callback(total: int, log: Callable[[str], None]):
                 f"  ({elapsed / 60:.1f} min elapsed)")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            # Tune calls this for a trial that ended (its last report) or that the scheduler
+            # stopped, never for one cut short by an interruption (Tune just ends those).
             r = trial.last_result or {}
             status = r.get("status")
+            if status not in ("completed", "diverged"):
+                _mark_scheduler_stop(sweep_dir, trial)
             if status == "completed":
                 outcome = (f"completed, final {_pct(r.get('final_test_accuracy'))} best "
                            f"{_pct(r.get('best_test_accuracy'))}, {r.get('wall_seconds', float('nan')):.0f} s")
@@ -283,20 +296,13 @@ def _pct(x) -> str:
 
 # ---------------------------------------------------------------- driver
 
-def _init_ray(cfg: Config) -> bool:
-    """Connect to ray.address / $RAY_ADDRESS, else start a local Ray. True if we started one."""
-    import ray
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        from qgm_ray.engine.ray_setup import probe_address
-        probe_address(address)   # one line within seconds, not minutes of GCS retries
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), dashboard_host=cfg.ray.dashboard_host,
-                 log_to_driver=False)
-    return True
+def _init_ray(cfg: Config, log: Callable[[str], None]) -> bool:
+    """Connect to ray.address / $RAY_ADDRESS, else start a local Ray. True if we started one.
+    Through ray_setup.connect, as a run does: loopback only, our signal handlers kept during
+    Ray's start, the reaper for its processes, Ray's console lines in its logs, our own line
+    for the dashboard (no coloured INFO line of Ray's)."""
+    from qgm_ray.engine.ray_setup import connect
+    return connect(cfg, log)
 
 
 def _autoscales() -> bool:
@@ -388,24 +394,30 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
                               f"{sweep_dir}` to continue it, or another directory")
         from qgm_ray.outputs import check_new_run_dir
         check_new_run_dir(sweep_dir, resume_cmd="python main.py tune --resume")
-        if (cfg.ray.address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized():
-            from qgm_ray.engine.ray_setup import probe_address
-            probe_address(cfg.ray.address or os.environ["RAY_ADDRESS"])   # before anything is written
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    from qgm_ray.signals import HandlerGuard
 
     tc = cfg.tune
     total = count_trials(tc)
-    started_ray = _init_ray(cfg)
     signals = _SweepSignals(sweep_dir, new=resume_dir is None, log=log)
+    signals.install()   # a signal while Ray starts: one line, 128 + its number, at once
+    started_ray, guard = False, None
     try:
-        signals.install()
+        started_ray = _init_ray(cfg, log)
+        signals.install()       # Ray's core worker put C++ handlers in place when it connected
+        guard = HandlerGuard()  # and ray.shutdown() resets SIGTERM behind Python's back
         cluster = ray.cluster_resources()
         check_fits(base, tc, cluster, autoscaling=not started_ray and _autoscales())
+        if resume_dir is None:
+            # Only now, when the sweep can start: a config error (a trial bigger than the
+            # cluster) left config.yaml behind, and with it a directory neither a rerun nor
+            # `tune --resume` would take.
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            (sweep_dir / "config.yaml").write_text(dump_yaml(cfg))
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base, sweep_dir=str(sweep_dir)),
             _resources_fn(base, cluster))
-        progress = _progress_callback(total, log)
+        progress = _progress_callback(total, log, sweep_dir)
         if resume_dir is not None:
             # restart_errored: a crashed trial gets a fresh start; finished ones are kept as they are.
             tuner = tune.Tuner.restore(str(sweep_dir / EXPERIMENT), trainable,
@@ -415,6 +427,10 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
                                tune_config=_tune_config(cfg), run_config=_run_config(sweep_dir, progress))
         log(f"sweep: {total} trials ({_space_text(tc)}), backend={cfg.backend}, scheduler={tc.scheduler}, "
             f"Ray resources {_resources_text()}; directory {sweep_dir}")
+        # Tune's own lines on an interruption ("Stop signal received", "Resume experiment with:
+        # Tuner.restore(...)", the wrong command for this program) and on a resume ("Failed to
+        # fetch metrics ... FileNotFoundError" for trials that had not started): ours say it.
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
         grid = tuner.fit()
         statuses = _tune_statuses(grid)
         # A trial Tune had created but not started when a stop came has no config or path yet:
@@ -427,29 +443,38 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
     finally:
         if started_ray:
             ray.shutdown()   # a second signal here still exits at once, with the hint
+        if guard is not None:
+            guard.stop()
     try:
-        return _write_results(sweep_dir, base, tc, total, results, statuses, t0, log)
+        out = _write_results(sweep_dir, base, tc, total, results, statuses, t0, log)
     finally:
         signals.restore()
+    if not out["complete"]:
+        # Tune ends a sweep early only on a stop signal; SIGTERM passes through our handler,
+        # Ctrl-C straight to Tune's.
+        out["signal"] = signals.signum or signal.SIGINT
+    return out
 
 
 def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> dict:
     from qgm_ray import report
 
     rows = [report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics,
-                             _trial_status(statuses.get(metrics.get("trial_id")), error))
+                             _trial_status(statuses.get(metrics.get("trial_id")), error,
+                                           (Path(sweep_dir) / TRIALS / name / SCHEDULER_STOP).exists()))
             for params, name, metrics, error in results]
     df = report.results_frame(rows, list(tc.grid) + list(tc.search))
     files = report.write_sweep_report(sweep_dir, df)
     wall = time.time() - t0
-    # Interrupted: trials cut short, and grid points Tune had not even created yet.
-    unfinished = int((df["status"] == "unfinished").sum()) + max(0, total - len(df))
+    # Not done: trials cut short, and grid points Tune had not even created yet.
+    unfinished = int((df["status"] == "interrupted").sum()) + max(0, total - len(df))
     counts = df["status"].value_counts().to_dict() if len(df) else {}
-    log(f"sweep {'stopped' if unfinished else 'finished'} after {wall / 60:.1f} min: "
+    if total > len(df):
+        counts["not started"] = total - len(df)
+    log(f"sweep {'interrupted' if unfinished else 'finished'} after {wall / 60:.1f} min: "
         + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if unfinished:
-        log(f"{unfinished} of {total} trials not done (interrupted); continue with: "
-            f"python main.py tune --resume {sweep_dir}")
+        log(f"{unfinished} of {total} trials not done; continue with: python main.py tune --resume {sweep_dir}")
     log(f"table: {sweep_dir / 'table.md'}")
     return {"sweep_dir": sweep_dir, "results": df, "files": files, "wall_seconds": wall,
             "complete": unfinished == 0}
@@ -457,20 +482,25 @@ def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> di
 
 class _SweepSignals:
     """SIGTERM does what Ctrl-C does: Tune's graceful stop (it saves the experiment state, our
-    driver then writes results.csv / table.md of what finished and prints `tune --resume`).
-    A second signal exits at once with the same hint. Tune installs its own SIGINT handler in
-    fit() and, after the first Ctrl-C, puts back the one it found: ours, which aborts."""
+    driver then writes results.csv / table.md of what finished and prints `tune --resume`,
+    and exits with 128 + the signal's number). Before Tune starts (Ray starting) a signal exits
+    at once: nothing ran. A second signal exits at once with the resume hint. Tune installs its
+    own SIGINT handler in fit() and, after the first Ctrl-C, puts back the one it found: ours,
+    which aborts. Ray's processes are left to the reaper (engine/reaper.py)."""
 
     def __init__(self, sweep_dir: Path, new: bool, log: Callable[[str], None]):
         self.sweep_dir, self.new, self.log = sweep_dir, new, log
         self.previous: dict = {}
+        self.signum: Optional[int] = None   # SIGTERM, when one came (Ctrl-C goes to Tune's handler)
 
     def install(self) -> None:
-        # After ray.init: it installs a SIGTERM handler of its own (C++ stack dump, then death).
+        """Before Ray starts, and again after (its core worker installs C++ handlers)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        self.previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._abort),
-                         signal.SIGTERM: signal.signal(signal.SIGTERM, self._term)}
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._abort),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM, self._term)}
+        if not self.previous:
+            self.previous = previous
 
     def restore(self) -> None:
         for s, h in self.previous.items():
@@ -478,11 +508,14 @@ class _SweepSignals:
         self.previous = {}
 
     def _term(self, signum, frame):
+        self.signum = self.signum or signum
         signal.raise_signal(signal.SIGINT)   # whoever holds SIGINT now: Tune (graceful) or _abort
 
     def _abort(self, signum, frame):
+        signum = self.signum or signum   # a SIGTERM arrives here as the SIGINT _term raised
+        name = signal.Signals(signum).name
         if (self.sweep_dir / EXPERIMENT).exists():
-            msg = (f"stopped at once; finished trials are kept; continue with: "
+            msg = (f"{name}: stopped at once; finished trials are kept; continue with: "
                    f"python main.py tune --resume {self.sweep_dir}")
         else:  # Tune had not started: take back the directory this sweep made, nothing ran
             if self.new:
@@ -491,7 +524,7 @@ class _SweepSignals:
                     self.sweep_dir.rmdir()
                 except OSError:
                     pass
-            msg = "stopped before the sweep started; nothing ran"
+            msg = f"{name}: stopped before the sweep started; nothing ran"
         print(msg, file=sys.stderr, flush=True)
         os._exit(128 + signum)
 
@@ -528,13 +561,15 @@ def _tune_statuses(grid) -> dict:
     return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
 
 
-def _trial_status(tune_status: Optional[str], error) -> str:
-    """Status for a trial whose run wrote no summary.json."""
+def _trial_status(tune_status: Optional[str], error, scheduler_stopped: bool = False) -> str:
+    """Status for a trial whose run wrote no final summary.json. Tune marks TERMINATED both a
+    trial its scheduler stopped (ASHA: `stopped`) and one an interruption cut short; only the
+    first has our marker (see _mark_scheduler_stop)."""
     if error is not None or tune_status == "ERROR":
         return "failed"
-    if tune_status == "TERMINATED":
-        return "stopped"  # by the scheduler (ASHA), before the run's end
-    return "unfinished"
+    if tune_status == "TERMINATED" and scheduler_stopped:
+        return "stopped"
+    return "interrupted"
 
 
 def _space_text(tc) -> str:

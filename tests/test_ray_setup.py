@@ -187,3 +187,84 @@ def test_a_live_ray_gcs_passes_the_probe(ray_session):
 
     from qgm_ray.engine.ray_setup import probe_address
     probe_address(ray.get_runtime_context().gcs_address)
+
+
+# ---------------------------------------------------------------- console (issue 18)
+
+def test_the_console_switch_gives_back_rays_own_printer(monkeypatch):
+    from ray._private import worker as ray_worker
+
+    from qgm_ray.engine import ray_setup
+    original = getattr(ray_worker.print_to_stdstream, "_qgm_original", ray_worker.print_to_stdstream)
+    try:
+        monkeypatch.delenv(ray_setup.CONSOLE_ENV, raising=False)
+        ray_setup.route_ray_console(print)
+        assert ray_worker.print_to_stdstream is not original
+        assert ray_worker.print_to_stdstream._qgm_original is original   # routing twice keeps Ray's
+        monkeypatch.setenv(ray_setup.CONSOLE_ENV, "1")
+        ray_setup.route_ray_console(print)
+        assert ray_worker.print_to_stdstream is original
+    finally:
+        ray_worker.print_to_stdstream = original
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_worker_death_is_one_line_of_ours_and_rays_message_goes_to_its_logs(tmp_path):
+    """issue 18: every actor death printed a ~900-character `(raylet) A worker died ...` line."""
+    import os
+    import re
+    import signal
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("name: death\nbackend: ray\nprogress: false\n"
+                   f"data: {{name: synthetic, batch_size: 16, alpha: 1.0, root: {tmp_path / 'data'}}}\n"
+                   "model: {name: mlp, options: {hidden: [16]}}\ntopology: {name: ring, n_clients: 4}\n"
+                   "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: 200}\n"
+                   "eval: {every_epochs: 1, local_models: false}\nray: {clients_per_actor: 2}\n")
+    env = {k: v for k, v in os.environ.items() if k != "QGM_RAY_CONSOLE"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(cfg), "--output-dir",
+                             str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("run directory"):
+            break
+
+    def below(pid):   # the driver's descendants
+        kids = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
+                except OSError:
+                    pass
+        out, todo = [], [pid]
+        while todo:
+            for child in kids.get(todo.pop(), []):
+                out.append(child)
+                todo.append(child)
+        return out
+
+    def cmdline(pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+    t0 = time.time()
+    while not (tmp_path / "run" / "metrics.csv").exists():   # training, past the first checkpoint
+        assert proc.poll() is None and time.time() - t0 < 120
+        time.sleep(0.05)
+    actor = next(pid for pid in below(proc.pid) if "ClientActor" in cmdline(pid))
+    os.kill(actor, signal.SIGKILL)
+    output = "".join(lines) + proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "recovered from" in output   # the run's own account of the death
+    assert "(raylet)" not in output, output[-3000:]
+    ours = [line for line in output.splitlines() if "A worker died" in line]
+    assert len(ours) == 1 and ours[0].startswith("ray: ") and len(ours[0]) < 300, ours
+    log = re.search(r"Ray's messages: (\S+);", ours[0]).group(1)
+    assert "A worker died" in open(log).read()

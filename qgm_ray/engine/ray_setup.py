@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import socket
+import time
 from typing import Callable, Optional
 
 from qgm_ray.config import Config
@@ -162,10 +163,12 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
     if ray.is_initialized():  # a test session, a Tune trial, a notebook: use what is there
         return False
     address = ray_address(cfg)
+    route_ray_console(log)
     if address:
         probe_address(address)
         try:
-            ctx = ray.init(address=address, logging_level="WARNING")
+            with keep_signal_handlers():
+                ctx = ray.init(address=address, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"ray.address={address!r}: could not join the Ray cluster: "
                               f"{str(e).splitlines()[0]}") from None
@@ -173,12 +176,15 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
     else:
         # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
         # address file still names (a dead one there made ray.init fail on num_cpus).
-        with loopback_only():
+        start_reaper()
+        with loopback_only(), keep_signal_handlers(), _quiet_token_notice():
             ctx = start_local_ray(cfg, log)
+        tell_reaper_session()
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)
     gcs = ray.get_runtime_context().gcs_address   # what another process passes to ray.init(address=...)
-    log(f"ray: {where} (address {gcs}); dashboard: " + (f"http://{url}" if url else "not running (needs ray[default])"))
+    log(f"ray: {where} (address {gcs}); dashboard: " + (dashboard_access(url) if url else
+                                                          "not running (needs ray[default])"))
     return not address
 
 
@@ -197,6 +203,143 @@ def start_local_ray(cfg: Config, log: Callable[[str], None]):
         log(f"ray: the dashboard could not start ({first}); starting Ray without it "
             f"(pip install 'ray[default]' for the dashboard)")
         return ray.init(include_dashboard=False, **kwargs)
+
+
+# ---------------------------------------------------------------- signals, processes, console
+
+@contextlib.contextmanager
+def keep_signal_handlers():
+    """ray.init replaces the SIGTERM handler with `sys.exit(15)` (a silent exit 15 when SIGTERM
+    lands while Ray starts, issue 18): keep ours (qgm_ray.signals) in place."""
+    try:
+        from ray._private import utils as ray_utils
+        original = ray_utils.set_sigterm_handler
+    except (ImportError, AttributeError):   # Ray moved it: runner's StopSignals.reinstall() still helps
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original
+
+
+_REAPER = {"proc": None}
+
+
+def start_reaper() -> None:
+    """A watchdog (engine/reaper.py) that ends the Ray processes this process starts when it
+    dies, however it dies (SIGKILL, a second Ctrl-C, os._exit): Ray's fate-sharing alone left
+    its agents alive 30 s and more. Linux only (it reads /proc)."""
+    import subprocess
+    import sys
+
+    proc = _REAPER["proc"]
+    if proc is not None and proc.poll() is None:
+        return
+    if not os.path.isdir("/proc/self"):
+        return
+    from qgm_ray.engine import reaper
+    # A session of its own: a Ctrl-C to the terminal's process group does not reach it, and it
+    # outlives this process by design. The pipe's other end is not inherited by Ray's children
+    # (Python's pipes are close-on-exec), so its EOF means this process is gone.
+    tag = f"{os.getpid()}-{time.time_ns()}"
+    _REAPER["proc"] = subprocess.Popen([sys.executable, "-I", "-S", reaper.__file__, str(os.getpid()), tag],
+                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True)
+    os.environ[reaper.TAG_ENV] = tag   # inherited by every Ray process started from now on
+
+
+def tell_reaper_session() -> None:
+    """Every Ray daemon names its session directory in its command line: hand it to the reaper."""
+    proc = _REAPER["proc"]
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        import ray
+        session = ray._private.worker._global_node.get_session_dir_path()
+        proc.stdin.write(f"session {session}\n".encode())
+        proc.stdin.flush()
+    except Exception:  # noqa: BLE001 - a moved private API: the reaper still follows the children
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_token_notice():
+    """Ray 2.60 turns token authentication on for the local clusters it starts and says so in a
+    WARNING line; our dashboard line says it too, with where the token is."""
+    import logging
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        notice.setLevel(level)
+
+
+def dashboard_access(url: str) -> str:
+    """The dashboard's URL and, with Ray's token authentication on, where its token is: the
+    page asks for it ("Authentication Token Required") and keeps it in a cookie."""
+    link = url if url.startswith("http") else f"http://{url}"
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+        token_auth = is_token_auth_enabled()
+    except ImportError:   # a Ray without token authentication
+        return link
+    if not token_auth:
+        return link
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "the RAY_AUTH_TOKEN environment variable"
+    elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        where = os.environ["RAY_AUTH_TOKEN_PATH"]
+    else:
+        where = "~/.ray/auth_token"
+    return f"{link} (sign in with the token in {where}; `ray get-auth-token` prints it)"
+
+
+CONSOLE_ENV = "QGM_RAY_CONSOLE"
+CONSOLE_LOG = "qgm_ray_console.log"
+
+
+def ray_console_shown() -> bool:
+    return os.environ.get(CONSOLE_ENV, "").lower() in ("1", "true", "yes")
+
+
+def route_ray_console(log: Callable[[str], None]) -> None:
+    """Ray prints its workers' output and its own messages (a worker's death: a ~900-character
+    `(raylet) A worker died ...`; a lost node: 40 and more lines) on the driver's console. Send
+    them to a file in the Ray session's log directory instead, with one line of ours the first
+    time; QGM_RAY_CONSOLE=1 shows them as Ray prints them. Call before ray.init: Ray binds the
+    printer when it connects."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker.print_to_stdstream, "_qgm_original", ray_worker.print_to_stdstream)
+    if ray_console_shown():
+        ray_worker.print_to_stdstream = original
+        return
+    state = {"told": False}
+
+    def to_file(data, ignore_prefix: bool):
+        try:
+            path = os.path.join(ray_worker._global_node.get_logs_dir_path(), CONSOLE_LOG)
+            with open(path, "a") as f:
+                for line in data.get("lines", []):
+                    f.write(f"({data.get('actor_name') or data.get('task_name') or data.get('pid')}) {line}\n")
+        except Exception:  # noqa: BLE001 - no session (shutting down): show it rather than lose it
+            return original(data, ignore_prefix)
+        # One line of ours for what a user would want to know of (a worker's death, an error
+        # output); the autoscaler's INFO lines and the like go to the file silently.
+        if not state["told"] and (data.get("pid") == "raylet" or data.get("is_err")):
+            state["told"] = True
+            first = next((l for l in data.get("lines", []) if l.strip()), "").strip()
+            log(f"ray: {first[:70]}{'...' if len(first) > 70 else ''} (Ray's messages: {path}; "
+                f"{CONSOLE_ENV}=1 prints them here)")
+
+    to_file._qgm_original = original
+    ray_worker.print_to_stdstream = to_file
 
 
 def describe_resources(res: dict) -> str:

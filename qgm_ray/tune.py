@@ -23,7 +23,6 @@ starve each other of the resources their actors need.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from qgm_ray.config import Config, apply_overrides, config_dict, dump_yaml, from_dict
+from qgm_ray.config import Config, config_dict, dump_yaml, from_dict, trial_dict
 from qgm_ray.errors import ConfigError
 
 EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
@@ -79,12 +78,6 @@ def grid_points(tc) -> list[dict]:
 
 def count_trials(tc) -> int:
     return math.prod(len(v) for v in tc.grid.values()) * tc.num_samples
-
-
-def trial_dict(base: dict, params: dict) -> dict:
-    d = apply_overrides(copy.deepcopy(base), params or {})  # a grid over data.name drops the file's options
-    d["tune"] = Config().to_dict()["tune"]  # a trial is a plain run
-    return d
 
 
 def trial_config(base: dict, params: dict) -> Config:

@@ -164,27 +164,71 @@ def module_location(module_name: str) -> list[str]:
     return []
 
 
+def _shipped_already(path: str) -> bool:
+    # Inside a Ray worker, code that arrived by py_modules lives under the node's
+    # runtime_resources directory: its processes' children inherit it, nothing to upload.
+    return f"{os.sep}runtime_resources{os.sep}" in path
+
+
 def ship_paths(cfg) -> list[str]:
     """Local paths Ray must ship for this config's plug-ins: their top-level packages or
-    files, except those of the qgm_ray package itself and of installed distributions."""
+    files, except those of the qgm_ray package itself, of installed distributions, and code
+    that reached this process through Ray already."""
     own = os.path.dirname(os.path.realpath(__file__))
     skip = _installed_roots() + [own]
     paths: list[str] = []
     for ref in references(cfg).values():
         module_name = ref.partition(":")[0].strip()
         for p in module_location(module_name):
-            if not _within(p, skip) and p not in paths:
+            if not _within(p, skip) and not _shipped_already(p) and p not in paths:
                 paths.append(p)
     return paths
 
 
-def runtime_env(cfg, base: dict | None = None) -> dict | None:
-    """`base` (a Ray runtime_env, or None) plus `py_modules` for this config's plug-ins."""
+def _current_py_modules() -> list[str]:
+    """The py_modules URIs this Ray process runs with (a job's, a trial's, a parent's)."""
+    try:
+        import ray
+        if not ray.is_initialized():
+            return []
+        return list(ray.get_runtime_context().runtime_env.get("py_modules") or [])
+    except Exception:  # noqa: BLE001 - no Ray, or an API that moved: nothing inherited
+        return []
+
+
+def ray_runtime_env(cfg, base: dict | None = None) -> dict | None:
+    """`base` (a Ray runtime_env, or None) plus `py_modules` for this config's plug-ins, for an
+    actor this process creates (Ray connected). Ray takes local directories only in
+    `ray.init`; for one actor they must be URIs, so the paths are uploaded here (zipped,
+    content-addressed in the cluster's GCS: the same code is one upload however many runs or
+    actors use it) with Ray's own uploader, the one `ray.init(runtime_env=...)` runs. The
+    py_modules of this process itself are kept: a child of a Tune trial gets what the trial got."""
     env = dict(base or {})
+    modules = _current_py_modules()
     paths = ship_paths(cfg)
     if paths:
-        env["py_modules"] = list(env.get("py_modules", [])) + [p for p in paths if p not in env.get("py_modules", [])]
+        import tempfile
+
+        try:
+            from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+        except ImportError:   # a Ray that moved its uploader: say how to ship by hand
+            raise ConfigError(f"this Ray cannot ship plug-in code to an actor ({', '.join(paths)}); start Ray with "
+                              f"ray.init(runtime_env={{'py_modules': {paths!r}}}) or install it on every node") from None
+        with tempfile.TemporaryDirectory(prefix="qgm-ship-") as scratch:
+            uploaded = upload_py_modules_if_needed({"py_modules": paths}, include_gitignore=True,
+                                                   scratch_dir=scratch)
+        modules += [u for u in uploaded["py_modules"] if u not in modules]
+    if modules:
+        have = list(env.get("py_modules") or [])
+        env["py_modules"] = have + [m for m in modules if m not in have]
     return env or None
+
+
+def job_runtime_env(cfg) -> dict | None:
+    """For `ray.init(runtime_env=...)` (a sweep that starts or joins Ray): the plug-ins' local
+    paths, which Ray uploads itself and every process of the job (Tune trials too) gets."""
+    paths = ship_paths(cfg)
+    return {"py_modules": paths} if paths else None
 
 
 def signature_options(fn: Callable, skip: int) -> tuple[tuple[str, ...], bool]:

@@ -281,14 +281,17 @@ def _init_ray(cfg: Config) -> bool:
     import ray
     if ray.is_initialized():
         return False
+    from qgm_ray.plugins import job_runtime_env
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # Plug-in code goes to every process of the sweep, trials included, on every node.
+    env = job_runtime_env(cfg)
     if address:
         from qgm_ray.engine.ray_setup import probe_address
         probe_address(address)   # one line within seconds, not minutes of GCS retries
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=env)
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), dashboard_host=cfg.ray.dashboard_host,
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env=env)
     return True
 
 

@@ -344,13 +344,24 @@ def apply_overrides(d: dict, values: dict) -> dict:
     """Set dotted keys in `d` (in place; returned). A file's `data.options` are options of the
     file's dataset: when the overrides change `data.name` and do not set any data option
     themselves, the old options are dropped instead of being handed to another dataset
-    (`--set data.name=cifar10` on configs/default.yaml must not fail on mnist1d's num_samples)."""
-    dataset = d.get("data", {}).get("name") if isinstance(d.get("data"), dict) else None
+    (`--set data.name=cifar10` on configs/default.yaml must not fail on mnist1d's num_samples).
+    The same holds for `algorithm.options` (a rule's own knobs) and, where a plug-in
+    (`module:attr`) is involved, for `model.options` and `topology.options`; built-in models
+    and graphs keep sharing their section's options as before."""
+    from qgm_ray.plugins import is_reference
+
+    def name_of(section):
+        return d.get(section, {}).get("name") if isinstance(d.get(section), dict) else None
+    before = {section: name_of(section) for section in ("data", "algorithm", "model", "topology")}
     for key, value in values.items():
         set_dotted(d, key, value)
-    sets_options = any(k == "data" or k.startswith("data.options") for k in values)
-    if isinstance(d.get("data"), dict) and d["data"].get("name") != dataset and not sets_options:
-        d["data"]["options"] = {}
+    for section, old in before.items():
+        new = name_of(section)
+        sets_options = any(k == section or k.startswith(f"{section}.options") for k in values)
+        if new == old or sets_options or not isinstance(d.get(section), dict):
+            continue
+        if section in ("data", "algorithm") or is_reference(old) or is_reference(new):
+            d[section]["options"] = {}
     return d
 
 

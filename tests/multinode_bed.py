@@ -236,11 +236,11 @@ def plugins(out: Path) -> dict:
     def byo(*extra):
         return load_config(root / "examples" / "byo.yaml", overrides + list(extra))
     shipped = ship_paths(byo())
-    runner.run(byo("backend=local"), out / "local", log=lambda m: None)
+    local = runner.run(byo("backend=local"), out / "local", log=lambda m: None)
     cluster = start_cluster(3)
     try:
         killed = run_killing(cluster, out, "killed", byo("backend=ray"))
-        return {"shipped": shipped, "head": cluster.head_node.node_id, "local": {"rows": rows(out / "local")},
+        return {"shipped": shipped, "head": cluster.head_node.node_id, "local": {"summary": local, "rows": rows(out / "local")},
                 "killed": killed}
     finally:
         stop(cluster)

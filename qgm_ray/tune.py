@@ -321,7 +321,9 @@ def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
     for key, spec in tc.search.items():
         (kind, arg), = spec.items()
         probes += [{key: v} for v in (arg if kind == "choice" else arg[:2])]
-    offline = base["data"]["name"] in getattr(qdata, "_OFFLINE", {})
+    # Offline data and plug-ins (whose model output is checked with the data) are prepared now.
+    offline = base["data"]["name"] in getattr(qdata, "_OFFLINE", {}) or ":" in base["data"]["name"] \
+        or ":" in base["model"]["name"]
     seen = set()
     for point in grid_points(tc):
         for probe in probes:
@@ -332,7 +334,8 @@ def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
                 raise ConfigError(f"trial {describe_params(params)}: {e}") from None
             if offline:
                 d = cfg.to_dict()
-                key = repr((d["seed"], d["data"], d["topology"], d["elastic"]))
+                key = repr((d["seed"], d["data"], d["topology"], d["elastic"],
+                            d["model"] if ":" in d["model"]["name"] else None))   # a plug-in model: each one built
                 if key not in seen:
                     seen.add(key)
                     try:

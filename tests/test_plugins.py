@@ -292,10 +292,13 @@ def test_sigterm_then_resume_gives_the_uninterrupted_runs_metrics(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and 0 < summary["rounds"] < 480
+    shutil.copytree(out, tmp_path / "api")
     res = main_py("--resume", str(out), "--quiet")
     assert res.returncode == 0, res.stderr[-2000:]
+    api = qgm_ray.run(None, output_dir=tmp_path / "api", resume=True, log=None, progress=False)
+    assert api.status == "completed"
     full = qgm_ray.run(cfg, ["progress=false"], tmp_path / "full", log=None)
-    assert rows(out) == rows(full.run_dir) and len(rows(out)) == 12
+    assert rows(out) == rows(full.run_dir) == rows(api.run_dir) and len(rows(out)) == 12
 
 
 # ------------------------------------------------------------------ on Ray
@@ -414,3 +417,13 @@ def test_plug_ins_on_a_multi_node_cluster_with_a_lost_node(tmp_path):
         return [{k: x[k] for k in SAME if k in x} for x in rs]
     assert len(killed["rows"]) == 4 and same(killed["rows"]) == same(r["local"]["rows"])
     assert int(killed["rows"][-1]["bytes_cross_node"]) > 0
+
+
+def test_a_sweep_checks_each_plug_in_model_of_its_grid_before_any_trial(tmp_path, monkeypatch):
+    write_module(tmp_path, "bad_user_mod", BAD_OBJECTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from qgm_ray import tune as qtune
+    cfg = qgm_ray.load_config(BYO, ["tune.grid={model.name: [examples.tiny_net:tiny_mlp, bad_user_mod.user:not_a_model]}"])
+    with pytest.raises(ConfigError, match=r"trial name=bad_user_mod.user:not_a_model: model.name=.* returned a str") as e:
+        qtune.check_trials(cfg.to_dict(), cfg.tune, log=quiet)
+    assert "\n" not in str(e.value)

@@ -23,7 +23,7 @@ from qgm_ray.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    name: str = "mnist1d"            # see README: Datasets; or "package.module:function"
+    name: str = "mnist1d"            # see README: Datasets, and Bring your own method
     root: str = "data"               # where datasets live / are cached
     download: bool = False           # fetch torchvision sets, AG News, DistilBERT weights; offline ones never download
     partition: str = "dirichlet"     # iid | dirichlet | sorted
@@ -38,20 +38,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn1d"              # see README: Models; or "package.module:function"
+    name: str = "cnn1d"              # see README: Models, and Bring your own method
     options: dict = field(default_factory=dict)  # e.g. {norm: gn} for resnet20
 
 
 @dataclass
 class TopologyConfig:
-    name: str = "ring"                 # see README: Topologies; or "package.module:function"
+    name: str = "ring"                 # see README: Topologies, and Bring your own method
     n_clients: int = 16              # clients (graph nodes) at the start
     options: dict = field(default_factory=dict)  # e.g. {graph: karate_club} for social
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "qg_dsgdm_n"         # see README: Algorithms; or "package.module:Class" (README: Bring your own method)
+    name: str = "qg_dsgdm_n"         # see README: Algorithms, and Bring your own method
     lr: float = 0.1                  # base learning rate (> 0; see schedule.* for scaling)
     momentum: float = 0.9            # [0, 1): heavy-ball / Nesterov momentum
     weight_decay: float = 1e-4       # >= 0

@@ -275,6 +275,7 @@ def test_plug_in_heavy_ball_gives_exactly_the_built_in_dsgdm_numbers(tmp_path):
 # ------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_uninterrupted_runs_metrics(tmp_path):
     cfg = tmp_path / "byo.yaml"
     cfg.write_text(BYO.read_text().replace("epochs: 2", "epochs: 60").replace("every_epochs: 0.5", "every_epochs: 5")

@@ -3,8 +3,11 @@
 A config name (`algorithm.name`, `model.name`, `data.name`, `topology.name`) is either a
 registered name or a reference `"package.module:attr"` to user code, imported from the working
 directory or PYTHONPATH. The built-ins register themselves here (algorithms/registry.py,
-models/__init__.py, data.py, topology.py) exactly as a user's factory is found by reference:
-a name or a `module:attr` -> a factory.
+models/__init__.py, data.py, topology.py), and `resolve(kind, name)` turns either form into a
+factory. Rules and models register in the user's form; a built-in dataset registers as
+`(seed, root, download, **options) -> Dataset` and a built-in graph as `(n, t, seed, options)
+-> W(t)` (they read files and change per round), and a user's dataset or graph is adapted to
+that form where it is called (data.load_plugin_dataset, topology.plugin_graph).
 
 What a factory must be (README, "Bring your own method"):
 
@@ -18,8 +21,9 @@ cannot be imported or names nothing is a ConfigError naming the key.
 
 User code must also reach every process of a Ray run, on every node: `ship_paths(cfg)` finds
 the top-level package (or single file) of each reference that is not part of an installed
-distribution, and `runtime_env(cfg)` turns it into Ray's `py_modules`, which Ray uploads once
-(content-addressed) and unpacks on each node that runs an actor of the run.
+distribution; `ray_runtime_env(cfg)` (an actor's) and `job_runtime_env(cfg)` (a sweep's
+`ray.init`) turn them into Ray's `py_modules`, which Ray uploads once (content-addressed) and
+unpacks on each node that runs a process of the run.
 """
 from __future__ import annotations
 
@@ -41,8 +45,9 @@ _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KEYS}
 
 
 def register(kind: str, name: str, factory: Any) -> Any:
-    """Make `name` a valid value of `<kind>.name`. Returns the factory (usable as a decorator
-    helper). Names with ':' are references, never registered names."""
+    """Make `name` a valid value of `<kind>.name` in this process. Returns the factory. Names
+    with ':' are references, never registered names. (Other processes of a Ray run know only
+    what their imports register: user code is named by reference, which every process imports.)"""
     if kind not in KEYS:
         raise ValueError(f"register: kind must be one of {', '.join(KEYS)}, got {kind!r}")
     if ":" in name:

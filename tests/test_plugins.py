@@ -428,3 +428,47 @@ def test_a_sweep_checks_each_plug_in_model_of_its_grid_before_any_trial(tmp_path
     with pytest.raises(ConfigError, match=r"trial name=bad_user_mod.user:not_a_model: model.name=.* returned a str") as e:
         qtune.check_trials(cfg.to_dict(), cfg.tune, log=quiet)
     assert "\n" not in str(e.value)
+
+
+ALL_REDUCE = '''
+import torch
+import qgm_ray
+
+class AllReduceSGDm(qgm_ray.Algorithm):
+    """centralized_sgdm from its equations: all-reduce the raw gradients, one heavy-ball step."""
+    defaults = {"momentum": 0.9}
+    centralized = True
+
+    def init(self, params):
+        return {"momentum_buffer": torch.zeros_like(params), "step": qgm_ray.new_step_counter(params)}
+
+    def pre_mix(self, state, params, grad, lr):
+        return grad.clone()
+
+    def post_mix(self, state, params, mixed, lr):
+        g = mixed.add(params, alpha=self.weight_decay)
+        m = state["momentum_buffer"].mul_(self.hparams["momentum"]).add_(g)
+        qgm_ray.finish_round(state)
+        return params.add(m, alpha=-lr)
+'''
+
+
+def test_a_centralized_plug_in_is_all_reduced_like_the_built_in(tmp_path, monkeypatch):
+    write_module(tmp_path, "allreduce_mod", ALL_REDUCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # on a directed graph too: an all-reduce rule ignores the graph (no push-sum)
+    common = ["progress=false", "topology.name=examples.graphs:one_way_ring", "algorithm.momentum=0.7"]
+    qgm_ray.run(BYO, common + ["algorithm.name=centralized_sgdm"], tmp_path / "built_in", log=None)
+    plug = qgm_ray.run(BYO, common + ["algorithm.name=allreduce_mod.user:AllReduceSGDm"], tmp_path / "plug", log=None)
+    assert rows(tmp_path / "built_in") == rows(tmp_path / "plug")
+    assert float(plug.history["consensus_distance"].max()) == 0.0   # every client holds the same model
+
+
+def test_tune_grids_over_a_models_and_a_graphs_own_options():
+    from qgm_ray import tune as qtune
+    cfg = qgm_ray.load_config(BYO, ["tune.grid={model.options.width: [8, 16], topology.options.every: [2, 4]}"])
+    qtune.check_trials(cfg.to_dict(), cfg.tune, log=quiet)
+    assert qtune.count_trials(cfg.tune) == 2 * 2
+    with pytest.raises(ConfigError, match="trial every=0: topology.name='examples.graphs:ring_with_chords' with n=8"):
+        bad = qgm_ray.load_config(BYO, ["tune.grid={topology.options.every: [4, 0]}"])
+        qtune.check_trials(bad.to_dict(), bad.tune, log=quiet)

@@ -8,7 +8,7 @@
 
     topology: {name: examples.graphs:ring_with_chords, n_clients: 8, options: {every: 4}}
 
-A parameter named `seed` gets the run's seed unless the options set it."""
+A parameter named `seed` gets the run's `seed`."""
 import networkx as nx
 import numpy as np
 

@@ -481,6 +481,9 @@ def validate(cfg: Config) -> None:
     _validate_slowmo(cfg.algorithm)
 
     _require(cfg.topology.n_clients >= 1, f"topology.n_clients must be >= 1, got {cfg.topology.n_clients}")
+    _require("seed" not in cfg.topology.options,
+             "topology.options.seed is not an option: a graph's randomness follows the run's `seed` "
+             "(a plug-in graph with a `seed` parameter gets it)")
     validate_topology(cfg.topology.name, cfg.topology.n_clients, seed=cfg.seed, **cfg.topology.options)
     _validate_push_sum(cfg.algorithm.name, cfg.topology.name, cfg.topology.options, cfg.topology.n_clients, cfg.seed)
 

@@ -363,7 +363,7 @@ def _build_plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np
     own = {k: v for k, v in options.items() if k not in PLUGIN_OWN_OPTIONS}
     plugins.check_options("topology", name, fn, 1, own, reserved=PLUGIN_OWN_OPTIONS)
     names, _ = plugins.signature_options(fn, 1)
-    if "seed" in names and "seed" not in own:   # a random graph follows the run's seed
+    if "seed" in names:   # a random graph follows the run's seed (topology.options.seed is refused)
         own["seed"] = seed
     want_directed = bool(options.get("directed"))
     try:

@@ -133,6 +133,7 @@ BAD_OPTIONS = [
     (["topology.name=examples.graphs:one_way_ring", "algorithm.name=d2"], r"algorithm.name=d2 cannot run on topology.name=examples.graphs:one_way_ring \(a directed graph"),
     (["topology.name=examples.graphs:lazy_ring", "topology.options={keep: 1.5}"], r"topology.name='examples.graphs:lazy_ring' returned an array of shape \(8, 8\); expected an 8 x 8 W of finite non-negative"),
     (["topology.name=examples.graphs:lazy_ring", "topology.options={directed: 1}"], r"topology.options.directed=1 must be true or false"),
+    (["topology.options.seed=3"], r"topology.options.seed is not an option: a graph's randomness follows the run's `seed`"),
     (["tune.grid={algorithm.options.clip: [1.0, fast]}"], None),   # valid as a config; check_trials refuses it
 ]
 
@@ -472,3 +473,16 @@ def test_tune_grids_over_a_models_and_a_graphs_own_options():
     with pytest.raises(ConfigError, match="trial every=0: topology.name='examples.graphs:ring_with_chords' with n=8"):
         bad = qgm_ray.load_config(BYO, ["tune.grid={topology.options.every: [4, 0]}"])
         qtune.check_trials(bad.to_dict(), bad.tune, log=quiet)
+
+
+def test_a_random_plug_in_graph_follows_the_runs_seed():
+    import types
+    from qgm_ray.topology import make_topology
+    import networkx as nx
+    sys.modules["qgm_test_random"] = types.SimpleNamespace(
+        g=lambda n, p=0.5, seed=None: nx.connected_watts_strogatz_graph(n, 4, p, seed=seed))
+    try:
+        a, b = (make_topology("qgm_test_random:g", 12, seed=s).matrix(0) for s in (1, 2))
+        assert np.array_equal(a, make_topology("qgm_test_random:g", 12, seed=1).matrix(0)) and not np.array_equal(a, b)
+    finally:
+        del sys.modules["qgm_test_random"]

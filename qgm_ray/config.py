@@ -477,7 +477,10 @@ def validate(cfg: Config) -> None:
     _require(len(cfg.algorithm.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.algorithm.betas),
              f"algorithm.betas must be two numbers in [0, 1), got {cfg.algorithm.betas}")
     _require(cfg.algorithm.eps > 0, f"algorithm.eps must be > 0, got {cfg.algorithm.eps}")
-    make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams(), cfg.algorithm.options)
+    rule = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams(), cfg.algorithm.options)
+    if ":" in cfg.algorithm.name:   # a plug-in: its state must slice per client like the built-ins'
+        from qgm_ray.algorithms.registry import check_state_contract
+        check_state_contract(rule)
     _validate_slowmo(cfg.algorithm)
 
     _require(cfg.topology.n_clients >= 1, f"topology.n_clients must be >= 1, got {cfg.topology.n_clients}")

@@ -186,6 +186,14 @@ def crashes(n):
 
 class NoKnobType(qgm_ray.Algorithm):
     defaults = {"lr": 0.1}
+
+class ScalarState(qgm_ray.Algorithm):
+    def init(self, params):
+        return {"step": qgm_ray.new_step_counter(params), "count": torch.tensor(0)}
+
+class NoStep(qgm_ray.Algorithm):
+    def init(self, params):
+        return {"m": torch.zeros_like(params)}
 '''
 
 
@@ -198,6 +206,8 @@ class NoKnobType(qgm_ray.Algorithm):
     (["topology.name=bad_user_mod.user:two_islands"], r"returned a disconnected graph on 8 nodes \(2 components\)"),
     (["topology.name=bad_user_mod.user:crashes"], r"topology.name='bad_user_mod.user:crashes' with n=8: RuntimeError: no graph today"),
     (["algorithm.name=bad_user_mod.user:NoKnobType"], r"rule NoKnobType declares 'lr' in `defaults`"),
+    (["algorithm.name=bad_user_mod.user:ScalarState"], r"init\(params\) state\['count'\] is \(\); every entry must be a tensor with one row per client"),
+    (["algorithm.name=bad_user_mod.user:NoStep"], r"init\(params\) must return a dict of tensors holding 'step'"),
 ])
 def test_a_reference_to_the_wrong_kind_of_object_is_one_line_before_anything_is_written(
         tmp_path, monkeypatch, overrides, message):

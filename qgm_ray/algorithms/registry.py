@@ -126,3 +126,25 @@ def make_algorithm_from_config(name: str, hparams: dict[str, Any], options: dict
     labels = {key: f"algorithm.options.{key}" if key in options else f"algorithm.{key}" for key in given}
     resolved = resolve_hparams(cls, name, given, labels)
     return factory(name, resolved)
+
+
+def check_state_contract(rule: Algorithm) -> None:
+    """A plug-in rule's `init` on a 2-client block: a dict of tensors, one row per client, with
+    the `step` counter (the engines read it, and slice every entry per client for checkpoints,
+    replays and elastic joiners). A ConfigError naming algorithm.name otherwise."""
+    import torch
+    where = f"algorithm.name={rule.name!r}"
+    try:
+        state = rule.init(torch.zeros(2, 3))
+    except Exception as e:  # noqa: BLE001 - the user's code: its error is this key's problem
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{where}: init(params) on a (2, 3) block failed: {type(e).__name__}: {first}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ConfigError(f"{where}: init(params) must return a dict of tensors holding 'step' "
+                          f"(qgm_ray.new_step_counter(params)), got {type(state).__name__}"
+                          f"{' without step' if isinstance(state, dict) else ''}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != 2:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ConfigError(f"{where}: init(params) state[{key!r}] is {shape}; every entry must be a tensor "
+                              f"with one row per client (leading dimension 2 for a (2, 3) block)")

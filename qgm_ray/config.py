@@ -401,6 +401,10 @@ def _field_comments(cls) -> dict:
 
 
 def _dynamic_choices() -> dict:
+    import qgm_ray.algorithms.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.data  # noqa: F401
+    import qgm_ray.models  # noqa: F401
+    import qgm_ray.topology  # noqa: F401
     from qgm_ray.plugins import KEYS, builtin_names
     names = {key: builtin_names(kind) + ("package.module:attr",) for kind, key in KEYS.items()}
     return {**names, "ray.pack_clients": ("auto", "true", "false"), "tune.metric": TUNE_METRICS}
@@ -528,6 +532,9 @@ def _validate_names(cfg: Config) -> None:
     """Each of the four names is registered or imports (`package.module:attr`) to the right
     kind of object; a model's or dataset's options fit its signature. The model's output and
     the dataset's arrays are checked when the data is loaded (runner.prepare)."""
+    import qgm_ray.data  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.models  # noqa: F401
+    import qgm_ray.topology  # noqa: F401
     from qgm_ray import plugins
 
     for kind, key in plugins.KEYS.items():

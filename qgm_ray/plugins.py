@@ -38,9 +38,8 @@ from qgm_ray.errors import ConfigError
 
 # kind -> the config key that names it
 KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name"}
-# kind -> the module whose import registers the built-ins of that kind
-_BUILTIN_MODULES = {"algorithm": "qgm_ray.algorithms.registry", "model": "qgm_ray.models",
-                    "data": "qgm_ray.data", "topology": "qgm_ray.topology"}
+# Filled by the modules of each kind when they are imported (algorithms.registry, models,
+# data, topology, which import this module, never the other way round).
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KEYS}
 
 
@@ -57,7 +56,7 @@ def register(kind: str, name: str, factory: Any) -> Any:
 
 
 def builtin_names(kind: str) -> tuple[str, ...]:
-    importlib.import_module(_BUILTIN_MODULES[kind])
+    """The names registered for `kind` so far (all built-ins once its module is imported)."""
     return tuple(_REGISTRY[kind])
 
 
@@ -72,8 +71,6 @@ def resolve(kind: str, name: str, key: str | None = None) -> Any:
     if is_reference(name):
         return import_reference(name, key)
     registered = _REGISTRY[kind]
-    if name not in registered:
-        importlib.import_module(_BUILTIN_MODULES[kind])
     if name not in registered:
         raise ConfigError(f"{key}={name!r} is unknown; choose one of {', '.join(registered)}, "
                           f"or a reference 'package.module:attr' to your own code")

@@ -58,7 +58,7 @@ def build_topology(cfg: Config, n_clients: int | None = None):
 
 
 def build_algorithm(cfg: Config):
-    algorithm = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+    algorithm = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams(), cfg.algorithm.options)
     return _with_slowmo(cfg, algorithm) if cfg.algorithm.slowmo_tau > 0 else algorithm
 
 
@@ -82,7 +82,7 @@ def build_model(cfg: Config, ds: Dataset):
 def uses_push_sum(cfg: Config, algorithm) -> bool:
     """Gossip with push-sum weights: on a directed graph, except for all-reduce rules (which
     ignore the graph)."""
-    return is_directed(cfg.topology.name, cfg.topology.options) and not algorithm.centralized
+    return is_directed(cfg.topology.name, cfg.topology.options, cfg.topology.n_clients, cfg.seed) and not algorithm.centralized
 
 
 def payload_floats(cfg: Config, algorithm, num_params: int) -> int:

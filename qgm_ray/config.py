@@ -23,7 +23,7 @@ from qgm_ray.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    name: str = "mnist1d"
+    name: str = "mnist1d"            # see README: Datasets, and Bring your own method
     root: str = "data"               # where datasets live / are cached
     download: bool = False           # fetch torchvision sets, AG News, DistilBERT weights; offline ones never download
     partition: str = "dirichlet"     # iid | dirichlet | sorted
@@ -38,20 +38,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn1d"
+    name: str = "cnn1d"              # see README: Models, and Bring your own method
     options: dict = field(default_factory=dict)  # e.g. {norm: gn} for resnet20
 
 
 @dataclass
 class TopologyConfig:
-    name: str = "ring"                 # see README: Topologies
+    name: str = "ring"                 # see README: Topologies, and Bring your own method
     n_clients: int = 16              # clients (graph nodes) at the start
     options: dict = field(default_factory=dict)  # e.g. {graph: karate_club} for social
 
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "qg_dsgdm_n"         # see README: Algorithms
+    name: str = "qg_dsgdm_n"         # see README: Algorithms, and Bring your own method
     lr: float = 0.1                  # base learning rate (> 0; see schedule.* for scaling)
     momentum: float = 0.9            # [0, 1): heavy-ball / Nesterov momentum
     weight_decay: float = 1e-4       # >= 0
@@ -65,6 +65,7 @@ class AlgorithmConfig:
     slowmo_tau: int = 0              # SlowMo: exact average + outer step after rounds t % tau == 0 (>= 0; 0 = off)
     slowmo_beta: float = 0.0         # SlowMo: slow momentum in [0, 1) (0 with alpha 1: periodic exact averaging)
     slowmo_alpha: float = 1.0        # SlowMo: slow learning rate factor, > 0 (official default 1)
+    options: dict = field(default_factory=dict)  # the rule's own knobs (its `defaults`), e.g. {clip: 0.5}
 
     def hparams(self) -> dict:
         return {
@@ -398,13 +399,32 @@ def apply_overrides(d: dict, values: dict) -> dict:
     """Set dotted keys in `d` (in place; returned). A file's `data.options` are options of the
     file's dataset: when the overrides change `data.name` and do not set any data option
     themselves, the old options are dropped instead of being handed to another dataset
-    (`--set data.name=cifar10` on configs/default.yaml must not fail on mnist1d's num_samples)."""
-    dataset = d.get("data", {}).get("name") if isinstance(d.get("data"), dict) else None
+    (`--set data.name=cifar10` on configs/default.yaml must not fail on mnist1d's num_samples).
+    The same holds for `algorithm.options` (a rule's own knobs) and, where a plug-in
+    (`module:attr`) is involved, for `model.options` and `topology.options`; built-in models
+    and graphs keep sharing their section's options as before."""
+    from qgm_ray.plugins import is_reference
+
+    def name_of(section):
+        return d.get(section, {}).get("name") if isinstance(d.get(section), dict) else None
+    before = {section: name_of(section) for section in ("data", "algorithm", "model", "topology")}
     for key, value in values.items():
         set_dotted(d, key, value)
-    sets_options = any(k == "data" or k.startswith("data.options") for k in values)
-    if isinstance(d.get("data"), dict) and d["data"].get("name") != dataset and not sets_options:
-        d["data"]["options"] = {}
+    for section, old in before.items():
+        new = name_of(section)
+        sets_options = any(k == section or k.startswith(f"{section}.options") for k in values)
+        if new == old or sets_options or not isinstance(d.get(section), dict):
+            continue
+        if section in ("data", "algorithm") or is_reference(old) or is_reference(new):
+            d[section]["options"] = {}
+    return d
+
+
+def trial_dict(base: dict, params: dict) -> dict:
+    """The config dict of one sweep trial: `params` (dotted keys) over the sweep's `base`, with
+    an empty tune section (a trial is a plain run). Shared by tune.py and report.py."""
+    d = apply_overrides(copy.deepcopy(base), params or {})  # a grid over data.name drops the file's options
+    d["tune"] = Config().to_dict()["tune"]
     return d
 
 
@@ -436,13 +456,13 @@ def _field_comments(cls) -> dict:
 
 
 def _dynamic_choices() -> dict:
-    from qgm_ray.algorithms import ALGORITHMS
-    from qgm_ray.data import DATASETS
-    from qgm_ray.models import MODELS
-    from qgm_ray.topology import TOPOLOGIES
-    return {"data.name": DATASETS, "model.name": MODELS, "topology.name": TOPOLOGIES,
-            "algorithm.name": ALGORITHMS, "ray.pack_clients": ("auto", "true", "false"),
-            "tune.metric": TUNE_METRICS}
+    import qgm_ray.algorithms.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.data  # noqa: F401
+    import qgm_ray.models  # noqa: F401
+    import qgm_ray.topology  # noqa: F401
+    from qgm_ray.plugins import KEYS, builtin_names
+    names = {key: builtin_names(kind) + ("package.module:attr",) for kind, key in KEYS.items()}
+    return {**names, "ray.pack_clients": ("auto", "true", "false"), "tune.metric": TUNE_METRICS}
 
 
 def describe_keys() -> str:
@@ -483,9 +503,7 @@ def _require(cond: bool, msg: str) -> None:
 def validate(cfg: Config) -> None:
     """Every rule that can be checked without loading data. Raises ConfigError."""
     # Imported here: these registries import torch/networkx, and config parsing should not.
-    from qgm_ray.algorithms import ALGORITHMS, make_algorithm_from_config
-    from qgm_ray.data import DATASETS
-    from qgm_ray.models import MODELS
+    from qgm_ray.algorithms import make_algorithm_from_config
     from qgm_ray.topology import validate_topology
 
     _require(bool(NAME_PATTERN.match(cfg.name)),
@@ -505,10 +523,7 @@ def validate(cfg: Config) -> None:
     _require(vc == "auto" or (isinstance(vc, int) and not isinstance(vc, bool) and vc >= 1),
              f"ray.vmap_chunk={vc!r} is not allowed; choose auto or an integer >= 1 (clients per vmapped step)")
 
-    _require(cfg.data.name in DATASETS, f"data.name={cfg.data.name!r} is unknown; choose one of {', '.join(DATASETS)}")
-    _require(cfg.model.name in MODELS, f"model.name={cfg.model.name!r} is unknown; choose one of {', '.join(MODELS)}")
-    _require(cfg.algorithm.name in ALGORITHMS,
-             f"algorithm.name={cfg.algorithm.name!r} is unknown; choose one of {', '.join(ALGORITHMS)}")
+    _validate_names(cfg)
 
     _validate_data_options(cfg)
     _validate_model_options(cfg)
@@ -521,12 +536,18 @@ def validate(cfg: Config) -> None:
     _require(len(cfg.algorithm.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.algorithm.betas),
              f"algorithm.betas must be two numbers in [0, 1), got {cfg.algorithm.betas}")
     _require(cfg.algorithm.eps > 0, f"algorithm.eps must be > 0, got {cfg.algorithm.eps}")
-    make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams())
+    rule = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams(), cfg.algorithm.options)
+    if ":" in cfg.algorithm.name:   # a plug-in: its state must slice per client like the built-ins'
+        from qgm_ray.algorithms.registry import check_state_contract
+        check_state_contract(rule)
     _validate_slowmo(cfg.algorithm)
 
     _require(cfg.topology.n_clients >= 1, f"topology.n_clients must be >= 1, got {cfg.topology.n_clients}")
-    validate_topology(cfg.topology.name, cfg.topology.n_clients, **cfg.topology.options)
-    _validate_push_sum(cfg.algorithm.name, cfg.topology.name, cfg.topology.options)
+    _require("seed" not in cfg.topology.options,
+             "topology.options.seed is not an option: a graph's randomness follows the run's `seed` "
+             "(a plug-in graph with a `seed` parameter gets it)")
+    validate_topology(cfg.topology.name, cfg.topology.n_clients, seed=cfg.seed, **cfg.topology.options)
+    _validate_push_sum(cfg.algorithm.name, cfg.topology.name, cfg.topology.options, cfg.topology.n_clients, cfg.seed)
 
     s = cfg.schedule
     _require(s.epochs > 0, f"schedule.epochs must be > 0, got {s.epochs}")
@@ -569,8 +590,29 @@ def validate(cfg: Config) -> None:
     _validate_tune(cfg)
 
 
+def _validate_names(cfg: Config) -> None:
+    """Each of the four names is registered or imports (`package.module:attr`) to the right
+    kind of object; a model's or dataset's options fit its signature. The model's output and
+    the dataset's arrays are checked when the data is loaded (runner.prepare)."""
+    import qgm_ray.data  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.models  # noqa: F401
+    import qgm_ray.topology  # noqa: F401
+    from qgm_ray import plugins
+
+    for kind, key in plugins.KEYS.items():
+        if kind != "algorithm":   # a rule is checked with its options below
+            plugins.resolve(kind, getattr(cfg, kind).name)
+    for kind, skip, reserved in (("model", 2, ()), ("data", 1, ("augment",))):
+        section = getattr(cfg, kind)
+        if plugins.is_reference(section.name):
+            fn = plugins.resolve(kind, section.name)
+            _require(callable(fn), f"{kind}.name={section.name!r} is a {type(fn).__name__}, not a function or class")
+            plugins.check_options(kind, section.name, fn, skip, section.options, reserved)
+
+
 def dataset_options(name: str) -> Optional[tuple]:
-    """The `data.options` keys dataset `name` takes (besides augment); None if unknown here."""
+    """The `data.options` keys dataset `name` takes (besides augment); None if unknown here
+    (a plug-in's are checked against its signature)."""
     from qgm_ray import data as qdata
     offline = getattr(qdata, "_OFFLINE_OPTS", {})
     if name in offline:
@@ -582,8 +624,16 @@ def dataset_options(name: str) -> Optional[tuple]:
 
 def _validate_data_options(cfg: Config) -> None:
     from qgm_ray import data as qdata
+    from qgm_ray.plugins import is_reference
     opts, name = cfg.data.options, cfg.data.name
     allowed = dataset_options(name)
+    if is_reference(name):
+        if "augment" in opts:
+            allowed_aug = tuple(getattr(qdata, "AUGMENTATIONS", ()))
+            _require(opts["augment"] is None or opts["augment"] in allowed_aug,
+                     f"data.options.augment={opts['augment']!r} is not allowed; choose one of "
+                     f"{', '.join(allowed_aug)} or null")
+        return   # a plug-in's options are its own (checked against its signature)
     if allowed is not None:
         unknown = sorted(set(opts) - set(allowed) - {"augment"})
         _require(not unknown,
@@ -608,6 +658,9 @@ def _validate_model_options(cfg: Config) -> None:
     """Shapes of the common model options; anything else is checked by building the model
     once in runner.prepare (it needs the data's shape)."""
     o = cfg.model.options
+    from qgm_ray.plugins import is_reference
+    if is_reference(cfg.model.name):
+        return   # a plug-in's options are its own (checked against its signature)
     if "hidden" in o:
         h = o["hidden"]
         _require(isinstance(h, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
@@ -620,13 +673,13 @@ def _validate_model_options(cfg: Config) -> None:
                      f"model.options.{key} must be an integer >= 1, got {v!r}")
 
 
-def _validate_push_sum(algorithm: str, topology: str, options: dict) -> None:
+def _validate_push_sum(algorithm: str, topology: str, options: dict, n: int, seed: int) -> None:
     """A directed graph's W is only column stochastic: gossip there is push-sum, which de-biases
     parameters; rules that mix anything else (D2, gradient tracking) are undefined on it."""
     from qgm_ray.algorithms.registry import gossips_with_push_sum, push_sum_algorithms
     from qgm_ray.topology import is_directed
 
-    _require(not is_directed(topology, options) or gossips_with_push_sum(algorithm),
+    _require(not is_directed(topology, options, n, seed) or gossips_with_push_sum(algorithm),
              f"algorithm.name={algorithm} cannot run on topology.name={topology} (a directed graph, "
              f"gossiped with push-sum); choose one of {', '.join(push_sum_algorithms())}, "
              "or an undirected topology")
@@ -648,7 +701,7 @@ def _validate_elastic(cfg: Config) -> None:
                  f"elastic.schedule: the step at epoch {item[0]:g} is outside the run (epochs 0 < e < "
                  f"schedule.epochs={cfg.schedule.epochs:g}) and would never be applied")
         prev = item[0]
-        validate_topology(cfg.topology.name, item[1], **cfg.topology.options)
+        validate_topology(cfg.topology.name, item[1], seed=cfg.seed, **cfg.topology.options)
     if el.max_clients is not None:
         need = max([cfg.topology.n_clients] + [n for _, n in el.schedule])
         _require(el.max_clients >= need,
@@ -678,7 +731,12 @@ def _validate_tune(cfg: Config) -> None:
     for section in ("grid", "search"):
         for key, values in getattr(cfg.tune, section).items():
             try:
-                get_dotted(base, key)
+                # `<section>.options.<knob>`: a rule's, model's, dataset's or graph's own option,
+                # checked when each trial's config is built (tune.check_trials).
+                parts = key.split(".")
+                if not (len(parts) == 3 and parts[1] == "options" and isinstance(base.get(parts[0]), dict)
+                        and "options" in base[parts[0]]):
+                    get_dotted(base, key)
             except (KeyError, TypeError):
                 raise ConfigError(f"tune.{section}: {key!r} is not a config key (use dotted keys like data.alpha)") from None
             if section == "grid":

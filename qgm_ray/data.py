@@ -24,11 +24,12 @@ import json
 import os
 import pickle
 import random
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from qgm_ray import plugins
+from qgm_ray.augment import AUGMENTATIONS, apply_augment, augment_batch, draw_augment  # noqa: F401 - re-exported
+from qgm_ray.dataset import Dataset, describe, save_npz_atomic  # noqa: F401 - describe re-exported
 from qgm_ray.errors import ConfigError
 
 DATASETS = (
@@ -44,58 +45,17 @@ DATASETS = (
     "imagenet32",
     "agnews",
 )
-AUGMENTATIONS = ("crop_flip", "crop", "flip")
-
-
-@dataclass
-class Dataset:
-    name: str
-    # (N, *input_shape): uint8 pixels when `norm` is set, else float32 normalised (int64
-    # token ids for text)
-    train_x: torch.Tensor
-    train_y: torch.Tensor  # int64, (N,)
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    input_shape: tuple
-    augment: str | None = None
-    # What a zero (black) pixel becomes after normalisation, per channel. Passing it as
-    # `augment_batch(..., fill=ds.fill)` pads exactly as torchvision's RandomCrop does
-    # before Normalize; None means pad with 0.
-    fill: tuple | None = None
-    # ((mean per channel), (std per channel)) of uint8 storage: x = (x / 255 - mean) / std,
-    # applied per batch by `to_float(x, pixel_table(norm))`. None: train_x/test_x are the
-    # model's inputs already.
-    norm: tuple | None = None
-
-    def augment_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """This dataset's training augmentation (identity when it has none)."""
-        if self.augment is None:
-            return x
-        return augment_batch(x, generator, self.augment, fill=0.0 if self.fill is None else self.fill)
-
-
-def describe(ds: Dataset) -> str:
-    return (
-        f"{ds.name}: {len(ds.train_y)} train / {len(ds.test_y)} test, "
-        f"input {tuple(ds.input_shape)}, {ds.num_classes} classes, augment={ds.augment}"
-    )
 
 
 def load_dataset(name: str, root: str = "data", download: bool = False, seed: int = 0, **opts) -> Dataset:
-    """Load dataset `name` as tensors. `seed` drives generation and splits of the offline
-    datasets (torchvision datasets have a fixed split). `augment=` overrides the default."""
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r} (data.name); choose one of: {', '.join(DATASETS)}")
+    """Load dataset `name` (a registered name or a `"package.module:function"` reference) as
+    tensors. `seed` drives generation and splits of the offline datasets (torchvision datasets
+    have a fixed split) and is a plug-in's first argument. `augment=` overrides the default."""
     augment_override = opts.pop("augment", "default")
-    if name in _TORCHVISION:
-        _check_opts(name, opts, ())
-        ds = _load_torchvision(name, root, download)
-    elif name in _FILE_LOADERS:  # read from files under root; download decides what a miss says
-        loader, allowed = _FILE_LOADERS[name]
-        ds = loader(root=root, download=download, seed=seed, **_check_opts(name, opts, allowed))
+    if plugins.is_reference(name):
+        ds = load_plugin_dataset(name, seed, opts)
     else:
-        ds = _OFFLINE[name](root=root, seed=seed, **_check_opts(name, opts, _OFFLINE_OPTS[name]))
+        ds = plugins.resolve("data", name)(seed, root=root, download=download, **opts)
     if augment_override != "default":
         if augment_override is not None and augment_override not in AUGMENTATIONS:
             raise ConfigError(
@@ -104,6 +64,77 @@ def load_dataset(name: str, root: str = "data", download: bool = False, seed: in
             )
         ds.augment = augment_override
     return ds
+
+
+def _builtin_loader(name: str):
+    """The registered factory of a built-in dataset: (seed, root, download, **options) -> Dataset."""
+    def load(seed: int, root: str = "data", download: bool = False, **opts) -> Dataset:
+        if name in _TORCHVISION:
+            _check_opts(name, opts, ())
+            return _load_torchvision(name, root, download)
+        if name in _FILE_LOADERS:  # read from files under root; download decides what a miss says
+            loader, allowed = _FILE_LOADERS[name]
+            return loader(root=root, download=download, seed=seed, **_check_opts(name, opts, allowed))
+        return _OFFLINE[name](root=root, seed=seed, **_check_opts(name, opts, _OFFLINE_OPTS[name]))
+    load.__qualname__ = f"load_{name}"
+    return load
+
+
+# ----------------------------------------------------------------------------- plug-ins
+
+def _as_tensor(key: str, what: str, value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise ConfigError(f"{key}: {what} is a {type(value).__name__}; expected a numpy array or a torch tensor")
+
+
+def load_plugin_dataset(name: str, seed: int, opts: dict) -> Dataset:
+    """`function(seed, **data.options)` -> (train_x, train_y, test_x, test_y), checked and made
+    into the Dataset every loader returns: floating inputs as float32 (bool too), integer
+    inputs as int64 (token ids), labels int64 in 0..C-1 with C = max label + 1. The inputs are
+    used as given: normalising them is the function's business."""
+    key = f"data.name={name!r}"
+    fn = plugins.resolve("data", name)
+    if not callable(fn):
+        raise ConfigError(f"{key} is a {type(fn).__name__}, not a function seed -> arrays")
+    try:
+        out = fn(int(seed), **opts)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: its error is this key's problem
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{key} with data.options={opts}: {type(e).__name__}: {first}") from None
+    if not isinstance(out, (tuple, list)) or len(out) != 4:
+        raise ConfigError(f"{key} returned a {type(out).__name__}"
+                          f"{' of ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}; "
+                          f"expected a tuple (train_x, train_y, test_x, test_y)")
+    names = ("train_x", "train_y", "test_x", "test_y")
+    train_x, train_y, test_x, test_y = (_as_tensor(key, n, v) for n, v in zip(names, out))
+    for xn, x, yn, y in (("train_x", train_x, "train_y", train_y), ("test_x", test_x, "test_y", test_y)):
+        if x.dim() < 2 or len(x) == 0:
+            raise ConfigError(f"{key}: {xn} has shape {tuple(x.shape)}; expected (N, *input_shape) with N >= 1")
+        if y.dim() != 1 or len(y) != len(x):
+            raise ConfigError(f"{key}: {yn} has shape {tuple(y.shape)}; expected ({len(x)},), one label per row of {xn}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+            raise ConfigError(f"{key}: {yn} holds {y.dtype} values; labels must be integers 0..C-1")
+        if int(y.min()) < 0:
+            raise ConfigError(f"{key}: {yn} holds a negative label ({int(y.min())}); labels must be 0..C-1")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ConfigError(f"{key}: train_x rows have shape {tuple(train_x.shape[1:])} but test_x rows "
+                          f"{tuple(test_x.shape[1:])}")
+
+    def inputs(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype.is_floating_point or x.dtype == torch.bool:
+            return x.to(torch.float32).contiguous()
+        if x.is_complex():
+            raise ConfigError(f"{key}: inputs are complex; expected real numbers or integer token ids")
+        return x.to(torch.int64).contiguous()
+    num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
+    return Dataset(name=name, train_x=inputs(train_x), train_y=train_y.long().contiguous(),
+                   test_x=inputs(test_x), test_y=test_y.long().contiguous(), num_classes=num_classes,
+                   input_shape=tuple(train_x.shape[1:]))
 
 
 def _check_opts(name: str, opts: dict, allowed: tuple) -> dict:
@@ -211,7 +242,7 @@ def _load_mnist1d(root, seed, **opts) -> Dataset:
             arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
     else:
         arrays = _generate_mnist1d(args)
-        _save_npz_atomic(path, arrays)
+        save_npz_atomic(path, arrays)
     train_x = torch.from_numpy(arrays["x"]).float().unsqueeze(1)
     test_x = torch.from_numpy(arrays["x_test"]).float().unsqueeze(1)
     train_x, test_x = _standardise(train_x, test_x)
@@ -244,19 +275,6 @@ def _generate_mnist1d(args: dict) -> dict:
         "x_test": np.asarray(d["x_test"], dtype=np.float32),
         "y_test": np.asarray(d["y_test"], dtype=np.int64),
     }
-
-
-def _save_npz_atomic(path: str, arrays: dict) -> None:
-    # Several actors may generate the same file at once: each writes its own temporary
-    # file and renames it into place. A read-only root only costs us the cache.
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def _load_digits(root, seed) -> Dataset:
@@ -465,60 +483,5 @@ _FILE_LOADERS = {
 }
 
 
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment_batch(
-    x: torch.Tensor,
-    generator: torch.Generator,
-    kind: str = "crop_flip",
-    fill: float | tuple = 0.0,
-    padding: int = 4,
-) -> torch.Tensor:
-    """Per-sample random crop (pad `padding` with `fill`, crop back, as torchvision's
-    RandomCrop(size, padding)) and/or horizontal flip with p=1/2, for a (B, C, H, W) batch.
-    Crop offsets are drawn before flips, so a seeded generator gives the same batch."""
-    if kind is None:
-        return x
-    if x.dim() != 4:
-        _check_kind(kind)
-        raise ConfigError(f"augmentation {kind!r} needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
-    return apply_augment(x, draw_augment(x.shape[0], generator, kind, padding), kind, fill, padding)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in AUGMENTATIONS:
-        raise ConfigError(f"unknown augmentation {kind!r}; choose one of: {', '.join(AUGMENTATIONS)}")
-
-
-def draw_augment(b: int, generator: torch.Generator, kind: str, padding: int = 4) -> dict:
-    """The random numbers of `augment_batch` for b samples, in its order (offsets, then flips).
-    A block draws each client's from that client's generator and applies them all at once."""
-    _check_kind(kind)
-    gdev = generator.device
-    out = {}
-    if "crop" in kind:
-        out["offsets"] = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=gdev)
-    if "flip" in kind:
-        out["flip"] = torch.rand(b, generator=generator, device=gdev) < 0.5
-    return out
-
-
-def apply_augment(x: torch.Tensor, params: dict, kind: str, fill: float | tuple = 0.0, padding: int = 4) -> torch.Tensor:
-    """Crop and/or flip a (B, C, H, W) batch with drawn `params` (concatenated over samples)."""
-    b, c, h, w = x.shape
-    out = x
-    if "crop" in kind:
-        offsets = params["offsets"].to(x.device)
-        fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
-        padded = fill_t.expand(b, c, h + 2 * padding, w + 2 * padding).clone()
-        padded[:, :, padding:padding + h, padding:padding + w] = x
-        rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        bi = torch.arange(b, device=x.device)[:, None, None, None]
-        ci = torch.arange(c, device=x.device)[None, :, None, None]
-        out = padded[bi, ci, rows, cols]
-    if "flip" in kind:
-        flip = params["flip"].to(x.device)
-        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
-    return out
+for _name in DATASETS:
+    plugins.register("data", _name, _builtin_loader(_name))

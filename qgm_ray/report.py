@@ -54,7 +54,7 @@ def trial_row(sweep_dir: Path, base: dict, trial_rel: Path, params: dict, metric
     """One results.csv row: the trial's config values and outcome. The run's summary.json is the
     source when the run finished; otherwise Tune's last report and `fallback_status`
     (stopped: by the scheduler; failed; interrupted: cut short by a stop signal)."""
-    from qgm_ray.tune import trial_dict
+    from qgm_ray.config import trial_dict
 
     d = trial_dict(base, params)
     summary = _read_json(Path(sweep_dir) / trial_rel / "summary.json")

@@ -70,6 +70,8 @@ def replay_fingerprint(cfg: Config) -> str:
         # runs written before they existed resumable.
         for key in ("slowmo_tau", "slowmo_beta", "slowmo_alpha"):
             d["algorithm"].pop(key)
+    if not d["algorithm"].get("options"):
+        d["algorithm"].pop("options", None)   # as for SlowMo: runs from before the key stay resumable
     text = repr([(k, d[k]) for k in REPLAY_KEYS])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -101,8 +103,9 @@ def prepare(cfg: Config, log=print):
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
     validate_against_data(cfg, [len(p) for p in parts])
-    try:  # model options only the data's shape can check (one model, only when options are set)
-        if cfg.model.options:
+    try:  # model options only the data's shape can check (one model, only when options are set
+        # or the model is a plug-in, whose output must be an nn.Module before any actor starts)
+        if cfg.model.options or ":" in cfg.model.name:
             build.build_model(cfg, ds)
     except ConfigError:
         raise

@@ -23,6 +23,7 @@ import os
 import numpy as np
 import torch
 
+from qgm_ray.dataset import Dataset, save_npz_atomic
 from qgm_ray.errors import ConfigError
 
 NLP_REQUIREMENTS = "requirements-nlp.txt"
@@ -132,7 +133,6 @@ def load_agnews(root: str = "data", download: bool = False, tokenizer: str = DEF
                 max_length: int = 128, max_train_samples: int = 0, max_test_samples: int = 0):
     """AG News as token ids. `max_length` 128 is the official code's max_seq_len;
     `max_*_samples` > 0 keep the first samples of a split (quick runs)."""
-    from qgm_ray.data import Dataset, _save_npz_atomic
 
     max_length = _positive_int_option("max_length", max_length, 2)
     max_train_samples = _positive_int_option("max_train_samples", max_train_samples, 0)
@@ -165,7 +165,7 @@ def load_agnews(root: str = "data", download: bool = False, tokenizer: str = DEF
             "x_test": _encode(tok, texts["test"], max_length),
             "y_test": np.asarray(test["label"], dtype=np.int64),
         }
-        _save_npz_atomic(cache, arrays)
+        save_npz_atomic(cache, arrays)
     label_feature = train.features["label"]
     num_classes = getattr(label_feature, "num_classes", None) or int(max(arrays["y"].max(), arrays["y_test"].max())) + 1
     return Dataset(

@@ -7,6 +7,12 @@ gossip on them with push-sum (engine/push_sum.py). Static graphs compute W once;
 time-varying graphs rebuild it from (seed, t), so any process asking for round t gets the
 same matrix without sharing state.
 
+Every name is a builder `(n, t, seed, options) -> W` registered in `qgm_ray.plugins`; a
+`"package.module:function"` reference is a user's graph, `function(n, **options)` returning a
+networkx Graph (Metropolis-Hastings weights, as `social`), a DiGraph (column stochastic,
+push-sum, as directed `graph`) or an n x n W (checked doubly stochastic, or column stochastic
+with `directed: true`); it is static (built once per n).
+
 Weights follow the official QGM code (github.com/epfml/quasi-global-momentum,
 pcode/utils/topology.py) unless a comment says why they differ.
 """
@@ -22,7 +28,7 @@ from typing import Optional
 import networkx as nx
 import numpy as np
 
-from qgm_ray import directed
+from qgm_ray import directed, plugins
 from qgm_ray.errors import ConfigError
 
 TOPOLOGIES = (
@@ -317,10 +323,101 @@ def _user_graph(n: int, seed: int, edge_list=None, generator=None, generator_kwa
     return G
 
 
-def is_directed(name: str, options: dict) -> bool:
+def is_directed(name: str, options: dict, n: int | None = None, seed: int = 0) -> bool:
     """Whether topology `name` with these options is column- rather than doubly stochastic
-    (engines then gossip with push-sum). Builds nothing."""
+    (engines then gossip with push-sum). Builds nothing for a built-in; a plug-in's graph (on
+    n clients) says it by its kind (DiGraph, or a W with `directed: true`)."""
+    if plugins.is_reference(name):
+        if n is None:
+            raise ValueError("is_directed: a plug-in graph needs n")
+        return plugin_graph(name, int(n), int(seed), options)[1]
     return name in DIRECTED or (name == "graph" and bool(options.get("directed")))
+
+
+# ---------------------------------------------------------------------------------------------
+# plug-in graphs: `package.module:function`
+# ---------------------------------------------------------------------------------------------
+
+# Options qgm-ray reads itself; every other option goes to the user's function.
+PLUGIN_OWN_OPTIONS = ("directed", "lazy")
+_PLUGIN_CACHE: OrderedDict = OrderedDict()
+
+
+def _options_key(options: dict) -> str:
+    return repr(sorted((k, repr(v)) for k, v in options.items()))
+
+
+def plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray, bool]:
+    """(W, directed) of the plug-in graph `name` on n clients, checked: one line naming
+    topology.name for a wrong kind of object, a wrong size, a disconnected graph or a W that
+    is not stochastic. Cached per (name, n, seed, options) in this process."""
+    key = (name, n, seed, _options_key(options))
+    if key in _PLUGIN_CACHE:
+        _PLUGIN_CACHE.move_to_end(key)
+        return _PLUGIN_CACHE[key]
+    result = _build_plugin_graph(name, n, seed, options)
+    _PLUGIN_CACHE[key] = result
+    if len(_PLUGIN_CACHE) > _TV_CACHE_ROUNDS:
+        _PLUGIN_CACHE.popitem(last=False)
+    return result
+
+
+def _build_plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray, bool]:
+    fn = plugins.resolve("topology", name)
+    where = f"topology.name={name!r}"
+    if not callable(fn):
+        raise ConfigError(f"{where} is a {type(fn).__name__}, not a function n -> graph")
+    own = {k: v for k, v in options.items() if k not in PLUGIN_OWN_OPTIONS}
+    plugins.check_options("topology", name, fn, 1, own, reserved=PLUGIN_OWN_OPTIONS)
+    names, _ = plugins.signature_options(fn, 1)
+    if "seed" in names:   # a random graph follows the run's seed (topology.options.seed is refused)
+        own["seed"] = seed
+    want_directed = bool(options.get("directed"))
+    try:
+        out = fn(n, **own)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: its error is this key's problem
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"{where} with n={n}: {type(e).__name__}: {first}") from None
+    if isinstance(out, nx.Graph):
+        directed_graph = out.is_directed() or want_directed
+        G = _simple_directed(out) if directed_graph else _simple(out)
+        if G.number_of_nodes() != n:
+            raise ConfigError(f"{where} returned a graph with {G.number_of_nodes()} nodes for "
+                              f"topology.n_clients={n}")
+        if directed_graph:
+            if n > 1 and not nx.is_strongly_connected(G):
+                raise ConfigError(f"{where} returned a directed graph on {n} nodes that is not strongly "
+                                  "connected: push-sum gossip needs a path from every client to every other")
+            return directed.directed_weights(G), True
+        if n > 1 and not nx.is_connected(G):
+            raise ConfigError(f"{where} returned a disconnected graph on {n} nodes "
+                              f"({nx.number_connected_components(G)} components): gossip needs a connected graph")
+        return mixing_matrix_from_graph(G), False
+    if not isinstance(out, np.ndarray):
+        raise ConfigError(f"{where} returned a {type(out).__name__}; expected a networkx Graph or DiGraph, "
+                          f"or an n x n numpy array W")
+    W = np.asarray(out, dtype=np.float64)
+    if W.shape != (n, n) or not np.all(np.isfinite(W)) or (W < 0).any():
+        raise ConfigError(f"{where} returned an array of shape {W.shape}; expected an {n} x {n} W of finite "
+                          f"non-negative weights (topology.n_clients={n})")
+    tol = 1e-9 * max(1, n)
+    cols = np.abs(W.sum(axis=0) - 1).max()
+    rows = np.abs(W.sum(axis=1) - 1).max()
+    if want_directed:
+        if cols > tol:
+            raise ConfigError(f"{where} returned a W whose columns do not sum to 1 (off by {cols:.3g}); "
+                              f"with topology.options.directed=true W must be column stochastic")
+    elif cols > tol or rows > tol:
+        raise ConfigError(f"{where} returned a W that is not doubly stochastic (rows off by {rows:.3g}, "
+                          f"columns by {cols:.3g}); set topology.options.directed=true for a column-stochastic "
+                          f"W (gossiped with push-sum)")
+    links = (W > 0).astype(float)
+    if n > 1 and not directed.strongly_connected(links):
+        raise ConfigError(f"{where} returned a W whose graph is not {'strongly ' if want_directed else ''}connected: "
+                          "gossip needs a path from every client to every other")
+    return W, want_directed
 
 
 def _graph_kwargs(kw: dict) -> dict:
@@ -390,7 +487,6 @@ def _check_kwargs(kw: dict, name: Optional[str] = None) -> dict:
     d = kw.get("degree")
     if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
         raise ConfigError(f"topology.options.degree={d!r} must be an integer >= 1 (random_peer: most out-links per round)")
-    # options meant for another topology are ignored, so one config section serves all names
     return {k: v for k, v in kw.items() if v is not None}
 
 
@@ -400,10 +496,17 @@ def validate_topology(name: str, n: int, seed: int = 0, **kw) -> None:
     For name='graph' the user graph is read/generated (cheap; a random generator with this
     seed) so that a wrong size or a disconnected graph is caught here.
     """
-    if name not in TOPOLOGIES:
-        raise ConfigError(f"topology.name={name!r} is unknown; valid names: {', '.join(TOPOLOGIES)}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"topology.n_clients={n!r} must be an integer >= 1")
+    if plugins.is_reference(name):
+        for flag in PLUGIN_OWN_OPTIONS:
+            if kw.get(flag) is not None and not isinstance(kw[flag], bool):
+                raise ConfigError(f"topology.options.{flag}={kw[flag]!r} must be true or false")
+        plugin_graph(name, int(n), int(seed), kw)
+        return
+    if name not in TOPOLOGIES:
+        raise ConfigError(f"topology.name={name!r} is unknown; valid names: {', '.join(TOPOLOGIES)}, "
+                          f"or a reference 'package.module:function' to your own graph")
     kw = _check_kwargs(kw, name)
     if name == "social":
         g = kw.get("graph", DEFAULT_SOCIAL_GRAPH)
@@ -442,47 +545,20 @@ class Topology:
         self.name = name
         self.n = int(n)
         self.seed = int(seed)
-        self.options = _check_kwargs(kw)
+        self.plugin = plugins.is_reference(name)
+        self.options = {k: v for k, v in kw.items() if v is not None} if self.plugin else _check_kwargs(kw)
         self.time_varying = name in TIME_VARYING
         # Column-stochastic W: the engines gossip with push-sum weights (engine/push_sum.py).
-        self.directed = is_directed(name, self.options)
+        self.directed = is_directed(name, self.options, self.n, self.seed)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._gap_cache: dict[int, float] = {}
-        if name in ("social", "graph", "random_peer"):
+        if name in ("social", "graph", "random_peer") or self.plugin:
             self.matrix(0)  # build now: errors surface at construction, and the graph is not kept
 
     def _build(self, t: int) -> np.ndarray:
-        n, name, kw = self.n, self.name, self.options
-        if name == "complete":
-            return _complete(n)
-        if name == "ring":
-            return _ring(n)
-        if name == "torus":
-            return _torus(n)
-        if name == "ring_ext":
-            return _ring_ext(n)
-        if name == "expander":
-            return _expander(n)
-        if name == "social":
-            return mixing_matrix_from_graph(_social_graph(kw.get("graph", DEFAULT_SOCIAL_GRAPH)))
-        if name == "graph":
-            G = _user_graph(n, self.seed, **_graph_kwargs(kw))
-            return directed.directed_weights(G) if self.directed else mixing_matrix_from_graph(G)
-        if name == "margulis":
-            return directed.margulis(n)
-        if name == "bipartite_one_peer":
-            return directed.bipartite_one_peer(n, t)
-        if name == "one_peer_exponential":
-            return directed.one_peer_exponential(n, t)
-        if name == "two_peer_exponential":
-            return directed.two_peer_exponential(n, t)
-        if name == "random_peer":
-            return directed.random_peer(n, t, self.seed, int(kw.get("degree", RANDOM_PEER_DEGREE)))
-        if name == "time_varying_exponential":
-            return _time_varying_exponential(n, t)
-        if name == "time_varying_random_ring":
-            return _time_varying_random_ring(n, t, self.seed)
-        return _time_varying_random_pair(n, t, self.seed)
+        if self.plugin:
+            return plugin_graph(self.name, self.n, self.seed, self.options)[0]
+        return plugins.resolve("topology", self.name)(self.n, t, self.seed, self.options)
 
     def _key(self, t: int) -> int:
         return int(t) if self.time_varying else 0
@@ -536,6 +612,9 @@ class Topology:
             extra = f", graph={kw.get('graph', DEFAULT_SOCIAL_GRAPH)}"
         elif self.name == "graph":
             extra = f", edge_list={kw['edge_list']}" if "edge_list" in kw else f", generator={kw['generator']}"
+        elif self.plugin:
+            own = {k: v for k, v in kw.items() if k not in PLUGIN_OWN_OPTIONS}
+            extra = "".join(f", {k}={v}" for k, v in own.items())
         elif self.name == "time_varying_exponential":
             extra = f", period={_exponential_period(self.n)}"
         elif self.name == "random_peer":
@@ -552,6 +631,37 @@ class Topology:
 
     def __repr__(self) -> str:
         return f"Topology({self.name!r}, n={self.n}, seed={self.seed})"
+
+
+# ---------------------------------------------------------------------------------------------
+# the built-in names: builders (n, t, seed, options) -> W, registered like a user's graph
+# ---------------------------------------------------------------------------------------------
+
+def _user_named_graph(n: int, t: int, seed: int, kw: dict) -> np.ndarray:
+    G = _user_graph(n, seed, **_graph_kwargs(kw))
+    return directed.directed_weights(G) if is_directed("graph", kw) else mixing_matrix_from_graph(G)
+
+
+_BUILTINS = {
+    "complete": lambda n, t, seed, kw: _complete(n),
+    "ring": lambda n, t, seed, kw: _ring(n),
+    "torus": lambda n, t, seed, kw: _torus(n),
+    "ring_ext": lambda n, t, seed, kw: _ring_ext(n),
+    "expander": lambda n, t, seed, kw: _expander(n),
+    "social": lambda n, t, seed, kw: mixing_matrix_from_graph(_social_graph(kw.get("graph", DEFAULT_SOCIAL_GRAPH))),
+    "time_varying_exponential": lambda n, t, seed, kw: _time_varying_exponential(n, t),
+    "time_varying_random_ring": lambda n, t, seed, kw: _time_varying_random_ring(n, t, seed),
+    "time_varying_random_pair": lambda n, t, seed, kw: _time_varying_random_pair(n, t, seed),
+    "margulis": lambda n, t, seed, kw: directed.margulis(n),
+    "bipartite_one_peer": lambda n, t, seed, kw: directed.bipartite_one_peer(n, t),
+    "one_peer_exponential": lambda n, t, seed, kw: directed.one_peer_exponential(n, t),
+    "two_peer_exponential": lambda n, t, seed, kw: directed.two_peer_exponential(n, t),
+    "random_peer": lambda n, t, seed, kw: directed.random_peer(n, t, seed, int(kw.get("degree", RANDOM_PEER_DEGREE))),
+    "graph": _user_named_graph,
+}
+assert tuple(_BUILTINS) == TOPOLOGIES
+for _name, _builder in _BUILTINS.items():
+    plugins.register("topology", _name, _builder)
 
 
 def make_topology(name: str, n: int, seed: int = 0, **kw) -> Topology:

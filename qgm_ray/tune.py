@@ -23,7 +23,6 @@ starve each other of the resources their actors need.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from qgm_ray.config import Config, apply_overrides, config_dict, dump_yaml, from_dict
+from qgm_ray.config import Config, config_dict, dump_yaml, from_dict, trial_dict
 from qgm_ray.errors import ConfigError
 
 EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
@@ -80,12 +79,6 @@ def grid_points(tc) -> list[dict]:
 
 def count_trials(tc) -> int:
     return math.prod(len(v) for v in tc.grid.values()) * tc.num_samples
-
-
-def trial_dict(base: dict, params: dict) -> dict:
-    d = apply_overrides(copy.deepcopy(base), params or {})  # a grid over data.name drops the file's options
-    d["tune"] = Config().to_dict()["tune"]  # a trial is a plain run
-    return d
 
 
 def trial_config(base: dict, params: dict) -> Config:
@@ -300,9 +293,11 @@ def _init_ray(cfg: Config, log: Callable[[str], None]) -> bool:
     """Connect to ray.address / $RAY_ADDRESS, else start a local Ray. True if we started one.
     Through ray_setup.connect, as a run does: loopback only, our signal handlers kept during
     Ray's start, the reaper for its processes, Ray's console lines in its logs, our own line
-    for the dashboard (no coloured INFO line of Ray's)."""
+    for the dashboard (no coloured INFO line of Ray's). Plug-in code goes to every process of
+    the sweep, trials included, on every node, as the job's runtime_env."""
     from qgm_ray.engine.ray_setup import connect
-    return connect(cfg, log)
+    from qgm_ray.plugins import job_runtime_env
+    return connect(cfg, log, runtime_env=job_runtime_env(cfg))
 
 
 def _autoscales() -> bool:
@@ -331,7 +326,9 @@ def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
     for key, spec in tc.search.items():
         (kind, arg), = spec.items()
         probes += [{key: v} for v in (arg if kind == "choice" else arg[:2])]
-    offline = base["data"]["name"] in getattr(qdata, "_OFFLINE", {})
+    # Offline data and plug-ins (whose model output is checked with the data) are prepared now.
+    offline = base["data"]["name"] in getattr(qdata, "_OFFLINE", {}) or ":" in base["data"]["name"] \
+        or ":" in base["model"]["name"]
     seen = set()
     for point in grid_points(tc):
         for probe in probes:
@@ -342,7 +339,8 @@ def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
                 raise ConfigError(f"trial {describe_params(params)}: {e}") from None
             if offline:
                 d = cfg.to_dict()
-                key = repr((d["seed"], d["data"], d["topology"], d["elastic"]))
+                key = repr((d["seed"], d["data"], d["topology"], d["elastic"],
+                            d["model"] if ":" in d["model"]["name"] else None))   # a plug-in model: each one built
                 if key not in seen:
                     seen.add(key)
                     try:

@@ -211,7 +211,42 @@ def joining(out: Path) -> dict:
         stop(cluster)
 
 
-SCENARIOS = {"node_loss": node_loss, "placement": placement, "joining": joining}
+def plugins(out: Path) -> dict:
+    """examples/byo.yaml's rule, model, dataset and graph, copied into a package that only this
+    driver has on its sys.path (not the working directory, not PYTHONPATH): the workers of
+    every node get it only if the run ships it. A local reference, then a Ray run over three
+    one-CPU nodes whose node holding ClientActor 1 is killed mid-run."""
+    import shutil
+
+    from qgm_ray import runner
+    from qgm_ray.config import load_config
+    from qgm_ray.plugins import ship_paths
+    root = Path(__file__).resolve().parent.parent
+    pkg = out / "elsewhere" / "byo_bed"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name in ("clip_rule.py", "tiny_net.py", "blobs.py", "graphs.py"):
+        shutil.copy(root / "examples" / name, pkg / name)
+    (pkg / "__init__.py").write_text("")
+    sys.path.insert(0, str(out / "elsewhere"))
+    overrides = ["algorithm.name=byo_bed.clip_rule:ClippedSGD", "model.name=byo_bed.tiny_net:tiny_mlp",
+                 "data.name=byo_bed.blobs:blobs", "topology.name=byo_bed.graphs:ring_with_chords",
+                 "progress=false", "ray.clients_per_actor=3", "ray.cpus_per_client=0.125",
+                 "fault_tolerance.checkpoint_every=4", "fault_tolerance.keep=4"]
+
+    def byo(*extra):
+        return load_config(root / "examples" / "byo.yaml", overrides + list(extra))
+    shipped = ship_paths(byo())
+    local = runner.run(byo("backend=local"), out / "local", log=lambda m: None)
+    cluster = start_cluster(3)
+    try:
+        killed = run_killing(cluster, out, "killed", byo("backend=ray"))
+        return {"shipped": shipped, "head": cluster.head_node.node_id, "local": {"summary": local, "rows": rows(out / "local")},
+                "killed": killed}
+    finally:
+        stop(cluster)
+
+
+SCENARIOS = {"node_loss": node_loss, "placement": placement, "joining": joining, "plugins": plugins}
 
 if __name__ == "__main__":
     name, out = sys.argv[1], Path(sys.argv[2])

@@ -7,22 +7,29 @@
 
 The math lives in module-level functions (`sgd`, `d2`, `tracking`, `adam`); the classes
 only bind hyper-parameters and state keys to them.
+
+A rule declares its knobs in the class attribute `defaults` (merged over its bases); the
+built-ins do it the same way as a user's rule referenced by `"package.module:Class"`.
 """
 
-from qgm_ray.algorithms.base import DEFAULTS, Algorithm, State
+from qgm_ray.algorithms.base import SHARED, Algorithm, State
 from qgm_ray.algorithms.registry import (
     ALGORITHMS,
     accepted_hparams,
+    algorithm_class,
     make_algorithm,
     make_algorithm_from_config,
+    own_options,
 )
 
 __all__ = [
     "ALGORITHMS",
-    "DEFAULTS",
+    "SHARED",
     "Algorithm",
     "State",
     "accepted_hparams",
+    "algorithm_class",
     "make_algorithm",
     "make_algorithm_from_config",
+    "own_options",
 ]

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, with_weight_decay
+from qgm_ray.algorithms.base import (Algorithm, State, finish_round, new_step_counter, pair_in_unit_interval, positive,
+                                     with_weight_decay)
 
 # The official default of `slow_buffer_conf normalization_eps`; not Adam's eps. A
 # hyper-parameter (`normalization_eps`) of qg_adam and qg_adam_v2.
@@ -82,13 +83,14 @@ def qg_adam_post_mix(
 
 
 class _AdamBase(Algorithm):
-    uses = ("betas", "eps", "weight_decay")
+    defaults = {"betas": (0.9, 0.999), "eps": 1e-8}
+    checks = {"betas": pair_in_unit_interval, "eps": positive}
     push_sum = True
 
-    def __init__(self, name: str, hparams: dict[str, Any]):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None):
         super().__init__(name, hparams)
-        self.betas: tuple[float, float] = hparams["betas"]
-        self.eps: float = hparams["eps"]
+        self.betas: tuple[float, float] = self.hparams["betas"]
+        self.eps: float = self.hparams["eps"]
 
     def init(self, params: Tensor) -> State:
         return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": new_step_counter(params)}
@@ -107,11 +109,12 @@ class DAdam(_AdamBase):
 
 
 class QGAdam(_AdamBase):
-    uses = ("betas", "eps", "weight_decay", "normalization_eps")
+    defaults = {"normalization_eps": NORMALIZATION_EPS}
+    checks = {"normalization_eps": positive}
 
-    def __init__(self, name: str, hparams: dict[str, Any]):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None):
         super().__init__(name, hparams)
-        self.normalization_eps: float = hparams["normalization_eps"]
+        self.normalization_eps: float = self.hparams["normalization_eps"]
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return qg_adam_pre_mix(

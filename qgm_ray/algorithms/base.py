@@ -8,7 +8,7 @@ checkpoint it with `torch.save` and an engine can keep many clients' states side
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -17,28 +17,31 @@ from qgm_ray.errors import ConfigError
 
 State = dict[str, Tensor]
 
-# Defaults from DESIGN.md ("Algorithm contract"). An algorithm accepts only the keys it reads.
-DEFAULTS: dict[str, Any] = {
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "qgm_beta": 0.9,
-    "betas": (0.9, 0.999),
-    "eps": 1e-8,
-    "nesterov": False,
-    "normalization_eps": 1e-8,  # QG-Adam: eps of the progress normalisation (not Adam's eps)
-    "qgm_local_step": 1,        # qg_dsgdm_ls: rounds between quasi-global buffer refreshes
-}
+# The knobs every rule may read from the top-level `algorithm.<key>` config keys (one config
+# serves every rule, and a Tune grid over `algorithm.name` compares them at equal settings).
+# A rule's other knobs are its own: declared in `defaults`, set with `algorithm.options`.
+SHARED = ("momentum", "weight_decay", "qgm_beta", "betas", "eps", "nesterov", "normalization_eps",
+          "qgm_local_step")
+# Config keys of `algorithm` that are not knobs of a rule: `lr` is passed to every call.
+RESERVED = ("name", "lr", "options", "slowmo_tau", "slowmo_beta", "slowmo_alpha")
 
 
 class Algorithm:
     """One decentralized update rule, split around the gossip step.
 
-    Subclasses set `uses` (the hyper-parameters they read) and implement `init`, `pre_mix`
-    and `post_mix`. `post_mix` receives the same `params` tensor that `pre_mix` received
-    in that round, and the same `lr`.
+    Subclasses implement `pre_mix` and `post_mix` (and `init` when they keep buffers) on a
+    block's (k, P) rows or one client's (P,) vector alike; `post_mix` receives the same
+    `params` tensor that `pre_mix` received in that round, and the same `lr`.
+
+    Knobs: `defaults` maps each hyper-parameter the rule reads to its default, whose type is
+    the knob's type (a float knob takes ints, a tuple knob a list of that length). The dicts
+    of a class and its bases are merged, so a subclass only declares what it adds. `checks`
+    maps a knob to `f(key, value) -> value` for range checks beyond the type (raise
+    ConfigError). The resolved values are `self.hparams`.
     """
 
-    uses: tuple[str, ...] = ("weight_decay",)
+    defaults: dict[str, Any] = {"weight_decay": 1e-4}
+    checks: dict[str, Callable[[str, Any], Any]] = {}
     # True: the engine must mix with W = 1/n everywhere (an all-reduce), whatever the topology.
     centralized: bool = False
     # True: the payload is the parameters after a local step, so on a directed graph the engine
@@ -47,12 +50,17 @@ class Algorithm:
     # stochastic W and are refused on directed graphs.
     push_sum: bool = False
 
-    def __init__(self, name: str, hparams: dict[str, Any]):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None):
         self.name = name
-        # Only the user-settable, resolved values: `make_algorithm(a.name, **a.hparams)`
-        # rebuilds an equal algorithm.
-        self.hparams = dict(hparams)
-        self.weight_decay: float = hparams["weight_decay"]
+        # The resolved, validated values: `make_algorithm(a.name, **a.hparams)` rebuilds an
+        # equal algorithm.
+        self.hparams = resolve_hparams(type(self), name, dict(hparams or {}))
+        self.weight_decay: float = self.hparams.get("weight_decay", 0.0)
+
+    @classmethod
+    def knobs(cls) -> dict[str, Any]:
+        """Every knob of this rule with its default (`defaults` merged over the class's bases)."""
+        return _merged(cls, "defaults")
 
     def init(self, params: Tensor) -> State:
         return {"step": new_step_counter(params)}
@@ -69,6 +77,13 @@ class Algorithm:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
         return f"{type(self).__name__}({self.name!r}, {args})"
+
+
+def _merged(cls, attr: str) -> dict:
+    out: dict = {}
+    for klass in reversed(cls.__mro__):
+        out.update(vars(klass).get(attr, {}) or {})
+    return out
 
 
 def new_step_counter(params: Tensor | None = None) -> Tensor:
@@ -123,84 +138,142 @@ def with_weight_decay(grad: Tensor, params: Tensor, weight_decay: float) -> Tens
 
 
 # ---- hyper-parameter validation --------------------------------------------------------
+# Range checks a rule can name in its `checks` (plug-ins too). Each takes (label, value) and
+# returns the value; the type was checked against the default before.
 
 def _real(key: str, value: Any) -> float:
     # bool is an int subclass; `momentum: true` in YAML is a mistake, not 1.0.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"algorithm hyper-parameter {key!r} must be a number, got {value!r}")
+        raise ConfigError(f"{key} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ConfigError(f"algorithm hyper-parameter {key!r} must be finite, got {value!r}")
+        raise ConfigError(f"{key} must be finite, got {value!r}")
     return value
 
 
-def _unit_interval(key: str, value: Any) -> float:
+def unit_interval(key: str, value: Any) -> float:
     value = _real(key, value)
     if not 0.0 <= value < 1.0:
-        raise ConfigError(f"algorithm hyper-parameter {key!r} must be in [0, 1), got {value!r}")
+        raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
     return value
 
 
-def _non_negative(key: str, value: Any) -> float:
+def non_negative(key: str, value: Any) -> float:
     value = _real(key, value)
     if value < 0.0:
-        raise ConfigError(f"algorithm hyper-parameter {key!r} must be >= 0, got {value!r}")
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
     return value
 
 
-def _positive(key: str, value: Any) -> float:
+def positive(key: str, value: Any) -> float:
     value = _real(key, value)
     if value <= 0.0:
-        raise ConfigError(f"algorithm hyper-parameter {key!r} must be > 0, got {value!r}")
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
     return value
 
 
-def _betas(key: str, value: Any) -> tuple[float, float]:
-    # YAML gives a list; a tuple keeps hparams hashable-looking and matches torch.optim.Adam.
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ConfigError(
-            f"algorithm hyper-parameter {key!r} must be a pair [beta1, beta2], got {value!r}"
-        )
-    return (_unit_interval(f"{key}[0]", value[0]), _unit_interval(f"{key}[1]", value[1]))
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"algorithm hyper-parameter {key!r} must be true or false, got {value!r}")
-    return value
-
-
-def _positive_int(key: str, value: Any) -> int:
+def positive_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"algorithm hyper-parameter {key!r} must be an integer >= 1, got {value!r}")
+        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
     return value
 
 
-VALIDATORS = {
-    "momentum": _unit_interval,
-    "weight_decay": _non_negative,
-    "qgm_beta": _unit_interval,
-    "betas": _betas,
-    "eps": _positive,
-    "nesterov": _boolean,
-    "normalization_eps": _positive,
-    "qgm_local_step": _positive_int,
-}
-assert VALIDATORS.keys() == DEFAULTS.keys()
+def pair_in_unit_interval(key: str, value: Any) -> tuple:
+    return tuple(unit_interval(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
-def resolve_hparams(name: str, uses: tuple[str, ...], given: dict[str, Any]) -> dict[str, Any]:
-    """Defaults for the keys in `uses`, overridden by `given`, validated.
+Algorithm.checks = {"weight_decay": non_negative}
 
-    A key outside `uses` is a ConfigError: passing `nesterov` to `dsgd` or `qgm_beta` to
-    `dsgdm_n` would otherwise be silently ignored and the run would not be what was asked.
-    """
-    unknown = sorted(set(given) - set(uses))
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (tuple, list)):
+        return f"a list of {len(default)} values"
+    if isinstance(default, dict):
+        return "a mapping"
+    return type(default).__name__
+
+
+def check_type(label: str, value: Any, default: Any) -> Any:
+    """`value` as the type of `default` (a float knob takes ints; a tuple knob a list of the
+    same length, element by element), or a one-line ConfigError naming `label`."""
+    def bad() -> ConfigError:
+        return ConfigError(f"{label} must be {_type_name(default)} (the type of its default "
+                           f"{default!r}), got {value!r}")
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{label} must be finite, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if isinstance(default, (tuple, list)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != len(default):
+            raise bad()
+        items = [check_type(f"{label}[{i}]", v, d) for i, (v, d) in enumerate(zip(value, default))]
+        return tuple(items) if isinstance(default, tuple) else items
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if not isinstance(value, type(default)):
+        raise bad()
+    return value
+
+
+def check_knobs(cls) -> dict[str, Any]:
+    """The rule's knobs; a knob named like a config key that is not one (lr, name, ...) is a
+    ConfigError: the rule would never see the value the user set."""
+    knobs = cls.knobs()
+    clash = sorted(set(knobs) & set(RESERVED))
+    if clash:
+        raise ConfigError(f"rule {cls.__qualname__} declares {clash[0]!r} in `defaults`, but algorithm.{clash[0]} "
+                          f"is not a knob of a rule ({'the lr is passed to pre_mix / post_mix' if clash[0] == 'lr' else 'qgm-ray reads it'}); "
+                          f"rename the knob")
+    return knobs
+
+
+def resolve_hparams(cls, name: str, given: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """Defaults of rule class `cls`, overridden by `given`, type- and range-checked.
+
+    A key the rule does not declare is a ConfigError: passing `nesterov` to `dsgd` or
+    `qgm_beta` to `dsgdm_n` would otherwise be silently ignored and the run would not be
+    what was asked. `labels`: how to name a key in a message (default: "algorithm
+    hyper-parameter 'key'")."""
+    knobs = check_knobs(cls)
+    unknown = sorted(set(given) - set(knobs))
     if unknown:
         raise ConfigError(
             f"algorithm {name!r} does not accept hyper-parameter(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: {', '.join(uses)}"
+            f"accepted: {', '.join(knobs) or 'none'}"
         )
-    resolved = {key: DEFAULTS[key] for key in uses}
-    resolved.update(given)
-    return {key: VALIDATORS[key](key, value) for key, value in resolved.items()}
+    labels = labels or {}
+    checks = _merged(cls, "checks")
+    resolved = {}
+    for key, default in knobs.items():
+        label = labels.get(key, f"algorithm hyper-parameter {key!r}")
+        value = check_type(label, given[key], default) if key in given else default
+        if key in checks:
+            value = checks[key](label, value)
+        resolved[key] = value
+    return resolved

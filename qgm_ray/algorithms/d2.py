@@ -34,7 +34,6 @@ def d2_pre_mix(
 
 
 class D2(Algorithm):
-    uses = ("weight_decay",)
 
     def init(self, params: Tensor) -> State:
         return {

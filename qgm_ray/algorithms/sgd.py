@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, with_weight_decay
+from qgm_ray.algorithms.base import (Algorithm, State, finish_round, new_step_counter, unit_interval,
+                                     with_weight_decay)
 
 
 # ---- functional core ------------------------------------------------------------------
@@ -71,7 +72,6 @@ def centralized_sgdm_post_mix(
 # ---- thin stateful wrappers -------------------------------------------------------------
 
 class DSGD(Algorithm):
-    uses = ("weight_decay",)
     push_sum = True
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
@@ -84,12 +84,13 @@ class DSGD(Algorithm):
 
 
 class DSGDm(Algorithm):
-    uses = ("momentum", "weight_decay")
+    defaults = {"momentum": 0.9}
+    checks = {"momentum": unit_interval}
     push_sum = True
 
-    def __init__(self, name: str, hparams: dict[str, Any], nesterov: bool):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None, nesterov: bool = False):
         super().__init__(name, hparams)
-        self.momentum: float = hparams["momentum"]
+        self.momentum: float = self.hparams["momentum"]
         self.nesterov = nesterov
 
     def init(self, params: Tensor) -> State:
@@ -106,11 +107,12 @@ class DSGDm(Algorithm):
 
 
 class QGDSGDm(DSGDm):
-    uses = ("momentum", "weight_decay", "qgm_beta")
+    defaults = {"qgm_beta": 0.9}
+    checks = {"qgm_beta": unit_interval}
 
-    def __init__(self, name: str, hparams: dict[str, Any], nesterov: bool):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None, nesterov: bool = False):
         super().__init__(name, hparams, nesterov)
-        self.qgm_beta: float = hparams["qgm_beta"]
+        self.qgm_beta: float = self.hparams["qgm_beta"]
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return qg_dsgdm_pre_mix(

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, first_round, new_step_counter, rows_where, with_weight_decay
+from qgm_ray.algorithms.base import (Algorithm, State, finish_round, first_round, new_step_counter, rows_where,
+                                     unit_interval, with_weight_decay)
 from qgm_ray.algorithms.sgd import momentum_direction
 
 
@@ -39,12 +40,13 @@ def tracking_post_mix(
 
 
 class GradientTracking(Algorithm):
-    uses = ("momentum", "weight_decay", "nesterov")
+    defaults = {"momentum": 0.9, "nesterov": False}
+    checks = {"momentum": unit_interval}
 
-    def __init__(self, name: str, hparams: dict[str, Any]):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None):
         super().__init__(name, hparams)
-        self.momentum: float = hparams["momentum"]
-        self.nesterov: bool = hparams["nesterov"]
+        self.momentum: float = self.hparams["momentum"]
+        self.nesterov: bool = self.hparams["nesterov"]
 
     def init(self, params: Tensor) -> State:
         return {

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from qgm_ray.algorithms.adam import _AdamBase, adam_step
-from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, rows_where, with_weight_decay
+from qgm_ray.algorithms.base import (Algorithm, State, finish_round, new_step_counter, positive, positive_int,
+                                     rows_where, with_weight_decay)
 from qgm_ray.algorithms.sgd import QGDSGDm
 
 
@@ -114,7 +115,6 @@ def qg_local_step_update(
 # ---- thin stateful wrappers -------------------------------------------------------------
 
 class D2Official(Algorithm):
-    uses = ("weight_decay",)
 
     def init(self, params: Tensor) -> State:
         return {"prev_params": torch.zeros_like(params), "prev_grad": torch.zeros_like(params),
@@ -136,11 +136,12 @@ class _RowAdam(_AdamBase):
 
 
 class QGAdamV2(_RowAdam):
-    uses = ("betas", "eps", "weight_decay", "normalization_eps")
+    defaults = {"normalization_eps": 1e-8}
+    checks = {"normalization_eps": positive}
 
-    def __init__(self, name: str, hparams: dict[str, Any]):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None):
         super().__init__(name, hparams)
-        self.normalization_eps: float = hparams["normalization_eps"]
+        self.normalization_eps: float = self.hparams["normalization_eps"]
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
         return qg_adam_v2_pre_mix(
@@ -172,11 +173,12 @@ class CentralizedAdam(_RowAdam):
 
 
 class QGDSGDmLocalStep(QGDSGDm):
-    uses = ("momentum", "weight_decay", "qgm_beta", "qgm_local_step")
+    defaults = {"qgm_local_step": 1}
+    checks = {"qgm_local_step": positive_int}
 
-    def __init__(self, name: str, hparams: dict[str, Any], nesterov: bool):
+    def __init__(self, name: str, hparams: dict[str, Any] | None = None, nesterov: bool = False):
         super().__init__(name, hparams, nesterov)
-        self.qgm_local_step: int = hparams["qgm_local_step"]
+        self.qgm_local_step: int = self.hparams["qgm_local_step"]
 
     def init(self, params: Tensor) -> State:
         state = super().init(params)

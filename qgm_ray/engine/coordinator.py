@@ -32,7 +32,7 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostErr
                             RayActorError, WorkerCrashedError)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qgm_ray import build, determinism
+from qgm_ray import build, determinism, plugins
 from qgm_ray.config import Config
 from qgm_ray.engine import placement, slowmo
 from qgm_ray.engine.actors import ClientActor
@@ -77,7 +77,9 @@ class Coordinator:
         self.centralized = self.algorithm.centralized
         self.slowmo = slowmo.slowmo_of(self.algorithm)   # None unless algorithm.slowmo_tau > 0
         self.initial_slots = list(slots)
-        self.runtime_env = {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None
+        # py_modules: the plug-in code this coordinator was started with, for every ClientActor.
+        self.runtime_env = plugins.ray_runtime_env(
+            cfg, {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None)
         self.eval_pids: list[int] = []   # the process that answered each evaluation
 
     def start(self) -> dict:

@@ -36,7 +36,7 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qgm_ray import build
+from qgm_ray import build, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
@@ -91,6 +91,9 @@ class RayEngine:
         # After a failure the coordinator drops refs to calls that failed because a payload
         # was lost; those errors are expected and handled (EngineFailure), not "unhandled".
         env = {"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}}
+        # Plug-in code (`module:attr` names) travels with the coordinator; its ClientActors
+        # inherit it (and the coordinator names it again: coordinator.runtime_env).
+        env = plugins.ray_runtime_env(self.cfg, env)
         # On the driver's node: the one node a run cannot lose anyway. Not soft: with a
         # runtime_env Ray's soft affinity put it on a worker node (test bed), where a lost
         # node took the whole run down with it.

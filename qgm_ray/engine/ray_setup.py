@@ -155,11 +155,13 @@ def loopback_only():
             ray_constants.ENABLE_RAY_CLUSTER = old
 
 
-def connect(cfg: Config, log: Callable[[str], None]) -> bool:
+def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict] = None) -> bool:
     """Join the configured cluster or start a local Ray sized to this machine.
-    Returns True when this call started Ray (and the engine should shut it down)."""
+    Returns True when this call started Ray (and the engine should shut it down).
+    `runtime_env`: the job's (a sweep ships plug-in code to every trial with it)."""
     import ray
 
+    env = {"runtime_env": runtime_env} if runtime_env else {}
     if ray.is_initialized():  # a test session, a Tune trial, a notebook: use what is there
         return False
     address = ray_address(cfg)
@@ -168,7 +170,7 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
         probe_address(address)
         try:
             with keep_signal_handlers():
-                ctx = ray.init(address=address, logging_level="WARNING")
+                ctx = ray.init(address=address, logging_level="WARNING", **env)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"ray.address={address!r}: could not join the Ray cluster: "
                               f"{str(e).splitlines()[0]}") from None
@@ -178,7 +180,7 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
         # address file still names (a dead one there made ray.init fail on num_cpus).
         start_reaper()
         with loopback_only(), keep_signal_handlers(), _quiet_token_notice():
-            ctx = start_local_ray(cfg, log)
+            ctx = start_local_ray(cfg, log, **env)
         tell_reaper_session()
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)
@@ -188,12 +190,14 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
     return not address
 
 
-def start_local_ray(cfg: Config, log: Callable[[str], None]):
+def start_local_ray(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict] = None):
     """A local Ray with the dashboard, or without it where its packages are missing (a minimal
     `pip install ray`, as on some GPU machines): a log line, not a crash."""
     import ray
 
     kwargs = dict(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), logging_level="WARNING")
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     try:
         return ray.init(include_dashboard=True, dashboard_host=cfg.ray.dashboard_host, **kwargs)
     except Exception as e:  # noqa: BLE001 - Ray raises several kinds here; the retry tells

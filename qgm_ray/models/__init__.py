@@ -1,6 +1,11 @@
 """Model registry.
 
     model = make_model("resnet20", input_shape=(3, 32, 32), num_classes=10, seed=0, norm="gn")
+    model = make_model("mypkg.nets:tiny", (1, 40), 10, seed=0, width=8)   # a plug-in
+
+Every name is a builder `(input_shape, num_classes, **options) -> nn.Module` registered in
+`qgm_ray.plugins`; a `"package.module:function"` reference names a user's builder of the same
+signature (a class works too).
 
 The same (name, input_shape, num_classes, seed, kw) always gives bit-identical initial
 weights, without touching the global RNG, so every client of a run can start from the same
@@ -11,6 +16,7 @@ import inspect
 import torch
 import torch.nn as nn
 
+from qgm_ray import plugins
 from qgm_ray.errors import ConfigError
 from qgm_ray.models.densenet import densenet_bc
 from qgm_ray.models.distilbert import distilbert
@@ -40,23 +46,32 @@ MODELS = tuple(_BUILDERS)
 HUB_MODELS = ("distilbert",)
 
 
+for _name, _builder in _BUILDERS.items():
+    plugins.register("model", _name, _builder)
+
+
 def make_model(name: str, input_shape, num_classes: int, seed: int = 0, **kw) -> nn.Module:
-    if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    builder = _BUILDERS[name]
-    allowed = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes")]
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r}; allowed: {', '.join(allowed) or 'none'}"
-        )
-    if "hidden" in kw:
-        kw["hidden"] = tuple(kw["hidden"])
+    builder = plugins.resolve("model", name)
+    if not callable(builder):
+        raise ConfigError(f"model.name={name!r} is a {type(builder).__name__}, not a function or class")
+    if plugins.is_reference(name):
+        plugins.check_options("model", name, builder, 2, kw)
+    else:
+        allowed = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes")]
+        unknown = sorted(set(kw) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)} for model {name!r}; allowed: {', '.join(allowed) or 'none'}"
+            )
+        if "hidden" in kw:
+            kw["hidden"] = tuple(kw["hidden"])
     # Only the CPU generator is used (models are built on CPU); seeding it through
     # default_generator rather than torch.manual_seed leaves the CUDA generators alone.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))
         model = builder(tuple(input_shape), int(num_classes), **kw)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name={name!r} returned a {type(model).__name__}; expected a torch.nn.Module")
     return model
 
 

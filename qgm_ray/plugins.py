@@ -1,0 +1,269 @@
+"""One registry for the four extension points: update rules, models, datasets, graphs.
+
+A config name (`algorithm.name`, `model.name`, `data.name`, `topology.name`) is either a
+registered name or a reference `"package.module:attr"` to user code, imported from the working
+directory or PYTHONPATH. The built-ins register themselves here (algorithms/registry.py,
+models/__init__.py, data.py, topology.py), and `resolve(kind, name)` turns either form into a
+factory. Rules and models register in the user's form; a built-in dataset registers as
+`(seed, root, download, **options) -> Dataset` and a built-in graph as `(n, t, seed, options)
+-> W(t)` (they read files and change per round), and a user's dataset or graph is adapted to
+that form where it is called (data.load_plugin_dataset, topology.plugin_graph).
+
+What a factory must be (README, "Bring your own method"):
+
+    algorithm  a subclass of qgm_ray.Algorithm
+    model      attr(input_shape, num_classes, **model.options) -> torch.nn.Module
+    data       attr(seed, **data.options) -> (train_x, train_y, test_x, test_y)
+    topology   attr(n, **topology.options) -> networkx Graph | DiGraph | n x n numpy W
+
+Nothing here imports torch, Ray or networkx: config parsing stays cheap. A reference that
+cannot be imported or names nothing is a ConfigError naming the key.
+
+User code must also reach every process of a Ray run, on every node: `ship_paths(cfg)` finds
+the top-level package (or single file) of each reference that is not part of an installed
+distribution; `ray_runtime_env(cfg)` (an actor's) and `job_runtime_env(cfg)` (a sweep's
+`ray.init`) turn them into Ray's `py_modules`, which Ray uploads once (content-addressed) and
+unpacks on each node that runs a process of the run.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import sysconfig
+from typing import Any, Callable, Iterable
+
+from qgm_ray.errors import ConfigError
+
+# kind -> the config key that names it
+KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name"}
+# Filled by the modules of each kind when they are imported (algorithms.registry, models,
+# data, topology, which import this module, never the other way round).
+_REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KEYS}
+
+
+def register(kind: str, name: str, factory: Any) -> Any:
+    """Make `name` a valid value of `<kind>.name` in this process. Returns the factory. Names
+    with ':' are references, never registered names. (Other processes of a Ray run know only
+    what their imports register: user code is named by reference, which every process imports.)"""
+    if kind not in KEYS:
+        raise ValueError(f"register: kind must be one of {', '.join(KEYS)}, got {kind!r}")
+    if ":" in name:
+        raise ValueError(f"register: {name!r} contains ':', which marks a module:attr reference")
+    _REGISTRY[kind][name] = factory
+    return factory
+
+
+def builtin_names(kind: str) -> tuple[str, ...]:
+    """The names registered for `kind` so far (all built-ins once its module is imported)."""
+    return tuple(_REGISTRY[kind])
+
+
+def is_reference(name: Any) -> bool:
+    """`"package.module:attr"`: user code, not a registered name."""
+    return isinstance(name, str) and ":" in name
+
+
+def resolve(kind: str, name: str, key: str | None = None) -> Any:
+    """The factory `name` stands for: a registered name or an imported `module:attr`."""
+    key = key or KEYS[kind]
+    if is_reference(name):
+        return import_reference(name, key)
+    registered = _REGISTRY[kind]
+    if name not in registered:
+        raise ConfigError(f"{key}={name!r} is unknown; choose one of {', '.join(registered)}, "
+                          f"or a reference 'package.module:attr' to your own code")
+    return registered[name]
+
+
+def _split(ref: str, key: str) -> tuple[str, str]:
+    module, _, attr = ref.partition(":")
+    module, attr = module.strip(), attr.strip()
+    if not module or not attr or ":" in attr:
+        raise ConfigError(f"{key}={ref!r} is not a reference of the form 'package.module:attr'")
+    return module, attr
+
+
+def import_reference(ref: str, key: str) -> Any:
+    """Import `package.module:attr` (attr may be dotted: `module:Class.factory`) from the
+    working directory or PYTHONPATH."""
+    module_name, attr = _split(ref, key)
+    # `python main.py` puts the script's directory first on sys.path, not the working
+    # directory; a reference is documented as found from the working directory.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):   # the module itself, not one it imports
+            raise ConfigError(f"{key}={ref!r}: no module named {module_name!r} on the Python path "
+                              f"(the working directory {cwd} or PYTHONPATH)") from None
+        raise ConfigError(f"{key}={ref!r}: importing {module_name!r} failed: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any error in the user's module is this key's problem
+        raise ConfigError(f"{key}={ref!r}: importing {module_name!r} failed: "
+                          f"{type(e).__name__}: {_first_line(e)}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{key}={ref!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def references(cfg) -> dict[str, str]:
+    """{config key: reference} for every plug-in the config names (tune grids included)."""
+    out = {}
+    for kind, key in KEYS.items():
+        name = getattr(getattr(cfg, kind), "name")
+        if is_reference(name):
+            out[key] = name
+    for key, values in getattr(cfg.tune, "grid", {}).items():
+        if key in KEYS.values():
+            for i, v in enumerate(values):
+                if is_reference(v):
+                    out[f"tune.grid.{key}[{i}]"] = v
+    return out
+
+
+# ---------------------------------------------------------------- shipping to Ray workers
+
+def _installed_roots() -> list[str]:
+    """Where installed code lives (stdlib, site-packages): the cluster has its own copy."""
+    roots = set()
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(name)
+        if path:
+            roots.add(os.path.realpath(path))
+    return sorted(roots)
+
+
+def _within(path: str, roots: Iterable[str]) -> bool:
+    path = os.path.realpath(path)
+    return any(path == r or path.startswith(r + os.sep) for r in roots)
+
+
+def module_location(module_name: str) -> list[str]:
+    """The directory of the top-level package of `module_name`, or the single .py file of a
+    top-level module. [] when it cannot be found or is a compiled/built-in module."""
+    top = module_name.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:   # a package (regular or namespace)
+        return [os.path.realpath(p) for p in spec.submodule_search_locations]
+    if spec.origin and spec.origin.endswith(".py"):
+        return [os.path.realpath(spec.origin)]
+    return []
+
+
+def _shipped_already(path: str) -> bool:
+    # Inside a Ray worker, code that arrived by py_modules lives under the node's
+    # runtime_resources directory: its processes' children inherit it, nothing to upload.
+    return f"{os.sep}runtime_resources{os.sep}" in path
+
+
+def ship_paths(cfg) -> list[str]:
+    """Local paths Ray must ship for this config's plug-ins: their top-level packages or
+    files, except those of the qgm_ray package itself, of installed distributions, and code
+    that reached this process through Ray already."""
+    own = os.path.dirname(os.path.realpath(__file__))
+    skip = _installed_roots() + [own]
+    paths: list[str] = []
+    for ref in references(cfg).values():
+        module_name = ref.partition(":")[0].strip()
+        for p in module_location(module_name):
+            if not _within(p, skip) and not _shipped_already(p) and p not in paths:
+                paths.append(p)
+    return paths
+
+
+def _current_py_modules() -> list[str]:
+    """The py_modules URIs this Ray process runs with (a job's, a trial's, a parent's)."""
+    try:
+        import ray
+        if not ray.is_initialized():
+            return []
+        return list(ray.get_runtime_context().runtime_env.get("py_modules") or [])
+    except Exception:  # noqa: BLE001 - no Ray, or an API that moved: nothing inherited
+        return []
+
+
+def ray_runtime_env(cfg, base: dict | None = None) -> dict | None:
+    """`base` (a Ray runtime_env, or None) plus `py_modules` for this config's plug-ins, for an
+    actor this process creates (Ray connected). Ray takes local directories only in
+    `ray.init`; for one actor they must be URIs, so the paths are uploaded here (zipped,
+    content-addressed in the cluster's GCS: the same code is one upload however many runs or
+    actors use it) with Ray's own uploader, the one `ray.init(runtime_env=...)` runs. The
+    py_modules of this process itself are kept: a child of a Tune trial gets what the trial got."""
+    env = dict(base or {})
+    modules = _current_py_modules()
+    paths = ship_paths(cfg)
+    if paths:
+        import tempfile
+
+        try:
+            from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+        except ImportError:   # a Ray that moved its uploader: say how to ship by hand
+            raise ConfigError(f"this Ray cannot ship plug-in code to an actor ({', '.join(paths)}); start Ray with "
+                              f"ray.init(runtime_env={{'py_modules': {paths!r}}}) or install it on every node") from None
+        with tempfile.TemporaryDirectory(prefix="qgm-ship-") as scratch:
+            uploaded = upload_py_modules_if_needed({"py_modules": paths}, include_gitignore=True,
+                                                   scratch_dir=scratch)
+        modules += [u for u in uploaded["py_modules"] if u not in modules]
+    if modules:
+        have = list(env.get("py_modules") or [])
+        env["py_modules"] = have + [m for m in modules if m not in have]
+    return env or None
+
+
+def job_runtime_env(cfg) -> dict | None:
+    """For `ray.init(runtime_env=...)` (a sweep that starts or joins Ray): the plug-ins' local
+    paths, which Ray uploads itself and every process of the job (Tune trials too) gets."""
+    paths = ship_paths(cfg)
+    return {"py_modules": paths} if paths else None
+
+
+def signature_options(fn: Callable, skip: int) -> tuple[tuple[str, ...], bool]:
+    """(keyword options `fn` takes after its first `skip` positional parameters, whether it
+    takes **kwargs): how a factory's options are checked before it is called."""
+    import inspect
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return (), True
+    names, var_kw = [], False
+    positional = 0
+    for p in params:
+        if p.kind == p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind == p.VAR_POSITIONAL:
+            continue
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and positional < skip:
+            positional += 1
+        elif p.kind != p.POSITIONAL_ONLY:
+            names.append(p.name)
+    return tuple(names), var_kw
+
+
+def check_options(section: str, name: str, fn: Callable, skip: int, options: dict,
+                  reserved: Iterable[str] = ()) -> None:
+    """Every `<section>.options` key must be a keyword parameter of `fn` (unless it takes
+    **kwargs) or one of the `reserved` options qgm-ray itself reads."""
+    names, var_kw = signature_options(fn, skip)
+    if var_kw:
+        return
+    unknown = sorted(set(options) - set(names) - set(reserved))
+    if unknown:
+        allowed = ", ".join(list(names) + list(reserved)) or "none"
+        raise ConfigError(f"{section}.options.{unknown[0]} is not an option of {section}.name={name!r} "
+                          f"(allowed: {allowed})")

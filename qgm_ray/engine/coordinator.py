@@ -61,7 +61,7 @@ class Coordinator:
                  resources: dict, counted_rounds: int = 0):
         self.cfg, self.run, self.meta = cfg, run, meta
         self.data_refs, self.parts_ref = data_refs, parts_ref   # refs (nested: never resolved here)
-        self.resources = resources   # {"num_cpus": per client, "num_gpus": per client}
+        self.resources = resources   # {"num_cpus", "num_gpus"} of one ClientActor
         self.k = cfg.ray.clients_per_actor
         self.lock = threading.Lock()
         self.stop_requested = False
@@ -88,8 +88,9 @@ class Coordinator:
 
     # ------------------------------------------------------------ actors
     def _new_actor(self, node: Optional[str] = None):
-        # Room for k clients whatever it holds now: a resize can add clients to it later.
-        cpu, gpu = self.resources["num_cpus"] * self.k, self.resources["num_gpus"] * self.k
+        # Per actor (ray_setup.plan_resources): GPU room for k clients whatever it holds now, so a
+        # resize can add clients to it later.
+        cpu, gpu = self.resources["num_cpus"], self.resources["num_gpus"]
         # soft: a node that is full, gone or unknown falls back to Ray's own choice. No target:
         # no strategy at all, so that a placement group the caller runs in (Tune) captures it.
         where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
@@ -109,7 +110,7 @@ class Coordinator:
         self.known_nodes = alive_ids
         if self.cfg.ray.placement != "graph" or n == 0 or ray.util.get_current_placement_group() is not None:
             return {}   # default placement, or a placement group (a Tune trial) places the actors
-        need = {"CPU": self.resources["num_cpus"] * self.k, "GPU": self.resources["num_gpus"] * self.k}
+        need = {"CPU": self.resources["num_cpus"], "GPU": self.resources["num_gpus"]}
         capacity = {x["NodeID"]: placement.actors_fit(x.get("Resources", {}), need)
                     for x in alive if x["NodeID"] not in set(exclude)}
         topo = build.build_topology(self.cfg, n)

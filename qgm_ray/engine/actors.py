@@ -23,7 +23,7 @@ import torch
 from qgm_ray import build, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine import slowmo
+from qgm_ray.engine import allreduce, slowmo
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows
@@ -132,6 +132,23 @@ class ClientActor:
                 out[r] = np.ascontiguousarray(row)
         record = {"losses": self.block.losses.tolist()}   # one read of the device per round
         return (*out, record)
+
+    # ------------------------------------------------------------ one round of an all-reduce
+    def step_mean(self, post_lr: Optional[float], pre_lr: Optional[float], mean: Optional[np.ndarray]):
+        """`step` when every client mixes the mean of all payloads (engine/allreduce.py): finish
+        the previous round with `mean` (resolved from the ref of `mean_of`), then return this
+        round's partial sum of the block's payload rows (one (D,) array) and the record."""
+        if post_lr is not None:
+            self.block.post_mix(allreduce.spread(as_tensor(mean).to(self.block.device), self.block.k), post_lr)
+        if pre_lr is None:
+            return {"losses": []}
+        partial = allreduce.block_sum(self.block.pre_mix(pre_lr))
+        return partial.detach().to("cpu", torch.float32).numpy(), {"losses": self.block.losses.tolist()}
+
+    def mean_of(self, n: int, *partials: np.ndarray) -> np.ndarray:
+        """The mean of every block's partial sum, passed in block order (the first actor is the
+        root of the all-reduce; every actor's next `step_mean` reads the result's ref)."""
+        return allreduce.mean_of_partials([as_tensor(p) for p in partials], n).numpy()
 
     # ------------------------------------------------------------ SlowMo's outer step (engine/slowmo.py)
     def slowmo_rows(self) -> tuple:

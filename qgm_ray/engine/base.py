@@ -43,6 +43,15 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def averages_everyone(topology, centralized: bool) -> bool:
+    """Every client mixes the plain mean of all payloads: an all-reduce rule (centralized_sgdm),
+    or the complete graph (W = 1/n, unless `lazy` made it (I + W)/2). Both engines then take
+    the exact O(n P) all-reduce of engine/allreduce.py instead of n weighted sums of n rows."""
+    if centralized:
+        return True
+    return getattr(topology, "name", None) == "complete" and not getattr(topology, "options", {}).get("lazy")
+
+
 def mixing_matrix(topology, centralized: bool, n: int, t: int) -> np.ndarray:
     """W(t); all-reduce algorithms (centralized_sgdm) average over everyone whatever the graph."""
     if centralized:
@@ -121,11 +130,28 @@ def _mix_plan(positions: tuple, sources: tuple, rows: tuple, dtype, device) -> t
 
 
 def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int) -> int:
-    """Bytes put on the wire in round t: each payload goes to each out-neighbour.
-    All-reduce is counted as a ring all-reduce, 2 (n-1)/n payloads per client."""
-    if centralized:
-        return int(round(2 * (n - 1) * payload_bytes))
-    return int(sum(topology.out_degree(i, t) for i in range(n)) * payload_bytes)
+    """Bytes put on the wire in round t, counted per client whatever the blocks (so the number
+    does not depend on the machine's layout): on a graph, each payload goes to each
+    out-neighbour. An all-reduce (`averages_everyone`) sends each client's payload up a tree
+    once and the mean down once: 2 (n - 1) payloads (what engine/allreduce.py does: rows summed
+    inside their block, one partial per block to the root, the mean back)."""
+    if averages_everyone(topology, centralized):
+        return int(2 * (n - 1) * payload_bytes)
+    return int(_edges(topology.matrix(t)) * payload_bytes)
+
+
+_EDGES: dict = {}
+
+
+def _edges(W: np.ndarray) -> int:
+    """Off-diagonal nonzeros of W (sum of the out-degrees). Cached by the matrix object, which
+    a static topology hands out every round (the cache keeps W alive, so its id is not reused)."""
+    hit = _EDGES.get(id(W))
+    if hit is None or hit[0] is not W:
+        if len(_EDGES) >= 64:
+            _EDGES.clear()
+        hit = _EDGES[id(W)] = (W, int(np.count_nonzero(W)) - int(np.count_nonzero(np.diagonal(W))))
+    return hit[1]
 
 
 def consensus_distance(stacked: torch.Tensor) -> float:

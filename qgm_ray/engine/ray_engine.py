@@ -40,9 +40,9 @@ from qgm_ray import build
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
-from qgm_ray.engine.base import EngineFailure, groups_of, mixing_matrix, round_bytes
-from qgm_ray.engine.coordinator import FAILURES, Coordinator
-from qgm_ray.engine.placement import clients_per_node, cross_node_bytes
+from qgm_ray.engine.base import EngineFailure, groups_of, round_bytes
+from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
+from qgm_ray.engine.placement import clients_per_node
 from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
                                       resolve_clients_per_actor)
 from qgm_ray.errors import ConfigError
@@ -146,8 +146,7 @@ class RayEngine:
 
     def cross_node_bytes(self, t: int) -> int:
         """Payload bytes that move between Ray nodes in round t with the actors where they are."""
-        W = mixing_matrix(self.topology, self.centralized, self.n_clients, t)
-        return cross_node_bytes(W, groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
+        return cross_node_bytes(self.topology, self.centralized, self.n_clients, t, self.cfg.ray.clients_per_actor,
                                 self._info["actor_nodes"], self.payload_bytes)
 
     @property

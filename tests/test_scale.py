@@ -1,0 +1,99 @@
+"""Many clients (issue 17): the exact O(n P) all-reduce, and what a round costs as n grows."""
+import numpy as np
+import pytest
+import torch
+
+from qgm_ray import runner
+from qgm_ray.config import load_config
+from qgm_ray.engine import allreduce
+from qgm_ray.engine.local import LocalEngine
+
+SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [8]}", "data.batch_size=8",
+         "schedule.epochs=1", "progress=false", "algorithm.lr=0.05", "data.alpha=1.0", "backend=local"]
+
+
+def quiet(msg):
+    pass
+
+
+def _tree(rows: list) -> np.ndarray:
+    """The documented order, written out with numpy float32 scalars' IEEE adds."""
+    while len(rows) > 1:
+        half = len(rows) // 2
+        top = [rows[i] + rows[half + i] for i in range(half)]
+        rows = top + rows[2 * half:]
+    return rows[0]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 37, 64])
+def test_block_sum_is_the_documented_pairwise_tree(k):
+    x = torch.randn(k, 1001, generator=torch.Generator().manual_seed(k)) * 10 ** torch.randn(k, 1)
+    want = _tree([r.numpy().astype(np.float32) for r in x])
+    got = allreduce.block_sum(x)
+    assert got.shape == (1001,) and np.array_equal(got.numpy(), want)
+
+
+def test_partials_are_added_in_block_order_then_divided():
+    parts = [torch.randn(50, generator=torch.Generator().manual_seed(i)) * 1e3 ** i for i in range(4)]
+    got = allreduce.mean_of_partials(parts, 9)
+    want = ((parts[0] + parts[1]) + parts[2]) + parts[3]
+    assert torch.equal(got, want / 9)
+    assert torch.equal(parts[0], torch.randn(50, generator=torch.Generator().manual_seed(0)))  # inputs untouched
+
+
+def test_all_reduce_is_the_mean_and_spread_copies():
+    blocks = [torch.randn(3, 20), torch.randn(5, 20), torch.randn(1, 20)]
+    mean = allreduce.all_reduce(blocks)
+    assert torch.allclose(mean, torch.cat(blocks).mean(0), atol=1e-6)
+    rows = allreduce.spread(mean, 4)
+    assert rows.shape == (4, 20) and rows.stride() == (20, 1)   # a real copy, writable in place
+
+
+@pytest.mark.parametrize("extra", [["algorithm.name=centralized_sgdm_n"], ["topology.name=complete"]])
+def test_local_all_reduce_takes_no_weighted_mix(monkeypatch, extra):
+    """No n x n work: centralized rules and the complete graph never build W or mix by rows."""
+    import qgm_ray.engine.local as local
+
+    def refuse(*a, **k):
+        raise AssertionError("the all-reduce path went through the gossip mix")
+    monkeypatch.setattr(local, "block_mix", refuse)
+    monkeypatch.setattr(local, "mixing_matrix", refuse)
+    cfg = load_config(None, SMALL + ["topology.n_clients=12", "ray.clients_per_actor=5"] + extra)
+    ds, parts = runner.prepare(cfg, log=quiet)
+    engine = LocalEngine(cfg, ds, parts)
+    losses = engine.train(range(3), lambda t: 0.05)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    # every client holds the same model after a centralized round (same mean, same update)
+    if "centralized" in extra[0]:
+        p = engine.params
+        assert torch.equal(p, p[:1].expand_as(p))
+
+
+def test_round_bytes_count_what_is_sent():
+    from qgm_ray.engine.base import round_bytes
+    from qgm_ray.topology import make_topology
+    n, pb = 10, 400
+    ring, complete = make_topology("ring", n), make_topology("complete", n)
+    assert round_bytes(ring, False, n, 0, pb) == 2 * n * pb                   # two neighbours each
+    assert round_bytes(complete, False, n, 0, pb) == 2 * (n - 1) * pb          # all-reduce: up and down a tree
+    assert round_bytes(ring, True, n, 0, pb) == 2 * (n - 1) * pb               # centralized rule on any graph
+    lazy = make_topology("complete", n, lazy=True)                             # (I + W)/2 is no plain mean
+    assert round_bytes(lazy, False, n, 0, pb) == n * (n - 1) * pb
+
+
+def test_client_actor_sends_one_row_per_block():
+    """The Ray side (plain class, no Ray): a block of 3 returns one (D,) partial sum, and its
+    next call finishes the round with the mean it is given."""
+    from qgm_ray.engine.actors import ClientActor, dataset_meta
+    cfg = load_config(None, SMALL + ["topology.n_clients=3", "algorithm.name=centralized_sgdm", "ray.clients_per_actor=3"])
+    ds, parts = runner.prepare(cfg, log=quiet)
+    arrays = [np.ascontiguousarray(t.numpy()) for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y)]
+    actor = ClientActor(cfg, dataset_meta(ds), [np.asarray(p) for p in parts], 0.0, *arrays)
+    P = actor.set_clients([0, 1, 2], [0, 1, 2])
+    partial, record = actor.step_mean(None, 0.05, None)
+    assert partial.shape == (P,) and len(record["losses"]) == 3
+    mean = actor.mean_of(3, partial)
+    assert np.array_equal(mean, partial / np.float32(3))
+    assert actor.step_mean(0.05, None, mean) == {"losses": []}
+    p = actor.block.params
+    assert torch.equal(p, p[:1].expand_as(p))

@@ -97,3 +97,56 @@ def test_client_actor_sends_one_row_per_block():
     assert actor.step_mean(0.05, None, mean) == {"losses": []}
     p = actor.block.params
     assert torch.equal(p, p[:1].expand_as(p))
+
+
+def _dense_wiring(W, group):
+    """The per-row definition (what engine.base.wiring computed from the dense W every round)."""
+    rows, need = [], set()
+    for i in group:
+        src = [int(j) for j in np.flatnonzero(W[i])]
+        rows.append((src, [float(w) for w in W[i, src]]))
+        need.update(src)
+    outside = np.ones(W.shape[0], dtype=bool)
+    outside[list(group)] = False
+    used = (W[outside][:, list(group)] != 0).any(0)
+    return rows, sorted(need - set(group)), [group[c] for c in np.flatnonzero(used)]
+
+
+@pytest.mark.parametrize("name,n", [("ring", 10), ("torus", 16), ("social", 32), ("time_varying_exponential", 16),
+                                    ("random_peer", 16), ("one_peer_exponential", 16)])
+def test_sparse_wiring_equals_the_dense_definition(name, n):
+    """wiring / exports / round_bytes read W's nonzeros once per matrix (not n x n per block and
+    round) and give what the dense per-row definition gives, sources in increasing order."""
+    from qgm_ray.engine import base
+    from qgm_ray.topology import make_topology
+    topo = make_topology(name, n, seed=1)
+    for t in range(3):
+        W = topo.matrix(t)
+        for k in (1, 3, n):
+            for g in base.groups_of(n, k):
+                rows, need, out = _dense_wiring(W, g)
+                assert base.wiring(W, g) == (rows, need)
+                assert base.exports(W, g) == out
+        assert base.round_bytes(topo, False, n, t, 1) == sum(topo.out_degree(i, t) for i in range(n))
+
+
+def test_local_models_are_evaluated_on_a_subset_only_above_the_budget(monkeypatch):
+    from qgm_ray.engine import evaluation
+    assert evaluation.local_eval_rows(16, 4000, 0) is None            # the default run: every sample
+    assert evaluation.local_eval_rows(32, 10000, 0) is None           # the paper's runs too
+    rows = evaluation.local_eval_rows(4096, 65536, 3)
+    assert len(rows) == evaluation.LOCAL_EVAL_BUDGET // 4096 and len(set(rows.tolist())) == len(rows)
+    assert torch.equal(rows, evaluation.local_eval_rows(4096, 65536, 3))            # seeded
+    assert len(evaluation.local_eval_rows(10**6, 65536, 3)) == evaluation.LOCAL_EVAL_MIN
+    # the engine reports the clients' mean accuracy on that subset
+    monkeypatch.setattr(evaluation, "LOCAL_EVAL_BUDGET", 100)
+    monkeypatch.setattr(evaluation, "LOCAL_EVAL_MIN", 7)
+    cfg = load_config(None, SMALL + ["topology.n_clients=4", "ray.clients_per_actor=2"])
+    ds, parts = runner.prepare(cfg, log=quiet)
+    engine = LocalEngine(cfg, ds, parts)
+    engine.train(range(2), lambda t: 0.05)
+    keep = evaluation.local_eval_rows(4, len(ds.test_x), cfg.seed)
+    assert len(keep) == 25
+    x, y = ds.test_x[keep], ds.test_y[keep]
+    want = np.mean([a for b in engine.blocks for a in b.evaluate_rows(x, y, 1024)])
+    assert engine.evaluate()["local_test_accuracy"] == want

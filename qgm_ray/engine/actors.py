@@ -26,7 +26,7 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce, slowmo
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
-from qgm_ray.engine.evaluation import AveragedModel, average_rows
+from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -178,8 +178,8 @@ class ClientActor:
             out += (self.block.weight.detach().cpu().numpy(),)
         return out
 
-    def local_accuracies(self, batch_size: int) -> list[float]:
-        x, y = self._test_set()
+    def local_accuracies(self, batch_size: int, n_clients: int) -> list[float]:
+        x, y = local_test_set(*self._test_set(), n_clients, self.cfg.seed)
         return self.block.evaluate_rows(x, y, batch_size)
 
     def evaluate_average(self, *per_actor: tuple) -> dict:

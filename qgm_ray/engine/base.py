@@ -66,24 +66,61 @@ def mix_sources(w_row: np.ndarray) -> list[int]:
     return [int(j) for j in np.flatnonzero(w_row)]
 
 
+class _Sparse:
+    """W's nonzeros by row and by column, found once per matrix (an O(n^2) scan of the dense W,
+    instead of one per block and round)."""
+
+    def __init__(self, W: np.ndarray):
+        rows, cols = np.nonzero(W)                 # row-major: sorted by row, then column
+        self.n = W.shape[0]
+        self.cols, self.weights = cols, W[rows, cols]
+        self.row_ptr = np.searchsorted(rows, np.arange(self.n + 1))
+        by_col = np.lexsort((rows, cols))
+        self.col_rows = rows[by_col]
+        self.col_ptr = np.searchsorted(cols[by_col], np.arange(self.n + 1))
+        self.memo: dict = {}                       # (kind, group) -> answer, for this matrix
+
+
+_SPARSE: dict = {}
+
+
+def _sparse(W: np.ndarray) -> _Sparse:
+    """Cached by the matrix object: a static topology hands out the same W every round, a
+    time-varying one a new W per round (the cache keeps W alive, so its id is not reused)."""
+    hit = _SPARSE.get(id(W))
+    if hit is None or hit[0] is not W:
+        if len(_SPARSE) >= 32:
+            _SPARSE.clear()
+        hit = _SPARSE[id(W)] = (W, _Sparse(W))
+    return hit[1]
+
+
 def wiring(W: np.ndarray, group: Sequence[int]) -> tuple[list, list[int]]:
     """For the clients at positions `group` (a block): rows [(sources, weights)] of W, and the
-    positions held by other blocks that the block must receive, in increasing order."""
-    rows, need = [], set()
-    for i in group:
-        src = mix_sources(W[i])
-        rows.append((src, [float(w) for w in W[i, src]]))
-        need.update(src)
-    return rows, sorted(need - set(group))
+    positions held by other blocks that the block must receive, in increasing order.
+    Sources are in increasing index order (mix_sources)."""
+    sp, key = _sparse(W), ("wiring", tuple(group))
+    if key not in sp.memo:
+        rows, need = [], set()
+        for i in group:
+            a, b = sp.row_ptr[i], sp.row_ptr[i + 1]
+            src = sp.cols[a:b].tolist()
+            rows.append((src, sp.weights[a:b].tolist()))
+            need.update(src)
+        sp.memo[key] = (rows, sorted(need - set(group)))
+    return sp.memo[key]
 
 
 def exports(W: np.ndarray, group: Sequence[int]) -> list[int]:
     """Positions of `group` whose payload a client outside the group mixes in W: the only rows
     a block has to put in the object store (one GPU holding every client exports none)."""
-    outside = np.ones(W.shape[0], dtype=bool)
-    outside[list(group)] = False
-    used = (W[outside][:, list(group)] != 0).any(0)
-    return [group[c] for c in np.flatnonzero(used)]
+    sp, key = _sparse(W), ("exports", tuple(group))
+    if key not in sp.memo:
+        inside = np.zeros(sp.n, dtype=bool)
+        inside[list(group)] = True
+        sp.memo[key] = [p for p in group
+                        if not inside[sp.col_rows[sp.col_ptr[p]:sp.col_ptr[p + 1]]].all()]
+    return sp.memo[key]
 
 
 def block_mix(own: torch.Tensor, positions: Sequence[int], rows: Sequence[tuple], sources: Sequence[int],
@@ -140,18 +177,12 @@ def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int)
     return int(_edges(topology.matrix(t)) * payload_bytes)
 
 
-_EDGES: dict = {}
-
-
 def _edges(W: np.ndarray) -> int:
-    """Off-diagonal nonzeros of W (sum of the out-degrees). Cached by the matrix object, which
-    a static topology hands out every round (the cache keeps W alive, so its id is not reused)."""
-    hit = _EDGES.get(id(W))
-    if hit is None or hit[0] is not W:
-        if len(_EDGES) >= 64:
-            _EDGES.clear()
-        hit = _EDGES[id(W)] = (W, int(np.count_nonzero(W)) - int(np.count_nonzero(np.diagonal(W))))
-    return hit[1]
+    """Off-diagonal nonzeros of W (the sum of the out-degrees), from the cached sparse form."""
+    sp = _sparse(W)
+    if "edges" not in sp.memo:
+        sp.memo["edges"] = len(sp.cols) - int(np.count_nonzero(np.diagonal(W)))
+    return sp.memo["edges"]
 
 
 def consensus_distance(stacked: torch.Tensor) -> float:

@@ -300,7 +300,7 @@ class Coordinator:
     def evaluate(self) -> dict:
         with self.lock:
             params = [a.params.remote() for a in self.actors]
-            local = ([a.local_accuracies.remote(self.cfg.eval.batch_size) for a in self.actors]
+            local = ([a.local_accuracies.remote(self.cfg.eval.batch_size, len(self.slots)) for a in self.actors]
                      if self.cfg.eval.local_models else [])
             # The first ClientActor evaluates the average (actors.py: the averaged model).
             out = ray.get(self.actors[0].evaluate_average.remote(*params))

@@ -17,7 +17,7 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce
 from qgm_ray.engine.base import averages_everyone, block_mix, mixing_matrix, wiring
 from qgm_ray.engine.block import Block
-from qgm_ray.engine.evaluation import AveragedModel, average_rows
+from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 from qgm_ray.engine import slowmo
 
 
@@ -123,7 +123,8 @@ class LocalEngine:
         bs = self.cfg.eval.batch_size
         out = self.averaged.evaluate(self.params, self.flat_buffers(), self.push_sum_weights())
         if self.cfg.eval.local_models:
-            accs = [a for b in self.blocks for a in b.evaluate_rows(self.test_x, self.test_y, bs)]
+            x, y = local_test_set(self.test_x, self.test_y, self.n_clients, self.cfg.seed)
+            accs = [a for b in self.blocks for a in b.evaluate_rows(x, y, bs)]
             out["local_test_accuracy"] = float(np.mean(accs))
         else:
             out["local_test_accuracy"] = float("nan")

@@ -16,21 +16,20 @@ def quiet(msg):
     pass
 
 
-def _tree(rows: list) -> np.ndarray:
-    """The documented order, written out with numpy float32 scalars' IEEE adds."""
-    while len(rows) > 1:
-        half = len(rows) // 2
-        top = [rows[i] + rows[half + i] for i in range(half)]
-        rows = top + rows[2 * half:]
-    return rows[0]
-
-
 @pytest.mark.parametrize("k", [1, 2, 3, 7, 37, 64])
-def test_block_sum_is_the_documented_pairwise_tree(k):
+def test_block_sum_adds_rows_left_to_right(k):
     x = torch.randn(k, 1001, generator=torch.Generator().manual_seed(k)) * 10 ** torch.randn(k, 1)
-    want = _tree([r.numpy().astype(np.float32) for r in x])
+    want = x[0].numpy().copy()
+    for r in x[1:]:
+        want = want + r.numpy()          # numpy float32 adds, one row at a time
     got = allreduce.block_sum(x)
     assert got.shape == (1001,) and np.array_equal(got.numpy(), want)
+
+
+def test_one_block_and_blocks_of_one_give_the_same_mean():
+    x = torch.randn(9, 300, generator=torch.Generator().manual_seed(0)) * 10 ** torch.randn(9, 1)
+    whole = allreduce.all_reduce([x])
+    assert torch.equal(whole, allreduce.all_reduce([x[i:i + 1] for i in range(9)]))
 
 
 def test_partials_are_added_in_block_order_then_divided():

@@ -8,15 +8,15 @@
 Why the two engines agree bit for bit. Every float operation here is an *elementwise* add (or
 the final division) of two tensors of the same shape: each output element is one IEEE-754
 operation on two given operands, correctly rounded, so no kernel, thread count or vector
-width can change it (unlike `torch.sum` or a matmul, which may split and reorder a reduction).
-The order of the adds is fixed by the data alone:
-  - inside a block, a pairwise tree over its rows whose shape depends only on k (level by
-    level, the first half of the rows plus the second half; an odd last row is carried up);
-  - across blocks, a left-to-right chain in block order (block 0 + block 1, + block 2, ...);
+width can change it (unlike `torch.sum`, `cumsum` or a matmul, which may split, reorder or
+widen a reduction). The order of the adds is fixed by the data alone:
+  - inside a block, left to right over its rows (row 0 + row 1, + row 2, ...);
+  - across blocks, left to right in block order (block 0 + block 1, + block 2, ...);
   - then one division by n.
-Both engines hold the same blocks (qgm_ray.layout), so they build the same tree and the same
-chain over the same values. The pairwise tree also keeps the rounding error O(log k) rather
-than O(k) for a running sum.
+Both engines hold the same blocks (qgm_ray.layout), so they do the same adds on the same
+values. With one block, or blocks of one client, it is the plain left-to-right sum of the n
+rows in position order, so those two layouts agree too (tests/test_block.py compares them);
+other layouts group the same sum differently (float rounding, ~1e-7 relative).
 """
 from __future__ import annotations
 
@@ -26,13 +26,12 @@ import torch
 
 
 def block_sum(rows: torch.Tensor) -> torch.Tensor:
-    """(k, D) -> (D,): the rows' sum by a fixed pairwise tree (see the module docstring)."""
-    x = rows
-    while x.shape[0] > 1:
-        half = x.shape[0] // 2
-        top = x[:half] + x[half:2 * half]          # elementwise: one add per element
-        x = top if x.shape[0] % 2 == 0 else torch.cat([top, x[2 * half:]])
-    return x[0].clone() if x is rows else x[0]
+    """(k, D) -> (D,): the rows added left to right (see the module docstring). k adds of one
+    row each: the same work as the sum, O(k D)."""
+    total = rows[0].clone()
+    for r in range(1, rows.shape[0]):
+        total.add_(rows[r])
+    return total
 
 
 def mean_of_partials(partials: Sequence[torch.Tensor], n: int) -> torch.Tensor:

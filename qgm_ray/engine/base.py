@@ -1,6 +1,7 @@
 """What every engine offers the runner, and the math both engines share."""
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
@@ -86,12 +87,13 @@ _SPARSE: dict = {}
 
 def _sparse(W: np.ndarray) -> _Sparse:
     """Cached by the matrix object: a static topology hands out the same W every round, a
-    time-varying one a new W per round (the cache keeps W alive, so its id is not reused)."""
+    time-varying one a new W per round. A weak reference: the cache never keeps a dense n x n
+    W alive (2 GB at n = 16,384), and a reused id of a freed W is not mistaken for it."""
     hit = _SPARSE.get(id(W))
-    if hit is None or hit[0] is not W:
+    if hit is None or hit[0]() is not W:
         if len(_SPARSE) >= 32:
             _SPARSE.clear()
-        hit = _SPARSE[id(W)] = (W, _Sparse(W))
+        hit = _SPARSE[id(W)] = (weakref.ref(W), _Sparse(W))
     return hit[1]
 
 

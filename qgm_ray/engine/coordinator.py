@@ -3,7 +3,7 @@
 Round t on the Ray engine, for the ClientActor holding positions G (k clients):
 
     refs = actor.step(post=(lr[t-1], rows of W(t-1) for G), pre_lr=lr[t], sources,
-                      *payload_refs[t-1][j] for j in sources)     # -> k payload refs + a record
+                      *payload_refs[t-1][j] for j in sources)     # -> exported payload refs + a record
 
 `sources` are the in-neighbours of G held by other actors. The refs are top-level arguments,
 so Ray hands the actor the resolved arrays (zero-copy from the node's object store, or pulled
@@ -269,9 +269,10 @@ class Coordinator:
                 records.append(actor.step.remote(post, None, sources, *args))
                 continue
             # Only the rows another actor mixes next round go to the object store.
-            refs = actor.step.options(num_returns=len(g) + 1).remote(post, pre_lr, sources, *args,
-                                                                     export=exports(this_W, g))
-            payloads.update(zip(g, refs[:-1]))
+            sent = exports(this_W, g)
+            refs = actor.step.options(num_returns=len(sent) + 1).remote(post, pre_lr, sources, *args, export=sent)
+            refs = refs if sent else [refs]
+            payloads.update(zip(sent, refs[:-1]))
             records.append(refs[-1])
         return (payloads if pre_lr is not None else None), records
 

@@ -125,9 +125,19 @@ def run_one(spec: dict, timeout: float) -> dict:
         return {**spec, "error": (stderr.strip().splitlines() or ["?"])[-1][:300]}
     rec = json.loads(lines[-1])
     rec["peak_pss_mb"] = mem.get("pss_mb")
-    rec["pss_by_role_mb"] = {r: v["pss_mb"] for r, v in (mem.get("by_role") or {}).items()}
+    rec["pss_by_role_mb"] = merge_roles({r: v["pss_mb"] for r, v in (mem.get("by_role") or {}).items()})
     rec["load_1min"] = [load, procs.load_avg()[0]]
     return rec
+
+
+def merge_roles(by_role: dict) -> dict:
+    """One entry per role: a Ray worker's title names its current call (`ray::NodeClientActor.step`
+    while it steps, `ray::NodeClientActor` between calls), so memwatch's roles split by moment."""
+    out: dict = {}
+    for r, v in by_role.items():
+        key = r.split(".")[0].replace("ray::NodeClientActor", "ClientActor").replace("ray::", "")
+        out[key] = round(out.get(key, 0.0) + v, 1)
+    return out
 
 
 def ceiling_ratios(records: list[dict]) -> list[dict]:
@@ -152,7 +162,7 @@ def markdown(records: list[dict], meta: dict) -> str:
             lines.append(f"| {r['kind']} | {r['backend']} | {r['n']} | {r['model']} | {r['algorithm']} | "
                          f"failed: {r['error']} | | | | | | {r.get('load_1min', '')} |")
             continue
-        roles = ", ".join(f"{k} {v:.0f}" for k, v in sorted((r.get("pss_by_role_mb") or {}).items()))
+        roles = ", ".join(f"{k} {v:.0f}" for k, v in sorted(merge_roles(r.get("pss_by_role_mb") or {}).items()))
         ck = f"{r['checkpoint_seconds']} / {r['checkpoint_mb']}" if "checkpoint_mb" in r else ""
         lines.append(f"| {r['kind']} | {r['backend']} | {r['n']} | {r['model']} | {r['algorithm']} | "
                      f"{r.get('actors', '')} x {r.get('clients_per_actor', '')} | {r.get('startup_seconds', '')} | "

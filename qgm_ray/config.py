@@ -104,7 +104,7 @@ class RayConfig:
     # CPUs Ray reserves per ClientActor: a block of clients needs the cores its threads use, not
     # a slice of a core per client. auto: ray.torch_threads, or an even share of the cluster's
     # CPUs where more actors are asked for than that fits (an explicit clients_per_actor, a Tune
-    # trial's own process); engine/ray_setup.py: actor_resources.
+    # trial's own process; at most 4 actors a core); engine/ray_setup.py: actor_resources.
     cpus_per_actor: Union[str, float] = "auto"    # auto or a number > 0
     # Per-client accounting instead: an actor of k clients reserves k x this many CPUs (1.0: one
     # core per client, for clients big enough to use one). null: ray.cpus_per_actor decides.

@@ -28,6 +28,9 @@ def auto_clients_per_actor(n_max: int, cpus: float, gpus: float, gpus_per_client
     return math.ceil(n_max / max(1, int(cpus)))
 
 
+MAX_ACTORS_PER_CORE = 4
+
+
 def actor_cpus(cfg, k: int, n_actors: int, cpus: float) -> float:
     """CPUs one ClientActor of k clients asks Ray for, when `n_actors` of them share `cpus`.
 
@@ -50,6 +53,10 @@ def actor_cpus(cfg, k: int, n_actors: int, cpus: float) -> float:
         share = 1.0 / math.ceil(n_actors / math.floor(cpus + 1e-9))
     else:
         share = cpus / n_actors
+    # Never more than MAX_ACTORS_PER_CORE actors on a core: each is a torch process (~0.4 GB), so 64
+    # one-client actors on 2 cores would be 64 processes. Past that the plan does not fit and
+    # ray_setup.plan_resources says which CPUs are missing (clients_per_actor: auto always fits).
+    share = max(share, 1.0 / MAX_ACTORS_PER_CORE)
     return min(want, math.floor(share * 1e4) / 1e4)   # Ray keeps 4 decimals: never round up
 
 

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--output", default=None, help="write the records as JSON here")
     p_bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                          help="cuda: blocks vs one model at batch n*b on a GPU (bench/gpu.py; exits 2 without CUDA)")
+    p_bench.add_argument("--scale", action="store_true",
+                         help="many clients: n up to 16,384 on both engines, round time, peak PSS by role, start-up "
+                              "(bench/scale.py; --output is a directory, default docs/results/scale)")
 
     p_cfg = sub.add_parser("config", help="print the resolved, validated config as YAML (starts nothing)")
     p_cfg.add_argument("--config", default=str(DEFAULT_CONFIG),
@@ -159,6 +162,9 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if args.scale:
+        from bench.scale import main as scale_main
+        return scale_main(quick=args.quick, output=args.output)
     if args.device == "cuda":
         from bench.gpu import main as gpu_main
         return gpu_main(quick=args.quick, output=args.output)

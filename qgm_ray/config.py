@@ -102,7 +102,14 @@ class RayConfig:
     # cluster (engine/ray_setup.py: resolve_clients_per_actor); 1 = one actor per client.
     clients_per_actor: Union[int, str] = "auto"   # auto (one actor per GPU, else per CPU core) or k >= 1
     gpus_per_client: Union[str, float] = "auto"   # auto, or a GPU fraction per client (0: CPU)
-    cpus_per_client: float = 0.125   # CPUs Ray reserves per client, > 0
+    # CPUs Ray reserves per ClientActor: a block of clients needs the cores its threads use, not
+    # a slice of a core per client. auto: ray.torch_threads, or an even share of the cluster's
+    # CPUs where more actors are asked for than that fits (an explicit clients_per_actor, a Tune
+    # trial's own process; at most 4 actors a core); engine/ray_setup.py: actor_resources.
+    cpus_per_actor: Union[str, float] = "auto"    # auto or a number > 0
+    # Per-client accounting instead: an actor of k clients reserves k x this many CPUs (1.0: one
+    # core per client, for clients big enough to use one). null: ray.cpus_per_actor decides.
+    cpus_per_client: Optional[float] = None
     max_inflight_rounds: int = 2     # rounds of payloads in flight at most, >= 1
     dashboard_host: str = "127.0.0.1"  # where a local Ray's dashboard listens
     num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
@@ -575,7 +582,13 @@ def validate(cfg: Config) -> None:
              f"ray.clients_per_actor must be 'auto' or an integer >= 1, got {r.clients_per_actor!r}")
     _require(r.gpus_per_client == "auto" or (isinstance(r.gpus_per_client, float) and r.gpus_per_client >= 0),
              f"ray.gpus_per_client must be 'auto' or a number >= 0, got {r.gpus_per_client!r}")
-    _require(r.cpus_per_client > 0, f"ray.cpus_per_client must be > 0, got {r.cpus_per_client}")
+    _require(r.cpus_per_actor == "auto" or (isinstance(r.cpus_per_actor, float) and r.cpus_per_actor > 0),
+             f"ray.cpus_per_actor must be 'auto' or a number > 0, got {r.cpus_per_actor!r}")
+    _require(r.cpus_per_client is None or r.cpus_per_client > 0,
+             f"ray.cpus_per_client must be > 0 or null, got {r.cpus_per_client}")
+    _require(r.cpus_per_client is None or r.cpus_per_actor == "auto",
+             f"ray.cpus_per_actor={r.cpus_per_actor} and ray.cpus_per_client={r.cpus_per_client} both size the "
+             f"ClientActors; set only one (cpus_per_client: null to use cpus_per_actor)")
     _require(r.max_inflight_rounds >= 1, f"ray.max_inflight_rounds must be >= 1, got {r.max_inflight_rounds}")
     _require(r.torch_threads >= 1, f"ray.torch_threads must be >= 1, got {r.torch_threads}")
     _require(r.num_cpus is None or r.num_cpus >= 1, f"ray.num_cpus must be >= 1 or null, got {r.num_cpus}")

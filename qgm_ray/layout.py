@@ -28,6 +28,38 @@ def auto_clients_per_actor(n_max: int, cpus: float, gpus: float, gpus_per_client
     return math.ceil(n_max / max(1, int(cpus)))
 
 
+MAX_ACTORS_PER_CORE = 4
+
+
+def actor_cpus(cfg, k: int, n_actors: int, cpus: float) -> float:
+    """CPUs one ClientActor of k clients asks Ray for, when `n_actors` of them share `cpus`.
+
+    A block needs the cores its threads use (ray.torch_threads), whatever its k. Where the
+    actors would not fit that way (an explicit ray.clients_per_actor above what auto picks, or
+    a Tune trial that keeps part of the cluster for its own process), `auto` lets m actors share
+    each core: 1/m of a CPU with m = ceil(actors / whole cores). With whole-CPU nodes that always
+    packs, node by node (a node of c cores takes c*m actors; an even share of the total, e.g.
+    5/7, could not fill a 3-core node with 4 of them). An explicit ray.cpus_per_actor or
+    ray.cpus_per_client is taken as given: ray_setup.plan_resources refuses what cannot fit."""
+    r = cfg.ray
+    if r.cpus_per_client is not None:
+        return float(r.cpus_per_client) * k
+    if r.cpus_per_actor != "auto":
+        return float(r.cpus_per_actor)
+    want = float(r.torch_threads)
+    if n_actors * want <= cpus + 1e-9 or cpus <= 0:
+        return want
+    if cpus >= 1:
+        share = 1.0 / math.ceil(n_actors / math.floor(cpus + 1e-9))
+    else:
+        share = cpus / n_actors
+    # Never more than MAX_ACTORS_PER_CORE actors on a core: each is a torch process (~0.4 GB), so 64
+    # one-client actors on 2 cores would be 64 processes. Past that the plan does not fit and
+    # ray_setup.plan_resources says which CPUs are missing (clients_per_actor: auto always fits).
+    share = max(share, 1.0 / MAX_ACTORS_PER_CORE)
+    return min(want, math.floor(share * 1e4) / 1e4)   # Ray keeps 4 decimals: never round up
+
+
 def clients_per_block(cfg, n_max: int, resources: dict) -> int:
     """ray.clients_per_actor as a number: the configured one, or auto for these resources
     ({"CPU": cores, "GPU": gpus}, as Ray's cluster_resources names them)."""

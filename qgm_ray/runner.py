@@ -12,7 +12,6 @@ import numbers
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

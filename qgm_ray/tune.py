@@ -107,9 +107,9 @@ def trial_bundles(cfg: Config, cluster: Optional[dict] = None) -> list[dict]:
     """Placement-group bundles of one trial. The first bundle is the trial process itself.
 
     backend ray: the engine's Coordinator asks for no CPU (it fits in the first bundle); each
-    ClientActor of k clients asks for k x (ray.cpus_per_client, gpus_per_client)
-    (qgm_ray.engine.ray_setup.plan_resources; the first one also evaluates), so the trial
-    reserves one bundle per actor of that size. `cluster`: the Ray cluster's resources.
+    ClientActor asks for what qgm_ray.engine.ray_setup.actor_resources gives on this cluster
+    with the trial process's CPUs held back (the engine inside the trial computes the same), so
+    the trial reserves one bundle per actor of that size. `cluster`: the Ray cluster's resources.
     """
     cluster = cluster or {}
     cluster_gpus = cluster.get("GPU", 0.0)
@@ -117,20 +117,12 @@ def trial_bundles(cfg: Config, cluster: Optional[dict] = None) -> list[dict]:
     if cfg.backend == "local":
         return [{"CPU": 1.0, "GPU": 1.0}] if wants_gpu else [{"CPU": 1.0}]
     from qgm_ray.build import max_clients
-    from qgm_ray.engine.ray_setup import gpus_per_client, resolve_clients_per_actor
-    n_max = max_clients(cfg)
-    # auto resolves as the trial's RayEngine will resolve it, on the same cluster
-    cfg = resolve_clients_per_actor(cfg, n_max, cluster)
-    k = cfg.ray.clients_per_actor
-    gpu = gpus_per_client(cfg, n_max, cluster_gpus)
-    cpu = cfg.ray.cpus_per_client
-
-    def bundle(clients: int) -> dict:
-        return {"CPU": cpu * clients, **({"GPU": gpu * clients} if gpu > 0 else {})}
-
+    from qgm_ray.engine.ray_setup import TRIAL_PROCESS_CPUS, actor_resources
+    plan = actor_resources(cfg, max_clients(cfg), cluster, reserved_cpus=TRIAL_PROCESS_CPUS)
+    actor = {"CPU": plan["num_cpus"], **({"GPU": plan["num_gpus"]} if plan["num_gpus"] > 0 else {})}
     # The trial process only drives the coordinator and writes outputs: half a CPU is plenty.
     # The first ClientActor evaluates the averaged model: no bundle of its own.
-    return [{"CPU": 0.5}] + [bundle(k) for _ in range(math.ceil(n_max / k))]
+    return [{"CPU": TRIAL_PROCESS_CPUS}] + [dict(actor) for _ in range(plan["actors"])]
 
 
 def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None:
@@ -148,7 +140,7 @@ def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None
             raise ConfigError(
                 f"trial {describe_params(point)} needs {', '.join(f'{v:g} {r}' for r, v in need.items())} "
                 f"(backend={base['backend']}: trial process + ClientActors) but the Ray cluster "
-                f"has {have}; lower ray.cpus_per_client / ray.gpus_per_client, raise ray.num_cpus, or join "
+                f"has {have}; set ray.cpus_per_actor: auto, lower ray.gpus_per_client, raise ray.num_cpus, or join "
                 f"a bigger cluster (ray.address)")
 
 

@@ -268,3 +268,74 @@ def test_a_worker_death_is_one_line_of_ours_and_rays_message_goes_to_its_logs(tm
     assert len(ours) == 1 and ours[0].startswith("ray: ") and len(ours[0]) < 300, ours
     log = re.search(r"Ray's messages: (\S+);", ours[0]).group(1)
     assert "A worker died" in open(log).read()
+
+
+# ---------------------------------------------------------------- resources per actor (issue 17)
+
+@pytest.mark.parametrize("n,cpus,extra,k,actors,cpu", [
+    (16, 2, [], 8, 2, 1.0),                                  # the default run: 2 actors of 1 core
+    (32, 2, [], 16, 2, 1.0),                                 # was refused (0.125 CPU per client)
+    (16384, 2, [], 8192, 2, 1.0),
+    (64, 4, [], 16, 4, 1.0),
+    (4, 2, ["ray.clients_per_actor=1"], 1, 4, 0.5),          # more actors than cores: 2 share each
+    (64, 2, ["ray.clients_per_actor=1"], 1, 64, 0.25),       # at most 4 a core: does not fit (below)
+    (7, 5, ["ray.clients_per_actor=1"], 1, 7, 0.5),          # 1/ceil(7/5), not 5/7: packs node by node
+    (16, 2, ["ray.torch_threads=2"], 8, 2, 1.0),             # 2 actors x 2 threads on 2 cores: shared
+    (16, 8, ["ray.torch_threads=2"], 2, 8, 1.0),
+    (16, 16, ["ray.torch_threads=2"], 1, 16, 1.0),
+    (16, 64, ["ray.torch_threads=2"], 1, 16, 2.0),
+    (4, 2, ["ray.clients_per_actor=1", "ray.cpus_per_actor=1"], 1, 4, 1.0),    # explicit: as given
+    (8, 2, ["ray.clients_per_actor=4", "ray.cpus_per_client=0.25"], 4, 2, 1.0),  # per-client accounting
+])
+def test_actor_resources(n, cpus, extra, k, actors, cpu):
+    from qgm_ray.engine.ray_setup import actor_resources
+    cfg = load_config(None, [f"topology.n_clients={n}"] + extra)
+    plan = actor_resources(cfg, n, {"CPU": float(cpus)})
+    assert (plan["k"], plan["actors"], plan["num_cpus"], plan["num_gpus"]) == (k, actors, cpu, 0.0)
+
+
+def test_auto_actor_cpus_pack_on_every_node():
+    """Whole-CPU nodes take every actor at the auto share (Ray places an actor on one node)."""
+    from qgm_ray.layout import actor_cpus
+    cfg = load_config(None, ["ray.clients_per_actor=1"])
+    for nodes in ([3, 2], [1, 1, 1], [4], [2, 2, 3], [1, 7]):
+        for n_actors in range(1, 40):
+            share = actor_cpus(cfg, 1, n_actors, float(sum(nodes)))
+            assert share <= 1.0
+            if n_actors <= 4 * sum(nodes):   # beyond 4 actors a core the plan is refused, not packed
+                assert sum(math.floor(c / share + 1e-9) for c in nodes) >= n_actors
+
+
+def test_tune_trial_bundles_fit_the_cluster_by_default():
+    """A Ray-backend trial keeps half a CPU for its own process; its actors share the rest."""
+    from qgm_ray.tune import trial_bundles
+    for n in (4, 16, 32, 1024):
+        cfg = load_config(None, ["backend=ray", f"topology.n_clients={n}"])
+        bundles = trial_bundles(cfg, {"CPU": 2.0})
+        assert sum(b["CPU"] for b in bundles) <= 2.0, bundles
+        assert len(bundles) == 1 + min(n, 2)
+
+
+def test_plan_resources_names_what_is_missing(monkeypatch):
+    import ray
+
+    from qgm_ray.engine.ray_setup import plan_resources
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 2**30})
+    got = plan_resources(load_config(None, ["topology.n_clients=32"]), 32, True, lambda m: None)
+    assert got == {"num_cpus": 1.0, "num_gpus": 0.0}
+    # a Tune trial's process holds 0.5 of the 2 CPUs: the 2 actors share 1 (rounded to 1/m of a core)
+    got = plan_resources(load_config(None, ["topology.n_clients=32"]), 32, True, lambda m: None, reserved_cpus=0.5)
+    assert got == {"num_cpus": 0.5, "num_gpus": 0.0}
+    cfg = load_config(None, ["topology.n_clients=64", "ray.clients_per_actor=1"])   # 64 torch processes: no
+    with pytest.raises(ConfigError, match=r"64 clients in 64 ClientActor\(s\) of 1 need 16 CPU .*ray.cpus_per_actor=auto"):
+        plan_resources(cfg, 64, True, lambda m: None)
+    cfg = load_config(None, ["topology.n_clients=4", "ray.clients_per_actor=1", "ray.cpus_per_actor=1"])
+    with pytest.raises(ConfigError, match=r"4 clients in 4 ClientActor\(s\) of 1 need 4 CPU .*ray.cpus_per_actor=1"):
+        plan_resources(cfg, 4, True, lambda m: None)
+
+
+def test_cpus_per_actor_and_per_client_are_exclusive():
+    with pytest.raises(ConfigError, match="set only one"):
+        load_config(None, ["ray.cpus_per_actor=1", "ray.cpus_per_client=0.5"])
+    with pytest.raises(ConfigError, match="ray.cpus_per_actor must be 'auto' or a number > 0"):
+        load_config(None, ["ray.cpus_per_actor=0"])

@@ -23,10 +23,10 @@ import torch
 from qgm_ray import build, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine import slowmo
+from qgm_ray.engine import allreduce, slowmo
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
-from qgm_ray.engine.evaluation import AveragedModel, average_rows
+from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -112,8 +112,9 @@ class ClientActor:
         """post = (lr, rows): finish the previous round; rows[c] = (positions, weights) row c
         mixes, in order; `received` are the payloads of `sources` (positions held elsewhere),
         resolved by Ray from the refs the coordinator passed. pre_lr: start the next round and
-        return its payloads (one float32 array per client; None for a client no other actor
-        mixes next round, when `export` lists the positions that are) followed by a small record."""
+        return the payloads of the positions in `export` (those another actor mixes next round;
+        None: every row), one float32 array each, in that order, followed by a small record
+        (the record alone when nothing is exported: one return value, not a 1-tuple)."""
         if post is not None:
             lr, rows = post
             mixed = block_mix(self.payload, self.positions, rows, sources, [as_tensor(a) for a in received])
@@ -122,16 +123,36 @@ class ClientActor:
         if pre_lr is None:
             return {"losses": []}
         self.payload = self.block.pre_mix(pre_lr)
-        wanted = set(self.positions if export is None else export)
-        rows = [r for r, p in enumerate(self.positions) if p in wanted]
-        out: list = [None] * self.block.k
-        if rows:
-            sent = self.payload if len(rows) == self.block.k else self.payload[rows]
-            host = sent.detach().to("cpu", torch.float32).numpy()   # one device->host copy
-            for r, row in zip(rows, host):
-                out[r] = np.ascontiguousarray(row)
         record = {"losses": self.block.losses.tolist()}   # one read of the device per round
-        return (*out, record)
+        if export is None:
+            rows = list(range(self.block.k))
+        else:
+            # Only what leaves the actor becomes an object: a ring of 8,192-client blocks
+            # exports 2 rows each, not 8,192 (each return value is an object Ray tracks).
+            row_of = {p: r for r, p in enumerate(self.positions)}
+            rows = [row_of[p] for p in export]
+        if not rows:
+            return record
+        sent = self.payload if len(rows) == self.block.k else self.payload[rows]
+        host = sent.detach().to("cpu", torch.float32).numpy()   # one device->host copy
+        return (*[np.ascontiguousarray(row) for row in host], record)
+
+    # ------------------------------------------------------------ one round of an all-reduce
+    def step_mean(self, post_lr: Optional[float], pre_lr: Optional[float], mean: Optional[np.ndarray]):
+        """`step` when every client mixes the mean of all payloads (engine/allreduce.py): finish
+        the previous round with `mean` (resolved from the ref of `mean_of`), then return this
+        round's partial sum of the block's payload rows (one (D,) array) and the record."""
+        if post_lr is not None:
+            self.block.post_mix(allreduce.spread(as_tensor(mean).to(self.block.device), self.block.k), post_lr)
+        if pre_lr is None:
+            return {"losses": []}
+        partial = allreduce.block_sum(self.block.pre_mix(pre_lr))
+        return partial.detach().to("cpu", torch.float32).numpy(), {"losses": self.block.losses.tolist()}
+
+    def mean_of(self, n: int, *partials: np.ndarray) -> np.ndarray:
+        """The mean of every block's partial sum, passed in block order (the first actor is the
+        root of the all-reduce; every actor's next `step_mean` reads the result's ref)."""
+        return allreduce.mean_of_partials([as_tensor(p) for p in partials], n).numpy()
 
     # ------------------------------------------------------------ SlowMo's outer step (engine/slowmo.py)
     def slowmo_rows(self) -> tuple:
@@ -161,8 +182,8 @@ class ClientActor:
             out += (self.block.weight.detach().cpu().numpy(),)
         return out
 
-    def local_accuracies(self, batch_size: int) -> list[float]:
-        x, y = self._test_set()
+    def local_accuracies(self, batch_size: int, n_clients: int) -> list[float]:
+        x, y = local_test_set(*self._test_set(), n_clients, self.cfg.seed)
         return self.block.evaluate_rows(x, y, batch_size)
 
     def evaluate_average(self, *per_actor: tuple) -> dict:

@@ -3,7 +3,7 @@
 Round t on the Ray engine, for the ClientActor holding positions G (k clients):
 
     refs = actor.step(post=(lr[t-1], rows of W(t-1) for G), pre_lr=lr[t], sources,
-                      *payload_refs[t-1][j] for j in sources)     # -> k payload refs + a record
+                      *payload_refs[t-1][j] for j in sources)     # -> exported payload refs + a record
 
 `sources` are the in-neighbours of G held by other actors. The refs are top-level arguments,
 so Ray hands the actor the resolved arrays (zero-copy from the node's object store, or pulled
@@ -36,7 +36,8 @@ from qgm_ray import build, determinism, plugins
 from qgm_ray.config import Config
 from qgm_ray.engine import placement, slowmo
 from qgm_ray.engine.actors import ClientActor
-from qgm_ray.engine.base import exports, groups_of, mixing_matrix, round_bytes, wiring  # noqa: F401 - wiring re-exported
+from qgm_ray.engine.base import (averages_everyone, exports, groups_of, mixing_matrix, round_bytes,  # noqa: F401
+                                 wiring)  # wiring re-exported
 from qgm_ray.engine.metrics import RunMetrics
 
 # What "a process or node died" looks like to the caller of ray.get.
@@ -47,6 +48,13 @@ FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostErro
 # A replacement that dies before it answers (it landed on a node that is dying too) is
 # replaced again, this many times per repair.
 REPLACE_TRIES = 5
+
+
+def cross_node_bytes(topology, centralized: bool, n: int, t: int, k: int, nodes: list, payload_bytes: int) -> int:
+    """Payload bytes that cross Ray nodes in round t with these actors on these nodes."""
+    if averages_everyone(topology, centralized):
+        return placement.allreduce_cross_node_bytes(nodes, payload_bytes)
+    return placement.cross_node_bytes(topology.matrix(t), groups_of(n, k), nodes, payload_bytes)
 
 
 class NodeClientActor(ClientActor):
@@ -61,7 +69,7 @@ class Coordinator:
                  resources: dict, counted_rounds: int = 0):
         self.cfg, self.run, self.meta = cfg, run, meta
         self.data_refs, self.parts_ref = data_refs, parts_ref   # refs (nested: never resolved here)
-        self.resources = resources   # {"num_cpus": per client, "num_gpus": per client}
+        self.resources = resources   # {"num_cpus", "num_gpus"} of one ClientActor
         self.k = cfg.ray.clients_per_actor
         self.lock = threading.Lock()
         self.stop_requested = False
@@ -90,8 +98,9 @@ class Coordinator:
 
     # ------------------------------------------------------------ actors
     def _new_actor(self, node: Optional[str] = None):
-        # Room for k clients whatever it holds now: a resize can add clients to it later.
-        cpu, gpu = self.resources["num_cpus"] * self.k, self.resources["num_gpus"] * self.k
+        # Per actor (ray_setup.plan_resources): GPU room for k clients whatever it holds now, so a
+        # resize can add clients to it later.
+        cpu, gpu = self.resources["num_cpus"], self.resources["num_gpus"]
         # soft: a node that is full, gone or unknown falls back to Ray's own choice. No target:
         # no strategy at all, so that a placement group the caller runs in (Tune) captures it.
         where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
@@ -111,13 +120,16 @@ class Coordinator:
         self.known_nodes = alive_ids
         if self.cfg.ray.placement != "graph" or n == 0 or ray.util.get_current_placement_group() is not None:
             return {}   # default placement, or a placement group (a Tune trial) places the actors
-        need = {"CPU": self.resources["num_cpus"] * self.k, "GPU": self.resources["num_gpus"] * self.k}
+        need = {"CPU": self.resources["num_cpus"], "GPU": self.resources["num_gpus"]}
         capacity = {x["NodeID"]: placement.actors_fit(x.get("Resources", {}), need)
                     for x in alive if x["NodeID"] not in set(exclude)}
         topo = build.build_topology(self.cfg, n)
-        rounds = placement.ROUNDS_FOR_GRAPH if topo.time_varying else 1
-        traffic = placement.actor_traffic((mixing_matrix(topo, self.centralized, n, t) for t in range(rounds)),
-                                          groups_of(n, self.k))
+        groups = groups_of(n, self.k)
+        if averages_everyone(topo, self.centralized):
+            traffic = placement.allreduce_traffic(len(groups))
+        else:
+            rounds = placement.ROUNDS_FOR_GRAPH if topo.time_varying else 1
+            traffic = placement.actor_traffic((topo.matrix(t) for t in range(rounds)), groups)
         return placement.assign(traffic, capacity, {a: m for a, m in fixed.items() if m in capacity})
 
     def _set_slots(self, slots: list[int], states: Optional[list] = None) -> None:
@@ -191,7 +203,9 @@ class Coordinator:
         n, groups = len(self.slots), groups_of(len(self.slots), self.k)
         payload_bytes = build.payload_floats(self.cfg, self.algorithm, self.num_params) * 4
         inflight = self.inflight
-        prev: Optional[dict] = None   # position -> payload ref of the last pre-mixed round
+        # What the next round's post-mix reads: position -> payload ref (gossip) or the ref of
+        # the mean (all-reduce); None before the first round.
+        prev = None
         last_time = time.time()
         t = t0
         submitted = 0
@@ -204,33 +218,20 @@ class Coordinator:
                 inflight.popleft()
                 last_time = time.time()
                 yield rec
-            post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if prev is not None else None
-            if post_W is not None and self.slowmo is not None and self.slowmo.due(t - 1):
-                self._finish_with_outer_step(post_W, groups, prev, lrs[idx - 1])
-                post_W = None   # round t - 1 is finished: this call only pre-mixes
-            this_W = mixing_matrix(self.topology, self.centralized, n, t)
-            payloads, records = {}, []
-            for actor, g in zip(self.actors, groups):
-                if post_W is not None:
-                    rows, sources = wiring(post_W, g)
-                    post, args = (lrs[idx - 1], rows), [prev[j] for j in sources]
-                else:
-                    post, sources, args = None, [], []
-                # Only the rows another actor mixes next round go to the object store.
-                refs = actor.step.options(num_returns=len(g) + 1).remote(post, lr, sources, *args,
-                                                                         export=exports(this_W, g))
-                payloads.update(zip(g, refs[:-1]))
-                records.append(refs[-1])
-            prev = payloads   # the previous round's refs are dropped here
+            post_lr = lrs[idx - 1] if prev is not None else None
+            if post_lr is not None and self.slowmo is not None and self.slowmo.due(t - 1):
+                # Round t - 1 ends with SlowMo's outer step (engine/slowmo.py): post-only calls,
+                # the outer step, then this round's calls only pre-mix.
+                _, finals = self._calls(n, groups, t, post_lr, None, prev)
+                self.finals.extend(finals)
+                self._outer_step(post_lr)
+                post_lr = None
+            prev, records = self._calls(n, groups, t, post_lr, lr, prev)   # the old refs are dropped here
             inflight.append((t, records))
             submitted += 1
         if prev is not None:  # finish the last round: post-mix only
-            W = mixing_matrix(self.topology, self.centralized, n, t0 + submitted - 1)
-            finals = self.finals
-            for actor, g in zip(self.actors, groups):
-                rows, sources = wiring(W, g)
-                finals.append(actor.step.remote((lrs[submitted - 1], rows), None, sources,
-                                                *[prev[j] for j in sources]))
+            _, finals = self._calls(n, groups, t0 + submitted, lrs[submitted - 1], None, prev)
+            self.finals.extend(finals)
             if self.slowmo is not None and self.slowmo.due(t0 + submitted - 1):
                 self._outer_step(lrs[submitted - 1])
             prev = None
@@ -239,16 +240,43 @@ class Coordinator:
                 inflight.popleft()
                 last_time = time.time()
                 yield rec
-            ray.get(finals)
+            ray.get(self.finals)
         yield {"done": submitted}
 
-    def _finish_with_outer_step(self, W, groups, prev: dict, lr: float) -> None:
-        """Round t-1 ends with SlowMo's outer step (engine/slowmo.py): post-only calls, then
-        the outer step; the caller's next call per actor only pre-mixes."""
+    def _calls(self, n: int, groups: list, t: int, post_lr: Optional[float], pre_lr: Optional[float], prev):
+        """One call per actor: finish round t - 1 (post-mix with `post_lr`, reading `prev`; None:
+        nothing to finish) and start round t (pre-mix with `pre_lr`; None: post-mix only).
+        Returns (what round t + 1's post-mix reads, the calls' record refs)."""
+        if averages_everyone(self.topology, self.centralized):
+            # engine/allreduce.py: each actor returns one partial-sum row; the first actor adds
+            # them in block order; every actor's next call reads the mean's ref.
+            if pre_lr is None:
+                return None, [a.step_mean.remote(post_lr, None, prev) for a in self.actors]
+            partials, records = [], []
+            for actor in self.actors:
+                partial, record = actor.step_mean.options(num_returns=2).remote(post_lr, pre_lr, prev)
+                partials.append(partial)
+                records.append(record)
+            return self.actors[0].mean_of.remote(n, *partials), records
+        post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if post_lr is not None else None
+        this_W = mixing_matrix(self.topology, self.centralized, n, t) if pre_lr is not None else None
+        payloads, records = {}, []
         for actor, g in zip(self.actors, groups):
-            rows, sources = wiring(W, g)
-            self.finals.append(actor.step.remote((lr, rows), None, sources, *[prev[j] for j in sources]))
-        self._outer_step(lr)
+            if post_W is not None:
+                rows, sources = wiring(post_W, g)
+                post, args = (post_lr, rows), [prev[j] for j in sources]
+            else:
+                post, sources, args = None, [], []
+            if pre_lr is None:
+                records.append(actor.step.remote(post, None, sources, *args))
+                continue
+            # Only the rows another actor mixes next round go to the object store.
+            sent = exports(this_W, g)
+            refs = actor.step.options(num_returns=len(sent) + 1).remote(post, pre_lr, sources, *args, export=sent)
+            refs = refs if sent else [refs]
+            payloads.update(zip(sent, refs[:-1]))
+            records.append(refs[-1])
+        return (payloads if pre_lr is not None else None), records
 
     def _outer_step(self, lr: float) -> None:
         """Reduce every actor's post-mixed rows at the first actor, broadcast the exact average
@@ -267,8 +295,7 @@ class Coordinator:
         nbytes = round_bytes(self.topology, self.centralized, n, t, payload_bytes)
         if self.slowmo is not None:
             nbytes += slowmo.outer_step_bytes(self.slowmo.tau, n, t, payload_bytes)
-        cross = placement.cross_node_bytes(mixing_matrix(self.topology, self.centralized, n, t),
-                                           groups_of(n, self.k), self.nodes, payload_bytes)
+        cross = cross_node_bytes(self.topology, self.centralized, n, t, self.k, self.nodes, payload_bytes)
         self.metrics.on_round(t, losses, self.slots, seconds, nbytes, cross)
         return {"round": t, "loss": loss, "seconds": seconds}
 
@@ -276,7 +303,7 @@ class Coordinator:
     def evaluate(self) -> dict:
         with self.lock:
             params = [a.params.remote() for a in self.actors]
-            local = ([a.local_accuracies.remote(self.cfg.eval.batch_size) for a in self.actors]
+            local = ([a.local_accuracies.remote(self.cfg.eval.batch_size, len(self.slots)) for a in self.actors]
                      if self.cfg.eval.local_models else [])
             # The first ClientActor evaluates the average (actors.py: the averaged model).
             out = ray.get(self.actors[0].evaluate_average.remote(*params))

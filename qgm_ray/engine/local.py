@@ -14,9 +14,10 @@ import torch
 from qgm_ray import build, determinism, layout
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine.base import block_mix, mixing_matrix, wiring
+from qgm_ray.engine import allreduce
+from qgm_ray.engine.base import averages_everyone, block_mix, mixing_matrix, wiring
 from qgm_ray.engine.block import Block
-from qgm_ray.engine.evaluation import AveragedModel, average_rows
+from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 from qgm_ray.engine import slowmo
 
 
@@ -78,18 +79,23 @@ class LocalEngine:
 
         groups = self.layout.groups(self.n_clients)
         where = self.layout.block_of(self.n_clients)
+        all_reduce = averages_everyone(self.topology, self.centralized)
         for t in rounds:
             if should_stop is not None and should_stop():
                 break
             lr = lr_of(t)
             payloads = [b.pre_mix(lr) for b in self.blocks]
-            w = mixing_matrix(self.topology, self.centralized, self.n_clients, t)
             # Every block mixes before any post_mix: a payload may alias its sender's state.
-            mixed = []
-            for g, own in zip(groups, payloads):
-                rows, sources = wiring(w, g)
-                received = [payloads[where[j][0]][where[j][1]] for j in sources]
-                mixed.append(block_mix(own, g, rows, sources, received))
+            if all_reduce:
+                mean = allreduce.all_reduce(payloads)   # what the ClientActors compute, same order
+                mixed = [allreduce.spread(mean, b.k) for b in self.blocks]
+            else:
+                w = mixing_matrix(self.topology, self.centralized, self.n_clients, t)
+                mixed = []
+                for g, own in zip(groups, payloads):
+                    rows, sources = wiring(w, g)
+                    received = [payloads[where[j][0]][where[j][1]] for j in sources]
+                    mixed.append(block_mix(own, g, rows, sources, received))
             for b, m in zip(self.blocks, mixed):
                 b.post_mix(m, lr)
             if self.slowmo is not None and self.slowmo.due(t):
@@ -117,7 +123,8 @@ class LocalEngine:
         bs = self.cfg.eval.batch_size
         out = self.averaged.evaluate(self.params, self.flat_buffers(), self.push_sum_weights())
         if self.cfg.eval.local_models:
-            accs = [a for b in self.blocks for a in b.evaluate_rows(self.test_x, self.test_y, bs)]
+            x, y = local_test_set(self.test_x, self.test_y, self.n_clients, self.cfg.seed)
+            accs = [a for b in self.blocks for a in b.evaluate_rows(x, y, bs)]
             out["local_test_accuracy"] = float(np.mean(accs))
         else:
             out["local_test_accuracy"] = float("nan")

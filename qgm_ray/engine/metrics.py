@@ -4,8 +4,8 @@ Ray's metrics agent on each node serves them at its metrics export port with a `
 (`ray_qgm_round`, `ray_qgm_train_loss`, ...); the dashboard's Metrics view and any Prometheus
 scraping the cluster (`ray metrics launch-prometheus`) pick them up. Every series carries the
 run's tag in `run` (fixed for the whole run: a restarted Coordinator keeps it, so a dashboard
-series never breaks); per-client series also carry `client` (the shard id), and
-`client="mean"` is the federation's mean.
+series never breaks); per-client series (up to PER_CLIENT_SERIES_MAX clients) also carry
+`client` (the shard id), and `client="mean"` is the federation's mean.
 
 Replays. After a failure the engine restores a checkpoint and runs some rounds again; those
 rounds' bytes were sent already. `qgm_bytes_sent_total` counts a round only the first time
@@ -19,6 +19,12 @@ from ray.util.metrics import Counter, Gauge
 
 NAMES = ("qgm_round", "qgm_train_loss", "qgm_test_accuracy", "qgm_consensus_distance",
          "qgm_round_seconds", "qgm_bytes_sent_total", "qgm_clients", "qgm_bytes_cross_node_total")
+
+
+# Per-client loss series only up to this many clients: each is a time series the metrics agent
+# keeps and one set() per round in the coordinator (16,384 clients: 16,384 calls a round); above
+# it, the mean only.
+PER_CLIENT_SERIES_MAX = 256
 
 
 class RunMetrics:
@@ -55,6 +61,8 @@ class RunMetrics:
             self.bytes_cross_node.set(self.cross_total, tags=self.tags)
         if losses:
             self.train_loss.set(sum(losses) / len(losses), tags={**self.tags, "client": "mean"})
+            if len(losses) > PER_CLIENT_SERIES_MAX:
+                return
             for s, loss in zip(slots, losses):
                 self.train_loss.set(loss, tags={**self.tags, "client": str(s)})
 

@@ -111,6 +111,24 @@ def cross_node_bytes(W: np.ndarray, groups: Sequence[Sequence[int]], node_of_act
     return len(pairs) * int(payload_bytes)
 
 
+def allreduce_traffic(n_actors: int) -> np.ndarray:
+    """The actor graph of an all-reduce (engine/allreduce.py): every actor sends its partial
+    sum to the first one and reads the mean back (a star around actor 0)."""
+    T = np.zeros((n_actors, n_actors))
+    T[0, 1:] = T[1:, 0] = 2
+    return T
+
+
+def allreduce_cross_node_bytes(node_of_actor: Sequence, payload_bytes: int) -> int:
+    """Bytes that leave their node in one all-reduce round: the partial sum of every actor on
+    another node than actor 0 goes there, and the mean goes once to each other node."""
+    if not node_of_actor:
+        return 0
+    root = node_of_actor[0]
+    away = [m for m in node_of_actor[1:] if m != root]
+    return (len(away) + len(set(away))) * int(payload_bytes)
+
+
 def clients_per_node(groups: Sequence[Sequence[int]], node_of_actor: Sequence) -> dict:
     out: dict = {}
     for g, node in zip(groups, node_of_actor):

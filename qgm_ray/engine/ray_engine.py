@@ -40,10 +40,11 @@ from qgm_ray import build, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
-from qgm_ray.engine.base import EngineFailure, groups_of, mixing_matrix, round_bytes
-from qgm_ray.engine.coordinator import FAILURES, Coordinator
-from qgm_ray.engine.placement import clients_per_node, cross_node_bytes
-from qgm_ray.engine.ray_setup import connect, describe_resources, plan_resources, resolve_clients_per_actor
+from qgm_ray.engine.base import EngineFailure, groups_of, round_bytes
+from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
+from qgm_ray.engine.placement import clients_per_node
+from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
+                                      resolve_clients_per_actor)
 from qgm_ray.errors import ConfigError
 
 WAIT_LOG_EVERY_S = 30.0
@@ -69,7 +70,11 @@ class RayEngine:
             n_max = build.max_clients(cfg)
             # Everything below (coordinator, actors, resource plan) sees a number for k.
             self.cfg = cfg = resolve_clients_per_actor(cfg, n_max, ray.cluster_resources())
-            self.resources = plan_resources(cfg, n_max, self.started_ray, log)
+            # In a placement group (a Tune trial) the trial's process holds part of the cluster;
+            # its actors ask for what tune.trial_bundles reserved for them.
+            in_group = ray.util.get_current_placement_group() is not None
+            self.resources = plan_resources(cfg, n_max, self.started_ray, log,
+                                            reserved_cpus=TRIAL_PROCESS_CPUS if in_group else 0.0)
             self.meta = dataset_meta(ds)
             # Owned by the driver for the engine's lifetime; actors read them zero-copy.
             self.data_refs = [ray.put(np.ascontiguousarray(t.numpy()))
@@ -144,8 +149,7 @@ class RayEngine:
 
     def cross_node_bytes(self, t: int) -> int:
         """Payload bytes that move between Ray nodes in round t with the actors where they are."""
-        W = mixing_matrix(self.topology, self.centralized, self.n_clients, t)
-        return cross_node_bytes(W, groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
+        return cross_node_bytes(self.topology, self.centralized, self.n_clients, t, self.cfg.ray.clients_per_actor,
                                 self._info["actor_nodes"], self.payload_bytes)
 
     @property

@@ -12,7 +12,9 @@ ClientActor, on its GPU: nothing else asks for one). On an autoscaling cluster w
 
 Actors. `ray.clients_per_actor: auto` gives one ClientActor per GPU when the clients get GPUs
 and one per CPU core otherwise (docs/results/bench: on CPU, more actors than cores buy no
-parallelism, cost ~0.39 GB each and made cnn1d rounds 2.3-2.7x slower at n=16).
+parallelism, cost ~0.39 GB each and made cnn1d rounds 2.3-2.7x slower at n=16). Each actor
+asks Ray for the cores its block's threads use (`ray.cpus_per_actor`, auto: ray.torch_threads)
+whatever its k, so any client count fits any cluster by default (`actor_resources`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Callable, Optional
 
 from qgm_ray.config import Config
 from qgm_ray.errors import ConfigError
-from qgm_ray.layout import auto_clients_per_actor, with_clients_per_block  # noqa: F401 - re-exported
+from qgm_ray.layout import actor_cpus, auto_clients_per_actor, with_clients_per_block  # noqa: F401 - re-exported
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -374,9 +376,14 @@ def cluster_autoscales() -> bool:
 
 
 def reserved_clients(n: int, k: int) -> int:
-    """Every ClientActor reserves room for k clients, also when it holds fewer (the last one,
-    or after a resize), so it can take joiners without outgrowing its reservation."""
+    """Every ClientActor reserves GPU room for k clients, also when it holds fewer (the last
+    one, or after a resize), so it can take joiners without outgrowing its reservation."""
     return math.ceil(n / k) * k
+
+
+# What a Tune trial's own process reserves (qgm_ray/tune.py: the first bundle of a trial); its
+# engine's actors share the rest of the cluster (actor_resources).
+TRIAL_PROCESS_CPUS = 0.5
 
 
 def resolve_clients_per_actor(cfg: Config, n_max: int, cluster: dict) -> Config:
@@ -386,6 +393,18 @@ def resolve_clients_per_actor(cfg: Config, n_max: int, cluster: dict) -> Config:
         return cfg
     return with_clients_per_block(cfg, auto_clients_per_actor(n_max, cluster.get("CPU", 1.0),
                                                               cluster.get("GPU", 0.0), cfg.ray.gpus_per_client))
+
+
+def actor_resources(cfg: Config, n_max: int, cluster: dict, reserved_cpus: float = 0.0) -> dict:
+    """What each ClientActor asks Ray for on this cluster: {"k", "actors", "num_cpus",
+    "num_gpus"} (per actor). `reserved_cpus`: CPUs of the cluster something else holds (a Tune
+    trial's process). RayEngine and tune.trial_bundles both call this, so a trial's bundles are
+    exactly what its actors ask for."""
+    k = resolve_clients_per_actor(cfg, n_max, cluster).ray.clients_per_actor
+    actors = math.ceil(n_max / k)
+    cpus = actor_cpus(cfg, k, actors, cluster.get("CPU", 0.0) - reserved_cpus)
+    gpu = gpus_per_client(cfg, n_max, cluster.get("GPU", 0.0))
+    return {"k": k, "actors": actors, "num_cpus": cpus, "num_gpus": gpu * k}
 
 
 def gpus_per_client(cfg: Config, n_max: int, cluster_gpus: float) -> float:
@@ -402,35 +421,39 @@ def gpus_per_client(cfg: Config, n_max: int, cluster_gpus: float) -> float:
     return float(cfg.ray.gpus_per_client)
 
 
-def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[str], None]) -> dict:
-    """Per-client {"num_cpus", "num_gpus"}; ConfigError when this cluster can never run it."""
+def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[str], None],
+                   reserved_cpus: float = 0.0) -> dict:
+    """Per-actor {"num_cpus", "num_gpus"} (actor_resources); ConfigError when this cluster can
+    never run it, naming what is missing."""
     import ray
 
     res = ray.cluster_resources()
-    cfg = resolve_clients_per_actor(cfg, n_max, res)
-    k = cfg.ray.clients_per_actor
-    gpu = gpus_per_client(cfg, n_max, res.get("GPU", 0.0))
-    if gpu * k > 1 and abs(gpu * k - round(gpu * k)) > 1e-9:
-        raise ConfigError(f"ray.gpus_per_client={gpu:g} x ray.clients_per_actor={k} = {gpu * k:g} GPUs per actor: "
+    plan = actor_resources(cfg, n_max, res, reserved_cpus)
+    k, actors, cpu, gpu_actor = plan["k"], plan["actors"], plan["num_cpus"], plan["num_gpus"]
+    gpu = gpu_actor / k
+    if gpu_actor > 1 and abs(gpu_actor - round(gpu_actor)) > 1e-9:
+        raise ConfigError(f"ray.gpus_per_client={gpu:g} x ray.clients_per_actor={k} = {gpu_actor:g} GPUs per actor: "
                           f"Ray needs a fraction <= 1 or a whole number")
     if cfg.device == "cuda" and gpu == 0:
         raise ConfigError(f"device=cuda but the clients get no GPU (ray.gpus_per_client={cfg.ray.gpus_per_client}, "
                           f"cluster: {describe_resources(res)})")
-    cpu = cfg.ray.cpus_per_client
-    slots = reserved_clients(n_max, k)
-    need = {"CPU": cpu * slots, "GPU": gpu * slots}
+    need = {"CPU": cpu * actors + reserved_cpus, "GPU": gpu * reserved_clients(n_max, k)}
     short = {r: v for r, v in need.items() if v > res.get(r, 0.0) + 1e-6}
     if short:
         what = " and ".join(f"{v:g} {r}" for r, v in short.items())
-        msg = (f"{n_max} clients need {what} (ray.cpus_per_client={cpu:g}, ray.gpus_per_client="
-               f"{cfg.ray.gpus_per_client}) but the Ray cluster has {describe_resources(res)}")
+        sizing = (f"ray.cpus_per_client={cfg.ray.cpus_per_client:g}" if cfg.ray.cpus_per_client is not None
+                  else f"ray.cpus_per_actor={cfg.ray.cpus_per_actor}")
+        msg = (f"{n_max} clients in {actors} ClientActor(s) of {k} need {what} ({cpu:g} CPU per actor: {sizing}; "
+               f"ray.gpus_per_client={cfg.ray.gpus_per_client}) but the Ray cluster has {describe_resources(res)}")
         if not started_here and cluster_autoscales():
             log(f"ray: {msg}; the autoscaler will add nodes, the run waits for them")
         else:
             hint = ("set ray.gpus_per_client: 0 (or auto) to train on CPU, or join a cluster with GPUs (ray.address)"
-                    if "GPU" in short else "lower ray.cpus_per_client or raise ray.num_cpus")
+                    if "GPU" in short else
+                    "set ray.cpus_per_actor: auto (and ray.cpus_per_client: null), raise ray.clients_per_actor "
+                    "(or auto), or raise ray.num_cpus")
             raise ConfigError(f"{msg}; {hint}")
     if gpu > 0:
-        log(f"ray: {gpu:g} GPU per client ({gpu * k:g} per actor of {k}); fractions share a GPU's memory, "
+        log(f"ray: {gpu:g} GPU per client ({gpu_actor:g} per actor of {k}); fractions share a GPU's memory, "
             f"they do not cap it")
-    return {"num_cpus": cpu, "num_gpus": gpu}
+    return {"num_cpus": cpu, "num_gpus": gpu_actor}

@@ -86,44 +86,43 @@ def _probe_gcs(address: str, host: str, port: int, timeout: float) -> None:
     if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
         return  # a TLS cluster needs the certificates Ray reads itself; keep the TCP check only
     try:
-        import grpc
         from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
     except ImportError:  # Ray moved its generated code: the TCP check above has to do
         return
-    channel = grpc.insecure_channel(f"{host}:{port}")
-    try:
-        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
-    except grpc.RpcError as e:
-        code = e.code()
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return
+    refused = _grpc_refusal(host, port, lambda channel: gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+                            .GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout))
+    if refused:
         raise ConfigError(f"ray.address={address!r}: {host}:{port} answers but is not a Ray cluster's GCS "
-                          f"({code.name}); use the head's GCS address (`ray status` on the head, default port "
-                          f"6379), or unset ray.address and RAY_ADDRESS to run on a local Ray") from None
-    finally:
-        channel.close()
+                          f"({refused}); use the head's GCS address (`ray status` on the head, default port "
+                          f"6379), or unset ray.address and RAY_ADDRESS to run on a local Ray")
 
 
 def _probe_ray_client(address: str, host: str, port: int, timeout: float) -> None:
     """Something listens at a ray:// address; is it a Ray Client server? ray.init retries
     anything else for 35 s and then prints three lines of gRPC. One PING with a deadline."""
     try:
-        import grpc
         from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
     except ImportError:  # Ray moved its generated code: the TCP check has to do
         return
+    refused = _grpc_refusal(host, port, lambda channel: ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
+        ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING), timeout=timeout))
+    if refused:
+        raise ConfigError(f"ray.address={address!r}: {host}:{port} answers but is not a Ray Client server "
+                          f"({refused}); use ray://HEAD:10001 (`ray start --head` starts one there), a GCS "
+                          f"address HOST:6379, or unset ray.address and RAY_ADDRESS to run on a local Ray")
+
+
+def _grpc_refusal(host: str, port: int, call) -> Optional[str]:
+    """Make one gRPC `call(channel)` there. None if the service answered (a refusal for want of
+    Ray's auth token counts: only that service knows to ask), else the gRPC status code's name."""
+    import grpc
     channel = grpc.insecure_channel(f"{host}:{port}")
     try:
-        ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
-            ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING), timeout=timeout)
+        call(channel)
+        return None
     except grpc.RpcError as e:
         code = e.code()
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return
-        raise ConfigError(f"ray.address={address!r}: {host}:{port} answers but is not a Ray Client server "
-                          f"({code.name}); use ray://HEAD:10001 (`ray start --head` starts one there), a GCS "
-                          f"address HOST:6379, or unset ray.address and RAY_ADDRESS to run on a local Ray") from None
+        return None if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) else code.name
     finally:
         channel.close()
 

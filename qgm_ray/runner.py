@@ -269,6 +269,7 @@ class Run:
         that fails before its first checkpoint is on disk leaves nothing behind."""
         cfg, run_dir = self.cfg, self.run_dir
         self.engine = make_engine(cfg, self.ds, self.parts, self.log)
+        self._t0 = time.time()   # the training clock starts now: Ray's start is not training time
         self.stop.reinstall()
         if self.stop():  # a signal while Ray or the actors started: nothing to save yet
             self.engine.close()
@@ -286,6 +287,7 @@ class Run:
                 tmp, self.ds.train_y.numpy(), self.parts, self.ds.num_classes))
             if self.resume:
                 self._load_restore_point()
+                self._t0 = time.time() - self.state.wall_seconds   # the clock goes on from the checkpoint's
                 run_dir.truncate_metrics_after(self.state.round)
                 self.log(f"resumed from round {self.state.round} of {self.plan.total_rounds}")
             else:
@@ -301,7 +303,6 @@ class Run:
                  f"({self.plan.rounds_per_epoch}/epoch), evaluating every {self.plan.eval_every}; backend={cfg.backend}")
         self.log(f"run directory: {run_dir.path}")
         self.bar = _progress(self.plan.total_rounds, self.state.round, cfg.progress)
-        self._t0 = time.time() - self.state.wall_seconds   # the clock runs from here (Ray's start excluded)
         self.stop.on_abort = self.abort
 
     def _first_checkpoint(self) -> None:

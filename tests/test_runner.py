@@ -324,3 +324,23 @@ def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
     assert resumed["status"] == "completed"
     assert as_numbers(read_metrics(tmp_path / "r")) == as_numbers(read_metrics(tmp_path / "full"))
+
+
+def test_wall_seconds_count_training_not_the_engine_start(tmp_path, monkeypatch):
+    """wall_seconds (metrics.csv, summary.json) is training time: starting Ray and its actors
+    is not in it. The run object's first checkpoint once read the clock before it was started,
+    and every run's wall_seconds included the engine start (5-8 s on Ray)."""
+    import time as _time
+    slow_start = 2.0
+    real = runner.make_engine
+
+    def slow(*a, **kw):
+        _time.sleep(slow_start)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "make_engine", slow)
+    t0 = _time.time()
+    s = runner.run(small(), tmp_path / "r", log=lambda m: None)
+    elapsed = _time.time() - t0
+    assert s["wall_seconds"] <= elapsed - slow_start
+    assert float(read_metrics(tmp_path / "r")[0]["wall_seconds"]) <= elapsed - slow_start

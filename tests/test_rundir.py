@@ -118,7 +118,9 @@ def test_a_live_run_holds_its_directory_and_death_releases_it(stopped):
 
 
 def test_resume_of_a_live_run_is_refused_in_one_line_and_sigkill_releases_it(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=200)
+    # Long enough to be live through both refusals (200 epochs ended within them once in CI);
+    # it is killed below.
+    cfg = tiny_config(tmp_path, epochs=20000)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(cfg), "--output-dir", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))   # `examples` is a package of the checkout, as fo
 import qgm_ray  # noqa: E402
 from qgm_ray import runner  # noqa: E402
 from qgm_ray.errors import ConfigError  # noqa: E402
+from test_main import start_and_signal  # noqa: E402 - one way to signal a running main.py
 
 BYO = ROOT / "examples" / "byo.yaml"
 SAME = ("round", "train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance", "bytes_sent",
@@ -292,16 +292,8 @@ def test_sigterm_then_resume_gives_the_uninterrupted_runs_metrics(tmp_path):
     cfg.write_text(BYO.read_text().replace("epochs: 2", "epochs: 60").replace("every_epochs: 0.5", "every_epochs: 5")
                    + "fault_tolerance: {checkpoint_every: 40}\n")
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(cfg), "--output-dir", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    t0 = time.time()
-    while not (out / "metrics.csv").exists():
-        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    code, _, stderr = start_and_signal(cfg, out, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and 0 < summary["rounds"] < 480
     shutil.copytree(out, tmp_path / "api")

@@ -293,15 +293,21 @@ def test_a_checkpoint_written_before_the_run_object_resumes(tmp_path):
     import shutil
     d = tmp_path / "old"
     shutil.copytree(GOLDEN / "old_run_round30", d)
+    kept = as_numbers(read_metrics(d))
     cfg = load_config(d / "config.yaml")
     s = runner.run(cfg, d, resume=True, log=lambda m: None)
     assert s["status"] == "completed" and s["rounds"] == 100
+    resumed = as_numbers(read_metrics(d))
+    assert len(resumed) == 4 and resumed[:len(kept)] == kept   # the rows before the checkpoint are kept
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
-    assert as_numbers(read_metrics(d)) == as_numbers(read_metrics(tmp_path / "full"))
-    assert s["final_test_accuracy"] == full["final_test_accuracy"]
     with open(GOLDEN / "old_run_full_metrics.csv", newline="") as f:
         if as_numbers(csv.DictReader(f)) != as_numbers(read_metrics(tmp_path / "full")):
-            pytest.skip("tests/golden was recorded on another CPU's kernels; the resume still equals a fresh run")
+            # The checkpoint holds the recording CPU's arithmetic; the rounds after it are this
+            # CPU's. Only a machine that reproduces the recorded run can expect its numbers.
+            pytest.skip("tests/golden was recorded on another CPU's kernels (a fresh run here differs from it); "
+                        "the old checkpoint resumed and completed")
+    assert resumed == as_numbers(read_metrics(tmp_path / "full"))
+    assert s["final_test_accuracy"] == full["final_test_accuracy"]
 
 
 def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers(tmp_path):

@@ -216,6 +216,8 @@ def test_a_worker_death_is_one_line_of_ours_and_rays_message_goes_to_its_logs(tm
     import re
     import signal
 
+    from bench import procs   # the driver's descendants and their command lines, as the benchmarks read them
+
     cfg = tmp_path / "run.yaml"
     cfg.write_text("name: death\nbackend: ray\nprogress: false\n"
                    f"data: {{name: synthetic, batch_size: 16, alpha: 1.0, root: {tmp_path / 'data'}}}\n"
@@ -232,33 +234,11 @@ def test_a_worker_death_is_one_line_of_ours_and_rays_message_goes_to_its_logs(tm
         if line.startswith("run directory"):
             break
 
-    def below(pid):   # the driver's descendants
-        kids = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat") as f:
-                        kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
-                except OSError:
-                    pass
-        out, todo = [], [pid]
-        while todo:
-            for child in kids.get(todo.pop(), []):
-                out.append(child)
-                todo.append(child)
-        return out
-
-    def cmdline(pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
     t0 = time.time()
     while not (tmp_path / "run" / "metrics.csv").exists():   # training, past the first checkpoint
         assert proc.poll() is None and time.time() - t0 < 120
         time.sleep(0.05)
-    actor = next(pid for pid in below(proc.pid) if "ClientActor" in cmdline(pid))
+    actor = next(pid for pid in procs.descendants(proc.pid) if "ClientActor" in procs.cmdline(pid))
     os.kill(actor, signal.SIGKILL)
     output = "".join(lines) + proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, output[-3000:]

@@ -12,10 +12,13 @@ pcode/utils/topology.py); comments say where and why it differs.
 """
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import numpy as np
 
 from qgm_ray.errors import ConfigError
+from qgm_ray.sparse_w import SparseW
 
 
 def exponential_hops(n: int) -> int:
@@ -30,35 +33,33 @@ def _column_normalised(counts: np.ndarray) -> np.ndarray:
     return counts / counts.sum(axis=0, keepdims=True)
 
 
-def _sends(n: int, hops: list[int]) -> np.ndarray:
+def _sends(n: int, hops: list[int]) -> SparseW:
     """counts with 1 on the diagonal and +1 at (i + h mod n, i) for every hop h."""
-    counts = np.eye(n)
     idx = np.arange(n)
-    for h in hops:
-        np.add.at(counts, ((idx + h) % n, idx), 1.0)
-    return counts
+    rows = np.concatenate([idx] + [(idx + h) % n for h in hops])
+    return SparseW.from_coo(n, rows, np.tile(idx, len(hops) + 1), 1.0)
 
 
-def one_peer_exponential(n: int, t: int) -> np.ndarray:
+def one_peer_exponential(n: int, t: int) -> SparseW:
     """Directed, time-varying: in round t client i sends to i + 2^(t mod p) and keeps half.
     Every client also receives from exactly one peer, so W is doubly stochastic (push-sum
     weights stay 1); SGP's main topology."""
     if n == 1:
-        return np.ones((1, 1))
-    return _column_normalised(_sends(n, [2 ** (t % exponential_hops(n))]))
+        return SparseW.from_dense(np.ones((1, 1)))
+    return _sends(n, [2 ** (t % exponential_hops(n))]).column_normalised()
 
 
-def two_peer_exponential(n: int, t: int) -> np.ndarray:
+def two_peer_exponential(n: int, t: int) -> SparseW:
     """Directed, time-varying: client i sends to i + h and i + 2h, h = 2^(t mod p), a third of
     its mass each. Where i + 2h wraps onto i (2h = n) that link is a second self-link, as in
     the official code (self-weight 2/3)."""
     if n == 1:
-        return np.ones((1, 1))
+        return SparseW.from_dense(np.ones((1, 1)))
     h = 2 ** (t % exponential_hops(n))
-    return _column_normalised(_sends(n, [h, 2 * h]))
+    return _sends(n, [h, 2 * h]).column_normalised()
 
 
-def random_peer(n: int, t: int, seed: int, degree: int) -> np.ndarray:
+def random_peer(n: int, t: int, seed: int, degree: int) -> SparseW:
     """Directed, time-varying: in round t each client draws an out-degree d uniformly from
     1..degree, then d hops uniformly from 1..n-1 (with replacement; repeats collapse), from the
     generator of (seed, t); the round is drawn again from the same generator until its graph
@@ -73,34 +74,45 @@ def random_peer(n: int, t: int, seed: int, degree: int) -> np.ndarray:
     One difference: the official degree is drawn from 1..K-1 (numpy's exclusive upper bound),
     ours from 1..degree."""
     if n == 1:
-        return np.ones((1, 1))
-    rng = np.random.default_rng((int(seed), int(t), 0x7065))
-    senders_of = np.arange(n)
-    for _ in range(MAX_DRAWS):
-        d = rng.integers(1, degree + 1, size=n)
-        senders = np.repeat(senders_of, d)
-        counts = np.eye(n)
-        counts[(senders + rng.integers(1, n, size=len(senders))) % n, senders] = 1.0
-        if strongly_connected(counts > 0):
-            return _column_normalised(counts)
+        return SparseW.from_dense(np.ones((1, 1)))
+    # A client receives from nobody with probability ~exp(-mean out-degree) = exp(-(degree+1)/2),
+    # so a draw has no such client with probability ~exp(-mu), mu = n exp(-(degree+1)/2). Above
+    # mu = 20 (< 2e-9 a draw) the draws below cannot succeed: say so now, not after 10,000 draws.
+    mu = n * math.exp(-(degree + 1) / 2)
+    if mu <= 20:
+        rng = np.random.default_rng((int(seed), int(t), 0x7065))
+        idx = np.arange(n)
+        for _ in range(MAX_DRAWS):
+            d = rng.integers(1, degree + 1, size=n)
+            senders = np.repeat(idx, d)
+            links = np.unique(((senders + rng.integers(1, n, size=len(senders))) % n) * n + senders)   # repeats collapse
+            counts = SparseW.from_coo(n, np.concatenate([idx, links // n]), np.concatenate([idx, links % n]), 1.0)
+            if strongly_connected(counts):
+                return counts.column_normalised()
+    why = f"none in {MAX_DRAWS} draws" if mu <= 20 else f"~{mu:.0f} clients would receive from nobody in a round"
     raise ConfigError(
         f"topology.options.degree={degree} is too small for topology.name=random_peer with n_clients={n}: "
-        f"no strongly connected round in {MAX_DRAWS} draws; raise the degree (3 or more)")
+        f"every round must be strongly connected ({why}); raise the degree (3 or more; at this n about "
+        f"{max(3, math.ceil(2 * math.log(n) - 1))}, where ~1 client a round receives from nobody)")
 
 
 MAX_DRAWS = 10_000
 
 
-def strongly_connected(links: np.ndarray) -> bool:
+def strongly_connected(links) -> bool:
     """Whether every node reaches every other along links[j, i] (i -> j) and back: a search
-    from node 0 forwards and backwards (numpy, fast enough to run on every draw)."""
-    n = links.shape[0]
-    for A in (links, links.T):
-        seen = np.zeros(n, dtype=bool)
+    from node 0 forwards and backwards over the nonzeros (O(nnz) per step, fast enough to run
+    on every draw). links: a SparseW or a dense n x n array."""
+    W = links if isinstance(links, SparseW) else SparseW.from_dense(np.asarray(links, dtype=np.float64))
+    dst, src = W.coo_rows(), W.cols
+    for a, b in ((src, dst), (dst, src)):        # forwards: src reaches dst; backwards: the reverse
+        seen = np.zeros(W.n, dtype=bool)
         seen[0] = True
         frontier = seen.copy()
         while frontier.any():
-            reached = A[:, frontier].any(axis=1) & ~seen
+            reached = np.zeros(W.n, dtype=bool)
+            reached[b[frontier[a]]] = True
+            reached &= ~seen
             seen |= reached
             frontier = reached
         if not seen.all():
@@ -108,19 +120,16 @@ def strongly_connected(links: np.ndarray) -> bool:
     return True
 
 
-def bipartite_one_peer(n: int, t: int) -> np.ndarray:
+def bipartite_one_peer(n: int, t: int) -> SparseW:
     """Undirected, time-varying, n even: odd client i pairs with i + h (even, since h is odd),
     h = 2^q - 1 with q cycling over 1..floor(log2(n-1)); weights 1/2. A perfect matching every
     round, so W is symmetric and doubly stochastic. (For n = 2 the official cycle is empty;
     the single pair (0, 1) is the only matching, so it is used every round.)"""
     q = 1 + t % max(1, exponential_hops(n) - 1)
     h = 2 ** q - 1
-    W = np.zeros((n, n))
     odd = np.arange(1, n, 2)
-    W[odd, odd] = 0.5
-    W[(odd + h) % n, (odd + h) % n] = 0.5
-    W[odd, (odd + h) % n] = W[(odd + h) % n, odd] = 0.5
-    return W
+    even = (odd + h) % n          # a bijection onto the even clients: no entry is written twice
+    return SparseW.from_coo(n, np.concatenate([odd, even, odd, even]), np.concatenate([odd, even, even, odd]), 0.5)
 
 
 def margulis(n: int) -> np.ndarray:

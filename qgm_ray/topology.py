@@ -30,6 +30,7 @@ import numpy as np
 
 from qgm_ray import directed, plugins
 from qgm_ray.errors import ConfigError
+from qgm_ray.sparse_w import SparseW
 
 TOPOLOGIES = (
     "complete",
@@ -101,24 +102,25 @@ def mixing_matrix_from_graph(G: nx.Graph) -> np.ndarray:
     return W
 
 
-def _circulant(n: int, offsets: dict[int, float]) -> np.ndarray:
-    """W[i, (i + o) % n] += w for each offset o: the ring-like graphs."""
-    W = np.zeros((n, n))
+def _circulant(n: int, offsets: dict[int, float]) -> SparseW:
+    """W[i, (i + o) % n] += w for each offset o, in the dict's order: the ring-like graphs."""
     idx = np.arange(n)
-    for o, w in offsets.items():
-        W[idx, (idx + o) % n] += w
-    return W
+    rows = np.concatenate([idx] * len(offsets))
+    cols = np.concatenate([(idx + o) % n for o in offsets])
+    return SparseW.from_coo(n, rows, cols, np.repeat(list(offsets.values()), n))
 
 
-def _ring(n: int) -> np.ndarray:
+def _ring(n: int) -> SparseW:
     if n == 1:
-        return np.ones((1, 1))
+        return SparseW.from_dense(np.ones((1, 1)))
     if n == 2:
-        return np.full((2, 2), 0.5)
+        return SparseW.from_dense(np.full((2, 2), 0.5))
     return _circulant(n, {-1: 1 / 3, 0: 1 / 3, 1: 1 / 3})
 
 
 def _complete(n: int) -> np.ndarray:
+    # Dense by nature (n^2 nonzeros). The engines never build it: `complete` (not lazy) runs
+    # the exact all-reduce of engine/allreduce.py, which needs no W.
     return np.full((n, n), 1.0 / n)
 
 
@@ -129,15 +131,16 @@ def _torus_shape(n: int) -> tuple[int, int] | None:
     return None
 
 
-def _torus(n: int) -> np.ndarray:
+def _torus(n: int) -> SparseW:
     # r, c >= 3 so the 4 grid neighbours are distinct and every weight (self included) is 1/5.
+    # Node (a, b) of the r x c grid is a * c + b (networkx's grid_2d_graph nodes, sorted).
     r, c = _torus_shape(n)
-    G = nx.convert_node_labels_to_integers(nx.grid_2d_graph(r, c, periodic=True), ordering="sorted")
-    W = nx.to_numpy_array(G, nodelist=range(n), weight=None) + np.eye(n)
-    return W / 5.0
+    a, b = np.divmod(np.arange(n), c)
+    cols = [a * c + b] + [((a + da) % r) * c + (b + db) % c for da, db in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    return SparseW.from_coo(n, np.tile(np.arange(n), 5), np.concatenate(cols), 1.0 / 5.0)
 
 
-def _ring_ext(n: int) -> np.ndarray:
+def _ring_ext(n: int) -> SparseW:
     # n >= 4 even: the opposite node is never a ring neighbour, so each row has 4 entries of 1/4.
     return _circulant(n, {-1: 0.25, 0: 0.25, 1: 0.25, n // 2: 0.25})
 
@@ -146,7 +149,7 @@ def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
-def _expander(n: int) -> np.ndarray:
+def _expander(n: int) -> SparseW:
     """Cycle plus the chord i -- i^-1 (mod n), weight 1/3 per neighbour.
 
     The official code writes 1/3 into W[i, i-1], W[i, i+1], W[i, inv(i)] (and W[0, 0]), giving a
@@ -159,13 +162,16 @@ def _expander(n: int) -> np.ndarray:
     """
     if n <= 3:  # the "expander" is the ring (complete graph) itself
         return _ring(n)
-    W = _circulant(n, {-1: 1 / 3, 1: 1 / 3})
-    for i in range(1, n):
-        j = pow(i, -1, n)
-        if j != i:
-            W[i, j] = 1 / 3  # '=' not '+=': a chord on a ring edge is the same edge
-    np.fill_diagonal(W, 1.0 - W.sum(axis=1))
-    return W
+    idx = np.arange(n)
+    chord = np.array([0] + [pow(i, -1, n) for i in range(1, n)])   # node 0 has no chord (as officially)
+    # Each distinct neighbour once (a chord on a ring edge is the same edge), weight 1/3; the
+    # row's off-diagonal weights are equal, so their sum does not depend on the summing order.
+    links = np.unique(np.concatenate([idx * n + (idx - 1) % n, idx * n + (idx + 1) % n,
+                                      (idx * n + chord)[chord != idx]]))
+    rows, cols = np.divmod(links, n)
+    diag = 1.0 - np.bincount(rows, weights=np.full(len(rows), 1 / 3), minlength=n)
+    return SparseW.from_coo(n, np.concatenate([rows, idx]), np.concatenate([cols, idx]),
+                            np.concatenate([np.full(len(rows), 1 / 3), diag]))
 
 
 def _simple(G: nx.Graph) -> nx.Graph:
@@ -197,9 +203,9 @@ def _exponential_period(n: int) -> int:
     return int(math.floor(math.log2(n - 1))) + 1 if n > 2 else 1
 
 
-def _time_varying_exponential(n: int, t: int) -> np.ndarray:
+def _time_varying_exponential(n: int, t: int) -> SparseW:
     if n == 1:
-        return np.ones((1, 1))
+        return _ring(1)
     hop = 2 ** (t % _exponential_period(n))
     if (2 * hop) % n == 0:  # i + hop == i - hop: one neighbour, weights 1/2
         return _circulant(n, {0: 0.5, hop: 0.5})
@@ -210,21 +216,17 @@ def _round_rng(seed: int, t: int) -> np.random.Generator:
     return np.random.default_rng((int(seed), int(t)))
 
 
-def _time_varying_random_ring(n: int, t: int, seed: int) -> np.ndarray:
+def _time_varying_random_ring(n: int, t: int, seed: int) -> SparseW:
     # Relabel the ring: position a of the ring holds client perm[a]. (The official code permutes
     # only the rows of the off-diagonal part, which is not symmetric; a relabelling is.)
     perm = _round_rng(seed, t).permutation(n)
-    W = np.empty((n, n))
-    W[np.ix_(perm, perm)] = _ring(n)
-    return W
+    return _ring(n).relabelled(perm)
 
 
-def _time_varying_random_pair(n: int, t: int, seed: int) -> np.ndarray:
+def _time_varying_random_pair(n: int, t: int, seed: int) -> SparseW:
     perm = _round_rng(seed, t).permutation(n)
-    W = np.zeros((n, n))
     a, b = perm[0::2], perm[1::2]
-    W[a, a] = W[b, b] = W[a, b] = W[b, a] = 0.5
-    return W
+    return SparseW.from_coo(n, np.concatenate([a, b, a, b]), np.concatenate([a, b, b, a]), 0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,12 +554,12 @@ class Topology:
         self.time_varying = name in TIME_VARYING
         # Column-stochastic W: the engines gossip with push-sum weights (engine/push_sum.py).
         self.directed = is_directed(name, self.options, self.n, self.seed)
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[int, SparseW] = OrderedDict()
         self._gap_cache: dict[int, float] = {}
         if name in ("social", "graph", "random_peer") or self.plugin:
-            self.matrix(0)  # build now: errors surface at construction, and the graph is not kept
+            self.sparse(0)  # build now: errors surface at construction, and the graph is not kept
 
-    def _build(self, t: int) -> np.ndarray:
+    def _build(self, t: int):
         if self.plugin:
             return plugin_graph(self.name, self.n, self.seed, self.options)[0]
         return plugins.resolve("topology", self.name)(self.n, t, self.seed, self.options)
@@ -565,19 +567,19 @@ class Topology:
     def _key(self, t: int) -> int:
         return int(t) if self.time_varying else 0
 
-    def matrix(self, t: int = 0) -> np.ndarray:
-        """W(t), float64 n x n, read-only (it is cached: copy before editing)."""
+    def sparse(self, t: int = 0) -> SparseW:
+        """W(t) by its nonzeros (qgm_ray/sparse_w.py): what the engines read. Cached (a static
+        graph's one matrix, a time-varying graph's recent rounds), so it is built once and the
+        engines' per-matrix memo (wiring per block) is kept with it."""
         key = self._key(t)
         W = self._cache.get(key)
         if W is None:
-            W = self._build(key)
+            W = SparseW.of(self._build(key))
             if self.options.get("lazy"):
                 # (I + W) / 2: eigenvalues move from [-1, 1] to [0, 1]. D2 needs lambda_min > -1/3
                 # and gradient tracking diverged on the social graph (lambda_min -0.434) without it
                 # (docs/results/table1); the price is half the mixing per round.
-                W = (np.eye(self.n) + W) / 2
-            W = np.ascontiguousarray(W, dtype=np.float64)
-            W.setflags(write=False)
+                W = W.lazy()
             self._cache[key] = W
             if len(self._cache) > _TV_CACHE_ROUNDS:
                 self._cache.popitem(last=False)
@@ -585,15 +587,21 @@ class Topology:
             self._cache.move_to_end(key)
         return W
 
+    def matrix(self, t: int = 0) -> np.ndarray:
+        """W(t) as a dense float64 n x n array, read-only: O(n^2) memory (2.1 GB at n = 16,384),
+        for inspection, tests and eigenvalues; the engines use `sparse(t)`."""
+        W = self.sparse(t).toarray()
+        W.setflags(write=False)
+        return W
+
     def in_neighbors(self, i: int, t: int = 0) -> list[int]:
         """Clients j != i whose payload client i mixes in round t (W[i, j] != 0), sorted."""
-        row = self.matrix(t)[i]
-        return [int(j) for j in np.flatnonzero(row) if j != i]
+        return [int(j) for j in self.sparse(t).row(i)[0] if j != i]
 
     def out_degree(self, i: int, t: int = 0) -> int:
         """Number of clients j != i that receive client i's payload in round t (W[j, i] != 0)."""
-        col = self.matrix(t)[:, i]
-        return int(np.count_nonzero(col)) - int(col[i] != 0)
+        readers = self.sparse(t).col(i)
+        return int(len(readers) - np.count_nonzero(readers == i))
 
     def spectral_gap(self, t: int = 0) -> float:
         """1 - max(|lambda_2|, |lambda_n|): one minus the largest eigenvalue modulus after the 1."""

@@ -1,11 +1,12 @@
 """What every engine offers the runner, and the math both engines share."""
 from __future__ import annotations
 
-import weakref
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
+
+from qgm_ray.sparse_w import SparseW, as_sparse
 
 
 class EngineFailure(RuntimeError):
@@ -53,11 +54,12 @@ def averages_everyone(topology, centralized: bool) -> bool:
     return getattr(topology, "name", None) == "complete" and not getattr(topology, "options", {}).get("lazy")
 
 
-def mixing_matrix(topology, centralized: bool, n: int, t: int) -> np.ndarray:
-    """W(t); all-reduce algorithms (centralized_sgdm) average over everyone whatever the graph."""
-    if centralized:
-        return np.full((n, n), 1.0 / n)
-    return topology.matrix(t)
+def mixing_matrix(topology, centralized: bool, n: int, t: int) -> SparseW:
+    """W(t) by its nonzeros. All-reduce rounds (`averages_everyone`) never ask: they take
+    engine/allreduce.py, which needs no W (W = 1/n would have n^2 nonzeros)."""
+    if averages_everyone(topology, centralized):
+        raise ValueError("an all-reduce round has no mixing matrix to read (engine/allreduce.py)")
+    return topology.sparse(t)
 
 
 def mix_sources(w_row: np.ndarray) -> list[int]:
@@ -67,61 +69,31 @@ def mix_sources(w_row: np.ndarray) -> list[int]:
     return [int(j) for j in np.flatnonzero(w_row)]
 
 
-class _Sparse:
-    """W's nonzeros by row and by column, found once per matrix (an O(n^2) scan of the dense W,
-    instead of one per block and round)."""
-
-    def __init__(self, W: np.ndarray):
-        rows, cols = np.nonzero(W)                 # row-major: sorted by row, then column
-        self.n = W.shape[0]
-        self.cols, self.weights = cols, W[rows, cols]
-        self.row_ptr = np.searchsorted(rows, np.arange(self.n + 1))
-        by_col = np.lexsort((rows, cols))
-        self.col_rows = rows[by_col]
-        self.col_ptr = np.searchsorted(cols[by_col], np.arange(self.n + 1))
-        self.memo: dict = {}                       # (kind, group) -> answer, for this matrix
-
-
-_SPARSE: dict = {}
-
-
-def _sparse(W: np.ndarray) -> _Sparse:
-    """Cached by the matrix object: a static topology hands out the same W every round, a
-    time-varying one a new W per round. A weak reference: the cache never keeps a dense n x n
-    W alive (2 GB at n = 16,384), and a reused id of a freed W is not mistaken for it."""
-    hit = _SPARSE.get(id(W))
-    if hit is None or hit[0]() is not W:
-        if len(_SPARSE) >= 32:
-            _SPARSE.clear()
-        hit = _SPARSE[id(W)] = (weakref.ref(W), _Sparse(W))
-    return hit[1]
-
-
-def wiring(W: np.ndarray, group: Sequence[int]) -> tuple[list, list[int]]:
+def wiring(W, group: Sequence[int]) -> tuple[list, list[int]]:
     """For the clients at positions `group` (a block): rows [(sources, weights)] of W, and the
     positions held by other blocks that the block must receive, in increasing order.
-    Sources are in increasing index order (mix_sources)."""
-    sp, key = _sparse(W), ("wiring", tuple(group))
+    Sources are in increasing index order (mix_sources). W: a SparseW (or a dense array).
+    Memoised on the matrix: a static graph's blocks are wired once per run."""
+    sp, key = as_sparse(W), ("wiring", tuple(group))
     if key not in sp.memo:
         rows, need = [], set()
         for i in group:
-            a, b = sp.row_ptr[i], sp.row_ptr[i + 1]
-            src = sp.cols[a:b].tolist()
-            rows.append((src, sp.weights[a:b].tolist()))
+            src, weights = sp.row(i)
+            src = src.tolist()
+            rows.append((src, weights.tolist()))
             need.update(src)
         sp.memo[key] = (rows, sorted(need - set(group)))
     return sp.memo[key]
 
 
-def exports(W: np.ndarray, group: Sequence[int]) -> list[int]:
+def exports(W, group: Sequence[int]) -> list[int]:
     """Positions of `group` whose payload a client outside the group mixes in W: the only rows
     a block has to put in the object store (one GPU holding every client exports none)."""
-    sp, key = _sparse(W), ("exports", tuple(group))
+    sp, key = as_sparse(W), ("exports", tuple(group))
     if key not in sp.memo:
         inside = np.zeros(sp.n, dtype=bool)
         inside[list(group)] = True
-        sp.memo[key] = [p for p in group
-                        if not inside[sp.col_rows[sp.col_ptr[p]:sp.col_ptr[p + 1]]].all()]
+        sp.memo[key] = [p for p in group if not inside[sp.col(p)].all()]
     return sp.memo[key]
 
 
@@ -176,15 +148,10 @@ def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int)
     inside their block, one partial per block to the root, the mean back)."""
     if averages_everyone(topology, centralized):
         return int(2 * (n - 1) * payload_bytes)
-    return int(_edges(topology.matrix(t)) * payload_bytes)
-
-
-def _edges(W: np.ndarray) -> int:
-    """Off-diagonal nonzeros of W (the sum of the out-degrees), from the cached sparse form."""
-    sp = _sparse(W)
-    if "edges" not in sp.memo:
-        sp.memo["edges"] = len(sp.cols) - int(np.count_nonzero(np.diagonal(W)))
-    return sp.memo["edges"]
+    W = topology.sparse(t)
+    if "edges" not in W.memo:
+        W.memo["edges"] = W.off_diagonal_nnz()
+    return int(W.memo["edges"] * payload_bytes)
 
 
 def consensus_distance(stacked: torch.Tensor) -> float:

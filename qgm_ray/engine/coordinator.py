@@ -54,7 +54,7 @@ def cross_node_bytes(topology, centralized: bool, n: int, t: int, k: int, nodes:
     """Payload bytes that cross Ray nodes in round t with these actors on these nodes."""
     if averages_everyone(topology, centralized):
         return placement.allreduce_cross_node_bytes(nodes, payload_bytes)
-    return placement.cross_node_bytes(topology.matrix(t), groups_of(n, k), nodes, payload_bytes)
+    return placement.cross_node_bytes(topology.sparse(t), groups_of(n, k), nodes, payload_bytes)
 
 
 class NodeClientActor(ClientActor):
@@ -129,7 +129,7 @@ class Coordinator:
             traffic = placement.allreduce_traffic(len(groups))
         else:
             rounds = placement.ROUNDS_FOR_GRAPH if topo.time_varying else 1
-            traffic = placement.actor_traffic((topo.matrix(t) for t in range(rounds)), groups)
+            traffic = placement.actor_traffic((topo.sparse(t) for t in range(rounds)), groups)
         return placement.assign(traffic, capacity, {a: m for a, m in fixed.items() if m in capacity})
 
     def _set_slots(self, slots: list[int], states: Optional[list] = None) -> None:

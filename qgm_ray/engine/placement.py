@@ -23,6 +23,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from qgm_ray.sparse_w import as_sparse
+
 # Time-varying graphs: the actor graph is the union of this many rounds' edges.
 ROUNDS_FOR_GRAPH = 16
 
@@ -34,9 +36,9 @@ def actor_traffic(matrices: Iterable[np.ndarray], groups: Sequence[Sequence[int]
     A = len(groups)
     T = np.zeros((A, A))
     for W in matrices:
-        dst, src = np.nonzero(W)
-        for i, j in zip(dst, src):
-            a, b = actor_of.get(int(i)), actor_of.get(int(j))
+        W = as_sparse(W)
+        for i, j in zip(W.coo_rows().tolist(), W.cols.tolist()):
+            a, b = actor_of.get(i), actor_of.get(j)
             if a is not None and b is not None and a != b:
                 T[a, b] += 1
                 T[b, a] += 1
@@ -96,19 +98,24 @@ def actors_fit(node_resources: dict, need: dict) -> int:
     return int(math.floor(min(fits) + 1e-9)) if fits else 10**6
 
 
-def cross_node_bytes(W: np.ndarray, groups: Sequence[Sequence[int]], node_of_actor: Sequence,
+def cross_node_bytes(W, groups: Sequence[Sequence[int]], node_of_actor: Sequence,
                      payload_bytes: int) -> int:
-    """Payload bytes that leave their node in the round whose mixing matrix is W."""
-    node_of_pos = {p: node_of_actor[a] for a, g in enumerate(groups) for p in g}
-    pairs = set()
-    for a, g in enumerate(groups):
-        here = node_of_actor[a]
-        for i in g:
-            for j in np.flatnonzero(W[i]):
-                src = node_of_pos.get(int(j))
-                if src is not None and src != here:
-                    pairs.add((int(j), here))
-    return len(pairs) * int(payload_bytes)
+    """Payload bytes that leave their node in the round whose mixing matrix is W (a SparseW
+    or a dense array). Memoised on W per layout: a static graph is counted once."""
+    W = as_sparse(W)
+    key = ("cross_node", tuple(map(tuple, groups)), tuple(node_of_actor))
+    if key not in W.memo:
+        node_of_pos = {p: node_of_actor[a] for a, g in enumerate(groups) for p in g}
+        pairs = set()
+        for a, g in enumerate(groups):
+            here = node_of_actor[a]
+            for i in g:
+                for j in W.row(i)[0].tolist():
+                    src = node_of_pos.get(j)
+                    if src is not None and src != here:
+                        pairs.add((j, here))
+        W.memo[key] = len(pairs)
+    return W.memo[key] * int(payload_bytes)
 
 
 def allreduce_traffic(n_actors: int) -> np.ndarray:

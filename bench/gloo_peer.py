@@ -59,17 +59,12 @@ def _rank_main(rank: int, n: int, port: int, cfg_dict: dict, threads: int, conn)
     del ds  # a rank keeps only its own shard, like the official code's data loader
     topology = build.build_topology(cfg, n)
     centralized = client.algorithm.centralized
-    cache: dict = {}
 
     def neighbours(t: int):
-        w = mixing_matrix(topology, centralized, n, t)
-        key = w.tobytes()
-        if key not in cache:
-            cache.clear()
-            in_nb = [j for j in range(n) if j != rank and w[rank, j] != 0]
-            out_nb = [j for j in range(n) if j != rank and w[j, rank] != 0]
-            cache[key] = (w, in_nb, out_nb)
-        return cache[key]
+        w = mixing_matrix(topology, centralized, n, t)     # a SparseW (qgm_ray/sparse_w.py)
+        in_nb = [j for j in w.row(rank)[0].tolist() if j != rank]
+        out_nb = [j for j in w.col(rank).tolist() if j != rank]
+        return w, in_nb, out_nb
 
     conn.send(("ready", os.getpid()))
     while True:

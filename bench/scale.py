@@ -10,7 +10,8 @@ by role: driver, ClientActor, Coordinator, Ray system). A measurement records:
 - startup_seconds: the engine built (Ray started, actors up, blocks built);
 - round_seconds: mean wall time of one round over `rounds` rounds after one warm-up round
   (one `train` call, which ends with every client's round finished);
-- eval_seconds, checkpoint_seconds / checkpoint_mb: one evaluation, one state_dict;
+- eval_seconds, checkpoint_seconds / checkpoint_mb: one evaluation, one state_dict written to a
+  file with torch.save (as the runner writes its checkpoints);
 - ceiling (kind "ceiling"): one model trained with SGD at batch n x b on the same thread(s)
   (bench/gpu.py's time_ceiling on the CPU); ceiling ratio = ceiling round / engine round.
 
@@ -56,7 +57,7 @@ def config(backend: str, n: int, model: str, algorithm: str, topology: str):
 
 def measure(spec: dict) -> dict:
     """One measurement, in this process (what `--one` runs)."""
-    import io
+    import tempfile
 
     import torch
 
@@ -92,12 +93,17 @@ def measure(spec: dict) -> dict:
         t0 = time.perf_counter()
         engine.evaluate()
         out["eval_seconds"] = round(time.perf_counter() - t0, 2)
-        t0 = time.perf_counter()
-        state = engine.state_dict()
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        out["checkpoint_seconds"] = round(time.perf_counter() - t0, 2)
-        out["checkpoint_mb"] = round(buf.tell() / 2**20, 1)
+        # Into a file, as the runner writes its checkpoints (outputs.save_checkpoint): torch.save
+        # streams to a file, where a BytesIO would hold a second copy of the state in memory.
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            state = engine.state_dict()
+            path = Path(tmp) / "checkpoint.pt"
+            with open(path, "wb") as f:
+                torch.save(state, f)
+            out["checkpoint_seconds"] = round(time.perf_counter() - t0, 2)
+            out["checkpoint_mb"] = round(path.stat().st_size / 2**20, 1)
+            del state
     finally:
         engine.close()
     return out

@@ -218,5 +218,3 @@ def test_engines_read_w_only_through_the_sparse_form(monkeypatch):
     assert base.round_bytes(topo, False, 64, 0, 10) == 64 * 2 * 10
     assert placement.cross_node_bytes(W, groups, ["a", "a", "b", "b"], 1) == 4   # 31 <-> 32, 63 <-> 0
     assert placement.actor_traffic([W], groups)[0, 1] == 2
-    with pytest.raises(ValueError, match="all-reduce"):
-        base.mixing_matrix(topo, True, 64, 0)

@@ -55,10 +55,11 @@ def averages_everyone(topology, centralized: bool) -> bool:
 
 
 def mixing_matrix(topology, centralized: bool, n: int, t: int) -> SparseW:
-    """W(t) by its nonzeros. All-reduce rounds (`averages_everyone`) never ask: they take
-    engine/allreduce.py, which needs no W (W = 1/n would have n^2 nonzeros)."""
-    if averages_everyone(topology, centralized):
-        raise ValueError("an all-reduce round has no mixing matrix to read (engine/allreduce.py)")
+    """W(t) by its nonzeros; all-reduce algorithms (centralized_sgdm) average over everyone
+    whatever the graph (W = 1/n: n^2 nonzeros, so the engines never ask for it: they take
+    engine/allreduce.py for every round where `averages_everyone`)."""
+    if centralized:
+        return SparseW.from_dense(np.full((n, n), 1.0 / n))
     return topology.sparse(t)
 
 

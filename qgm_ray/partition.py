@@ -47,7 +47,8 @@ def _check_n(n_clients, n_samples: int) -> int:
     if n_samples < n_clients:
         raise ConfigError(
             f"cannot split {n_samples} samples over topology.n_clients={n_clients}: "
-            "every client needs at least one sample"
+            "every client needs at least one sample (fewer clients, or more data: data.options.num_samples "
+            "for mnist1d, synthetic and synthetic_image)"
         )
     return int(n_clients)
 

@@ -149,3 +149,56 @@ def test_local_models_are_evaluated_on_a_subset_only_above_the_budget(monkeypatc
     x, y = ds.test_x[keep], ds.test_y[keep]
     want = np.mean([a for b in engine.blocks for a in b.evaluate_rows(x, y, 1024)])
     assert engine.evaluate()["local_test_accuracy"] == want
+
+
+# ------------------------------------------------------------------ huge pages (qgm_ray/__init__.py)
+
+HUGE_PAGE_ADVICE = """
+import qgm_ray, torch
+t = torch.ones(8 * 2**20)        # 32 MB
+p = t.data_ptr()
+lines = open("/proc/self/smaps").read().splitlines()
+for i, line in enumerate(lines):
+    lo, _, hi = line.split()[0].partition("-")
+    if "-" in line.split()[0] and int(lo, 16) <= p < int(hi, 16):
+        flags = next(x for x in lines[i + 1:] if x.startswith("VmFlags:"))
+        print("hg" in flags.split())
+        break
+"""
+
+
+def _huge_page_advice(env: dict) -> bool:
+    """Whether torch madvised a fresh 32 MB tensor's mapping MADV_HUGEPAGE (`hg` in its VmFlags:
+    the advice itself, whether or not the kernel had huge pages to give)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", HUGE_PAGE_ADVICE], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
+def test_importing_qgm_ray_gives_torchs_big_tensors_huge_pages_unless_the_user_said_no():
+    """torch's allocator madvises huge pages for tensors of 2 MB or more only when
+    THP_MEM_ALLOC_ENABLE is set before its first allocation: `import qgm_ray` sets it."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    assert _huge_page_advice(env)
+    assert not _huge_page_advice({**env, "THP_MEM_ALLOC_ENABLE": "0"})   # the user's choice stands
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("value", ["1", "0"])
+def test_the_drivers_huge_page_setting_reaches_every_actor(ray_session, monkeypatch, value):
+    """Through the engine's runtime_env, so also on nodes whose raylet did not inherit it."""
+    from qgm_ray.engine.ray_engine import RayEngine
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", value)
+    cfg = load_config(None, SMALL + ["topology.n_clients=4", "ray.clients_per_actor=2"])
+    ds, parts = runner.prepare(cfg, log=quiet)
+    engine = RayEngine(cfg, ds, parts, log=quiet)
+    try:
+        pids = engine.actor_pids()
+        assert len(pids) == 2
+        for pid in pids:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            assert f"THP_MEM_ALLOC_ENABLE={value}".encode() in environ
+    finally:
+        engine.close()

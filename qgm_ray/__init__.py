@@ -13,20 +13,9 @@ are resolved on first use, so `import qgm_ray` loads neither torch nor Ray.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
 __version__ = "0.1.0"
-
-# torch's CPU allocator gives tensors of 2 MB or more transparent huge pages (2 MB-aligned,
-# madvise(MADV_HUGEPAGE)) when this is set before its first allocation (it reads it once). A
-# packed block's (k, P) tensors above glibc's 32 MB mmap threshold are otherwise fresh mappings
-# that fault in 4 KB at a time every round: measured 2026-12-02 on the 2-core AMD EPYC (local
-# engine, 1 thread), a 4,096-client mlp round took 2.0 s without and 0.84 s with it (cnn1d 2.77
-# -> 2.35 s); the numbers computed are the same. Set before torch is imported here; the Ray
-# engine passes it to its actors (engine/ray_engine.py). THP_MEM_ALLOC_ENABLE=0 turns it off.
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
-os.environ.setdefault(HUGE_PAGES_ENV, "1")
 
 _EXPORTS = {
     # running

@@ -28,7 +28,6 @@ how many clients each node holds and how many payload bytes per round cross node
 """
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from typing import Callable, Optional
@@ -37,7 +36,7 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qgm_ray import HUGE_PAGES_ENV, build, plugins
+from qgm_ray import build, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
@@ -96,9 +95,7 @@ class RayEngine:
     def _start(self, slots: list[int]) -> None:
         # After a failure the coordinator drops refs to calls that failed because a payload
         # was lost; those errors are expected and handled (EngineFailure), not "unhandled".
-        env = {"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1",
-                            # huge pages for big tensors (qgm_ray/__init__.py), on every node
-                            HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV, "1")}}
+        env = {"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}}
         # Plug-in code (`module:attr` names) travels with the coordinator; its ClientActors
         # inherit it (and the coordinator names it again: coordinator.runtime_env).
         env = plugins.ray_runtime_env(self.cfg, env)

@@ -96,7 +96,7 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
     push-sum weights on a directed graph (all-reduce rules ignore the graph); stepping its
     rows in chunks per `ray.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py)."""
     from qgm_ray.engine.block import Block, should_pack
-    from qgm_ray.engine.memory import auto_chunk
+    from qgm_ray.engine.memory import auto_chunk, heap_for_big_tensors
 
     model = build_model(cfg, ds)
     num_params = sum(p.numel() for p in model.parameters())
@@ -112,4 +112,5 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
                   push_sum=uses_push_sum(cfg, algorithm))
     chunk = cfg.ray.vmap_chunk
     block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
+    heap_for_big_tensors(block)
     return block

@@ -149,3 +149,47 @@ def test_local_models_are_evaluated_on_a_subset_only_above_the_budget(monkeypatc
     x, y = ds.test_x[keep], ds.test_y[keep]
     want = np.mean([a for b in engine.blocks for a in b.evaluate_rows(x, y, 1024)])
     assert engine.evaluate()["local_test_accuracy"] == want
+
+
+# ------------------------------------------------------------------ big CPU blocks on the heap (engine/memory.py)
+
+HEAP_PROBE = """
+import sys, torch
+from qgm_ray.config import load_config
+from qgm_ray.engine.local import LocalEngine
+from qgm_ray import runner
+from qgm_ray.engine import memory
+
+def in_heap(t):
+    for line in open("/proc/self/maps"):
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= t.data_ptr() < hi:
+            return line.rstrip().endswith("[heap]")
+    return False
+
+before = in_heap(torch.empty(16 * 2**20))          # 64 MB: glibc maps it on its own
+cfg = load_config(None, sys.argv[1:])
+ds, parts = runner.prepare(cfg, log=lambda m: None)
+engine = LocalEngine(cfg, ds, parts)
+print(before, memory._heap_mode, in_heap(torch.empty(16 * 2**20)), engine.blocks[0].params.shape[0])
+"""
+
+
+def _heap_probe(*overrides) -> list[str]:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE, *SMALL, *overrides], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split()
+
+
+def test_a_big_cpu_block_moves_big_allocations_to_the_heap_and_a_small_one_does_not():
+    """A block whose (k, P) rows take 16 MB or more switches its process's malloc to the heap
+    for big tensors (freed memory reused, not faulted in again every round); the default and
+    paper-size runs (small blocks) leave malloc alone."""
+    # mlp with hidden [4096]: ~180k parameters, 2 blocks of 32 -> 23 MB a (k, P) tensor
+    big = _heap_probe("topology.n_clients=64", "model.options={hidden: [4096]}", "ray.clients_per_actor=32",
+                      "data.options={num_samples: 2000, num_features: 40, num_classes: 4}")
+    assert big == ["False", "True", "True", "32"]
+    small = _heap_probe("topology.n_clients=4")
+    assert small == ["False", "False", "False", "2"]

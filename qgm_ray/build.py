@@ -90,11 +90,14 @@ def payload_floats(cfg: Config, algorithm, num_params: int) -> int:
     return algorithm.payload_size(num_params) + (1 if uses_push_sum(cfg, algorithm) else 0)
 
 
-def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str, gpu_share: float = 1.0):
+def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str, gpu_share: float = 1.0,
+                heap_for_big: bool = False):
     """The block of the clients holding these shards (slots), in this order, on `device`;
     packed (one vmap) per `ray.pack_clients` and the device (engine.block.should_pack); with
     push-sum weights on a directed graph (all-reduce rules ignore the graph); stepping its
-    rows in chunks per `ray.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py)."""
+    rows in chunks per `ray.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py).
+    heap_for_big: a big CPU block moves this process's big allocations to the heap
+    (engine/memory.py; the local engine asks for it)."""
     from qgm_ray.engine.block import Block, should_pack
     from qgm_ray.engine.memory import auto_chunk, heap_for_big_tensors
 
@@ -112,5 +115,6 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
                   push_sum=uses_push_sum(cfg, algorithm))
     chunk = cfg.ray.vmap_chunk
     block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
-    heap_for_big_tensors(block)
+    if heap_for_big:
+        heap_for_big_tensors(block)
     return block

@@ -18,6 +18,7 @@ from qgm_ray.engine import allreduce
 from qgm_ray.engine.base import averages_everyone, block_mix, mixing_matrix, wiring
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
+from qgm_ray.engine.memory import release_free_heap
 from qgm_ray.engine import slowmo
 
 
@@ -120,6 +121,7 @@ class LocalEngine:
         return average_rows(self.params, self.flat_buffers(), self.push_sum_weights())
 
     def evaluate(self) -> dict:
+        release_free_heap()   # what the rounds keep for reuse (engine/memory.py)
         bs = self.cfg.eval.batch_size
         out = self.averaged.evaluate(self.params, self.flat_buffers(), self.push_sum_weights())
         if self.cfg.eval.local_models:
@@ -134,6 +136,7 @@ class LocalEngine:
         return [s for b in self.blocks for s in b.client_states()]
 
     def state_dict(self) -> dict:
+        release_free_heap()
         return {"slots": list(self.slots), "clients": self.client_states()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -161,7 +164,8 @@ class LocalEngine:
             if block is None:
                 # One GPU holds every block: each gets its share (as each actor of a Ray run on
                 # one GPU does), so both engines choose the same vmap chunks (engine/memory.py).
-                block = build.build_block(self.cfg, self.ds, self.parts, ids, self.device, gpu_share=1 / len(groups))
+                block = build.build_block(self.cfg, self.ds, self.parts, ids, self.device, gpu_share=1 / len(groups),
+                                          heap_for_big=True)
                 for r, s in enumerate(ids):
                     if s in kept:
                         block.load_client_state(r, kept[s])

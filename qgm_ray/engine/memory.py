@@ -105,9 +105,12 @@ def auto_chunk(block, gpu_share: float, log: Callable[[str], None] = lambda m: N
 # block ran at 2.3 GB/s against 10.7 GB/s on the 31 MB block of 1,024 clients, and a round
 # took 2.1 s; with big tensors taken from the heap and freed memory kept for reuse, 0.68 s
 # (1,024 clients, 31 MB tensors: 0.29 -> 0.17 s), at 2.8 instead of 2.2 GB peak RSS. Blocks
-# from half the largest threshold (16 MB) switch. Transparent huge pages were tried too: faster
-# alone, but the kernel's compaction stalls made the 16,384-client rounds 2.5x slower.
-# Arithmetic is unchanged: only where the bytes live.
+# from half the largest threshold (16 MB) switch. Arithmetic is unchanged: only where the bytes
+# live. Only the local engine switches: in the Ray engine's ClientActors the heap grew far more
+# (peak PSS of the run, 4,096 mlp clients: 5.5 -> 8.9 GB; 16,384 cnn1d: 7.7 -> 11.3 GB, 9.2 GB
+# with release_free_heap before evaluations and checkpoints) for rounds 1.4-2.1x faster, and
+# 16,384 clients on Ray must fit 8 GB on this machine (issue 17). Transparent huge pages were tried too:
+# faster alone, but the kernel's compaction stalls made the 16,384-client rounds 2.5x slower.
 MMAP_THRESHOLD_MAX = 32 * 2**20
 HEAP_BLOCK_BYTES = MMAP_THRESHOLD_MAX // 2
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4       # glibc's mallopt parameters (malloc.h)
@@ -137,3 +140,13 @@ def heap_for_big_tensors(block, log: Callable[[str], None] = lambda m: None) -> 
     log(f"block of {block.k} clients: {block.params.numel() * 4 / 2**20:.0f} MB a (k, P) tensor; this "
         "process now allocates big tensors on the heap and keeps freed memory for reuse (engine/memory.py)")
     return True
+
+
+def release_free_heap() -> None:
+    """Give the heap's free pages back to the system (glibc malloc_trim(0), which also returns
+    free pages inside the heap) where heap_for_big_tensors switched this process. Called before
+    an evaluation or a checkpoint: what the rounds keep for reuse would otherwise sit under
+    those phases' own allocations; the next round faults it in once."""
+    if _heap_mode:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)

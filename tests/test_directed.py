@@ -272,6 +272,11 @@ def test_random_peer_rounds_are_strongly_connected_and_keep_weights_away_from_ze
         assert w.min() > 0.05
     with pytest.raises(ConfigError, match=r"topology.options.degree=1 is too small .*n_clients=64"):
         make_topology("random_peer", 64, degree=1)
+    # Where no draw can be strongly connected (~n e^-2 clients that nobody sends to), it says so
+    # before drawing, with a degree that fits this n.
+    with pytest.raises(ConfigError, match=r"degree=3 is too small .*n_clients=16384: .*~2217 clients would "
+                                          r"receive from nobody.*about 19"):
+        make_topology("random_peer", 16384, degree=3)
 
 
 def test_strongly_connected_agrees_with_networkx():

@@ -28,11 +28,6 @@ def exponential_hops(n: int) -> int:
     return (n - 1).bit_length() if n > 2 else 1
 
 
-def _column_normalised(counts: np.ndarray) -> np.ndarray:
-    """counts[j, i] = links i -> j (self included); each column divided by its sum."""
-    return counts / counts.sum(axis=0, keepdims=True)
-
-
 def _sends(n: int, hops: list[int]) -> SparseW:
     """counts with 1 on the diagonal and +1 at (i + h mod n, i) for every hop h."""
     idx = np.arange(n)
@@ -148,12 +143,11 @@ def margulis(n: int) -> np.ndarray:
     return W
 
 
-def directed_weights(G: nx.DiGraph) -> np.ndarray:
+def directed_weights(G: nx.DiGraph) -> SparseW:
     """Column-stochastic W of a directed graph on nodes 0..n-1: a client keeps 1/(d+1) of its
     mass and sends 1/(d+1) along each of its d out-links (self-loops ignored)."""
     n = G.number_of_nodes()
-    counts = np.eye(n)
-    for i, j in G.edges():
-        if i != j:
-            counts[j, i] = 1.0
-    return _column_normalised(counts)
+    links = np.array([(j, i) for i, j in G.edges() if i != j], dtype=np.int64).reshape(-1, 2)   # (to, from)
+    idx = np.arange(n)
+    counts = SparseW.from_coo(n, np.concatenate([idx, links[:, 0]]), np.concatenate([idx, links[:, 1]]), 1.0)
+    return counts.column_normalised()

@@ -72,10 +72,6 @@ class SparseW:
     # -- reading ------------------------------------------------------------------------------
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.n)
-
-    @property
     def nnz(self) -> int:
         return len(self.cols)
 
@@ -97,19 +93,9 @@ class SparseW:
             self._col_ptr = np.searchsorted(self.cols[by_col], np.arange(self.n + 1))
         return self._col_rows[self._col_ptr[j]:self._col_ptr[j + 1]]
 
-    def diagonal(self) -> np.ndarray:
-        d = np.zeros(self.n)
-        rows = self.coo_rows()
-        on = rows == self.cols
-        d[rows[on]] = self.weights[on]
-        return d
-
     def off_diagonal_nnz(self) -> int:
         """Links i -> j with i != j: the sum of the out-degrees (payloads sent in a round)."""
         return int(np.count_nonzero(self.coo_rows() != self.cols))
-
-    def row_sums(self) -> np.ndarray:
-        return np.bincount(self.coo_rows(), weights=self.weights, minlength=self.n)
 
     def col_sums(self) -> np.ndarray:
         return np.bincount(self.cols, weights=self.weights, minlength=self.n)

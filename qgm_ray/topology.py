@@ -351,7 +351,7 @@ def _options_key(options: dict) -> str:
     return repr(sorted((k, repr(v)) for k, v in options.items()))
 
 
-def plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray, bool]:
+def plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray | SparseW, bool]:
     """(W, directed) of the plug-in graph `name` on n clients, checked: one line naming
     topology.name for a wrong kind of object, a wrong size, a disconnected graph or a W that
     is not stochastic. Cached per (name, n, seed, options) in this process."""
@@ -366,7 +366,7 @@ def plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarra
     return result
 
 
-def _build_plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray, bool]:
+def _build_plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray | SparseW, bool]:
     fn = plugins.resolve("topology", name)
     where = f"topology.name={name!r}"
     if not callable(fn):
@@ -649,7 +649,7 @@ class Topology:
 # the built-in names: builders (n, t, seed, options) -> W, registered like a user's graph
 # ---------------------------------------------------------------------------------------------
 
-def _user_named_graph(n: int, t: int, seed: int, kw: dict) -> np.ndarray:
+def _user_named_graph(n: int, t: int, seed: int, kw: dict) -> np.ndarray | SparseW:
     G = _user_graph(n, seed, **_graph_kwargs(kw))
     return directed.directed_weights(G) if is_directed("graph", kw) else mixing_matrix_from_graph(G)
 

@@ -63,17 +63,11 @@ def mixing_matrix(topology, centralized: bool, n: int, t: int) -> SparseW:
     return topology.sparse(t)
 
 
-def mix_sources(w_row: np.ndarray) -> list[int]:
-    """The clients whose payloads client i mixes: the nonzero entries of W(t)[i] (self included),
-    in increasing index order. Both engines sum in this order (block_mix), so they agree bit
-    for bit."""
-    return [int(j) for j in np.flatnonzero(w_row)]
-
-
 def wiring(W, group: Sequence[int]) -> tuple[list, list[int]]:
     """For the clients at positions `group` (a block): rows [(sources, weights)] of W, and the
     positions held by other blocks that the block must receive, in increasing order.
-    Sources are in increasing index order (mix_sources). W: a SparseW (or a dense array).
+    Sources are in increasing index order: both engines sum in this order (block_mix), so they
+    agree bit for bit. W: a SparseW (or a dense array).
     Memoised on the matrix: a static graph's blocks are wired once per run."""
     sp, key = as_sparse(W), ("wiring", tuple(group))
     if key not in sp.memo:

@@ -1,6 +1,7 @@
 """What every engine offers the runner, and the math both engines share."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
@@ -19,17 +20,28 @@ class EngineFailure(RuntimeError):
         self.lost_clients = list(lost_clients)
 
 
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one finished round reports to the runner. The engine's exchange stage counts the
+    bytes, once: the runner only adds them up."""
+    round: int                  # the round's index t (0-based)
+    loss: float                 # mean mini-batch loss over the clients, in position order
+    bytes_sent: int             # payload bytes put on the wire in this round (gossip and any barrier step)
+    bytes_cross_node: int = 0   # of which crossed Ray nodes (0 on the local engine)
+
+
 class Engine(Protocol):
+    """Everything the runner reads of an engine; both engines implement all of it."""
     n_clients: int
-    topology: object
+    time_lost_seconds: float    # wall time lost to failures and replays (0.0 where nothing fails)
 
     def train(self, rounds: range, lr_of: Callable[[int], float],
-              on_round: Optional[Callable[[int, float], None]] = None,
-              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
-        """Run these rounds; return the mean mini-batch loss of each round (len == len(rounds)).
+              on_round: Optional[Callable[[RoundRecord], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[RoundRecord]:
+        """Run these rounds; return one record per finished round (len == len(rounds)).
 
         When `should_stop()` turns true the engine stops at the next round boundary where every
-        client has finished its round, and returns the losses of the rounds done so far (fewer
+        client has finished its round, and returns the records of the rounds done so far (fewer
         than len(rounds)): the state is then exactly that after round rounds[0] + len(result).
         Raises EngineFailure when part of the engine died (the runner restores and replays)."""
 

@@ -1,2 +1,15 @@
 """Performance harness: round time and memory of the local engine, the Ray engine and a
 torch.distributed (gloo) peer. Entry point: `python main.py bench [--quick] [--output FILE]`."""
+
+
+def command(args) -> int:
+    """`python main.py bench`: the CPU harness, the GPU comparison (--device cuda) or the
+    scaling sweep (--scale), per the parsed arguments of qgm_ray.cli."""
+    if args.scale:
+        from bench.scale import main as scale_main
+        return scale_main(quick=args.quick, output=args.output)
+    if args.device == "cuda":
+        from bench.gpu import main as gpu_main
+        return gpu_main(quick=args.quick, output=args.output)
+    from bench.harness import main as bench_main
+    return bench_main(quick=args.quick, output=args.output)

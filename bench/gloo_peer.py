@@ -48,6 +48,7 @@ def _rank_main(rank: int, n: int, port: int, cfg_dict: dict, threads: int, conn)
 
     from qgm_ray import build
     from qgm_ray.config import from_dict
+    from qgm_ray.engine.assembly import build_block
     from qgm_ray.engine.base import mixing_matrix
 
     torch.set_num_threads(threads)
@@ -55,7 +56,7 @@ def _rank_main(rank: int, n: int, port: int, cfg_dict: dict, threads: int, conn)
     cfg = from_dict(cfg_dict)
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
-    client = build.build_block(cfg, ds, parts, [rank], "cpu")
+    client = build_block(cfg, ds, parts, [rank], "cpu")
     del ds  # a rank keeps only its own shard, like the official code's data loader
     topology = build.build_topology(cfg, n)
     centralized = client.algorithm.centralized

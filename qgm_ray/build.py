@@ -13,6 +13,7 @@ import torch
 from qgm_ray.algorithms import make_algorithm_from_config
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset, load_dataset
+from qgm_ray.layout import max_clients
 from qgm_ray.models import HUB_MODELS, make_model
 from qgm_ray.partition import make_partition
 from qgm_ray.topology import is_directed, make_topology
@@ -33,11 +34,6 @@ def build_dataset(cfg: Config) -> Dataset:
         keep = torch.randperm(len(ds.test_x), generator=g)[:cfg.eval.max_test_samples]
         ds.test_x, ds.test_y = ds.test_x[keep], ds.test_y[keep]
     return ds
-
-
-def max_clients(cfg: Config) -> int:
-    """The most clients the run holds at once: n_clients or the elastic schedule's largest."""
-    return max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
 
 
 def partition_slots(cfg: Config) -> int:
@@ -88,33 +84,3 @@ def uses_push_sum(cfg: Config, algorithm) -> bool:
 def payload_floats(cfg: Config, algorithm, num_params: int) -> int:
     """Floats one client sends per round (what engine.block.Block.payload_size says)."""
     return algorithm.payload_size(num_params) + (1 if uses_push_sum(cfg, algorithm) else 0)
-
-
-def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str, gpu_share: float = 1.0,
-                heap_for_big: bool = False):
-    """The block of the clients holding these shards (slots), in this order, on `device`;
-    packed (one vmap) per `ray.pack_clients` and the device (engine.block.should_pack); with
-    push-sum weights on a directed graph (all-reduce rules ignore the graph); stepping its
-    rows in chunks per `ray.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py).
-    heap_for_big: a big CPU block moves this process's big allocations to the heap
-    (engine/memory.py; the local engine asks for it)."""
-    from qgm_ray.engine.block import Block, should_pack
-    from qgm_ray.engine.memory import auto_chunk, heap_for_big_tensors
-
-    model = build_model(cfg, ds)
-    num_params = sum(p.numel() for p in model.parameters())
-    shards = []
-    for s in slots:
-        idx = torch.as_tensor(parts[s], dtype=torch.long)
-        shards.append((ds.train_x[idx], ds.train_y[idx]))
-    augment = ds.augment if cfg.data.augment else None
-    algorithm = build_algorithm(cfg)
-    block = Block(model, algorithm, shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
-                  augment=augment, device=device, norm=ds.norm, fill=ds.fill,
-                  packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device),
-                  push_sum=uses_push_sum(cfg, algorithm))
-    chunk = cfg.ray.vmap_chunk
-    block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
-    if heap_for_big:
-        heap_for_big_tensors(block)
-    return block

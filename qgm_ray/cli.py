@@ -160,19 +160,14 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    if args.scale:
-        from bench.scale import main as scale_main
-        return scale_main(quick=args.quick, output=args.output)
-    if args.device == "cuda":
-        from bench.gpu import main as gpu_main
-        return gpu_main(quick=args.quick, output=args.output)
-    from bench.harness import main as bench_main
-    return bench_main(quick=args.quick, output=args.output)
+def no_bench(args) -> int:
+    raise ConfigError("bench: the harness lives in the repository's bench/, outside the package; "
+                      "run `python main.py bench` from a checkout")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, bench=None) -> int:
+    """bench: the `bench` command's handler (main.py passes bench.command; the harness is not
+    part of the package, so the package never imports it)."""
     from qgm_ray import signals
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # A signal from here on: one line and 128 + its number, never a silent death or a traceback.
@@ -180,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                           else "stopped before the sweep started; nothing ran" if args.command == "tune"
                           else "stopped")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": cmd_bench,
+    handler = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "bench": bench or no_bench,
                "config": cmd_config}[args.command]
     try:
         code = handler(args)

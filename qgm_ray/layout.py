@@ -97,7 +97,11 @@ class Layout:
         return {p: (b, r) for b, g in enumerate(self.groups(n)) for r, p in enumerate(g)}
 
 
+def max_clients(cfg) -> int:
+    """The most clients the run holds at once: n_clients or the elastic schedule's largest."""
+    return max([cfg.topology.n_clients] + [n for _, n in cfg.elastic.schedule])
+
+
 def plan(cfg, resources: dict, device: str) -> Layout:
     """The layout of this run for these resources. `cfg.ray.clients_per_actor` may be auto."""
-    from qgm_ray.build import max_clients   # config-only helper; build imports no engine
     return Layout(k=clients_per_block(cfg, max_clients(cfg), resources), device=str(device))

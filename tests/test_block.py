@@ -12,6 +12,7 @@ import torch
 from qgm_ray import build, determinism, layout
 from qgm_ray.algorithms import ALGORITHMS
 from qgm_ray.config import load_config
+from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.block import PACK_AUTO_MAX_PARAMS, should_pack
 from qgm_ray.engine.local import LocalEngine
 
@@ -338,7 +339,7 @@ def test_block_crops_pad_with_the_datasets_fill():
            "model.name=cnn", "data.augment=true"]
     cfg = load_config(None, BASE + aug + ["ray.clients_per_actor=2"])
     ds = dataclasses.replace(build.build_dataset(cfg), fill=(-1.5, -2.5, -3.5))
-    block = build.build_block(cfg, ds, build.build_partition(cfg, ds), [0, 1], "cpu")
+    block = build_block(cfg, ds, build.build_partition(cfg, ds), [0, 1], "cpu")
     assert block.fill == (-1.5, -2.5, -3.5)
     # the batch a block draws: each client's next indices, then its own crop draws (fresh epoch:
     # the sampler's order is already drawn, so its generator's next numbers are the crops)

@@ -6,6 +6,7 @@ import torch
 
 from qgm_ray import build
 from qgm_ray.config import load_config
+from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.local import LocalEngine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -68,7 +69,7 @@ def test_a_block_too_big_for_its_share_steps_in_measured_chunks():
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
     total = torch.cuda.get_device_properties(0).total_memory
-    whole = build.build_block(cfg, ds, parts, list(range(32)), "cuda", gpu_share=1.0)
+    whole = build_block(cfg, ds, parts, list(range(32)), "cuda", gpu_share=1.0)
     assert whole.chunk == 32
     base, per_row = memory.probe(whole.probe_step, memory.cuda_peak_of(torch.device("cuda")))
     actual = memory.cuda_peak_of(torch.device("cuda"))(lambda: whole.probe_step(16))
@@ -78,7 +79,7 @@ def test_a_block_too_big_for_its_share_steps_in_measured_chunks():
     # a share that holds the block's tensors plus about 8 clients' activations
     share = (memory.resident_bytes(whole.params, whole.state, whole.buffers, whole.x, whole.y)
              + base + 8.5 * per_row) / memory.MEMORY_FRACTION / total
-    small = build.build_block(cfg, ds, parts, list(range(32)), "cuda", gpu_share=share)
+    small = build_block(cfg, ds, parts, list(range(32)), "cuda", gpu_share=share)
     assert 4 <= small.chunk < 32
     small.post_mix(small.pre_mix(0.05), 0.05)
     assert torch.isfinite(small.losses).all()

@@ -12,6 +12,7 @@ from qgm_ray.client import evaluate_model
 from qgm_ray.config import load_config
 from qgm_ray.data import apply_augment, draw_augment, load_dataset, pixel_table, to_float
 from qgm_ray.engine.actors import dataset_from_arrays, dataset_meta
+from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.local import LocalEngine
 from test_data import _write_fake_cifar10, _write_fake_imagenet32
 
@@ -135,8 +136,8 @@ def test_block_gradients_on_uint8_equal_float32_storage(tmp_path, monkeypatch):
     parts = build.build_partition(cfg, u8)
     for packed in (False, True):
         cfg_k = _config(tmp_path, f"ray.pack_clients={str(packed).lower()}")
-        a = build.build_block(cfg_k, u8, parts, [0, 1, 2], "cpu")
-        b = build.build_block(cfg_k, f32, parts, [0, 1, 2], "cpu")
+        a = build_block(cfg_k, u8, parts, [0, 1, 2], "cpu")
+        b = build_block(cfg_k, f32, parts, [0, 1, 2], "cpu")
         assert a.packed == b.packed == packed and a.augment == "crop_flip"
         assert a.x.dtype == torch.uint8 and b.x.dtype == torch.float32 and a.x.nbytes * 4 == b.x.nbytes
         for _ in range(3):   # crops and flips drawn from each client's stream, as before

@@ -6,7 +6,7 @@ Ray resolved from object refs passed as top-level arguments, and leave as numpy 
 Ray puts in the object store (read zero-copy by actors on the same node).
 
 Exactness with the local engine rests on three things: blocks are built by the same factory
-(`build.build_block`, so same initial weights and sampler seeds) in the same layout
+(`engine.assembly.build_block`, so same initial weights and sampler seeds) in the same layout
 (`qgm_ray.layout`), each block mixes with the same `engine.base.block_mix` over the same
 sources in the same order, and averages / losses are reduced in client order exactly as
 `LocalEngine` does.
@@ -24,6 +24,7 @@ from qgm_ray import build, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce, slowmo
+from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
@@ -84,7 +85,7 @@ class ClientActor:
         slots = list(slots)
         if self.block is None or self.block.ids != slots:
             kept = {s["id"]: s for s in self.block.client_states()} if self.block is not None else {}
-            self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
+            self.block = build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
             for r, s in enumerate(slots):
                 if s in kept and not states:
                     self.block.load_client_state(r, kept[s])

@@ -15,6 +15,7 @@ from qgm_ray import build, determinism, layout
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce
+from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.base import averages_everyone, block_mix, mixing_matrix, wiring
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
@@ -164,7 +165,7 @@ class LocalEngine:
             if block is None:
                 # One GPU holds every block: each gets its share (as each actor of a Ray run on
                 # one GPU does), so both engines choose the same vmap chunks (engine/memory.py).
-                block = build.build_block(self.cfg, self.ds, self.parts, ids, self.device, gpu_share=1 / len(groups),
+                block = build_block(self.cfg, self.ds, self.parts, ids, self.device, gpu_share=1 / len(groups),
                                           heap_for_big=True)
                 for r, s in enumerate(ids):
                     if s in kept:

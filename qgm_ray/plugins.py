@@ -34,6 +34,7 @@ import sys
 import sysconfig
 from typing import Any, Callable, Iterable
 
+from qgm_ray import ray_private
 from qgm_ray.errors import ConfigError
 
 # kind -> the config key that names it
@@ -212,10 +213,10 @@ def ray_runtime_env(cfg, base: dict | None = None) -> dict | None:
         import tempfile
 
         try:
-            from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
-        except ImportError:   # a Ray that moved its uploader: say how to ship by hand
-            raise ConfigError(f"this Ray cannot ship plug-in code to an actor ({', '.join(paths)}); start Ray with "
-                              f"ray.init(runtime_env={{'py_modules': {paths!r}}}) or install it on every node") from None
+            upload_py_modules_if_needed = ray_private.get(ray_private.UPLOAD_PY_MODULES)
+        except ray_private.PrivateAPIMoved as e:   # say how to ship by hand
+            raise ConfigError(f"{e}: this Ray cannot ship plug-in code to an actor ({', '.join(paths)}); start Ray "
+                              f"with ray.init(runtime_env={{'py_modules': {paths!r}}}) or install it on every node") from None
         with tempfile.TemporaryDirectory(prefix="qgm-ship-") as scratch:
             uploaded = upload_py_modules_if_needed({"py_modules": paths}, include_gitignore=True,
                                                    scratch_dir=scratch)

@@ -192,9 +192,9 @@ def test_a_live_ray_gcs_passes_the_probe(ray_session):
 # ---------------------------------------------------------------- console (issue 18)
 
 def test_the_console_switch_gives_back_rays_own_printer(monkeypatch):
-    from ray._private import worker as ray_worker
-
+    from qgm_ray import ray_private
     from qgm_ray.engine import ray_setup
+    ray_worker = ray_private.get(ray_private.WORKER)
     original = getattr(ray_worker.print_to_stdstream, "_qgm_original", ray_worker.print_to_stdstream)
     try:
         monkeypatch.delenv(ray_setup.CONSOLE_ENV, raising=False)

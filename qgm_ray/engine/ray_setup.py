@@ -25,6 +25,7 @@ import socket
 import time
 from typing import Callable, Optional
 
+from qgm_ray import ray_private
 from qgm_ray.config import Config
 from qgm_ray.errors import ConfigError
 from qgm_ray.layout import actor_cpus, auto_clients_per_actor, with_clients_per_block  # noqa: F401 - re-exported
@@ -43,10 +44,12 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     if address == "auto":
         # `auto` joins the cluster Ray's address file records (the last `ray start`); once that
         # cluster has died the file still names it and ray.init retries it for minutes.
+        find_bootstrap_address = ray_private.optional(ray_private.FIND_BOOTSTRAP_ADDRESS)
+        if find_bootstrap_address is None:   # let ray.init decide
+            return
         try:
-            from ray._private.services import find_bootstrap_address
             recorded = find_bootstrap_address(None)
-        except Exception:  # noqa: BLE001 - a moved private API: let ray.init decide
+        except Exception:  # noqa: BLE001 - an unreadable address file: let ray.init decide
             return
         if recorded:
             try:
@@ -137,9 +140,8 @@ _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 @contextlib.contextmanager
 def loopback_only():
     """While starting a local Ray: every Ray process of it listens on 127.0.0.1 only."""
-    try:
-        from ray._private import ray_constants
-    except ImportError:   # a Ray without the switch: it binds where it binds
+    ray_constants = ray_private.optional(ray_private.RAY_CONSTANTS)
+    if ray_constants is None:   # a Ray without the switch: it binds where it binds
         yield
         return
     old_env, old = os.environ.get(_SINGLE_MACHINE_ENV), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
@@ -216,12 +218,11 @@ def start_local_ray(cfg: Config, log: Callable[[str], None], runtime_env: Option
 def keep_signal_handlers():
     """ray.init replaces the SIGTERM handler with `sys.exit(15)` (a silent exit 15 when SIGTERM
     lands while Ray starts, issue 18): keep ours (qgm_ray.signals) in place."""
-    try:
-        from ray._private import utils as ray_utils
-        original = ray_utils.set_sigterm_handler
-    except (ImportError, AttributeError):   # Ray moved it: runner's StopSignals.reinstall() still helps
+    original = ray_private.optional(ray_private.SET_SIGTERM_HANDLER)
+    if original is None:   # Ray moved it: runner's StopSignals.reinstall() still helps
         yield
         return
+    ray_utils = ray_private.module_of(ray_private.SET_SIGTERM_HANDLER)
     ray_utils.set_sigterm_handler = lambda handler: None
     try:
         yield
@@ -260,12 +261,14 @@ def tell_reaper_session() -> None:
     proc = _REAPER["proc"]
     if proc is None or proc.poll() is not None:
         return
+    ray_worker = ray_private.optional(ray_private.WORKER)
+    if ray_worker is None:   # the reaper still follows the children
+        return
     try:
-        import ray
-        session = ray._private.worker._global_node.get_session_dir_path()
+        session = ray_worker._global_node.get_session_dir_path()
         proc.stdin.write(f"session {session}\n".encode())
         proc.stdin.flush()
-    except Exception:  # noqa: BLE001 - a moved private API: the reaper still follows the children
+    except Exception:  # noqa: BLE001 - no node (Ray shut down) or a closed pipe: the reaper still follows the children
         pass
 
 
@@ -274,7 +277,7 @@ def _quiet_token_notice():
     """Ray 2.60 turns token authentication on for the local clusters it starts and says so in a
     WARNING line; our dashboard line says it too, with where the token is."""
     import logging
-    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = logging.getLogger(ray_private.TOKEN_NOTICE_LOGGER)
     level = notice.level
     notice.setLevel(logging.ERROR)
     try:
@@ -287,12 +290,8 @@ def dashboard_access(url: str) -> str:
     """The dashboard's URL and, with Ray's token authentication on, where its token is: the
     page asks for it ("Authentication Token Required") and keeps it in a cookie."""
     link = url if url.startswith("http") else f"http://{url}"
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-        token_auth = is_token_auth_enabled()
-    except ImportError:   # a Ray without token authentication
-        return link
-    if not token_auth:
+    is_token_auth_enabled = ray_private.optional(ray_private.IS_TOKEN_AUTH_ENABLED)
+    if is_token_auth_enabled is None or not is_token_auth_enabled():
         return link
     if os.environ.get("RAY_AUTH_TOKEN"):
         where = "the RAY_AUTH_TOKEN environment variable"
@@ -317,9 +316,8 @@ def route_ray_console(log: Callable[[str], None]) -> None:
     them to a file in the Ray session's log directory instead, with one line of ours the first
     time; QGM_RAY_CONSOLE=1 shows them as Ray prints them. Call before ray.init: Ray binds the
     printer when it connects."""
-    try:
-        from ray._private import worker as ray_worker
-    except ImportError:
+    ray_worker = ray_private.optional(ray_private.WORKER)
+    if ray_worker is None:   # Ray's console stays as Ray prints it
         return
     original = getattr(ray_worker.print_to_stdstream, "_qgm_original", ray_worker.print_to_stdstream)
     if ray_console_shown():
@@ -361,8 +359,10 @@ def cluster_autoscales() -> bool:
     try:
         import json
 
-        from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
+        ray_constants = ray_private.optional(ray_private.RAY_CONSTANTS)
+        if ray_constants is None:
+            return False
         raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)   # autoscaler v1
         if raw is not None:
             report = json.loads(raw).get("autoscaler_report") or {}

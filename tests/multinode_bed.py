@@ -22,10 +22,11 @@ import threading
 import time
 from pathlib import Path
 
+from helpers import small_run
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "data.batch_size=16",
-         "eval.every_epochs=0.5", "progress=false", "algorithm.lr=0.05", "data.alpha=1.0", "backend=ray"]
+SMALL = small_run("eval.every_epochs=0.5", "backend=ray")
 OBJECT_STORE = 80 * 2**20
 METRIC_KEYS = ("train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance", "bytes_sent",
                "n_clients", "round")

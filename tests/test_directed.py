@@ -12,6 +12,8 @@ from qgm_ray.engine.base import block_mix, wiring
 from qgm_ray.errors import ConfigError
 from qgm_ray.topology import DIRECTED, make_topology
 
+from helpers import small_run
+
 DIRECTED_CASES = [("one_peer_exponential", {}), ("two_peer_exponential", {}), ("random_peer", {}),
                   ("random_peer", {"degree": 3})]
 
@@ -206,9 +208,7 @@ def test_weighted_mean_is_the_conserved_point():
 
 # ------------------------------------------------------------------ config and engines
 
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
-         "data.batch_size=16", "schedule.epochs=2", "eval.every_epochs=1", "progress=false",
-         "algorithm.lr=0.05", "data.alpha=1.0", "backend=local"]
+SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=1", "backend=local")
 
 
 @pytest.mark.parametrize("algo", ["d2", "d2_official", "gradient_tracking"])

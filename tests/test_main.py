@@ -4,12 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import main_py
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def main_py(*args, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_help_explains_itself():

@@ -2,6 +2,8 @@
 run (also across a Coordinator restart), live resizes logged."""
 import pytest
 
+from helpers import small_run
+
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
@@ -9,9 +11,8 @@ from qgm_ray import runner  # noqa: E402
 from qgm_ray.config import load_config  # noqa: E402
 from qgm_ray.engine.base import EngineFailure  # noqa: E402
 
-SMALL = ["backend=ray", "data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}",
-         "topology.n_clients=4", "data.batch_size=16", "algorithm.lr=0.05", "data.alpha=1.0",
-         "progress=false", "ray.clients_per_actor=2", "eval.local_models=false", "name=metrics"]
+SMALL = small_run("backend=ray", "topology.n_clients=4", "ray.clients_per_actor=2", "eval.local_models=false",
+                  "name=metrics")
 
 
 def quiet(msg):

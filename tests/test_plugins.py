@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import main_py
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # `examples` is a package of the checkout, as for a user's own code
 
@@ -31,11 +33,6 @@ SAME = ("round", "train_loss", "test_accuracy", "local_test_accuracy", "consensu
 
 def quiet(msg):
     pass
-
-
-def main_py(*args, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def rows(run_dir):

@@ -3,7 +3,6 @@
 Tiny runs (synthetic data, an MLP, 4 clients) so the whole file fits the CI budget on 2 cores;
 most of the time is actor start-up (each actor process imports torch).
 """
-import csv
 import math
 import os
 import signal
@@ -16,12 +15,12 @@ from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.outputs import RunDir
 
+from helpers import read_metrics, small_run
+
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
-         "data.batch_size=16", "schedule.epochs=2", "eval.every_epochs=0.5", "progress=false",
-         "algorithm.lr=0.05", "data.alpha=1.0", "backend=ray"]
+SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5", "backend=ray")
 # The run the fault-tolerance and resume tests must reproduce exactly.
 REFERENCE = ["ray.clients_per_actor=2", "fault_tolerance.checkpoint_every=7", "fault_tolerance.keep=3"]
 TOL = 1e-5
@@ -41,11 +40,6 @@ def rel(a, b):
     if a == b:
         return 0.0
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
-
-
-def read_metrics(path):
-    with open(path / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def assert_same_rows(a, b, keys=("train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance")):

@@ -19,11 +19,11 @@ from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
 
+from helpers import main_py, small_run
+
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
-         "data.batch_size=16", "schedule.epochs=4", "eval.every_epochs=1", "progress=false",
-         "algorithm.lr=0.05", "data.alpha=1.0", "backend=local", "fault_tolerance.checkpoint_every=5",
-         "fault_tolerance.keep=100"]
+SMALL = small_run("topology.n_clients=4", "schedule.epochs=4", "eval.every_epochs=1", "backend=local",
+                  "fault_tolerance.checkpoint_every=5", "fault_tolerance.keep=100")
 TINY = ("name: tiny\nbackend: local\nprogress: false\n"
         "data: {name: synthetic, batch_size: 16, alpha: 1.0, root: DATA}\n"
         "model: {name: mlp, options: {hidden: [16]}}\ntopology: {name: ring, n_clients: 4}\n"
@@ -43,11 +43,6 @@ def tiny_config(tmp_path, epochs=4):
     p = tmp_path / "tiny.yaml"
     p.write_text(TINY.replace("DATA", str(tmp_path / "data")).replace("EPOCHS", str(epochs)))
     return p
-
-
-def main_py(*args, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def one_line(stderr: str) -> str:

@@ -10,18 +10,13 @@ from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
 
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
-         "data.batch_size=16", "schedule.epochs=4", "eval.every_epochs=1", "progress=false",
-         "algorithm.lr=0.05", "data.alpha=1.0"]
+from helpers import read_metrics, small_run
+
+SMALL = small_run("topology.n_clients=4", "schedule.epochs=4", "eval.every_epochs=1")
 
 
 def small(*extra):
     return load_config(None, SMALL + list(extra))
-
-
-def read_metrics(path):
-    with open(path / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_run_writes_every_output(tmp_path):

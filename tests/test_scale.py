@@ -8,8 +8,9 @@ from qgm_ray.config import load_config
 from qgm_ray.engine import allreduce
 from qgm_ray.engine.local import LocalEngine
 
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [8]}", "data.batch_size=8",
-         "schedule.epochs=1", "progress=false", "algorithm.lr=0.05", "data.alpha=1.0", "backend=local"]
+from helpers import small_run
+
+SMALL = small_run("model.options={hidden: [8]}", "data.batch_size=8", "schedule.epochs=1", "backend=local")
 
 
 def quiet(msg):

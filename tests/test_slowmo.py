@@ -11,9 +11,10 @@ from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.errors import ConfigError
 
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
-         "data.batch_size=16", "schedule.epochs=2", "eval.every_epochs=0.5", "progress=false",
-         "algorithm.lr=0.05", "data.alpha=1.0", "algorithm.name=dsgdm_n"]
+from helpers import small_run
+
+SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
+                  "algorithm.name=dsgdm_n")
 SLOWMO = ["algorithm.slowmo_tau=3", "algorithm.slowmo_beta=0.6", "algorithm.slowmo_alpha=0.8"]
 
 

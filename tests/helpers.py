@@ -1,0 +1,31 @@
+"""What many test files share: the small run they configure and how they run main.py."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A run that takes seconds: a 16-unit MLP on the synthetic dataset, quiet. Files add the
+# client count, epochs, evaluation cadence and backend their tests need.
+SMALL_RUN = ("data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "data.batch_size=16",
+             "progress=false", "algorithm.lr=0.05", "data.alpha=1.0")
+
+
+def small_run(*extra: str) -> list[str]:
+    """SMALL_RUN's overrides and then these (a later override of the same key wins)."""
+    return [*SMALL_RUN, *extra]
+
+
+def main_py(*args, cwd=ROOT, timeout=300) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` as a user runs it, its output captured as text."""
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """A run's metrics.csv, one dict of strings per row."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))

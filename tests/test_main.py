@@ -163,8 +163,11 @@ def test_a_signal_checkpoints_writes_summary_and_resume_finishes_the_same_run(tm
     if sig == signal.SIGINT:  # the resume reproduces an uninterrupted run (once is enough)
         res = main_py("--resume", str(out))
         assert res.returncode == 0, res.stderr[-2000:]
-        full = main_py("--config", str(cfg), "--output-dir", str(tmp_path / "full"))
-        assert full.returncode == 0
+        # The uninterrupted run in this process (the Python API: the same config, the same
+        # runner), without another interpreter start.
+        import qgm_ray
+        full = qgm_ray.run(cfg, output_dir=tmp_path / "full", log=None)
+        assert full.summary["status"] == "completed"
         with open(out / "metrics.csv") as a, open(tmp_path / "full" / "metrics.csv") as b:
             ra, rb = list(csv.DictReader(a)), list(csv.DictReader(b))
         assert [(r["round"], r["test_accuracy"], r["train_loss"]) for r in ra] == \

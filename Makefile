@@ -19,8 +19,9 @@ $(VENV)/.nlp-installed: $(VENV)/.installed requirements-nlp.txt
 run: $(VENV)/.installed          ## the offline default: python main.py
 	$(PY) main.py $(ARGS)
 
+# --durations: the slowest tests in every CI log, so a test that outgrows the 15-minute budget shows.
 test: $(VENV)/.installed $(VENV)/.nlp-installed  ## the whole test suite (what CI runs)
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q --durations=15 tests $(ARGS)
 
 test-fast: $(VENV)/.installed    ## unit tests only, no Ray
 	$(PY) -m pytest -q tests -m "not ray and not slow" $(ARGS)

@@ -205,3 +205,13 @@ def test_a_second_signal_exits_at_once_without_a_traceback(tmp_path, backend):
     assert len(stderr.splitlines()) <= 4, stderr   # Ray's token warning, the two stop lines
     assert json.loads((out / "summary.json").read_text())["status"] == "stopped"
     assert f"--resume {out}" in stdout + stderr
+
+
+def test_bench_runs_from_main_py_only_the_package_never_imports_it():
+    """bench/ lies outside the package: main.py hands its command to qgm_ray.cli; the package
+    alone says where the harness is, in one line."""
+    p = subprocess.run([sys.executable, "-c", "import sys; from qgm_ray.cli import main; "
+                        "code = main(['bench', '--quick']); print('bench' in sys.modules); sys.exit(code)"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout.strip() == "False"
+    assert "run `python main.py bench` from a checkout" in one_line(p.stderr)

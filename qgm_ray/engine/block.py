@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from qgm_ray.client import BatchSampler, evaluate_model, load_params
 from qgm_ray.data import apply_augment, draw_augment, pixel_table, to_float
+from qgm_ray.flat_model import evaluate_model, load_params
+from qgm_ray.sampler import BatchSampler
 from qgm_ray.engine import push_sum as ps
 
 

@@ -9,11 +9,11 @@ from typing import Optional
 import torch
 
 from qgm_ray import build
-from qgm_ray.client import evaluate_model, load_params
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset, pixel_table
 from qgm_ray.engine.base import consensus_distance
 from qgm_ray.engine.push_sum import weighted_mean
+from qgm_ray.flat_model import evaluate_model, load_params
 
 
 # Local models: each client's own model on the whole test set costs n x T forwards, and T grows

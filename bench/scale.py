@@ -1,4 +1,4 @@
-"""`python main.py bench --scale [--quick] [--output DIR]`: many clients on one machine (issue 17).
+"""`python main.py bench --scale [--quick] [--output DIR]`: many clients on one machine.
 
 Every measurement runs in a fresh process (`python -m bench.scale --one SPEC`), so its memory is
 its own; this process samples that process tree meanwhile (bench/memwatch.py: peak PSS, split

@@ -1,7 +1,7 @@
 """The official code's one-peer, directed and expander graphs, as mixing matrices W(t).
 
-Same convention as `qgm_ray.topology`: row i of W holds the weights client i applies to what
-it receives, so W[j, i] != 0 means "i sends to j". A directed graph here is *column*
+Same convention as `qgm_ray.topology`: row i of W holds the weights graph position i applies
+to what it receives, so W[j, i] != 0 means "i sends to j". A directed graph here is *column*
 stochastic (each sender splits its mass over itself and its out-neighbours, the push-sum
 convention of Stochastic Gradient Push, Assran et al. 2019); its rows need not sum to 1, and
 gossip on it is de-biased by push-sum weights (engine/push_sum.py).
@@ -63,9 +63,9 @@ def random_peer(n: int, t: int, seed: int, degree: int) -> SparseW:
     Why redraw: the official `directed_random_peer_K` asserts that every round's graph is
     strongly connected (and stops the run otherwise), so a successful official run samples
     exactly these graphs. Without the condition a client that receives nothing for a few rounds
-    sees its push-sum weight fall to ~1e-3 (n = 16: 800 rounds reached 0.0018), its local step
-    is then amplified ~500x in the de-biased model, and training diverged in 11 of 12 runs
-    (docs/results/push_sum). With it the weights stayed above 0.1 (degree 3 and 4).
+    sees its push-sum weight fall towards 1e-3, its local step is then amplified by 1/w in the
+    de-biased model, and training diverges; with it the weights stay far from 0
+    (docs/results/push_sum/README.md).
     One difference: the official degree is drawn from 1..K-1 (numpy's exclusive upper bound),
     ours from 1..degree."""
     if n == 1:

@@ -22,8 +22,8 @@ PARTITIONS = ("iid", "dirichlet", "sorted")
 # The official code draws the Dirichlet split for groups of at most 10 clients at a time
 # (`n_auxi_workers = 10`), each group over its own random slice of the data. With 10 classes
 # and alpha=0.1 a single draw over 16 or 32 clients almost never gives every client half the
-# mean size (measured: ~0.2% of draws for 16, none in 2000 for 32), so the grouping is what
-# makes the paper's settings feasible at all.
+# mean size (docs/results/heterogeneity/README.md), so the grouping is what makes the paper's
+# settings feasible at all.
 CLIENTS_PER_GROUP = 10
 MAX_TRIES = 10_000
 

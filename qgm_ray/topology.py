@@ -1,6 +1,8 @@
 """Communication graphs -> mixing matrices W(t).
 
-Row i of W(t) holds the weights client i applies to what it receives in round t. Undirected
+Indices of W are graph positions: row i of W(t) holds the weights the client at graph position
+i applies to what it receives in round t (which data shard, or client slot, sits at a position
+is the engines' business, not the graph's). Undirected
 graphs are symmetric and doubly stochastic; directed ones (`DIRECTED`, `graph` with
 `directed: true`) are column stochastic, W[j, i] != 0 meaning "i sends to j", and engines
 gossip on them with push-sum (engine/push_sum.py). Static graphs compute W once;
@@ -217,7 +219,7 @@ def _round_rng(seed: int, t: int) -> np.random.Generator:
 
 
 def _time_varying_random_ring(n: int, t: int, seed: int) -> SparseW:
-    # Relabel the ring: position a of the ring holds client perm[a]. (The official code permutes
+    # Relabel the ring: place a of the plain ring becomes graph position perm[a]. (The official code permutes
     # only the rows of the off-diagonal part, which is not symmetric; a relabelling is.)
     perm = _round_rng(seed, t).permutation(n)
     return _ring(n).relabelled(perm)
@@ -595,11 +597,11 @@ class Topology:
         return W
 
     def in_neighbors(self, i: int, t: int = 0) -> list[int]:
-        """Clients j != i whose payload client i mixes in round t (W[i, j] != 0), sorted."""
+        """Graph positions j != i whose payload position i mixes in round t (W[i, j] != 0), sorted."""
         return [int(j) for j in self.sparse(t).row(i)[0] if j != i]
 
     def out_degree(self, i: int, t: int = 0) -> int:
-        """Number of clients j != i that receive client i's payload in round t (W[j, i] != 0)."""
+        """Number of graph positions j != i that receive position i's payload in round t (W[j, i] != 0)."""
         readers = self.sparse(t).col(i)
         return int(len(readers) - np.count_nonzero(readers == i))
 

@@ -4,12 +4,13 @@ D^2 gossips `2x - x_prev - (lr*g - lr_prev*g_prev)`: the correction term cancels
 heterogeneity bias of DSGD, so with a constant lr it reaches the exact optimum of the
 average objective (DSGD only reaches a neighbourhood).
 
-With a constant lr this is DESIGN.md's `2x - x_prev - lr*(g - g_prev)` exactly. We keep the
-previous *step* `lr_prev*g_prev` rather than the previous gradient because the lr changes
-(warm-up, decay): with `lr*(g - g_prev)` every lr change leaves a permanent drift
-`(lr_prev - lr)*g_prev` in the iterates, and D^2 collapsed after each decay in our sweep
-(docs/results/heterogeneity). Differencing the steps keeps the telescoping that makes D^2 exact. It needs W's smallest eigenvalue
-> -1/3, which the usual graphs (ring with weights 1/3 and n > 3 odd or lazy variants) meet.
+With a constant lr this is the official `2x - x_prev - lr*(g - g_prev)` exactly (`d2_official`
+in variants.py keeps that form). We keep the previous *step* `lr_prev*g_prev` rather than the
+previous gradient because the lr changes (warm-up, decay): with `lr*(g - g_prev)` every lr
+change leaves a permanent drift `(lr_prev - lr)*g_prev` in the iterates, and D^2 collapses
+after each decay (docs/results/heterogeneity). Differencing the steps keeps the telescoping
+that makes D^2 exact. It needs W's smallest eigenvalue > -1/3, which the usual graphs (ring
+with weights 1/3 and n > 3 odd or lazy variants) meet.
 """
 
 from __future__ import annotations

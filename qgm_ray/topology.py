@@ -56,7 +56,8 @@ TIME_VARYING = ("time_varying_exponential", "time_varying_random_ring", "time_va
 # Column- (not row-) stochastic: gossip needs push-sum. `graph` joins them with `directed: true`.
 DIRECTED = ("one_peer_exponential", "two_peer_exponential", "random_peer")
 # random_peer: out-links per round drawn from 1..degree. 3 draws a strongly connected round in
-# ~10 tries at n = 16 (2 needs ~130; 1 is a single cycle only by chance).
+# a few tries at n = 16, where 2 needs about ten times as many and 1 succeeds only when the
+# draw happens to be a single cycle (docs/results/push_sum/README.md).
 RANDOM_PEER_DEGREE = 3
 
 # name -> (networkx constructor, number of nodes)
@@ -639,7 +640,7 @@ class Topology:
             extra += ", lazy (I+W)/2"
         if self.time_varying:
             return f"{self.name}(n={self.n}{extra}, time-varying, seed={self.seed})"
-        if self.n > DESCRIBE_GAP_MAX_N:   # an O(n^3) eigendecomposition: 32 s at 4,096, ~30 min at 16,384
+        if self.n > DESCRIBE_GAP_MAX_N:   # O(n^3): longer than the whole start-up at that size (docs/results/scale)
             return f"{self.name}(n={self.n}{extra}, spectral gap not computed above n={DESCRIBE_GAP_MAX_N})"
         return f"{self.name}(n={self.n}{extra}, spectral_gap={self.spectral_gap():.4f})"
 

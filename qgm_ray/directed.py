@@ -36,18 +36,18 @@ def _sends(n: int, hops: list[int]) -> SparseW:
 
 
 def one_peer_exponential(n: int, t: int) -> SparseW:
-    """Directed, time-varying: in round t client i sends to i + 2^(t mod p) and keeps half.
-    Every client also receives from exactly one peer, so W is doubly stochastic (push-sum
-    weights stay 1); SGP's main topology."""
+    """Directed, time-varying: in round t graph position i sends to i + 2^(t mod p) and keeps
+    half. Every client also receives from exactly one peer, so W is doubly stochastic
+    (push-sum weights stay 1); SGP's main topology."""
     if n == 1:
         return SparseW.from_dense(np.ones((1, 1)))
     return _sends(n, [2 ** (t % exponential_hops(n))]).column_normalised()
 
 
 def two_peer_exponential(n: int, t: int) -> SparseW:
-    """Directed, time-varying: client i sends to i + h and i + 2h, h = 2^(t mod p), a third of
-    its mass each. Where i + 2h wraps onto i (2h = n) that link is a second self-link, as in
-    the official code (self-weight 2/3)."""
+    """Directed, time-varying: graph position i sends to i + h and i + 2h, h = 2^(t mod p), a
+    third of its mass each. Where i + 2h wraps onto i (2h = n) that link is a second self-link,
+    as in the official code (self-weight 2/3)."""
     if n == 1:
         return SparseW.from_dense(np.ones((1, 1)))
     h = 2 ** (t % exponential_hops(n))
@@ -116,7 +116,7 @@ def strongly_connected(links) -> bool:
 
 
 def bipartite_one_peer(n: int, t: int) -> SparseW:
-    """Undirected, time-varying, n even: odd client i pairs with i + h (even, since h is odd),
+    """Undirected, time-varying, n even: odd graph position i pairs with i + h (even, since h is odd),
     h = 2^q - 1 with q cycling over 1..floor(log2(n-1)); weights 1/2. A perfect matching every
     round, so W is symmetric and doubly stochastic. (For n = 2 the official cycle is empty;
     the single pair (0, 1) is the only matching, so it is used every round.)"""

@@ -200,7 +200,7 @@ def heterogeneity(labels, parts, num_classes: int) -> float:
 
 
 def write_partition_csv(path, labels, parts, num_classes: int) -> None:
-    """partition.csv: one row per client: client, size, class_0, ..., class_{C-1}."""
+    """partition.csv: one row per client slot (its data shard): client, size, class_0, ..., class_{C-1}."""
     hist = class_histograms(labels, parts, num_classes)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:

@@ -5,7 +5,7 @@ them; nothing on the training path loops over samples in Python or builds PIL im
 Datasets whose pixels are 8-bit (the torchvision ones, `imagenet32`) keep them as uint8 (a
 quarter of float32 in the driver, the object store and every block) and carry their
 per-channel `norm`; a batch becomes normalised float32 where it is used (`to_float`, on the
-block's device), bit for bit what normalising the whole dataset at load time gave. The
+block's device), bit for bit what normalising the whole dataset at load time gives. The
 other datasets are float32, normalised once (`norm` None; agnews holds int64 token ids).
 Augmentation (`augment_batch`) works on whole batches and draws from a `torch.Generator`,
 so a client's data stream is reproducible from its seed alone.

@@ -580,7 +580,7 @@ class Topology:
             W = SparseW.of(self._build(key))
             if self.options.get("lazy"):
                 # (I + W) / 2: eigenvalues move from [-1, 1] to [0, 1]. D2 needs lambda_min > -1/3
-                # and gradient tracking diverged on the social graph (lambda_min -0.434) without it
+                # and gradient tracking diverges on the social graph (lambda_min -0.434) without it
                 # (docs/results/table1); the price is half the mixing per round.
                 W = W.lazy()
             self._cache[key] = W

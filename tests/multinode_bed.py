@@ -133,36 +133,48 @@ def run_killing(cluster, out: Path, name: str, cfg, actor: int = 1, on_log=None)
 
 
 def node_loss(out: Path) -> dict:
-    """Uninterrupted run, then the same run with a node killed (replay), then drop."""
+    """Node loss with the default resources, on a 0-CPU head and one-CPU workers; 6 clients in
+    3 actors of 2. One uninterrupted reference, which every replay must equal (the numbers do
+    not depend on where the actors run), then the node holding ClientActor 1 is killed mid-run
+    in four runs, each leaving the cluster the next one needs:
+      drop    3 workers, one actor each; on_failure=drop: the run goes on with 4 clients;
+      replan  2 workers (the issue's cluster: half a core each), no room left and no node
+              joins: after resource_wait_s the actors share the core left;
+      replay  2 workers again, a quarter core each: the replacement starts at once;
+      wait    1 worker holding every actor, resource_wait_s null: waits and logs until a node
+              joins."""
     from qgm_ray import runner
+    from qgm_ray.engine import ray_engine
     cluster = start_cluster(3)
     try:
-        base = ["topology.n_clients=6", "ray.clients_per_actor=2", "ray.cpus_per_client=0.25",
-                "schedule.epochs=2", "fault_tolerance.checkpoint_every=7", "fault_tolerance.keep=3"]
+        base = ["topology.n_clients=6", "ray.clients_per_actor=2", "schedule.epochs=2",
+                "fault_tolerance.checkpoint_every=7", "fault_tolerance.keep=3"]
         rec = Recorder()
         t0 = time.time()
         ref = runner.run(config(*base), out / "reference", log=rec.log)
         placed = rec.engines[-1]._info["actor_nodes"]
         ref_seconds = time.time() - t0
-        replay = run_killing(cluster, out, "replay", config(*base))
-        add_worker(cluster)   # the bed gets a node back for the next kill
         drop = run_killing(cluster, out, "drop", config(*base, "fault_tolerance.on_failure=drop"))
-        # One actor per node (1 CPU each) on 3 nodes: after the kill no node has room, the run
-        # waits and logs until a node joins (what an autoscaler does), then replays.
-        while len(cluster.worker_nodes) < 3:
-            add_worker(cluster)
-        from qgm_ray.engine import ray_engine
+
+        replan = run_killing(cluster, out, "replan", config(*base, "fault_tolerance.resource_wait_s=1"))
+        replan["workers_left"] = len(cluster.worker_nodes)
+
+        add_worker(cluster)
+        replay = run_killing(cluster, out, "replay", config(*base, "ray.cpus_per_client=0.125"))
+
         ray_engine.WAIT_LOG_EVERY_S = 2.0   # 30 s in real runs
         joiner = []
 
         def on_log(msg):   # called on the main thread, where Cluster.add_node must run
             if "to replace lost actors" in msg and not joiner:
                 joiner.append(add_worker(cluster).node_id)
-        wait = run_killing(cluster, out, "wait", config(*base, "ray.cpus_per_client=0.5"), on_log=on_log)
+        wait = run_killing(cluster, out, "wait", config(*base, "fault_tolerance.resource_wait_s=null"),
+                           on_log=on_log)
         wait["joined"] = joiner
-        return {"head": cluster.head_node.node_id, "reference": {"summary": ref, "rows": rows(out / "reference"), "actor_nodes": placed,
+        return {"head": cluster.head_node.node_id,
+                "reference": {"summary": ref, "rows": rows(out / "reference"), "actor_nodes": placed,
                               "seconds": ref_seconds},
-                "replay": replay, "drop": drop, "wait": wait}
+                "drop": drop, "replan": replan, "replay": replay, "wait": wait}
     finally:
         stop(cluster)
 

@@ -74,3 +74,45 @@ def test_replan_keeps_the_gpu_share_and_plans_for_the_largest_client_count():
     assert plan == {"num_cpus": 0.25, "num_gpus": 0.5}
     # The GPU share is not re-planned: two actors of 0.75 GPU do not fit one GPU.
     assert replan_resources(cfg, 8, 2, [gpu_node], {"num_cpus": 1.0, "num_gpus": 0.75}) is None
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
+    """tests/multinode_bed.py `node_loss`: real raylets on this machine, default resources."""
+    pytest.importorskip("ray")
+    from test_multinode import same, scenario
+    r = scenario("node_loss", tmp_path, timeout=600)
+    ref = r["reference"]
+    assert ref["summary"]["status"] == "completed" and len(set(ref["actor_nodes"])) == 3   # one actor per node
+
+    # The issue's cluster (two one-core workers, half a core an actor) loses a node: no room
+    # left and none joins; the actors share the core left and the run equals the reference.
+    rep = r["replan"]
+    assert rep["killed"][0] and rep["workers_left"] == 1
+    assert rep["summary"]["status"] == "completed", rep["summary"]["message"]
+    assert rep["recoveries"] >= 1 and any("recovered from" in m for m in rep["logs"])
+    planned = [m for m in rep["logs"] if "re-planned" in m]
+    assert len(planned) == 1 and "resource_wait_s=1s" in planned[0] and "0.5 -> 0.3333 CPU per actor" in planned[0]
+    assert len(set(rep["actor_nodes"])) == 1 and r["head"] not in rep["actor_nodes"]   # all on the worker left
+    assert rep["coordinator_node"] == r["head"]               # the coordinator lives with the driver
+    assert same(ref["rows"], rep["rows"])                     # every metric, bit for bit
+    assert rep["summary"]["final_test_accuracy"] == ref["summary"]["final_test_accuracy"]
+    assert rep["summary"]["time_lost_seconds"] > 0 and any("later than before the failure" in m
+                                                           for m in rep["logs"])
+
+    replay = r["replay"]   # room left: the replacement starts at once, no wait, no re-plan
+    assert replay["killed"][0] and replay["summary"]["status"] == "completed", replay["summary"]["message"]
+    assert replay["recoveries"] >= 1 and same(ref["rows"], replay["rows"])
+    assert not any("waiting" in m or "re-planned" in m for m in replay["logs"])
+
+    wait = r["wait"]   # no room, resource_wait_s: null: waits, logs, uses the node that joins
+    assert wait["summary"]["status"] == "completed", wait["summary"]["message"]
+    waits = [m for m in wait["logs"] if "waiting" in m and "to replace lost actors" in m]
+    assert waits and "resource_wait_s: null" in waits[0] and wait["joined"]
+    assert not any("re-planned" in m for m in wait["logs"])
+    assert wait["joined"][0] in wait["actor_nodes"] and same(ref["rows"], wait["rows"])
+
+    drop = r["drop"]
+    assert drop["summary"]["status"] == "completed", drop["summary"]["message"]
+    assert drop["summary"]["n_clients"] == 4 and drop["last_recovery"]["lost_slots"] == [2, 3]

@@ -83,8 +83,8 @@ def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
     pytest.importorskip("ray")
     from test_multinode import same, scenario
     r = scenario("node_loss", tmp_path, timeout=600)
-    ref = r["reference"]
-    assert ref["summary"]["status"] == "completed" and len(set(ref["actor_nodes"])) == 3   # one actor per node
+    ref = r["reference"]   # the local engine: Ray == local, bit for bit
+    assert ref["summary"]["status"] == "completed" and ref["summary"]["backend"] == "local"
 
     # The cluster (two one-core workers, half a core an actor) loses a node: no room
     # left and none joins; the actors share the core left and the run equals the reference.
@@ -92,7 +92,7 @@ def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
     assert rep["killed"][0] and rep["workers_left"] == 1
     assert rep["summary"]["status"] == "completed", rep["summary"]["message"]
     assert rep["recoveries"] >= 1 and any("recovered from" in m for m in rep["logs"])
-    planned = [m for m in rep["logs"] if "re-planned" in m]
+    planned = [m for m in rep["logs"] if "re-planned the run's" in m]
     assert len(planned) == 1 and "resource_wait_s=1s" in planned[0] and "0.5 -> 0.3333 CPU per actor" in planned[0]
     assert len(set(rep["actor_nodes"])) == 1 and r["head"] not in rep["actor_nodes"]   # all on the worker left
     assert rep["coordinator_node"] == r["head"]               # the coordinator lives with the driver
@@ -101,18 +101,21 @@ def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
     assert rep["summary"]["time_lost_seconds"] > 0 and any("later than before the failure" in m
                                                            for m in rep["logs"])
 
-    replay = r["replay"]   # room left: the replacement starts at once, no wait, no re-plan
+    # Room left (a quarter core an actor): the replacements go to the worker left. (Whether they
+    # log a wait depends on how long they take to start on a busy machine; not asserted.)
+    replay = r["replay"]
     assert replay["killed"][0] and replay["summary"]["status"] == "completed", replay["summary"]["message"]
+    assert replay["killed"][0] in replay["placed_before_kill"] and replay["killed"][0] not in replay["actor_nodes"]
     assert replay["recoveries"] >= 1 and same(ref["rows"], replay["rows"])
-    assert not any("waiting" in m or "re-planned" in m for m in replay["logs"])
 
     wait = r["wait"]   # no room, resource_wait_s: null: waits, logs, uses the node that joins
     assert wait["summary"]["status"] == "completed", wait["summary"]["message"]
     waits = [m for m in wait["logs"] if "waiting" in m and "to replace lost actors" in m]
     assert waits and "resource_wait_s: null" in waits[0] and wait["joined"]
-    assert not any("re-planned" in m for m in wait["logs"])
+    assert not any("re-planned the run's" in m for m in wait["logs"])
     assert wait["joined"][0] in wait["actor_nodes"] and same(ref["rows"], wait["rows"])
 
-    drop = r["drop"]
+    drop = r["drop"]   # three one-core workers: one actor on each, by default
+    assert len(set(drop["placed_before_kill"])) == 3 and r["head"] not in drop["placed_before_kill"]
     assert drop["summary"]["status"] == "completed", drop["summary"]["message"]
     assert drop["summary"]["n_clients"] == 4 and drop["last_recovery"]["lost_slots"] == [2, 3]

@@ -134,9 +134,9 @@ class FaultToleranceConfig:
     on_failure: str = "replay"       # replay | drop
     keep: int = 2                    # checkpoints kept on disk
     max_restarts: int = 3            # recoveries before the run gives up (resumable)
-    # Ray: seconds the replacements of lost actors wait for a node to join before the actors
-    # are re-planned to share the cores left (same blocks, same numbers); null: wait for one.
-    resource_wait_s: Optional[float] = 60.0
+    # Ray: seconds the replacements of lost actors wait for a node (their start included); then
+    # every actor is re-planned to share the cores left, in the same blocks (the same numbers).
+    resource_wait_s: Optional[float] = 60.0   # s to wait for a node, then share the cores left; null: wait
 
 
 @dataclass

@@ -134,6 +134,9 @@ class FaultToleranceConfig:
     on_failure: str = "replay"       # replay | drop
     keep: int = 2                    # checkpoints kept on disk
     max_restarts: int = 3            # recoveries before the run gives up (resumable)
+    # Ray: seconds the replacements of lost actors wait for a node (their start included); then
+    # every actor is re-planned to share the cores left, in the same blocks (the same numbers).
+    resource_wait_s: Optional[float] = 60.0   # s to wait for a node, then share the cores left; null: wait
 
 
 @dataclass
@@ -598,6 +601,8 @@ def validate(cfg: Config) -> None:
     _require(ft.checkpoint_every >= 0, f"fault_tolerance.checkpoint_every must be >= 0 rounds, got {ft.checkpoint_every}")
     _require(ft.keep >= 1, f"fault_tolerance.keep must be >= 1, got {ft.keep}")
     _require(ft.max_restarts >= 0, f"fault_tolerance.max_restarts must be >= 0, got {ft.max_restarts}")
+    _require(ft.resource_wait_s is None or ft.resource_wait_s >= 0,
+             f"fault_tolerance.resource_wait_s must be >= 0 seconds or null, got {ft.resource_wait_s}")
 
     _validate_elastic(cfg)
     _validate_tune(cfg)

@@ -45,11 +45,6 @@ FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostErro
             WorkerCrashedError)
 
 
-# A replacement that dies before it answers (it landed on a node that is dying too) is
-# replaced again, this many times per repair.
-REPLACE_TRIES = 5
-
-
 def cross_node_bytes(topology, centralized: bool, n: int, t: int, k: int, nodes: list, payload_bytes: int) -> int:
     """Payload bytes that cross Ray nodes in round t with these actors on these nodes."""
     if averages_everyone(topology, centralized):
@@ -368,12 +363,12 @@ class Coordinator:
 
     def repair(self, policy: str) -> dict:
         """After a failure: replace dead actors (replay: same clients, state restored later by
-        load_states) or remove them with their clients (drop). Returns the lost slots.
+        load_states) or remove them with their clients (drop). Returns the lost slots at once;
+        "pending" lists the replacements that have not answered yet (await_replacements).
 
         Replacements go to the nodes left (placement, away from the nodes where actors just
-        died: such a node may be dying and not yet known dead), and the call returns only when
-        they answer: one that dies first is replaced again; one waiting for resources (no node
-        has room) keeps the call waiting until a node joins (the engine logs the wait)."""
+        died: such a node may be dying and not yet known dead). Whether to try again when one
+        dies is not decided here: the engine reports it and the runner's restore repairs again."""
         with self.lock:
             dead = self.find_dead()
             groups = groups_of(len(self.slots), self.k)
@@ -384,31 +379,56 @@ class Coordinator:
                     ray.kill(self.actors[a])
                 except Exception:  # noqa: BLE001 - already gone
                     pass
+            # Replacements not yet answered (actor index -> ref of its node id), and those that
+            # died before answering; set here because every await or replan follows a repair.
+            self._pending, self._unreplaced = {}, []
             if policy == "drop":
                 self.actors = [a for i, a in enumerate(self.actors) if i not in dead]
                 self.nodes = [m for i, m in enumerate(self.nodes) if i not in dead]
-                slots = [s for s in self.slots if s not in lost]
+                slots = [s for s in self.slots if s not in lost]   # held from the restore (load_states) on
             else:
-                todo, tries = list(dead), 0
-                while todo:
-                    tries += 1
-                    live = {i: m for i, m in enumerate(self.nodes) if i not in todo}
-                    targets = self._targets(len(self.slots), live, exclude=suspect)
-                    for a in todo:
-                        self.actors[a] = self._new_actor(targets.get(a))
-                    answers = {a: self.actors[a].node_id.remote() for a in todo}
-                    failed = []
-                    for a, ref in answers.items():
-                        try:
-                            self.nodes[a] = ray.get(ref)
-                        except FAILURES:
-                            failed.append(a)
-                    todo = failed
-                    if todo and tries >= REPLACE_TRIES:
-                        break   # the engine reports it; the runner's next restore repairs again
-                slots = self.slots
-            return {"dead_actors": dead, "lost_slots": lost, "slots": slots, "actor_nodes": list(self.nodes),
-                    "unreplaced": todo if policy != "drop" else []}
+                slots = list(self.slots)
+                live = {i: m for i, m in enumerate(self.nodes) if i not in dead}
+                targets = self._targets(len(self.slots), live, exclude=suspect)
+                for a in dead:
+                    self.actors[a] = self._new_actor(targets.get(a))
+                    self._pending[a] = self.actors[a].node_id.remote()
+            return {**self.info(), "slots": slots, "dead_actors": dead, "lost_slots": lost,
+                    "pending": sorted(self._pending)}
+
+    def await_replacements(self, timeout: float) -> dict:
+        """Wait up to `timeout` seconds for the pending replacements (repair, replan) to start.
+        Returns info() with "waiting" (actor indices still waiting for resources) and
+        "unreplaced" (those whose replacement died before it answered)."""
+        with self.lock:
+            refs = list(self._pending.values())
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout) if refs else ([], [])
+            for a, ref in list(self._pending.items()):
+                if ref not in ready:
+                    continue
+                del self._pending[a]
+                try:
+                    self.nodes[a] = ray.get(ref)
+                except FAILURES:
+                    self._unreplaced.append(a)
+            return {**self.info(), "waiting": sorted(self._pending), "unreplaced": sorted(self._unreplaced)}
+
+    def replan(self, resources: dict) -> list[int]:
+        """The cluster as it is cannot hold the replacements: start every actor anew asking for
+        `resources` (per actor; the same blocks), placed for them. The restore that follows
+        (load_states) loads every client. Returns the actors to await."""
+        with self.lock:
+            self.resources = dict(resources)
+            for a in self.actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            targets = self._targets(len(self.slots), {})
+            self.actors = [self._new_actor(targets.get(i)) for i in range(len(self.actors))]
+            self._pending = {i: a.node_id.remote() for i, a in enumerate(self.actors)}
+            self._unreplaced = []
+            return sorted(self._pending)
 
     def evaluator_pids(self) -> list[int]:
         """The pid of the process that answered each evaluation so far (tests, operators)."""

@@ -26,6 +26,7 @@ import time
 from typing import Callable, Optional
 
 from qgm_ray.config import Config
+from qgm_ray.engine.placement import actors_fit
 from qgm_ray.errors import ConfigError
 from qgm_ray.layout import actor_cpus, auto_clients_per_actor, with_clients_per_block  # noqa: F401 - re-exported
 
@@ -456,3 +457,22 @@ def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[s
         log(f"ray: {gpu:g} GPU per client ({gpu_actor:g} per actor of {k}); fractions share a GPU's memory, "
             f"they do not cap it")
     return {"num_cpus": cpu, "num_gpus": gpu_actor}
+
+
+def replan_resources(cfg: Config, n_max: int, n_actors: int, nodes: list[dict], current: dict) -> Optional[dict]:
+    """Per-actor {"num_cpus", "num_gpus"} that let the run's `n_actors` ClientActors (its blocks
+    unchanged: the numbers depend on the blocks, not on where they run) fit on these `nodes`
+    (each alive node's total resources, as ray.nodes() gives them), or None where they cannot:
+    sharing cores as `ray.cpus_per_actor: auto` does (at most layout.MAX_ACTORS_PER_CORE actors
+    a core) does not make them fit, or explicit ray.cpus_per_actor / cpus_per_client fix what
+    each asks for. The CPU share is that of the run's largest client count (as plan_resources),
+    so a later grow fits too where it can; GPUs stay as they are."""
+    k = cfg.ray.clients_per_actor
+    cpus = sum(x.get("CPU", 0.0) for x in nodes)
+    cpu = actor_cpus(cfg, k, max(n_actors, math.ceil(n_max / k)), cpus)
+    if cpu >= current["num_cpus"] - 1e-9:
+        return None   # nothing smaller to ask for: the replacements already asked for this
+    need = {"CPU": cpu, "GPU": current["num_gpus"]}
+    if sum(actors_fit(x, need) for x in nodes) < n_actors:
+        return None
+    return {"num_cpus": cpu, "num_gpus": current["num_gpus"]}

@@ -16,6 +16,10 @@ fresh state on copies of the parameters.
 """
 from __future__ import annotations
 
+import contextlib
+import random
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +44,11 @@ class ContractError(ConfigError):
     def __str__(self) -> str:
         cause = self.args[0] if self.args else ""
         return str(cause) if isinstance(cause, BaseException) else str(cause)
+
+
+def crossing_ray(e: ConfigError) -> ContractError:
+    """`e` as a ContractError: raised inside an actor, its line is what the driver prints."""
+    return e if isinstance(e, ContractError) else ContractError(str(e))
 
 
 def first_line(e: BaseException) -> str:
@@ -194,6 +203,24 @@ def check_model(key: str, model: torch.nn.Module, ds, data_key: str) -> tuple[to
 def check_plugins(cfg, ds) -> None:
     """Every plug-in the run names, tried once before anything starts (see the module doc).
     Built-in names are left alone: their contract is the test suite's."""
+    with _random_state_kept():
+        _check_plugins(cfg, ds)
+
+
+@contextlib.contextmanager
+def _random_state_kept():
+    # A plug-in may draw from the global generators (a noisy rule, a model with dropout): the
+    # run's draws must be those of a run without the checks.
+    py, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+
+
+def _check_plugins(cfg, ds) -> None:
     from qgm_ray import build
     from qgm_ray.algorithms import make_algorithm_from_config
     data_key, model_key = plugins.KEYS["data"], plugins.KEYS["model"]

@@ -289,11 +289,11 @@ def test_the_checks_change_no_number_of_a_valid_run_nor_the_global_generators(pl
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("key,name,line", [
-    (RULE, ref("RaisesLater"), "pre_mix raised RuntimeError: boom at step 3"),
-    ("model.name", ref("in_actors_only"), "returned a str; expected a torch.nn.Module"),
+    (RULE, ref("RaisesLater"), ": pre_mix raised RuntimeError: boom at step 3"),
+    ("model.name", ref("in_actors_only"), " returned a str; expected a torch.nn.Module"),
 ])
 def test_on_ray_the_driver_prints_the_plug_ins_line_and_exits_2(plugs, tmp_path, key, name, line):
     p = main_py(plugs, "--quiet", "--config", str(BYO), "--output-dir", str(tmp_path / "run"),
                 "--set", f"{key}={name}", "--set", "backend=ray", timeout=400)
     assert p.returncode == 2, p.stderr[-3000:]
-    assert one_line(p.stderr) == f"config error: {key}={name!r}: {line}"
+    assert one_line(p.stderr) == f"config error: {key}={name!r}{line}"

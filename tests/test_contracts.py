@@ -113,6 +113,10 @@ def in_actors_only(input_shape, num_classes):
     return nn.Linear(input_shape[0], num_classes)
 
 
+def raises_building(input_shape, num_classes):
+    raise RuntimeError("no layers today" + chr(10) + "a second line")
+
+
 def string_labels(seed):
     a, b, c, d = blobs(seed)
     return a, b.astype(str), c, d.astype(str)
@@ -238,6 +242,16 @@ def test_main_py_mid_run_exits_2_with_one_line(plugs, tmp_path):
                 "--set", f"algorithm.name={ref('RaisesLater')}")
     assert p.returncode == 2, p.stderr[-3000:]
     assert one_line(p.stderr) == f"config error: algorithm.name={ref('RaisesLater')!r}: pre_mix raised RuntimeError: boom at step 3"
+
+
+def test_a_plug_in_model_that_raises_while_built_is_its_keys_line_in_any_process(plugs):
+    """What an actor building its block meets too (no `prepare` wraps it there)."""
+    from qgm_ray.models import make_model
+    with pytest.raises(ConfigError) as e:
+        make_model(ref("raises_building"), (10,), 3, seed=0)
+    assert str(e.value) == (f"model.name={ref('raises_building')!r} with model.options={{}}: "
+                            f"RuntimeError: no layers today")
+    assert str(contracts.crossing_ray(e.value)) == str(e.value)
 
 
 def test_rule_result_is_checked_on_metadata_only():

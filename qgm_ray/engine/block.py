@@ -35,7 +35,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from qgm_ray.client import BatchSampler, evaluate_model, load_params
 from qgm_ray.data import apply_augment, draw_augment, pixel_table, to_float
 from qgm_ray.engine import push_sum as ps
-from qgm_ray import contracts   # what a rule returns, checked every round
+from qgm_ray import contracts
 
 
 class Block:

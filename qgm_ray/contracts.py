@@ -11,8 +11,8 @@ a tensor's type, shape and dtype (no device sync), so a rule that breaks its con
 a run stops at that round with the same kind of line.
 
 Nothing here changes a valid run: the model is a fresh build (make_model seeds its own
-generator), the forward and backward run under a forked, fixed-seed RNG, and the rule steps
-fresh state on copies of the parameters.
+generator), the rule steps fresh state on copies of the parameters, and the global torch,
+numpy and random generators are restored after the checks, whatever a plug-in drew from them.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class ContractError(ConfigError):
         cls.__str__ = ContractError.__str__
 
     def __str__(self) -> str:
-        cause = self.args[0] if self.args else ""
-        return str(cause) if isinstance(cause, BaseException) else str(cause)
+        # args[0]: the line, or (in Ray's wrapper) the ContractError it wraps
+        return str(self.args[0]) if self.args else ""
 
 
 def crossing_ray(e: ConfigError) -> ContractError:

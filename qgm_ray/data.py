@@ -29,7 +29,7 @@ import torch
 
 from qgm_ray import plugins
 from qgm_ray.augment import AUGMENTATIONS, apply_augment, augment_batch, draw_augment  # noqa: F401 - re-exported
-from qgm_ray.dataset import Dataset, describe, save_npz_atomic  # noqa: F401 - describe re-exported
+from qgm_ray.dataset import Dataset, describe, plugin_tensor, save_npz_atomic  # noqa: F401 - describe re-exported
 from qgm_ray.errors import ConfigError
 
 DATASETS = (
@@ -82,14 +82,6 @@ def _builtin_loader(name: str):
 
 # ----------------------------------------------------------------------------- plug-ins
 
-def _as_tensor(key: str, what: str, value) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise ConfigError(f"{key}: {what} is a {type(value).__name__}; expected a numpy array or a torch tensor")
-
-
 def load_plugin_dataset(name: str, seed: int, opts: dict) -> Dataset:
     """`function(seed, **data.options)` -> (train_x, train_y, test_x, test_y), checked and made
     into the Dataset every loader returns: floating inputs as float32 (bool too), integer
@@ -111,7 +103,7 @@ def load_plugin_dataset(name: str, seed: int, opts: dict) -> Dataset:
                           f"{' of ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}; "
                           f"expected a tuple (train_x, train_y, test_x, test_y)")
     names = ("train_x", "train_y", "test_x", "test_y")
-    train_x, train_y, test_x, test_y = (_as_tensor(key, n, v) for n, v in zip(names, out))
+    train_x, train_y, test_x, test_y = (plugin_tensor(key, n, v) for n, v in zip(names, out))
     for xn, x, yn, y in (("train_x", train_x, "train_y", train_y), ("test_x", test_x, "test_y", test_y)):
         if x.dim() < 2 or len(x) == 0:
             raise ConfigError(f"{key}: {xn} has shape {tuple(x.shape)}; expected (N, *input_shape) with N >= 1")

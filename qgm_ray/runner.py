@@ -111,6 +111,8 @@ def prepare(cfg: Config, log=print):
     except Exception as e:  # noqa: BLE001 - any constructor error is a bad model.options
         raise ConfigError(f"model.name={cfg.model.name!r} with model.options={cfg.model.options}: "
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    from qgm_ray.contracts import check_plugins
+    check_plugins(cfg, ds)   # each plug-in once on a tiny batch: its broken contract is one line
     log(f"data: {cfg.data.name} ({len(ds.train_x)} train / {len(ds.test_x)} test, "
         f"{ds.num_classes} classes), {cfg.data.partition} partition"
         + (f" alpha={cfg.data.alpha:g}" if cfg.data.partition == "dirichlet" else "")

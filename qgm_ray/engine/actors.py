@@ -20,13 +20,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from qgm_ray import build, determinism
+from qgm_ray import build, contracts, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce, slowmo
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
+from qgm_ray.errors import ConfigError
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -84,7 +85,10 @@ class ClientActor:
         slots = list(slots)
         if self.block is None or self.block.ids != slots:
             kept = {s["id"]: s for s in self.block.client_states()} if self.block is not None else {}
-            self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
+            try:
+                self.block = build.build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
+            except ConfigError as e:   # a plug-in's one line, which Ray would wrap in this actor's traceback
+                raise contracts.crossing_ray(e) from None
             for r, s in enumerate(slots):
                 if s in kept and not states:
                     self.block.load_client_state(r, kept[s])

@@ -69,7 +69,15 @@ def make_model(name: str, input_shape, num_classes: int, seed: int = 0, **kw) ->
     # default_generator rather than torch.manual_seed leaves the CUDA generators alone.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))
-        model = builder(tuple(input_shape), int(num_classes), **kw)
+        try:
+            model = builder(tuple(input_shape), int(num_classes), **kw)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a plug-in's error is its key's line, in any process
+            if not plugins.is_reference(name):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ConfigError(f"model.name={name!r} with model.options={kw}: {type(e).__name__}: {first}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name={name!r} returned a {type(model).__name__}; expected a torch.nn.Module")
     return model

@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from qgm_ray import yaml_io
 from qgm_ray.errors import ConfigError
 
 
@@ -238,16 +239,9 @@ def _coerce(key: str, value: Any, tp) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; users mean a number
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        number = float(value)
         # .inf / .nan are valid YAML numbers but no setting of this project means them.
         if not math.isfinite(number):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
@@ -322,7 +316,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_io.loads(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({e.problem})") from None
     return key, value
@@ -351,7 +345,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
                           f"save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_io.loads(text, where)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML: {_yaml_reason(e)}") from None
     if data is None:
@@ -446,7 +440,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml_io.dumps(cfg.to_dict(), sort_keys=False)
 
 
 # ---------------------------------------------------------------- key listing
@@ -490,7 +484,7 @@ def describe_keys() -> str:
             if key in choices:
                 listed = " | ".join(map(str, choices[key]))
                 text = f"one of {', '.join(map(str, choices[key]))}" + (f"; {text}" if text and text != listed else "")
-            rows.append((key, kind.replace("NoneType", "null"), yaml.safe_dump(default, default_flow_style=True).strip()
+            rows.append((key, kind.replace("NoneType", "null"), yaml_io.dumps(default, default_flow_style=True).strip()
                          .removesuffix("...").strip(), text))
 
     walk(Config, "")

@@ -54,14 +54,17 @@ class TopologyConfig:
 class AlgorithmConfig:
     name: str = "qg_dsgdm_n"         # see README: Algorithms, and Bring your own method
     lr: float = 0.1                  # base learning rate (> 0; see schedule.* for scaling)
-    momentum: float = 0.9            # [0, 1): heavy-ball / Nesterov momentum
-    weight_decay: float = 1e-4       # >= 0
-    qgm_beta: float = 0.9            # [0, 1): quasi-global momentum's beta
-    betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam's (beta1, beta2), each in [0, 1)
-    eps: float = 1e-8                # Adam's epsilon, > 0
-    nesterov: bool = False           # gradient_tracking: Nesterov momentum
-    normalization_eps: float = 1e-8  # qg_adam, qg_adam_v2: eps of the progress normalisation (> 0)
-    qgm_local_step: int = 1          # qg_dsgdm_ls(_n): rounds between QG buffer refreshes (>= 1)
+    # Knobs several rules read. null: the rule's own default (`config --keys` lists the named
+    # rule's); a value set here is range-checked whichever rule runs, and a rule that does not
+    # read the knob ignores it (a sweep over algorithm.name shares one config).
+    momentum: Optional[float] = None           # [0, 1): heavy-ball / Nesterov momentum
+    weight_decay: Optional[float] = None       # >= 0
+    qgm_beta: Optional[float] = None           # [0, 1): quasi-global momentum's beta
+    betas: Optional[list] = None               # Adam's (beta1, beta2), each in [0, 1)
+    eps: Optional[float] = None                # Adam's epsilon, > 0
+    nesterov: Optional[bool] = None            # gradient_tracking: Nesterov momentum
+    normalization_eps: Optional[float] = None  # qg_adam, qg_adam_v2: eps of the progress normalisation (> 0)
+    qgm_local_step: Optional[int] = None       # qg_dsgdm_ls(_n): rounds between QG buffer refreshes (>= 1)
     # SlowMo (official --slowmo_step_conf; algorithms/slowmo.py): dsgd, dsgdm, dsgdm_n only.
     slowmo_tau: int = 0              # SlowMo: exact average + outer step after rounds t % tau == 0 (>= 0; 0 = off)
     slowmo_beta: float = 0.0         # SlowMo: slow momentum in [0, 1) (0 with alpha 1: periodic exact averaging)
@@ -69,12 +72,12 @@ class AlgorithmConfig:
     options: dict = field(default_factory=dict)  # the rule's own knobs (its `defaults`), e.g. {clip: 0.5}
 
     def hparams(self) -> dict:
-        return {
-            "momentum": self.momentum, "weight_decay": self.weight_decay,
-            "qgm_beta": self.qgm_beta, "betas": tuple(self.betas), "eps": self.eps,
-            "nesterov": self.nesterov, "normalization_eps": self.normalization_eps,
-            "qgm_local_step": self.qgm_local_step,
-        }
+        """The shared knobs the user set (the rule's own defaults fill the others)."""
+        values = {"momentum": self.momentum, "weight_decay": self.weight_decay, "qgm_beta": self.qgm_beta,
+                  "betas": None if self.betas is None else tuple(self.betas), "eps": self.eps,
+                  "nesterov": self.nesterov, "normalization_eps": self.normalization_eps,
+                  "qgm_local_step": self.qgm_local_step}
+        return {key: value for key, value in values.items() if value is not None}
 
 
 @dataclass
@@ -466,9 +469,35 @@ def _dynamic_choices() -> dict:
     return {**names, "ray.pack_clients": ("auto", "true", "false"), "tune.metric": TUNE_METRICS}
 
 
-def describe_keys() -> str:
-    """Every key: type, default, allowed values and the comment of its field (`main.py config --keys`)."""
+def _shared_names() -> tuple:
+    from qgm_ray.algorithms.base import SHARED
+    return SHARED
+
+
+def _rule_rows(name: str) -> tuple[dict, list]:
+    """For rule `name`: {algorithm.<shared key>: its default in this rule} and a row per knob of
+    its own (`algorithm.options.<knob>`), so `config --keys` shows what the named rule runs with."""
+    from qgm_ray.algorithms.base import SHARED
+    from qgm_ray.algorithms.registry import algorithm_class
+
+    knobs = algorithm_class(name).knobs()
+    shared = {f"algorithm.{k}": v for k, v in knobs.items() if k in SHARED}
+    own = [(f"algorithm.options.{k}", type(v).__name__, _flow(v), f"{name}'s own knob")
+           for k, v in knobs.items() if k not in SHARED]
+    return shared, own
+
+
+def _flow(value: Any) -> str:
+    return yaml_io.dumps(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def describe_keys(algorithm: Optional[str] = None) -> str:
+    """Every key: type, default, allowed values and the comment of its field (`main.py config --keys`).
+    The shared rule knobs show the defaults of rule `algorithm` (default: the default rule's),
+    and its own knobs are listed as `algorithm.options.<knob>`."""
     choices = {**CHOICES, **_dynamic_choices()}
+    rule = algorithm or AlgorithmConfig.name
+    rule_defaults, own_rows = _rule_rows(rule)
     rows = []
 
     def walk(cls, prefix: str) -> None:
@@ -484,8 +513,15 @@ def describe_keys() -> str:
             if key in choices:
                 listed = " | ".join(map(str, choices[key]))
                 text = f"one of {', '.join(map(str, choices[key]))}" + (f"; {text}" if text and text != listed else "")
-            rows.append((key, kind.replace("NoneType", "null"), yaml_io.dumps(default, default_flow_style=True).strip()
-                         .removesuffix("...").strip(), text))
+            shown = _flow(default)
+            if key in rule_defaults:
+                shown = _flow(rule_defaults[key])
+                text = f"{text} (null: {rule}'s default {shown})"
+            elif key.startswith("algorithm.") and f.name in _shared_names():
+                text = f"{text} (not read by {rule})"
+            rows.append((key, kind.replace("NoneType", "null"), shown, text))
+            if key == "algorithm.options":
+                rows.extend(own_rows)
 
     walk(Config, "")
     w = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -505,6 +541,7 @@ def validate(cfg: Config) -> None:
     """Every rule that can be checked without loading data. Raises ConfigError."""
     # Imported here: these registries import torch/networkx, and config parsing should not.
     from qgm_ray.algorithms import make_algorithm_from_config
+    from qgm_ray.algorithms.base import check_shared
     from qgm_ray.topology import validate_topology
 
     _require(bool(NAME_PATTERN.match(cfg.name)),
@@ -531,12 +568,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.alpha > 0, f"data.alpha must be > 0 (0.1 = extreme non-iid, 10 = near iid), got {cfg.data.alpha}")
     _require(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     _require(cfg.algorithm.lr > 0, f"algorithm.lr must be > 0, got {cfg.algorithm.lr}")
-    _require(0 <= cfg.algorithm.momentum < 1, f"algorithm.momentum must be in [0, 1), got {cfg.algorithm.momentum}")
-    _require(0 <= cfg.algorithm.qgm_beta < 1, f"algorithm.qgm_beta must be in [0, 1), got {cfg.algorithm.qgm_beta}")
-    _require(cfg.algorithm.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {cfg.algorithm.weight_decay}")
-    _require(len(cfg.algorithm.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.algorithm.betas),
-             f"algorithm.betas must be two numbers in [0, 1), got {cfg.algorithm.betas}")
-    _require(cfg.algorithm.eps > 0, f"algorithm.eps must be > 0, got {cfg.algorithm.eps}")
+    check_shared(cfg.algorithm.hparams())
     rule = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams(), cfg.algorithm.options)
     if ":" in cfg.algorithm.name:   # a plug-in: its state must slice per client like the built-ins'
         from qgm_ray.algorithms.registry import check_state_contract

@@ -640,7 +640,9 @@ def _validate_names(cfg: Config) -> None:
 
     for kind, key in plugins.KEYS.items():
         if kind != "algorithm":   # a rule is checked with its options below
-            plugins.resolve(kind, getattr(cfg, kind).name)
+            name = getattr(cfg, kind).name
+            # a built-in is known by name (its module, which imports torch, stays unloaded)
+            plugins.resolve(kind, name) if plugins.is_reference(name) else plugins.check_name(kind, name)
     for kind, skip, reserved in (("model", 2, ()), ("data", 1, ("augment",))):
         section = getattr(cfg, kind)
         if plugins.is_reference(section.name):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from qgm_ray.augment import augment_batch
+
+if TYPE_CHECKING:   # the fields hold tensors; importing the record (config validation) needs no torch
+    import torch
 
 
 @dataclass

@@ -160,8 +160,8 @@ class TuneConfig:
 
 @dataclass
 class Config:
-    name: str = "qgm"                # run name: letters, digits, . _ - (directory runs/<name>-<time>)
-    seed: int = 0                    # >= 0: partition, init, sampling, random graphs
+    name: str = "qgm"                # run name: letters, digits, . _ - (directory runs/<name>-<time>), at most 100 characters
+    seed: int = 0                    # 0 <= seed < 2^32: partition, init, sampling, random graphs
     backend: str = "local"           # local | ray
     device: str = "auto"             # auto | cpu | cuda
     # Deterministic kernels in every process (qgm_ray/determinism.py): on a GPU, two runs and
@@ -204,6 +204,13 @@ TUNE_METRICS = ("test_accuracy", "final_test_accuracy", "best_test_accuracy", "l
 # Upper limits that only a typo reaches (schedule.epochs=1e12 exhausted memory while planning).
 MAX_EPOCHS = 100_000
 MAX_EVALUATIONS = 100_000
+# What a config may hold: each far above a real run, far below what takes memory or time to
+# plan before the first round (a sweep lists its trials, a schedule its steps, up front).
+MAX_NAME_LENGTH = 100        # runs/<name>-<timestamp> must stay a valid file name (255 bytes)
+MAX_SEED = 2**32 - 1         # the largest seed every generator in use takes (numpy's legacy, networkx's)
+MAX_MILESTONES = 100
+MAX_ELASTIC_STEPS = 1_000
+MAX_TRIALS = 10_000          # a sweep's trials: grid points x tune.num_samples
 
 # `name` becomes a directory name under runs/: no separators, no `..`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -213,6 +220,14 @@ POSITIVE_INT_DATA_OPTIONS = ("num_samples", "num_features", "num_classes", "temp
 
 
 # ---------------------------------------------------------------- building from dicts
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a message names a huge value without printing it."""
+    if isinstance(value, (list, dict, tuple)) and len(value) > limit:
+        return f"a {type(value).__name__} of {len(value):,} entries"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
@@ -228,39 +243,39 @@ def _coerce(key: str, value: Any, tp) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError:
                 errors.append(_type_name(arg))
-        raise ConfigError(f"{key}: expected one of {', '.join(errors)}, got {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(errors)}, got {_short(value)}")
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
+        raise ConfigError(f"{key}: expected null, got {_short(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_short(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
         number = float(value)
         # .inf / .nan are valid YAML numbers but no setting of this project means them.
         if not math.isfinite(number):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {_short(value)}")
         return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_short(value)}")
     if tp is list:
         if isinstance(value, (list, tuple)):
             return list(value)
-        raise ConfigError(f"{key}: expected a list, got {value!r}")
+        raise ConfigError(f"{key}: expected a list, got {_short(value)}")
     if tp is dict:
         if isinstance(value, dict):
             return dict(value)
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{key}: expected a mapping, got {_short(value)}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     raise TypeError(f"unsupported annotation {tp} for {key}")
@@ -369,10 +384,14 @@ def _yaml_reason(e: "yaml.YAMLError") -> str:
 
 def config_dict(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
     """Defaults merged with the file and the overrides, as a plain dict (not yet validated)."""
-    d = Config().to_dict()
     given = read_yaml(path) if path is not None else {}
-    d = _merge(d, given)
-    values = dict(parse_override(item) for item in overrides)
+    return layered(given, dict(parse_override(item) for item in overrides))
+
+
+def layered(given: dict, values: dict) -> dict:
+    """The built-in defaults <- `given` (a file's or a dict's nested keys) <- `values`
+    ({dotted key: value} overrides), as a plain dict (not yet validated)."""
+    d = _merge(Config().to_dict(), given)
     apply_overrides(d, values)
     # The file's client count was written for the file's graph: `--set topology.name=social` on
     # configs/default.yaml (a ring of 16) takes the social graph's size, as data.options go
@@ -544,11 +563,13 @@ def validate(cfg: Config) -> None:
     from qgm_ray.algorithms.base import check_shared
     from qgm_ray.topology import validate_topology
 
+    _require(len(cfg.name) <= MAX_NAME_LENGTH,
+             f"name is {len(cfg.name)} characters long; at most {MAX_NAME_LENGTH} (it names the run directory)")
     _require(bool(NAME_PATTERN.match(cfg.name)),
              f"name={cfg.name!r} is not allowed: it names the run directory under runs/; use letters, "
              f"digits, '.', '_' and '-' (no '/', no leading '.')")
-    _require(cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed}")
-    _require(cfg.data.seed >= 0, f"data.seed must be an integer >= 0, got {cfg.data.seed}")
+    for key, seed in (("seed", cfg.seed), ("data.seed", cfg.data.seed)):
+        _require(0 <= seed <= MAX_SEED, f"{key} must be an integer in [0, 2^32) (0 .. {MAX_SEED}), got {_short(seed)}")
     _require(cfg.output_dir is None or cfg.output_dir.strip() != "",
              "output_dir must be a directory path or null (default runs/<name>-<timestamp>), got ''")
     d = cfg.to_dict()
@@ -590,6 +611,8 @@ def validate(cfg: Config) -> None:
     _require(s.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, got {s.warmup_epochs}")
     _require(s.warmup_epochs < s.epochs or s.warmup_epochs == 0,
              f"schedule.warmup_epochs={s.warmup_epochs} must be smaller than schedule.epochs={s.epochs}")
+    _require(len(s.milestones) <= MAX_MILESTONES,
+             f"schedule.milestones holds {len(s.milestones):,} entries; at most {MAX_MILESTONES}")
     _require(all(isinstance(m, (int, float)) and 0 < m < 1 for m in s.milestones),
              f"schedule.milestones must be fractions of the run in (0, 1), got {s.milestones}")
     _require(0 < s.decay <= 1, f"schedule.decay must be in (0, 1], got {s.decay}")
@@ -730,6 +753,8 @@ def _validate_elastic(cfg: Config) -> None:
     from qgm_ray.topology import validate_topology
 
     el = cfg.elastic
+    _require(len(el.schedule) <= MAX_ELASTIC_STEPS,
+             f"elastic.schedule holds {len(el.schedule):,} steps; at most {MAX_ELASTIC_STEPS:,}")
     prev = -1.0
     for item in el.schedule:
         # YAML's `true` is a Python bool, which is an int: [[true, 2]] would be read as epoch 1.
@@ -769,6 +794,16 @@ def _validate_dashboard_host(cfg: Config) -> None:
 
 def _validate_tune(cfg: Config) -> None:
     base = Config().to_dict()
+    tc = cfg.tune
+    _require(1 <= tc.num_samples <= MAX_TRIALS,
+             f"tune.num_samples must be in [1, {MAX_TRIALS:,}], got {_short(tc.num_samples)}")
+    trials = tc.num_samples
+    for key, values in tc.grid.items():
+        if isinstance(values, list):
+            trials *= max(1, len(values))
+        _require(trials <= MAX_TRIALS,
+                 f"tune.grid with tune.num_samples={tc.num_samples} makes more than {MAX_TRIALS:,} trials "
+                 f"(grid points x num_samples); at most {MAX_TRIALS:,} in one sweep")
     for section in ("grid", "search"):
         for key, values in getattr(cfg.tune, section).items():
             try:
@@ -785,8 +820,6 @@ def _validate_tune(cfg: Config) -> None:
                          f"tune.grid.{key} must be a non-empty list of values, got {values!r}")
             else:
                 _validate_search(key, values)
-    tc = cfg.tune
-    _require(tc.num_samples >= 1, f"tune.num_samples must be >= 1, got {tc.num_samples}")
     _require(tc.metric in TUNE_METRICS,
              f"tune.metric={tc.metric!r} is not a reported metric; choose one of {', '.join(TUNE_METRICS)}")
     _require(tc.max_concurrent_trials >= 0,

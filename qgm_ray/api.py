@@ -74,8 +74,8 @@ def _nested(d: Mapping[str, Any]) -> dict:
 def load_config(path_or_dict: ConfigLike = None, overrides: Overrides = ()) -> Config:
     """A validated Config: the built-in defaults <- a YAML file, a dict or a Config <- overrides.
 
-    None means the built-in defaults (`python main.py` without --config reads
-    configs/default.yaml instead). Raises ConfigError (one line naming the key) on bad input.
+    None means the built-in defaults: the run `python main.py` makes. Raises ConfigError (one
+    line naming the key) on bad input.
     """
     values = _override_values(overrides)
     if path_or_dict is None or isinstance(path_or_dict, (str, Path)):

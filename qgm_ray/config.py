@@ -34,7 +34,9 @@ class DataConfig:
     augment: bool = True             # random crop + flip where the dataset defines it
     seed: int = 42                   # generation/split seed of the dataset itself (not `seed`)
                                      # fixed, so runs with different `seed` differ in partition/init/sampling only
-    options: dict = field(default_factory=dict)  # dataset-specific, e.g. {num_samples: 8000}
+    # Dataset-specific; they belong to data.name: a file, dict or --set that names another
+    # dataset without options of its own drops these (config.layered, apply_overrides).
+    options: dict = field(default_factory=lambda: {"num_samples": 20000})  # mnist1d: 16000 train / 4000 test
 
 
 @dataclass
@@ -93,7 +95,7 @@ class ScheduleConfig:
 
 @dataclass
 class EvalConfig:
-    every_epochs: float = 1.0        # evaluation cadence, > 0
+    every_epochs: float = 2.0        # evaluation cadence, > 0
     batch_size: int = 1024           # test batch size (memory only, not the numbers)
     local_models: bool = True        # also report mean test accuracy of the clients' own models
     max_test_samples: int = 0        # >0: evaluate on a fixed subset (fast sweeps)
@@ -160,9 +162,9 @@ class TuneConfig:
 
 @dataclass
 class Config:
-    name: str = "qgm"                # run name: letters, digits, . _ - (directory runs/<name>-<time>), at most 100 characters
+    name: str = "default"            # run name: letters, digits, . _ - (directory runs/<name>-<time>), at most 100 characters
     seed: int = 0                    # 0 <= seed < 2^32: partition, init, sampling, random graphs
-    backend: str = "local"           # local | ray
+    backend: str = "local"           # local (in-process) | ray (ClientActors); the same numbers
     device: str = "auto"             # auto | cpu | cuda
     # Deterministic kernels in every process (qgm_ray/determinism.py): on a GPU, two runs and
     # the two engines then agree bit for bit (on CPU they always do); off by default (slower).
@@ -390,8 +392,19 @@ def config_dict(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 def layered(given: dict, values: dict) -> dict:
     """The built-in defaults <- `given` (a file's or a dict's nested keys) <- `values`
-    ({dotted key: value} overrides), as a plain dict (not yet validated)."""
-    d = _merge(Config().to_dict(), given)
+    ({dotted key: value} overrides), as a plain dict (not yet validated). Each layer's
+    dataset (and rule, and plug-in model or graph) takes the options written for it: the
+    defaults' mnist1d options do not go to a file's cifar10."""
+    defaults = Config().to_dict()
+    d = _merge(defaults, given)
+    before = _names(defaults)
+    for section, old in before.items():   # another dataset's options replace, never merge
+        layer = given.get(section)
+        if (isinstance(layer, dict) and isinstance(layer.get("options"), dict)
+                and layer.get("name", old) != old and isinstance(d.get(section), dict)):
+            d[section]["options"] = copy.deepcopy(layer["options"])
+    _drop_foreign_options(d, before, {f"{section}.{key}" for section, keys in given.items()
+                                      if isinstance(keys, dict) for key in keys})
     apply_overrides(d, values)
     # The file's client count was written for the file's graph: `--set topology.name=social` on
     # configs/default.yaml (a ring of 16) takes the social graph's size, as data.options go
@@ -426,21 +439,33 @@ def apply_overrides(d: dict, values: dict) -> dict:
     The same holds for `algorithm.options` (a rule's own knobs) and, where a plug-in
     (`module:attr`) is involved, for `model.options` and `topology.options`; built-in models
     and graphs keep sharing their section's options as before."""
-    from qgm_ray.plugins import is_reference
-
-    def name_of(section):
-        return d.get(section, {}).get("name") if isinstance(d.get(section), dict) else None
-    before = {section: name_of(section) for section in ("data", "algorithm", "model", "topology")}
+    before = _names(d)
     for key, value in values.items():
         set_dotted(d, key, value)
+    _drop_foreign_options(d, before, values)
+    return d
+
+
+_NAMED_SECTIONS = ("data", "algorithm", "model", "topology")
+
+
+def _names(d: dict) -> dict:
+    return {section: d[section].get("name") if isinstance(d.get(section), dict) else None
+            for section in _NAMED_SECTIONS}
+
+
+def _drop_foreign_options(d: dict, before: dict, set_keys) -> None:
+    """Empty `<section>.options` where a layer changed `<section>.name` (from `before`)
+    without setting any of that section's options (`set_keys`: the dotted keys it set)."""
+    from qgm_ray.plugins import is_reference
+
     for section, old in before.items():
-        new = name_of(section)
-        sets_options = any(k == section or k.startswith(f"{section}.options") for k in values)
+        new = d.get(section, {}).get("name") if isinstance(d.get(section), dict) else None
+        sets_options = any(k == section or k.startswith(f"{section}.options") for k in set_keys)
         if new == old or sets_options or not isinstance(d.get(section), dict):
             continue
         if section in ("data", "algorithm") or is_reference(old) or is_reference(new):
             d[section]["options"] = {}
-    return d
 
 
 def trial_dict(base: dict, params: dict) -> dict:

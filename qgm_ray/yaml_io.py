@@ -20,8 +20,7 @@ import yaml
 
 from qgm_ray.errors import ConfigError
 
-# Far above any config a person writes (the largest shipped one is a few KB), far below what
-# takes time or memory to read.
+# Far above any config a person writes, far below what takes time or memory to read.
 MAX_BYTES = 1 << 20
 # Scalars, lists and mappings counted with every alias expanded.
 MAX_NODES = 100_000

@@ -98,7 +98,7 @@ def test_billion_laughs_refused_in_one_line(tmp_path, key):
 
 def test_bounds_in_set_values():
     with pytest.raises(ConfigError, match=r"^--set data.alpha: expands to more than"):
-        parse_override("data.alpha=" + _laughs(7).replace("\n", ", ").join("{}") )
+        parse_override("data.alpha={" + _laughs(7).replace("\n", ", ") + "}")
     with pytest.raises(ConfigError, match="recursive alias"):
         parse_override("data.alpha=&a [*a]")
     with pytest.raises(ConfigError, match="too deep"):

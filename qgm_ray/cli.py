@@ -107,7 +107,10 @@ def cmd_config(args) -> int:
     from qgm_ray.config import config_dict, dump_yaml, describe_keys, from_dict
 
     if args.keys:
-        print(describe_keys())
+        # The rule the config names: its defaults and its own knobs are listed (a plug-in's too).
+        algorithm = config_dict(args.config, args.overrides).get("algorithm")
+        name = algorithm.get("name") if isinstance(algorithm, dict) else None
+        print(describe_keys(name if isinstance(name, str) else None))
         return 0
     print(dump_yaml(from_dict(config_dict(args.config, args.overrides))), end="")
     return 0

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from qgm_ray.augment import augment_batch
 from qgm_ray.errors import ConfigError
+
+if TYPE_CHECKING:   # the fields hold tensors; importing the record (config validation) needs no torch
+    import torch
 
 
 @dataclass
@@ -61,6 +64,7 @@ def plugin_tensor(key: str, what: str, value) -> torch.Tensor:
     """One array a plug-in dataset returned, as a CPU tensor: numbers (numpy or torch), no
     larger than this machine's memory; one line naming `key` and `what` otherwise. Checked
     before the conversion, which copies a broadcast or non-contiguous array."""
+    import torch
     if isinstance(value, torch.Tensor):
         nbytes = value.numel() * value.element_size()
     elif isinstance(value, np.ndarray):

@@ -13,12 +13,15 @@ pcode/utils/topology.py); comments say where and why it differs.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from qgm_ray.errors import ConfigError
 from qgm_ray.sparse_w import SparseW
+
+if TYPE_CHECKING:   # imported where a graph is built: validation reads no graph
+    import networkx as nx
 
 
 def exponential_hops(n: int) -> int:
@@ -132,6 +135,7 @@ def margulis(n: int) -> np.ndarray:
     edges and some self-loops), weighted as the official code does: links counted once, a
     self-loop counts in a node's degree d_i, w_ij = 1 / max(d_i, d_j) on every link, and the
     diagonal completes each row to 1. Symmetric and doubly stochastic."""
+    import networkx as nx
     b = int(round(np.sqrt(n)))
     G = nx.margulis_gabber_galil_graph(b)
     # nodes in the constructor's order, the order of the official networkx.adjacency_matrix(G)

@@ -25,14 +25,18 @@ import inspect
 import math
 import os
 from collections import OrderedDict
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import networkx as nx
 import numpy as np
 
 from qgm_ray import directed, plugins
 from qgm_ray.errors import ConfigError
 from qgm_ray.sparse_w import SparseW
+
+# networkx is imported where a graph is built: validating a config of a built-in graph
+# reads only the tables below.
+if TYPE_CHECKING:
+    import networkx as nx
 
 TOPOLOGIES = (
     "complete",
@@ -60,12 +64,12 @@ DIRECTED = ("one_peer_exponential", "two_peer_exponential", "random_peer")
 # draw happens to be a single cycle (docs/results/push_sum/README.md).
 RANDOM_PEER_DEGREE = 3
 
-# name -> (networkx constructor, number of nodes)
+# name -> (networkx constructor's name, number of nodes)
 SOCIAL_GRAPHS = {
-    "davis_southern_women": (nx.davis_southern_women_graph, 32),
-    "florentine_families": (nx.florentine_families_graph, 15),
-    "karate_club": (nx.karate_club_graph, 34),
-    "les_miserables": (nx.les_miserables_graph, 77),
+    "davis_southern_women": ("davis_southern_women_graph", 32),
+    "florentine_families": ("florentine_families_graph", 15),
+    "karate_club": ("karate_club_graph", 34),
+    "les_miserables": ("les_miserables_graph", 77),
 }
 DEFAULT_SOCIAL_GRAPH = "davis_southern_women"
 
@@ -179,6 +183,7 @@ def _expander(n: int) -> SparseW:
 
 def _simple(G: nx.Graph) -> nx.Graph:
     """Undirected, unweighted, no self-loops, nodes 0..m-1 in G's node (insertion) order."""
+    import networkx as nx
     index = {v: k for k, v in enumerate(G.nodes)}
     H = nx.Graph()
     H.add_nodes_from(range(len(index)))
@@ -188,6 +193,7 @@ def _simple(G: nx.Graph) -> nx.Graph:
 
 def _simple_directed(G: nx.Graph) -> nx.DiGraph:
     """Directed, unweighted, no self-loops, nodes 0..m-1 in G's node order."""
+    import networkx as nx
     index = {v: k for k, v in enumerate(G.nodes)}
     H = nx.DiGraph()
     H.add_nodes_from(range(len(index)))
@@ -199,7 +205,8 @@ def _social_graph(name: str) -> nx.Graph:
     # Unweighted (karate_club / les_miserables carry edge weights in recent networkx); nodes
     # numbered in the constructor's insertion order, the order the official code's
     # networkx.adjacency_matrix(graph) uses.
-    return _simple(SOCIAL_GRAPHS[name][0]())
+    import networkx as nx
+    return _simple(getattr(nx, SOCIAL_GRAPHS[name][0])())
 
 
 def _exponential_period(n: int) -> int:
@@ -239,6 +246,7 @@ def _time_varying_random_pair(n: int, t: int, seed: int) -> SparseW:
 
 def _read_edge_list(path: str, n: int, directed: bool = False) -> nx.Graph:
     """One link per line, `i j` (or `i,j`); with `directed`, i sends to j."""
+    import networkx as nx
     if not os.path.isfile(path):
         raise ConfigError(f"topology.edge_list={path!r}: no such file")
     G = nx.DiGraph() if directed else nx.Graph()
@@ -269,6 +277,7 @@ def _read_edge_list(path: str, n: int, directed: bool = False) -> nx.Graph:
 
 def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | None,
                     directed: bool = False) -> nx.Graph:
+    import networkx as nx
     fn = getattr(nx, str(generator), None)
     # Only networkx.generators.*: other callables (is_directed, degree, ...) take a graph, not n.
     module = getattr(fn, "__module__", "") or ""
@@ -301,6 +310,7 @@ def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | 
 
 def _user_graph(n: int, seed: int, edge_list=None, generator=None, generator_kwargs=None,
                 directed: bool = False) -> nx.Graph:
+    import networkx as nx
     if (edge_list is None) == (generator is None):
         raise ConfigError(
             "topology.name=graph needs exactly one of topology.edge_list=PATH or "
@@ -370,6 +380,7 @@ def plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarra
 
 
 def _build_plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray | SparseW, bool]:
+    import networkx as nx
     fn = plugins.resolve("topology", name)
     where = f"topology.name={name!r}"
     if not callable(fn):

@@ -15,8 +15,12 @@ with weights 1/3 and n > 3 odd or lazy variants) meet.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+# torch is imported where a tensor is made: config validation reads the rules' knobs
+# (defaults, checks), and parsing a config loads no torch.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from qgm_ray.algorithms.base import Algorithm, State, finish_round, first_round, new_step_counter, rows_where, with_weight_decay
 
@@ -26,6 +30,7 @@ def d2_pre_mix(
 ) -> Tensor:
     """Payload of D^2; records x and the step lr*g (g with weight decay) in `x_prev`,
     `step_prev` in place. `first`: bool, or per row of a block (a bool tensor)."""
+    import torch
     step = with_weight_decay(grad, x, weight_decay).mul_(lr)
     payload = rows_where(torch.as_tensor(first), lambda: x.sub(step),
                          lambda: (2 * x).sub_(x_prev).sub_(step.sub(step_prev)))
@@ -37,6 +42,7 @@ def d2_pre_mix(
 class D2(Algorithm):
 
     def init(self, params: Tensor) -> State:
+        import torch
         return {
             "prev_params": torch.zeros_like(params),
             "prev_step": torch.zeros_like(params),

@@ -125,7 +125,8 @@ def test_local_engine_with_slowmo_equals_plain_engine_plus_reference_outer_steps
     ds, parts = runner.prepare(cfg, log=quiet)
     with_slowmo = LocalEngine(cfg, ds, parts)
     plain = LocalEngine(small("ray.clients_per_actor=2", f"topology.name={topology}"), ds, parts)
-    assert plain.slowmo is None and with_slowmo.slowmo is not None and len(with_slowmo.blocks) == 2
+    assert plain.exchange.barriers == [] and [x.name for x in with_slowmo.exchange.barriers] == ["slowmo"]
+    assert len(with_slowmo.blocks) == 2
     push_sum = plain.blocks[0].push_sum
     assert push_sum == (topology == "random_peer")
     x0 = plain.params[0].numpy().copy()

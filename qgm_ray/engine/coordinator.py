@@ -37,7 +37,7 @@ from qgm_ray.config import Config
 from qgm_ray.engine import exchange, placement
 from qgm_ray.engine.actors import ClientActor
 from qgm_ray.engine.barriers import barriers_for
-from qgm_ray.engine.base import averages_everyone, groups_of, wiring  # noqa: F401 - wiring re-exported
+from qgm_ray.engine.base import averages_everyone, groups_of
 from qgm_ray.engine.exchange import Exchange, wire_of
 from qgm_ray.engine.metrics import RunMetrics
 

@@ -234,7 +234,7 @@ def reference_rows(cfg):
     every = max(1, round(cfg.eval.every_epochs * rpe))
     rows, losses, sent = [], [], 0
     for t in range(lr.total_rounds):
-        losses += engine.train(range(t, t + 1), lr)
+        losses += [r.loss for r in engine.train(range(t, t + 1), lr)]
         sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, t, engine.payload_bytes)
         if (t + 1) % every == 0 or t + 1 == lr.total_rounds:
             rows.append({"round": t + 1, "epoch": (t + 1) / rpe, "lr": lr(t), "train_loss": sum(losses) / len(losses),

@@ -11,6 +11,8 @@ Sweep directory (default `runs/<name>-<timestamp>/`):
 
     config.yaml       the resolved config, tune: section included (`--resume` reads it)
     tune/             Tune's experiment state (`Tuner.restore` reads it)
+    tune.seal         the keyed digest of tune/ (qgm_ray.seal): `--resume` loads only a state
+                      this user's qgm-ray wrote, since Tune's state is pickles
     trials/<trial>/   each trial's run directory: config.yaml, metrics.csv, summary.json, ...
     results.csv, histories.csv, partitions.csv, table.md, *.png   (qgm_ray.report)
 
@@ -40,6 +42,8 @@ from qgm_ray.errors import ConfigError
 EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
 TRIALS = "trials"     # our run directories inside the sweep directory
 SCHEDULER_STOP = "scheduler_stopped"   # marker file in a trial directory (see _mark_scheduler_stop)
+SEAL = "tune.seal"    # the keyed digest of EXPERIMENT, next to it (see seal_state)
+SEAL_EVERY_S = 1.0    # while Tune runs, the state is resealed at most this often
 
 # Short labels for trial names and progress lines.
 _SHORT = {"algorithm.name": "", "data.alpha": "alpha", "seed": "seed", "algorithm.lr": "lr",
@@ -272,7 +276,36 @@ def _progress_callback(total: int, log: Callable[[str], None], sweep_dir: Path):
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trials, trial, f"FAILED (see {trial.path}/error.txt)")
 
+        def on_step_end(self, iteration, trials, **info):
+            # Tune has just saved its state (it does so at the end of a step).
+            now = time.monotonic()
+            if now - getattr(self, "sealed_at", 0.0) >= SEAL_EVERY_S:
+                self.sealed_at = now
+                seal_state(sweep_dir)
+
     return Progress()
+
+
+def seal_state(sweep_dir: Path) -> bool:
+    """Seal Tune's state as it is now. Tune saves it between steps of its loop, and the driver
+    reseals after each step (throttled), after fit and before an immediate exit: a sweep killed
+    outright (SIGKILL) resumes unless Tune wrote in the last moment before."""
+    from qgm_ray import seal
+    state = Path(sweep_dir) / EXPERIMENT
+    if not state.is_dir():
+        return False
+    try:
+        key = seal.load_key(create=False)
+    except seal.SealError:
+        return False
+    return seal.seal(state, Path(sweep_dir) / SEAL, key)
+
+
+def verify_state(sweep_dir: Path) -> None:
+    """Before Tune unpickles anything of a sweep to resume: SealError (one line) unless its state
+    is what this user's qgm-ray sealed."""
+    from qgm_ray import seal
+    seal.verify(Path(sweep_dir) / EXPERIMENT, Path(sweep_dir) / SEAL, f"--resume {sweep_dir}")
 
 
 def _pct(x) -> str:
@@ -368,6 +401,7 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         sweep_dir = Path(resume_dir).resolve()
         if not (sweep_dir / "config.yaml").is_file() or not tune.Tuner.can_restore(str(sweep_dir / EXPERIMENT)):
             raise ConfigError(f"--resume {sweep_dir}: not a sweep directory (needs config.yaml and {EXPERIMENT}/)")
+        verify_state(sweep_dir)   # Tuner.restore unpickles the state: nothing another hand wrote
         base = config_dict(sweep_dir / "config.yaml")
         cfg = from_dict(base)  # the sweep's own config, whatever --config says
         log(f"resuming sweep {sweep_dir} (its own config.yaml)")
@@ -383,7 +417,9 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
             raise ConfigError(f"--output-dir {sweep_dir} already holds a sweep; use `python main.py tune --resume "
                               f"{sweep_dir}` to continue it, or another directory")
         from qgm_ray.outputs import check_new_run_dir
+        from qgm_ray.seal import load_key
         check_new_run_dir(sweep_dir, resume_cmd="python main.py tune --resume")
+        load_key(create=True)   # the seal of Tune's state: a key that cannot be made fails now
 
     from qgm_ray.signals import HandlerGuard
 
@@ -435,6 +471,7 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
             ray.shutdown()   # a second signal here still exits at once, with the hint
         if guard is not None:
             guard.stop()
+        seal_state(sweep_dir)   # Tune has written its last state
     try:
         out = _write_results(sweep_dir, base, tc, total, results, statuses, t0, log)
     finally:
@@ -505,6 +542,7 @@ class _SweepSignals:
         signum = self.signum or signum   # a SIGTERM arrives here as the SIGINT _term raised
         name = signal.Signals(signum).name
         if (self.sweep_dir / EXPERIMENT).exists():
+            seal_state(self.sweep_dir)   # Tune's loop waits for this handler: its state is whole
             msg = (f"{name}: stopped at once; finished trials are kept; continue with: "
                    f"python main.py tune --resume {self.sweep_dir}")
         else:  # Tune had not started: take back the directory this sweep made, nothing ran

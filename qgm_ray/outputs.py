@@ -87,6 +87,22 @@ def check_writable(p: Path, what: str) -> None:
         raise OutputError(f"{what} {str(p)!r}: {str(q)!r} is {why}; name another place")
 
 
+def check_no_links(path: Path) -> None:
+    """A run writes only inside its own directory: an entry of it, or of its checkpoints/, that
+    is a symbolic link (checkpoints/ pointing into another run, metrics.csv into another file)
+    would carry a resume's writes and deletions elsewhere. Refuse it in one line; follow none."""
+    path = Path(path)
+    for d in (path, path / "checkpoints"):   # checkpoints/ itself is an entry of the first
+        try:
+            entries = list(os.scandir(d))
+        except OSError:   # none there (yet): nothing to follow
+            continue
+        for e in entries:
+            if e.is_symlink():
+                raise OutputError(f"{e.path} is a symbolic link (to {os.readlink(e.path)}); a run writes only "
+                                  f"inside its own directory: replace the link with what it points to, or move it away")
+
+
 def _read_only_fs(p: Path) -> bool:
     try:
         return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
@@ -159,7 +175,18 @@ class RunDir:
     def lock(self) -> None:
         """Become the directory's one writer, or refuse in one line. The lock is on the
         directory's own inode (no lock file to leave behind), taken with a descriptor that child
-        processes (Ray's) do not inherit, and dropped by the kernel when this process dies."""
+        processes (Ray's) do not inherit, and dropped by the kernel when this process dies.
+        A directory holding a link out of itself is refused too (check_no_links)."""
+        if self._lock_fd is not None:
+            return
+        self._flock()
+        try:
+            check_no_links(self.path)   # the one writer checks where its writes would land
+        except OutputError:
+            self.unlock()
+            raise
+
+    def _flock(self) -> None:
         if self._lock_fd is not None:
             return
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -185,7 +212,7 @@ class RunDir:
         if self._lock_fd is not None or not self.path.is_dir():
             return False
         try:
-            self.lock()
+            self._flock()
         except OutputError:
             return True
         except OSError:

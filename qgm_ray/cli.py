@@ -172,9 +172,16 @@ def cmd_bench(args) -> int:
     return bench_main(quick=args.quick, output=args.output)
 
 
+# Commands whose product is what they print: a stdout that cannot take it is an error.
+PRINTING_COMMANDS = ("config", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from qgm_ray import signals
+    from qgm_ray import console, signals
+    console.guard()   # a closed or full stdout never stops a command, not even its --help
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command not in PRINTING_COMMANDS:
+        console.guard(on_lost=console.say_lost)   # a run's product is its directory: go on
     # A signal from here on: one line and 128 + its number, never a silent death or a traceback.
     signals.install_early("stopped before training started; nothing was written" if args.command == "run"
                           else "stopped before the sweep started; nothing ran" if args.command == "tune"
@@ -184,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                "config": cmd_config}[args.command]
     try:
         code = handler(args)
+        lost = console.lost("stdout")
+        if args.command in PRINTING_COMMANDS and lost is not None and not console.reader_left(lost):
+            print(f"error: cannot write to stdout: {lost.strerror or lost}", file=sys.stderr)
+            code = 2
         signals.quiet_exit_from_now()
         return code
     except ConfigError as e:

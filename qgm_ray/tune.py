@@ -508,24 +508,24 @@ def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> di
 
 
 class _SweepSignals:
-    """SIGTERM does what Ctrl-C does: Tune's graceful stop (it saves the experiment state, our
-    driver then writes results.csv / table.md of what finished and prints `tune --resume`,
-    and exits with 128 + the signal's number). Before Tune starts (Ray starting) a signal exits
-    at once: nothing ran. A second signal exits at once with the resume hint. Tune installs its
-    own SIGINT handler in fit() and, after the first Ctrl-C, puts back the one it found: ours,
-    which aborts. Ray's processes are left to the reaper (engine/reaper.py)."""
+    """SIGTERM, and every other stop signal of qgm_ray.signals, does what Ctrl-C does: Tune's
+    graceful stop (it saves the experiment state, our driver then writes results.csv / table.md
+    of what finished and prints `tune --resume`, and exits with 128 + the signal's number).
+    Before Tune starts (Ray starting) a signal exits at once: nothing ran. A second signal exits
+    at once with the resume hint. Tune installs its own SIGINT handler in fit() and, after the
+    first Ctrl-C, puts back the one it found: ours, which aborts. Ray's processes are left to the reaper (engine/reaper.py)."""
 
     def __init__(self, sweep_dir: Path, new: bool, log: Callable[[str], None]):
         self.sweep_dir, self.new, self.log = sweep_dir, new, log
         self.previous: dict = {}
-        self.signum: Optional[int] = None   # SIGTERM, when one came (Ctrl-C goes to Tune's handler)
+        self.signum: Optional[int] = None   # the signal, when not Ctrl-C (that goes to Tune's handler)
 
     def install(self) -> None:
         """Before Ray starts, and again after (its core worker installs C++ handlers)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._abort),
-                    signal.SIGTERM: signal.signal(signal.SIGTERM, self._term)}
+        from qgm_ray.signals import SIGNALS
+        previous = {s: signal.signal(s, self._abort if s == signal.SIGINT else self._term) for s in SIGNALS}
         if not self.previous:
             self.previous = previous
 
@@ -539,7 +539,7 @@ class _SweepSignals:
         signal.raise_signal(signal.SIGINT)   # whoever holds SIGINT now: Tune (graceful) or _abort
 
     def _abort(self, signum, frame):
-        signum = self.signum or signum   # a SIGTERM arrives here as the SIGINT _term raised
+        signum = self.signum or signum   # a SIGTERM (...) arrives here as the SIGINT _term raised
         name = signal.Signals(signum).name
         if (self.sweep_dir / EXPERIMENT).exists():
             seal_state(self.sweep_dir)   # Tune's loop waits for this handler: its state is whole

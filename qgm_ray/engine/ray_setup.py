@@ -180,7 +180,8 @@ def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict]
         # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
         # address file still names (a dead one there made ray.init fail on num_cpus).
         start_reaper()
-        with loopback_only(), keep_signal_handlers(), _quiet_token_notice():
+        from qgm_ray.signals import shielded_children
+        with loopback_only(), keep_signal_handlers(), _quiet_token_notice(), shielded_children():
             ctx = start_local_ray(cfg, log, **env)
         tell_reaper_session()
         where = "started a local Ray"

@@ -103,6 +103,28 @@ def print_summary(summary: dict) -> None:
     print(f"\nrun directory: {summary['run_dir']}")
 
 
+def check_paths(args) -> None:
+    """An empty --output-dir or --resume names no place: refuse it, not fall back to a default."""
+    for flag, value in (("--output-dir", getattr(args, "output_dir", None)), ("--resume", getattr(args, "resume", None))):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} {value!r}: an empty path; name a directory"
+                              + (" (or leave --output-dir out for runs/<name>-<timestamp>/)"
+                                 if flag == "--output-dir" else ""))
+
+
+def refuse_with_resume(args, what: str) -> None:
+    """A resume goes on with the run's (or sweep's) own config.yaml in its own directory: flags
+    that would be ignored are refused instead. `run --resume` takes --set for keys that change
+    nothing measured; a sweep's trials are fixed in its config.yaml, so `tune --resume` takes none."""
+    given = [f"{flag} {value}" for flag, value in (("--config", args.config), ("--output-dir", args.output_dir))
+             if value is not None]
+    if what == "sweep":
+        given += [f"--set {kv}" for kv in args.overrides]
+    if given:
+        raise ConfigError(f"--resume {args.resume} continues the {what} with its own config.yaml in its own directory: "
+                          f"{' and '.join(given)} cannot go with it (start a new {what} for another config or place)")
+
+
 def cmd_config(args) -> int:
     from qgm_ray.config import config_dict, dump_yaml, describe_keys, from_dict
 
@@ -117,15 +139,12 @@ def cmd_run(args) -> int:
     from qgm_ray import runner
     from qgm_ray.config import config_dict, from_dict
 
-    if args.resume:
+    check_paths(args)
+    if args.resume is not None:
         # The run's own resolved config.yaml, then any --set (the runner refuses changes of
         # what is measured). A --config or --output-dir would be ignored: refuse them instead.
         run_path = Path(args.resume)
-        given = [f"{flag} {value}" for flag, value in (("--config", args.config), ("--output-dir", args.output_dir))
-                 if value is not None]
-        if given:
-            raise ConfigError(f"--resume {run_path} continues the run with its own config.yaml in its own directory: "
-                              f"{' and '.join(given)} cannot go with it (start a new run for another config or place)")
+        refuse_with_resume(args, "run")
         if not (run_path / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_path}: not a run directory (no config.yaml)")
         cfg = from_dict(config_dict(run_path / "config.yaml", args.overrides))
@@ -144,6 +163,10 @@ def cmd_tune(args) -> int:
     from qgm_ray import tune as qtune
     from qgm_ray.config import config_dict, from_dict
 
+    check_paths(args)
+    if args.resume is not None:
+        refuse_with_resume(args, "sweep")
+    # With --resume, the sweep reads its own config.yaml; this one only carries --quiet.
     cfg = from_dict(config_dict(args.config or DEFAULT_CONFIG, args.overrides))
     if args.quiet:
         cfg.progress = False

@@ -42,6 +42,7 @@ from qgm_ray.errors import ConfigError
 EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
 TRIALS = "trials"     # our run directories inside the sweep directory
 SCHEDULER_STOP = "scheduler_stopped"   # marker file in a trial directory (see _mark_scheduler_stop)
+FINISHED = ("completed", "diverged")   # a run's outcomes: a trial with either is done
 SEAL = "tune.seal"    # the keyed digest of EXPERIMENT, next to it (see seal_state)
 SEAL_EVERY_S = 1.0    # while Tune runs, the state is resealed at most this often
 
@@ -260,7 +261,7 @@ def _progress_callback(total: int, log: Callable[[str], None], sweep_dir: Path):
             # stopped, never for one cut short by an interruption (Tune just ends those).
             r = trial.last_result or {}
             status = r.get("status")
-            if status not in ("completed", "diverged"):
+            if status not in FINISHED:
                 _mark_scheduler_stop(sweep_dir, trial)
             if status == "completed":
                 outcome = (f"completed, final {_pct(r.get('final_test_accuracy'))} best "
@@ -486,10 +487,14 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
 def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> dict:
     from qgm_ray import report
 
-    rows = [report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics,
-                             _trial_status(statuses.get(metrics.get("trial_id")), error,
-                                           (Path(sweep_dir) / TRIALS / name / SCHEDULER_STOP).exists()))
-            for params, name, metrics, error in results]
+    rows = []
+    for params, name, metrics, error in results:
+        trial_dir = Path(sweep_dir) / TRIALS / name
+        tune_status = statuses.get(metrics.get("trial_id"))
+        status = _trial_status(tune_status, error, (trial_dir / SCHEDULER_STOP).exists(), metrics.get("status"))
+        if status in FINISHED and not trial_dir.is_dir():
+            log(f"trial {name}: its run directory {trial_dir} is gone; its row comes from Tune's last report")
+        rows.append(report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics, status))
     df = report.results_frame(rows, list(tc.grid) + list(tc.search))
     files = report.write_sweep_report(sweep_dir, df)
     wall = time.time() - t0
@@ -589,12 +594,16 @@ def _tune_statuses(grid) -> dict:
     return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
 
 
-def _trial_status(tune_status: Optional[str], error, scheduler_stopped: bool = False) -> str:
-    """Status for a trial whose run wrote no final summary.json. Tune marks TERMINATED both a
-    trial its scheduler stopped (ASHA: `stopped`) and one an interruption cut short; only the
-    first has our marker (see _mark_scheduler_stop)."""
+def _trial_status(tune_status: Optional[str], error, scheduler_stopped: bool = False,
+                  reported: Optional[str] = None) -> str:
+    """Status for a trial whose run directory holds no final summary.json. Tune marks TERMINATED
+    a trial that ran to its end (its last report, `reported`, says how: completed or diverged;
+    its directory may be gone since), one its scheduler stopped (ASHA: `stopped`) and one an
+    interruption cut short; only the second has our marker (see _mark_scheduler_stop)."""
     if error is not None or tune_status == "ERROR":
         return "failed"
+    if tune_status == "TERMINATED" and reported in FINISHED:
+        return reported
     if tune_status == "TERMINATED" and scheduler_stopped:
         return "stopped"
     return "interrupted"

@@ -74,17 +74,26 @@ def check_new_run_dir(path: str | Path, resume_cmd: str = "python main.py --resu
 
 
 def check_writable(p: Path, what: str) -> None:
-    """`p` exists as a writable directory, or can be made: its nearest existing ancestor is a
-    writable directory. (os.access sees a read-only filesystem even as root.)"""
-    p = Path(os.path.abspath(p))
-    q = p
+    """`p` exists as a writable directory, or can be made (see writable_problem)."""
+    why = writable_problem(p)
+    if why:
+        raise OutputError(f"{what} {str(Path(os.path.abspath(p)))!r}: {why}; name another place")
+
+
+def writable_problem(p: Path) -> Optional[str]:
+    """None when `p` exists as a writable directory or can be made: its nearest existing ancestor
+    is a writable directory; else what is in the way, in words. (os.access does not see a
+    read-only filesystem as root: statvfs does.)"""
+    q = Path(os.path.abspath(p))
     while not q.exists() and not q.is_symlink():
         q = q.parent
     if not q.is_dir():
-        raise OutputError(f"{what} {str(p)!r}: {str(q)!r} is a file, not a directory; name another place")
+        return f"{str(q)!r} is a file, not a directory"
+    if _read_only_fs(q):
+        return f"{str(q)!r} is on a read-only filesystem"
     if not os.access(q, os.W_OK | os.X_OK):
-        why = "a read-only filesystem" if _read_only_fs(q) else "not writable by this user"
-        raise OutputError(f"{what} {str(p)!r}: {str(q)!r} is {why}; name another place")
+        return f"{str(q)!r} is not writable by this user"
+    return None
 
 
 def check_no_links(path: Path) -> None:

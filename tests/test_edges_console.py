@@ -73,11 +73,15 @@ def test_a_full_device_is_kept_as_the_first_error_and_is_not_a_closed_pipe():
 # ---------------------------------------------------------------- a run
 
 @pytest.mark.slow
-def test_a_run_with_its_stdout_closed_after_20_bytes_completes_and_writes_its_files(tmp_path):
-    """`python main.py ... | head -c 20`: the reader leaves after the first line."""
+@pytest.mark.parametrize("with_stderr", [False, True], ids=["stdout", "stdout-and-stderr-with-progress-bar"])
+def test_a_run_with_its_stdout_closed_after_20_bytes_completes_and_writes_its_files(tmp_path, with_stderr):
+    """`python main.py ... | head -c 20` (and `2>&1 | head -c 20`, tqdm's bar going to the same
+    pipe): the reader leaves after the first line."""
     out = tmp_path / "run"
+    args = small_args(out) + (["--set", "progress=true"] if with_stderr else [])
     with open(tmp_path / "stderr", "w") as err:
-        proc = subprocess.Popen(main_cmd(*small_args(out)), cwd=ROOT, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(main_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if with_stderr else err)
         assert len(proc.stdout.read(20)) == 20
         proc.stdout.close()
         rc = proc.wait(timeout=300)

@@ -518,7 +518,8 @@ class _SweepSignals:
     of what finished and prints `tune --resume`, and exits with 128 + the signal's number).
     Before Tune starts (Ray starting) a signal exits at once: nothing ran. A second signal exits
     at once with the resume hint. Tune installs its own SIGINT handler in fit() and, after the
-    first Ctrl-C, puts back the one it found: ours, which aborts. Ray's processes are left to the reaper (engine/reaper.py)."""
+    first Ctrl-C, puts back the one it found: ours, which aborts. Ray's processes are left to
+    the reaper (engine/reaper.py)."""
 
     def __init__(self, sweep_dir: Path, new: bool, log: Callable[[str], None]):
         self.sweep_dir, self.new, self.log = sweep_dir, new, log
@@ -544,7 +545,7 @@ class _SweepSignals:
         signal.raise_signal(signal.SIGINT)   # whoever holds SIGINT now: Tune (graceful) or _abort
 
     def _abort(self, signum, frame):
-        signum = self.signum or signum   # a SIGTERM (...) arrives here as the SIGINT _term raised
+        signum = self.signum or signum   # another stop signal arrives here as the SIGINT _term raised
         name = signal.Signals(signum).name
         if (self.sweep_dir / EXPERIMENT).exists():
             seal_state(self.sweep_dir)   # Tune's loop waits for this handler: its state is whole

@@ -122,3 +122,18 @@ def test_a_closed_terminal_stops_a_ray_run_gracefully(tmp_path):
     out = tmp_path / "run"
     rc, stdout, stderr = start_and_signal(cfg, out, signal.SIGHUP, group=True)
     assert_graceful_stop(rc, stdout, stderr, out, signal.SIGHUP)
+
+
+def test_a_sweep_hands_every_stop_signal_to_tunes_graceful_stop(tmp_path):
+    """A sweep's driver: each stop signal but Ctrl-C goes through the SIGTERM path (Tune's graceful
+    stop, 128 + its own number); restore() puts back what was there."""
+    from qgm_ray import tune as qtune
+    before = {s: signal.getsignal(s) for s in signals.SIGNALS}
+    sweep = qtune._SweepSignals(tmp_path, new=True, log=lambda m: None)
+    sweep.install()
+    try:
+        for s in signals.SIGNALS:
+            assert signal.getsignal(s) == (sweep._abort if s == signal.SIGINT else sweep._term)
+    finally:
+        sweep.restore()
+    assert {s: signal.getsignal(s) for s in signals.SIGNALS} == before

@@ -157,6 +157,43 @@ def loopback_only():
             ray_constants.ENABLE_RAY_CLUSTER = old
 
 
+def ray_temp_root() -> tuple[str, str]:
+    """(the variable that sets it, the directory) under which a local Ray makes its `ray/`
+    session tree: $RAY_TMPDIR, else $TMPDIR, else /tmp (Ray's get_default_system_temp_dir)."""
+    for var in ("RAY_TMPDIR", "TMPDIR"):
+        if os.environ.get(var):
+            return var, os.environ[var]
+    return "RAY_TMPDIR", "/tmp"
+
+
+def _token_dir() -> Optional[str]:
+    """~/.ray, where a new local Ray writes its authentication token, when it will: token mode
+    is on (Ray's default) and no token is given or there already."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = os.path.join(os.path.expanduser("~"), ".ray")
+    return None if os.path.isfile(os.path.join(path, "auth_token")) else path
+
+
+def check_environment() -> None:
+    """Before a local Ray starts: the places it writes can be written. Either one failing was an
+    OSError traceback from inside ray.init; now it is one line naming the variable to change."""
+    from qgm_ray.outputs import writable_problem
+
+    var, root = ray_temp_root()
+    places = [(os.path.join(root, "ray"), var, f"set {var} to a writable directory")]
+    token = _token_dir()
+    if token is not None:
+        places.append((token, "HOME", "set HOME to a writable directory, or name a token file in "
+                                      "RAY_AUTH_TOKEN_PATH"))
+    for path, source, fix in places:
+        why = writable_problem(path)
+        if why:
+            raise ConfigError(f"backend=ray: a local Ray writes to {path} (from ${source}), but {why}; {fix}")
+
+
 def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict] = None) -> bool:
     """Join the configured cluster or start a local Ray sized to this machine.
     Returns True when this call started Ray (and the engine should shut it down).
@@ -180,8 +217,10 @@ def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict]
     else:
         # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
         # address file still names (a dead one there made ray.init fail on num_cpus).
+        check_environment()
         start_reaper()
-        with loopback_only(), keep_signal_handlers(), _quiet_token_notice():
+        from qgm_ray.signals import shielded_children
+        with loopback_only(), keep_signal_handlers(), _quiet_token_notice(), shielded_children():
             ctx = start_local_ray(cfg, log, **env)
         tell_reaper_session()
         where = "started a local Ray"

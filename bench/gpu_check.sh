@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 9, for the next session that is lent a GPU machine (H100/H200, no
-# package index, no Ray): ~8 minutes. Everything it produces goes under $OUT.
+# The checks that need a GPU machine (H100/H200, no package index, no Ray), for whoever is
+# lent one: ~8 minutes. Everything it produces goes under $OUT.
 #
 # Here first (package access), from the project root:
 #   bash ../shared/offline-gpu/wheelhouse.sh && cp ../shared/offline-gpu/install.py .whl/

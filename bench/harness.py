@@ -6,9 +6,9 @@ block in rotated order), so background load on a shared machine hits them alike.
 time is the gap between consecutive round ends (a pipelined engine is timed by throughput);
 the first rounds of every block are discarded; the record holds the median and p90.
 
-Records (DESIGN.md): backend, n_clients, clients_per_actor, model, round_seconds_median,
-peak_rss_mb; plus dataset, p90, rounds measured, ratios to local and gloo, pss_mb, processes,
-torch threads, load average, status. Next to FILE.json go FILE.md (the table) and FILE.png.
+Records (docs/design.md, "Run outputs"): backend, n_clients, clients_per_actor, model,
+round_seconds_median, peak_rss_mb; plus dataset, p90, rounds measured, ratios to local and
+gloo, pss_mb, processes, torch threads, load average, status. Next to FILE.json go FILE.md (the table) and FILE.png.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Process memory from /proc (Linux): peak RSS (VmHWM), proportional set size, process trees.
 
-Peak RSS is what the records report (`peak_rss_mb`, the issue's definition: the sum over
+Peak RSS is what the records report (`peak_rss_mb`: the sum over
 the backend's processes of each one's high-water mark). It counts shared pages (torch's
 libraries, the Ray object store) once per process, so it overstates what n processes
 really cost together; `pss_mb` (proportional set size, shared pages split between their

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from qgm_ray.config import Config, apply_overrides, config_dict, from_dict, parse_override, set_dotted, _merge
+from qgm_ray.config import Config, config_dict, from_dict, layered, parse_override, read_yaml, set_dotted, _merge
 from qgm_ray.errors import ConfigError
 
 ConfigLike = Union[str, Path, Mapping[str, Any], Config, None]
@@ -29,13 +29,31 @@ Overrides = Union[Sequence[str], Mapping[str, Any], None]
 
 
 def _override_values(overrides: Overrides) -> dict:
+    """{dotted key: value} from `"a.b=VALUE"` strings or a mapping; anything else is one
+    ConfigError line naming what was given."""
     if overrides is None:
         return {}
     if isinstance(overrides, Mapping):
+        bad = [key for key in overrides if not isinstance(key, str) or not key.strip()]
+        if bad:
+            raise ConfigError(f"overrides: keys must be dotted config keys (strings such as 'data.alpha'), "
+                              f"got {bad[0]!r}")
         return dict(overrides)
     if isinstance(overrides, str):   # one "a.b=c" string, not its characters
         overrides = [overrides]
+    if isinstance(overrides, (bytes, bytearray)) or not isinstance(overrides, (list, tuple)):
+        raise ConfigError(f"overrides must be a list of 'key=value' strings or a {{dotted key: value}} dict, "
+                          f"got {type(overrides).__name__}")
+    for item in overrides:
+        if not isinstance(item, str):
+            raise ConfigError(f"overrides: each item must be a 'key=value' string (as --set), "
+                              f"got {type(item).__name__} {_short(item)}")
     return dict(parse_override(item) for item in overrides)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _nested(d: Mapping[str, Any]) -> dict:
@@ -56,19 +74,19 @@ def _nested(d: Mapping[str, Any]) -> dict:
 def load_config(path_or_dict: ConfigLike = None, overrides: Overrides = ()) -> Config:
     """A validated Config: the built-in defaults <- a YAML file, a dict or a Config <- overrides.
 
-    None means the built-in defaults (`python main.py` without --config reads
-    configs/default.yaml instead). Raises ConfigError (one line naming the key) on bad input.
+    None means the built-in defaults: the run `python main.py` makes. Raises ConfigError (one
+    line naming the key) on bad input.
     """
     values = _override_values(overrides)
     if path_or_dict is None or isinstance(path_or_dict, (str, Path)):
-        d = config_dict(path_or_dict)
+        given = read_yaml(path_or_dict) if path_or_dict is not None else {}
     elif isinstance(path_or_dict, Config):
-        d = path_or_dict.to_dict()
+        given = path_or_dict.to_dict()
     elif isinstance(path_or_dict, Mapping):
-        d = _merge(Config().to_dict(), _nested(path_or_dict))
+        given = _nested(path_or_dict)
     else:
         raise ConfigError(f"config must be a YAML path, a dict or a qgm_ray.Config, got {type(path_or_dict).__name__}")
-    return from_dict(apply_overrides(d, values))
+    return from_dict(layered(given, values))
 
 
 @dataclass
@@ -103,13 +121,33 @@ class RunResult:
                 f"run_dir='{self.run_dir}')")
 
 
+def _directory(value: Any, what: str, allow_none: bool = False) -> Optional[Path]:
+    """`value` as a Path, or one ConfigError line saying what `what` takes."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, Path) or (isinstance(value, str) and value.strip()):
+        return Path(value)
+    raise ConfigError(f"{what} must be a directory path (a str or pathlib.Path{' or None' if allow_none else ''}), "
+                      f"got {_short(value)}")
+
+
 def load_run(run_dir: Union[str, Path]) -> RunResult:
-    """A finished (or stopped) run directory read back: summary.json, metrics.csv, config.yaml."""
-    path = Path(run_dir)
+    """A finished (or stopped) run directory read back: summary.json, metrics.csv, config.yaml.
+    A path that is not a run directory, or a summary.json that is not a JSON object, is one
+    ConfigError line."""
+    path = _directory(run_dir, "load_run(run_dir)")
     summary_path = path / "summary.json"
     if not summary_path.is_file():
         raise ConfigError(f"{path}: not a run directory (no summary.json)")
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"{summary_path}: cannot read it: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError) as e:   # JSONDecodeError is a ValueError
+        raise ConfigError(f"{summary_path}: not a summary qgm-ray wrote (not JSON: {str(e).splitlines()[0]})") from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{summary_path}: not a summary qgm-ray wrote (a JSON {type(summary).__name__}, "
+                          f"not an object)")
     cfg = from_dict(config_dict(path / "config.yaml")) if (path / "config.yaml").is_file() else None
     return RunResult(summary=summary, run_dir=path, config=cfg)
 
@@ -127,6 +165,7 @@ def run(config: ConfigLike, overrides: Overrides = (), output_dir: Union[str, Pa
     """
     from qgm_ray import runner
 
+    output_dir = _directory(output_dir, "run(output_dir=...)", allow_none=True)
     if resume:
         if output_dir is None:
             raise ConfigError("run(resume=True) needs output_dir: the run directory to continue")
@@ -166,7 +205,9 @@ def sweep(config: ConfigLike, overrides: Overrides = (), output_dir: Union[str, 
     (`algorithm.options.clip`)."""
     from qgm_ray import tune as qtune
 
-    cfg = load_config(config, overrides) if resume_dir is None else load_config(Path(resume_dir) / "config.yaml")
+    output_dir = _directory(output_dir, "sweep(output_dir=...)", allow_none=True)
+    resume_dir = _directory(resume_dir, "sweep(resume_dir=...)", allow_none=True)
+    cfg = load_config(config, overrides) if resume_dir is None else load_config(resume_dir / "config.yaml")
     out = qtune.run_sweep(cfg, output_dir=output_dir, resume_dir=resume_dir, log=log or (lambda _msg: None))
     return SweepResult(results=out["results"], sweep_dir=Path(out["sweep_dir"]), complete=out["complete"],
                        files=list(out.get("files", [])), wall_seconds=out.get("wall_seconds", 0.0))

@@ -2,9 +2,12 @@
 `torch.Generator`, so a client's data stream is reproducible from its seed alone."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from qgm_ray.errors import ConfigError
+
+if TYPE_CHECKING:   # imported where a batch is augmented: config validation reads AUGMENTATIONS
+    import torch
 
 AUGMENTATIONS = ("crop_flip", "crop", "flip")
 
@@ -35,6 +38,7 @@ def _check_kind(kind: str) -> None:
 def draw_augment(b: int, generator: torch.Generator, kind: str, padding: int = 4) -> dict:
     """The random numbers of `augment_batch` for b samples, in its order (offsets, then flips).
     A block draws each client's from that client's generator and applies them all at once."""
+    import torch
     _check_kind(kind)
     gdev = generator.device
     out = {}
@@ -47,6 +51,7 @@ def draw_augment(b: int, generator: torch.Generator, kind: str, padding: int = 4
 
 def apply_augment(x: torch.Tensor, params: dict, kind: str, fill: float | tuple = 0.0, padding: int = 4) -> torch.Tensor:
     """Crop and/or flip a (B, C, H, W) batch with drawn `params` (concatenated over samples)."""
+    import torch
     b, c, h, w = x.shape
     out = x
     if "crop" in kind:

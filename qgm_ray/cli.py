@@ -103,11 +103,36 @@ def print_summary(summary: dict) -> None:
     print(f"\nrun directory: {summary['run_dir']}")
 
 
+def check_paths(args) -> None:
+    """An empty --output-dir or --resume names no place: refuse it, not fall back to a default."""
+    for flag, value in (("--output-dir", getattr(args, "output_dir", None)), ("--resume", getattr(args, "resume", None))):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} {value!r}: an empty path; name a directory"
+                              + (" (or leave --output-dir out for runs/<name>-<timestamp>/)"
+                                 if flag == "--output-dir" else ""))
+
+
+def refuse_with_resume(args, what: str) -> None:
+    """A resume goes on with the run's (or sweep's) own config.yaml in its own directory: flags
+    that would be ignored are refused instead. `run --resume` takes --set for keys that change
+    nothing measured; a sweep's trials are fixed in its config.yaml, so `tune --resume` takes none."""
+    given = [f"{flag} {value}" for flag, value in (("--config", args.config), ("--output-dir", args.output_dir))
+             if value is not None]
+    if what == "sweep":
+        given += [f"--set {kv}" for kv in args.overrides]
+    if given:
+        raise ConfigError(f"--resume {args.resume} continues the {what} with its own config.yaml in its own directory: "
+                          f"{' and '.join(given)} cannot go with it (start a new {what} for another config or place)")
+
+
 def cmd_config(args) -> int:
     from qgm_ray.config import config_dict, dump_yaml, describe_keys, from_dict
 
     if args.keys:
-        print(describe_keys())
+        # The rule the config names: its defaults and its own knobs are listed (a plug-in's too).
+        algorithm = config_dict(args.config, args.overrides).get("algorithm")
+        name = algorithm.get("name") if isinstance(algorithm, dict) else None
+        print(describe_keys(name if isinstance(name, str) else None))
         return 0
     print(dump_yaml(from_dict(config_dict(args.config, args.overrides))), end="")
     return 0
@@ -117,15 +142,12 @@ def cmd_run(args) -> int:
     from qgm_ray import runner
     from qgm_ray.config import config_dict, from_dict
 
-    if args.resume:
+    check_paths(args)
+    if args.resume is not None:
         # The run's own resolved config.yaml, then any --set (the runner refuses changes of
         # what is measured). A --config or --output-dir would be ignored: refuse them instead.
         run_path = Path(args.resume)
-        given = [f"{flag} {value}" for flag, value in (("--config", args.config), ("--output-dir", args.output_dir))
-                 if value is not None]
-        if given:
-            raise ConfigError(f"--resume {run_path} continues the run with its own config.yaml in its own directory: "
-                              f"{' and '.join(given)} cannot go with it (start a new run for another config or place)")
+        refuse_with_resume(args, "run")
         if not (run_path / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_path}: not a run directory (no config.yaml)")
         cfg = from_dict(config_dict(run_path / "config.yaml", args.overrides))
@@ -144,6 +166,10 @@ def cmd_tune(args) -> int:
     from qgm_ray import tune as qtune
     from qgm_ray.config import config_dict, from_dict
 
+    check_paths(args)
+    if args.resume is not None:
+        refuse_with_resume(args, "sweep")
+    # With --resume, the sweep reads its own config.yaml; this one only carries --quiet.
     cfg = from_dict(config_dict(args.config or DEFAULT_CONFIG, args.overrides))
     if args.quiet:
         cfg.progress = False
@@ -165,11 +191,18 @@ def no_bench(args) -> int:
                       "run `python main.py bench` from a checkout")
 
 
+# Commands whose product is what they print: a stdout that cannot take it is an error.
+PRINTING_COMMANDS = ("config", "report")
+
+
 def main(argv: list[str] | None = None, bench=None) -> int:
     """bench: the `bench` command's handler (main.py passes bench.command; the harness is not
     part of the package, so the package never imports it)."""
-    from qgm_ray import signals
+    from qgm_ray import console, signals
+    console.guard()   # a closed or full stdout never stops a command, not even its --help
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command not in PRINTING_COMMANDS:
+        console.guard(on_lost=console.say_lost)   # a run's product is its directory: go on
     # A signal from here on: one line and 128 + its number, never a silent death or a traceback.
     signals.install_early("stopped before training started; nothing was written" if args.command == "run"
                           else "stopped before the sweep started; nothing ran" if args.command == "tune"
@@ -179,6 +212,10 @@ def main(argv: list[str] | None = None, bench=None) -> int:
                "config": cmd_config}[args.command]
     try:
         code = handler(args)
+        lost = console.lost("stdout")
+        if args.command in PRINTING_COMMANDS and lost is not None and not console.reader_left(lost):
+            print(f"error: cannot write to stdout: {lost.strerror or lost}", file=sys.stderr)
+            code = 2
         signals.quiet_exit_from_now()
         return code
     except ConfigError as e:

@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from qgm_ray import yaml_io
 from qgm_ray.errors import ConfigError
 
 
@@ -33,7 +34,9 @@ class DataConfig:
     augment: bool = True             # random crop + flip where the dataset defines it
     seed: int = 42                   # generation/split seed of the dataset itself (not `seed`)
                                      # fixed, so runs with different `seed` differ in partition/init/sampling only
-    options: dict = field(default_factory=dict)  # dataset-specific, e.g. {num_samples: 8000}
+    # Dataset-specific; they belong to data.name: a file, dict or --set that names another
+    # dataset without options of its own drops these (config.layered, apply_overrides).
+    options: dict = field(default_factory=lambda: {"num_samples": 20000})  # mnist1d: 16000 train / 4000 test
 
 
 @dataclass
@@ -53,14 +56,17 @@ class TopologyConfig:
 class AlgorithmConfig:
     name: str = "qg_dsgdm_n"         # see README: Algorithms, and Bring your own method
     lr: float = 0.1                  # base learning rate (> 0; see schedule.* for scaling)
-    momentum: float = 0.9            # [0, 1): heavy-ball / Nesterov momentum
-    weight_decay: float = 1e-4       # >= 0
-    qgm_beta: float = 0.9            # [0, 1): quasi-global momentum's beta
-    betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam's (beta1, beta2), each in [0, 1)
-    eps: float = 1e-8                # Adam's epsilon, > 0
-    nesterov: bool = False           # gradient_tracking: Nesterov momentum
-    normalization_eps: float = 1e-8  # qg_adam, qg_adam_v2: eps of the progress normalisation (> 0)
-    qgm_local_step: int = 1          # qg_dsgdm_ls(_n): rounds between QG buffer refreshes (>= 1)
+    # Knobs several rules read. null: the rule's own default (`config --keys` lists the named
+    # rule's); a value set here is range-checked whichever rule runs, and a rule that does not
+    # read the knob ignores it (a sweep over algorithm.name shares one config).
+    momentum: Optional[float] = None           # [0, 1): heavy-ball / Nesterov momentum
+    weight_decay: Optional[float] = None       # >= 0
+    qgm_beta: Optional[float] = None           # [0, 1): quasi-global momentum's beta
+    betas: Optional[list] = None               # Adam's (beta1, beta2), each in [0, 1)
+    eps: Optional[float] = None                # Adam's epsilon, > 0
+    nesterov: Optional[bool] = None            # gradient_tracking: Nesterov momentum
+    normalization_eps: Optional[float] = None  # qg_adam, qg_adam_v2: eps of the progress normalisation (> 0)
+    qgm_local_step: Optional[int] = None       # qg_dsgdm_ls(_n): rounds between QG buffer refreshes (>= 1)
     # SlowMo (official --slowmo_step_conf; algorithms/slowmo.py): dsgd, dsgdm, dsgdm_n only.
     slowmo_tau: int = 0              # SlowMo: exact average + outer step after rounds t % tau == 0 (>= 0; 0 = off)
     slowmo_beta: float = 0.0         # SlowMo: slow momentum in [0, 1) (0 with alpha 1: periodic exact averaging)
@@ -68,12 +74,12 @@ class AlgorithmConfig:
     options: dict = field(default_factory=dict)  # the rule's own knobs (its `defaults`), e.g. {clip: 0.5}
 
     def hparams(self) -> dict:
-        return {
-            "momentum": self.momentum, "weight_decay": self.weight_decay,
-            "qgm_beta": self.qgm_beta, "betas": tuple(self.betas), "eps": self.eps,
-            "nesterov": self.nesterov, "normalization_eps": self.normalization_eps,
-            "qgm_local_step": self.qgm_local_step,
-        }
+        """The shared knobs the user set (the rule's own defaults fill the others)."""
+        values = {"momentum": self.momentum, "weight_decay": self.weight_decay, "qgm_beta": self.qgm_beta,
+                  "betas": None if self.betas is None else tuple(self.betas), "eps": self.eps,
+                  "nesterov": self.nesterov, "normalization_eps": self.normalization_eps,
+                  "qgm_local_step": self.qgm_local_step}
+        return {key: value for key, value in values.items() if value is not None}
 
 
 @dataclass
@@ -89,7 +95,7 @@ class ScheduleConfig:
 
 @dataclass
 class EvalConfig:
-    every_epochs: float = 1.0        # evaluation cadence, > 0
+    every_epochs: float = 2.0        # evaluation cadence, > 0
     batch_size: int = 1024           # test batch size (memory only, not the numbers)
     local_models: bool = True        # also report mean test accuracy of the clients' own models
     max_test_samples: int = 0        # >0: evaluate on a fixed subset (fast sweeps)
@@ -134,6 +140,9 @@ class FaultToleranceConfig:
     on_failure: str = "replay"       # replay | drop
     keep: int = 2                    # checkpoints kept on disk
     max_restarts: int = 3            # recoveries before the run gives up (resumable)
+    # Ray: seconds the replacements of lost actors wait for a node (their start included); then
+    # every actor is re-planned to share the cores left, in the same blocks (the same numbers).
+    resource_wait_s: Optional[float] = 60.0   # s to wait for a node, then share the cores left; null: wait
 
 
 @dataclass
@@ -156,9 +165,9 @@ class TuneConfig:
 
 @dataclass
 class Config:
-    name: str = "qgm"                # run name: letters, digits, . _ - (directory runs/<name>-<time>)
-    seed: int = 0                    # >= 0: partition, init, sampling, random graphs
-    backend: str = "local"           # local | ray
+    name: str = "default"            # run name: letters, digits, . _ - (directory runs/<name>-<time>), at most 100 characters
+    seed: int = 0                    # 0 <= seed < 2^32: partition, init, sampling, random graphs
+    backend: str = "local"           # local (in-process) | ray (ClientActors); the same numbers
     device: str = "auto"             # auto | cpu | cuda
     # Deterministic kernels in every process (qgm_ray/determinism.py): on a GPU, two runs and
     # the two engines then agree bit for bit (on CPU they always do); off by default (slower).
@@ -200,6 +209,13 @@ TUNE_METRICS = ("test_accuracy", "final_test_accuracy", "best_test_accuracy", "l
 # Upper limits that only a typo reaches (schedule.epochs=1e12 exhausted memory while planning).
 MAX_EPOCHS = 100_000
 MAX_EVALUATIONS = 100_000
+# What a config may hold: each far above a real run, far below what takes memory or time to
+# plan before the first round (a sweep lists its trials, a schedule its steps, up front).
+MAX_NAME_LENGTH = 100        # runs/<name>-<timestamp> must stay a valid file name (255 bytes)
+MAX_SEED = 2**32 - 1         # the largest seed every generator in use takes (numpy's legacy, networkx's)
+MAX_MILESTONES = 100
+MAX_ELASTIC_STEPS = 1_000
+MAX_TRIALS = 10_000          # a sweep's trials: grid points x tune.num_samples
 
 # `name` becomes a directory name under runs/: no separators, no `..`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -209,6 +225,14 @@ POSITIVE_INT_DATA_OPTIONS = ("num_samples", "num_features", "num_classes", "temp
 
 
 # ---------------------------------------------------------------- building from dicts
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a message names a huge value without printing it."""
+    if isinstance(value, (list, dict, tuple)) and len(value) > limit:
+        return f"a {type(value).__name__} of {len(value):,} entries"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
@@ -224,46 +248,39 @@ def _coerce(key: str, value: Any, tp) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError:
                 errors.append(_type_name(arg))
-        raise ConfigError(f"{key}: expected one of {', '.join(errors)}, got {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(errors)}, got {_short(value)}")
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
+        raise ConfigError(f"{key}: expected null, got {_short(value)}")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_short(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
     if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; users mean a number
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
+        number = float(value)
         # .inf / .nan are valid YAML numbers but no setting of this project means them.
         if not math.isfinite(number):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {_short(value)}")
         return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_short(value)}")
     if tp is list:
         if isinstance(value, (list, tuple)):
             return list(value)
-        raise ConfigError(f"{key}: expected a list, got {value!r}")
+        raise ConfigError(f"{key}: expected a list, got {_short(value)}")
     if tp is dict:
         if isinstance(value, dict):
             return dict(value)
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{key}: expected a mapping, got {_short(value)}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     raise TypeError(f"unsupported annotation {tp} for {key}")
@@ -322,7 +339,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_io.loads(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({e.problem})") from None
     return key, value
@@ -351,7 +368,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
                           f"save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_io.loads(text, where)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML: {_yaml_reason(e)}") from None
     if data is None:
@@ -372,10 +389,25 @@ def _yaml_reason(e: "yaml.YAMLError") -> str:
 
 def config_dict(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
     """Defaults merged with the file and the overrides, as a plain dict (not yet validated)."""
-    d = Config().to_dict()
     given = read_yaml(path) if path is not None else {}
-    d = _merge(d, given)
-    values = dict(parse_override(item) for item in overrides)
+    return layered(given, dict(parse_override(item) for item in overrides))
+
+
+def layered(given: dict, values: dict) -> dict:
+    """The built-in defaults <- `given` (a file's or a dict's nested keys) <- `values`
+    ({dotted key: value} overrides), as a plain dict (not yet validated). Each layer's
+    dataset (and rule, and plug-in model or graph) takes the options written for it: the
+    defaults' mnist1d options do not go to a file's cifar10."""
+    defaults = Config().to_dict()
+    d = _merge(defaults, given)
+    before = _names(defaults)
+    for section, old in before.items():   # another dataset's options replace, never merge
+        layer = given.get(section)
+        if (isinstance(layer, dict) and isinstance(layer.get("options"), dict)
+                and layer.get("name", old) != old and isinstance(d.get(section), dict)):
+            d[section]["options"] = copy.deepcopy(layer["options"])
+    _drop_foreign_options(d, before, {f"{section}.{key}" for section, keys in given.items()
+                                      if isinstance(keys, dict) for key in keys})
     apply_overrides(d, values)
     # The file's client count was written for the file's graph: `--set topology.name=social` on
     # configs/default.yaml (a ring of 16) takes the social graph's size, as data.options go
@@ -410,21 +442,33 @@ def apply_overrides(d: dict, values: dict) -> dict:
     The same holds for `algorithm.options` (a rule's own knobs) and, where a plug-in
     (`module:attr`) is involved, for `model.options` and `topology.options`; built-in models
     and graphs keep sharing their section's options as before."""
-    from qgm_ray.plugins import is_reference
-
-    def name_of(section):
-        return d.get(section, {}).get("name") if isinstance(d.get(section), dict) else None
-    before = {section: name_of(section) for section in ("data", "algorithm", "model", "topology")}
+    before = _names(d)
     for key, value in values.items():
         set_dotted(d, key, value)
+    _drop_foreign_options(d, before, values)
+    return d
+
+
+_NAMED_SECTIONS = ("data", "algorithm", "model", "topology")
+
+
+def _names(d: dict) -> dict:
+    return {section: d[section].get("name") if isinstance(d.get(section), dict) else None
+            for section in _NAMED_SECTIONS}
+
+
+def _drop_foreign_options(d: dict, before: dict, set_keys) -> None:
+    """Empty `<section>.options` where a layer changed `<section>.name` (from `before`)
+    without setting any of that section's options (`set_keys`: the dotted keys it set)."""
+    from qgm_ray.plugins import is_reference
+
     for section, old in before.items():
-        new = name_of(section)
-        sets_options = any(k == section or k.startswith(f"{section}.options") for k in values)
+        new = d.get(section, {}).get("name") if isinstance(d.get(section), dict) else None
+        sets_options = any(k == section or k.startswith(f"{section}.options") for k in set_keys)
         if new == old or sets_options or not isinstance(d.get(section), dict):
             continue
         if section in ("data", "algorithm") or is_reference(old) or is_reference(new):
             d[section]["options"] = {}
-    return d
 
 
 def trial_dict(base: dict, params: dict) -> dict:
@@ -446,7 +490,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml_io.dumps(cfg.to_dict(), sort_keys=False)
 
 
 # ---------------------------------------------------------------- key listing
@@ -472,9 +516,35 @@ def _dynamic_choices() -> dict:
     return {**names, "ray.pack_clients": ("auto", "true", "false"), "tune.metric": TUNE_METRICS}
 
 
-def describe_keys() -> str:
-    """Every key: type, default, allowed values and the comment of its field (`main.py config --keys`)."""
+def _shared_names() -> tuple:
+    from qgm_ray.algorithms.base import SHARED
+    return SHARED
+
+
+def _rule_rows(name: str) -> tuple[dict, list]:
+    """For rule `name`: {algorithm.<shared key>: its default in this rule} and a row per knob of
+    its own (`algorithm.options.<knob>`), so `config --keys` shows what the named rule runs with."""
+    from qgm_ray.algorithms.base import SHARED
+    from qgm_ray.algorithms.registry import algorithm_class
+
+    knobs = algorithm_class(name).knobs()
+    shared = {f"algorithm.{k}": v for k, v in knobs.items() if k in SHARED}
+    own = [(f"algorithm.options.{k}", type(v).__name__, _flow(v), f"{name}'s own knob")
+           for k, v in knobs.items() if k not in SHARED]
+    return shared, own
+
+
+def _flow(value: Any) -> str:
+    return yaml_io.dumps(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def describe_keys(algorithm: Optional[str] = None) -> str:
+    """Every key: type, default, allowed values and the comment of its field (`main.py config --keys`).
+    The shared rule knobs show the defaults of rule `algorithm` (default: the default rule's),
+    and its own knobs are listed as `algorithm.options.<knob>`."""
     choices = {**CHOICES, **_dynamic_choices()}
+    rule = algorithm or AlgorithmConfig.name
+    rule_defaults, own_rows = _rule_rows(rule)
     rows = []
 
     def walk(cls, prefix: str) -> None:
@@ -490,8 +560,15 @@ def describe_keys() -> str:
             if key in choices:
                 listed = " | ".join(map(str, choices[key]))
                 text = f"one of {', '.join(map(str, choices[key]))}" + (f"; {text}" if text and text != listed else "")
-            rows.append((key, kind.replace("NoneType", "null"), yaml.safe_dump(default, default_flow_style=True).strip()
-                         .removesuffix("...").strip(), text))
+            shown = _flow(default)
+            if key in rule_defaults:
+                shown = _flow(rule_defaults[key])
+                text = f"{text} (null: {rule}'s default {shown})"
+            elif key.startswith("algorithm.") and f.name in _shared_names():
+                text = f"{text} (not read by {rule})"
+            rows.append((key, kind.replace("NoneType", "null"), shown, text))
+            if key == "algorithm.options":
+                rows.extend(own_rows)
 
     walk(Config, "")
     w = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -511,13 +588,16 @@ def validate(cfg: Config) -> None:
     """Every rule that can be checked without loading data. Raises ConfigError."""
     # Imported here: these registries import torch/networkx, and config parsing should not.
     from qgm_ray.algorithms import make_algorithm_from_config
+    from qgm_ray.algorithms.base import check_shared
     from qgm_ray.topology import validate_topology
 
+    _require(len(cfg.name) <= MAX_NAME_LENGTH,
+             f"name is {len(cfg.name)} characters long; at most {MAX_NAME_LENGTH} (it names the run directory)")
     _require(bool(NAME_PATTERN.match(cfg.name)),
              f"name={cfg.name!r} is not allowed: it names the run directory under runs/; use letters, "
              f"digits, '.', '_' and '-' (no '/', no leading '.')")
-    _require(cfg.seed >= 0, f"seed must be an integer >= 0, got {cfg.seed}")
-    _require(cfg.data.seed >= 0, f"data.seed must be an integer >= 0, got {cfg.data.seed}")
+    for key, seed in (("seed", cfg.seed), ("data.seed", cfg.data.seed)):
+        _require(0 <= seed <= MAX_SEED, f"{key} must be an integer in [0, 2^32) (0 .. {MAX_SEED}), got {_short(seed)}")
     _require(cfg.output_dir is None or cfg.output_dir.strip() != "",
              "output_dir must be a directory path or null (default runs/<name>-<timestamp>), got ''")
     d = cfg.to_dict()
@@ -537,12 +617,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.alpha > 0, f"data.alpha must be > 0 (0.1 = extreme non-iid, 10 = near iid), got {cfg.data.alpha}")
     _require(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     _require(cfg.algorithm.lr > 0, f"algorithm.lr must be > 0, got {cfg.algorithm.lr}")
-    _require(0 <= cfg.algorithm.momentum < 1, f"algorithm.momentum must be in [0, 1), got {cfg.algorithm.momentum}")
-    _require(0 <= cfg.algorithm.qgm_beta < 1, f"algorithm.qgm_beta must be in [0, 1), got {cfg.algorithm.qgm_beta}")
-    _require(cfg.algorithm.weight_decay >= 0, f"algorithm.weight_decay must be >= 0, got {cfg.algorithm.weight_decay}")
-    _require(len(cfg.algorithm.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.algorithm.betas),
-             f"algorithm.betas must be two numbers in [0, 1), got {cfg.algorithm.betas}")
-    _require(cfg.algorithm.eps > 0, f"algorithm.eps must be > 0, got {cfg.algorithm.eps}")
+    check_shared(cfg.algorithm.hparams())
     rule = make_algorithm_from_config(cfg.algorithm.name, cfg.algorithm.hparams(), cfg.algorithm.options)
     if ":" in cfg.algorithm.name:   # a plug-in: its state must slice per client like the built-ins'
         from qgm_ray.algorithms.registry import check_state_contract
@@ -564,6 +639,8 @@ def validate(cfg: Config) -> None:
     _require(s.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, got {s.warmup_epochs}")
     _require(s.warmup_epochs < s.epochs or s.warmup_epochs == 0,
              f"schedule.warmup_epochs={s.warmup_epochs} must be smaller than schedule.epochs={s.epochs}")
+    _require(len(s.milestones) <= MAX_MILESTONES,
+             f"schedule.milestones holds {len(s.milestones):,} entries; at most {MAX_MILESTONES}")
     _require(all(isinstance(m, (int, float)) and 0 < m < 1 for m in s.milestones),
              f"schedule.milestones must be fractions of the run in (0, 1), got {s.milestones}")
     _require(0 < s.decay <= 1, f"schedule.decay must be in (0, 1], got {s.decay}")
@@ -598,6 +675,8 @@ def validate(cfg: Config) -> None:
     _require(ft.checkpoint_every >= 0, f"fault_tolerance.checkpoint_every must be >= 0 rounds, got {ft.checkpoint_every}")
     _require(ft.keep >= 1, f"fault_tolerance.keep must be >= 1, got {ft.keep}")
     _require(ft.max_restarts >= 0, f"fault_tolerance.max_restarts must be >= 0, got {ft.max_restarts}")
+    _require(ft.resource_wait_s is None or ft.resource_wait_s >= 0,
+             f"fault_tolerance.resource_wait_s must be >= 0 seconds or null, got {ft.resource_wait_s}")
 
     _validate_elastic(cfg)
     _validate_tune(cfg)
@@ -614,7 +693,9 @@ def _validate_names(cfg: Config) -> None:
 
     for kind, key in plugins.KEYS.items():
         if kind != "algorithm":   # a rule is checked with its options below
-            plugins.resolve(kind, getattr(cfg, kind).name)
+            name = getattr(cfg, kind).name
+            # a built-in is known by name (its module, which imports torch, stays unloaded)
+            plugins.resolve(kind, name) if plugins.is_reference(name) else plugins.check_name(kind, name)
     for kind, skip, reserved in (("model", 2, ()), ("data", 1, ("augment",))):
         section = getattr(cfg, kind)
         if plugins.is_reference(section.name):
@@ -702,6 +783,8 @@ def _validate_elastic(cfg: Config) -> None:
     from qgm_ray.topology import validate_topology
 
     el = cfg.elastic
+    _require(len(el.schedule) <= MAX_ELASTIC_STEPS,
+             f"elastic.schedule holds {len(el.schedule):,} steps; at most {MAX_ELASTIC_STEPS:,}")
     prev = -1.0
     for item in el.schedule:
         # YAML's `true` is a Python bool, which is an int: [[true, 2]] would be read as epoch 1.
@@ -741,6 +824,16 @@ def _validate_dashboard_host(cfg: Config) -> None:
 
 def _validate_tune(cfg: Config) -> None:
     base = Config().to_dict()
+    tc = cfg.tune
+    _require(1 <= tc.num_samples <= MAX_TRIALS,
+             f"tune.num_samples must be in [1, {MAX_TRIALS:,}], got {_short(tc.num_samples)}")
+    trials = tc.num_samples
+    for key, values in tc.grid.items():
+        if isinstance(values, list):
+            trials *= max(1, len(values))
+        _require(trials <= MAX_TRIALS,
+                 f"tune.grid with tune.num_samples={tc.num_samples} makes more than {MAX_TRIALS:,} trials "
+                 f"(grid points x num_samples); at most {MAX_TRIALS:,} in one sweep")
     for section in ("grid", "search"):
         for key, values in getattr(cfg.tune, section).items():
             try:
@@ -757,8 +850,6 @@ def _validate_tune(cfg: Config) -> None:
                          f"tune.grid.{key} must be a non-empty list of values, got {values!r}")
             else:
                 _validate_search(key, values)
-    tc = cfg.tune
-    _require(tc.num_samples >= 1, f"tune.num_samples must be >= 1, got {tc.num_samples}")
     _require(tc.metric in TUNE_METRICS,
              f"tune.metric={tc.metric!r} is not a reported metric; choose one of {', '.join(TUNE_METRICS)}")
     _require(tc.max_concurrent_trials >= 0,

@@ -5,7 +5,7 @@ them; nothing on the training path loops over samples in Python or builds PIL im
 Datasets whose pixels are 8-bit (the torchvision ones, `imagenet32`) keep them as uint8 (a
 quarter of float32 in the driver, the object store and every block) and carry their
 per-channel `norm`; a batch becomes normalised float32 where it is used (`to_float`, on the
-block's device), bit for bit what normalising the whole dataset at load time gave. The
+block's device), bit for bit what normalising the whole dataset at load time gives. The
 other datasets are float32, normalised once (`norm` None; agnews holds int64 token ids).
 Augmentation (`augment_batch`) works on whole batches and draws from a `torch.Generator`,
 so a client's data stream is reproducible from its seed alone.
@@ -24,13 +24,19 @@ import json
 import os
 import pickle
 import random
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from qgm_ray import plugins
 from qgm_ray.augment import AUGMENTATIONS, apply_augment, augment_batch, draw_augment  # noqa: F401 - re-exported
-from qgm_ray.dataset import Dataset, describe, save_npz_atomic  # noqa: F401 - describe re-exported
+from qgm_ray.dataset import Dataset, describe, plugin_tensor, save_npz_atomic  # noqa: F401 - describe re-exported
 from qgm_ray.errors import ConfigError
+
+# torch is imported where a tensor is made: validating a config reads only the names and
+# option tables here.
+if TYPE_CHECKING:
+    import torch
 
 DATASETS = (
     "mnist1d",
@@ -82,19 +88,12 @@ def _builtin_loader(name: str):
 
 # ----------------------------------------------------------------------------- plug-ins
 
-def _as_tensor(key: str, what: str, value) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise ConfigError(f"{key}: {what} is a {type(value).__name__}; expected a numpy array or a torch tensor")
-
-
 def load_plugin_dataset(name: str, seed: int, opts: dict) -> Dataset:
     """`function(seed, **data.options)` -> (train_x, train_y, test_x, test_y), checked and made
     into the Dataset every loader returns: floating inputs as float32 (bool too), integer
     inputs as int64 (token ids), labels int64 in 0..C-1 with C = max label + 1. The inputs are
     used as given: normalising them is the function's business."""
+    import torch
     key = f"data.name={name!r}"
     fn = plugins.resolve("data", name)
     if not callable(fn):
@@ -111,7 +110,7 @@ def load_plugin_dataset(name: str, seed: int, opts: dict) -> Dataset:
                           f"{' of ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}; "
                           f"expected a tuple (train_x, train_y, test_x, test_y)")
     names = ("train_x", "train_y", "test_x", "test_y")
-    train_x, train_y, test_x, test_y = (_as_tensor(key, n, v) for n, v in zip(names, out))
+    train_x, train_y, test_x, test_y = (plugin_tensor(key, n, v) for n, v in zip(names, out))
     for xn, x, yn, y in (("train_x", train_x, "train_y", train_y), ("test_x", test_x, "test_y", test_y)):
         if x.dim() < 2 or len(x) == 0:
             raise ConfigError(f"{key}: {xn} has shape {tuple(x.shape)}; expected (N, *input_shape) with N >= 1")
@@ -160,6 +159,7 @@ def _standardise(train_x: torch.Tensor, test_x: torch.Tensor):
 
 def _dataset(name, train_x, train_y, test_x, test_y, num_classes, augment=None, fill=None, norm=None) -> Dataset:
     """float32 inputs, or uint8 pixels left as they are when `norm` says how to normalise them."""
+    import torch
     if norm is not None:
         assert train_x.dtype == test_x.dtype == torch.uint8, "norm is for uint8 pixels"
         norm = (tuple(float(m) for m in norm[0]), tuple(float(s) for s in norm[1]))
@@ -189,6 +189,7 @@ def pixel_table(norm: tuple) -> torch.Tensor:
     divides by a CPU scalar as a multiply by its reciprocal (ATen's div_true_kernel_cuda),
     which rounds x / 255 differently for 126 of the 256 values (tests/test_uint8.py, emulated
     on the CPU)."""
+    import torch
     mean, std = norm
     c = len(mean)
     levels = torch.arange(256, dtype=torch.uint8).expand(c, 256)
@@ -199,6 +200,7 @@ def pixel_table(norm: tuple) -> torch.Tensor:
 def to_float(x: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
     """A (B, C, ...) batch of uint8 pixels as normalised float32 (a gather from `table`, on
     x's device); x unchanged when table is None (datasets stored as model inputs)."""
+    import torch
     if table is None:
         return x
     c = table.shape[0]
@@ -206,7 +208,7 @@ def to_float(x: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
         raise ValueError(f"to_float: expected uint8 (B, {c}, ...) pixels, got {x.dtype} {tuple(x.shape)}")
     table = table.to(x.device)   # no-op where the caller keeps it on the device (blocks do)
     offsets = (torch.arange(c, device=x.device) * 256).view(1, c, *([1] * (x.dim() - 2)))
-    return torch.take(table, x.long() + offsets)   # take: 2x faster than indexing on CPU
+    return torch.take(table, x.long() + offsets)   # take: one flat gather, cheaper than indexing on CPU
 
 
 # ----------------------------------------------------------------------------- offline
@@ -230,6 +232,7 @@ _MNIST1D_OPTS = (
 def _load_mnist1d(root, seed, **opts) -> Dataset:
     """MNIST-1D generated locally (the package's defaults: 5000 samples, 4000/1000 split,
     length 40). `seed` is the generator's seed; the package's own default is 42."""
+    import torch
     from importlib.metadata import version
 
     args = _mnist1d_default_args()
@@ -278,6 +281,7 @@ def _generate_mnist1d(args: dict) -> dict:
 
 
 def _load_digits(root, seed) -> Dataset:
+    import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -293,12 +297,14 @@ def _load_digits(root, seed) -> Dataset:
 
 
 def _balanced_labels(n: int, num_classes: int, g: torch.Generator) -> torch.Tensor:
+    import torch
     return (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
 
 
 def _load_synthetic(root, seed, num_samples=2000, num_features=20, num_classes=4, separation=3.0) -> Dataset:
     """Gaussian mixture: class means ~ N(0, separation^2 / num_features * I) scaled to norm
     `separation`, unit-variance noise. 80/20 split, balanced classes."""
+    import torch
     g = torch.Generator().manual_seed(int(seed))
     means = torch.randn(num_classes, num_features, generator=g)
     means = separation * means / means.norm(dim=1, keepdim=True)
@@ -311,6 +317,7 @@ def _load_synthetic(root, seed, num_samples=2000, num_features=20, num_classes=4
 
 def _load_synthetic_image(root, seed, num_samples=1000, shape=(3, 32, 32), num_classes=10, separation=0.05):
     """Random images around one random prototype per class: learnable, CIFAR-shaped, free."""
+    import torch
     shape = tuple(int(s) for s in shape)
     g = torch.Generator().manual_seed(int(seed))
     prototypes = separation * torch.randn(num_classes, *shape, generator=g)
@@ -396,6 +403,7 @@ def _open_torchvision(name: str, root: str, download: bool):
 
 def _to_tensors(ds, spec: dict):
     """A torchvision dataset's uint8 array -> uint8 NCHW tensor (normalised per batch: `to_float`)."""
+    import torch
     data = ds.data
     data = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(data))
     if spec["layout"] == "NHWC":
@@ -437,6 +445,7 @@ def _load_imagenet32(root, download, seed, train_batches=10) -> Dataset:
     with mean = std = 0.5 and augmented by crop + flip, as in the official code. Stored as
     uint8, the full training set is 1,281,167 x 3072 B = 3.94 GB (15.7 GB as float32):
     `train_batches: k` reads only the first k of the ten batches (~128k images each)."""
+    import torch
     if isinstance(train_batches, bool) or not isinstance(train_batches, int) or not 1 <= train_batches <= 10:
         raise ConfigError(f"dataset 'imagenet32': option train_batches must be an integer in 1..10, got {train_batches!r}")
     folder = os.path.abspath(os.path.join(root, IMAGENET32_FOLDER))

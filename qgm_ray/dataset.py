@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from qgm_ray.augment import augment_batch
+from qgm_ray.errors import ConfigError
+
+if TYPE_CHECKING:   # the fields hold tensors; importing the record (config validation) needs no torch
+    import torch
 
 
 @dataclass
@@ -38,6 +42,47 @@ class Dataset:
         if self.augment is None:
             return x
         return augment_batch(x, generator, self.augment, fill=0.0 if self.fill is None else self.fill)
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def plugin_tensor(key: str, what: str, value) -> torch.Tensor:
+    """One array a plug-in dataset returned, as a CPU tensor: numbers (numpy or torch), no
+    larger than this machine's memory; one line naming `key` and `what` otherwise. Checked
+    before the conversion, which copies a broadcast or non-contiguous array."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        nbytes = value.numel() * value.element_size()
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            kind = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers"}.get(
+                value.dtype.kind, f"{value.dtype} values")
+            raise ConfigError(f"{key}: {what} holds {kind} (numpy dtype {value.dtype}); expected a numeric array "
+                              f"(float features, integer labels 0..C-1)")
+        nbytes = value.nbytes
+    else:
+        raise ConfigError(f"{key}: {what} is a {type(value).__name__}; expected a numpy array or a torch tensor")
+    memory = memory_bytes()
+    if memory is not None and nbytes > memory:
+        raise ConfigError(f"{key}: {what} of shape {tuple(value.shape)} takes {_size(nbytes)}, more than this "
+                          f"machine's {_size(memory)} of memory; expected arrays that fit in memory")
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    return torch.from_numpy(np.ascontiguousarray(value))
 
 
 def describe(ds: Dataset) -> str:

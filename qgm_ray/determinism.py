@@ -2,9 +2,9 @@
 
 On CPU the engines are bit-identical without it (one intra-op thread per process, the same
 blocks, the same ops). On CUDA, cuDNN autotuning, atomics in backward kernels and cuBLAS's
-workspace make two runs of the same config differ (issue 9: 2e-3 after a few hundred rounds);
-`torch.use_deterministic_algorithms(True)` with `CUBLAS_WORKSPACE_CONFIG=:4096:8` removed that
-on an H200. The variable must be set before the process creates its CUDA context, so the Ray
+workspace make two runs of the same config differ after a few hundred rounds;
+`torch.use_deterministic_algorithms(True)` with `CUBLAS_WORKSPACE_CONFIG=:4096:8` makes them
+bit-identical (docs/results/bench/README.md, "GPU"). The variable must be set before the process creates its CUDA context, so the Ray
 engine also puts it in every actor's runtime_env (`env_vars`), and `apply` runs first thing in
 the driver (LocalEngine, runner) and in each actor.
 """

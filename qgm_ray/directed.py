@@ -1,7 +1,7 @@
 """The official code's one-peer, directed and expander graphs, as mixing matrices W(t).
 
-Same convention as `qgm_ray.topology`: row i of W holds the weights client i applies to what
-it receives, so W[j, i] != 0 means "i sends to j". A directed graph here is *column*
+Same convention as `qgm_ray.topology`: row i of W holds the weights graph position i applies
+to what it receives, so W[j, i] != 0 means "i sends to j". A directed graph here is *column*
 stochastic (each sender splits its mass over itself and its out-neighbours, the push-sum
 convention of Stochastic Gradient Push, Assran et al. 2019); its rows need not sum to 1, and
 gossip on it is de-biased by push-sum weights (engine/push_sum.py).
@@ -13,12 +13,15 @@ pcode/utils/topology.py); comments say where and why it differs.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from qgm_ray.errors import ConfigError
 from qgm_ray.sparse_w import SparseW
+
+if TYPE_CHECKING:   # imported where a graph is built: validation reads no graph
+    import networkx as nx
 
 
 def exponential_hops(n: int) -> int:
@@ -36,18 +39,18 @@ def _sends(n: int, hops: list[int]) -> SparseW:
 
 
 def one_peer_exponential(n: int, t: int) -> SparseW:
-    """Directed, time-varying: in round t client i sends to i + 2^(t mod p) and keeps half.
-    Every client also receives from exactly one peer, so W is doubly stochastic (push-sum
-    weights stay 1); SGP's main topology."""
+    """Directed, time-varying: in round t graph position i sends to i + 2^(t mod p) and keeps
+    half. Every client also receives from exactly one peer, so W is doubly stochastic
+    (push-sum weights stay 1); SGP's main topology."""
     if n == 1:
         return SparseW.from_dense(np.ones((1, 1)))
     return _sends(n, [2 ** (t % exponential_hops(n))]).column_normalised()
 
 
 def two_peer_exponential(n: int, t: int) -> SparseW:
-    """Directed, time-varying: client i sends to i + h and i + 2h, h = 2^(t mod p), a third of
-    its mass each. Where i + 2h wraps onto i (2h = n) that link is a second self-link, as in
-    the official code (self-weight 2/3)."""
+    """Directed, time-varying: graph position i sends to i + h and i + 2h, h = 2^(t mod p), a
+    third of its mass each. Where i + 2h wraps onto i (2h = n) that link is a second self-link,
+    as in the official code (self-weight 2/3)."""
     if n == 1:
         return SparseW.from_dense(np.ones((1, 1)))
     h = 2 ** (t % exponential_hops(n))
@@ -63,9 +66,9 @@ def random_peer(n: int, t: int, seed: int, degree: int) -> SparseW:
     Why redraw: the official `directed_random_peer_K` asserts that every round's graph is
     strongly connected (and stops the run otherwise), so a successful official run samples
     exactly these graphs. Without the condition a client that receives nothing for a few rounds
-    sees its push-sum weight fall to ~1e-3 (n = 16: 800 rounds reached 0.0018), its local step
-    is then amplified ~500x in the de-biased model, and training diverged in 11 of 12 runs
-    (docs/results/push_sum). With it the weights stayed above 0.1 (degree 3 and 4).
+    sees its push-sum weight fall towards 1e-3, its local step is then amplified by 1/w in the
+    de-biased model, and training diverges; with it the weights stay far from 0
+    (docs/results/push_sum/README.md).
     One difference: the official degree is drawn from 1..K-1 (numpy's exclusive upper bound),
     ours from 1..degree."""
     if n == 1:
@@ -116,7 +119,7 @@ def strongly_connected(links) -> bool:
 
 
 def bipartite_one_peer(n: int, t: int) -> SparseW:
-    """Undirected, time-varying, n even: odd client i pairs with i + h (even, since h is odd),
+    """Undirected, time-varying, n even: odd graph position i pairs with i + h (even, since h is odd),
     h = 2^q - 1 with q cycling over 1..floor(log2(n-1)); weights 1/2. A perfect matching every
     round, so W is symmetric and doubly stochastic. (For n = 2 the official cycle is empty;
     the single pair (0, 1) is the only matching, so it is used every round.)"""
@@ -132,6 +135,7 @@ def margulis(n: int) -> np.ndarray:
     edges and some self-loops), weighted as the official code does: links counted once, a
     self-loop counts in a node's degree d_i, w_ij = 1 / max(d_i, d_j) on every link, and the
     diagonal completes each row to 1. Symmetric and doubly stochastic."""
+    import networkx as nx
     b = int(round(np.sqrt(n)))
     G = nx.margulis_gabber_galil_graph(b)
     # nodes in the constructor's order, the order of the official networkx.adjacency_matrix(G)

@@ -74,17 +74,42 @@ def check_new_run_dir(path: str | Path, resume_cmd: str = "python main.py --resu
 
 
 def check_writable(p: Path, what: str) -> None:
-    """`p` exists as a writable directory, or can be made: its nearest existing ancestor is a
-    writable directory. (os.access sees a read-only filesystem even as root.)"""
-    p = Path(os.path.abspath(p))
-    q = p
+    """`p` exists as a writable directory, or can be made (see writable_problem)."""
+    why = writable_problem(p)
+    if why:
+        raise OutputError(f"{what} {str(Path(os.path.abspath(p)))!r}: {why}; name another place")
+
+
+def writable_problem(p: Path) -> Optional[str]:
+    """None when `p` exists as a writable directory or can be made: its nearest existing ancestor
+    is a writable directory; else what is in the way, in words. (os.access does not see a
+    read-only filesystem as root: statvfs does.)"""
+    q = Path(os.path.abspath(p))
     while not q.exists() and not q.is_symlink():
         q = q.parent
     if not q.is_dir():
-        raise OutputError(f"{what} {str(p)!r}: {str(q)!r} is a file, not a directory; name another place")
+        return f"{str(q)!r} is a file, not a directory"
+    if _read_only_fs(q):
+        return f"{str(q)!r} is on a read-only filesystem"
     if not os.access(q, os.W_OK | os.X_OK):
-        why = "a read-only filesystem" if _read_only_fs(q) else "not writable by this user"
-        raise OutputError(f"{what} {str(p)!r}: {str(q)!r} is {why}; name another place")
+        return f"{str(q)!r} is not writable by this user"
+    return None
+
+
+def check_no_links(path: Path) -> None:
+    """A run writes only inside its own directory: an entry of it, or of its checkpoints/, that
+    is a symbolic link (checkpoints/ pointing into another run, metrics.csv into another file)
+    would carry a resume's writes and deletions elsewhere. Refuse it in one line; follow none."""
+    path = Path(path)
+    for d in (path, path / "checkpoints"):   # checkpoints/ itself is an entry of the first
+        try:
+            entries = list(os.scandir(d))
+        except OSError:   # none there (yet): nothing to follow
+            continue
+        for e in entries:
+            if e.is_symlink():
+                raise OutputError(f"{e.path} is a symbolic link (to {os.readlink(e.path)}); a run writes only "
+                                  f"inside its own directory: replace the link with what it points to, or move it away")
 
 
 def _read_only_fs(p: Path) -> bool:
@@ -159,7 +184,18 @@ class RunDir:
     def lock(self) -> None:
         """Become the directory's one writer, or refuse in one line. The lock is on the
         directory's own inode (no lock file to leave behind), taken with a descriptor that child
-        processes (Ray's) do not inherit, and dropped by the kernel when this process dies."""
+        processes (Ray's) do not inherit, and dropped by the kernel when this process dies.
+        A directory holding a link out of itself is refused too (check_no_links)."""
+        if self._lock_fd is not None:
+            return
+        self._flock()
+        try:
+            check_no_links(self.path)   # the one writer checks where its writes would land
+        except OutputError:
+            self.unlock()
+            raise
+
+    def _flock(self) -> None:
         if self._lock_fd is not None:
             return
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -185,7 +221,7 @@ class RunDir:
         if self._lock_fd is not None or not self.path.is_dir():
             return False
         try:
-            self.lock()
+            self._flock()
         except OutputError:
             return True
         except OSError:

@@ -22,8 +22,8 @@ PARTITIONS = ("iid", "dirichlet", "sorted")
 # The official code draws the Dirichlet split for groups of at most 10 clients at a time
 # (`n_auxi_workers = 10`), each group over its own random slice of the data. With 10 classes
 # and alpha=0.1 a single draw over 16 or 32 clients almost never gives every client half the
-# mean size (measured: ~0.2% of draws for 16, none in 2000 for 32), so the grouping is what
-# makes the paper's settings feasible at all.
+# mean size (docs/results/heterogeneity/README.md), so the grouping is what makes the paper's
+# settings feasible at all.
 CLIENTS_PER_GROUP = 10
 MAX_TRIES = 10_000
 
@@ -200,7 +200,7 @@ def heterogeneity(labels, parts, num_classes: int) -> float:
 
 
 def write_partition_csv(path, labels, parts, num_classes: int) -> None:
-    """partition.csv: one row per client: client, size, class_0, ..., class_{C-1}."""
+    """partition.csv: one row per client slot (its data shard): client, size, class_0, ..., class_{C-1}."""
     hist = class_histograms(labels, parts, num_classes)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:

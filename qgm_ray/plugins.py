@@ -47,7 +47,10 @@ _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KEYS}
 def register(kind: str, name: str, factory: Any) -> Any:
     """Make `name` a valid value of `<kind>.name` in this process. Returns the factory. Names
     with ':' are references, never registered names. (Other processes of a Ray run know only
-    what their imports register: user code is named by reference, which every process imports.)"""
+    what their imports register: user code is named by reference, which every process imports.)
+    A factory given as a `"package.module:attr"` string is imported when it is first resolved:
+    a built-in whose module imports torch registers without it, and validating a config that
+    names it loads no torch."""
     if kind not in KEYS:
         raise ValueError(f"register: kind must be one of {', '.join(KEYS)}, got {kind!r}")
     if ":" in name:
@@ -66,16 +69,25 @@ def is_reference(name: Any) -> bool:
     return isinstance(name, str) and ":" in name
 
 
+def check_name(kind: str, name: str, key: str | None = None) -> None:
+    """ConfigError unless `name` is registered for `kind` or is a reference (imported nothing)."""
+    key = key or KEYS[kind]
+    registered = _REGISTRY[kind]
+    if not is_reference(name) and name not in registered:
+        raise ConfigError(f"{key}={name!r} is unknown; choose one of {', '.join(registered)}, "
+                          f"or a reference 'package.module:attr' to your own code")
+
+
 def resolve(kind: str, name: str, key: str | None = None) -> Any:
     """The factory `name` stands for: a registered name or an imported `module:attr`."""
     key = key or KEYS[kind]
     if is_reference(name):
         return import_reference(name, key)
-    registered = _REGISTRY[kind]
-    if name not in registered:
-        raise ConfigError(f"{key}={name!r} is unknown; choose one of {', '.join(registered)}, "
-                          f"or a reference 'package.module:attr' to your own code")
-    return registered[name]
+    check_name(kind, name, key)
+    factory = _REGISTRY[kind][name]
+    if isinstance(factory, str):   # a built-in registered by reference: imported now, once
+        factory = _REGISTRY[kind][name] = import_reference(factory, key)
+    return factory
 
 
 def _split(ref: str, key: str) -> tuple[str, str]:

@@ -67,7 +67,7 @@ def trial_row(sweep_dir: Path, base: dict, trial_rel: Path, params: dict, metric
         if row["status"] == "failed" and fallback_status == "interrupted":
             row["status"] = "interrupted"  # interrupted (KeyboardInterrupt) rather than crashed
     else:
-        row.update({"final_test_accuracy": metrics.get("test_accuracy"),
+        row.update({"final_test_accuracy": metrics.get("final_test_accuracy", metrics.get("test_accuracy")),
                     "best_test_accuracy": metrics.get("best_test_accuracy"), "status": fallback_status,
                     "rounds": metrics.get("round"), "wall_seconds": metrics.get("wall_seconds")})
     for key, value in params.items():
@@ -345,6 +345,8 @@ def _colors(df: pd.DataFrame) -> dict:
 def plot_accuracy_vs_alpha(df: pd.DataFrame, path: Path, param_keys=()) -> Optional[Path]:
     sections, hparams = split_keys(param_keys)
     stats = cell_stats(df, "final_test_accuracy", hparams, sections)
+    if stats.empty:   # no trial at all: cell_stats has no columns to select
+        return None
     stats = stats[stats["n"] > 0]
     if stats.empty or df["alpha"].nunique() < 1:
         return None
@@ -613,6 +615,9 @@ def make_report(path: str | Path) -> list[Path]:
             # The sweep's own record: it also holds what only Tune knew (stopped by ASHA, failed).
             df = _read_csv(path / "results.csv", numeric=("alpha", "final_test_accuracy"),
                            text=("algorithm", "status"))
+            if df.empty:
+                raise ConfigError(f"report {path}: {path / 'results.csv'} lists no trial (only its header): "
+                                  f"no trial of the sweep had started; nothing to report")
         elif (path / "trials").is_dir() and base:
             # The driver died before writing it: rebuild from the trial directories.
             df = results_frame(rows_from_trial_dirs(path, base),

@@ -19,8 +19,7 @@ from typing import Callable, Iterator, Optional
 
 from qgm_ray import build
 from qgm_ray.config import Config, dump_yaml, validate_against_data
-from qgm_ray.engine.base import EngineFailure, round_bytes
-from qgm_ray.engine.slowmo import outer_step_bytes
+from qgm_ray.engine.base import EngineFailure, RoundRecord
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
@@ -111,6 +110,8 @@ def prepare(cfg: Config, log=print):
     except Exception as e:  # noqa: BLE001 - any constructor error is a bad model.options
         raise ConfigError(f"model.name={cfg.model.name!r} with model.options={cfg.model.options}: "
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    from qgm_ray.contracts import check_plugins
+    check_plugins(cfg, ds)   # each plug-in once on a tiny batch: its broken contract is one line
     log(f"data: {cfg.data.name} ({len(ds.train_x)} train / {len(ds.test_x)} test, "
         f"{ds.num_classes} classes), {cfg.data.partition} partition"
         + (f" alpha={cfg.data.alpha:g}" if cfg.data.partition == "dirichlet" else "")
@@ -394,22 +395,18 @@ class Run:
     def train_chunk(self, stop_at: int) -> list[float]:
         """Rounds state.round .. stop_at - 1 (fewer on a stop signal); their losses."""
         s = self.state
-        first = s.round
-        losses = self.engine.train(range(first, stop_at), self.plan.lr, self._on_round, should_stop=self.stop)
-        done = first + len(losses)
-        self.account(first, done)
-        s.round = done
+        records = self.engine.train(range(s.round, stop_at), self.plan.lr, self._on_round, should_stop=self.stop)
+        self.account(records)
+        s.round += len(records)
+        losses = [r.loss for r in records]
         s.pending_losses.extend(losses)
         return losses
 
-    def account(self, first: int, done: int) -> None:
-        """Bytes of rounds first .. done - 1: gossip, SlowMo's all-reduce, and what crossed nodes."""
-        s, e = self.state, self.engine
-        payload_bytes = e.payload_bytes
-        for r in range(first, done):
-            s.bytes_sent += round_bytes(e.topology, e.centralized, e.n_clients, r, payload_bytes)
-            s.bytes_sent += outer_step_bytes(self.cfg.algorithm.slowmo_tau, e.n_clients, r, payload_bytes)
-            s.bytes_cross_node += e.cross_node_bytes(r) if hasattr(e, "cross_node_bytes") else 0
+    def account(self, records: list[RoundRecord]) -> None:
+        """Add up the bytes the engine counted for these rounds (its exchange stage counts them)."""
+        s = self.state
+        s.bytes_sent += sum(r.bytes_sent for r in records)
+        s.bytes_cross_node += sum(r.bytes_cross_node for r in records)
 
     def diverged(self, losses: list[float]) -> bool:
         chunk_loss = sum(losses) / len(losses)
@@ -537,9 +534,9 @@ class Run:
         """Training seconds so far, across resumes."""
         return time.time() - self._t0
 
-    def _on_round(self, r: int, loss: float) -> None:
+    def _on_round(self, record: RoundRecord) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{self._acc:.3f}", refresh=False)
+        self.bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{self._acc:.3f}", refresh=False)
 
     def summary(self) -> dict:
         cfg, s = self.cfg, self.state

@@ -1,4 +1,6 @@
-"""SIGINT (Ctrl-C) and SIGTERM (what Slurm, Kubernetes and `kill` send), at any moment of a run.
+"""The stop signals, at any moment of a run: SIGINT (Ctrl-C), SIGTERM (what Slurm, Kubernetes
+and `kill` send), SIGHUP (a closed terminal or SSH session), SIGQUIT (Ctrl-\\) and SIGUSR1 (what
+batch systems send ahead of a time limit). Each one stops a run the same way.
 
 A run goes through three phases, and a signal means something different in each:
 
@@ -19,6 +21,7 @@ Only the main thread can own signals: a Tune trial runs in another thread and is
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -26,7 +29,10 @@ import sys
 import threading
 from typing import Callable, Optional
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+# A terminal sends these to its whole foreground process group, Ray's processes included. Ray
+# blocks SIGINT in the processes it starts; shielded_children blocks the others for them.
+GROUP_SIGNALS = (signal.SIGHUP, signal.SIGQUIT)
 FINISH_GRACE_S = 5.0
 
 STARTING, TRAINING, FINISHING = "starting", "training", "finishing"
@@ -63,6 +69,22 @@ def install_early(what: str = "stopped") -> None:
         hard_exit(signum, f"{signal_name(signum)}: {what}")
     for s in SIGNALS:
         signal.signal(s, early)
+
+
+@contextlib.contextmanager
+def shielded_children(signals=GROUP_SIGNALS):
+    """Processes started inside (Ray's, from this thread) begin with `signals` blocked, as Ray
+    does for SIGINT: a closed terminal or Ctrl-\\ then reaches this process, which stops the run
+    gracefully, and not Ray's processes that the graceful stop still needs. A signal that arrives
+    meanwhile waits and is handled when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def hard_exit(signum: int, message: str = "", cleanups: tuple = ()) -> None:

@@ -1,15 +1,16 @@
 """A mixing matrix W(t) stored by its nonzeros (compressed rows), numpy only.
 
-Graphs that gossip have a few neighbours per client, so W has O(n) nonzeros; the dense n x n
-float64 array is 2.1 GB at n = 16,384 and was held by the driver and the Coordinator (issue
-17). The engines only ever read W row by row (whom client i mixes, with which weights) and
-column by column (who reads client j's payload): `SparseW` keeps exactly that.
+Graphs that gossip have a few neighbours per client, so W has O(n) nonzeros, while the dense
+n x n float64 array is 2.1 GB at n = 16,384, held in every process that plans or wires the
+rounds (the driver, the Coordinator). The engines only ever read W row by row (whom the client
+at graph position i mixes, with which weights) and column by column (who reads the payload of
+position j): `SparseW` keeps exactly that.
 
 The nonzeros of row i lie in increasing column order and a stored weight is never 0, so
-walking a row gives exactly what `np.flatnonzero(dense[i])` gave (the order both engines sum
+walking a row gives exactly what `np.flatnonzero(dense[i])` gives (the order both engines sum
 in, engine/base.py `block_mix`). `from_coo` adds repeated (i, j) entries in the order given,
-starting from 0.0, which is what `dense[i, j] += w` did in that order: builders that used to
-fill a dense W give the same floats, bit for bit.
+starting from 0.0, which is what `dense[i, j] += w` does in that order: a graph built from
+its nonzeros gives the same floats, bit for bit, as its dense definition.
 """
 from __future__ import annotations
 
@@ -80,12 +81,12 @@ class SparseW:
         return np.repeat(np.arange(self.n), np.diff(self.row_ptr))
 
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(columns, weights) of row i: the clients whose payloads client i mixes, increasing."""
+        """(columns, weights) of row i: the graph positions whose payloads position i mixes, increasing."""
         a, b = self.row_ptr[i], self.row_ptr[i + 1]
         return self.cols[a:b], self.weights[a:b]
 
     def col(self, j: int) -> np.ndarray:
-        """Rows with a nonzero in column j (the clients that read j's payload), increasing."""
+        """Rows with a nonzero in column j (the graph positions that read j's payload), increasing."""
         if self._col_ptr is None:
             rows = self.coo_rows()
             by_col = np.lexsort((rows, self.cols))

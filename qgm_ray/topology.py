@@ -1,6 +1,8 @@
 """Communication graphs -> mixing matrices W(t).
 
-Row i of W(t) holds the weights client i applies to what it receives in round t. Undirected
+Indices of W are graph positions: row i of W(t) holds the weights the client at graph position
+i applies to what it receives in round t (which data shard, or client slot, sits at a position
+is the engines' business, not the graph's). Undirected
 graphs are symmetric and doubly stochastic; directed ones (`DIRECTED`, `graph` with
 `directed: true`) are column stochastic, W[j, i] != 0 meaning "i sends to j", and engines
 gossip on them with push-sum (engine/push_sum.py). Static graphs compute W once;
@@ -23,14 +25,18 @@ import inspect
 import math
 import os
 from collections import OrderedDict
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import networkx as nx
 import numpy as np
 
 from qgm_ray import directed, plugins
 from qgm_ray.errors import ConfigError
 from qgm_ray.sparse_w import SparseW
+
+# networkx is imported where a graph is built: validating a config of a built-in graph
+# reads only the tables below.
+if TYPE_CHECKING:
+    import networkx as nx
 
 TOPOLOGIES = (
     "complete",
@@ -54,15 +60,16 @@ TIME_VARYING = ("time_varying_exponential", "time_varying_random_ring", "time_va
 # Column- (not row-) stochastic: gossip needs push-sum. `graph` joins them with `directed: true`.
 DIRECTED = ("one_peer_exponential", "two_peer_exponential", "random_peer")
 # random_peer: out-links per round drawn from 1..degree. 3 draws a strongly connected round in
-# ~10 tries at n = 16 (2 needs ~130; 1 is a single cycle only by chance).
+# a few tries at n = 16, where 2 needs about ten times as many and 1 succeeds only when the
+# draw happens to be a single cycle (docs/results/push_sum/README.md).
 RANDOM_PEER_DEGREE = 3
 
-# name -> (networkx constructor, number of nodes)
+# name -> (networkx constructor's name, number of nodes)
 SOCIAL_GRAPHS = {
-    "davis_southern_women": (nx.davis_southern_women_graph, 32),
-    "florentine_families": (nx.florentine_families_graph, 15),
-    "karate_club": (nx.karate_club_graph, 34),
-    "les_miserables": (nx.les_miserables_graph, 77),
+    "davis_southern_women": ("davis_southern_women_graph", 32),
+    "florentine_families": ("florentine_families_graph", 15),
+    "karate_club": ("karate_club_graph", 34),
+    "les_miserables": ("les_miserables_graph", 77),
 }
 DEFAULT_SOCIAL_GRAPH = "davis_southern_women"
 
@@ -176,6 +183,7 @@ def _expander(n: int) -> SparseW:
 
 def _simple(G: nx.Graph) -> nx.Graph:
     """Undirected, unweighted, no self-loops, nodes 0..m-1 in G's node (insertion) order."""
+    import networkx as nx
     index = {v: k for k, v in enumerate(G.nodes)}
     H = nx.Graph()
     H.add_nodes_from(range(len(index)))
@@ -185,6 +193,7 @@ def _simple(G: nx.Graph) -> nx.Graph:
 
 def _simple_directed(G: nx.Graph) -> nx.DiGraph:
     """Directed, unweighted, no self-loops, nodes 0..m-1 in G's node order."""
+    import networkx as nx
     index = {v: k for k, v in enumerate(G.nodes)}
     H = nx.DiGraph()
     H.add_nodes_from(range(len(index)))
@@ -196,7 +205,8 @@ def _social_graph(name: str) -> nx.Graph:
     # Unweighted (karate_club / les_miserables carry edge weights in recent networkx); nodes
     # numbered in the constructor's insertion order, the order the official code's
     # networkx.adjacency_matrix(graph) uses.
-    return _simple(SOCIAL_GRAPHS[name][0]())
+    import networkx as nx
+    return _simple(getattr(nx, SOCIAL_GRAPHS[name][0])())
 
 
 def _exponential_period(n: int) -> int:
@@ -217,7 +227,7 @@ def _round_rng(seed: int, t: int) -> np.random.Generator:
 
 
 def _time_varying_random_ring(n: int, t: int, seed: int) -> SparseW:
-    # Relabel the ring: position a of the ring holds client perm[a]. (The official code permutes
+    # Relabel the ring: place a of the plain ring becomes graph position perm[a]. (The official code permutes
     # only the rows of the off-diagonal part, which is not symmetric; a relabelling is.)
     perm = _round_rng(seed, t).permutation(n)
     return _ring(n).relabelled(perm)
@@ -236,6 +246,7 @@ def _time_varying_random_pair(n: int, t: int, seed: int) -> SparseW:
 
 def _read_edge_list(path: str, n: int, directed: bool = False) -> nx.Graph:
     """One link per line, `i j` (or `i,j`); with `directed`, i sends to j."""
+    import networkx as nx
     if not os.path.isfile(path):
         raise ConfigError(f"topology.edge_list={path!r}: no such file")
     G = nx.DiGraph() if directed else nx.Graph()
@@ -266,6 +277,7 @@ def _read_edge_list(path: str, n: int, directed: bool = False) -> nx.Graph:
 
 def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | None,
                     directed: bool = False) -> nx.Graph:
+    import networkx as nx
     fn = getattr(nx, str(generator), None)
     # Only networkx.generators.*: other callables (is_directed, degree, ...) take a graph, not n.
     module = getattr(fn, "__module__", "") or ""
@@ -298,6 +310,7 @@ def _generate_graph(generator: str, n: int, seed: int, generator_kwargs: dict | 
 
 def _user_graph(n: int, seed: int, edge_list=None, generator=None, generator_kwargs=None,
                 directed: bool = False) -> nx.Graph:
+    import networkx as nx
     if (edge_list is None) == (generator is None):
         raise ConfigError(
             "topology.name=graph needs exactly one of topology.edge_list=PATH or "
@@ -367,6 +380,7 @@ def plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarra
 
 
 def _build_plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np.ndarray | SparseW, bool]:
+    import networkx as nx
     fn = plugins.resolve("topology", name)
     where = f"topology.name={name!r}"
     if not callable(fn):
@@ -577,7 +591,7 @@ class Topology:
             W = SparseW.of(self._build(key))
             if self.options.get("lazy"):
                 # (I + W) / 2: eigenvalues move from [-1, 1] to [0, 1]. D2 needs lambda_min > -1/3
-                # and gradient tracking diverged on the social graph (lambda_min -0.434) without it
+                # and gradient tracking diverges on the social graph (lambda_min -0.434) without it
                 # (docs/results/table1); the price is half the mixing per round.
                 W = W.lazy()
             self._cache[key] = W
@@ -595,11 +609,11 @@ class Topology:
         return W
 
     def in_neighbors(self, i: int, t: int = 0) -> list[int]:
-        """Clients j != i whose payload client i mixes in round t (W[i, j] != 0), sorted."""
+        """Graph positions j != i whose payload position i mixes in round t (W[i, j] != 0), sorted."""
         return [int(j) for j in self.sparse(t).row(i)[0] if j != i]
 
     def out_degree(self, i: int, t: int = 0) -> int:
-        """Number of clients j != i that receive client i's payload in round t (W[j, i] != 0)."""
+        """Number of graph positions j != i that receive position i's payload in round t (W[j, i] != 0)."""
         readers = self.sparse(t).col(i)
         return int(len(readers) - np.count_nonzero(readers == i))
 
@@ -637,7 +651,7 @@ class Topology:
             extra += ", lazy (I+W)/2"
         if self.time_varying:
             return f"{self.name}(n={self.n}{extra}, time-varying, seed={self.seed})"
-        if self.n > DESCRIBE_GAP_MAX_N:   # an O(n^3) eigendecomposition: 32 s at 4,096, ~30 min at 16,384
+        if self.n > DESCRIBE_GAP_MAX_N:   # O(n^3): longer than the whole start-up at that size (docs/results/scale)
             return f"{self.name}(n={self.n}{extra}, spectral gap not computed above n={DESCRIBE_GAP_MAX_N})"
         return f"{self.name}(n={self.n}{extra}, spectral_gap={self.spectral_gap():.4f})"
 

@@ -11,6 +11,8 @@ Sweep directory (default `runs/<name>-<timestamp>/`):
 
     config.yaml       the resolved config, tune: section included (`--resume` reads it)
     tune/             Tune's experiment state (`Tuner.restore` reads it)
+    tune.seal         the keyed digest of tune/ (qgm_ray.seal): `--resume` loads only a state
+                      this user's qgm-ray wrote, since Tune's state is pickles
     trials/<trial>/   each trial's run directory: config.yaml, metrics.csv, summary.json, ...
     results.csv, histories.csv, partitions.csv, table.md, *.png   (qgm_ray.report)
 
@@ -40,6 +42,9 @@ from qgm_ray.errors import ConfigError
 EXPERIMENT = "tune"   # Tune's experiment directory inside the sweep directory
 TRIALS = "trials"     # our run directories inside the sweep directory
 SCHEDULER_STOP = "scheduler_stopped"   # marker file in a trial directory (see _mark_scheduler_stop)
+FINISHED = ("completed", "diverged")   # a run's outcomes: a trial with either is done
+SEAL = "tune.seal"    # the keyed digest of EXPERIMENT, next to it (see seal_state)
+SEAL_EVERY_S = 1.0    # while Tune runs, the state is resealed at most this often
 
 # Short labels for trial names and progress lines.
 _SHORT = {"algorithm.name": "", "data.alpha": "alpha", "seed": "seed", "algorithm.lr": "lr",
@@ -256,7 +261,7 @@ def _progress_callback(total: int, log: Callable[[str], None], sweep_dir: Path):
             # stopped, never for one cut short by an interruption (Tune just ends those).
             r = trial.last_result or {}
             status = r.get("status")
-            if status not in ("completed", "diverged"):
+            if status not in FINISHED:
                 _mark_scheduler_stop(sweep_dir, trial)
             if status == "completed":
                 outcome = (f"completed, final {_pct(r.get('final_test_accuracy'))} best "
@@ -272,7 +277,36 @@ def _progress_callback(total: int, log: Callable[[str], None], sweep_dir: Path):
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trials, trial, f"FAILED (see {trial.path}/error.txt)")
 
+        def on_step_end(self, iteration, trials, **info):
+            # Tune has just saved its state (it does so at the end of a step).
+            now = time.monotonic()
+            if now - getattr(self, "sealed_at", 0.0) >= SEAL_EVERY_S:
+                self.sealed_at = now
+                seal_state(sweep_dir)
+
     return Progress()
+
+
+def seal_state(sweep_dir: Path) -> bool:
+    """Seal Tune's state as it is now. Tune saves it between steps of its loop, and the driver
+    reseals after each step (throttled), after fit and before an immediate exit: a sweep killed
+    outright (SIGKILL) resumes unless Tune wrote in the last moment before."""
+    from qgm_ray import seal
+    state = Path(sweep_dir) / EXPERIMENT
+    if not state.is_dir():
+        return False
+    try:
+        key = seal.load_key(create=False)
+    except seal.SealError:
+        return False
+    return seal.seal(state, Path(sweep_dir) / SEAL, key)
+
+
+def verify_state(sweep_dir: Path) -> None:
+    """Before Tune unpickles anything of a sweep to resume: SealError (one line) unless its state
+    is what this user's qgm-ray sealed."""
+    from qgm_ray import seal
+    seal.verify(Path(sweep_dir) / EXPERIMENT, Path(sweep_dir) / SEAL, f"--resume {sweep_dir}")
 
 
 def _pct(x) -> str:
@@ -368,6 +402,7 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         sweep_dir = Path(resume_dir).resolve()
         if not (sweep_dir / "config.yaml").is_file() or not tune.Tuner.can_restore(str(sweep_dir / EXPERIMENT)):
             raise ConfigError(f"--resume {sweep_dir}: not a sweep directory (needs config.yaml and {EXPERIMENT}/)")
+        verify_state(sweep_dir)   # Tuner.restore unpickles the state: nothing another hand wrote
         base = config_dict(sweep_dir / "config.yaml")
         cfg = from_dict(base)  # the sweep's own config, whatever --config says
         log(f"resuming sweep {sweep_dir} (its own config.yaml)")
@@ -383,7 +418,9 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
             raise ConfigError(f"--output-dir {sweep_dir} already holds a sweep; use `python main.py tune --resume "
                               f"{sweep_dir}` to continue it, or another directory")
         from qgm_ray.outputs import check_new_run_dir
+        from qgm_ray.seal import load_key
         check_new_run_dir(sweep_dir, resume_cmd="python main.py tune --resume")
+        load_key(create=True)   # the seal of Tune's state: a key that cannot be made fails now
 
     from qgm_ray.signals import HandlerGuard
 
@@ -435,6 +472,7 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
             ray.shutdown()   # a second signal here still exits at once, with the hint
         if guard is not None:
             guard.stop()
+        seal_state(sweep_dir)   # Tune has written its last state
     try:
         out = _write_results(sweep_dir, base, tc, total, results, statuses, t0, log)
     finally:
@@ -449,10 +487,14 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
 def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> dict:
     from qgm_ray import report
 
-    rows = [report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics,
-                             _trial_status(statuses.get(metrics.get("trial_id")), error,
-                                           (Path(sweep_dir) / TRIALS / name / SCHEDULER_STOP).exists()))
-            for params, name, metrics, error in results]
+    rows = []
+    for params, name, metrics, error in results:
+        trial_dir = Path(sweep_dir) / TRIALS / name
+        tune_status = statuses.get(metrics.get("trial_id"))
+        status = _trial_status(tune_status, error, (trial_dir / SCHEDULER_STOP).exists(), metrics.get("status"))
+        if status in FINISHED and not trial_dir.is_dir():
+            log(f"trial {name}: its run directory {trial_dir} is gone; its row comes from Tune's last report")
+        rows.append(report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics, status))
     df = report.results_frame(rows, list(tc.grid) + list(tc.search))
     files = report.write_sweep_report(sweep_dir, df)
     wall = time.time() - t0
@@ -471,24 +513,25 @@ def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> di
 
 
 class _SweepSignals:
-    """SIGTERM does what Ctrl-C does: Tune's graceful stop (it saves the experiment state, our
-    driver then writes results.csv / table.md of what finished and prints `tune --resume`,
-    and exits with 128 + the signal's number). Before Tune starts (Ray starting) a signal exits
-    at once: nothing ran. A second signal exits at once with the resume hint. Tune installs its
-    own SIGINT handler in fit() and, after the first Ctrl-C, puts back the one it found: ours,
-    which aborts. Ray's processes are left to the reaper (engine/reaper.py)."""
+    """SIGTERM, and every other stop signal of qgm_ray.signals, does what Ctrl-C does: Tune's
+    graceful stop (it saves the experiment state, our driver then writes results.csv / table.md
+    of what finished and prints `tune --resume`, and exits with 128 + the signal's number).
+    Before Tune starts (Ray starting) a signal exits at once: nothing ran. A second signal exits
+    at once with the resume hint. Tune installs its own SIGINT handler in fit() and, after the
+    first Ctrl-C, puts back the one it found: ours, which aborts. Ray's processes are left to
+    the reaper (engine/reaper.py)."""
 
     def __init__(self, sweep_dir: Path, new: bool, log: Callable[[str], None]):
         self.sweep_dir, self.new, self.log = sweep_dir, new, log
         self.previous: dict = {}
-        self.signum: Optional[int] = None   # SIGTERM, when one came (Ctrl-C goes to Tune's handler)
+        self.signum: Optional[int] = None   # the signal, when not Ctrl-C (that goes to Tune's handler)
 
     def install(self) -> None:
         """Before Ray starts, and again after (its core worker installs C++ handlers)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._abort),
-                    signal.SIGTERM: signal.signal(signal.SIGTERM, self._term)}
+        from qgm_ray.signals import SIGNALS
+        previous = {s: signal.signal(s, self._abort if s == signal.SIGINT else self._term) for s in SIGNALS}
         if not self.previous:
             self.previous = previous
 
@@ -502,9 +545,10 @@ class _SweepSignals:
         signal.raise_signal(signal.SIGINT)   # whoever holds SIGINT now: Tune (graceful) or _abort
 
     def _abort(self, signum, frame):
-        signum = self.signum or signum   # a SIGTERM arrives here as the SIGINT _term raised
+        signum = self.signum or signum   # another stop signal arrives here as the SIGINT _term raised
         name = signal.Signals(signum).name
         if (self.sweep_dir / EXPERIMENT).exists():
+            seal_state(self.sweep_dir)   # Tune's loop waits for this handler: its state is whole
             msg = (f"{name}: stopped at once; finished trials are kept; continue with: "
                    f"python main.py tune --resume {self.sweep_dir}")
         else:  # Tune had not started: take back the directory this sweep made, nothing ran
@@ -551,12 +595,16 @@ def _tune_statuses(grid) -> dict:
     return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
 
 
-def _trial_status(tune_status: Optional[str], error, scheduler_stopped: bool = False) -> str:
-    """Status for a trial whose run wrote no final summary.json. Tune marks TERMINATED both a
-    trial its scheduler stopped (ASHA: `stopped`) and one an interruption cut short; only the
-    first has our marker (see _mark_scheduler_stop)."""
+def _trial_status(tune_status: Optional[str], error, scheduler_stopped: bool = False,
+                  reported: Optional[str] = None) -> str:
+    """Status for a trial whose run directory holds no final summary.json. Tune marks TERMINATED
+    a trial that ran to its end (its last report, `reported`, says how: completed or diverged;
+    its directory may be gone since), one its scheduler stopped (ASHA: `stopped`) and one an
+    interruption cut short; only the second has our marker (see _mark_scheduler_stop)."""
     if error is not None or tune_status == "ERROR":
         return "failed"
+    if tune_status == "TERMINATED" and reported in FINISHED:
+        return reported
     if tune_status == "TERMINATED" and scheduler_stopped:
         return "stopped"
     return "interrupted"

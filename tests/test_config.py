@@ -139,8 +139,8 @@ def test_lr_schedule_constant_without_milestones():
 
 # Inputs a demanding user tried (issue 10): each one line naming the key and what is allowed.
 BAD_FROM_THE_FIELD = [
-    (["seed=-1"], r"seed must be an integer >= 0, got -1"),
-    (["data.seed=-3"], r"data.seed must be an integer >= 0"),
+    (["seed=-1"], r"seed must be an integer in \[0, 2\^32\) \(0 .. 4294967295\), got -1"),
+    (["data.seed=-3"], r"data.seed must be an integer in \[0, 2\^32\)"),
     (["data.options.num_samples=-5"], r"data.options.num_samples must be an integer >= 1, got -5"),
     (["data.name=synthetic", "data.options={num_classes: 0}"], r"data.options.num_classes must be an integer >= 2, got 0"),
     (["schedule.epochs=.inf"], r"schedule.epochs: expected a finite number, got inf"),

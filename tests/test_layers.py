@@ -1,6 +1,7 @@
 """The package's layers, read from its source: no import runs back up.
 
-    core (config, errors, the registries, layout, ...)  <  build  <  engine  <  run  <  tune, api, cli
+    core (config, errors, the registries, layout, ...)  <  build (build, contracts)  <  engine  <  run
+        <  tune, api, cli
 
 A module imports only from its own layer or the layers below it; `bench/` is outside the
 package, so nothing in qgm_ray imports it. An import inside a function only defers loading a
@@ -19,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qgm_ray"
 # Layer of a module: the first matching prefix, most specific first; everything else is core.
 LAYERS = (
     ("qgm_ray.build", 1, "build"),
+    ("qgm_ray.contracts", 1, "build"),   # tries each plug-in as built from the config
     ("qgm_ray.engine", 2, "engine"),
     ("qgm_ray.runner", 3, "run"),
     ("qgm_ray.run", 3, "run"),

@@ -229,7 +229,7 @@ def reference_rows(cfg):
     every = max(1, round(cfg.eval.every_epochs * rpe))
     rows, losses, sent = [], [], 0
     for t in range(lr.total_rounds):
-        losses += engine.train(range(t, t + 1), lr)
+        losses += [r.loss for r in engine.train(range(t, t + 1), lr)]
         sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, t, engine.payload_bytes)
         if (t + 1) % every == 0 or t + 1 == lr.total_rounds:
             rows.append({"round": t + 1, "epoch": (t + 1) / rpe, "lr": lr(t), "train_loss": sum(losses) / len(losses),
@@ -270,9 +270,9 @@ def test_default_config_metrics_are_those_of_the_runner_before_the_run_object(tm
 @pytest.mark.ray
 @pytest.mark.slow
 def test_default_config_metrics_on_ray_are_those_of_the_runner_before_the_run_object(ray_session, tmp_path):
-    """tests/golden/default_ray.csv: the same command with backend=ray (the default) and
+    """tests/golden/default_ray.csv: the same command with backend=ray and
     schedule.epochs=2, on 2 CPUs (two ClientActors of 8 clients), by the runner of 42d8dbf."""
-    cfg = default_short("schedule.epochs=2")
+    cfg = default_short("schedule.epochs=2", "backend=ray")
     s = runner.run(cfg, tmp_path / "r", log=lambda m: None)
     assert s["backend"] == "ray" and s["status"] == "completed"
     reference = reference_rows(default_short("schedule.epochs=2", "backend=local"))  # Ray == local, bit for bit

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from qgm_ray import build, data
-from qgm_ray.client import evaluate_model
 from qgm_ray.config import load_config
 from qgm_ray.data import apply_augment, draw_augment, load_dataset, pixel_table, to_float
 from qgm_ray.engine.actors import dataset_from_arrays, dataset_meta
 from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.local import LocalEngine
+from qgm_ray.flat_model import evaluate_model
 from test_data import _write_fake_cifar10, _write_fake_imagenet32
 
 CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -172,7 +172,7 @@ def test_local_run_and_evaluation_on_uint8_equal_float32_storage(tmp_path, monke
 
 
 def test_evaluation_normalises_one_batch_at_a_time(monkeypatch):
-    import qgm_ray.client as client
+    import qgm_ray.flat_model as flat_model
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
     g = torch.Generator().manual_seed(4)
@@ -183,7 +183,7 @@ def test_evaluation_normalises_one_batch_at_a_time(monkeypatch):
     def spy(xb, table):
         rows.append(len(xb))
         return to_float(xb, table)
-    monkeypatch.setattr(client, "to_float", spy)
+    monkeypatch.setattr(flat_model, "to_float", spy)
     got = evaluate_model(model, x, y, 10, pixel_table(CIFAR10))
     assert rows == [10, 10, 10, 7]   # never the whole test set as float32
     assert got == evaluate_model(model, old_float_path(x, CIFAR10), y, 10)
@@ -225,5 +225,5 @@ def test_ray_engine_on_uint8_matches_local(ray_session, tmp_path, monkeypatch):
         finally:
             engine.close()
     (la, ea), (lb, eb) = results["local"], results["ray"]
-    assert la == pytest.approx(lb, rel=1e-5)
+    assert [r.loss for r in la] == pytest.approx([r.loss for r in lb], rel=1e-5)
     assert set(ea) == set(eb) and all(ea[k] == pytest.approx(eb[k], rel=1e-5) for k in ea)

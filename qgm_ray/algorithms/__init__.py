@@ -1,4 +1,4 @@
-"""Decentralized update rules as pure functions on flat tensors (DESIGN.md, "Algorithm contract").
+"""Decentralized update rules as pure functions on flat tensors (docs/design.md, "Algorithm contract").
 
     algo = make_algorithm("qg_dsgdm_n", momentum=0.9, qgm_beta=0.9)
     state = algo.init(x)                       # dict of tensors, checkpointable

@@ -7,13 +7,14 @@ official code does with `local_index + 1`.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+# torch is imported where a tensor is made: config validation reads the rules' knobs
+# (defaults, checks), and parsing a config loads no torch.
+if TYPE_CHECKING:
+    from torch import Tensor
 
-from qgm_ray.algorithms.base import (Algorithm, State, finish_round, new_step_counter, pair_in_unit_interval, positive,
-                                     with_weight_decay)
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, with_weight_decay
 
 # The official default of `slow_buffer_conf normalization_eps`; not Adam's eps. A
 # hyper-parameter (`normalization_eps`) of qg_adam and qg_adam_v2.
@@ -23,6 +24,7 @@ NORMALIZATION_EPS = 1e-8
 def adam_step(x: Tensor, m1: Tensor, m2: Tensor, t, lr: float, betas: tuple[float, float], eps: float) -> Tensor:
     """`x - lr/bc1 * m1 / (sqrt(m2)/sqrt(bc2) + eps)` as a new tensor. `t`: an int, or one
     per row of a block (a CPU tensor: each row's bias correction is its own)."""
+    import torch
     beta1, beta2 = betas
     ts = torch.as_tensor(t)
     if ts.dim() == 0 or bool((ts == ts.reshape(-1)[0]).all()):
@@ -84,7 +86,6 @@ def qg_adam_post_mix(
 
 class _AdamBase(Algorithm):
     defaults = {"betas": (0.9, 0.999), "eps": 1e-8}
-    checks = {"betas": pair_in_unit_interval, "eps": positive}
     push_sum = True
 
     def __init__(self, name: str, hparams: dict[str, Any] | None = None):
@@ -93,6 +94,7 @@ class _AdamBase(Algorithm):
         self.eps: float = self.hparams["eps"]
 
     def init(self, params: Tensor) -> State:
+        import torch
         return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": new_step_counter(params)}
 
 
@@ -110,7 +112,6 @@ class DAdam(_AdamBase):
 
 class QGAdam(_AdamBase):
     defaults = {"normalization_eps": NORMALIZATION_EPS}
-    checks = {"normalization_eps": positive}
 
     def __init__(self, name: str, hparams: dict[str, Any] | None = None):
         super().__init__(name, hparams)

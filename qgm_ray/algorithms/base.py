@@ -8,17 +8,21 @@ checkpoint it with `torch.save` and an engine can keep many clients' states side
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable
 
 from qgm_ray.errors import ConfigError
 
-State = dict[str, Tensor]
+# torch is imported where a tensor is made: config validation reads the rules' knobs, and
+# parsing a config loads no torch.
+if TYPE_CHECKING:
+    from torch import Tensor
+
+State = dict[str, "Tensor"]
 
 # The knobs every rule may read from the top-level `algorithm.<key>` config keys (one config
 # serves every rule, and a Tune grid over `algorithm.name` compares them at equal settings).
+# A rule that reads one declares it in `defaults` with its own default, which applies where
+# the user leaves the key unset; SHARED_CHECKS (below) holds each one's range check.
 # A rule's other knobs are its own: declared in `defaults`, set with `algorithm.options`.
 SHARED = ("momentum", "weight_decay", "qgm_beta", "betas", "eps", "nesterov", "normalization_eps",
           "qgm_local_step")
@@ -91,6 +95,7 @@ def new_step_counter(params: Tensor | None = None) -> Tensor:
     (k, P) params (rows can be at different steps: an elastic joiner starts at 0).
     Kept on the CPU whatever the params' device: reading it (bias corrections, the
     "first step" branches) must not force a GPU sync every round."""
+    import torch
     shape = () if params is None else tuple(params.shape[:-1])
     return torch.zeros(shape, dtype=torch.int64)
 
@@ -121,6 +126,7 @@ def rows_where(cond: Tensor, a, b) -> Tensor:
         return value(a)
     if not bool(cond.any()):
         return value(b)
+    import torch
     va, vb = value(a), value(b)
     return torch.where(cond.to(va.device).reshape(*cond.shape, *([1] * (va.dim() - cond.dim()))), va, vb)
 
@@ -139,33 +145,33 @@ def with_weight_decay(grad: Tensor, params: Tensor, weight_decay: float) -> Tens
 
 # ---- hyper-parameter validation --------------------------------------------------------
 # Range checks a rule can name in its `checks` (plug-ins too). Each takes (label, value) and
-# returns the value; the type was checked against the default before.
+# returns the value unchanged: the type was checked against the default before, and an
+# integer knob stays an integer.
 
-def _real(key: str, value: Any) -> float:
+def _real(key: str, value: Any) -> Any:
     # bool is an int subclass; `momentum: true` in YAML is a mistake, not 1.0.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number, got {value!r}")
-    value = float(value)
     if not math.isfinite(value):
         raise ConfigError(f"{key} must be finite, got {value!r}")
     return value
 
 
-def unit_interval(key: str, value: Any) -> float:
+def unit_interval(key: str, value: Any) -> Any:
     value = _real(key, value)
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
     return value
 
 
-def non_negative(key: str, value: Any) -> float:
+def non_negative(key: str, value: Any) -> Any:
     value = _real(key, value)
     if value < 0.0:
         raise ConfigError(f"{key} must be >= 0, got {value!r}")
     return value
 
 
-def positive(key: str, value: Any) -> float:
+def positive(key: str, value: Any) -> Any:
     value = _real(key, value)
     if value <= 0.0:
         raise ConfigError(f"{key} must be > 0, got {value!r}")
@@ -179,10 +185,26 @@ def positive_int(key: str, value: Any) -> int:
 
 
 def pair_in_unit_interval(key: str, value: Any) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(f"{key} must be two numbers in [0, 1), got {value!r}")
     return tuple(unit_interval(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
-Algorithm.checks = {"weight_decay": non_negative}
+# The range of each shared knob, the one place it is written: a value the user sets is checked
+# whichever rule runs (a sweep over algorithm.name carries it to rules that ignore it), and a
+# rule reading the knob gets it checked again with its own `checks`, if it declares any.
+SHARED_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "momentum": unit_interval, "weight_decay": non_negative, "qgm_beta": unit_interval,
+    "betas": pair_in_unit_interval, "eps": positive, "normalization_eps": positive,
+    "qgm_local_step": positive_int,
+}
+
+
+def check_shared(values: dict[str, Any]) -> None:
+    """Range-check the shared knobs the user set (`algorithm.<key>`, None: unset)."""
+    for key, value in values.items():
+        if value is not None and key in SHARED_CHECKS:
+            SHARED_CHECKS[key](f"algorithm.{key}", value)
 
 
 def _type_name(default: Any) -> str:
@@ -273,7 +295,8 @@ def resolve_hparams(cls, name: str, given: dict[str, Any], labels: dict[str, str
     for key, default in knobs.items():
         label = labels.get(key, f"algorithm hyper-parameter {key!r}")
         value = check_type(label, given[key], default) if key in given else default
-        if key in checks:
-            value = checks[key](label, value)
+        for check in (SHARED_CHECKS.get(key), checks.get(key)):
+            if check is not None:
+                value = check(label, value)
         resolved[key] = value
     return resolved

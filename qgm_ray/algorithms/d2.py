@@ -4,18 +4,23 @@ D^2 gossips `2x - x_prev - (lr*g - lr_prev*g_prev)`: the correction term cancels
 heterogeneity bias of DSGD, so with a constant lr it reaches the exact optimum of the
 average objective (DSGD only reaches a neighbourhood).
 
-With a constant lr this is DESIGN.md's `2x - x_prev - lr*(g - g_prev)` exactly. We keep the
-previous *step* `lr_prev*g_prev` rather than the previous gradient because the lr changes
-(warm-up, decay): with `lr*(g - g_prev)` every lr change leaves a permanent drift
-`(lr_prev - lr)*g_prev` in the iterates, and D^2 collapsed after each decay in our sweep
-(docs/results/heterogeneity). Differencing the steps keeps the telescoping that makes D^2 exact. It needs W's smallest eigenvalue
-> -1/3, which the usual graphs (ring with weights 1/3 and n > 3 odd or lazy variants) meet.
+With a constant lr this is the official `2x - x_prev - lr*(g - g_prev)` exactly (`d2_official`
+in variants.py keeps that form). We keep the previous *step* `lr_prev*g_prev` rather than the
+previous gradient because the lr changes (warm-up, decay): with `lr*(g - g_prev)` every lr
+change leaves a permanent drift `(lr_prev - lr)*g_prev` in the iterates, and D^2 collapses
+after each decay (docs/results/heterogeneity). Differencing the steps keeps the telescoping
+that makes D^2 exact. It needs W's smallest eigenvalue > -1/3, which the usual graphs (ring
+with weights 1/3 and n > 3 odd or lazy variants) meet.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+# torch is imported where a tensor is made: config validation reads the rules' knobs
+# (defaults, checks), and parsing a config loads no torch.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from qgm_ray.algorithms.base import Algorithm, State, finish_round, first_round, new_step_counter, rows_where, with_weight_decay
 
@@ -25,6 +30,7 @@ def d2_pre_mix(
 ) -> Tensor:
     """Payload of D^2; records x and the step lr*g (g with weight decay) in `x_prev`,
     `step_prev` in place. `first`: bool, or per row of a block (a bool tensor)."""
+    import torch
     step = with_weight_decay(grad, x, weight_decay).mul_(lr)
     payload = rows_where(torch.as_tensor(first), lambda: x.sub(step),
                          lambda: (2 * x).sub_(x_prev).sub_(step.sub(step_prev)))
@@ -36,6 +42,7 @@ def d2_pre_mix(
 class D2(Algorithm):
 
     def init(self, params: Tensor) -> State:
+        import torch
         return {
             "prev_params": torch.zeros_like(params),
             "prev_step": torch.zeros_like(params),

@@ -6,13 +6,14 @@ which all-reduces raw gradients and then takes one global heavy-ball/Nesterov st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+# torch is imported where a tensor is made: config validation reads the rules' knobs
+# (defaults, checks), and parsing a config loads no torch.
+if TYPE_CHECKING:
+    from torch import Tensor
 
-from qgm_ray.algorithms.base import (Algorithm, State, finish_round, new_step_counter, unit_interval,
-                                     with_weight_decay)
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, with_weight_decay
 
 
 # ---- functional core ------------------------------------------------------------------
@@ -85,7 +86,6 @@ class DSGD(Algorithm):
 
 class DSGDm(Algorithm):
     defaults = {"momentum": 0.9}
-    checks = {"momentum": unit_interval}
     push_sum = True
 
     def __init__(self, name: str, hparams: dict[str, Any] | None = None, nesterov: bool = False):
@@ -94,6 +94,7 @@ class DSGDm(Algorithm):
         self.nesterov = nesterov
 
     def init(self, params: Tensor) -> State:
+        import torch
         return {"momentum_buffer": torch.zeros_like(params), "step": new_step_counter(params)}
 
     def pre_mix(self, state: State, params: Tensor, grad: Tensor, lr: float) -> Tensor:
@@ -108,7 +109,6 @@ class DSGDm(Algorithm):
 
 class QGDSGDm(DSGDm):
     defaults = {"qgm_beta": 0.9}
-    checks = {"qgm_beta": unit_interval}
 
     def __init__(self, name: str, hparams: dict[str, Any] | None = None, nesterov: bool = False):
         super().__init__(name, hparams, nesterov)

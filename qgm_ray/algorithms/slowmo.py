@@ -32,10 +32,12 @@ the engines call `outer_step` on the rounds `due` says (engine/slowmo.py).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+# torch is imported where a tensor is made: config validation reads the rules' knobs
+# (defaults, checks), and parsing a config loads no torch.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from qgm_ray.algorithms.base import State
 
@@ -98,6 +100,7 @@ class SlowMo:
         self.centralized = inner.centralized
 
     def init(self, params: Tensor) -> State:
+        import torch
         state = self.inner.init(params)
         state[SLOW_PARAMS] = params.detach().clone()
         state[SLOW_BUFFER] = torch.zeros_like(params)

@@ -21,15 +21,15 @@ one entry per row (shape params.shape[:-1], on the CPU), and rows may be at diff
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-
-import torch
-from torch import Tensor
+# torch is imported where a tensor is made: config validation reads the rules' knobs
+# (defaults, checks), and parsing a config loads no torch.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from qgm_ray.algorithms.adam import _AdamBase, adam_step
-from qgm_ray.algorithms.base import (Algorithm, State, finish_round, new_step_counter, positive, positive_int,
-                                     rows_where, with_weight_decay)
+from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, rows_where, with_weight_decay
 from qgm_ray.algorithms.sgd import QGDSGDm
 
 
@@ -51,6 +51,7 @@ def d2_official_pre_mix(
 ) -> Tensor:
     """Payload `x - lr*g` (first round) or `2x - x_prev - lr*(g - g_prev)`; records x and g
     (with weight decay) in `x_prev`, `g_prev` in place. `first`: bool, or one per row."""
+    import torch
     g = with_weight_decay(grad, x, weight_decay)
     payload = rows_where(torch.as_tensor(first), lambda: x.add(g, alpha=-lr),
                          lambda: (2 * x).sub_(x_prev).sub_(g.sub(g_prev), alpha=lr))
@@ -98,6 +99,7 @@ def qg_local_step_update(
     Like the official code, the first refresh is at round 0, from that round's progress alone
     (still divided by local_step). With local_step = 1 this is `qg_momentum_update`.
     """
+    import torch
     if lr < 0:
         raise ValueError(f"qg momentum needs lr >= 0, got {lr!r}")
     if lr > 0:  # lr = 0: no optimisation step to learn a direction from (see sgd.py)
@@ -117,6 +119,7 @@ def qg_local_step_update(
 class D2Official(Algorithm):
 
     def init(self, params: Tensor) -> State:
+        import torch
         return {"prev_params": torch.zeros_like(params), "prev_grad": torch.zeros_like(params),
                 "step": new_step_counter(params)}
 
@@ -132,12 +135,12 @@ class D2Official(Algorithm):
 
 class _RowAdam(_AdamBase):
     def init(self, params: Tensor) -> State:
+        import torch
         return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params), "step": new_step_counter(params)}
 
 
 class QGAdamV2(_RowAdam):
     defaults = {"normalization_eps": 1e-8}
-    checks = {"normalization_eps": positive}
 
     def __init__(self, name: str, hparams: dict[str, Any] | None = None):
         super().__init__(name, hparams)
@@ -174,13 +177,13 @@ class CentralizedAdam(_RowAdam):
 
 class QGDSGDmLocalStep(QGDSGDm):
     defaults = {"qgm_local_step": 1}
-    checks = {"qgm_local_step": positive_int}
 
     def __init__(self, name: str, hparams: dict[str, Any] | None = None, nesterov: bool = False):
         super().__init__(name, hparams, nesterov)
         self.qgm_local_step: int = self.hparams["qgm_local_step"]
 
     def init(self, params: Tensor) -> State:
+        import torch
         state = super().init(params)
         state["progress_sum"] = torch.zeros_like(params)
         state["step"] = new_step_counter(params)

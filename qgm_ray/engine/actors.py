@@ -20,14 +20,17 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from qgm_ray import build, determinism
+from qgm_ray import build, contracts, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine import allreduce, slowmo
+from qgm_ray.engine import allreduce
 from qgm_ray.engine.assembly import build_block
+from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
+from qgm_ray.engine.exchange import wire_of
+from qgm_ray.errors import ConfigError
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -72,6 +75,8 @@ class ClientActor:
         self.gpu_share = 1.0 / round(1.0 / num_gpus) if 0 < num_gpus < 1 else 1.0
         self.ds = dataset_from_arrays(meta, train_x, train_y, test_x, test_y)
         self.block: Optional[Block] = None
+        self.barriers: list = []           # engine/barriers.py's, for the block's algorithm
+        self.wire = wire_of(cfg)           # how payloads travel (engine/exchange.py)
         self.positions: list[int] = []     # topology index of each row (changes on resize)
         self.payload: Optional[torch.Tensor] = None  # own payloads of the pending round (k, D)
         self._test = None
@@ -85,7 +90,11 @@ class ClientActor:
         slots = list(slots)
         if self.block is None or self.block.ids != slots:
             kept = {s["id"]: s for s in self.block.client_states()} if self.block is not None else {}
-            self.block = build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
+            try:
+                self.block = build_block(self.cfg, self.ds, self.parts, slots, self.device, gpu_share=self.gpu_share)
+            except ConfigError as e:   # a plug-in's one line, which Ray would wrap in this actor's traceback
+                raise contracts.crossing_ray(e) from None
+            self.barriers = barriers_for(self.block.algorithm)
             for r, s in enumerate(slots):
                 if s in kept and not states:
                     self.block.load_client_state(r, kept[s])
@@ -95,14 +104,14 @@ class ClientActor:
         self.payload = None
         return self.num_params()
 
-    def reset_clients(self, slots: Sequence[int], average: tuple, slow: Optional[tuple] = None) -> None:
+    def reset_clients(self, slots: Sequence[int], average: tuple, kept: Optional[list] = None) -> None:
         """Elastic joiners: start from the given (average) model with fresh optimizer state
-        (and, with SlowMo, the run's slow state `slow`)."""
+        (and what each barrier keeps for the run: `kept`, from `joiner_states`)."""
         params, buffers = as_tensor(average[0]), as_tensor(average[1])
         rows = [r for r, s in enumerate(self.block.ids) if s in slots]
         self.block.reset_rows(rows, params, buffers)
-        if slow is not None:
-            self.block.algorithm.adopt(self.block.state, rows, slow)
+        for barrier, state in zip(self.barriers, kept or []):
+            barrier.adopt(self.block, rows, state)
 
     def num_params(self) -> int:
         return self.block.num_params if self.block is not None else 0
@@ -118,7 +127,7 @@ class ClientActor:
         (the record alone when nothing is exported: one return value, not a 1-tuple)."""
         if post is not None:
             lr, rows = post
-            mixed = block_mix(self.payload, self.positions, rows, sources, [as_tensor(a) for a in received])
+            mixed = block_mix(self.payload, self.positions, rows, sources, self.wire.decode(received))
             self.block.post_mix(mixed, lr)
             self.payload = None
         if pre_lr is None:
@@ -135,8 +144,7 @@ class ClientActor:
         if not rows:
             return record
         sent = self.payload if len(rows) == self.block.k else self.payload[rows]
-        host = sent.detach().to("cpu", torch.float32).numpy()   # one device->host copy
-        return (*[np.ascontiguousarray(row) for row in host], record)
+        return (*self.wire.encode(sent), record)
 
     # ------------------------------------------------------------ one round of an all-reduce
     def step_mean(self, post_lr: Optional[float], pre_lr: Optional[float], mean: Optional[np.ndarray]):
@@ -155,24 +163,21 @@ class ClientActor:
         root of the all-reduce; every actor's next `step_mean` reads the result's ref)."""
         return allreduce.mean_of_partials([as_tensor(p) for p in partials], n).numpy()
 
-    # ------------------------------------------------------------ SlowMo's outer step (engine/slowmo.py)
-    def slowmo_rows(self) -> tuple:
-        """(k, P) float32 parameters after this round's post-mix, and the (k,) push-sum
-        weights on a directed graph (else None)."""
-        rows, weights = slowmo.rows_on_cpu(self.block)
-        return rows.numpy(), (None if weights is None else weights.numpy())
+    # ------------------------------------------------------------ round barriers (engine/barriers.py)
+    def barrier_gather(self, i: int):
+        """Barrier i's contribution of this block, after its post-mix, as numpy arrays."""
+        return _to_numpy(self.barriers[i].gather(self.block))
 
-    def exact_average(self, *per_actor: tuple) -> np.ndarray:
-        """The exact average of every actor's `slowmo_rows`, passed in position order."""
-        return slowmo.average_of([(as_tensor(r), None if w is None else as_tensor(w))
-                                  for r, w in per_actor]).numpy()
+    def barrier_reduce(self, i: int, *parts):
+        """Barrier i's reduction of every actor's `barrier_gather`, passed in position order."""
+        return _to_numpy(self.barriers[i].reduce([_to_torch(p) for p in parts]))
 
-    def slowmo_step(self, lr: float, xbar: np.ndarray) -> None:
-        slowmo.block_outer_step(self.block, as_tensor(xbar), lr)
+    def barrier_apply(self, i: int, lr: float, reduced) -> None:
+        self.barriers[i].apply(self.block, _to_torch(reduced), lr)
 
-    def slow_state(self) -> tuple:
-        """(x_slow, buf) of the first client: the run's slow state, for elastic joiners."""
-        return self.block.algorithm.slow_state(self.block.state, 0)
+    def joiner_states(self) -> list:
+        """What each barrier keeps for the run, read from this block: elastic joiners adopt it."""
+        return [b.joiner_state(self.block) for b in self.barriers]
 
     # ------------------------------------------------------------ evaluation / checkpoints
     def params(self) -> tuple:
@@ -224,6 +229,24 @@ class ClientActor:
     def deterministic(self) -> tuple[bool, Optional[str]]:
         """(deterministic algorithms on, CUBLAS_WORKSPACE_CONFIG) in this process."""
         return torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+
+
+def _to_numpy(value):
+    """CPU tensors (in tuples / lists, None kept) -> numpy arrays over the same memory."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_numpy(v) for v in value)
+    return value
+
+
+def _to_torch(value):
+    """The inverse of `_to_numpy`, zero-copy."""
+    if isinstance(value, np.ndarray):
+        return as_tensor(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_torch(v) for v in value)
+    return value
 
 
 # ------------------------------------------------------------------ the averaged model

@@ -31,8 +31,12 @@ class RoundRecord:
 
 
 class Engine(Protocol):
-    """Everything the runner reads of an engine; both engines implement all of it."""
-    n_clients: int
+    """Everything the runner reads of an engine; both engines implement all of it
+    (engine/local.py LocalEngine, engine/ray_engine.py RayEngine; tests/test_exchange.py
+    checks both against this list). A round's exchange (mixing, wire format, bytes, barriers)
+    is engine/exchange.py's; what the runner sees of it is the RoundRecord."""
+    n_clients: int              # clients now (elastic resizes, dropped clients change it)
+    topology: object            # the graph of those n_clients (qgm_ray.topology): the run's log line
     time_lost_seconds: float    # wall time lost to failures and replays (0.0 where nothing fails)
 
     def train(self, rounds: range, lr_of: Callable[[int], float],

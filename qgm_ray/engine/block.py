@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from qgm_ray.client import BatchSampler, evaluate_model, load_params
 from qgm_ray.data import apply_augment, draw_augment, pixel_table, to_float
+from qgm_ray.flat_model import evaluate_model, load_params
+from qgm_ray.sampler import BatchSampler
 from qgm_ray.engine import push_sum as ps
+from qgm_ray import contracts
 
 
 class Block:
@@ -205,7 +207,8 @@ class Block:
 
     def pre_mix(self, lr: float) -> torch.Tensor:
         """Steps 1-2 of a round for all k clients: (k, payload_size) payloads."""
-        payload = self.algorithm.pre_mix(self.state, self.params, self.gradients(), lr)
+        payload = self._payload(contracts.call_rule(self.algorithm, "pre_mix", self.state, self.params,
+                                                    self.gradients(), lr))
         return ps.send(payload, self.params, self.weight) if self.push_sum else payload
 
     def post_mix(self, mixed: torch.Tensor, lr: float) -> None:
@@ -214,7 +217,18 @@ class Block:
         if self.push_sum:
             mixed, self.weight = ps.receive(mixed)
         # In place: the unpacked path's row modules are views of these rows.
-        self.params.copy_(self.algorithm.post_mix(self.state, self.params, mixed, lr))
+        self.params.copy_(self._new_params(contracts.call_rule(self.algorithm, "post_mix", self.state,
+                                                               self.params, mixed, lr)))
+
+    def _payload(self, value) -> torch.Tensor:
+        # The rule's own payload (before any push-sum column): a wrong shape or dtype would be
+        # cast or broadcast silently by the mixing, or fail there far from the rule.
+        return contracts.rule_result(self.algorithm, "pre_mix", value, self.k,
+                                     self.algorithm.payload_size(self.num_params), self.params.dtype)
+
+    def _new_params(self, value) -> torch.Tensor:
+        # copy_ would broadcast a (P,) result into every row and cast integers silently.
+        return contracts.rule_result(self.algorithm, "post_mix", value, self.k, self.num_params, self.params.dtype)
 
     # ------------------------------------------------------------ views for evaluation and averaging
     def float_buffer_names(self) -> list[str]:

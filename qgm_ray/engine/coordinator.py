@@ -34,10 +34,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qgm_ray import build, determinism, plugins
 from qgm_ray.config import Config
-from qgm_ray.engine import placement, slowmo
+from qgm_ray.engine import exchange, placement
 from qgm_ray.engine.actors import ClientActor
-from qgm_ray.engine.base import (averages_everyone, exports, groups_of, mixing_matrix, round_bytes,  # noqa: F401
-                                 wiring)  # wiring re-exported
+from qgm_ray.engine.barriers import barriers_for
+from qgm_ray.engine.base import averages_everyone, groups_of
+from qgm_ray.engine.exchange import Exchange, wire_of
 from qgm_ray.engine.metrics import RunMetrics
 
 # What "a process or node died" looks like to the caller of ray.get.
@@ -45,16 +46,9 @@ FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostErro
             WorkerCrashedError)
 
 
-# A replacement that dies before it answers (it landed on a node that is dying too) is
-# replaced again, this many times per repair.
-REPLACE_TRIES = 5
-
-
 def cross_node_bytes(topology, centralized: bool, n: int, t: int, k: int, nodes: list, payload_bytes: int) -> int:
-    """Payload bytes that cross Ray nodes in round t with these actors on these nodes."""
-    if averages_everyone(topology, centralized):
-        return placement.allreduce_cross_node_bytes(nodes, payload_bytes)
-    return placement.cross_node_bytes(topology.sparse(t), groups_of(n, k), nodes, payload_bytes)
+    """Payload bytes that cross Ray nodes in round t with these actors (blocks of k) on these nodes."""
+    return exchange.cross_node_bytes(topology, centralized, groups_of(n, k), t, nodes, payload_bytes)
 
 
 class NodeClientActor(ClientActor):
@@ -83,7 +77,7 @@ class Coordinator:
         self.num_params = 0
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
-        self.slowmo = slowmo.slowmo_of(self.algorithm)   # None unless algorithm.slowmo_tau > 0
+        self.barriers = barriers_for(self.algorithm)   # engine/barriers.py: none unless the run asks for one
         self.initial_slots = list(slots)
         # py_modules: the plug-in code this coordinator was started with, for every ClientActor.
         self.runtime_env = plugins.ray_runtime_env(
@@ -159,7 +153,7 @@ class Coordinator:
 
     def info(self) -> dict:
         return {"slots": list(self.slots), "num_params": self.num_params, "n_actors": len(self.actors),
-                "payload_bytes": build.payload_floats(self.cfg, self.algorithm, self.num_params) * 4,
+                "payload_bytes": self._exchange().payload_bytes,
                 "metrics": {"run": self.run, "counted_rounds": self.metrics.counted_rounds,
                             "bytes_counted": self.metrics.bytes_counted},
                 "actor_nodes": list(self.nodes), "joined_nodes_used": list(self.joined_used),
@@ -198,10 +192,15 @@ class Coordinator:
             except Exception:  # noqa: BLE001 - the errors are the expected consequence
                 pass
 
+    def _exchange(self) -> Exchange:
+        """The exchange stage of the actors as they are now (membership changes between chunks)."""
+        return Exchange(self.topology, self.centralized, groups_of(len(self.slots), self.k),
+                        build.payload_floats(self.cfg, self.algorithm, self.num_params), self.barriers,
+                        wire_of(self.cfg))
+
     def _run(self, t0: int, lrs: list[float]):
         depth = self.cfg.ray.max_inflight_rounds
-        n, groups = len(self.slots), groups_of(len(self.slots), self.k)
-        payload_bytes = build.payload_floats(self.cfg, self.algorithm, self.num_params) * 4
+        ex = self._exchange()
         inflight = self.inflight
         # What the next round's post-mix reads: position -> payload ref (gossip) or the ref of
         # the mean (all-reduce); None before the first round.
@@ -214,40 +213,39 @@ class Coordinator:
                 break
             t = t0 + idx
             while len(inflight) >= depth:
-                rec = self._collect(inflight[0], n, payload_bytes, last_time)
+                rec = self._collect(inflight[0], ex, last_time)
                 inflight.popleft()
                 last_time = time.time()
                 yield rec
             post_lr = lrs[idx - 1] if prev is not None else None
-            if post_lr is not None and self.slowmo is not None and self.slowmo.due(t - 1):
-                # Round t - 1 ends with SlowMo's outer step (engine/slowmo.py): post-only calls,
-                # the outer step, then this round's calls only pre-mix.
-                _, finals = self._calls(n, groups, t, post_lr, None, prev)
+            if post_lr is not None and ex.due(t - 1):
+                # Round t - 1 ends with barriers (engine/barriers.py): post-only calls, the
+                # barriers, then this round's calls only pre-mix.
+                _, finals = self._calls(ex, t, post_lr, None, prev)
                 self.finals.extend(finals)
-                self._outer_step(post_lr)
+                self._barriers(ex, t - 1, post_lr)
                 post_lr = None
-            prev, records = self._calls(n, groups, t, post_lr, lr, prev)   # the old refs are dropped here
+            prev, records = self._calls(ex, t, post_lr, lr, prev)   # the old refs are dropped here
             inflight.append((t, records))
             submitted += 1
         if prev is not None:  # finish the last round: post-mix only
-            _, finals = self._calls(n, groups, t0 + submitted, lrs[submitted - 1], None, prev)
+            _, finals = self._calls(ex, t0 + submitted, lrs[submitted - 1], None, prev)
             self.finals.extend(finals)
-            if self.slowmo is not None and self.slowmo.due(t0 + submitted - 1):
-                self._outer_step(lrs[submitted - 1])
+            self._barriers(ex, t0 + submitted - 1, lrs[submitted - 1])
             prev = None
             while inflight:
-                rec = self._collect(inflight[0], n, payload_bytes, last_time)
+                rec = self._collect(inflight[0], ex, last_time)
                 inflight.popleft()
                 last_time = time.time()
                 yield rec
             ray.get(self.finals)
         yield {"done": submitted}
 
-    def _calls(self, n: int, groups: list, t: int, post_lr: Optional[float], pre_lr: Optional[float], prev):
+    def _calls(self, ex: Exchange, t: int, post_lr: Optional[float], pre_lr: Optional[float], prev):
         """One call per actor: finish round t - 1 (post-mix with `post_lr`, reading `prev`; None:
         nothing to finish) and start round t (pre-mix with `pre_lr`; None: post-mix only).
         Returns (what round t + 1's post-mix reads, the calls' record refs)."""
-        if averages_everyone(self.topology, self.centralized):
+        if ex.all_reduce:
             # engine/allreduce.py: each actor returns one partial-sum row; the first actor adds
             # them in block order; every actor's next call reads the mean's ref.
             if pre_lr is None:
@@ -257,13 +255,11 @@ class Coordinator:
                 partial, record = actor.step_mean.options(num_returns=2).remote(post_lr, pre_lr, prev)
                 partials.append(partial)
                 records.append(record)
-            return self.actors[0].mean_of.remote(n, *partials), records
-        post_W = mixing_matrix(self.topology, self.centralized, n, t - 1) if post_lr is not None else None
-        this_W = mixing_matrix(self.topology, self.centralized, n, t) if pre_lr is not None else None
+            return self.actors[0].mean_of.remote(ex.n, *partials), records
         payloads, records = {}, []
-        for actor, g in zip(self.actors, groups):
-            if post_W is not None:
-                rows, sources = wiring(post_W, g)
+        for b, actor in enumerate(self.actors):
+            if post_lr is not None:
+                rows, sources = ex.wiring(t - 1, b)
                 post, args = (post_lr, rows), [prev[j] for j in sources]
             else:
                 post, sources, args = None, [], []
@@ -271,33 +267,34 @@ class Coordinator:
                 records.append(actor.step.remote(post, None, sources, *args))
                 continue
             # Only the rows another actor mixes next round go to the object store.
-            sent = exports(this_W, g)
+            sent = ex.exports(t, b)
             refs = actor.step.options(num_returns=len(sent) + 1).remote(post, pre_lr, sources, *args, export=sent)
             refs = refs if sent else [refs]
             payloads.update(zip(sent, refs[:-1]))
             records.append(refs[-1])
         return (payloads if pre_lr is not None else None), records
 
-    def _outer_step(self, lr: float) -> None:
-        """Reduce every actor's post-mixed rows at the first actor, broadcast the exact average
-        back. Refs only: each actor runs these after the calls submitted before, and the rows'
-        refs are dropped here, so Ray frees them once the average is taken. The small results
-        join `finals` (waited for at the chunk's end, drained after a failure)."""
-        rows = [a.slowmo_rows.remote() for a in self.actors]
-        xbar = self.actors[0].exact_average.remote(*rows)
-        self.finals.extend(a.slowmo_step.remote(lr, xbar) for a in self.actors)
+    def _barriers(self, ex: Exchange, t: int, lr: float) -> None:
+        """The barriers that end round t (engine/barriers.py): every actor gathers, the first
+        actor reduces in block order, every actor applies. Refs only: each actor runs these
+        after the calls submitted before, and the gathered refs are dropped here, so Ray frees
+        them once reduced. The small results join `finals` (waited for at the chunk's end,
+        drained after a failure)."""
+        for i, barrier in enumerate(ex.barriers):
+            if not barrier.due(t):
+                continue
+            parts = [a.barrier_gather.remote(i) for a in self.actors]
+            reduced = self.actors[0].barrier_reduce.remote(i, *parts)
+            self.finals.extend(a.barrier_apply.remote(i, lr, reduced) for a in self.actors)
 
-    def _collect(self, item, n: int, payload_bytes: int, since: float) -> dict:
+    def _collect(self, item, ex: Exchange, since: float) -> dict:
         t, refs = item
         losses = [x for r in ray.get(refs) for x in r["losses"]]   # position order, as LocalEngine
-        loss = float(np.mean(losses))
         seconds = time.time() - since
-        nbytes = round_bytes(self.topology, self.centralized, n, t, payload_bytes)
-        if self.slowmo is not None:
-            nbytes += slowmo.outer_step_bytes(self.slowmo.tau, n, t, payload_bytes)
-        cross = cross_node_bytes(self.topology, self.centralized, n, t, self.k, self.nodes, payload_bytes)
-        self.metrics.on_round(t, losses, self.slots, seconds, nbytes, cross)
-        return {"round": t, "loss": loss, "seconds": seconds}
+        record = ex.record(t, float(np.mean(losses)), self.nodes)
+        self.metrics.on_round(t, losses, self.slots, seconds, record.bytes_sent, record.bytes_cross_node)
+        return {"round": t, "loss": record.loss, "seconds": seconds, "bytes_sent": record.bytes_sent,
+                "bytes_cross_node": record.bytes_cross_node}
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
@@ -340,8 +337,8 @@ class Coordinator:
                 raise ValueError(f"resize to {n_clients} clients: the data was cut into {n_shards} shards "
                                  f"(set elastic.max_clients)")
             avg = ray.put(ray.get(self.actors[0].average.remote(*[a.params.remote() for a in self.actors])))
-            # SlowMo: joiners adopt the run's slow state (position 0 always stays).
-            slow = ray.put(ray.get(self.actors[0].slow_state.remote())) if self.slowmo is not None else None
+            # Joiners adopt what each barrier keeps for the run (position 0 always stays).
+            kept = ray.put(ray.get(self.actors[0].joiner_states.remote())) if self.barriers else None
             if n_clients < len(self.slots):
                 slots = self.slots[:n_clients]
             else:
@@ -350,7 +347,7 @@ class Coordinator:
             joiners = [s for s in slots if s not in self.slots]
             self._set_slots(slots)
             if joiners:
-                ray.get([a.reset_clients.remote(joiners, avg, slow) for a in self.actors])
+                ray.get([a.reset_clients.remote(joiners, avg, kept) for a in self.actors])
             return self.info()
 
     def find_dead(self, timeout: float = 10.0) -> list[int]:
@@ -368,12 +365,12 @@ class Coordinator:
 
     def repair(self, policy: str) -> dict:
         """After a failure: replace dead actors (replay: same clients, state restored later by
-        load_states) or remove them with their clients (drop). Returns the lost slots.
+        load_states) or remove them with their clients (drop). Returns the lost slots at once;
+        "pending" lists the replacements that have not answered yet (await_replacements).
 
         Replacements go to the nodes left (placement, away from the nodes where actors just
-        died: such a node may be dying and not yet known dead), and the call returns only when
-        they answer: one that dies first is replaced again; one waiting for resources (no node
-        has room) keeps the call waiting until a node joins (the engine logs the wait)."""
+        died: such a node may be dying and not yet known dead). Whether to try again when one
+        dies is not decided here: the engine reports it and the runner's restore repairs again."""
         with self.lock:
             dead = self.find_dead()
             groups = groups_of(len(self.slots), self.k)
@@ -384,31 +381,56 @@ class Coordinator:
                     ray.kill(self.actors[a])
                 except Exception:  # noqa: BLE001 - already gone
                     pass
+            # Replacements not yet answered (actor index -> ref of its node id), and those that
+            # died before answering; set here because every await or replan follows a repair.
+            self._pending, self._unreplaced = {}, []
             if policy == "drop":
                 self.actors = [a for i, a in enumerate(self.actors) if i not in dead]
                 self.nodes = [m for i, m in enumerate(self.nodes) if i not in dead]
-                slots = [s for s in self.slots if s not in lost]
+                slots = [s for s in self.slots if s not in lost]   # held from the restore (load_states) on
             else:
-                todo, tries = list(dead), 0
-                while todo:
-                    tries += 1
-                    live = {i: m for i, m in enumerate(self.nodes) if i not in todo}
-                    targets = self._targets(len(self.slots), live, exclude=suspect)
-                    for a in todo:
-                        self.actors[a] = self._new_actor(targets.get(a))
-                    answers = {a: self.actors[a].node_id.remote() for a in todo}
-                    failed = []
-                    for a, ref in answers.items():
-                        try:
-                            self.nodes[a] = ray.get(ref)
-                        except FAILURES:
-                            failed.append(a)
-                    todo = failed
-                    if todo and tries >= REPLACE_TRIES:
-                        break   # the engine reports it; the runner's next restore repairs again
-                slots = self.slots
-            return {"dead_actors": dead, "lost_slots": lost, "slots": slots, "actor_nodes": list(self.nodes),
-                    "unreplaced": todo if policy != "drop" else []}
+                slots = list(self.slots)
+                live = {i: m for i, m in enumerate(self.nodes) if i not in dead}
+                targets = self._targets(len(self.slots), live, exclude=suspect)
+                for a in dead:
+                    self.actors[a] = self._new_actor(targets.get(a))
+                    self._pending[a] = self.actors[a].node_id.remote()
+            return {**self.info(), "slots": slots, "dead_actors": dead, "lost_slots": lost,
+                    "pending": sorted(self._pending)}
+
+    def await_replacements(self, timeout: float) -> dict:
+        """Wait up to `timeout` seconds for the pending replacements (repair, replan) to start.
+        Returns info() with "waiting" (actor indices still waiting for resources) and
+        "unreplaced" (those whose replacement died before it answered)."""
+        with self.lock:
+            refs = list(self._pending.values())
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout) if refs else ([], [])
+            for a, ref in list(self._pending.items()):
+                if ref not in ready:
+                    continue
+                del self._pending[a]
+                try:
+                    self.nodes[a] = ray.get(ref)
+                except FAILURES:
+                    self._unreplaced.append(a)
+            return {**self.info(), "waiting": sorted(self._pending), "unreplaced": sorted(self._unreplaced)}
+
+    def replan(self, resources: dict) -> list[int]:
+        """The cluster as it is cannot hold the replacements: start every actor anew asking for
+        `resources` (per actor; the same blocks), placed for them. The restore that follows
+        (load_states) loads every client. Returns the actors to await."""
+        with self.lock:
+            self.resources = dict(resources)
+            for a in self.actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            targets = self._targets(len(self.slots), {})
+            self.actors = [self._new_actor(targets.get(i)) for i in range(len(self.actors))]
+            self._pending = {i: a.node_id.remote() for i, a in enumerate(self.actors)}
+            self._unreplaced = []
+            return sorted(self._pending)
 
     def evaluator_pids(self) -> list[int]:
         """The pid of the process that answered each evaluation so far (tests, operators)."""

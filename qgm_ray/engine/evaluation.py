@@ -9,19 +9,19 @@ from typing import Optional
 import torch
 
 from qgm_ray import build
-from qgm_ray.client import evaluate_model, load_params
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset, pixel_table
 from qgm_ray.engine.base import consensus_distance
 from qgm_ray.engine.push_sum import weighted_mean
+from qgm_ray.flat_model import evaluate_model, load_params
 
 
 # Local models: each client's own model on the whole test set costs n x T forwards, and T grows
-# with n when the data does (4,096 clients x 65k test samples: 268M forwards, 70 s at 1,024
-# clients on 2 cores, far more than a round). Above this many forwards per evaluation every
-# client's model is evaluated on the same seeded subset of LOCAL_EVAL_BUDGET // n test samples
-# (at least LOCAL_EVAL_MIN): the mean over clients stays an unbiased estimate made of about as
-# many forwards as before. Runs of the paper's size (32 clients x 10k samples) are below it.
+# with n when the data does (4,096 clients x 65k test samples: 268M forwards, far more than a
+# round; docs/results/scale/README.md). Above this many forwards per evaluation every client's
+# model is evaluated on the same seeded subset of LOCAL_EVAL_BUDGET // n test samples (at least
+# LOCAL_EVAL_MIN): the mean over clients stays an unbiased estimate made of about
+# LOCAL_EVAL_BUDGET forwards. Runs of the paper's size (32 clients x 10k samples) are below it.
 LOCAL_EVAL_BUDGET = 2 ** 21
 LOCAL_EVAL_MIN = 256
 

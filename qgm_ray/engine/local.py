@@ -1,5 +1,5 @@
-"""In-process engine: the run's blocks (qgm_ray.layout) in one process; each block mixes its
-rows' in-neighbours' payloads with `engine.base.block_mix` (what each ClientActor does too).
+"""In-process engine: the run's blocks (qgm_ray.layout) in one process; the exchange stage
+(engine/exchange.py) mixes every block's payloads with the same sums each ClientActor does.
 
 It is the reference the Ray engine is checked against and the fast path for tests and small
 sweeps.
@@ -14,13 +14,13 @@ import torch
 from qgm_ray import build, determinism, layout
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine import allreduce
 from qgm_ray.engine.assembly import build_block
-from qgm_ray.engine.base import averages_everyone, block_mix, mixing_matrix, wiring
+from qgm_ray.engine.barriers import barriers_for
+from qgm_ray.engine.base import RoundRecord
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
+from qgm_ray.engine.exchange import Exchange, wire_of
 from qgm_ray.engine.memory import release_free_heap
-from qgm_ray.engine import slowmo
 
 
 LOSS_READS_EVERY = 16   # rounds of losses kept on the device before one read
@@ -44,15 +44,18 @@ class LocalEngine:
         self.slots: list[int] = []
         self.blocks: list[Block] = []
         self._set_slots(list(range(self.n_clients)))
-        self.centralized = self.blocks[0].algorithm.centralized
-        self.slowmo = slowmo.slowmo_of(self.blocks[0].algorithm)   # None unless algorithm.slowmo_tau > 0
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
         self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
         self.loss_reads_every = LOSS_READS_EVERY if str(device).startswith("cuda") else 1
+        self.time_lost_seconds = 0.0   # nothing fails in one process
 
     @property
     def payload_bytes(self) -> int:
-        return self.blocks[0].payload_size * 4
+        return self.exchange.payload_bytes
+
+    @property
+    def centralized(self) -> bool:
+        return self.exchange.centralized
 
     @property
     def params(self) -> torch.Tensor:
@@ -60,10 +63,11 @@ class LocalEngine:
         return torch.cat([b.params for b in self.blocks])
 
     def train(self, rounds: range, lr_of: Callable[[int], float],
-              on_round: Optional[Callable[[int, float], None]] = None,
-              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
-        losses: list[float] = []
+              on_round: Optional[Callable[[RoundRecord], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[RoundRecord]:
+        records: list[RoundRecord] = []
         pending: list[tuple[int, torch.Tensor]] = []   # (round, every client's loss) not read yet
+        exchange = self.exchange   # a chunk runs with one membership: resizes happen between chunks
 
         def read() -> None:
             # On a GPU one device read for up to LOSS_READS_EVERY rounds: a read per round is a
@@ -73,40 +77,25 @@ class LocalEngine:
                 return
             values = torch.stack([v for _, v in pending]).tolist()
             for (r, _), row in zip(pending, values):
-                loss = float(np.mean(row))   # position order, as Ray's records
-                losses.append(loss)
+                record = exchange.record(r, float(np.mean(row)))   # the loss in position order, as Ray's
+                records.append(record)
                 if on_round is not None:
-                    on_round(r, loss)
+                    on_round(record)
             pending.clear()
 
-        groups = self.layout.groups(self.n_clients)
-        where = self.layout.block_of(self.n_clients)
-        all_reduce = averages_everyone(self.topology, self.centralized)
         for t in rounds:
             if should_stop is not None and should_stop():
                 break
             lr = lr_of(t)
             payloads = [b.pre_mix(lr) for b in self.blocks]
-            # Every block mixes before any post_mix: a payload may alias its sender's state.
-            if all_reduce:
-                mean = allreduce.all_reduce(payloads)   # what the ClientActors compute, same order
-                mixed = [allreduce.spread(mean, b.k) for b in self.blocks]
-            else:
-                w = mixing_matrix(self.topology, self.centralized, self.n_clients, t)
-                mixed = []
-                for g, own in zip(groups, payloads):
-                    rows, sources = wiring(w, g)
-                    received = [payloads[where[j][0]][where[j][1]] for j in sources]
-                    mixed.append(block_mix(own, g, rows, sources, received))
-            for b, m in zip(self.blocks, mixed):
+            for b, m in zip(self.blocks, exchange.mix(t, payloads)):
                 b.post_mix(m, lr)
-            if self.slowmo is not None and self.slowmo.due(t):
-                slowmo.outer_step(self.blocks, lr)
+            exchange.run_barriers(t, self.blocks, lr)
             pending.append((t, torch.cat([b.losses for b in self.blocks])))
             if len(pending) >= self.loss_reads_every:
                 read()
         read()
-        return losses
+        return records
 
     def flat_buffers(self) -> torch.Tensor:
         """(n, B): every client's float buffers in position order."""
@@ -175,6 +164,9 @@ class LocalEngine:
         self.slots = list(slots)
         self.n_clients = len(slots)
         self.topology = build.build_topology(self.cfg, self.n_clients)
+        algorithm = blocks[0].algorithm
+        self.exchange = Exchange(self.topology, algorithm.centralized, groups, blocks[0].payload_size,
+                                 barriers_for(algorithm), wire_of(self.cfg))
 
     def resize(self, n_clients: int, at_round: int) -> None:
         """Elastic: leavers release their shard; joiners take free shards, start from the
@@ -182,8 +174,9 @@ class LocalEngine:
         if n_clients == self.n_clients:
             return
         avg, bufs = self.averaged_params()
-        # SlowMo: joiners adopt the run's slow state (position 0 always stays).
-        slow = self.slowmo.slow_state(self.blocks[0].state, 0) if self.slowmo is not None else None
+        # Joiners adopt what each barrier keeps for the run (position 0 always stays).
+        barriers = self.exchange.barriers
+        kept = [x.joiner_state(self.blocks[0]) for x in barriers]
         if n_clients < self.n_clients:
             slots = self.slots[:n_clients]
         else:
@@ -194,8 +187,8 @@ class LocalEngine:
         for b in self.blocks:
             joiners = [r for r, s in enumerate(b.ids) if s not in old]
             b.reset_rows(joiners, avg, bufs)
-            if slow is not None:
-                self.slowmo.adopt(b.state, joiners, slow)
+            for x, state in zip(barriers, kept):
+                x.adopt(b, joiners, state)
 
     def close(self) -> None:
         pass

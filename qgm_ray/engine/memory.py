@@ -1,10 +1,11 @@
 """How many of a packed block's clients one vmapped forward/backward takes at once on a GPU.
 
-A packed block's activations grow with k x batch: 1024 ResNet-20 clients at batch 32 in one
-vmap needed 120 GB on an H200 (issue 9), more than an 80 GB GPU has, while 256 ran at 0.84x
-the one-model ceiling. So a block whose step would not fit computes its gradients in chunks
-of rows (`Block.chunk`); parameters, algorithm state and the update rule stay one (k, P) block
-(a ResNet-20 client's rows and buffers are ~6 MB: 1024 of them fit easily).
+A packed block's activations grow with k x batch: a vmap of a thousand ResNet-20 clients at
+batch 32 needs more memory than one GPU has, while a few hundred already run near the
+one-model ceiling (docs/results/bench/README.md, "GPU"). So a block whose step would not fit
+computes its gradients in chunks of rows (`Block.chunk`); parameters, algorithm state and the
+update rule stay one (k, P) block (a ResNet-20 client's rows and buffers are ~6 MB: a thousand
+of them fit easily).
 
 The chunk comes from a measurement, not a model of each layer: the block steps 1 and then 2
 of its rows once on the GPU (a probe that changes nothing: cloned buffers, forked RNG, no
@@ -64,12 +65,10 @@ def resident_bytes(*tensors) -> int:
 
 
 # On CPU a packed block steps at most this many samples (rows x batch) per vmapped call: the
-# activations of 8,192 cnn1d clients at batch 32 in one call are ~2 GB per actor, for no speed
-# (the CPU is saturated long before), and smaller calls stay in cache. Measured 2026-12-02 on
-# the 2-core AMD EPYC (local engine, cnn1d, 1 thread, load < 3): a round of 4,096 clients took
-# 3.53 s with 32,768 samples a call, 2.77 s with 8,192 and 2.71 s with 4,096; 1,024 clients
-# 0.62 / 0.53 / 0.54 s (medians of 3); peak RSS 1.56 -> 1.35 GB at 4,096. Blocks of up to 256
-# clients at batch 32 (every run of the paper's size, the default run) step whole, as before.
+# CPU is saturated long before one call takes every row, and the activations of thousands of
+# clients in one call cost gigabytes per process while smaller calls stay in cache and run
+# faster (docs/results/scale/README.md). Blocks of up to 256 clients at batch 32 (every run of
+# the paper's size, the default run) step whole.
 CPU_CHUNK_SAMPLES = 8192
 
 
@@ -100,17 +99,13 @@ def auto_chunk(block, gpu_share: float, log: Callable[[str], None] = lambda m: N
 # mmap and unmaps it on free, and trims the heap's top above twice that threshold, so such a
 # tensor faults in again, 4 KB at a time, every time it is made. A packed CPU block's (k, P)
 # tensors reach that size from about 512 mlp / 1,024 cnn1d clients per block, and every round
-# makes a dozen of them (gathers, the rule's arithmetic). Measured 2026-12-02 on the 2-core
-# AMD EPYC (local engine, 4,096 mlp clients in 2 blocks of 2,048, 1 thread): `sub` on a 123 MB
-# block ran at 2.3 GB/s against 10.7 GB/s on the 31 MB block of 1,024 clients, and a round
-# took 2.1 s; with big tensors taken from the heap and freed memory kept for reuse, 0.68 s
-# (1,024 clients, 31 MB tensors: 0.29 -> 0.17 s), at 2.8 instead of 2.2 GB peak RSS. Blocks
-# from half the largest threshold (16 MB) switch. Arithmetic is unchanged: only where the bytes
-# live. Only the local engine switches: in the Ray engine's ClientActors the heap grew far more
-# (peak PSS of the run, 4,096 mlp clients: 5.5 -> 8.9 GB; 16,384 cnn1d: 7.7 -> 11.3 GB, 9.2 GB
-# with release_free_heap before evaluations and checkpoints) for rounds 1.4-2.1x faster, and
-# 16,384 clients on Ray must fit 8 GB on this machine (issue 17). Transparent huge pages were tried too:
-# faster alone, but the kernel's compaction stalls made the 16,384-client rounds 2.5x slower.
+# makes a dozen of them (gathers, the rule's arithmetic): taking big tensors from the heap and
+# keeping freed memory for reuse makes such rounds several times faster for a somewhat higher
+# peak RSS. Blocks from half the largest threshold (16 MB) switch. Arithmetic is unchanged:
+# only where the bytes live. Only the local engine switches: in the Ray engine's ClientActors
+# the heap grows far more, and a run of 16,384 clients on Ray is meant to fit 8 GB on a small
+# machine. Transparent huge pages are not used: the kernel's compaction stalls cost more than
+# they save at that scale. The measurements behind each choice: docs/results/scale/README.md.
 MMAP_THRESHOLD_MAX = 32 * 2**20
 HEAP_BLOCK_BYTES = MMAP_THRESHOLD_MAX // 2
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4       # glibc's mallopt parameters (malloc.h)

@@ -1,7 +1,7 @@
 """Which node each ClientActor runs on: graph neighbours share a node where resources allow.
 
 Pure functions, no Ray. The client -> actor layout is given (each actor holds consecutive
-topology positions, `groups`); this module only maps actors onto nodes.
+graph positions, `groups`); this module only maps actors onto nodes.
 
 Cost model. A payload is an object in the object store of its producer's node; Ray moves it
 to another node once per round however many actors there read it. So the bytes that cross

@@ -18,11 +18,16 @@ EngineFailure. The runner restores the last checkpoint into the engine and repla
 there, so a replayed run's numbers are those of an uninterrupted one. A dead Coordinator
 (its actors share its fate) is rebuilt the same way.
 
-Nodes. A lost node is a set of dead actors: the replacements go to the nodes left (or wait,
-logging every 30 s, until one joins: the autoscaler's, or an operator's `ray start`). A
-failure while restoring (a replacement on a node that was dying too) is another EngineFailure
-the runner retries within `fault_tolerance.max_restarts`. The coordinator runs on the
-driver's node (the head, on a cluster), so only the driver's node is needed to the end.
+Nodes. A lost node is a set of dead actors: the replacements go to the nodes left, or wait,
+logging every 30 s, until one joins (the autoscaler's, or an operator's `ray start`). With no
+node joining for `fault_tolerance.resource_wait_s` (a fixed cluster that lost a node), every
+actor starts anew asking for the share of the cores left that fits, in the same blocks, so
+the replay's numbers do not change; null waits for a node however long it takes. Every
+failure, also one while restoring (a replacement on a node that was dying too) or while
+replacing, is an EngineFailure: whether to retry is the runner's decision
+(`fault_tolerance.max_restarts`), and the engine retries nothing by itself. The coordinator
+runs on the driver's node (the head, on a cluster), so only the driver's node is needed to
+the end.
 Actors are placed so that graph neighbours share a node (engine/placement.py); the log says
 how many clients each node holds and how many payload bytes per round cross nodes.
 """
@@ -40,12 +45,13 @@ from qgm_ray import build, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
-from qgm_ray.engine.base import EngineFailure, groups_of, round_bytes
+from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of, round_bytes
 from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
 from qgm_ray.engine.placement import clients_per_node
 from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
-                                      resolve_clients_per_actor)
+                                      replan_resources, resolve_clients_per_actor)
 from qgm_ray.errors import ConfigError
+from qgm_ray.layout import MAX_ACTORS_PER_CORE
 
 WAIT_LOG_EVERY_S = 30.0
 # Coordinators are named actors in this namespace, so an operator can reach a running one from
@@ -67,7 +73,7 @@ class RayEngine:
         self._behind: Optional[tuple] = None
         self.started_ray = connect(cfg, log)
         try:
-            n_max = build.max_clients(cfg)
+            self.n_max = n_max = build.max_clients(cfg)
             # Everything below (coordinator, actors, resource plan) sees a number for k.
             self.cfg = cfg = resolve_clients_per_actor(cfg, n_max, ray.cluster_resources())
             # In a placement group (a Tune trial) the trial's process holds part of the cluster;
@@ -119,7 +125,9 @@ class RayEngine:
         self._log_placement()
 
     def _wait(self, ref, what: str):
-        """ray.get(ref), logging every WAIT_LOG_EVERY_S while the actors wait for resources."""
+        """ray.get(ref), logging every WAIT_LOG_EVERY_S while new actors (a start, a grow) wait
+        for resources, as long as it takes: the run needs them, where lost actors' replacements
+        can share cores instead (_await_replacements)."""
         t0 = time.time()
         while True:
             ready, _ = ray.wait([ref], timeout=WAIT_LOG_EVERY_S)
@@ -145,7 +153,7 @@ class RayEngine:
         self.topology = build.build_topology(self.cfg, self.n_clients)
 
     def _refresh(self) -> None:
-        self._apply(ray.get(self.coordinator.info.remote()))
+        self._apply(self._call("info"))
 
     def cross_node_bytes(self, t: int) -> int:
         """Payload bytes that move between Ray nodes in round t with the actors where they are."""
@@ -173,11 +181,11 @@ class RayEngine:
 
     # ------------------------------------------------------------ training
     def train(self, rounds: range, lr_of: Callable[[int], float],
-              on_round: Optional[Callable[[int, float], None]] = None,
-              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
-        losses: list[float] = []
+              on_round: Optional[Callable[[RoundRecord], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[RoundRecord]:
+        records: list[RoundRecord] = []
         if len(rounds) == 0 or (should_stop is not None and should_stop()):
-            return losses
+            return records
         lrs = [float(lr_of(t)) for t in rounds]
         stop_sent = False
         try:
@@ -189,18 +197,20 @@ class RayEngine:
                     self._recover(rec["failed"])
                 if "done" in rec:
                     break
-                losses.append(rec["loss"])
-                self.counted_rounds = max(self.counted_rounds, rec["round"] + 1)
-                self._progress(rec["round"] + 1)
+                record = RoundRecord(round=rec["round"], loss=rec["loss"], bytes_sent=rec["bytes_sent"],
+                                     bytes_cross_node=rec["bytes_cross_node"])
+                records.append(record)
+                self.counted_rounds = max(self.counted_rounds, record.round + 1)
+                self._progress(record.round + 1)
                 if on_round is not None:
-                    on_round(rec["round"], rec["loss"])
+                    on_round(record)
                 if not stop_sent and should_stop is not None and should_stop():
                     self.coordinator.request_stop.remote()
                     stop_sent = True
         except FAILURES as e:
             self._on_failure(e)
-        self._refresh_logging_resizes(rounds.start + len(losses))
-        return losses
+        self._refresh_logging_resizes(rounds.start + len(records))
+        return records
 
     def _refresh_logging_resizes(self, at_round: int) -> None:
         """Pick up a run-time Coordinator.resize (from another process) and say so in the log."""
@@ -230,7 +240,8 @@ class RayEngine:
 
     def _on_failure(self, err: Exception) -> None:
         # Is it the coordinator (its actors die with it) or one of its actors? "Unavailable"
-        # is what Ray says while it does not know yet: ask again.
+        # is what Ray says while it does not know yet: ask again, for 30 s at most. Either way
+        # this ends in EngineFailure (_recover, _restart); retrying is the runner's decision.
         deadline = time.time() + 30
         while True:
             try:
@@ -250,7 +261,9 @@ class RayEngine:
         if self._behind is None:
             self._behind = self._frontier
         try:
-            info = self._wait(self.coordinator.repair.remote(policy), "to replace lost actors")
+            info = ray.get(self.coordinator.repair.remote(policy))
+            if info["pending"]:
+                info = {**info, **self._await_replacements()}
         except FAILURES:   # the coordinator died while repairing: rebuild everything
             self._restart(f"the coordinator died while replacing actors ({reason})")
         lost = info["lost_slots"]
@@ -271,12 +284,83 @@ class RayEngine:
         self._apply({**self._info, "actor_nodes": info["actor_nodes"], "slots": info["slots"],
                      "n_actors": len(info["actor_nodes"])})
         action = "replaced" if policy == "replay" else "dropped"
-        if info["unreplaced"]:
-            action += f", but the replacements of actor(s) {info['unreplaced']} kept dying"
+        unreplaced = info.get("unreplaced")
+        if unreplaced:   # the runner's restore repairs again, within fault_tolerance.max_restarts
+            action += f", but the replacement(s) of actor(s) {unreplaced} died before they started"
         else:
             self._log_placement()
         raise EngineFailure(f"ClientActor(s) {info['dead_actors']} died ({reason}); clients {lost} {action}",
                             lost)
+
+    def _await_replacements(self) -> dict:
+        """Wait for the replacements of lost actors, logging every WAIT_LOG_EVERY_S. A node that
+        joins (an autoscaler's, an operator's `ray start`) ends the wait; with none joining for
+        fault_tolerance.resource_wait_s, the actors are re-planned to share the cores left
+        (_replan), and null waits for a node however long it takes."""
+        limit = self.cfg.fault_tolerance.resource_wait_s
+        t0 = last_log = time.time()
+        deadline = None if limit is None else t0 + limit
+        nodes = self._alive_nodes()
+        told = replanned = False
+        while True:
+            step = WAIT_LOG_EVERY_S if deadline is None else min(WAIT_LOG_EVERY_S, max(0.0, deadline - time.time()))
+            ans = ray.get(self.coordinator.await_replacements.remote(step))
+            if not ans["waiting"]:
+                return ans
+            now, alive = time.time(), self._alive_nodes()
+            if alive - nodes and deadline is not None:
+                deadline = now + limit   # a node joined: its resources may still come
+            nodes = alive
+            if deadline is not None and now >= deadline:
+                why = self._replan(len(ans["slots"]), ans["n_actors"], limit)
+                if why is None:
+                    deadline, replanned = None, True   # they fit: what is left is Ray starting them
+                    continue
+                if not told:
+                    self.log(f"ray: no node joined in fault_tolerance.resource_wait_s={limit:g}s and {why}: "
+                             f"waiting for a node")
+                    told = True
+                deadline = now + WAIT_LOG_EVERY_S   # the cluster may change: look again then
+            if now - last_log >= WAIT_LOG_EVERY_S - 0.5:
+                last_log = now
+                after = ("the actors were re-planned for the cluster as it is; Ray is starting them" if replanned
+                         else "fault_tolerance.resource_wait_s: null waits for one" if limit is None else
+                         f"after fault_tolerance.resource_wait_s={limit:g}s without one the actors are "
+                         f"re-planned to share the cores left")
+                self.log(f"ray: waiting {now - t0:.0f}s for resources to replace lost actors (alive nodes: "
+                         f"{len(alive)}; available now: {describe_resources(ray.available_resources())}); "
+                         f"an autoscaler or `ray start` on a new node ends the wait; {after}")
+
+    def _replan(self, n_clients: int, n_actors: int, limit: float) -> Optional[str]:
+        """Start every actor anew, asking for the share of the cluster as it is now that fits
+        (ray_setup.replan_resources); the blocks stay, so the replay's numbers are those of an
+        uninterrupted run. None when done, else why it cannot."""
+        if ray.util.get_current_placement_group() is not None:
+            return "the actors run in a placement group (a Tune trial), whose bundles Ray places"
+        nodes = [x.get("Resources", {}) for x in ray.nodes() if x.get("Alive")]
+        plan = replan_resources(self.cfg, self.n_max, n_actors, nodes, self.resources)
+        k = self.cfg.ray.clients_per_actor
+        cpus = sum(x.get("CPU", 0.0) for x in nodes)
+        if plan is None:
+            r = self.cfg.ray
+            fixed = (f"ray.cpus_per_client={r.cpus_per_client:g}" if r.cpus_per_client is not None else
+                     f"ray.cpus_per_actor={r.cpus_per_actor:g}" if r.cpus_per_actor != "auto" else None)
+            how = (f"{fixed} fixes what each asks for" if fixed else
+                   f"sharing cores (at most {MAX_ACTORS_PER_CORE} actors a core) does not make them fit")
+            return (f"{n_actors} ClientActor(s) of {self.resources['num_cpus']:g} CPU do not fit in "
+                    f"{len(nodes)} node(s) with {cpus:g} CPU: {how}")
+        before = self.resources["num_cpus"]
+        ray.get(self.coordinator.replan.remote(plan))
+        self.resources = plan
+        self.log(f"ray: no node joined in fault_tolerance.resource_wait_s={limit:g}s: re-planned the run's "
+                 f"{n_actors} ClientActor(s) of up to {k} clients ({n_clients} in all) for the cluster as it is "
+                 f"now ({len(nodes)} node(s), {cpus:g} CPU): {before:g} -> {plan['num_cpus']:g} CPU per actor, "
+                 f"the same blocks, so the replay's numbers are unchanged")
+        return None
+
+    @staticmethod
+    def _alive_nodes() -> set:
+        return {x["NodeID"] for x in ray.nodes() if x.get("Alive")}
 
     def _restart(self, reason: str) -> None:
         if self._behind is None:

@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 from qgm_ray import ray_private
 from qgm_ray.config import Config
+from qgm_ray.engine.placement import actors_fit
 from qgm_ray.errors import ConfigError
 from qgm_ray.layout import actor_cpus, auto_clients_per_actor, with_clients_per_block  # noqa: F401 - re-exported
 
@@ -158,6 +159,43 @@ def loopback_only():
             ray_constants.ENABLE_RAY_CLUSTER = old
 
 
+def ray_temp_root() -> tuple[str, str]:
+    """(the variable that sets it, the directory) under which a local Ray makes its `ray/`
+    session tree: $RAY_TMPDIR, else $TMPDIR, else /tmp (Ray's get_default_system_temp_dir)."""
+    for var in ("RAY_TMPDIR", "TMPDIR"):
+        if os.environ.get(var):
+            return var, os.environ[var]
+    return "RAY_TMPDIR", "/tmp"
+
+
+def _token_dir() -> Optional[str]:
+    """~/.ray, where a new local Ray writes its authentication token, when it will: token mode
+    is on (Ray's default) and no token is given or there already."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = os.path.join(os.path.expanduser("~"), ".ray")
+    return None if os.path.isfile(os.path.join(path, "auth_token")) else path
+
+
+def check_environment() -> None:
+    """Before a local Ray starts: the places it writes can be written. Either one failing was an
+    OSError traceback from inside ray.init; now it is one line naming the variable to change."""
+    from qgm_ray.outputs import writable_problem
+
+    var, root = ray_temp_root()
+    places = [(os.path.join(root, "ray"), var, f"set {var} to a writable directory")]
+    token = _token_dir()
+    if token is not None:
+        places.append((token, "HOME", "set HOME to a writable directory, or name a token file in "
+                                      "RAY_AUTH_TOKEN_PATH"))
+    for path, source, fix in places:
+        why = writable_problem(path)
+        if why:
+            raise ConfigError(f"backend=ray: a local Ray writes to {path} (from ${source}), but {why}; {fix}")
+
+
 def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict] = None) -> bool:
     """Join the configured cluster or start a local Ray sized to this machine.
     Returns True when this call started Ray (and the engine should shut it down).
@@ -181,8 +219,10 @@ def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict]
     else:
         # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
         # address file still names (a dead one there made ray.init fail on num_cpus).
+        check_environment()
         start_reaper()
-        with loopback_only(), keep_signal_handlers(), _quiet_token_notice():
+        from qgm_ray.signals import shielded_children
+        with loopback_only(), keep_signal_handlers(), _quiet_token_notice(), shielded_children():
             ctx = start_local_ray(cfg, log, **env)
         tell_reaper_session()
         where = "started a local Ray"
@@ -456,3 +496,22 @@ def plan_resources(cfg: Config, n_max: int, started_here: bool, log: Callable[[s
         log(f"ray: {gpu:g} GPU per client ({gpu_actor:g} per actor of {k}); fractions share a GPU's memory, "
             f"they do not cap it")
     return {"num_cpus": cpu, "num_gpus": gpu_actor}
+
+
+def replan_resources(cfg: Config, n_max: int, n_actors: int, nodes: list[dict], current: dict) -> Optional[dict]:
+    """Per-actor {"num_cpus", "num_gpus"} that let the run's `n_actors` ClientActors (its blocks
+    unchanged: the numbers depend on the blocks, not on where they run) fit on these `nodes`
+    (each alive node's total resources, as ray.nodes() gives them), or None where they cannot:
+    sharing cores as `ray.cpus_per_actor: auto` does (at most layout.MAX_ACTORS_PER_CORE actors
+    a core) does not make them fit, or explicit ray.cpus_per_actor / cpus_per_client fix what
+    each asks for. The CPU share is that of the run's largest client count (as plan_resources),
+    so a later grow fits too where it can; GPUs stay as they are."""
+    k = cfg.ray.clients_per_actor
+    cpus = sum(x.get("CPU", 0.0) for x in nodes)
+    cpu = actor_cpus(cfg, k, max(n_actors, math.ceil(n_max / k)), cpus)
+    if cpu >= current["num_cpus"] - 1e-9:
+        return None   # nothing smaller to ask for: the replacements already asked for this
+    need = {"CPU": cpu, "GPU": current["num_gpus"]}
+    if sum(actors_fit(x, need) for x in nodes) < n_actors:
+        return None
+    return {"num_cpus": cpu, "num_gpus": current["num_gpus"]}

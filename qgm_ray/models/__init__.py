@@ -11,35 +11,34 @@ The same (name, input_shape, num_classes, seed, kw) always gives bit-identical i
 weights, without touching the global RNG, so every client of a run can start from the same
 point without communicating.
 """
-import inspect
+from __future__ import annotations
 
-import torch
-import torch.nn as nn
+import inspect
+from typing import TYPE_CHECKING
 
 from qgm_ray import plugins
 from qgm_ray.errors import ConfigError
-from qgm_ray.models.densenet import densenet_bc
-from qgm_ray.models.distilbert import distilbert
-from qgm_ray.models.resnet import resnet20, resnet_evonorm20
-from qgm_ray.models.small import CNN, CNN1d, MLP
-from qgm_ray.models.vgg import vgg11, vgg16
-from qgm_ray.models.wideresnet import wideresnet28
 
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+# Each builder by reference, imported when a model is built: the builders' modules import
+# torch, and validating a config only needs the names.
 _BUILDERS = {
-    "resnet20": resnet20,
-    "resnet_evonorm20": resnet_evonorm20,
-    "cnn": CNN,
-    "cnn1d": CNN1d,
-    "mlp": MLP,
+    "resnet20": "qgm_ray.models.resnet:resnet20",
+    "resnet_evonorm20": "qgm_ray.models.resnet:resnet_evonorm20",
+    "cnn": "qgm_ray.models.small:CNN",
+    "cnn1d": "qgm_ray.models.small:CNN1d",
+    "mlp": "qgm_ray.models.small:MLP",
     # `cnn` is already the official code's LeNet-5 (pcode/models/lenet.py); the alias gives
     # it the name the official code and papers use.
-    "lenet5": CNN,
-    "vgg11": vgg11,
-    "vgg16": vgg16,
-    "wideresnet28": wideresnet28,
-    "densenet_bc": densenet_bc,
+    "lenet5": "qgm_ray.models.small:CNN",
+    "vgg11": "qgm_ray.models.vgg:vgg11",
+    "vgg16": "qgm_ray.models.vgg:vgg16",
+    "wideresnet28": "qgm_ray.models.wideresnet:wideresnet28",
+    "densenet_bc": "qgm_ray.models.densenet:densenet_bc",
     # Token-id input (data.name=agnews); needs requirements-nlp.txt, imported when built.
-    "distilbert": distilbert,
+    "distilbert": "qgm_ray.models.distilbert:distilbert",
 }
 MODELS = tuple(_BUILDERS)
 # Models whose weights may come from a hub: the runner hands them data.download and a cache.
@@ -65,11 +64,22 @@ def make_model(name: str, input_shape, num_classes: int, seed: int = 0, **kw) ->
             )
         if "hidden" in kw:
             kw["hidden"] = tuple(kw["hidden"])
+    import torch
+    import torch.nn as nn
+
     # Only the CPU generator is used (models are built on CPU); seeding it through
     # default_generator rather than torch.manual_seed leaves the CUDA generators alone.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))
-        model = builder(tuple(input_shape), int(num_classes), **kw)
+        try:
+            model = builder(tuple(input_shape), int(num_classes), **kw)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a plug-in's error is its key's line, in any process
+            if not plugins.is_reference(name):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ConfigError(f"model.name={name!r} with model.options={kw}: {type(e).__name__}: {first}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name={name!r} returned a {type(model).__name__}; expected a torch.nn.Module")
     return model

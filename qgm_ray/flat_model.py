@@ -1,10 +1,6 @@
-"""What one client is made of, outside the block that steps it (engine/block.py): its batch
-sampler (a seeded, checkpointable stream) and the flat-vector <-> module helpers used to
-evaluate one client's model or the averaged model.
-
-The clients themselves live as rows of a block's stacked tensors; `Block.client_state(i)`
-is a client's checkpoint.
-"""
+"""A model as flat vectors: a block stores each client row's parameters and floating-point
+buffers as one flat vector (engine/block.py), and evaluating a row or the averaged model
+(engine/evaluation.py) loads such vectors into an `nn.Module` and runs it on the test set."""
 from __future__ import annotations
 
 import torch
@@ -67,29 +63,3 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     model.train(was_training)
     n = max(1, len(x))
     return correct / n, loss_sum / n
-
-
-class BatchSampler:
-    """Reshuffles the client's indices every local epoch; owns its RNG so it can be checkpointed."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order = torch.randperm(n, generator=self.generator)
-        self.pos = 0
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:
-            self.order = torch.randperm(self.n, generator=self.generator)
-            self.pos = 0
-        idx = self.order[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-    def state_dict(self) -> dict:
-        return {"rng": self.generator.get_state(), "order": self.order.clone(), "pos": torch.tensor(self.pos)}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.generator.set_state(s["rng"])
-        self.order = s["order"].clone()
-        self.pos = int(s["pos"])

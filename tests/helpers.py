@@ -19,10 +19,11 @@ def small_run(*extra: str) -> list[str]:
     return [*SMALL_RUN, *extra]
 
 
-def main_py(*args, cwd=ROOT, timeout=300) -> subprocess.CompletedProcess:
-    """`python main.py ARGS` as a user runs it, its output captured as text."""
+def main_py(*args, cwd=ROOT, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` as a user runs it, its output captured as text (env: the whole
+    environment, default this process's)."""
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def read_metrics(run_dir) -> list[dict]:

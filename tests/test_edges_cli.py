@@ -5,8 +5,6 @@ resumed again."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,15 +14,12 @@ from qgm_ray import tune as qtune
 from qgm_ray.config import load_config
 from qgm_ray.report import RESULT_COLUMNS
 
+from helpers import main_py
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["name=tiny", "backend=local", "progress=false", "data.name=synthetic", "model.name=mlp",
         "model.options={hidden: [16]}", "topology.n_clients=4", "data.batch_size=16", "algorithm.lr=0.05",
         "schedule.epochs=1", "eval.every_epochs=1", "eval.local_models=false"]
-
-
-def main_py(*args, timeout=300, env=None, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def one_line(stderr: str) -> str:

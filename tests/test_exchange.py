@@ -8,9 +8,10 @@ from qgm_ray.engine.base import RoundRecord, round_bytes
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.engine.slowmo import outer_step_bytes
 
-SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
-         "data.batch_size=16", "schedule.epochs=2", "eval.every_epochs=0.5", "progress=false",
-         "algorithm.lr=0.05", "data.alpha=1.0", "algorithm.name=dsgdm_n", "ray.clients_per_actor=2"]
+from helpers import small_run
+
+SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
+                  "algorithm.name=dsgdm_n", "ray.clients_per_actor=2")
 
 
 def small(*extra):

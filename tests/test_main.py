@@ -107,29 +107,12 @@ BAD_MAIN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bad_main_runs(tmp_path_factory):
-    """Every BAD_MAIN case as its own `python main.py` in its own empty directory, all started
-    at once: each process mostly imports, and on two cores they overlap."""
-    started = []
-    for args in BAD_MAIN:
-        cwd = tmp_path_factory.mktemp("bad")
-        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, "--output-dir", str(cwd / "never")],
-                                cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        started.append((cwd, proc))
-    runs = {}
-    for args, (cwd, proc) in zip(BAD_MAIN, started):
-        stdout, stderr = proc.communicate(timeout=300)
-        runs[tuple(args)] = (cwd, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
-    return runs
-
-
 @pytest.mark.parametrize("args", BAD_MAIN, ids=[a[1] for a in BAD_MAIN])
-def test_bad_inputs_are_one_line_exit_2_nothing_written(bad_main_runs, args):
-    cwd, out = bad_main_runs[tuple(args)]
+def test_bad_inputs_are_one_line_exit_2_nothing_written(tmp_path, args):
+    out = main_py(*args, "--output-dir", str(tmp_path / "never"), cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert one_line(out.stderr).startswith("config error: ")
-    assert not (cwd / "never").exists() and not (cwd / "runs").exists()
+    assert not (tmp_path / "never").exists() and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")

@@ -129,14 +129,13 @@ def test_local_yaml_start_commands_make_a_cluster_main_py_joins(tmp_path):
 
         # The same run as a Ray job (README: Jobs). The job's driver runs on the head, in a
         # copy of the working dir; --output-dir puts the outputs where they outlive the job.
-        # One actor: the run above already shows actors spread over both nodes.
         job_dir = tmp_path / "job_run"
         p = subprocess.run(
             [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
              f"http://127.0.0.1:{dashboard_port}", "--working-dir", ".", "--", "python", "main.py", "--quiet",
              "--output-dir", str(job_dir), "--set", "backend=ray", "--set", "data.name=synthetic",
              "--set", "model.name=mlp", "--set", "model.options={hidden: [8]}", "--set", "topology.n_clients=4",
-             "--set", "ray.clients_per_actor=4", "--set", "schedule.epochs=0.5", "--set", "data.batch_size=32"],
+             "--set", "ray.clients_per_actor=1", "--set", "schedule.epochs=0.5", "--set", "data.batch_size=32"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         out = p.stdout + p.stderr
         assert p.returncode == 0 and "succeeded" in out, out[-3000:]

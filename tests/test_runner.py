@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
-from qgm_ray import runner
+from qgm_ray.run import runner
 from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
+from qgm_ray.run.checkpoints import CheckpointStore
+from qgm_ray.run.metrics_file import MetricsFile
 
 SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
          "data.batch_size=16", "schedule.epochs=4", "eval.every_epochs=1", "progress=false",
@@ -67,12 +69,12 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     runner.run(cfg, part_dir, log=lambda m: None)
     # Simulate a driver that died mid-run: drop later checkpoints and metrics rows.
     rd = RunDir(part_dir)
-    cut = int(rd.list_checkpoints()[1].stem.split("_")[1])
+    cut = int(CheckpointStore.of(rd.path).list()[1].stem.split("_")[1])
     assert 0 < cut < 90
-    for p in rd.list_checkpoints():
+    for p in CheckpointStore.of(rd.path).list():
         if int(p.stem.split("_")[1]) > cut:
             p.unlink()
-    rd.truncate_metrics_after(cut)
+    MetricsFile.of(rd.path).truncate_after(cut)
     (part_dir / "summary.json").unlink()
     resumed = runner.run(cfg, part_dir, resume=True, log=lambda m: None)
     a, b = read_metrics(tmp_path / "full"), read_metrics(part_dir)
@@ -87,10 +89,10 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     cfg = small("fault_tolerance.checkpoint_every=5", "fault_tolerance.keep=3")
     runner.run(cfg, tmp_path / "c", log=lambda m: None)
     rd = RunDir(tmp_path / "c")
-    ckpts = rd.list_checkpoints()
+    ckpts = CheckpointStore.of(rd.path).list()
     ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])  # truncated
     msgs = []
-    state = rd.load_latest_checkpoint(log=msgs.append)
+    state = CheckpointStore.of(rd.path).latest(log=msgs.append)
     assert runner.RunState.from_checkpoint(state).round == int(ckpts[-2].stem.split("_")[1])
     assert "unreadable" in msgs[0]
 
@@ -192,7 +194,7 @@ def test_max_restarts_used_up_is_a_resumable_failure(tmp_path, monkeypatch):
     assert "gave up after fault_tolerance.max_restarts=2 restarts" in s["message"]
     assert f"python main.py --resume {d}" in s["message"] and "\n" not in s["message"]
     assert json.loads((d / "summary.json").read_text())["status"] == "failed"
-    assert RunDir(d).list_checkpoints()
+    assert CheckpointStore.of(d).list()
     monkeypatch.setattr(runner, "make_engine", real)
     resumed = runner.run(cfg, d, resume=True, log=lambda m: None)
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
@@ -324,7 +326,7 @@ def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers
     s = the_run.execute()
     assert s["status"] == "stopped" and s["rounds"] == 50 and s["signal"] == signal.SIGTERM
     assert the_run.state.status == "stopped" and the_run.state.round == 50 and the_run.state.pending_losses == []
-    saved = runner.RunState.from_checkpoint(RunDir(tmp_path / "r").load_latest_checkpoint())
+    saved = runner.RunState.from_checkpoint(CheckpointStore.of(tmp_path / "r").latest())
     assert saved == the_run.state   # the record on disk is the record in memory (wall time aside)
     resumed = runner.run(cfg, tmp_path / "r", resume=True, log=lambda m: None)
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)

@@ -1,0 +1,484 @@
+"""One decentralized training run, whatever the engine: `Run` composes the straight loop
+(run/loop.py) with the run directory (its lock and lifecycle), the metrics file, the checkpoint
+store, the recovery policy and the stop signals; `run()` is what main.py, a Tune trial and the
+Python API call.
+
+The order matters for the user: every check that can fail (config, data, partition sizes,
+topology) happens before the run directory is created or any actor starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from qgm_ray import build
+from qgm_ray.config import Config, dump_yaml, validate_against_data
+from qgm_ray.engine.base import Engine, EngineFailure, RoundRecord
+from qgm_ray.errors import ConfigError
+from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
+from qgm_ray.partition import write_partition_csv
+from qgm_ray.run import loop, recovery
+from qgm_ray.run.checkpoints import DIFFERENT_CONFIG, REPLAY_KEYS, CheckpointStore, replay_fingerprint
+from qgm_ray.run.metrics_file import MetricsFile
+from qgm_ray.run.plan import RunPlan, RunState
+from qgm_ray.run.recovery import RecoveryPolicy
+from qgm_ray.signals import StopSignals
+
+# Keys a --resume may not change: those that change the numbers, and how they are measured.
+MEASURED_KEYS = REPLAY_KEYS + ("eval",)
+
+
+def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]) -> Engine:
+    if cfg.backend == "ray":
+        from qgm_ray.engine.ray_engine import RayEngine  # Ray is imported only when used
+        return RayEngine(cfg, ds, parts, log=log)
+    from qgm_ray.engine.local import LocalEngine
+    return LocalEngine(cfg, ds, parts, device=build.resolve_device(cfg))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="round", dynamic_ncols=True,
+                desc="training", leave=True)
+
+
+def prepare(cfg: Config, log=print):
+    """Load data and cut the partition; raises ConfigError on anything wrong. No side effects."""
+    import torch
+
+    # Data preprocessing (standardisation) reduces over the whole dataset; its last bits depend
+    # on the intra-op thread count. A Tune trial or Ray worker starts with OMP_NUM_THREADS=1, a
+    # shell does not: the same thread count everywhere gives main.py and a Tune trial of one
+    # config the same data, bit for bit.
+    torch.set_num_threads(cfg.ray.torch_threads)
+    check_device(cfg)
+    ds = build.build_dataset(cfg)
+    parts = build.build_partition(cfg, ds)
+    validate_against_data(cfg, [len(p) for p in parts])
+    try:  # model options only the data's shape can check (one model, only when options are set
+        # or the model is a plug-in, whose output must be an nn.Module before any actor starts)
+        if cfg.model.options or ":" in cfg.model.name:
+            build.build_model(cfg, ds)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any constructor error is a bad model.options
+        raise ConfigError(f"model.name={cfg.model.name!r} with model.options={cfg.model.options}: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    log(f"data: {cfg.data.name} ({len(ds.train_x)} train / {len(ds.test_x)} test, "
+        f"{ds.num_classes} classes), {cfg.data.partition} partition"
+        + (f" alpha={cfg.data.alpha:g}" if cfg.data.partition == "dirichlet" else "")
+        + f" over {len(parts)} clients, sizes {min(map(len, parts))}..{max(map(len, parts))}")
+    return ds, parts
+
+
+def _ray_initialized() -> bool:
+    if "ray" not in sys.modules:  # importing Ray just to ask costs a second
+        return False
+    import ray
+    return ray.is_initialized()
+
+
+def check_device(cfg: Config) -> None:
+    """device=cuda where it can be known now (local engine, or a Ray this process starts)."""
+    import torch
+    if cfg.device != "cuda" or torch.cuda.is_available():
+        return
+    joins_cluster = cfg.backend == "ray" and (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    if not joins_cluster:  # a cluster's GPUs are checked when the engine plans its resources
+        raise ConfigError("device=cuda but torch sees no CUDA GPU on this machine; use device=auto "
+                          "(GPU when there is one) or device=cpu")
+
+
+def resume_hint(run_dir: RunDir) -> str:
+    return f"python main.py --resume {run_dir.path}"
+
+
+def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,
+        on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print,
+        own_files: tuple = ()) -> dict:
+    """Train; write outputs; return the summary. `on_eval(row)` sees every metrics row (Tune).
+    `own_files`: names the caller has already put into output_dir (a Tune trial's log.txt)."""
+    return Run.open(cfg, output_dir, resume=resume, on_eval=on_eval, log=log, own_files=own_files).execute()
+
+
+class Run:
+    """One training run as an object: config, plan, run directory, engine, and its state record
+    (`RunState`). `execute()` drives the loop (`loop.train_to_end`) to an end; this object is
+    the loop's parts (`record`, `checkpoint`, `clock`, `should_stop`, `on_round`, `log`) and
+    handles what ends a chunk early (`recover`, `stopped`, `fail_to_write`), then `finish`es.
+    Whatever drives a run (main.py, a Tune trial, the Python API) drives this one object:
+    `run()` is `Run.open(...).execute()`; between the two, `state`, `plan` and `on_eval` may be
+    read or set."""
+
+    def __init__(self, cfg: Config, ds, parts, plan: RunPlan, run_dir: RunDir, *, resume: bool,
+                 checkpoint: Optional[dict] = None, older: Iterator[tuple[Path, dict]] = iter(()),
+                 on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print,
+                 own_files: tuple = ()):
+        self.cfg, self.ds, self.parts, self.plan, self.run_dir = cfg, ds, parts, plan, run_dir
+        self.resume, self.on_eval, self.log, self.own_files = resume, on_eval, log, own_files
+        self.metrics = MetricsFile.of(run_dir.path)
+        self.store = CheckpointStore.of(run_dir.path)
+        self._checkpoint, self._older = checkpoint, older   # the restore point; older candidates
+        self.state = RunState() if checkpoint is None else RunState.from_checkpoint(checkpoint).restored()
+        self.stop = StopSignals()
+        self.engine: Optional[Engine] = None
+        self.bar = None
+        self._t0 = time.time() - self.state.wall_seconds
+        self._acc = float("nan")
+        self.fingerprint = replay_fingerprint(cfg)
+        # max_restarts is a budget per process: counted from the record this process opened
+        self.policy = RecoveryPolicy(cfg.fault_tolerance.max_restarts, resume_hint(run_dir), self.state.restarts)
+
+    # ------------------------------------------------------------ before anything is written
+    @classmethod
+    def open(cls, cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,
+             on_eval=None, log: Callable[[str], None] = print, own_files: tuple = ()) -> "Run":
+        """Every check that can fail, before Ray or any actor starts and before anything is
+        written: the directory (a resume locks it now), the data, the restore point."""
+        run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
+        if not resume:
+            check_new_run_dir(run_dir.path, ignore=own_files)  # never write into another run's directory
+        elif run_dir.path.is_dir():
+            run_dir.lock()   # first: a live run is refused as such, whatever it has written yet
+        try:
+            if resume:
+                check_resumable(cfg, run_dir, log)
+            if cfg.backend == "ray":  # a wrong ray.address fails in seconds, before the data is made
+                from qgm_ray.engine.ray_setup import probe_address, ray_address
+                if ray_address(cfg) and not _ray_initialized():
+                    probe_address(ray_address(cfg))
+            ds, parts = prepare(cfg, log)
+            plan = RunPlan.make(cfg, len(ds.train_x))
+            checkpoint, older = None, iter(())
+            if resume:
+                checkpoint, older = restore_points(run_dir, cfg, plan, log)
+                refuse_finished(run_dir, checkpoint, plan)
+            return cls(cfg, ds, parts, plan, run_dir, resume=resume, checkpoint=checkpoint, older=older,
+                       on_eval=on_eval, log=log, own_files=own_files)
+        except BaseException:
+            run_dir.unlock()
+            raise
+
+    def start(self) -> None:
+        """Start the engine, then write the run's files and its restore point. The engine
+        starts (and, on Ray, checks the cluster) before anything is written: a cluster that
+        cannot run this config fails with a ConfigError and no half-made run dir. A new run
+        that fails before its first checkpoint is on disk leaves nothing behind."""
+        cfg, run_dir = self.cfg, self.run_dir
+        self.engine = make_engine(cfg, self.ds, self.parts, self.log)
+        self._t0 = time.time()   # the training clock starts now: Ray's start is not training time
+        self.stop.reinstall()
+        if self.stop():  # a signal while Ray or the actors started: nothing to save yet
+            self.engine.close()
+            raise KeyboardInterrupt
+        made = claimed = False
+        try:
+            if not self.resume:
+                made = run_dir.create()
+                run_dir.lock()
+                run_dir.claim(dump_yaml(cfg))   # atomic: two runs racing for one directory cannot both get it
+                claimed = True
+            else:
+                run_dir.write_config(dump_yaml(cfg))
+            run_dir.write_file("partition.csv", lambda tmp: write_partition_csv(
+                tmp, self.ds.train_y.numpy(), self.parts, self.ds.num_classes))
+            if self.resume:
+                self._load_restore_point()
+                self._t0 = time.time() - self.state.wall_seconds   # the clock goes on from the checkpoint's
+                self._take_restored(self.state)
+                self.log(f"resumed from round {self.state.round} of {self.plan.total_rounds}")
+            else:
+                self._first_checkpoint()  # the restore point of a failure before the first periodic checkpoint
+        except BaseException as e:
+            self.engine.close()
+            if claimed:  # the directory is this run's: take back what it wrote
+                run_dir.discard(made)
+            if isinstance(e, WriteError):
+                raise OutputError(f"{e}; {'nothing was kept' if not self.resume else 'the run is unchanged'}") from None
+            raise
+        self.log(f"run: {cfg.algorithm.name} on {self.engine.topology.describe()}, {self.plan.total_rounds} rounds "
+                 f"({self.plan.rounds_per_epoch}/epoch), evaluating every {self.plan.eval_every}; backend={cfg.backend}")
+        self.log(f"run directory: {run_dir.path}")
+        self.bar = _progress(self.plan.total_rounds, self.state.round, cfg.progress)
+        self.stop.on_abort = self.abort
+
+    def _first_checkpoint(self) -> None:
+        """A new run's restore point, at round 0. An actor lost while it is taken has been
+        replaced by the engine with a fresh one, and at round 0 fresh is what was lost: take it
+        again (one restart each), rather than fail a run that has not trained yet."""
+        while True:
+            try:
+                self.checkpoint()
+                return
+            except EngineFailure as e:
+                d = self.policy.decide(e, self.state.restarts, 0, restore_round=0)
+                self.state.restarts = d.restarts
+                if d.action != recovery.RETRY:
+                    raise
+                self.log(f"recovered from: {e}; before round 0, so the first checkpoint is taken again ({d.message})")
+
+    def _load_restore_point(self) -> None:
+        """The newest valid checkpoint whose engine state the engine takes; one it refuses (the
+        wrong content) falls back to the one before."""
+        while True:
+            try:
+                self.engine.load_state_dict(self._checkpoint["engine"])
+                return
+            except EngineFailure:
+                raise
+            except Exception as e:  # noqa: BLE001 - the engine cannot take this state: try the previous
+                self.log(f"checkpoint of round {self.state.round} does not fit this run's engine "
+                         f"({type(e).__name__}: {e}); falling back to the previous one")
+            self._checkpoint = next((ckpt for _, ckpt in self._older), None)
+            if self._checkpoint is None:
+                raise ConfigError(f"--resume {self.run_dir.path}: no checkpoint in {self.run_dir.checkpoints} "
+                                  f"fits this run's engine")
+            self.state = RunState.from_checkpoint(self._checkpoint).restored()
+            self.policy = dataclasses.replace(self.policy, restarts_at_open=self.state.restarts)
+
+    def _take_restored(self, state: RunState) -> None:
+        """Go on from a restored record: the evaluations after its round are redone. A record
+        written before it kept the accuracies gets those of the rows before its round."""
+        self.metrics.truncate_after(state.round)
+        if state.final_test_accuracy is None:
+            for acc in self.metrics.accuracies():
+                state.record_accuracy(acc)
+
+    # ------------------------------------------------------------ the loop and its ends
+    def execute(self) -> dict:
+        """Train to the end (or a stop, a divergence, a failure), write the summary, return it.
+        SIGINT / SIGTERM stop the run gracefully meanwhile; the directory's lock is released at
+        the end, whatever the end."""
+        try:
+            with self.stop:
+                return self._execute()
+        finally:
+            self.run_dir.unlock()
+
+    def _execute(self) -> dict:
+        self.start()
+        try:
+            while self.state.status == "running":
+                try:
+                    loop.train_to_end(self.state, self.plan, self.engine, self)
+                except EngineFailure as e:
+                    self.recover(e)
+        except loop.Stopped:
+            self.stopped()
+        except WriteError as e:  # a full disk: a `failed` summary with the reason, no traceback
+            self.fail_to_write(e)
+        except Exception as e:  # the summary must say what happened, then the error propagates
+            self.state.status, self.state.message = "failed", f"{type(e).__name__}: {e}"
+            self.finish()
+            raise
+        summary = self.finish()
+        if self.state.status == "stopped":
+            summary["signal"] = self.stop.signum
+        return summary
+
+    def recover(self, e: EngineFailure) -> None:
+        """Restore the newest checkpoint into the engine and go on from its round (a replay), as
+        long as the recovery policy says retry; else fail resumably. A restore that fails (a
+        replacement on a node that is dying too) is one more failure for the policy to weigh."""
+        s = self.state
+        while True:
+            _, ckpt = next(self.store.valid(self.fingerprint, self.plan.total_rounds, self.log), (None, None))
+            restore_round = None if ckpt is None else RunState.from_checkpoint(ckpt).round
+            d = self.policy.decide(e, s.restarts, s.round, restore_round)
+            s.restarts = d.restarts
+            if d.action == recovery.GIVE_UP:
+                s.status, s.message = "failed", d.message
+                return
+            if d.action == recovery.RAISE:
+                raise e  # nothing to restore: the failure is the outcome
+            try:
+                self.engine.load_state_dict(ckpt["engine"])
+                break
+            except EngineFailure as again:
+                self.log(f"restore failed: {again}")
+                e = again
+        self.state = restored = RunState.from_checkpoint(ckpt).restored()
+        restored.restarts = s.restarts   # the wall clock goes on too: time lost to the failure is time spent
+        self._take_restored(restored)
+        self.bar.n = restored.round
+        self.bar.refresh()
+        self.log(f"recovered from: {e}; restored the checkpoint of round {restored.round} "
+                 f"({self.engine.n_clients} clients), replaying ({d.message})")
+
+    def stopped(self) -> None:
+        """A stop signal: the engine stopped at a round boundary, its state is that of the round."""
+        s = self.state
+        name = signal.Signals(self.stop.signum).name if self.stop.signum else "stop"
+        s.status = "stopped"
+        s.message = f"{name}: stopped at round {s.round} (checkpointed); resume with: {resume_hint(self.run_dir)}"
+        try:
+            self.checkpoint()
+        except WriteError as e:
+            self.fail_to_write(e)
+
+    def fail_to_write(self, e: WriteError) -> None:
+        kept = self.store.newest_round()
+        where = (f"the checkpoint of round {kept} is kept: resume with {resume_hint(self.run_dir)} once there is room"
+                 if kept is not None else "no checkpoint is kept")
+        self.state.status, self.state.message = "failed", f"{e} at round {self.state.round}; {where}"
+
+    def abort(self, signum: int) -> None:
+        """Second signal: no checkpoint, no engine shutdown (that is what takes seconds and, cut
+        short, printed pages of Ray internals). The summary says how to go on; os._exit ends
+        this process, and a Ray it started dies with it (Ray's fate-sharing of child processes)."""
+        msg = (f"{signal.Signals(signum).name} again: stopped at once at round {self.state.round}; resume from the "
+               f"last checkpoint with: {resume_hint(self.run_dir)}")
+        try:
+            self.bar.close()
+            self.state.status, self.state.message = "stopped", msg
+            self.write_summary()
+        finally:
+            print(msg, file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+
+    def finish(self) -> dict:
+        """Close the engine (Ray's shutdown) and write the summary. From here a signal ends the
+        process once the summary is written (qgm_ray/signals.py: the finishing phase)."""
+        self.stop.finishing()
+        if self.state.status != "stopped" and self.stop():
+            # The signal came after the last round trained (during the final evaluation or
+            # checkpoint): the run is whole; report it as it is, then exit 128 + n.
+            self.stop.late_signum, self.stop.signum = self.stop.signum, None
+        self.bar.close()
+        try:
+            self.engine.close()
+        except Exception:  # noqa: BLE001 - closing must not hide the real outcome
+            pass
+        return self.write_summary()
+
+    # ------------------------------------------------------------ the loop's parts
+    def record(self, row: dict) -> None:
+        """One metrics row: appended to metrics.csv, handed to on_eval."""
+        self.metrics.append(row)
+        self._acc = row["test_accuracy"]
+        if self.on_eval is not None:
+            self.on_eval(row)
+
+    def checkpoint(self) -> None:
+        """The state record and the engine's state, as one file (the restore point)."""
+        s = self.state
+        s.last_checkpoint = s.round
+        s.wall_seconds = self.clock()
+        self.store.save(s.round, {"state": s.to_checkpoint(), "fingerprint": self.fingerprint,
+                                  "engine": self.engine.state_dict()}, keep=self.cfg.fault_tolerance.keep)
+
+    def clock(self) -> float:
+        """Training seconds so far, across resumes."""
+        return time.time() - self._t0
+
+    def should_stop(self) -> bool:
+        return self.stop()
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{self._acc:.3f}", refresh=False)
+
+    # ------------------------------------------------------------ the outcome
+    def summary(self) -> dict:
+        cfg, s = self.cfg, self.state
+        return {
+            "status": s.status,
+            "final_test_accuracy": s.final_test_accuracy,
+            "best_test_accuracy": s.best_test_accuracy,
+            "rounds": s.round,
+            "wall_seconds": self.clock(),
+            "n_clients": self.engine.n_clients,
+            "algorithm": cfg.algorithm.name,
+            "alpha": cfg.data.alpha,
+            "topology": cfg.topology.name,
+            "dataset": cfg.data.name,
+            "model": cfg.model.name,
+            "seed": cfg.seed,
+            "lr": cfg.algorithm.lr,
+            "backend": cfg.backend,
+            "time_lost_seconds": self.engine.time_lost_seconds,   # to failures and replays
+            "message": s.message,
+            "run_dir": str(self.run_dir.path),
+        }
+
+    def write_summary(self) -> dict:
+        summary = self.summary()
+        try:
+            self.run_dir.write_summary(summary)
+        except WriteError as e:  # the disk is full: say so, the caller still gets the outcome
+            print(f"{e}", file=sys.stderr, flush=True)
+        return summary
+
+
+# ---------------------------------------------------------------- the checks of a resume
+
+def check_resumable(cfg: Config, run_dir: RunDir, log) -> None:
+    """What a resume needs of the directory, before the data is made or Ray starts."""
+    run_dir.check_layout()
+    store = CheckpointStore.of(run_dir.path)
+    store.check()
+    if not store.list():
+        raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
+    if not (run_dir.path / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir.path}: not a run directory (no config.yaml)")
+    run_dir.remove_stale_tmp()   # of a writer killed mid-write; we are the one writer now
+    check_resume_config(cfg, run_dir)
+    MetricsFile.of(run_dir.path).read(log=log)  # a garbled metrics.csv is refused before Ray starts
+
+
+def restore_points(run_dir: RunDir, cfg: Config, plan: RunPlan, log) -> tuple[dict, Iterator[tuple[Path, dict]]]:
+    """The newest valid checkpoint and an iterator over the older ones; a ConfigError that
+    says why when there is none."""
+    problems: list = []
+    older = CheckpointStore.of(run_dir.path).valid(replay_fingerprint(cfg), plan.total_rounds, log, problems)
+    newest = next(older, None)
+    if newest is not None:
+        return newest[1], older
+    if problems and all(p == DIFFERENT_CONFIG for p in problems):
+        raise ConfigError(f"--resume {run_dir.path}: the checkpoint was written with a different "
+                          f"config ({', '.join(REPLAY_KEYS)} must match config.yaml)")
+    raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
+
+
+def check_resume_config(cfg: Config, run_dir: RunDir) -> None:
+    """A resumed run measures what it started measuring: refuse a change of any key that
+    changes the numbers (REPLAY_KEYS) or how they are measured (eval.*), against the run's
+    config.yaml. The rest (backend, ray.*, fault_tolerance.*, progress) may change."""
+    from qgm_ray.config import config_dict, from_dict
+    try:
+        written = from_dict(config_dict(run_dir.path / "config.yaml")).to_dict()
+    except ConfigError as e:
+        raise ConfigError(f"--resume {run_dir.path}: its config.yaml: {e}") from None
+    now = cfg.to_dict()
+    changed = [f"{k}: {a!r} -> {b!r}" for key in MEASURED_KEYS
+               for k, a, b in _diff(key, written.get(key), now.get(key))]
+    if changed:
+        raise ConfigError(f"--resume {run_dir.path}: a resumed run must measure what it started measuring, but "
+                          f"this changes {'; '.join(changed)} (different config); start a new run for that")
+
+
+def _diff(key: str, a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            yield from _diff(f"{key}.{k}", a.get(k), b.get(k))
+    elif a != b:
+        yield key, a, b
+
+
+def refuse_finished(run_dir: RunDir, checkpoint: Optional[dict], plan: RunPlan) -> None:
+    """A completed (or diverged) run has nothing to resume: replaying it would rewrite its
+    summary and final checkpoint with the same numbers."""
+    summary = run_dir.read_summary() or {}
+    state = RunState.from_checkpoint(checkpoint) if checkpoint is not None else None
+    if summary.get("status") == "completed" or (state is not None and (state.status == "completed"
+                                                                        or state.round >= plan.total_rounds)):
+        raise ConfigError(f"--resume {run_dir.path}: the run has completed ({plan.total_rounds} of "
+                          f"{plan.total_rounds} rounds); nothing to resume: start a new run in another directory")
+    if summary.get("status") == "diverged":
+        raise ConfigError(f"--resume {run_dir.path}: the run diverged ({summary.get('message', '')}); a resume "
+                          f"would replay the same rounds: start a new run, e.g. with a smaller algorithm.lr")

@@ -226,7 +226,6 @@ def default_short(*extra):
 def reference_rows(cfg):
     """An independent straight-line loop over the engine API, one round per call: what a run
     must measure, with none of the runner's chunking, checkpoints or state record."""
-    from qgm_ray.engine.base import round_bytes
     from qgm_ray.engine.local import LocalEngine
     from qgm_ray.schedule import LRSchedule, rounds_per_epoch
     ds, parts = runner.prepare(cfg, log=lambda m: None)
@@ -236,8 +235,10 @@ def reference_rows(cfg):
     every = max(1, round(cfg.eval.every_epochs * rpe))
     rows, losses, sent = [], [], 0
     for t in range(lr.total_rounds):
-        losses += engine.train(range(t, t + 1), lr)
-        sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, t, engine.payload_bytes)
+        (record,) = engine.train(range(t, t + 1), lr)
+        assert record.round == t
+        losses.append(record.loss)
+        sent += record.bytes_sent
         if (t + 1) % every == 0 or t + 1 == lr.total_rounds:
             rows.append({"round": t + 1, "epoch": (t + 1) / rpe, "lr": lr(t), "train_loss": sum(losses) / len(losses),
                          "bytes_sent": sent, "n_clients": engine.n_clients, "bytes_cross_node": 0,
@@ -332,6 +333,45 @@ def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
     assert resumed["status"] == "completed"
     assert as_numbers(read_metrics(tmp_path / "r")) == as_numbers(read_metrics(tmp_path / "full"))
+
+
+def test_the_summary_takes_its_accuracies_from_the_state_record_across_a_resume(tmp_path):
+    """final/best test accuracy live in the run's state record, checkpointed: a resume knows the
+    evaluations before it without reading metrics.csv back. A record written before it held
+    them (no accuracy keys) takes them from the metrics rows before its round."""
+    import signal
+    cfg = small("fault_tolerance.checkpoint_every=20")
+    full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
+    accs = [float(r["test_accuracy"]) for r in read_metrics(tmp_path / "full")]
+    assert full["final_test_accuracy"] == accs[-1] and full["best_test_accuracy"] == max(accs)
+
+    def stopped_at_50(d):
+        the_run = runner.Run.open(cfg, d, log=lambda m: None)
+
+        def stop_at_50(row):
+            if row["round"] >= 50:
+                the_run.stop.signum = signal.SIGTERM
+        the_run.on_eval = stop_at_50
+        assert the_run.execute()["best_test_accuracy"] == max(accs[:2])
+        path = CheckpointStore.of(d).list()[-1]
+        return path, torch.load(path, weights_only=True)
+
+    path, ckpt = stopped_at_50(tmp_path / "r")
+    assert ckpt["state"]["final_test_accuracy"] == accs[1] and ckpt["state"]["best_test_accuracy"] == max(accs[:2])
+    ckpt["state"]["best_test_accuracy"] = 0.999   # no evaluation of this run gives it: only the record can
+    torch.save(ckpt, path)
+    resumed = runner.run(cfg, tmp_path / "r", resume=True, log=lambda m: None)
+    assert resumed["best_test_accuracy"] == 0.999 and resumed["final_test_accuracy"] == accs[-1]
+
+    path, ckpt = stopped_at_50(tmp_path / "old")
+    del ckpt["state"]["final_test_accuracy"], ckpt["state"]["best_test_accuracy"]   # a record from before
+    torch.save(ckpt, path)
+    text = (tmp_path / "old" / "metrics.csv").read_text().splitlines()
+    head, first = text[0].split(","), text[1].split(",")
+    first[head.index("test_accuracy")] = "0.999"
+    (tmp_path / "old" / "metrics.csv").write_text("\n".join([text[0], ",".join(first)] + text[2:]) + "\n")
+    resumed = runner.run(cfg, tmp_path / "old", resume=True, log=lambda m: None)
+    assert resumed["best_test_accuracy"] == 0.999 and resumed["final_test_accuracy"] == accs[-1]
 
 
 def test_wall_seconds_count_training_not_the_engine_start(tmp_path, monkeypatch):

@@ -89,7 +89,7 @@ def measure(spec: dict) -> dict:
         t0 = time.perf_counter()
         losses = engine.train(range(1, 1 + spec["rounds"]), lambda t: 0.05)
         out["round_seconds"] = (time.perf_counter() - t0) / spec["rounds"]
-        out["loss"] = losses[-1]
+        out["loss"] = losses[-1].loss
         t0 = time.perf_counter()
         engine.evaluate()
         out["eval_seconds"] = round(time.perf_counter() - t0, 2)

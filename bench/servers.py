@@ -90,9 +90,9 @@ def _serve(conn, kind: str, threads: int, ray_init: dict) -> None:
                 _, key, t0, lrs = cmd
                 ends, losses = [], []
 
-                def on_round(r, loss):
+                def on_round(record):
                     ends.append(time.monotonic())
-                    losses.append(loss)
+                    losses.append(record.loss)
 
                 start = time.monotonic()
                 engines[key].train(range(t0, t0 + len(lrs)), lambda r: lrs[r - t0], on_round)

@@ -16,7 +16,7 @@ def _local(cfg_dict, rounds, lr):
     cfg = from_dict(cfg_dict)
     ds = build.build_dataset(cfg)
     engine = LocalEngine(cfg, ds, build.build_partition(cfg, ds))
-    losses = engine.train(range(rounds), lambda t: lr)
+    losses = [r.loss for r in engine.train(range(rounds), lambda t: lr)]
     return engine, losses
 
 

@@ -117,18 +117,19 @@ def test_ray_engine_matches_local_engine(ray_session, extra):
         engine = LocalEngine(cfg, ds, parts) if name == "local" else RayEngine(cfg, ds, parts, log=quiet)
         try:
             seen = []
-            losses = engine.train(range(0, 5), lr, on_round=lambda t, loss: seen.append(t))
+            records = engine.train(range(0, 5), lr, on_round=lambda rec: seen.append(rec.round))
             evals = [engine.evaluate()]
-            losses += engine.train(range(5, 12), lr)
+            records += engine.train(range(5, 12), lr)
             evals.append(engine.evaluate())
             assert seen == list(range(5))
             assert engine.payload_bytes > 0 and engine.n_clients == 4
-            results[name] = (losses, evals)
+            results[name] = (records, evals)
         finally:
             engine.close()
     (la, ea), (lb, eb) = results["local"], results["ray"]
     assert len(la) == len(lb) == 12
-    worst = max(rel(a, b) for a, b in zip(la, lb))
+    assert [r.bytes_sent for r in la] == [r.bytes_sent for r in lb] and la[0].bytes_sent > 0
+    worst = max(rel(a.loss, b.loss) for a, b in zip(la, lb))
     for a, b in zip(ea, eb):
         assert set(a) == set(b)
         worst = max([worst] + [rel(a[k], b[k]) for k in a])
@@ -330,7 +331,7 @@ def test_graceful_stop_checkpoints_at_a_round_boundary(ray_session, tmp_path):
     ray_engine, local = RayEngine(cfg, ds, parts, log=quiet), LocalEngine(cfg, ds, parts)
     try:
         seen = []
-        losses = ray_engine.train(range(0, 40), lambda t: 0.05, on_round=lambda t, l: seen.append(t),
+        losses = ray_engine.train(range(0, 40), lambda t: 0.05, on_round=lambda rec: seen.append(rec.round),
                                   should_stop=lambda: len(seen) >= 3)
         assert 3 <= len(losses) < 40
         local.train(range(0, len(losses)), lambda t: 0.05)

@@ -226,6 +226,7 @@ def default_short(*extra):
 def reference_rows(cfg):
     """An independent straight-line loop over the engine API, one round per call: what a run
     must measure, with none of the runner's chunking, checkpoints or state record."""
+    from qgm_ray.engine.base import round_bytes
     from qgm_ray.engine.local import LocalEngine
     from qgm_ray.schedule import LRSchedule, rounds_per_epoch
     ds, parts = runner.prepare(cfg, log=lambda m: None)
@@ -235,10 +236,8 @@ def reference_rows(cfg):
     every = max(1, round(cfg.eval.every_epochs * rpe))
     rows, losses, sent = [], [], 0
     for t in range(lr.total_rounds):
-        (record,) = engine.train(range(t, t + 1), lr)
-        assert record.round == t
-        losses.append(record.loss)
-        sent += record.bytes_sent
+        losses += [r.loss for r in engine.train(range(t, t + 1), lr)]
+        sent += round_bytes(engine.topology, engine.centralized, engine.n_clients, t, engine.payload_bytes)
         if (t + 1) % every == 0 or t + 1 == lr.total_rounds:
             rows.append({"round": t + 1, "epoch": (t + 1) / rpe, "lr": lr(t), "train_loss": sum(losses) / len(losses),
                          "bytes_sent": sent, "n_clients": engine.n_clients, "bytes_cross_node": 0,

@@ -297,7 +297,7 @@ class Coordinator:
             nbytes += slowmo.outer_step_bytes(self.slowmo.tau, n, t, payload_bytes)
         cross = cross_node_bytes(self.topology, self.centralized, n, t, self.k, self.nodes, payload_bytes)
         self.metrics.on_round(t, losses, self.slots, seconds, nbytes, cross)
-        return {"round": t, "loss": loss, "seconds": seconds}
+        return {"round": t, "loss": loss, "seconds": seconds, "bytes_sent": nbytes, "bytes_cross_node": cross}
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:

@@ -15,7 +15,7 @@ from qgm_ray import build, determinism, layout
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce
-from qgm_ray.engine.base import averages_everyone, block_mix, mixing_matrix, wiring
+from qgm_ray.engine.base import RoundRecord, averages_everyone, block_mix, mixing_matrix, round_bytes, wiring
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 from qgm_ray.engine.memory import release_free_heap
@@ -48,6 +48,7 @@ class LocalEngine:
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
         self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
         self.loss_reads_every = LOSS_READS_EVERY if str(device).startswith("cuda") else 1
+        self.time_lost_seconds = 0.0   # nothing fails in one process
 
     @property
     def payload_bytes(self) -> int:
@@ -59,10 +60,10 @@ class LocalEngine:
         return torch.cat([b.params for b in self.blocks])
 
     def train(self, rounds: range, lr_of: Callable[[int], float],
-              on_round: Optional[Callable[[int, float], None]] = None,
-              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
-        losses: list[float] = []
-        pending: list[tuple[int, torch.Tensor]] = []   # (round, every client's loss) not read yet
+              on_round: Optional[Callable[[RoundRecord], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[RoundRecord]:
+        records: list[RoundRecord] = []
+        pending: list[tuple[int, int, torch.Tensor]] = []   # (round, bytes, every client's loss) not read yet
 
         def read() -> None:
             # On a GPU one device read for up to LOSS_READS_EVERY rounds: a read per round is a
@@ -70,12 +71,13 @@ class LocalEngine:
             # nothing to overlap: read every round (per-round progress and bench timings).
             if not pending:
                 return
-            values = torch.stack([v for _, v in pending]).tolist()
-            for (r, _), row in zip(pending, values):
-                loss = float(np.mean(row))   # position order, as Ray's records
-                losses.append(loss)
+            values = torch.stack([v for _, _, v in pending]).tolist()
+            for (r, nbytes, _), row in zip(pending, values):
+                # the loss: position order, as Ray's records
+                record = RoundRecord(round=r, loss=float(np.mean(row)), bytes_sent=nbytes)
+                records.append(record)
                 if on_round is not None:
-                    on_round(r, loss)
+                    on_round(record)
             pending.clear()
 
         groups = self.layout.groups(self.n_clients)
@@ -99,13 +101,16 @@ class LocalEngine:
                     mixed.append(block_mix(own, g, rows, sources, received))
             for b, m in zip(self.blocks, mixed):
                 b.post_mix(m, lr)
-            if self.slowmo is not None and self.slowmo.due(t):
-                slowmo.outer_step(self.blocks, lr)
-            pending.append((t, torch.cat([b.losses for b in self.blocks])))
+            nbytes = round_bytes(self.topology, self.centralized, self.n_clients, t, self.payload_bytes)
+            if self.slowmo is not None:
+                nbytes += slowmo.outer_step_bytes(self.slowmo.tau, self.n_clients, t, self.payload_bytes)
+                if self.slowmo.due(t):
+                    slowmo.outer_step(self.blocks, lr)
+            pending.append((t, nbytes, torch.cat([b.losses for b in self.blocks])))
             if len(pending) >= self.loss_reads_every:
                 read()
         read()
-        return losses
+        return records
 
     def flat_buffers(self) -> torch.Tensor:
         """(n, B): every client's float buffers in position order."""

@@ -40,7 +40,7 @@ from qgm_ray import build, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
-from qgm_ray.engine.base import EngineFailure, groups_of, round_bytes
+from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of, round_bytes
 from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
 from qgm_ray.engine.placement import clients_per_node
 from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
@@ -173,11 +173,11 @@ class RayEngine:
 
     # ------------------------------------------------------------ training
     def train(self, rounds: range, lr_of: Callable[[int], float],
-              on_round: Optional[Callable[[int, float], None]] = None,
-              should_stop: Optional[Callable[[], bool]] = None) -> list[float]:
-        losses: list[float] = []
+              on_round: Optional[Callable[[RoundRecord], None]] = None,
+              should_stop: Optional[Callable[[], bool]] = None) -> list[RoundRecord]:
+        records: list[RoundRecord] = []
         if len(rounds) == 0 or (should_stop is not None and should_stop()):
-            return losses
+            return records
         lrs = [float(lr_of(t)) for t in rounds]
         stop_sent = False
         try:
@@ -189,18 +189,20 @@ class RayEngine:
                     self._recover(rec["failed"])
                 if "done" in rec:
                     break
-                losses.append(rec["loss"])
-                self.counted_rounds = max(self.counted_rounds, rec["round"] + 1)
-                self._progress(rec["round"] + 1)
+                record = RoundRecord(round=rec["round"], loss=rec["loss"], bytes_sent=rec["bytes_sent"],
+                                     bytes_cross_node=rec["bytes_cross_node"])
+                records.append(record)
+                self.counted_rounds = max(self.counted_rounds, record.round + 1)
+                self._progress(record.round + 1)
                 if on_round is not None:
-                    on_round(rec["round"], rec["loss"])
+                    on_round(record)
                 if not stop_sent and should_stop is not None and should_stop():
                     self.coordinator.request_stop.remote()
                     stop_sent = True
         except FAILURES as e:
             self._on_failure(e)
-        self._refresh_logging_resizes(rounds.start + len(losses))
-        return losses
+        self._refresh_logging_resizes(rounds.start + len(records))
+        return records
 
     def _refresh_logging_resizes(self, at_round: int) -> None:
         """Pick up a run-time Coordinator.resize (from another process) and say so in the log."""

@@ -114,7 +114,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from qgm_ray.run import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.config import config_dict, from_dict
 
     if args.resume:

@@ -1,6 +1,6 @@
 """The run directory: config.yaml, partition.csv, metrics.csv, summary.json, checkpoints/.
-metrics.csv and checkpoints/ have modules of their own (qgm_ray.run.metrics_file,
-qgm_ray.run.checkpoints); this one holds the directory, its lock and its whole files.
+metrics.csv and checkpoints/ have modules of their own (qgm_ray.runner.metrics_file,
+qgm_ray.runner.checkpoints); this one holds the directory, its lock and its whole files.
 
 One writer: the live run holds an exclusive lock on the directory itself (flock on its file
 descriptor), which the kernel drops when the process dies, however it dies; a second run or a
@@ -229,10 +229,10 @@ class RunDir:
             else:
                 _unlink_quietly(p)
 
-    # ------------------------------------------------------------ the files of run/ modules
+    # ------------------------------------------------------------ the files of runner/ modules
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.csv"     # qgm_ray.run.metrics_file reads and writes it
+        return self.path / "metrics.csv"     # qgm_ray.runner.metrics_file reads and writes it
 
     # ------------------------------------------------------------ summary / config / partition
     def write_summary(self, summary: dict) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from qgm_ray.errors import ConfigError
-from qgm_ray.run.metrics_file import MetricsFile, read_history
+from qgm_ray.runner.metrics_file import MetricsFile, read_history
 
 RESULT_COLUMNS = ["trial", "algorithm", "alpha", "topology", "n_clients", "seed", "lr",
                   "final_test_accuracy", "best_test_accuracy", "status", "rounds", "wall_seconds", "trial_dir"]

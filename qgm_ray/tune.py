@@ -1,4 +1,4 @@
-"""Ray Tune sweeps: one trial = one full decentralized run (`qgm_ray.run.runner.run`) in its own directory.
+"""Ray Tune sweeps: one trial = one full decentralized run (`qgm_ray.runner.run.run`) in its own directory.
 
 The config's `tune:` section declares a grid over dotted config keys (`tune.grid_search`) and
 optionally sampled keys (`tune.loguniform`, ...); every trial merges its values over the
@@ -160,7 +160,7 @@ def _worst(mode: str) -> float:
 def _prepare_trial_dir(path: Path) -> bool:
     """A trial restarted by Tuner.restore finds its old run directory: resume from its own
     checkpoint when it has one, else start over (metrics.csv is appended, so it must go)."""
-    from qgm_ray.run.checkpoints import CheckpointStore
+    from qgm_ray.runner.checkpoints import CheckpointStore
     if not path.exists():
         return False
     if CheckpointStore.of(path).list() and (path / "config.yaml").is_file():
@@ -174,7 +174,7 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
     import torch
     from ray import tune
 
-    from qgm_ray.run import runner
+    from qgm_ray.runner import run as runner
 
     cfg = trial_config(base, params)
     cfg.progress = False
@@ -312,7 +312,7 @@ def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
     """Every grid point (and the ends of every sampled range) must be a valid config, and for
     offline data the partition must fit the batch size: fail now, not 20 minutes in."""
     from qgm_ray import data as qdata
-    from qgm_ray.run import runner
+    from qgm_ray.runner import run as runner
 
     probes = [{}]
     for key, spec in tc.search.items():

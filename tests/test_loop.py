@@ -1,4 +1,4 @@
-"""The straight loop (qgm_ray/run/loop.py) with a fake engine and fake parts: what a run
+"""The straight loop (qgm_ray/runner/loop.py) with a fake engine and fake parts: what a run
 records, evaluates, resizes and checkpoints, with no files, no torch and no Ray."""
 import copy
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 
 from qgm_ray.engine.base import RoundRecord
-from qgm_ray.run import loop
-from qgm_ray.run.plan import RunPlan, RunState
+from qgm_ray.runner import loop
+from qgm_ray.runner.plan import RunPlan, RunState
 
 
 class FakeEngine:

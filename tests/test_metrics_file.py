@@ -1,10 +1,10 @@
-"""metrics.csv (qgm_ray/run/metrics_file.py): the one module that writes it and reads it back."""
+"""metrics.csv (qgm_ray/runner/metrics_file.py): the one module that writes it and reads it back."""
 import pandas as pd
 import pytest
 
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import WriteError
-from qgm_ray.run.metrics_file import METRIC_COLUMNS, MetricsFile, read_history
+from qgm_ray.runner.metrics_file import METRIC_COLUMNS, MetricsFile, read_history
 
 
 def row(t, acc):

@@ -11,11 +11,11 @@ import threading
 
 import pytest
 
-from qgm_ray.run import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.outputs import RunDir
-from qgm_ray.run.checkpoints import CheckpointStore
+from qgm_ray.runner.checkpoints import CheckpointStore
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")

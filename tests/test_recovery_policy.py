@@ -1,7 +1,7 @@
-"""The recovery policy (qgm_ray/run/recovery.py): retry or fail, and who counts restarts. Pure:
+"""The recovery policy (qgm_ray/runner/recovery.py): retry or fail, and who counts restarts. Pure:
 no engine, no Ray."""
 from qgm_ray.engine.base import EngineFailure
-from qgm_ray.run.recovery import GIVE_UP, RAISE, RETRY, RecoveryPolicy
+from qgm_ray.runner.recovery import GIVE_UP, RAISE, RETRY, RecoveryPolicy
 
 HINT = "python main.py --resume runs/x"
 LOST = EngineFailure("ClientActor(s) [0] died (node lost)")

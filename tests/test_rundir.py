@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from qgm_ray import report
-from qgm_ray.run import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
-from qgm_ray.run.checkpoints import CheckpointStore
-from qgm_ray.run.metrics_file import MetricsFile
+from qgm_ray.runner.checkpoints import CheckpointStore
+from qgm_ray.runner.metrics_file import MetricsFile
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from qgm_ray.run import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
-from qgm_ray.run.checkpoints import CheckpointStore
-from qgm_ray.run.metrics_file import MetricsFile
+from qgm_ray.runner.checkpoints import CheckpointStore
+from qgm_ray.runner.metrics_file import MetricsFile
 
 SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
          "data.batch_size=16", "schedule.epochs=4", "eval.every_epochs=1", "progress=false",
@@ -391,3 +391,11 @@ def test_wall_seconds_count_training_not_the_engine_start(tmp_path, monkeypatch)
     elapsed = _time.time() - t0
     assert s["wall_seconds"] <= elapsed - slow_start
     assert float(read_metrics(tmp_path / "r")[0]["wall_seconds"]) <= elapsed - slow_start
+
+
+def test_the_python_apis_run_is_not_shadowed_by_the_runner_package():
+    """Importing a submodule sets it as an attribute of its package: a package named
+    qgm_ray/run/ would replace the API's `qgm_ray.run` function once any run had started."""
+    import qgm_ray
+    import qgm_ray.runner.run  # noqa: F401 - what every run imports
+    assert callable(qgm_ray.run) and qgm_ray.run.__module__ == "qgm_ray.api"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray.run import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.engine import allreduce
 from qgm_ray.engine.local import LocalEngine
@@ -157,7 +157,7 @@ HEAP_PROBE = """
 import sys, torch
 from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
-from qgm_ray.run import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.engine import memory
 
 def in_heap(t):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray.run import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.algorithms import make_algorithm
 from qgm_ray.algorithms.slowmo import SlowMo, exact_average, is_outer_round, slowmo_update
 from qgm_ray.config import load_config
@@ -153,8 +153,8 @@ def test_local_engine_with_slowmo_equals_plain_engine_plus_reference_outer_steps
 
 def test_resume_with_slowmo_reproduces_the_run_and_counts_the_all_reduce(tmp_path):
     from qgm_ray.outputs import RunDir
-    from qgm_ray.run.checkpoints import CheckpointStore
-    from qgm_ray.run.metrics_file import MetricsFile
+    from qgm_ray.runner.checkpoints import CheckpointStore
+    from qgm_ray.runner.metrics_file import MetricsFile
     cfg = small(*SLOWMO, "fault_tolerance.checkpoint_every=4", "fault_tolerance.keep=10")
     full = runner.run(cfg, tmp_path / "full", log=quiet)
     part = tmp_path / "part"

@@ -11,7 +11,7 @@ import math
 from typing import Optional, Protocol, Sequence
 
 from qgm_ray.engine.base import Engine, RoundRecord
-from qgm_ray.run.plan import RunPlan, RunState
+from qgm_ray.runner.plan import RunPlan, RunState
 
 DIVERGENCE_LOSS = 1e3
 

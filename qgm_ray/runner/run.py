@@ -1,5 +1,5 @@
 """One decentralized training run, whatever the engine: `Run` composes the straight loop
-(run/loop.py) with the run directory (its lock and lifecycle), the metrics file, the checkpoint
+(runner/loop.py) with the run directory (its lock and lifecycle), the metrics file, the checkpoint
 store, the recovery policy and the stop signals; `run()` is what main.py, a Tune trial and the
 Python API call.
 
@@ -22,11 +22,11 @@ from qgm_ray.engine.base import Engine, EngineFailure, RoundRecord
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
-from qgm_ray.run import loop, recovery
-from qgm_ray.run.checkpoints import DIFFERENT_CONFIG, REPLAY_KEYS, CheckpointStore, replay_fingerprint
-from qgm_ray.run.metrics_file import MetricsFile
-from qgm_ray.run.plan import RunPlan, RunState
-from qgm_ray.run.recovery import RecoveryPolicy
+from qgm_ray.runner import loop, recovery
+from qgm_ray.runner.checkpoints import DIFFERENT_CONFIG, REPLAY_KEYS, CheckpointStore, replay_fingerprint
+from qgm_ray.runner.metrics_file import MetricsFile
+from qgm_ray.runner.plan import RunPlan, RunState
+from qgm_ray.runner.recovery import RecoveryPolicy
 from qgm_ray.signals import StopSignals
 
 # Keys a --resume may not change: those that change the numbers, and how they are measured.

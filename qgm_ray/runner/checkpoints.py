@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional
 
 from qgm_ray.config import Config
 from qgm_ray.outputs import OutputError, RunDir, WriteError, atomic_write
-from qgm_ray.run.plan import RunState
+from qgm_ray.runner.plan import RunState
 
 # Keys whose change makes a checkpoint meaningless for --resume (replay would differ).
 REPLAY_KEYS = ("seed", "data", "model", "topology", "algorithm", "schedule", "elastic")

@@ -93,7 +93,7 @@ def measure(spec: dict) -> dict:
         t0 = time.perf_counter()
         engine.evaluate()
         out["eval_seconds"] = round(time.perf_counter() - t0, 2)
-        # Into a file, as the runner writes its checkpoints (outputs.save_checkpoint): torch.save
+        # Into a file, as the runner writes its checkpoints (CheckpointStore.save): torch.save
         # streams to a file, where a BytesIO would hold a second copy of the state in memory.
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()

@@ -52,7 +52,8 @@ def _ray_worker_pids(root: int) -> tuple[list[int], list[int]]:
 def _serve(conn, kind: str, threads: int, ray_init: dict) -> None:
     import torch
 
-    from qgm_ray import build, runner
+    from qgm_ray import build
+    from qgm_ray.runner import run as runner
     from qgm_ray.config import from_dict
 
     torch.set_num_threads(threads)

@@ -7,7 +7,7 @@
     sweep = qgm_ray.sweep("examples/byo.yaml", {"tune.grid": {"algorithm.options.clip": [0.5, 1.0]}})
     sweep.results[["algorithm.options.clip", "final_test_accuracy"]]
 
-`run` and `sweep` are what `python main.py` and `python main.py tune` call (runner.run,
+`run` and `sweep` are what `python main.py` and `python main.py tune` call (runner.run.run,
 tune.run_sweep): same outputs, same numbers. A config is a YAML path, a dict (nested like
 the YAML, or with dotted keys) or a Config; overrides are `"a.b=VALUE"` strings (VALUE
 parsed as YAML, as `--set`) or a {dotted key: value} dict.
@@ -101,9 +101,8 @@ class RunResult:
     def history(self):
         """metrics.csv as a pandas DataFrame (one row per evaluation); read once."""
         if self._history is None:
-            import pandas as pd
-            path = self.run_dir / "metrics.csv"
-            self._history = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+            from qgm_ray.runner.metrics_file import MetricsFile
+            self._history = MetricsFile.of(self.run_dir).frame()
         return self._history
 
     @property
@@ -163,7 +162,7 @@ def run(config: ConfigLike, overrides: Overrides = (), output_dir: Union[str, Pa
     progress lines go (None: nowhere). progress: the progress bar (default: the config's).
     Ctrl-C / SIGTERM stop at a round boundary with a checkpoint (status "stopped").
     """
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
 
     output_dir = _directory(output_dir, "run(output_dir=...)", allow_none=True)
     if resume:

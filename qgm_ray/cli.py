@@ -139,7 +139,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.config import config_dict, from_dict
 
     check_paths(args)

@@ -1,35 +1,27 @@
 """The run directory: config.yaml, partition.csv, metrics.csv, summary.json, checkpoints/.
+metrics.csv and checkpoints/ have modules of their own (qgm_ray.runner.metrics_file,
+qgm_ray.runner.checkpoints); this one holds the directory, its lock and its whole files.
 
 One writer: the live run holds an exclusive lock on the directory itself (flock on its file
 descriptor), which the kernel drops when the process dies, however it dies; a second run or a
 `--resume` of a live run is refused. Every whole file (config.yaml, partition.csv, summary.json,
-checkpoints, a truncated metrics.csv) is written to a temporary file and renamed, so a reader
-never sees half a file and a failed write (a full disk) leaves no `.tmp` behind. metrics.csv is
-the one file appended (rewriting it for every row would cost O(rows)): each row is flushed and
-fsynced, and a row that cannot be written whole is cut off again. A write that fails raises
-`WriteError`, one line naming the file.
+checkpoints, a truncated metrics.csv) is written to a temporary file and renamed (`atomic_write`),
+so a reader never sees half a file and a failed write (a full disk) leaves no `.tmp` behind. A
+write that fails raises `WriteError`, one line naming the file.
 """
 from __future__ import annotations
 
-import csv
 import errno
 import fcntl
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
-
-import torch
+from typing import Callable, Optional
 
 from qgm_ray.errors import ConfigError
 
-METRIC_COLUMNS = ["round", "epoch", "lr", "train_loss", "test_accuracy", "local_test_accuracy",
-                  "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss", "bytes_cross_node"]
-
-_CKPT = re.compile(r"^round_(\d+)\.pt$")
 TMP_SUFFIX = ".tmp"
 
 
@@ -273,88 +265,10 @@ class RunDir:
             else:
                 _unlink_quietly(p)
 
-    # ------------------------------------------------------------ metrics
+    # ------------------------------------------------------------ the files of runner/ modules
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.csv"
-
-    def append_metrics(self, row: dict) -> None:
-        new = not self.metrics_path.exists() or self.metrics_path.stat().st_size == 0
-        try:
-            with open(self.metrics_path, "a", newline="") as f:
-                size = f.tell()
-                try:
-                    w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-                    if new:
-                        w.writeheader()
-                    w.writerow(row)
-                    f.flush()
-                    os.fsync(f.fileno())
-                except OSError:
-                    f.truncate(size)  # no torn row: the file ends with the last whole one
-                    raise
-        except OSError as e:
-            raise WriteError(self.metrics_path, e) from None
-
-    def read_metrics(self, log=print) -> list[dict]:
-        """Every row of metrics.csv, checked: ConfigError (one line) if it is not a metrics file
-        this program wrote. A last line without its newline is a row torn by a crash: dropped."""
-        p = self.metrics_path
-        if not p.exists():
-            return []
-        if not p.is_file():
-            raise OutputError(f"{p} is not a file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise OutputError(f"{p}: unreadable ({type(e).__name__}); move it away or start a new run") from None
-        if not text:
-            return []
-        if "\0" in text:
-            raise OutputError(f"{p}: a binary file, not a metrics file written by qgm-ray; move it away or "
-                              f"start a new run")
-        if not text.endswith("\n") and "\n" in text:   # the header is whole: only the last row was cut
-            text = text[:text.rfind("\n") + 1]
-            log(f"{p}: dropped its last line, cut short by a crash")
-        rows = list(csv.DictReader(text.splitlines()))
-        header = next(csv.reader(text.splitlines()[:1]))
-        missing = [c for c in ("round", "test_accuracy") if c not in header]
-        if missing:
-            raise OutputError(f"{p}: not a metrics file written by qgm-ray (no {', '.join(missing)} column); "
-                              f"move it away or start a new run")
-        last = 0
-        for i, r in enumerate(rows, start=2):
-            try:
-                rnd = int(r["round"])
-                float(r["test_accuracy"])
-            except (TypeError, ValueError):
-                raise OutputError(f"{p}, line {i}: not a metrics row (round={r.get('round')!r}, "
-                                  f"test_accuracy={r.get('test_accuracy')!r}); move it away or start a new run") from None
-            if rnd <= last:
-                raise OutputError(f"{p}, line {i}: round {rnd} after round {last}: not a metrics file written by "
-                                  f"one run; move it away or start a new run")
-            last = rnd
-        return rows
-
-    def test_accuracies(self) -> list[float]:
-        """test_accuracy of every evaluation written so far, in order."""
-        try:
-            return [float(r["test_accuracy"]) for r in self.read_metrics(log=lambda m: None)]
-        except OutputError:
-            return []
-
-    def truncate_metrics_after(self, round_: int) -> None:
-        """On resume, evaluations after the checkpoint are redone: drop their rows."""
-        if not self.metrics_path.exists():
-            return
-        rows = [r for r in self.read_metrics(log=lambda m: None) if int(r["round"]) <= round_]
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-        atomic_write(self.metrics_path, write)
+        return self.path / "metrics.csv"     # qgm_ray.runner.metrics_file reads and writes it
 
     # ------------------------------------------------------------ summary / config / partition
     def write_summary(self, summary: dict) -> None:
@@ -378,30 +292,7 @@ class RunDir:
         """A whole file, written by `write(tmp)` and renamed into place."""
         atomic_write(self.path / name, write)
 
-    # ------------------------------------------------------------ checkpoints
-    def checkpoint_path(self, round_: int) -> Path:
-        return self.checkpoints / f"round_{round_:08d}.pt"
-
-    def save_checkpoint(self, round_: int, payload: dict, keep: int) -> Path:
-        try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise WriteError(self.checkpoints, e) from None
-        path = self.checkpoint_path(round_)
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:   # a file object: a full disk surfaces as its OSError
-                torch.save(payload, f)
-        atomic_write(path, write)
-        for old in self.list_checkpoints()[:-keep]:
-            _unlink_quietly(old)
-        return path
-
-    def list_checkpoints(self) -> list[Path]:
-        if not self.checkpoints.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := _CKPT.match(p.name))]
-        return [p for _, p in sorted(found)]
-
+    # ------------------------------------------------------------ before a resume
     def check_layout(self) -> None:
         """Before a resume writes anything: the places it will write are what they should be."""
         for name in ("metrics.csv", "summary.json", "config.yaml", "partition.csv"):
@@ -410,22 +301,3 @@ class RunDir:
                 raise OutputError(f"{p} is not a file; move it away")
         if self.checkpoints.exists() and not self.checkpoints.is_dir():
             raise OutputError(f"{self.checkpoints} is not a directory; move it away")
-        for p in self.list_checkpoints():
-            if not p.is_file():
-                raise OutputError(f"{p} is not a checkpoint file (a directory?); move it away")
-
-    def iter_checkpoints(self, log=print) -> Iterator[tuple[Path, dict]]:
-        """(path, payload) of every checkpoint that loads, newest first; a truncated or corrupt
-        one is reported and skipped."""
-        for path in reversed(self.list_checkpoints()):
-            try:
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unreadable file means: fall back
-                log(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                    f"falling back to the previous one")
-                continue
-            yield path, payload
-
-    def load_latest_checkpoint(self, log=print) -> Optional[dict]:
-        """Newest checkpoint that loads."""
-        return next((payload for _, payload in self.iter_checkpoints(log)), None)

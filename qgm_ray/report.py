@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from qgm_ray.errors import ConfigError
+from qgm_ray.runner.metrics_file import MetricsFile, read_history
 
 RESULT_COLUMNS = ["trial", "algorithm", "alpha", "topology", "n_clients", "seed", "lr",
                   "final_test_accuracy", "best_test_accuracy", "status", "rounds", "wall_seconds", "trial_dir"]
@@ -34,6 +35,7 @@ HPARAM_PREFIXES = ("algorithm.", "schedule.", "data.batch_size")
 CELL_KEYS = ("algorithm.name", "data.alpha", "seed")
 
 PNG_DPI = 120
+PLOTTED = ("epoch", "lr", "train_loss", "test_accuracy", "consensus_distance")   # metrics.csv columns a run's curves draw
 
 
 def _column(key: str) -> str:
@@ -294,17 +296,10 @@ def table_markdown(df: pd.DataFrame, base: Optional[dict] = None, param_keys=())
 
 # ================================================================ histories / partitions
 
-def _metrics_csv(path: Path) -> Optional[pd.DataFrame]:
-    try:
-        return pd.read_csv(path)
-    except (OSError, pd.errors.EmptyDataError):
-        return None
-
-
 def collect_histories(sweep_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for _, r in df.iterrows():
-        m = _metrics_csv(Path(sweep_dir) / str(r["trial_dir"]) / "metrics.csv")
+        m = read_history(Path(sweep_dir) / str(r["trial_dir"]))
         if m is not None and len(m):
             m.insert(0, "trial", r["trial"])
             frames.append(m)
@@ -625,11 +620,10 @@ def make_report(path: str | Path) -> list[Path]:
         else:
             raise ConfigError(f"report {path}: a sweep directory without results.csv or trials/")
         return write_sweep_report(path, df)
-    if (path / "metrics.csv").is_file():
-        metrics = _read_csv(path / "metrics.csv",
-                            numeric=("epoch", "lr", "train_loss", "test_accuracy", "consensus_distance"))
+    if MetricsFile.of(path).path.is_file():
+        metrics = MetricsFile.of(path).frame(required=PLOTTED)
         if metrics.empty:
-            raise ConfigError(f"report {path}: metrics.csv has no evaluation yet")
+            raise ConfigError(f"report {path}: metrics.csv is empty: no evaluation yet")
         summary = _read_json(path / "summary.json") or {}
         title = " ".join(str(summary[k]) for k in ("algorithm", "dataset", "topology") if k in summary)
         if "alpha" in summary:

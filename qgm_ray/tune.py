@@ -1,4 +1,4 @@
-"""Ray Tune sweeps: one trial = one full decentralized run (`runner.run`) in its own directory.
+"""Ray Tune sweeps: one trial = one full decentralized run (`qgm_ray.runner.run.run`) in its own directory.
 
 The config's `tune:` section declares a grid over dotted config keys (`tune.grid_search`) and
 optionally sampled keys (`tune.loguniform`, ...); every trial merges its values over the
@@ -165,10 +165,10 @@ def _worst(mode: str) -> float:
 def _prepare_trial_dir(path: Path) -> bool:
     """A trial restarted by Tuner.restore finds its old run directory: resume from its own
     checkpoint when it has one, else start over (metrics.csv is appended, so it must go)."""
-    from qgm_ray.outputs import RunDir
+    from qgm_ray.runner.checkpoints import CheckpointStore
     if not path.exists():
         return False
-    if RunDir(path).list_checkpoints() and (path / "config.yaml").is_file():
+    if CheckpointStore.of(path).list() and (path / "config.yaml").is_file():
         return True
     shutil.rmtree(path)
     return False
@@ -179,7 +179,7 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
     import torch
     from ray import tune
 
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
 
     cfg = trial_config(base, params)
     cfg.progress = False
@@ -205,7 +205,7 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
         def log(msg: str) -> None:
             logf.write(msg + "\n")
             logf.flush()
-        log(f"trial {name}: {describe_params(params)} (qgm_ray from {Path(runner.__file__).parent})")
+        log(f"trial {name}: {describe_params(params)} (qgm_ray from {Path(runner.__file__).parents[1]})")
         summary = runner.run(cfg, path, resume=resume, on_eval=on_eval, log=log, own_files=("log.txt",))
 
     final = {**last, "status": summary["status"],
@@ -346,7 +346,7 @@ def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
     """Every grid point (and the ends of every sampled range) must be a valid config, and for
     offline data the partition must fit the batch size: fail now, not 20 minutes in."""
     from qgm_ray import data as qdata
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
 
     probes = [{}]
     for key, spec in tc.search.items():

@@ -71,7 +71,7 @@ class Recorder:
     """Captures the engine the runner makes and its log lines."""
 
     def __init__(self, on_log=None):
-        from qgm_ray import runner
+        from qgm_ray.runner import run as runner
         self.engines, self.logs, self.on_log = [], [], on_log
         make = runner.make_engine
 
@@ -109,7 +109,7 @@ def kill_node_of_actor(cluster, engine, actor: int) -> str:
 
 def run_killing(cluster, out: Path, name: str, cfg, actor: int = 1, on_log=None) -> dict:
     """A run whose node holding `actor` is killed while the rounds after the first evaluation run."""
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     rec = Recorder(on_log)
     killed, placed = [], []
 
@@ -149,7 +149,7 @@ def node_loss(out: Path) -> dict:
       replay  2 workers again, a quarter core each: the replacement starts at once;
       wait    1 worker holding every actor, resource_wait_s null: waits and logs until a node
               joins."""
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.engine import ray_engine
     cluster = start_cluster(3)
     try:
@@ -181,7 +181,7 @@ def node_loss(out: Path) -> dict:
 
 def placement(out: Path) -> dict:
     """Ring of 16 in 8 actors of 2 over 4 one-CPU nodes: graph placement vs Ray's default."""
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     cluster = start_cluster(4)
     result = {}
     try:
@@ -204,7 +204,7 @@ def placement(out: Path) -> dict:
 def joining(out: Path) -> dict:
     """Elastic run 4 -> 6 -> 4 clients on 2 nodes; a third node joins after the first
     evaluation and the grow places the new actor there. Compared with the local engine."""
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     cluster = start_cluster(2)
     try:
         extra = ["topology.n_clients=4", "elastic.max_clients=6", "elastic.schedule=[[1.0, 6], [1.5, 4]]",
@@ -230,7 +230,7 @@ def plugins(out: Path) -> dict:
     one-CPU nodes whose node holding ClientActor 1 is killed mid-run."""
     import shutil
 
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.config import load_config
     from qgm_ray.plugins import ship_paths
     root = Path(__file__).resolve().parent.parent

@@ -224,7 +224,7 @@ def test_push_sum_rules_are_accepted_on_directed_graphs(algo):
 
 
 def test_local_engine_push_sum_weights_checkpoint_and_resume_exactly():
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.engine.local import LocalEngine
     cfg = load_config(None, SMALL + ["topology.name=random_peer", "topology.options={degree: 2}",
                                      "algorithm.name=qg_dsgdm_n"])
@@ -248,7 +248,7 @@ def test_local_engine_push_sum_weights_checkpoint_and_resume_exactly():
 
 
 def test_local_engine_push_sum_elastic_joiners_start_with_weight_one():
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.engine.local import LocalEngine
     cfg = load_config(None, SMALL + ["topology.name=random_peer", "elastic.max_clients=6"])
     ds, parts = runner.prepare(cfg, log=lambda m: None)

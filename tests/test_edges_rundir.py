@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qgm_ray import runner
+from qgm_ray.runner import run as runner
+from qgm_ray.runner.checkpoints import CheckpointStore
+from qgm_ray.runner.metrics_file import MetricsFile
 from qgm_ray.config import load_config
 from qgm_ray.outputs import OutputError, RunDir, check_no_links
 
@@ -33,11 +35,10 @@ def stopped_run(tmp_path_factory):
     """A run as a driver killed after round 10 leaves it: resumable."""
     d = tmp_path_factory.mktemp("edges_rundir") / "run"
     runner.run(load_config(None, SMALL), d, log=quiet)
-    rd = RunDir(d)
-    for p in rd.list_checkpoints():
+    for p in CheckpointStore.of(d).list():
         if int(p.stem.split("_")[1]) > 10:
             p.unlink()
-    rd.truncate_metrics_after(10)
+    MetricsFile.of(d).truncate_after(10)
     (d / "summary.json").unlink()
     return d
 
@@ -61,7 +62,7 @@ def _link_metrics(mine, other):
 
 
 def _link_one_checkpoint(mine, other):
-    newest = RunDir(mine).list_checkpoints()[-1]
+    newest = CheckpointStore.of(mine).list()[-1]
     newest.unlink()
     newest.symlink_to(other / "checkpoints" / newest.name)
 

@@ -2,7 +2,7 @@
 seam between pre_mix and post_mix that both engines share."""
 import pytest
 
-from qgm_ray import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.engine.base import RoundRecord, round_bytes
 from qgm_ray.engine.local import LocalEngine

@@ -48,7 +48,7 @@ def test_ray_equals_local_on_gpu_in_deterministic_mode(ray_session, tmp_path):
     """Where bit-identity holds on a GPU: only with deterministic: true (README)."""
     import csv
 
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     rows = {}
     for backend in ("local", "ray"):
         cfg = load_config(None, SMALL + ["device=cuda", "model.name=resnet20", "deterministic=true",

@@ -7,7 +7,7 @@ from helpers import small_run
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
-from qgm_ray import runner  # noqa: E402
+from qgm_ray.runner import run as runner  # noqa: E402
 from qgm_ray.config import load_config  # noqa: E402
 from qgm_ray.engine.base import EngineFailure  # noqa: E402
 

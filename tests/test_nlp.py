@@ -206,7 +206,7 @@ def test_distilbert_options_are_validated(nlp_root, kw, message):
 def test_agnews_distilbert_qg_adam_run_offline(nlp_root, tmp_path):
     """A whole (tiny) run through the local engine with packed clients: config, data,
     tokenizer, model, QG-Adam; the paper config differs only in sizes."""
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.config import load_config
 
     root, tok = nlp_root
@@ -240,7 +240,7 @@ def test_agnews_distilbert_on_ray_matches_local_engine(nlp_root, ray_session):
 
     With dropout: a block seeds the global RNG from (seed, clients, step) around its forward
     (engine/block.py), so the dropout masks are the same in both engines."""
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.engine.local import LocalEngine
     from qgm_ray.engine.ray_engine import RayEngine
 
@@ -264,7 +264,7 @@ def test_agnews_distilbert_on_ray_matches_local_engine(nlp_root, ray_session):
 
 
 def test_dropout_does_not_depend_on_the_process_rng(nlp_root):
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
     from qgm_ray.engine.local import LocalEngine
 
     root, tok = nlp_root

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # `examples` is a package of the checkout, as for a user's own code
 
 import qgm_ray  # noqa: E402
-from qgm_ray import runner  # noqa: E402
+from qgm_ray.runner import run as runner  # noqa: E402
 from qgm_ray.errors import ConfigError  # noqa: E402
 from test_main import start_and_signal  # noqa: E402 - one way to signal a running main.py
 

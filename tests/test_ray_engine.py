@@ -10,10 +10,11 @@ import threading
 
 import pytest
 
-from qgm_ray import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.outputs import RunDir
+from qgm_ray.runner.checkpoints import CheckpointStore
 
 from helpers import read_metrics, small_run
 
@@ -179,7 +180,7 @@ def test_full_run_on_ray_writes_outputs_and_matches_local(reference, tmp_path):
     assert s["status"] == "completed" and s["backend"] == "ray" and s["n_clients"] == 4
     for name in ("config.yaml", "metrics.csv", "summary.json", "partition.csv"):
         assert (d / name).is_file(), name
-    assert RunDir(d).list_checkpoints()
+    assert CheckpointStore.of(d).list()
     local = runner.run(small(*REFERENCE, "backend=local"), tmp_path / "local", log=quiet)
     assert_same_rows(read_metrics(tmp_path / "local"), reference["rows"])
     assert local["final_test_accuracy"] == pytest.approx(s["final_test_accuracy"], rel=TOL)
@@ -267,7 +268,7 @@ def test_max_restarts_used_up_stops_with_one_line(ray_session, monkeypatch, tmp_
                                   ["fault_tolerance.max_restarts=0"])
     msg = s["message"]
     assert s["status"] == "failed" and "\n" not in msg
-    ckpt = RunDir(tmp_path / "run").list_checkpoints()[-1]
+    ckpt = CheckpointStore.of(tmp_path / "run").list()[-1]
     kept = f"the checkpoint of round {int(ckpt.stem.split('_')[1])} is kept"
     assert "max_restarts=0" in msg and kept in msg and f"--resume {tmp_path / 'run'}" in msg
     assert RunDir(tmp_path / "run").read_summary()["status"] == "failed"
@@ -304,7 +305,7 @@ def test_resume_after_driver_stop_reproduces_the_run(reference, tmp_path):
     assert RunDir(d).read_summary()["status"] == "failed"
     # The newest checkpoint was cut short while being copied: resume falls back to the one before.
     rd = RunDir(d)
-    newest = rd.list_checkpoints()[-1]
+    newest = CheckpointStore.of(rd.path).list()[-1]
     newest.write_bytes(newest.read_bytes()[:200])
     logs = []
     s = runner.run(cfg, d, resume=True, log=logs.append)

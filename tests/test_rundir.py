@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from qgm_ray import report, runner
+from qgm_ray import report
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
+from qgm_ray.runner.checkpoints import CheckpointStore
+from qgm_ray.runner.metrics_file import MetricsFile
 
 from helpers import main_py, small_run
 
@@ -69,10 +72,10 @@ def tmp_files(path):
 def cut_back(d, keep_rounds_upto):
     """What a driver killed mid-run leaves: no summary, no checkpoint or row after the cut."""
     rd = RunDir(d)
-    for p in rd.list_checkpoints():
+    for p in CheckpointStore.of(rd.path).list():
         if int(p.stem.split("_")[1]) > keep_rounds_upto:
             p.unlink()
-    rd.truncate_metrics_after(keep_rounds_upto)
+    MetricsFile.of(rd.path).truncate_after(keep_rounds_upto)
     (Path(d) / "summary.json").unlink()
 
 
@@ -193,8 +196,8 @@ def test_a_newest_checkpoint_with_the_wrong_content_falls_back_to_the_previous_g
     other = tmp_path / "other"
     runner.run(small("seed=7"), other, log=quiet)
     rd = RunDir(stopped)
-    shutil.copy(RunDir(other).list_checkpoints()[-1], rd.checkpoint_path(45))   # another config's state
-    torch.save({"round": 50, "something": "else"}, rd.checkpoint_path(50))      # loads, holds no engine state
+    shutil.copy(CheckpointStore.of(other).list()[-1], CheckpointStore.of(rd.path).path(45))   # another config's state
+    torch.save({"round": 50, "something": "else"}, CheckpointStore.of(rd.path).path(50))      # loads, holds no engine state
     logs = []
     s = runner.run(small(), stopped, resume=True, log=logs.append)
     assert any("round_00000050.pt cannot be used: it holds no engine state" in m for m in logs), logs
@@ -207,9 +210,9 @@ def test_only_checkpoints_of_another_config_is_a_different_config(stopped, tmp_p
     other = tmp_path / "other"
     runner.run(small("seed=7"), other, log=quiet)
     rd = RunDir(stopped)
-    for p in rd.list_checkpoints():
+    for p in CheckpointStore.of(rd.path).list():
         p.unlink()
-    shutil.copy(RunDir(other).list_checkpoints()[-1], rd.checkpoint_path(45))
+    shutil.copy(CheckpointStore.of(other).list()[-1], CheckpointStore.of(rd.path).path(45))
     with pytest.raises(ConfigError, match="written with a different config"):
         runner.run(small(), stopped, resume=True, log=quiet)
 
@@ -265,10 +268,10 @@ def test_resume_with_a_garbled_metrics_csv_or_a_checkpoint_that_is_a_directory(s
     out = main_py("--resume", str(stopped))
     assert out.returncode == 2 and "metrics.csv" in one_line(out.stderr)
     (stopped / "metrics.csv").write_bytes(before_bytes)
-    (RunDir(stopped).checkpoint_path(99)).mkdir()
+    (CheckpointStore.of(stopped).path(99)).mkdir()
     out = main_py("--resume", str(stopped))
     assert out.returncode == 2 and "round_00000099.pt is not a checkpoint file" in one_line(out.stderr)
-    (RunDir(stopped).checkpoint_path(99)).rmdir()
+    (CheckpointStore.of(stopped).path(99)).rmdir()
     shutil.rmtree(stopped / "checkpoints")
     (stopped / "checkpoints").write_text("x")
     out = main_py("--resume", str(stopped))

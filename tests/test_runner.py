@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
-from qgm_ray import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import RunDir
+from qgm_ray.runner.checkpoints import CheckpointStore
+from qgm_ray.runner.metrics_file import MetricsFile
 
 from helpers import read_metrics, small_run
 
@@ -62,12 +64,12 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     runner.run(cfg, part_dir, log=lambda m: None)
     # Simulate a driver that died mid-run: drop later checkpoints and metrics rows.
     rd = RunDir(part_dir)
-    cut = int(rd.list_checkpoints()[1].stem.split("_")[1])
+    cut = int(CheckpointStore.of(rd.path).list()[1].stem.split("_")[1])
     assert 0 < cut < 90
-    for p in rd.list_checkpoints():
+    for p in CheckpointStore.of(rd.path).list():
         if int(p.stem.split("_")[1]) > cut:
             p.unlink()
-    rd.truncate_metrics_after(cut)
+    MetricsFile.of(rd.path).truncate_after(cut)
     (part_dir / "summary.json").unlink()
     resumed = runner.run(cfg, part_dir, resume=True, log=lambda m: None)
     a, b = read_metrics(tmp_path / "full"), read_metrics(part_dir)
@@ -82,10 +84,10 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     cfg = small("fault_tolerance.checkpoint_every=5", "fault_tolerance.keep=3")
     runner.run(cfg, tmp_path / "c", log=lambda m: None)
     rd = RunDir(tmp_path / "c")
-    ckpts = rd.list_checkpoints()
+    ckpts = CheckpointStore.of(rd.path).list()
     ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])  # truncated
     msgs = []
-    state = rd.load_latest_checkpoint(log=msgs.append)
+    state = CheckpointStore.of(rd.path).latest(log=msgs.append)
     assert runner.RunState.from_checkpoint(state).round == int(ckpts[-2].stem.split("_")[1])
     assert "unreadable" in msgs[0]
 
@@ -187,7 +189,7 @@ def test_max_restarts_used_up_is_a_resumable_failure(tmp_path, monkeypatch):
     assert "gave up after fault_tolerance.max_restarts=2 restarts" in s["message"]
     assert f"python main.py --resume {d}" in s["message"] and "\n" not in s["message"]
     assert json.loads((d / "summary.json").read_text())["status"] == "failed"
-    assert RunDir(d).list_checkpoints()
+    assert CheckpointStore.of(d).list()
     monkeypatch.setattr(runner, "make_engine", real)
     resumed = runner.run(cfg, d, resume=True, log=lambda m: None)
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
@@ -319,12 +321,51 @@ def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers
     s = the_run.execute()
     assert s["status"] == "stopped" and s["rounds"] == 50 and s["signal"] == signal.SIGTERM
     assert the_run.state.status == "stopped" and the_run.state.round == 50 and the_run.state.pending_losses == []
-    saved = runner.RunState.from_checkpoint(RunDir(tmp_path / "r").load_latest_checkpoint())
+    saved = runner.RunState.from_checkpoint(CheckpointStore.of(tmp_path / "r").latest())
     assert saved == the_run.state   # the record on disk is the record in memory (wall time aside)
     resumed = runner.run(cfg, tmp_path / "r", resume=True, log=lambda m: None)
     full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
     assert resumed["status"] == "completed"
     assert as_numbers(read_metrics(tmp_path / "r")) == as_numbers(read_metrics(tmp_path / "full"))
+
+
+def test_the_summary_takes_its_accuracies_from_the_state_record_across_a_resume(tmp_path):
+    """final/best test accuracy live in the run's state record, checkpointed: a resume knows the
+    evaluations before it without reading metrics.csv back. A record written before it held
+    them (no accuracy keys) takes them from the metrics rows before its round."""
+    import signal
+    cfg = small("fault_tolerance.checkpoint_every=20")
+    full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
+    accs = [float(r["test_accuracy"]) for r in read_metrics(tmp_path / "full")]
+    assert full["final_test_accuracy"] == accs[-1] and full["best_test_accuracy"] == max(accs)
+
+    def stopped_at_50(d):
+        the_run = runner.Run.open(cfg, d, log=lambda m: None)
+
+        def stop_at_50(row):
+            if row["round"] >= 50:
+                the_run.stop.signum = signal.SIGTERM
+        the_run.on_eval = stop_at_50
+        assert the_run.execute()["best_test_accuracy"] == max(accs[:2])
+        path = CheckpointStore.of(d).list()[-1]
+        return path, torch.load(path, weights_only=True)
+
+    path, ckpt = stopped_at_50(tmp_path / "r")
+    assert ckpt["state"]["final_test_accuracy"] == accs[1] and ckpt["state"]["best_test_accuracy"] == max(accs[:2])
+    ckpt["state"]["best_test_accuracy"] = 0.999   # no evaluation of this run gives it: only the record can
+    torch.save(ckpt, path)
+    resumed = runner.run(cfg, tmp_path / "r", resume=True, log=lambda m: None)
+    assert resumed["best_test_accuracy"] == 0.999 and resumed["final_test_accuracy"] == accs[-1]
+
+    path, ckpt = stopped_at_50(tmp_path / "old")
+    del ckpt["state"]["final_test_accuracy"], ckpt["state"]["best_test_accuracy"]   # a record from before
+    torch.save(ckpt, path)
+    text = (tmp_path / "old" / "metrics.csv").read_text().splitlines()
+    head, first = text[0].split(","), text[1].split(",")
+    first[head.index("test_accuracy")] = "0.999"
+    (tmp_path / "old" / "metrics.csv").write_text("\n".join([text[0], ",".join(first)] + text[2:]) + "\n")
+    resumed = runner.run(cfg, tmp_path / "old", resume=True, log=lambda m: None)
+    assert resumed["best_test_accuracy"] == 0.999 and resumed["final_test_accuracy"] == accs[-1]
 
 
 def test_wall_seconds_count_training_not_the_engine_start(tmp_path, monkeypatch):
@@ -345,3 +386,11 @@ def test_wall_seconds_count_training_not_the_engine_start(tmp_path, monkeypatch)
     elapsed = _time.time() - t0
     assert s["wall_seconds"] <= elapsed - slow_start
     assert float(read_metrics(tmp_path / "r")[0]["wall_seconds"]) <= elapsed - slow_start
+
+
+def test_the_python_apis_run_is_not_shadowed_by_the_runner_package():
+    """Importing a submodule sets it as an attribute of its package: a package named
+    qgm_ray/run/ would replace the API's `qgm_ray.run` function once any run had started."""
+    import qgm_ray
+    import qgm_ray.runner.run  # noqa: F401 - what every run imports
+    assert callable(qgm_ray.run) and qgm_ray.run.__module__ == "qgm_ray.api"

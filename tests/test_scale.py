@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.config import load_config
 from qgm_ray.engine import allreduce
 from qgm_ray.engine.local import LocalEngine
@@ -158,7 +158,7 @@ HEAP_PROBE = """
 import sys, torch
 from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
-from qgm_ray import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.engine import memory
 
 def in_heap(t):

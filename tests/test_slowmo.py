@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray import runner
+from qgm_ray.runner import run as runner
 from qgm_ray.algorithms import make_algorithm
 from qgm_ray.algorithms.slowmo import SlowMo, exact_average, is_outer_round, slowmo_update
 from qgm_ray.config import load_config
@@ -155,17 +155,19 @@ def test_local_engine_with_slowmo_equals_plain_engine_plus_reference_outer_steps
 
 def test_resume_with_slowmo_reproduces_the_run_and_counts_the_all_reduce(tmp_path):
     from qgm_ray.outputs import RunDir
+    from qgm_ray.runner.checkpoints import CheckpointStore
+    from qgm_ray.runner.metrics_file import MetricsFile
     cfg = small(*SLOWMO, "fault_tolerance.checkpoint_every=4", "fault_tolerance.keep=10")
     full = runner.run(cfg, tmp_path / "full", log=quiet)
     part = tmp_path / "part"
     runner.run(cfg, part, log=quiet)
     rd = RunDir(part)
-    cut = int(rd.list_checkpoints()[2].stem.split("_")[1])
+    cut = int(CheckpointStore.of(rd.path).list()[2].stem.split("_")[1])
     assert 0 < cut < int(runner_rows(part)[-1]["round"])
-    for p in rd.list_checkpoints():
+    for p in CheckpointStore.of(rd.path).list():
         if int(p.stem.split("_")[1]) > cut:
             p.unlink()
-    rd.truncate_metrics_after(cut)
+    MetricsFile.of(rd.path).truncate_after(cut)
     (part / "summary.json").unlink()
     resumed = runner.run(cfg, part, resume=True, log=quiet)
     a, b = runner_rows(tmp_path / "full"), runner_rows(part)

@@ -340,7 +340,7 @@ def test_a_trial_gives_the_numbers_of_main_py_with_the_same_config(ray_session, 
     ray.torch_threads. mnist1d (16000 x 40 values) is big enough for a threaded reduction."""
     import torch
 
-    from qgm_ray import runner
+    from qgm_ray.runner import run as runner
 
     overrides = ["name=same", "backend=local", "progress=false", f"data.root={tmp_path / 'data'}",
                  "topology.n_clients=4", "schedule.epochs=1", "eval.every_epochs=0.5",

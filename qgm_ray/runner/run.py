@@ -1,4 +1,7 @@
-"""One decentralized training run, whatever the engine: rounds, evaluation, outputs, resume.
+"""One decentralized training run, whatever the engine: `Run` composes the straight loop
+(runner/loop.py) with the run directory (its lock and lifecycle), the metrics file, the checkpoint
+store, the recovery policy and the stop signals; `run()` is what main.py, a Tune trial and the
+Python API call.
 
 The order matters for the user: every check that can fail (config, data, partition sizes,
 topology) happens before the run directory is created or any actor starts.
@@ -6,75 +9,31 @@ topology) happens before the run directory is created or any actor starts.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import math
-import numbers
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from qgm_ray import build
 from qgm_ray.config import Config, dump_yaml, validate_against_data
-from qgm_ray.engine.base import EngineFailure, RoundRecord
+from qgm_ray.engine.base import Engine, EngineFailure, RoundRecord
 from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
-from qgm_ray.schedule import LRSchedule, rounds_per_epoch
-from qgm_ray.signals import StopSignals, _exit_now  # noqa: F401 - signals.py owns them
+from qgm_ray.runner import loop, recovery
+from qgm_ray.runner.checkpoints import DIFFERENT_CONFIG, REPLAY_KEYS, CheckpointStore, replay_fingerprint
+from qgm_ray.runner.metrics_file import MetricsFile
+from qgm_ray.runner.plan import RunPlan, RunState
+from qgm_ray.runner.recovery import RecoveryPolicy
+from qgm_ray.signals import StopSignals
 
-DIVERGENCE_LOSS = 1e3
-
-# Keys whose change makes a checkpoint meaningless for --resume (replay would differ).
-REPLAY_KEYS = ("seed", "data", "model", "topology", "algorithm", "schedule", "elastic")
-# Keys a --resume may not change: those, and how the numbers are measured.
+# Keys a --resume may not change: those that change the numbers, and how they are measured.
 MEASURED_KEYS = REPLAY_KEYS + ("eval",)
 
 
-@dataclass
-class RunPlan:
-    """Round arithmetic of a run, derived once from config and data."""
-    rounds_per_epoch: int
-    total_rounds: int
-    eval_every: int
-    lr: LRSchedule
-    resize_at: dict = field(default_factory=dict)  # round -> n_clients
-    checkpoint_every: int = 0
-
-    @classmethod
-    def make(cls, cfg: Config, n_train: int) -> "RunPlan":
-        rpe = rounds_per_epoch(n_train, cfg.topology.n_clients, cfg.data.batch_size)
-        lr = LRSchedule.from_config(cfg, rpe)
-        resize = {max(1, round(e * rpe)): n for e, n in cfg.elastic.schedule}
-        return cls(rpe, lr.total_rounds, max(1, round(cfg.eval.every_epochs * rpe)), lr, resize,
-                   cfg.fault_tolerance.checkpoint_every)
-
-    def stops(self, start: int) -> list[int]:
-        """Round boundaries after `start` where the runner must regain control."""
-        points = set(range(self.eval_every, self.total_rounds, self.eval_every)) | {self.total_rounds}
-        points |= {r for r in self.resize_at if r < self.total_rounds}
-        if self.checkpoint_every:
-            points |= set(range(self.checkpoint_every, self.total_rounds, self.checkpoint_every))
-        return sorted(p for p in points if p > start)
-
-
-def replay_fingerprint(cfg: Config) -> str:
-    d = cfg.to_dict()
-    if cfg.algorithm.slowmo_tau == 0:
-        # SlowMo off: its keys change nothing, and leaving them out keeps the checkpoints of
-        # runs written before they existed resumable.
-        for key in ("slowmo_tau", "slowmo_beta", "slowmo_alpha"):
-            d["algorithm"].pop(key)
-    if not d["algorithm"].get("options"):
-        d["algorithm"].pop("options", None)   # as for SlowMo: runs from before the key stay resumable
-    text = repr([(k, d[k]) for k in REPLAY_KEYS])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]):
+def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]) -> Engine:
     if cfg.backend == "ray":
         from qgm_ray.engine.ray_engine import RayEngine  # Ray is imported only when used
         return RayEngine(cfg, ds, parts, log=log)
@@ -94,8 +53,8 @@ def prepare(cfg: Config, log=print):
 
     # Data preprocessing (standardisation) reduces over the whole dataset; its last bits depend
     # on the intra-op thread count. A Tune trial or Ray worker starts with OMP_NUM_THREADS=1, a
-    # shell does not: without this, main.py and a Tune trial of the same config trained on
-    # data differing in the last bit, and their numbers drifted apart (0.73675 vs 0.7345).
+    # shell does not: the same thread count everywhere gives main.py and a Tune trial of one
+    # config the same data, bit for bit.
     torch.set_num_threads(cfg.ray.torch_threads)
     check_device(cfg)
     ds = build.build_dataset(cfg)
@@ -149,82 +108,33 @@ def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = 
     return Run.open(cfg, output_dir, resume=resume, on_eval=on_eval, log=log, own_files=own_files).execute()
 
 
-@dataclass
-class RunState:
-    """Everything a run has done so far, as one record: checkpointed and restored as a unit.
-    A recovery or a resume restores it whole from the checkpoint; only `restarts` carries over
-    a recovery (the restarts happened after the checkpoint)."""
-    round: int = 0                  # rounds done
-    bytes_sent: int = 0             # payload bytes put on the wire so far
-    bytes_cross_node: int = 0       # of which crossed Ray nodes (0 on the local engine)
-    wall_seconds: float = 0.0       # training time so far, at the checkpoint
-    pending_losses: list = field(default_factory=list)   # losses of the rounds since the last evaluation
-    restarts: int = 0               # recoveries from EngineFailure over the run's life
-    last_checkpoint: int = 0        # round of the newest checkpoint
-    status: str = "running"         # running | completed | diverged | stopped | failed
-    message: str = ""
-
-    def to_checkpoint(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "RunState":
-        """The record of a checkpoint; also one written before the record existed (flat keys
-        round, bytes_sent, wall_seconds, bytes_cross_node, pending_losses)."""
-        rec = ckpt.get("state")
-        if not isinstance(rec, dict):
-            rec = {k: ckpt[k] for k in ("round", "bytes_sent", "wall_seconds", "bytes_cross_node", "pending_losses")
-                   if k in ckpt}
-            rec.setdefault("last_checkpoint", rec.get("round", 0))
-        names = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: v for k, v in rec.items() if k in names})
-        state.pending_losses = list(state.pending_losses)
-        return state
-
-    def restored(self) -> "RunState":
-        """The record to go on from: a checkpoint written when a run stopped says `stopped`."""
-        return dataclasses.replace(self, status="running", message="")
-
-
-def checkpoint_problem(ckpt, cfg: Config, plan: RunPlan) -> Optional[str]:
-    """Why a checkpoint that loads cannot be this run's restore point (None: it can)."""
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("engine"), dict):
-        return "it holds no engine state"
-    if ckpt.get("fingerprint") != replay_fingerprint(cfg):
-        return "it was written with a different config"
-    try:
-        state = RunState.from_checkpoint(ckpt)
-    except (TypeError, ValueError) as e:
-        return f"its run record is malformed ({e})"
-    if not (isinstance(state.round, numbers.Integral) and 0 <= state.round <= plan.total_rounds
-            and isinstance(state.bytes_sent, numbers.Integral)
-            and all(isinstance(x, numbers.Real) for x in state.pending_losses)):
-        return "its run record is malformed"
-    return None
-
-
 class Run:
     """One training run as an object: config, plan, run directory, engine, and its state record
-    (`RunState`). `execute()` is the loop; every phase is a method (`train_chunk`, `account`,
-    `evaluate`, `resize`, `checkpoint`, `recover`, `stopped`, `finish`), so whatever drives a
-    run (main.py, a Tune trial, the Python API) drives this one object. `runner.run` is
-    `Run.open(...).execute()`; between the two, `state`, `plan` and `on_eval` may be read or set."""
+    (`RunState`). `execute()` drives the loop (`loop.train_to_end`) to an end; this object is
+    the loop's parts (`record`, `checkpoint`, `clock`, `should_stop`, `on_round`, `log`) and
+    handles what ends a chunk early (`recover`, `stopped`, `fail_to_write`), then `finish`es.
+    Whatever drives a run (main.py, a Tune trial, the Python API) drives this one object:
+    `run()` is `Run.open(...).execute()`; between the two, `state`, `plan` and `on_eval` may be
+    read or set."""
 
     def __init__(self, cfg: Config, ds, parts, plan: RunPlan, run_dir: RunDir, *, resume: bool,
-                 checkpoint: Optional[dict] = None, older: Iterator = iter(()),
+                 checkpoint: Optional[dict] = None, older: Iterator[tuple[Path, dict]] = iter(()),
                  on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print,
                  own_files: tuple = ()):
         self.cfg, self.ds, self.parts, self.plan, self.run_dir = cfg, ds, parts, plan, run_dir
         self.resume, self.on_eval, self.log, self.own_files = resume, on_eval, log, own_files
+        self.metrics = MetricsFile.of(run_dir.path)
+        self.store = CheckpointStore.of(run_dir.path)
         self._checkpoint, self._older = checkpoint, older   # the restore point; older candidates
         self.state = RunState() if checkpoint is None else RunState.from_checkpoint(checkpoint).restored()
         self.stop = StopSignals()
-        self.engine = None
+        self.engine: Optional[Engine] = None
         self.bar = None
-        self._restarts_at_open = self.state.restarts   # max_restarts is a budget per process
         self._t0 = time.time() - self.state.wall_seconds
         self._acc = float("nan")
         self.fingerprint = replay_fingerprint(cfg)
+        # max_restarts is a budget per process: counted from the record this process opened
+        self.policy = RecoveryPolicy(cfg.fault_tolerance.max_restarts, resume_hint(run_dir), self.state.restarts)
 
     # ------------------------------------------------------------ before anything is written
     @classmethod
@@ -239,14 +149,7 @@ class Run:
             run_dir.lock()   # first: a live run is refused as such, whatever it has written yet
         try:
             if resume:
-                run_dir.check_layout()
-                if not run_dir.list_checkpoints():
-                    raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
-                if not (run_dir.path / "config.yaml").is_file():
-                    raise ConfigError(f"--resume {run_dir.path}: not a run directory (no config.yaml)")
-                run_dir.remove_stale_tmp()   # of a writer killed mid-write; we are the one writer now
-                check_resume_config(cfg, run_dir)
-                run_dir.read_metrics(log=log)  # a garbled metrics.csv is refused before Ray starts
+                check_resumable(cfg, run_dir, log)
             if cfg.backend == "ray":  # a wrong ray.address fails in seconds, before the data is made
                 from qgm_ray.engine.ray_setup import probe_address, ray_address
                 if ray_address(cfg) and not _ray_initialized():
@@ -289,7 +192,7 @@ class Run:
             if self.resume:
                 self._load_restore_point()
                 self._t0 = time.time() - self.state.wall_seconds   # the clock goes on from the checkpoint's
-                run_dir.truncate_metrics_after(self.state.round)
+                self._take_restored(self.state)
                 self.log(f"resumed from round {self.state.round} of {self.plan.total_rounds}")
             else:
                 self._first_checkpoint()  # the restore point of a failure before the first periodic checkpoint
@@ -315,11 +218,11 @@ class Run:
                 self.checkpoint()
                 return
             except EngineFailure as e:
-                self.state.restarts += 1
-                if self.state.restarts > self.cfg.fault_tolerance.max_restarts:
+                d = self.policy.decide(e, self.state.restarts, 0, restore_round=0)
+                self.state.restarts = d.restarts
+                if d.action != recovery.RETRY:
                     raise
-                self.log(f"recovered from: {e}; before round 0, so the first checkpoint is taken again "
-                         f"(restart {self.state.restarts} of {self.cfg.fault_tolerance.max_restarts})")
+                self.log(f"recovered from: {e}; before round 0, so the first checkpoint is taken again ({d.message})")
 
     def _load_restore_point(self) -> None:
         """The newest valid checkpoint whose engine state the engine takes; one it refuses (the
@@ -333,14 +236,22 @@ class Run:
             except Exception as e:  # noqa: BLE001 - the engine cannot take this state: try the previous
                 self.log(f"checkpoint of round {self.state.round} does not fit this run's engine "
                          f"({type(e).__name__}: {e}); falling back to the previous one")
-            self._checkpoint = next(self._older, None)
+            self._checkpoint = next((ckpt for _, ckpt in self._older), None)
             if self._checkpoint is None:
                 raise ConfigError(f"--resume {self.run_dir.path}: no checkpoint in {self.run_dir.checkpoints} "
                                   f"fits this run's engine")
             self.state = RunState.from_checkpoint(self._checkpoint).restored()
-            self._restarts_at_open = self.state.restarts
+            self.policy = dataclasses.replace(self.policy, restarts_at_open=self.state.restarts)
 
-    # ------------------------------------------------------------ the loop
+    def _take_restored(self, state: RunState) -> None:
+        """Go on from a restored record: the evaluations after its round are redone. A record
+        written before it kept the accuracies gets those of the rows before its round."""
+        self.metrics.truncate_after(state.round)
+        if state.final_test_accuracy is None:
+            for acc in self.metrics.accuracies():
+                state.record_accuracy(acc)
+
+    # ------------------------------------------------------------ the loop and its ends
     def execute(self) -> dict:
         """Train to the end (or a stop, a divergence, a failure), write the summary, return it.
         SIGINT / SIGTERM stop the run gracefully meanwhile; the directory's lock is released at
@@ -356,10 +267,10 @@ class Run:
         try:
             while self.state.status == "running":
                 try:
-                    self.train_to_end()
+                    loop.train_to_end(self.state, self.plan, self.engine, self)
                 except EngineFailure as e:
                     self.recover(e)
-        except _Stopped:
+        except loop.Stopped:
             self.stopped()
         except WriteError as e:  # a full disk: a `failed` summary with the reason, no traceback
             self.fail_to_write(e)
@@ -372,115 +283,34 @@ class Run:
             summary["signal"] = self.stop.signum
         return summary
 
-    def train_to_end(self) -> None:
-        """The chunks between the points where the runner regains control (evaluations,
-        resizes, checkpoints), from the state's round to the end."""
-        s = self.state
-        for stop_at in self.plan.stops(s.round):
-            losses = self.train_chunk(stop_at)
-            if s.round < stop_at:  # a stop signal: the engine stopped cleanly at a round boundary
-                raise _Stopped
-            if self.diverged(losses):
-                return
-            if s.round % self.plan.eval_every == 0 or s.round == self.plan.total_rounds:
-                self.evaluate()
-            if s.round in self.plan.resize_at and s.round < self.plan.total_rounds:
-                self.resize(self.plan.resize_at[s.round])
-            every = self.cfg.fault_tolerance.checkpoint_every
-            if every and s.round - s.last_checkpoint >= every and s.round < self.plan.total_rounds:
-                self.checkpoint()
-        s.status = "completed"
-        self.checkpoint()
-
-    def train_chunk(self, stop_at: int) -> list[float]:
-        """Rounds state.round .. stop_at - 1 (fewer on a stop signal); their losses."""
-        s = self.state
-        records = self.engine.train(range(s.round, stop_at), self.plan.lr, self._on_round, should_stop=self.stop)
-        self.account(records)
-        s.round += len(records)
-        losses = [r.loss for r in records]
-        s.pending_losses.extend(losses)
-        return losses
-
-    def account(self, records: list[RoundRecord]) -> None:
-        """Add up the bytes the engine counted for these rounds (its exchange stage counts them)."""
-        s = self.state
-        s.bytes_sent += sum(r.bytes_sent for r in records)
-        s.bytes_cross_node += sum(r.bytes_cross_node for r in records)
-
-    def diverged(self, losses: list[float]) -> bool:
-        chunk_loss = sum(losses) / len(losses)
-        if math.isfinite(chunk_loss) and chunk_loss <= DIVERGENCE_LOSS:
-            return False
-        self.state.status = "diverged"
-        self.state.message = (f"training diverged at round {self.state.round}: train loss {chunk_loss:.4g} "
-                              f"(NaN or > {DIVERGENCE_LOSS:g}); try a smaller algorithm.lr")
-        return True
-
-    def evaluate(self) -> dict:
-        """One metrics row: appended to metrics.csv, handed to on_eval."""
-        s, plan = self.state, self.plan
-        metrics = self.engine.evaluate()
-        row = {"round": s.round, "epoch": s.round / plan.rounds_per_epoch, "lr": plan.lr(s.round - 1),
-               "train_loss": sum(s.pending_losses) / len(s.pending_losses), "bytes_sent": s.bytes_sent,
-               "bytes_cross_node": s.bytes_cross_node,
-               "wall_seconds": self.clock(), "n_clients": self.engine.n_clients, **metrics}
-        s.pending_losses = []
-        self.run_dir.append_metrics(row)
-        self._acc = row["test_accuracy"]
-        if self.on_eval is not None:
-            self.on_eval(row)
-        return row
-
-    def resize(self, n_clients: int) -> None:
-        self.log(f"elastic: round {self.state.round}: {self.engine.n_clients} -> {n_clients} clients")
-        self.engine.resize(n_clients, self.state.round)
-
-    def checkpoint(self) -> None:
-        """The state record and the engine's state, as one file (the restore point)."""
-        s = self.state
-        s.last_checkpoint = s.round
-        s.wall_seconds = self.clock()
-        self.run_dir.save_checkpoint(s.round, {"state": s.to_checkpoint(), "fingerprint": self.fingerprint,
-                                               "engine": self.engine.state_dict()},
-                                     keep=self.cfg.fault_tolerance.keep)
-
     def recover(self, e: EngineFailure) -> None:
-        """Restore the newest checkpoint into the engine and go on from its round (a replay);
-        after fault_tolerance.max_restarts recoveries, fail resumably. A restore that fails (a
-        replacement on a node that is dying too) is one more restart, not a crash."""
-        s, ft = self.state, self.cfg.fault_tolerance
-        ckpt = None
-        while ckpt is None:
-            s.restarts += 1
-            if s.restarts - self._restarts_at_open > ft.max_restarts:
-                break
-            ckpt = next(valid_checkpoints(self.run_dir, self.cfg, self.plan, self.log), None)
-            if ckpt is None:
+        """Restore the newest checkpoint into the engine and go on from its round (a replay), as
+        long as the recovery policy says retry; else fail resumably. A restore that fails (a
+        replacement on a node that is dying too) is one more failure for the policy to weigh."""
+        s = self.state
+        while True:
+            _, ckpt = next(self.store.valid(self.fingerprint, self.plan.total_rounds, self.log), (None, None))
+            restore_round = None if ckpt is None else RunState.from_checkpoint(ckpt).round
+            d = self.policy.decide(e, s.restarts, s.round, restore_round)
+            s.restarts = d.restarts
+            if d.action == recovery.GIVE_UP:
+                s.status, s.message = "failed", d.message
+                return
+            if d.action == recovery.RAISE:
                 raise e  # nothing to restore: the failure is the outcome
             try:
                 self.engine.load_state_dict(ckpt["engine"])
+                break
             except EngineFailure as again:
                 self.log(f"restore failed: {again}")
-                e, ckpt = again, None
-        if ckpt is None:
-            kept = self.run_dir.list_checkpoints()
-            where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept"
-                     if kept else "no checkpoint was written")
-            s.status, s.message = "failed", (
-                f"{e}; gave up after fault_tolerance.max_restarts={ft.max_restarts} "
-                f"restarts at round {s.round}; {where}: resume with {resume_hint(self.run_dir)} "
-                f"(or raise fault_tolerance.max_restarts)")
-            return
-        restarts = s.restarts
-        self.state = s = RunState.from_checkpoint(ckpt).restored()
-        s.restarts = restarts   # the wall clock goes on too: time lost to the failure is time spent
-        self.run_dir.truncate_metrics_after(s.round)
-        self.bar.n = s.round
+                e = again
+        self.state = restored = RunState.from_checkpoint(ckpt).restored()
+        restored.restarts = s.restarts   # the wall clock goes on too: time lost to the failure is time spent
+        self._take_restored(restored)
+        self.bar.n = restored.round
         self.bar.refresh()
-        self.log(f"recovered from: {e}; restored the checkpoint of round {s.round} "
-                 f"({self.engine.n_clients} clients), replaying "
-                 f"(restart {s.restarts - self._restarts_at_open} of {ft.max_restarts})")
+        self.log(f"recovered from: {e}; restored the checkpoint of round {restored.round} "
+                 f"({self.engine.n_clients} clients), replaying ({d.message})")
 
     def stopped(self) -> None:
         """A stop signal: the engine stopped at a round boundary, its state is that of the round."""
@@ -494,11 +324,10 @@ class Run:
             self.fail_to_write(e)
 
     def fail_to_write(self, e: WriteError) -> None:
-        s = self.state
-        kept = self.run_dir.list_checkpoints()
-        where = (f"the checkpoint of round {int(kept[-1].stem.split('_')[1])} is kept: "
-                 f"resume with {resume_hint(self.run_dir)} once there is room" if kept else "no checkpoint is kept")
-        s.status, s.message = "failed", f"{e} at round {s.round}; {where}"
+        kept = self.store.newest_round()
+        where = (f"the checkpoint of round {kept} is kept: resume with {resume_hint(self.run_dir)} once there is room"
+                 if kept is not None else "no checkpoint is kept")
+        self.state.status, self.state.message = "failed", f"{e} at round {self.state.round}; {where}"
 
     def abort(self, signum: int) -> None:
         """Second signal: no checkpoint, no engine shutdown (that is what takes seconds and, cut
@@ -529,22 +358,40 @@ class Run:
             pass
         return self.write_summary()
 
-    # ------------------------------------------------------------ helpers
+    # ------------------------------------------------------------ the loop's parts
+    def record(self, row: dict) -> None:
+        """One metrics row: appended to metrics.csv, handed to on_eval."""
+        self.metrics.append(row)
+        self._acc = row["test_accuracy"]
+        if self.on_eval is not None:
+            self.on_eval(row)
+
+    def checkpoint(self) -> None:
+        """The state record and the engine's state, as one file (the restore point)."""
+        s = self.state
+        s.last_checkpoint = s.round
+        s.wall_seconds = self.clock()
+        self.store.save(s.round, {"state": s.to_checkpoint(), "fingerprint": self.fingerprint,
+                                  "engine": self.engine.state_dict()}, keep=self.cfg.fault_tolerance.keep)
+
     def clock(self) -> float:
         """Training seconds so far, across resumes."""
         return time.time() - self._t0
 
-    def _on_round(self, record: RoundRecord) -> None:
+    def should_stop(self) -> bool:
+        return self.stop()
+
+    def on_round(self, record: RoundRecord) -> None:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{self._acc:.3f}", refresh=False)
 
+    # ------------------------------------------------------------ the outcome
     def summary(self) -> dict:
         cfg, s = self.cfg, self.state
-        accs = self.run_dir.test_accuracies()  # metrics.csv: every evaluation, also those before a resume
         return {
             "status": s.status,
-            "final_test_accuracy": accs[-1] if accs else None,
-            "best_test_accuracy": max(accs) if accs else None,
+            "final_test_accuracy": s.final_test_accuracy,
+            "best_test_accuracy": s.best_test_accuracy,
             "rounds": s.round,
             "wall_seconds": self.clock(),
             "n_clients": self.engine.n_clients,
@@ -556,7 +403,7 @@ class Run:
             "seed": cfg.seed,
             "lr": cfg.algorithm.lr,
             "backend": cfg.backend,
-            "time_lost_seconds": getattr(self.engine, "time_lost_seconds", 0.0),   # to failures (Ray engine)
+            "time_lost_seconds": self.engine.time_lost_seconds,   # to failures and replays
             "message": s.message,
             "run_dir": str(self.run_dir.path),
         }
@@ -570,29 +417,31 @@ class Run:
         return summary
 
 
-def valid_checkpoints(run_dir: RunDir, cfg: Config, plan: RunPlan, log, problems: Optional[list] = None) -> Iterator[dict]:
-    """This run's checkpoints that load and hold what they should, newest first. One that loads
-    but holds the wrong content (another config's, no engine state) is skipped, with a line, and
-    the previous one is tried; `problems` collects why."""
-    for path, ckpt in run_dir.iter_checkpoints(log):
-        why = checkpoint_problem(ckpt, cfg, plan)
-        if why is None:
-            yield ckpt
-            continue
-        if problems is not None:
-            problems.append(why)
-        log(f"checkpoint {path} cannot be used: {why}; falling back to the previous one")
+# ---------------------------------------------------------------- the checks of a resume
+
+def check_resumable(cfg: Config, run_dir: RunDir, log) -> None:
+    """What a resume needs of the directory, before the data is made or Ray starts."""
+    run_dir.check_layout()
+    store = CheckpointStore.of(run_dir.path)
+    store.check()
+    if not store.list():
+        raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
+    if not (run_dir.path / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir.path}: not a run directory (no config.yaml)")
+    run_dir.remove_stale_tmp()   # of a writer killed mid-write; we are the one writer now
+    check_resume_config(cfg, run_dir)
+    MetricsFile.of(run_dir.path).read(log=log)  # a garbled metrics.csv is refused before Ray starts
 
 
-def restore_points(run_dir: RunDir, cfg: Config, plan: RunPlan, log) -> tuple[dict, Iterator[dict]]:
+def restore_points(run_dir: RunDir, cfg: Config, plan: RunPlan, log) -> tuple[dict, Iterator[tuple[Path, dict]]]:
     """The newest valid checkpoint and an iterator over the older ones; a ConfigError that
     says why when there is none."""
     problems: list = []
-    older = valid_checkpoints(run_dir, cfg, plan, log, problems)
+    older = CheckpointStore.of(run_dir.path).valid(replay_fingerprint(cfg), plan.total_rounds, log, problems)
     newest = next(older, None)
     if newest is not None:
-        return newest, older
-    if problems and all(p == "it was written with a different config" for p in problems):
+        return newest[1], older
+    if problems and all(p == DIFFERENT_CONFIG for p in problems):
         raise ConfigError(f"--resume {run_dir.path}: the checkpoint was written with a different "
                           f"config ({', '.join(REPLAY_KEYS)} must match config.yaml)")
     raise ConfigError(f"--resume {run_dir.path}: no readable checkpoint in {run_dir.checkpoints}")
@@ -635,9 +484,3 @@ def refuse_finished(run_dir: RunDir, checkpoint: Optional[dict], plan: RunPlan) 
     if summary.get("status") == "diverged":
         raise ConfigError(f"--resume {run_dir.path}: the run diverged ({summary.get('message', '')}); a resume "
                           f"would replay the same rounds: start a new run, e.g. with a smaller algorithm.lr")
-
-
-class _Stopped(Exception):
-    """The engine stopped at a round boundary because a stop signal came."""
-
-

@@ -121,13 +121,13 @@ class RayConfig:
     num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
     torch_threads: int = 1           # per actor: actors share cores, oversubscription hurts
     # A block's k clients as one vmapped forward/backward (engine/block.py) on CPU. auto: only
-    # where it measured faster (k >= 8 clients of a model <= 100k parameters); on CUDA a block
+    # where it is faster (k >= 8 clients of a model <= 100k parameters); on CUDA a block
     # always steps packed. Unpacked, a block still owns the stacked tensors and runs the
     # algorithm once; it steps its rows' forward/backward one at a time.
     pack_clients: Union[bool, str] = "auto"   # auto | true | false
     # Rows of a packed block per vmapped forward/backward. auto: all of them, except on a GPU
     # where a probe says the block's activations would not fit in its share of the GPU
-    # (engine/memory.py: 1024 ResNet-20 clients needed 120 GB in one vmap); a number caps it.
+    # (engine/memory.py); a number caps it.
     vmap_chunk: Union[int, str] = "auto"      # auto | k >= 1
     # graph: actors holding graph neighbours share a node where resources allow
     # (engine/placement.py); default: wherever Ray's scheduler puts them.
@@ -806,8 +806,8 @@ def _validate_elastic(cfg: Config) -> None:
 
 def _validate_dashboard_host(cfg: Config) -> None:
     """ray.dashboard_host is where a Ray this process starts binds its dashboard: an address of
-    this machine. Ray itself takes 60 s to give up on a wrong one and then blames missing
-    packages; binding a socket there says it in a millisecond (and sends nothing anywhere)."""
+    this machine. Ray itself takes a minute to give up on a wrong one and then blames missing
+    packages; binding a socket there says it at once (and sends nothing anywhere)."""
     import os
     import socket
 

@@ -53,7 +53,7 @@ def actor_cpus(cfg, k: int, n_actors: int, cpus: float) -> float:
         share = 1.0 / math.ceil(n_actors / math.floor(cpus + 1e-9))
     else:
         share = cpus / n_actors
-    # Never more than MAX_ACTORS_PER_CORE actors on a core: each is a torch process (~0.4 GB), so 64
+    # Never more than MAX_ACTORS_PER_CORE actors on a core: each is a torch process, so 64
     # one-client actors on 2 cores would be 64 processes. Past that the plan does not fit and
     # ray_setup.plan_resources says which CPUs are missing (clients_per_actor: auto always fits).
     share = max(share, 1.0 / MAX_ACTORS_PER_CORE)

@@ -6,7 +6,7 @@ A run goes through three phases, and a signal means something different in each:
 
     starting    data, Ray, actors: nothing is trained, nothing written. The process exits at
                 once (one line, 128 + signal number): waiting for Ray to finish starting only
-                to shut it down took 20 s and more.
+                to shut it down would keep the user waiting (docs/results/processes).
     training    the first signal asks the engine to stop at the next round boundary; the run
                 then checkpoints, writes summary.json (status stopped) and says how to resume.
                 A second one calls `on_abort` (the summary, then an immediate exit).

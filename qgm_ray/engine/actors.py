@@ -251,10 +251,9 @@ def _to_torch(value):
 
 # ------------------------------------------------------------------ the averaged model
 # Evaluated inside the first ClientActor: a process that lives as long as the run, has torch
-# imported, the test set and (on a GPU) a CUDA context already. (Ray tasks landed on freshly
-# started workers that imported torch again: 44 worker processes in a default CPU run, 2.5x
-# the local engine's time; on a GPU every fresh process also paid a new CUDA context, 6 s. A
-# separate Evaluator actor cost one more torch process, 0.46 GB of a 256-client run.) It reads
+# imported, the test set and (on a GPU) a CUDA context already. A Ray task would land on a
+# freshly started worker that imports torch again (and on a GPU pays a new CUDA context); a
+# separate evaluator actor would be one more torch process (docs/results/processes). It reads
 # the clients' parameters from the refs the ClientActors returned, so neither the coordinator
 # nor the driver handles a tensor; if its actor dies, the run recovers as from any dead actor.
 

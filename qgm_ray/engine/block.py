@@ -150,8 +150,8 @@ class Block:
             self.losses = losses[0] if len(losses) == 1 else torch.cat(losses)
             return out[0] if len(out) == 1 else torch.cat(out)
         # Unpacked: each row's own module, whose parameters, gradients and buffers are views of
-        # the block's rows (plain forward/backward: torch.func.functional_call costs ~0.3 ms of
-        # Python per call, 40% of a tiny model's step on CPU).
+        # the block's rows (plain forward/backward: torch.func.functional_call's Python cost per
+        # call is a large part of a tiny model's step on CPU).
         modules = self._row_modules()
         self.grad.zero_()
         losses = []
@@ -252,9 +252,8 @@ class Block:
 
     def evaluate_rows(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
         """Test accuracy of each client's own model, in row order: on a GPU one vmapped forward
-        for a chunk of rows per test batch, on CPU one model at a time (measured faster there:
-        8 cnn1d models on 1000 samples 18 ms vs 53 ms vmapped, 8 ResNet-20s on 400 samples
-        3.1 s vs 7.8 s; 2026-11-27, 2-core machine, 1 thread)."""
+        for a chunk of rows per test batch, on CPU one model at a time, which is faster there
+        (docs/results/bench)."""
         if self.device.type == "cuda":
             return self._evaluate_packed(x, y, batch_size)
         if self._eval_model is None:
@@ -346,18 +345,17 @@ def _seeded(seed: int, devices: list):
 
 
 # When a CPU block steps packed under `ray.pack_clients: auto` (bench: `python -m bench.levers
-# --levers vmap`). Measured on CPU, 1 torch thread, cnn1d, one pre-mix of k clients, packed /
-# separate: k=2 1.45x (slower), k=4 1.09x, k=8 0.78x, k=16 0.76x, k=32 0.71x. Above ~100k
-# parameters a client's step is compute-bound and vmap's grouped convolutions lose to k
-# separate ones on CPU (ResNet-20, 272k parameters: 0.40 s vs 0.25 s for 4 clients).
+# --levers vmap`; the figures are in docs/results/bench). One vmapped call pays off on CPU only
+# from about 8 clients of a small model; above ~100k parameters a client's step is
+# compute-bound and vmap's grouped convolutions lose to k separate ones.
 PACK_AUTO_MIN_CLIENTS = 8
 PACK_AUTO_MAX_PARAMS = 100_000
 
 
 def should_pack(mode, k: int, num_params: int, device) -> bool:
     """Whether a block of k clients steps with one vmap. On CUDA always (one program for k
-    clients is what fills a GPU: issue 9's H200 numbers, 3.4x at n=16); on CPU per
-    `ray.pack_clients` (auto | True | False): never for fewer than 2, auto where it measured faster."""
+    clients is what fills a GPU; docs/results/bench); on CPU per `ray.pack_clients`
+    (auto | True | False): never for fewer than 2, auto where it is faster."""
     if str(device).startswith("cuda"):
         return True
     if k < 2 or mode is False:

@@ -32,7 +32,8 @@ class LocalEngine:
         # The intra-op threads of a ClientActor (ray.torch_threads, default 1). Another thread
         # count splits conv / matmul reductions differently: the engines would then agree to
         # ~1e-7 per round only and drift apart over a long run. For these small models extra
-        # threads mostly spin anyway (2 threads: ~30x slower on a busy 2-core machine).
+        # threads mostly spin anyway, and on a busy machine they are far slower
+        # (docs/results/bench).
         torch.set_num_threads(cfg.ray.torch_threads)
         determinism.apply(cfg)
         cuda = torch.cuda.device_count() if str(device).startswith("cuda") else 0

@@ -103,7 +103,8 @@ def _probe_gcs(address: str, host: str, port: int, timeout: float) -> None:
 
 def _probe_ray_client(address: str, host: str, port: int, timeout: float) -> None:
     """Something listens at a ray:// address; is it a Ray Client server? ray.init retries
-    anything else for 35 s and then prints three lines of gRPC. One PING with a deadline."""
+    anything else for a long while and then prints lines of gRPC (docs/results/processes). One
+    PING with a deadline."""
     try:
         from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
     except ImportError:  # Ray moved its generated code: the TCP check has to do
@@ -180,8 +181,9 @@ def _token_dir() -> Optional[str]:
 
 
 def check_environment() -> None:
-    """Before a local Ray starts: the places it writes can be written. Either one failing was an
-    OSError traceback from inside ray.init; now it is one line naming the variable to change."""
+    """Before a local Ray starts: the places it writes can be written. Either one failing is an
+    OSError traceback from inside ray.init; checked here, it is one line naming the variable to
+    change."""
     from qgm_ray.outputs import writable_problem
 
     var, root = ray_temp_root()
@@ -257,9 +259,9 @@ def start_local_ray(cfg: Config, log: Callable[[str], None], runtime_env: Option
 @contextlib.contextmanager
 def keep_signal_handlers():
     """ray.init replaces the SIGTERM handler with `sys.exit(15)` (a silent exit 15 when SIGTERM
-    lands while Ray starts, issue 18): keep ours (qgm_ray.signals) in place."""
+    lands while Ray starts): keep ours (qgm_ray.signals) in place."""
     original = ray_private.optional(ray_private.SET_SIGTERM_HANDLER)
-    if original is None:   # Ray moved it: runner's StopSignals.reinstall() still helps
+    if original is None:   # Ray moved it: the run's StopSignals.reinstall() still helps
         yield
         return
     ray_utils = ray_private.module_of(ray_private.SET_SIGTERM_HANDLER)
@@ -275,8 +277,8 @@ _REAPER = {"proc": None}
 
 def start_reaper() -> None:
     """A watchdog (engine/reaper.py) that ends the Ray processes this process starts when it
-    dies, however it dies (SIGKILL, a second Ctrl-C, os._exit): Ray's fate-sharing alone left
-    its agents alive 30 s and more. Linux only (it reads /proc)."""
+    dies, however it dies (SIGKILL, a second Ctrl-C, os._exit): Ray's fate-sharing alone leaves
+    its agents alive for many seconds. Linux only (it reads /proc)."""
     import subprocess
     import sys
 

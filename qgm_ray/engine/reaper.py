@@ -2,10 +2,10 @@
 
 Ray's kernel fate-sharing (PR_SET_PDEATHSIG) takes down the processes the driver itself
 spawned (GCS, raylet, dashboard) when it dies, but not what those spawned: the raylet's
-DashboardAgent, RuntimeEnvAgent and workers notice their parent's death by polling and were
-seen alive 30 s and more after a driver SIGKILL or a second Ctrl-C (issue 18). Ray's own
-reaper needs the driver to become a process-group leader, which takes it out of the shell's
-foreground group (Ctrl-C would no longer reach it).
+DashboardAgent, RuntimeEnvAgent and workers notice their parent's death only by polling, so
+they outlive a driver SIGKILL or a second Ctrl-C by many seconds (docs/results/processes).
+Ray's own reaper needs the driver to become a process-group leader, which takes it out of the
+shell's foreground group, where Ctrl-C does not reach it.
 
 This process is started by the driver, in a session of its own (a Ctrl-C sent to the
 terminal's process group does not reach it), with a pipe on stdin: the kernel closes the

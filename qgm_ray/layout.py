@@ -7,9 +7,9 @@ process. Using the same blocks is what keeps the two engines bit-identical: the 
 summed in the same order. Which Ray node an actor lands on is engine/placement.py's business.
 
 `ray.clients_per_actor: auto` gives one block per GPU when the clients get GPUs (explicit
-`ray.gpus_per_client` g: 1/g clients fill a GPU), else one per CPU core (docs/results/bench:
-on CPU, more actors than cores buy no parallelism, cost ~0.39 GB each and made cnn1d rounds
-2.3-2.7x slower at n=16).
+`ray.gpus_per_client` g: 1/g clients fill a GPU), else one per CPU core: on CPU, more actors
+than cores buy no parallelism, and each costs a torch process's memory and slows the rounds
+(docs/results/bench).
 """
 from __future__ import annotations
 

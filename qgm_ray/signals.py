@@ -59,9 +59,9 @@ def exit_code(exc: BaseException) -> int:
 def install_early(what: str = "stopped") -> None:
     """From the first line of a command until a phase-aware handler takes over (the run's
     StopSignals, the sweep's): a signal exits at once with one line, `NAME: what`, and
-    128 + its number. Python's default for SIGTERM is a silent death; raising KeyboardInterrupt
-    instead was swallowed when it landed inside an import guarded by a bare `except:` (a sweep
-    then ran to the end)."""
+    128 + its number. Python's default for SIGTERM is a silent death; a KeyboardInterrupt
+    raised instead is swallowed when it lands inside an import guarded by a bare `except:` (a
+    sweep then runs to the end)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -121,7 +121,7 @@ class HandlerGuard:
     every EVERY_S. Ray's core worker installs C++ handlers of its own when it connects (a
     stack dump, then death) and ray.shutdown() resets SIGTERM to the default action, behind
     Python's back: Python still believes its handler is in place, and a SIGTERM during Ray's
-    2-s shutdown killed the process silently (exit -15). Linux / glibc; a no-op elsewhere."""
+    shutdown would kill the process silently (exit -15). Linux / glibc; a no-op elsewhere."""
 
     EVERY_S = 0.02   # the window left: 20 ms of a 2-s shutdown
     _SIZE = 512   # >= sizeof(struct sigaction); the handler pointer is its first field

@@ -106,8 +106,8 @@ class RayEngine:
         # inherit it (and the coordinator names it again: coordinator.runtime_env).
         env = plugins.ray_runtime_env(self.cfg, env)
         # On the driver's node: the one node a run cannot lose anyway. Not soft: with a
-        # runtime_env Ray's soft affinity put it on a worker node (test bed), where a lost
-        # node took the whole run down with it.
+        # runtime_env Ray's soft affinity may put it on a worker node, and losing that node
+        # would take the whole run down with it.
         # Inside a placement group (a Tune trial) nothing is pinned: an explicit strategy would
         # take the actors out of the group the trial reserved. A Ray Client driver has no node.
         home = {}

@@ -11,8 +11,8 @@ ClientActor, on its GPU: nothing else asks for one). On an autoscaling cluster w
 `auto` sees no GPU: set the fraction explicitly and the autoscaler adds GPU nodes.
 
 Actors. `ray.clients_per_actor: auto` gives one ClientActor per GPU when the clients get GPUs
-and one per CPU core otherwise (docs/results/bench: on CPU, more actors than cores buy no
-parallelism, cost ~0.39 GB each and made cnn1d rounds 2.3-2.7x slower at n=16). Each actor
+and one per CPU core otherwise: on CPU, more actors than cores buy no parallelism, and each
+costs a torch process's memory and slows the rounds (docs/results/bench). Each actor
 asks Ray for the cores its block's threads use (`ray.cpus_per_actor`, auto: ray.torch_threads)
 whatever its k, so any client count fits any cluster by default (`actor_resources`).
 """

@@ -28,7 +28,7 @@ _EXPORTS = {
     "SweepResult": "qgm_ray.api",
     "Config": "qgm_ray.config",
     "ConfigError": "qgm_ray.errors",
-    # writing a rule: the block contract of DESIGN.md, on (k, P) rows or one (P,) vector
+    # writing a rule: the block contract of docs/design.md, on (k, P) rows or one (P,) vector
     "Algorithm": "qgm_ray.algorithms.base",
     "State": "qgm_ray.algorithms.base",
     "finish_round": "qgm_ray.algorithms.base",

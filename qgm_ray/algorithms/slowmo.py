@@ -28,7 +28,8 @@ off / heavy ball / Nesterov). Its QG, D^2, gradient-tracking and Adam optimizers
 
 The math is here as pure functions; `SlowMo` wraps an update rule so that the slow state is
 two more per-client rows of its state (checkpointed, restored and sliced with the rest);
-the engines call `outer_step` on the rounds `due` says (engine/slowmo.py).
+engine/slowmo.py's `SlowMoBarrier` calls `outer_step` on the rounds `due` says, a round
+barrier that both engines run the same generic way (engine/barriers.py).
 """
 from __future__ import annotations
 

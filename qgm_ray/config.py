@@ -167,7 +167,7 @@ class TuneConfig:
 class Config:
     name: str = "default"            # run name: letters, digits, . _ - (directory runs/<name>-<time>), at most 100 characters
     seed: int = 0                    # 0 <= seed < 2^32: partition, init, sampling, random graphs
-    backend: str = "local"           # local (in-process) | ray (ClientActors); the same numbers
+    backend: str = "ray"             # local (in-process) | ray (ClientActors); the same numbers
     device: str = "auto"             # auto | cpu | cuda
     # Deterministic kernels in every process (qgm_ray/determinism.py): on a GPU, two runs and
     # the two engines then agree bit for bit (on CPU they always do); off by default (slower).

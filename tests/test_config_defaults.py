@@ -24,7 +24,7 @@ def test_main_py_runs_the_built_in_defaults():
 
 def test_the_default_run():
     cfg = qgm_ray.load_config(None)
-    assert (cfg.name, cfg.backend, cfg.eval.every_epochs) == ("default", "local", 2.0)
+    assert (cfg.name, cfg.backend, cfg.eval.every_epochs) == ("default", "ray", 2.0)
     assert (cfg.data.name, cfg.data.options, cfg.data.alpha) == ("mnist1d", {"num_samples": 20000}, 0.1)
     assert (cfg.topology.name, cfg.topology.n_clients, cfg.algorithm.name) == ("ring", 16, "qg_dsgdm_n")
 

@@ -10,7 +10,7 @@ from qgm_ray.engine.slowmo import outer_step_bytes
 
 from helpers import small_run
 
-SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
+SMALL = small_run("backend=local", "topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
                   "algorithm.name=dsgdm_n", "ray.clients_per_actor=2")
 
 

@@ -142,7 +142,7 @@ def test_config_command_prints_the_resolved_validated_config(tmp_path):
     import yaml
     d = yaml.safe_load(out.stdout)
     assert d["data"]["name"] == "cifar10" and d["data"]["options"] == {} and d["algorithm"]["lr"] == 0.3
-    assert d["backend"] == "local"  # the built-in defaults are the default run
+    assert d["backend"] == "ray"  # the built-in defaults are the default run
     bad = main_py("config", "--set", "seed=-1")
     assert bad.returncode == 2 and "seed" in one_line(bad.stderr)
     keys = main_py("config", "--keys")

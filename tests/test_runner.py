@@ -14,7 +14,7 @@ from qgm_ray.runner.metrics_file import MetricsFile
 
 from helpers import read_metrics, small_run
 
-SMALL = small_run("topology.n_clients=4", "schedule.epochs=4", "eval.every_epochs=1")
+SMALL = small_run("backend=local", "topology.n_clients=4", "schedule.epochs=4", "eval.every_epochs=1")
 
 
 def small(*extra):

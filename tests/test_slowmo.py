@@ -13,7 +13,7 @@ from qgm_ray.errors import ConfigError
 
 from helpers import small_run
 
-SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
+SMALL = small_run("backend=local", "topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
                   "algorithm.name=dsgdm_n")
 SLOWMO = ["algorithm.slowmo_tau=3", "algorithm.slowmo_beta=0.6", "algorithm.slowmo_alpha=0.8"]
 

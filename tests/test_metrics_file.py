@@ -88,3 +88,30 @@ def test_no_file_is_no_rows_and_a_row_that_cannot_be_written_is_one_line(tmp_pat
     assert str(e.value).startswith(f"cannot write {tmp_path / 'metrics.csv'}") and "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="is not a file"):
         MetricsFile.of(tmp_path).read()
+
+
+def test_metrics_csv_replaced_by_a_directory_mid_run_fails_in_words(tmp_path):
+    """The run ends `failed` with a summary that names metrics.csv and keeps the accuracies it
+    had; the checkpoint before the failure stays resumable."""
+    import json
+    import os
+
+    from helpers import small_run
+    from qgm_ray.config import load_config
+    from qgm_ray.runner import run as runner
+
+    d = tmp_path / "run"
+    cfg = load_config(None, small_run("backend=local", "topology.n_clients=4", "schedule.epochs=3",
+                                      "eval.every_epochs=1"))
+
+    def swap_for_a_directory(row):
+        if (d / "metrics.csv").is_file():
+            os.unlink(d / "metrics.csv")
+            os.mkdir(d / "metrics.csv")
+
+    summary = runner.run(cfg, d, on_eval=swap_for_a_directory, log=lambda m: None)
+    assert summary["status"] == "failed"
+    assert "metrics.csv" in summary["message"] and "Is a directory" in summary["message"]
+    assert "\n" not in summary["message"] and "--resume" in summary["message"]
+    assert summary["final_test_accuracy"] is not None   # the evaluation before the swap
+    assert json.loads((d / "summary.json").read_text())["status"] == "failed"

@@ -55,7 +55,7 @@ def prepare(cfg: Config, log=print):
     # on the intra-op thread count. A Tune trial or Ray worker starts with OMP_NUM_THREADS=1, a
     # shell does not: the same thread count everywhere gives main.py and a Tune trial of one
     # config the same data, bit for bit.
-    torch.set_num_threads(cfg.ray.torch_threads)
+    torch.set_num_threads(cfg.compute.torch_threads)
     check_device(cfg)
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)

@@ -54,7 +54,7 @@ class Plan:
     ray: bool = True
     gloo: bool = True
     ray_one_per_actor: bool = True  # also ray with clients_per_actor=1 (besides n/2)
-    packed_models: tuple = ("cnn1d",)  # also ray k=n/2 with ray.pack_clients=true (vmap)
+    packed_models: tuple = ("cnn1d",)  # also ray k=n/2 with compute.pack_clients=true (vmap)
 
 
 PLANS = {
@@ -77,10 +77,10 @@ def config_dict(model: str, n: int, backend: str, clients_per_actor: int = 1, ex
         f"model.name={model}", f"data.name={dataset}", f"topology.n_clients={n}", "topology.name=ring",
         "data.partition=iid", "data.batch_size=32", "algorithm.name=qg_dsgdm_n", "algorithm.lr=0.05",
         f"backend={'ray' if backend == 'ray' else 'local'}", f"ray.clients_per_actor={clients_per_actor}",
-        "ray.torch_threads=1", "progress=false", "device=cpu",
+        "compute.torch_threads=1", "progress=false", "device=cpu",
         # The floor is the plain per-client loop; `auto` would vmap-pack the local engine's
         # clients in blocks of k = n too (a "local packed" spec can still ask for it).
-        *(["ray.pack_clients=false"] if backend == "local" else []), *(extra or [])])
+        *(["compute.pack_clients=false"] if backend == "local" else []), *(extra or [])])
     d["data"]["root"] = str(REPO / "data")
     d["data"]["options"] = opts(n)
     return d
@@ -112,10 +112,10 @@ def backend_specs(model: str, n: int, plan: Plan) -> list[Spec]:
     if plan.ray:
         half = max(1, n // 2)
         ks = [1, half] if plan.ray_one_per_actor else [half]
-        # Unpacked rows say so explicitly: `ray.pack_clients: auto` would pack k >= 8 clients.
-        specs += [Spec("ray", k, f"ray k={k}", extra=("ray.pack_clients=false",)) for k in dict.fromkeys(ks)]
+        # Unpacked rows say so explicitly: `compute.pack_clients: auto` would pack k >= 8 clients.
+        specs += [Spec("ray", k, f"ray k={k}", extra=("compute.pack_clients=false",)) for k in dict.fromkeys(ks)]
         if model in plan.packed_models and half > 1:
-            specs.append(Spec("ray", half, f"ray k={half} packed", extra=("ray.pack_clients=true",)))
+            specs.append(Spec("ray", half, f"ray k={half} packed", extra=("compute.pack_clients=true",)))
     if plan.gloo:
         specs.append(Spec("gloo", 1, "gloo"))
     return specs

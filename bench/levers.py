@@ -4,7 +4,7 @@ side by side (interleaved blocks, same harness as `bench.harness`).
     python -m bench.levers [--model cnn1d] [--n 16] [--levers threads,depth,vmap,coordinator]
                            [--output docs/results/bench/levers.json]
 
-Levers that are config keys are set with `--set`-style overrides (ray.torch_threads,
+Levers that are config keys are set with `--set`-style overrides (compute.torch_threads,
 ray.max_inflight_rounds, ray.clients_per_actor); the others are applied to the actor
 processes by a Ray worker setup hook from `bench.patches` (a private Ray cluster per hook).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import harness, procs
 from bench.harness import Plan, Spec
 
-PACKED, UNPACKED = "ray.pack_clients=true", "ray.pack_clients=false"
+PACKED, UNPACKED = "compute.pack_clients=true", "compute.pack_clients=false"
 
 
 def lever_specs(lever: str, n: int) -> list[Spec]:
@@ -28,9 +28,9 @@ def lever_specs(lever: str, n: int) -> list[Spec]:
     if lever == "threads":
         return local + [
             Spec("ray", 1, "ray k=1, 1 thread/actor"),
-            Spec("ray", 1, "ray k=1, 2 threads/actor", extra=("ray.torch_threads=2",)),
+            Spec("ray", 1, "ray k=1, 2 threads/actor", extra=("compute.torch_threads=2",)),
             Spec("ray", half, f"ray k={half}, 1 thread/actor"),
-            Spec("ray", half, f"ray k={half}, 2 threads/actor", extra=("ray.torch_threads=2",)),
+            Spec("ray", half, f"ray k={half}, 2 threads/actor", extra=("compute.torch_threads=2",)),
         ]
     if lever == "depth":
         return local + [Spec("ray", half, f"ray k={half}, inflight {d}", extra=(f"ray.max_inflight_rounds={d}",))

@@ -71,7 +71,7 @@ def measure(spec: dict) -> dict:
     out["data_seconds"] = round(time.perf_counter() - t0, 2)
     if spec["kind"] == "ceiling":
         from bench.gpu import time_ceiling
-        torch.set_num_threads(cfg.ray.torch_threads)
+        torch.set_num_threads(cfg.compute.torch_threads)
         out["round_seconds"] = time_ceiling(cfg, "cpu", 1, spec["rounds"])["round_seconds"]
         return out
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -102,24 +103,10 @@ class EvalConfig:
 
 
 @dataclass
-class RayConfig:
-    address: Optional[str] = None    # None: $RAY_ADDRESS, else start a local Ray
-    # auto: one ClientActor per GPU when the clients get GPUs, else one per CPU core of the
-    # cluster (engine/ray_setup.py: resolve_clients_per_actor); 1 = one actor per client.
-    clients_per_actor: Union[int, str] = "auto"   # auto (one actor per GPU, else per CPU core) or k >= 1
-    gpus_per_client: Union[str, float] = "auto"   # auto, or a GPU fraction per client (0: CPU)
-    # CPUs Ray reserves per ClientActor: a block of clients needs the cores its threads use, not
-    # a slice of a core per client. auto: ray.torch_threads, or an even share of the cluster's
-    # CPUs where more actors are asked for than that fits (an explicit clients_per_actor, a Tune
-    # trial's own process; at most 4 actors a core); engine/ray_setup.py: actor_resources.
-    cpus_per_actor: Union[str, float] = "auto"    # auto or a number > 0
-    # Per-client accounting instead: an actor of k clients reserves k x this many CPUs (1.0: one
-    # core per client, for clients big enough to use one). null: ray.cpus_per_actor decides.
-    cpus_per_client: Optional[float] = None
-    max_inflight_rounds: int = 2     # rounds of payloads in flight at most, >= 1
-    dashboard_host: str = "127.0.0.1"  # where a local Ray's dashboard listens
-    num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
-    torch_threads: int = 1           # per actor: actors share cores, oversubscription hurts
+class ComputeConfig:
+    """How a block of clients computes, in either engine: the local engine's process and each
+    ClientActor step their blocks the same way (ray.clients_per_actor sizes the blocks)."""
+    torch_threads: int = 1           # per process stepping blocks: processes share cores, oversubscription hurts
     # A block's k clients as one vmapped forward/backward (engine/block.py) on CPU. auto: only
     # where it is faster (k >= 8 clients of a model <= 100k parameters); on CUDA a block
     # always steps packed. Unpacked, a block still owns the stacked tensors and runs the
@@ -129,6 +116,26 @@ class RayConfig:
     # where a probe says the block's activations would not fit in its share of the GPU
     # (engine/memory.py); a number caps it.
     vmap_chunk: Union[int, str] = "auto"      # auto | k >= 1
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None    # None: $RAY_ADDRESS, else start a local Ray
+    # auto: one ClientActor per GPU when the clients get GPUs, else one per CPU core of the
+    # cluster (engine/ray_setup.py: resolve_clients_per_actor); 1 = one actor per client.
+    clients_per_actor: Union[int, str] = "auto"   # auto (one actor per GPU, else per CPU core) or k >= 1
+    gpus_per_client: Union[str, float] = "auto"   # auto, or a GPU fraction per client (0: CPU)
+    # CPUs Ray reserves per ClientActor: a block of clients needs the cores its threads use, not
+    # a slice of a core per client. auto: compute.torch_threads, or an even share of the cluster's
+    # CPUs where more actors are asked for than that fits (an explicit clients_per_actor, a Tune
+    # trial's own process; at most 4 actors a core); engine/ray_setup.py: actor_resources.
+    cpus_per_actor: Union[str, float] = "auto"    # auto or a number > 0
+    # Per-client accounting instead: an actor of k clients reserves k x this many CPUs (1.0: one
+    # core per client, for clients big enough to use one). null: ray.cpus_per_actor decides.
+    cpus_per_client: Optional[float] = None
+    max_inflight_rounds: int = 2     # rounds of payloads in flight at most, >= 1
+    dashboard_host: str = "127.0.0.1"  # where a local Ray's dashboard listens
+    num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
     # graph: actors holding graph neighbours share a node where resources allow
     # (engine/placement.py); default: wherever Ray's scheduler puts them.
     placement: str = "graph"
@@ -180,6 +187,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
@@ -330,6 +338,85 @@ def get_dotted(d: dict, key: str) -> Any:
     return cur
 
 
+# Keys that moved to another section: {old dotted key: new dotted key}. The old name is still
+# read wherever a key can be written (a file, --set, an API dict, a Tune grid or search), so
+# the config.yaml of an older run directory still resumes; one line per key per process
+# names the new name.
+MOVED_KEYS = {f"ray.{key}": f"compute.{key}" for key in ("torch_threads", "pack_clients", "vmap_chunk")}
+_told_moved: set = set()
+
+
+def _tell_moved(old: str) -> None:
+    if old in _told_moved:
+        return
+    _told_moved.add(old)
+    try:
+        print(f"{old} is now {MOVED_KEYS[old]}; read as such", file=sys.stderr, flush=True)
+    except (OSError, ValueError):   # a notice never stops a run whose stderr is gone
+        pass
+
+
+def _refuse_both(old: str, value: Any, other: Any) -> None:
+    if value != other:
+        new = MOVED_KEYS[old]
+        raise ConfigError(f"{old}={_short(value)} and {new}={_short(other)} set one key under its old and "
+                          f"new name; keep only {new}")
+
+
+def moved_values(values: dict) -> dict:
+    """{dotted key: value} overrides with each old key (MOVED_KEYS) under its new name; a whole
+    `ray` mapping gives up its moved keys to `compute.<key>`."""
+    if not isinstance(values, dict):
+        return values
+    out: dict = {}
+    moved = []
+    for key, value in values.items():
+        if key in MOVED_KEYS:
+            moved.append((key, value))
+        elif key == "ray" and isinstance(value, dict) and any(f"ray.{k}" in MOVED_KEYS for k in value):
+            out[key] = {k: v for k, v in value.items() if f"ray.{k}" not in MOVED_KEYS}
+            moved += [(f"ray.{k}", v) for k, v in value.items() if f"ray.{k}" in MOVED_KEYS]
+        else:
+            out[key] = value
+    for old, value in moved:
+        new = MOVED_KEYS[old]
+        section, name = new.split(".", 1)
+        if new in out:
+            _refuse_both(old, value, out[new])
+        if isinstance(out.get(section), dict) and name in out[section]:
+            _refuse_both(old, value, out[section][name])
+        _tell_moved(old)
+        out[new] = value
+    return out
+
+
+def moved_nested(d: dict) -> dict:
+    """A nested config dict (a file's, an API dict, a run's config.yaml) with each old key
+    (MOVED_KEYS) in its new section, and a Tune grid's or search's old keys renamed."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(d)
+    ray, compute = out.get("ray"), out.get("compute")
+    olds = [f"ray.{k}" for k in ray if f"ray.{k}" in MOVED_KEYS] if isinstance(ray, dict) else []
+    if olds and (compute is None or isinstance(compute, dict)):   # else _build names the bad section
+        ray, compute = dict(ray), dict(compute or {})
+        for old in olds:
+            name = MOVED_KEYS[old].split(".", 1)[1]
+            value = ray.pop(old.split(".", 1)[1])
+            if name in compute:
+                _refuse_both(old, value, compute[name])
+            _tell_moved(old)
+            compute[name] = value
+        out["ray"], out["compute"] = ray, compute
+    tune = out.get("tune")
+    if isinstance(tune, dict):
+        for section in ("grid", "search"):
+            keys = tune.get(section)
+            if isinstance(keys, dict) and any(k in MOVED_KEYS for k in keys):
+                out["tune"] = tune = {**tune, section: moved_values(keys)}
+    return out
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`a.b=VALUE` -> ("a.b", yaml-parsed VALUE)."""
     if "=" not in text:
@@ -399,6 +486,7 @@ def layered(given: dict, values: dict) -> dict:
     dataset (and rule, and plug-in model or graph) takes the options written for it: the
     defaults' mnist1d options do not go to a file's cifar10."""
     defaults = Config().to_dict()
+    given = moved_nested(given)
     d = _merge(defaults, given)
     before = _names(defaults)
     for section, old in before.items():   # another dataset's options replace, never merge
@@ -443,6 +531,7 @@ def apply_overrides(d: dict, values: dict) -> dict:
     (`module:attr`) is involved, for `model.options` and `topology.options`; built-in models
     and graphs keep sharing their section's options as before."""
     before = _names(d)
+    values = moved_values(values)
     for key, value in values.items():
         set_dotted(d, key, value)
     _drop_foreign_options(d, before, values)
@@ -480,7 +569,7 @@ def trial_dict(base: dict, params: dict) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    cfg = _build(Config, d)
+    cfg = _build(Config, moved_nested(d))
     validate(cfg)
     return cfg
 
@@ -513,7 +602,7 @@ def _dynamic_choices() -> dict:
     import qgm_ray.topology  # noqa: F401
     from qgm_ray.plugins import KEYS, builtin_names
     names = {key: builtin_names(kind) + ("package.module:attr",) for kind, key in KEYS.items()}
-    return {**names, "ray.pack_clients": ("auto", "true", "false"), "tune.metric": TUNE_METRICS}
+    return {**names, "compute.pack_clients": ("auto", "true", "false"), "tune.metric": TUNE_METRICS}
 
 
 def _shared_names() -> tuple:
@@ -604,11 +693,14 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         v = get_dotted(d, key)
         _require(v in allowed, f"{key}={v!r} is not allowed; choose one of {', '.join(allowed)}")
-    _require(cfg.ray.pack_clients in ("auto", True, False),
-             f"ray.pack_clients={cfg.ray.pack_clients!r} is not allowed; choose one of auto, true, false")
-    vc = cfg.ray.vmap_chunk
-    _require(vc == "auto" or (isinstance(vc, int) and not isinstance(vc, bool) and vc >= 1),
-             f"ray.vmap_chunk={vc!r} is not allowed; choose auto or an integer >= 1 (clients per vmapped step)")
+    c = cfg.compute
+    _require(c.pack_clients in ("auto", True, False),
+             f"compute.pack_clients={c.pack_clients!r} is not allowed; choose one of auto, true, false")
+    _require(c.vmap_chunk == "auto" or (isinstance(c.vmap_chunk, int) and not isinstance(c.vmap_chunk, bool)
+                                        and c.vmap_chunk >= 1),
+             f"compute.vmap_chunk={c.vmap_chunk!r} is not allowed; choose auto or an integer >= 1 "
+             "(clients per vmapped step)")
+    _require(c.torch_threads >= 1, f"compute.torch_threads must be >= 1, got {c.torch_threads}")
 
     _validate_names(cfg)
 
@@ -667,7 +759,6 @@ def validate(cfg: Config) -> None:
              f"ray.cpus_per_actor={r.cpus_per_actor} and ray.cpus_per_client={r.cpus_per_client} both size the "
              f"ClientActors; set only one (cpus_per_client: null to use cpus_per_actor)")
     _require(r.max_inflight_rounds >= 1, f"ray.max_inflight_rounds must be >= 1, got {r.max_inflight_rounds}")
-    _require(r.torch_threads >= 1, f"ray.torch_threads must be >= 1, got {r.torch_threads}")
     _require(r.num_cpus is None or r.num_cpus >= 1, f"ray.num_cpus must be >= 1 or null, got {r.num_cpus}")
     _validate_dashboard_host(cfg)
 

@@ -34,7 +34,7 @@ MAX_ACTORS_PER_CORE = 4
 def actor_cpus(cfg, k: int, n_actors: int, cpus: float) -> float:
     """CPUs one ClientActor of k clients asks Ray for, when `n_actors` of them share `cpus`.
 
-    A block needs the cores its threads use (ray.torch_threads), whatever its k. Where the
+    A block needs the cores its threads use (compute.torch_threads), whatever its k. Where the
     actors would not fit that way (an explicit ray.clients_per_actor above what auto picks, or
     a Tune trial that keeps part of the cluster for its own process), `auto` lets m actors share
     each core: 1/m of a CPU with m = ceil(actors / whole cores). With whole-CPU nodes that always
@@ -46,7 +46,7 @@ def actor_cpus(cfg, k: int, n_actors: int, cpus: float) -> float:
         return float(r.cpus_per_client) * k
     if r.cpus_per_actor != "auto":
         return float(r.cpus_per_actor)
-    want = float(r.torch_threads)
+    want = float(cfg.compute.torch_threads)
     if n_actors * want <= cpus + 1e-9 or cpus <= 0:
         return want
     if cpus >= 1:

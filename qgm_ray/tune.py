@@ -184,7 +184,7 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
     cfg = trial_config(base, params)
     cfg.progress = False
     if cfg.backend == "local":
-        torch.set_num_threads(cfg.ray.torch_threads)
+        torch.set_num_threads(cfg.compute.torch_threads)
     name = tune.get_context().get_trial_name()
     path = Path(sweep_dir) / TRIALS / name
     resume = _prepare_trial_dir(path)

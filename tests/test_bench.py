@@ -97,7 +97,7 @@ def _actor(k: int, pack, model="cnn1d"):
     """A ClientActor (the plain class, no Ray) holding clients 0..k-1 of an n=k ring."""
     from qgm_ray.engine.actors import ClientActor, dataset_meta
 
-    cfg = from_dict(harness.config_dict(model, k, "ray", k, [f"ray.pack_clients={pack}"]))
+    cfg = from_dict(harness.config_dict(model, k, "ray", k, [f"compute.pack_clients={pack}"]))
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
     actor = ClientActor(cfg, dataset_meta(ds), parts, 0, ds.train_x.numpy(), ds.train_y.numpy(),

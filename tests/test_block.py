@@ -35,7 +35,7 @@ FAMILIES = {
 def _engine(extra, k, pack, float64=False):
     """A local engine with blocks of k clients; `float64`: every tensor in double precision
     (models, data, state), where rounding is 2^29 times smaller than in float32."""
-    cfg = load_config(None, BASE + list(extra) + [f"ray.clients_per_actor={k}", f"ray.pack_clients={pack}"])
+    cfg = load_config(None, BASE + list(extra) + [f"ray.clients_per_actor={k}", f"compute.pack_clients={pack}"])
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
     if not float64:
@@ -286,7 +286,7 @@ def test_packed_block_in_chunks_equals_the_whole_vmap(family):
     same gradients, losses and BatchNorm running stats, row by row."""
     torch.set_num_threads(1)
     whole = _engine(FAMILIES[family], 4, "true", float64=True)
-    chunked = _engine(FAMILIES[family] + ["ray.vmap_chunk=3"], 4, "true", float64=True)   # rows 0-2, then 3
+    chunked = _engine(FAMILIES[family] + ["compute.vmap_chunk=3"], 4, "true", float64=True)   # rows 0-2, then 3
     assert whole.blocks[0].chunk == 4 and chunked.blocks[0].chunk == 3
     _assert_rounds_agree(whole, chunked)
 
@@ -325,8 +325,8 @@ def test_chunk_from_a_measured_step():
 @pytest.mark.parametrize("bad", ["0", "-2", "many", "true"])
 def test_vmap_chunk_must_be_auto_or_a_positive_integer(bad):
     from qgm_ray.errors import ConfigError
-    with pytest.raises(ConfigError, match="ray.vmap_chunk"):
-        load_config(None, BASE + FAMILIES["mlp"] + [f"ray.vmap_chunk={bad}"])
+    with pytest.raises(ConfigError, match="compute.vmap_chunk"):
+        load_config(None, BASE + FAMILIES["mlp"] + [f"compute.vmap_chunk={bad}"])
 
 
 def test_block_crops_pad_with_the_datasets_fill():

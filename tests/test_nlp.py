@@ -214,7 +214,7 @@ def test_agnews_distilbert_qg_adam_run_offline(nlp_root, tmp_path):
         f"data.root={root}", f"data.options={{tokenizer: {root / 'tok'}, max_length: {MAX_LEN}}}",
         f"model.options={{pretrained: null, config: {json.dumps(dict(TINY, vocab_size=len(tok)))}}}",
         "backend=local", "topology.n_clients=2", "data.batch_size=4", "schedule.epochs=2", "eval.every_epochs=1",
-        "progress=false", "algorithm.lr=1e-3", "ray.pack_clients=true", "tune.grid={}", "device=cpu",
+        "progress=false", "algorithm.lr=1e-3", "compute.pack_clients=true", "tune.grid={}", "device=cpu",
     ])
     summary = runner.run(cfg, tmp_path / "run", log=lambda m: None)
     assert summary["status"] == "completed" and summary["algorithm"] == "qg_adam_v2"
@@ -245,7 +245,7 @@ def test_agnews_distilbert_on_ray_matches_local_engine(nlp_root, ray_session):
     from qgm_ray.engine.ray_engine import RayEngine
 
     root, tok = nlp_root
-    cfg = _tiny_run_config(root, tok, "backend=ray", "ray.clients_per_actor=4", "ray.pack_clients=true",
+    cfg = _tiny_run_config(root, tok, "backend=ray", "ray.clients_per_actor=4", "compute.pack_clients=true",
                            "ray.cpus_per_client=0.25", dropout=0.1)
     ds, parts = runner.prepare(cfg, log=lambda m: None)
     results = {}

@@ -94,7 +94,7 @@ def capture_engine(monkeypatch):
 @pytest.mark.parametrize("extra", [
     ["topology.name=ring", "ray.clients_per_actor=1"],
     ["topology.name=time_varying_random_ring", "ray.clients_per_actor=2", "algorithm.name=gradient_tracking"],
-    ["topology.name=ring", "ray.clients_per_actor=2", "ray.pack_clients=true"],
+    ["topology.name=ring", "ray.clients_per_actor=2", "compute.pack_clients=true"],
     # push-sum: the weight column travels through the object store like the parameters
     ["topology.name=random_peer", "topology.options={degree: 2}", "ray.clients_per_actor=2",
      "algorithm.name=qg_dsgdm_n"],
@@ -281,7 +281,7 @@ def test_max_restarts_used_up_stops_with_one_line(ray_session, monkeypatch, tmp_
 def test_elastic_resize_matches_local_engine(ray_session, tmp_path, pack, graph):
     # packed: both engines re-pack the blocks of k after every resize, and stay bit-identical;
     # directed: joiners start with push-sum weight 1 from the weighted average on both engines
-    extra = ["elastic.schedule=[[0.5, 2], [1.0, 3], [1.5, 4]]", "ray.clients_per_actor=2", f"ray.pack_clients={pack}",
+    extra = ["elastic.schedule=[[0.5, 2], [1.0, 3], [1.5, 4]]", "ray.clients_per_actor=2", f"compute.pack_clients={pack}",
              f"topology.name={graph}"]
     s = runner.run(small(*extra), tmp_path / "ray", log=quiet)
     runner.run(small(*extra, "backend=local"), tmp_path / "local", log=quiet)

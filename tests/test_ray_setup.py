@@ -260,10 +260,10 @@ def test_a_worker_death_is_one_line_of_ours_and_rays_message_goes_to_its_logs(tm
     (4, 2, ["ray.clients_per_actor=1"], 1, 4, 0.5),          # more actors than cores: 2 share each
     (64, 2, ["ray.clients_per_actor=1"], 1, 64, 0.25),       # at most 4 a core: does not fit (below)
     (7, 5, ["ray.clients_per_actor=1"], 1, 7, 0.5),          # 1/ceil(7/5), not 5/7: packs node by node
-    (16, 2, ["ray.torch_threads=2"], 8, 2, 1.0),             # 2 actors x 2 threads on 2 cores: shared
-    (16, 8, ["ray.torch_threads=2"], 2, 8, 1.0),
-    (16, 16, ["ray.torch_threads=2"], 1, 16, 1.0),
-    (16, 64, ["ray.torch_threads=2"], 1, 16, 2.0),
+    (16, 2, ["compute.torch_threads=2"], 8, 2, 1.0),             # 2 actors x 2 threads on 2 cores: shared
+    (16, 8, ["compute.torch_threads=2"], 2, 8, 1.0),
+    (16, 16, ["compute.torch_threads=2"], 1, 16, 1.0),
+    (16, 64, ["compute.torch_threads=2"], 1, 16, 2.0),
     (4, 2, ["ray.clients_per_actor=1", "ray.cpus_per_actor=1"], 1, 4, 1.0),    # explicit: as given
     (8, 2, ["ray.clients_per_actor=4", "ray.cpus_per_client=0.25"], 4, 2, 1.0),  # per-client accounting
 ])

@@ -337,7 +337,7 @@ def test_a_trial_gives_the_numbers_of_main_py_with_the_same_config(ray_session, 
     """A researcher re-running the best trial with main.py must get its numbers. The data is
     standardised with a reduction whose last bits depend on torch's thread count; a trial's
     process starts with OMP_NUM_THREADS=1, a shell with all cores: both now build data with
-    ray.torch_threads. mnist1d (16000 x 40 values) is big enough for a threaded reduction."""
+    compute.torch_threads. mnist1d (16000 x 40 values) is big enough for a threaded reduction."""
     import torch
 
     from qgm_ray.runner import run as runner

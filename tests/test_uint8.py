@@ -135,7 +135,7 @@ def test_block_gradients_on_uint8_equal_float32_storage(tmp_path, monkeypatch):
     u8, f32 = _twins(cfg)
     parts = build.build_partition(cfg, u8)
     for packed in (False, True):
-        cfg_k = _config(tmp_path, f"ray.pack_clients={str(packed).lower()}")
+        cfg_k = _config(tmp_path, f"compute.pack_clients={str(packed).lower()}")
         a = build_block(cfg_k, u8, parts, [0, 1, 2], "cpu")
         b = build_block(cfg_k, f32, parts, [0, 1, 2], "cpu")
         assert a.packed == b.packed == packed and a.augment == "crop_flip"
@@ -158,7 +158,7 @@ def test_block_gradients_on_uint8_equal_float32_storage(tmp_path, monkeypatch):
 def test_local_run_and_evaluation_on_uint8_equal_float32_storage(tmp_path, monkeypatch, k, pack):
     torch.set_num_threads(1)
     _cifar10(tmp_path, monkeypatch, n_per_batch=24, n_test=30)
-    cfg = _config(tmp_path, f"ray.clients_per_actor={k}", f"ray.pack_clients={pack}")
+    cfg = _config(tmp_path, f"ray.clients_per_actor={k}", f"compute.pack_clients={pack}")
     u8, f32 = _twins(cfg)
     parts = build.build_partition(cfg, u8)
     runs = []

@@ -67,7 +67,7 @@ class ClientActor:
     def __init__(self, cfg: Config, meta: dict, parts: list, num_gpus: float,
                  train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray):
         determinism.apply(cfg)
-        torch.set_num_threads(cfg.ray.torch_threads)
+        torch.set_num_threads(cfg.compute.torch_threads)
         self.cfg, self.parts = cfg, parts
         self.device = _device(num_gpus)
         # The GPU fraction this actor's block may plan to use: 1 / actors per GPU (Ray keeps 4

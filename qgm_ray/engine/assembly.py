@@ -18,9 +18,9 @@ from qgm_ray.engine.memory import auto_chunk, heap_for_big_tensors
 def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str, gpu_share: float = 1.0,
                 heap_for_big: bool = False):
     """The block of the clients holding these shards (slots), in this order, on `device`;
-    packed (one vmap) per `ray.pack_clients` and the device (engine.block.should_pack); with
+    packed (one vmap) per `compute.pack_clients` and the device (engine.block.should_pack); with
     push-sum weights on a directed graph (all-reduce rules ignore the graph); stepping its
-    rows in chunks per `ray.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py).
+    rows in chunks per `compute.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py).
     heap_for_big: a big CPU block moves this process's big allocations to the heap
     (engine/memory.py; the local engine asks for it)."""
     model = build.build_model(cfg, ds)
@@ -33,9 +33,9 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
     algorithm = build.build_algorithm(cfg)
     block = Block(model, algorithm, shards, list(slots), batch_size=cfg.data.batch_size, seed=cfg.seed,
                   augment=augment, device=device, norm=ds.norm, fill=ds.fill,
-                  packed=should_pack(cfg.ray.pack_clients, len(slots), num_params, device),
+                  packed=should_pack(cfg.compute.pack_clients, len(slots), num_params, device),
                   push_sum=build.uses_push_sum(cfg, algorithm))
-    chunk = cfg.ray.vmap_chunk
+    chunk = cfg.compute.vmap_chunk
     block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
     if heap_for_big:
         heap_for_big_tensors(block)

@@ -88,7 +88,7 @@ class Block:
         self.losses = torch.full((self.k,), float("nan"), device=self.device)
         self._vstep = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0), randomness="different")
         # Rows per vmapped forward/backward of a packed block (engine/memory.py sets it on a GPU
-        # where the whole block's activations would not fit; ray.vmap_chunk overrides).
+        # where the whole block's activations would not fit; compute.vmap_chunk overrides).
         self.chunk = self.k
         self._eval_model: Optional[nn.Module] = None
         self._rows: Optional[list] = None   # unpacked: per-row modules over views of the rows
@@ -344,7 +344,7 @@ def _seeded(seed: int, devices: list):
         yield
 
 
-# When a CPU block steps packed under `ray.pack_clients: auto` (bench: `python -m bench.levers
+# When a CPU block steps packed under `compute.pack_clients: auto` (bench: `python -m bench.levers
 # --levers vmap`; the figures are in docs/results/bench). One vmapped call pays off on CPU only
 # from about 8 clients of a small model; above ~100k parameters a client's step is
 # compute-bound and vmap's grouped convolutions lose to k separate ones.
@@ -354,7 +354,7 @@ PACK_AUTO_MAX_PARAMS = 100_000
 
 def should_pack(mode, k: int, num_params: int, device) -> bool:
     """Whether a block of k clients steps with one vmap. On CUDA always (one program for k
-    clients is what fills a GPU; docs/results/bench); on CPU per `ray.pack_clients`
+    clients is what fills a GPU; docs/results/bench); on CPU per `compute.pack_clients`
     (auto | True | False): never for fewer than 2, auto where it is faster."""
     if str(device).startswith("cuda"):
         return True

@@ -29,12 +29,12 @@ LOSS_READS_EVERY = 16   # rounds of losses kept on the device before one read
 class LocalEngine:
     def __init__(self, cfg: Config, ds: Dataset, parts: list, device: str = "cpu"):
         self.cfg, self.ds, self.parts, self.device = cfg, ds, parts, device
-        # The intra-op threads of a ClientActor (ray.torch_threads, default 1). Another thread
+        # The intra-op threads of a ClientActor (compute.torch_threads, default 1). Another thread
         # count splits conv / matmul reductions differently: the engines would then agree to
         # ~1e-7 per round only and drift apart over a long run. For these small models extra
         # threads mostly spin anyway, and on a busy machine they are far slower
         # (docs/results/bench).
-        torch.set_num_threads(cfg.ray.torch_threads)
+        torch.set_num_threads(cfg.compute.torch_threads)
         determinism.apply(cfg)
         cuda = torch.cuda.device_count() if str(device).startswith("cuda") else 0
         # The blocks a Ray run started on this machine would hold (qgm_ray.layout).

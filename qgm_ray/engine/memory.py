@@ -89,7 +89,7 @@ def auto_chunk(block, gpu_share: float, log: Callable[[str], None] = lambda m: N
     if chunk < block.k:
         log(f"block of {block.k} clients: one step needs ~{(base + block.k * per_row) / 2**30:.1f} GiB of "
             f"activations, this block's share of the GPU is {budget / 2**30:.1f} GiB: gradients in chunks of "
-            f"{chunk} clients (ray.vmap_chunk sets it)")
+            f"{chunk} clients (compute.vmap_chunk sets it)")
     return chunk
 
 

@@ -13,7 +13,7 @@ ClientActor, on its GPU: nothing else asks for one). On an autoscaling cluster w
 Actors. `ray.clients_per_actor: auto` gives one ClientActor per GPU when the clients get GPUs
 and one per CPU core otherwise: on CPU, more actors than cores buy no parallelism, and each
 costs a torch process's memory and slows the rounds (docs/results/bench). Each actor
-asks Ray for the cores its block's threads use (`ray.cpus_per_actor`, auto: ray.torch_threads)
+asks Ray for the cores its block's threads use (`ray.cpus_per_actor`, auto: compute.torch_threads)
 whatever its k, so any client count fits any cluster by default (`actor_resources`).
 """
 from __future__ import annotations

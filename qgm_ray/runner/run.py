@@ -55,7 +55,7 @@ def prepare(cfg: Config, log=print):
     # on the intra-op thread count. A Tune trial or Ray worker starts with OMP_NUM_THREADS=1, a
     # shell does not: the same thread count everywhere gives main.py and a Tune trial of one
     # config the same data, bit for bit.
-    torch.set_num_threads(cfg.ray.torch_threads)
+    torch.set_num_threads(cfg.compute.torch_threads)
     check_device(cfg)
     ds = build.build_dataset(cfg)
     parts = build.build_partition(cfg, ds)
@@ -450,7 +450,7 @@ def restore_points(run_dir: RunDir, cfg: Config, plan: RunPlan, log) -> tuple[di
 def check_resume_config(cfg: Config, run_dir: RunDir) -> None:
     """A resumed run measures what it started measuring: refuse a change of any key that
     changes the numbers (REPLAY_KEYS) or how they are measured (eval.*), against the run's
-    config.yaml. The rest (backend, ray.*, fault_tolerance.*, progress) may change."""
+    config.yaml. The rest (backend, compute.*, ray.*, fault_tolerance.*, progress) may change."""
     from qgm_ray.config import config_dict, from_dict
     try:
         written = from_dict(config_dict(run_dir.path / "config.yaml")).to_dict()

@@ -24,7 +24,9 @@ ray = pytest.importorskip("ray")
 SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5", "backend=ray")
 # The run the fault-tolerance and resume tests must reproduce exactly.
 REFERENCE = ["ray.clients_per_actor=2", "fault_tolerance.checkpoint_every=7", "fault_tolerance.keep=3"]
-TOL = 1e-5
+# Both engines sum the same rows in the same order (engine/base.py: block_mix): on one machine
+# their numbers are equal, not close.
+TOL = 0.0
 
 
 def small(*extra):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qgm_ray import plugins
+from qgm_ray import errors, plugins
 from qgm_ray.errors import ConfigError
 
 # Samples in the batch the model and the rule are tried on: two, so that a model that
@@ -52,8 +52,8 @@ def crossing_ray(e: ConfigError) -> ContractError:
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+    """`Type: first line of the message`, or the type alone when the message is empty."""
+    return f"{type(e).__name__}: {errors.first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def rule_key(rule) -> str:

@@ -35,7 +35,7 @@ import sysconfig
 from typing import Any, Callable, Iterable
 
 from qgm_ray import ray_private
-from qgm_ray.errors import ConfigError
+from qgm_ray.errors import ConfigError, first_line
 
 # kind -> the config key that names it
 KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name"}
@@ -116,18 +116,13 @@ def import_reference(ref: str, key: str) -> Any:
         raise ConfigError(f"{key}={ref!r}: importing {module_name!r} failed: {e}") from None
     except Exception as e:  # noqa: BLE001 - any error in the user's module is this key's problem
         raise ConfigError(f"{key}={ref!r}: importing {module_name!r} failed: "
-                          f"{type(e).__name__}: {_first_line(e)}") from None
+                          f"{type(e).__name__}: {first_line(e)}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{key}={ref!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def references(cfg) -> dict[str, str]:

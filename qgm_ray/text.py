@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from qgm_ray.dataset import Dataset, save_npz_atomic
-from qgm_ray.errors import ConfigError
+from qgm_ray.errors import ConfigError, first_line
 
 NLP_REQUIREMENTS = "requirements-nlp.txt"
 AGNEWS_FOLDER = "agnews"
@@ -48,11 +48,6 @@ def hf_cache_dir(root: str) -> str:
     return os.path.abspath(os.path.join(root, "hf"))
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def load_tokenizer(name_or_path: str, root: str, download: bool):
     """A saved tokenizer folder, or a hub name read from the local cache (fetched only when
     `download`). BERT-style: its [PAD] must be id 0, as the model's mask assumes."""
@@ -64,7 +59,7 @@ def load_tokenizer(name_or_path: str, root: str, download: bool):
     except (OSError, ValueError) as e:
         if download:
             raise ConfigError(
-                f"tokenizer {name_or_path!r}: download into {hf_cache_dir(root)} failed ({_first_line(e)}); "
+                f"tokenizer {name_or_path!r}: download into {hf_cache_dir(root)} failed ({first_line(e)}); "
                 f"check the internet connection or set data.options.tokenizer to a saved tokenizer folder"
             ) from None
         raise ConfigError(
@@ -89,7 +84,7 @@ def _raw_agnews(root: str, download: bool):
             return datasets.load_from_disk(folder)
         except (OSError, ValueError, FileNotFoundError) as e:
             raise ConfigError(
-                f"dataset 'agnews': {folder} is not a saved dataset ({_first_line(e)}); "
+                f"dataset 'agnews': {folder} is not a saved dataset ({first_line(e)}); "
                 f"fix: remove it and run with --set data.download=true"
             ) from None
     if not download:
@@ -101,7 +96,7 @@ def _raw_agnews(root: str, download: bool):
         dd = datasets.load_dataset(AGNEWS_HUB_ID, cache_dir=hf_cache_dir(root))
     except Exception as e:  # the hub client raises many kinds (connection, HTTP, file errors)
         raise ConfigError(
-            f"dataset 'agnews': download of {AGNEWS_HUB_ID!r} failed ({_first_line(e)}); check the internet "
+            f"dataset 'agnews': download of {AGNEWS_HUB_ID!r} failed ({first_line(e)}); check the internet "
             f"connection, or save a DatasetDict with train/test splits (columns text, label) at {folder}"
         ) from None
     dd.save_to_disk(folder)

@@ -18,7 +18,9 @@ M32 = 0xFFFFFFFF
 
 # Every built-in, with options that compress (keep < 1), at least once each.
 CASES = [("none", {}), ("top_k", {"keep": 0.25}), ("top_k", {"keep": 1.0}),
-         ("random_k", {"keep": 0.3}), ("random_k", {"keep": 0.3, "unbiased": True})]
+         ("random_k", {"keep": 0.3}), ("random_k", {"keep": 0.3, "unbiased": True}),
+         ("qsgd", {"levels": 1}), ("qsgd", {"levels": 5}), ("qsgd", {"levels": 255, "unbiased": False}),
+         ("sign", {})]
 
 
 def block(k=6, d=37, seed=0):
@@ -80,6 +82,26 @@ def random_k_reference(row: np.ndarray, key: int, keep: float, unbiased: bool) -
     return q
 
 
+def qsgd_reference(row: np.ndarray, key: int, levels: int, unbiased: bool) -> np.ndarray:
+    """In float64: the level is floor(s |x| / norm), plus one when the key's uniform for the
+    entry falls below the fractional part."""
+    x = row.astype(np.float64)
+    d, s = x.size, levels
+    norm = math.sqrt(float(np.sum(x * x)))
+    if norm == 0:
+        return np.zeros(d)
+    u = np.array(entry_hashes_reference(key, d), dtype=np.float64) // 2 ** 8 / 2 ** 24
+    ratio = s * np.abs(x) / norm
+    level = np.floor(ratio) + (u < ratio - np.floor(ratio))
+    tau = 1.0 if unbiased else 1.0 / (1.0 + min(d / s ** 2, math.sqrt(d) / s))
+    return tau * norm * np.sign(x) * level / s
+
+
+def sign_reference(row: np.ndarray) -> np.ndarray:
+    x = row.astype(np.float64)
+    return np.abs(x).sum() / x.size * np.where(x < 0, -1.0, 1.0)
+
+
 def reference(name, options, rows: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
     x = rows.numpy()
     out = []
@@ -90,6 +112,10 @@ def reference(name, options, rows: torch.Tensor, keys: torch.Tensor) -> np.ndarr
             out.append(top_k_reference(x[i], options["keep"]))
         elif name == "random_k":
             out.append(random_k_reference(x[i], int(keys[i]), options["keep"], options.get("unbiased", False)))
+        elif name == "qsgd":
+            out.append(qsgd_reference(x[i], int(keys[i]), options["levels"], options.get("unbiased", True)))
+        elif name == "sign":
+            out.append(sign_reference(x[i]))
         else:
             raise AssertionError(name)
     return np.stack(out)
@@ -98,7 +124,10 @@ def reference(name, options, rows: torch.Tensor, keys: torch.Tensor) -> np.ndarr
 def wire_reference(name, options, d):
     m = kept_reference(d, options.get("keep", 1.0))
     index = 2 if d <= 65536 else 4
-    return {"none": 4 * d, "top_k": 4 * m + index * m, "random_k": 4 * m}[name]
+    if name == "qsgd":
+        width = 1 + math.ceil(math.log2(options["levels"] + 1))
+        return 4 + math.ceil(d * width / 8)
+    return {"none": 4 * d, "top_k": 4 * m + index * m, "random_k": 4 * m, "sign": 4 + math.ceil(d / 8)}[name]
 
 
 # ------------------------------------------------------------------ the stream
@@ -167,7 +196,12 @@ def test_decode_of_encode_is_compress_bit_for_bit_and_the_wire_is_honest(name, o
 def test_each_row_matches_a_plain_per_row_reference(name, options):
     rows, keys = block(), stream_keys(3, range(6), 11)
     q = make_compressor(name, **options).compress(rows, keys)
-    assert np.array_equal(q.numpy(), reference(name, options, rows, keys))
+    expected = reference(name, options, rows, keys)
+    if name in ("qsgd", "sign"):   # float32 against float64: a norm's or a sum's rounding apart
+        assert np.allclose(q.numpy(), expected, rtol=1e-5, atol=0)
+        assert np.array_equal(q.numpy() == 0, expected == 0)
+    else:
+        assert np.array_equal(q.numpy(), expected)
 
 
 @pytest.mark.parametrize("name,options", CASES, ids=lambda c: str(c))
@@ -228,13 +262,54 @@ def test_random_k_unbiased_mean_approaches_x():
     assert torch.allclose(biased.mean(0) * d / m, q.mean(0), atol=1e-6)
 
 
+def test_qsgd_unbiased_mean_approaches_x():
+    d, s, draws = 20, 2, 4000
+    x = torch.linspace(-1, 1, d).reshape(1, d)
+    keys = stream_keys(11, range(draws), 3)
+    q = make_compressor("qsgd", levels=s).compress(x.expand(draws, d).contiguous(), keys).double()
+    # q_i = norm/s (l + B), B Bernoulli(frac): Var <= (norm / s)^2 / 4; 6 std of the mean.
+    norm = float(x.double().norm())
+    assert torch.all((q.mean(0) - x.double()).abs() <= 6 * norm / (2 * s) / math.sqrt(draws))
+    levels = (q.abs() * s / norm).round()
+    assert torch.allclose(q.abs() * s / norm, levels, atol=1e-5) and float(levels.max()) <= s
+
+
+def test_qsgd_biased_scales_the_unbiased_q():
+    d, s = 37, 3
+    rows, keys = block(6, d), stream_keys(0, range(6), 5)
+    unbiased = make_compressor("qsgd", levels=s).compress(rows, keys)
+    biased = make_compressor("qsgd", levels=s, unbiased=False).compress(rows, keys)
+    tau = 1 / (1 + min(d / s ** 2, math.sqrt(d) / s))
+    assert torch.allclose(biased, unbiased * tau, rtol=1e-6, atol=0)
+
+
+def test_sign_of_zero_is_plus_and_a_zero_row_is_zero():
+    rows = torch.tensor([[0.0, -0.0, 2.0, -4.0], [0.0, 0.0, 0.0, 0.0]])
+    q = make_compressor("sign").compress(rows, stream_keys(0, [0, 1], 0))
+    assert q.tolist() == [[1.5, 1.5, 1.5, -1.5], [0.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 9, 17])
+def test_packing_equals_numpy_packbits_and_unpacks(width):
+    from qgm_ray.compression import bits
+    g = torch.Generator().manual_seed(width)
+    for d in (1, 7, 13):
+        codes = torch.randint(0, 2 ** width, (3, d), generator=g)
+        packed = bits.pack(codes, width)
+        planes = ((codes.numpy()[:, :, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8)
+        assert np.array_equal(packed.numpy(), np.packbits(planes.reshape(3, d * width), axis=1))
+        assert packed.shape[1] == bits.packed_bytes(d, width) == math.ceil(d * width / 8)
+        assert torch.equal(bits.unpack(packed, d, width), codes)
+
+
 # ------------------------------------------------------------------ the registry and options
 
 def test_built_ins_are_registered_and_list_their_options():
-    assert COMPRESSORS[:3] == ("none", "top_k", "random_k")
-    assert set(compressor_options("none")) == set()
+    assert COMPRESSORS == ("none", "top_k", "random_k", "qsgd", "sign")
+    assert set(compressor_options("none")) == set(compressor_options("sign")) == set()
     assert set(compressor_options("top_k")) == {"keep"}
     assert compressor_options("random_k")["unbiased"] is False
+    assert compressor_options("qsgd")["unbiased"] is True
 
 
 @pytest.mark.parametrize("name,options,message", [
@@ -245,10 +320,15 @@ def test_built_ins_are_registered_and_list_their_options():
     ("random_k", {"keep": 0.1, "unbiased": "yes"}, "compression.unbiased must be true or false, got 'yes'"),
     ("random_k", {"keep": 0.1, "unbiased": 1}, "compression.unbiased must be true or false, got 1"),
     ("top_k", {}, "compression.op='top_k' needs compression.keep"),
+    ("qsgd", {"levels": 0}, "compression.levels must be an integer in [1, 16777215], got 0"),
+    ("qsgd", {"levels": 2.0}, "compression.levels must be an integer in [1, 16777215], got 2.0"),
+    ("qsgd", {"levels": 4, "unbiased": None}, "compression.unbiased must be true or false, got None"),
+    ("qsgd", {}, "compression.op='qsgd' needs compression.levels"),
+    ("sign", {"keep": 0.1}, "compression.keep is not an option of compression.op='sign' (its options: none)"),
     ("none", {"keep": 0.5}, "compression.keep is not an option of compression.op='none' (its options: none)"),
     ("top_k", {"keep": 0.5, "levels": 4}, "compression.levels is not an option of compression.op='top_k' "
                                          "(its options: keep)"),
-    ("top_kk", {}, "compression.op='top_kk' is unknown; choose one of none, top_k, random_k"),
+    ("top_kk", {}, "compression.op='top_kk' is unknown; choose one of none, top_k, random_k, qsgd, sign"),
 ])
 def test_bad_options_are_one_line_naming_the_key(name, options, message):
     with pytest.raises(ConfigError) as e:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray.compression import COMPRESSORS, Compressor, compressor_options, make_compressor, stream_keys
+from qgm_ray.compression import (COMPRESSORS, Compressor, check_compressor, compressor_options, make_compressor,
+                                 stream_keys)
 from qgm_ray.compression.stream import entry_hashes, uniforms
 from qgm_ray.errors import ConfigError
 
@@ -369,6 +370,31 @@ class Half(Compressor):
 
 def not_a_class(d):
     return d
+
+
+class Lossy(Half):
+    """decode that does not rebuild what compress gives."""
+
+    def compress(self, rows, keys):
+        return rows.clone()
+
+
+class Short(Half):
+    def wire_bytes(self, d):
+        return 2 * d + 1
+
+
+class Stateful(Half):
+    calls = 0
+
+    def compress(self, rows, keys):
+        type(self).calls += 1
+        return super().compress(rows, keys) * type(self).calls
+
+
+class Crashes(Half):
+    def encode(self, rows, keys):
+        raise RuntimeError("no wire today\\nsecond line")
 '''
 
 
@@ -399,3 +425,23 @@ def test_a_plug_in_s_bad_option_or_wrong_kind_is_one_line(plugin_module):
         make_compressor(f"{plugin_module}:not_a_class")
     with pytest.raises(ConfigError, match="no module named 'nowhere_at_all'"):
         make_compressor("nowhere_at_all:Thing")
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=lambda c: str(c))
+def test_every_built_in_passes_the_contract_check(name, options):
+    check_compressor(make_compressor(name, **options))
+
+
+@pytest.mark.parametrize("attr,message", [
+    ("Lossy", "decode(encode(rows)) differs from compress(rows)"),
+    ("Short", "encode of a (3, 19) block must be a uint8 numpy array of shape (3, wire_bytes(19) = 39), "
+              "got uint8 (3, 38)"),
+    ("Stateful", "compress gave two results for the same rows and keys"),
+    ("Crashes", "encode on a (3, 19) block failed: RuntimeError: no wire today"),
+])
+def test_the_contract_check_names_what_a_plug_in_breaks(plugin_module, attr, message):
+    comp = make_compressor(f"{plugin_module}:{attr}")
+    with pytest.raises(ConfigError) as e:
+        check_compressor(comp)
+    assert str(e.value).startswith(f"compression.op='{plugin_module}:{attr}': ") and message in str(e.value)
+    assert "\n" not in str(e.value)

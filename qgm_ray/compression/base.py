@@ -122,11 +122,11 @@ class NoCompression(Compressor):
 
     def compress(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         check_block(rows, keys)
-        return rows.clone()
+        return tensor(host(rows).copy(), rows.device)
 
     def encode(self, rows: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
         check_block(rows, keys)
-        return floats_to_wire(host(rows))
+        return floats_to_wire(host(rows).copy())   # a wire of its own, not a view of the rows
 
     def decode(self, wire: np.ndarray, keys: torch.Tensor, d: int) -> torch.Tensor:
         check_wire(wire, keys, self.wire_bytes(d))

@@ -33,7 +33,12 @@ def _disassemble(wire: np.ndarray, d: int, width: int) -> tuple[np.ndarray, np.n
 
 
 def _signed(magnitude: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    np.negative(magnitude, out=magnitude, where=negative)
+    """-magnitude where `negative`, in place: the float32 sign bit set (magnitudes are >= 0,
+    so this is exactly the negation, -0.0 for 0)."""
+    sign = negative.view(np.uint8).astype(np.uint32)
+    sign <<= np.uint32(31)
+    bits_of = magnitude.view(np.uint32)
+    bits_of |= sign
     return magnitude
 
 
@@ -64,7 +69,7 @@ class QSGD(Compressor):
         x = host(rows)
         k, d = x.shape
         s = self.levels
-        norm = np.linalg.norm(x, axis=1, keepdims=True).astype(np.float32)
+        norm = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
         level = np.abs(x)
         level *= np.float32(s)
         level /= np.where(norm > 0, norm, np.float32(1))        # a zero row stays zero
@@ -118,7 +123,9 @@ class ScaledSign(Compressor):
 
     @staticmethod
     def _values(scale, negative):
-        return _signed(np.repeat(scale, negative.shape[1], axis=1), negative)
+        magnitude = np.empty(negative.shape, dtype=np.float32)
+        magnitude[...] = scale
+        return _signed(magnitude, negative)
 
     def compress(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return tensor(self._values(*self._quantize(rows, keys)), rows.device)

@@ -30,15 +30,19 @@ def smallest(order: np.ndarray, m: int) -> np.ndarray:
         chosen |= tied
     else:
         chosen |= tied & (np.cumsum(tied, axis=1) <= missing[:, None])
-    return np.nonzero(chosen)[1].reshape(k, m)
+    flat = np.flatnonzero(chosen).reshape(k, m)   # row-major: each row's m, increasing
+    flat -= (np.arange(k) * d)[:, None]
+    return flat
 
 
 def top_indices(x: np.ndarray, m: int) -> np.ndarray:
-    """(k, m) int64, increasing: per row the m entries of largest |x| (a NaN counts as the
-    largest), a tie going to the lower index."""
+    """(k, m) int64, increasing: per row the m entries of largest |x|, a tie going to the
+    lower index. A NaN counts as the smallest magnitude (sent only where fewer than m entries
+    are numbers)."""
     order = np.abs(x)
-    order[np.isnan(order)] = np.inf
     np.negative(order, out=order)
+    if np.isnan(order).any():
+        order[np.isnan(order)] = np.inf
     return smallest(order, m)
 
 

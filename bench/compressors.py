@@ -8,9 +8,9 @@ trains (ring, QG-DSGDm-N, batch 32, one torch thread as a ClientActor has). comp
 all n rows (every client's q updates its public copy); encode and decode are timed on all n
 rows too, the most a round can need (a ring exports and receives 2 rows per block). The last
 column adds compress alone to the round: CHOCO's own updates of x-hat and s are the
-exchange's work and not counted here. Times are
-medians of `reps` calls, each call after one warm-up; the machine's load average is printed
-with them, since a shared machine's other work slows everything alike.
+exchange's work and not counted here. Times are medians of `reps` calls, each call after one
+warm-up; the machine's load average is printed with them, since a shared machine's other
+work slows everything alike.
 """
 from __future__ import annotations
 

@@ -469,3 +469,14 @@ def test_a_compression_op_reference_is_a_plug_in_of_the_config():
     assert plugins.references(cfg) == {"compression.op": "my_pkg.comp:Half", "tune.grid.compression.op[1]": "other.mod:Q"}
     del cfg.compression   # a config without the section names no compressor
     assert plugins.configured(cfg, "compressor") is None and "compression.op" not in plugins.references(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name,options", CASES, ids=lambda c: str(c))
+def test_rows_on_a_gpu_give_the_cpu_s_q_on_the_gpu(name, options):
+    rows, keys = block(), stream_keys(0, range(6), 1)
+    comp = make_compressor(name, **options)
+    q = comp.compress(rows.cuda(), keys)
+    back = comp.decode(comp.encode(rows.cuda(), keys), keys.cuda(), rows.shape[1])
+    assert q.device.type == back.device.type == "cuda"
+    assert torch.equal(bits(q.cpu()), bits(comp.compress(rows, keys))) and torch.equal(bits(back.cpu()), bits(q.cpu()))

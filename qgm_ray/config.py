@@ -623,6 +623,7 @@ def _field_comments(cls) -> dict:
 
 def _dynamic_choices() -> dict:
     import qgm_ray.algorithms.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401
     import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
@@ -801,17 +802,18 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_names(cfg: Config) -> None:
-    """Each of the four names is registered or imports (`package.module:attr`) to the right
+    """Each plug-in name is registered or imports (`package.module:attr`) to the right
     kind of object; a model's or dataset's options fit its signature. The model's output and
     the dataset's arrays are checked when the data is loaded (runner.prepare)."""
-    import qgm_ray.data  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
     from qgm_ray import plugins
 
     for kind, key in plugins.KEYS.items():
-        if kind != "algorithm":   # a rule is checked with its options below
-            name = getattr(cfg, kind).name
+        name = plugins.configured(cfg, kind)
+        if kind != "algorithm" and name is not None:   # a rule is checked with its options below
             # a built-in is known by name (its module, which imports torch, stays unloaded)
             plugins.resolve(kind, name) if plugins.is_reference(name) else plugins.check_name(kind, name)
     for kind, skip, reserved in (("model", 2, ()), ("data", 1, ("augment",))):

@@ -126,7 +126,10 @@ def test_top_k_keeping_everything_with_step_one_is_the_uncompressed_rule(rule):
     ("top_k", ["compression.keep=0.1"], lambda d: 6 * (d // 10)),   # 4-byte values + uint16 indices
     ("random_k", ["compression.keep=0.1"], lambda d: 4 * (d // 10)),           # values only: indices from the key
     ("random_k", ["compression.keep=0.1", "compression.unbiased=true"], lambda d: 4 * (d // 10)),
-])
+    ("qsgd", ["compression.levels=4"], lambda d: 4 + math.ceil(d * 4 / 8)),   # a norm, then sign + 3 level bits
+    ("qsgd", ["compression.levels=1", "compression.unbiased=false"], lambda d: 4 + math.ceil(d * 2 / 8)),
+    ("sign", [], lambda d: 4 + math.ceil(d / 8)),                             # a scale, then one bit per entry
+], ids=["top_k", "random_k", "random_k-unbiased", "qsgd-4", "qsgd-1-biased", "sign"])
 def test_bytes_sent_is_the_wire_size_on_every_edge(op, options, wire_bytes):
     e = engine(f"compression.op={op}", *options)
     records = e.train(range(3), lambda t: 0.05)
@@ -252,6 +255,8 @@ class FixedWHeavyBall(HeavyBallDSGD):
     (TOP_K + ["compression.warmup_epochs=5"], "compression.warmup_epochs=5 must be smaller than schedule.epochs=2"),
     (TOP_K + ["compression.warmup_keep=[0.5, 0]"], "compression.warmup_keep must be a non-empty list of fractions"),
     (["compression.op=random_k", "compression.keep=0"], "compression.keep must be a number in (0, 1], got 0"),
+    (["compression.op=sign", "compression.warmup_epochs=1"],
+     "compression.warmup_epochs=1 steps `keep`, which compression.op=sign does not read"),
     (["algorithm.name=test_choco:FixedWHeavyBall", "topology.name=time_varying_random_ring"],
      "algorithm.name=test_choco:FixedWHeavyBall needs the same W every round, but "
      "topology.name=time_varying_random_ring is time-varying"),
@@ -259,7 +264,7 @@ class FixedWHeavyBall(HeavyBallDSGD):
      "needs the same clients all run (no elastic.schedule, no fault_tolerance.on_failure=drop), but "
      "elastic.schedule is set"),
 ], ids=["time_varying", "directed", "all_reduce", "no_keep", "consensus_lr", "warmup_epochs", "warmup_long",
-        "warmup_keep", "keep", "rule_fixed_w", "rule_fixed_members"])
+        "warmup_keep", "keep", "warmup_sign", "rule_fixed_w", "rule_fixed_members"])
 def test_what_cannot_be_compressed_is_refused_in_one_line(extra, message):
     with pytest.raises(ConfigError) as err:
         small(*extra)

@@ -177,14 +177,14 @@ class CompressionConfig:
     knobs take its default where null; a value set here is range-checked whichever op runs, and
     an op that does not read it ignores it (a sweep over compression.op shares one config)."""
     op: str = "none"                 # none | top_k | random_k | qsgd | sign | package.module:attr
-    keep: Optional[float] = None     # (0, 1]: fraction of entries top_k / random_k send (official compress_ratio = 1 - keep)
-    levels: Optional[int] = None     # >= 1: qsgd's quantization levels s (official quantize_level)
-    unbiased: Optional[bool] = None  # random_k: scale the kept entries by 1 / keep (official is_biased = not unbiased)
+    keep: Optional[float] = None     # (0, 1]: fraction of entries top_k / random_k send, which need it (official compress_ratio = 1 - keep)
+    levels: Optional[int] = None     # >= 1: qsgd's quantization levels s, which it needs (official quantize_level)
+    unbiased: Optional[bool] = None  # random_k (default false): scale kept entries by d/m; qsgd (default true): no contraction (official is_biased = not unbiased)
     consensus_lr: float = 1.0        # (0, 1]: CHOCO's consensus step size gamma (official consensus_stepsize)
     warmup_epochs: float = 0.0       # >= 0: epochs of the keep warm-up (official compress_warmup_epochs; 0 = off)
     # keep fractions stepped through during the warm-up, each kept value >= keep used for an
     # equal share of warmup_epochs (official compress_warmup_values, which are 1 - keep)
-    warmup_keep: list = field(default_factory=lambda: [0.25, 0.0625, 0.015625, 0.004, 0.001])  # each in (0, 1]
+    warmup_keep: list = field(default_factory=lambda: [0.25, 0.0625, 0.015625, 0.004, 0.001])  # keep values of the warm-up, each in (0, 1]
 
     def options(self) -> dict:
         """The compressor knobs the user set that `op` reads (its own defaults fill the others;

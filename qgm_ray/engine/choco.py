@@ -175,7 +175,7 @@ class Choco:
         if not export:
             return q, []
         rows = list(export)
-        return q, self.wire(t).encode_keyed(diff[rows], _take(keys, rows))
+        return q, self.wire(t).encode_keyed(diff[rows], keys[rows])
 
     def decode(self, arrays: Sequence[np.ndarray], slots: Sequence[int], t: int, d: int) -> list[torch.Tensor]:
         """The q rows of round t sent by the clients at these slots."""
@@ -191,10 +191,6 @@ class Choco:
 
 def _dense(q: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return q.to(device=like.device, dtype=like.dtype)
-
-
-def _take(keys: torch.Tensor, rows: list) -> torch.Tensor:
-    return keys[rows] if len(rows) < len(keys) else keys
 
 
 def reset(blocks: Sequence) -> None:

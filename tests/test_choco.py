@@ -229,6 +229,16 @@ def test_the_complete_graph_gossips_over_w():
     assert records[0].bytes_sent == 5 * 4 * e.exchange.payload_bytes_at(0)
 
 
+def test_slowmo_outer_steps_travel_as_float32_beside_compressed_gossip():
+    from qgm_ray.engine.slowmo import outer_step_bytes
+    e = engine(*TOP_K, "algorithm.slowmo_tau=3")
+    records = e.train(range(4), lambda t: 0.05)
+    gossip = 10 * e.exchange.payload_bytes_at(0)   # a ring of 5: 10 directed edges
+    floats = 4 * e.exchange.payload_floats
+    assert [r.bytes_sent for r in records] == [gossip + outer_step_bytes(3, 5, t, floats) for t in range(4)]
+    assert records[0].bytes_sent - gossip == 2 * 4 * floats
+
+
 def test_op_none_keeps_the_plain_exchange():
     e = engine()
     assert type(e.exchange).__name__ == "Exchange" and e.choco is None

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray.compression import COMPRESSORS, Compressor, compressor_options, make_compressor, stream_keys
+from qgm_ray.compression import (COMPRESSORS, Compressor, check_compressor, compressor_options, make_compressor,
+                                 stream_keys)
 from qgm_ray.compression.stream import entry_hashes, uniforms
 from qgm_ray.errors import ConfigError
 
@@ -150,13 +151,14 @@ def test_entry_hashes_and_uniforms_equal_the_reference():
     h = entry_hashes(keys, 50)
     for i in range(2):
         assert h[i].tolist() == entry_hashes_reference(int(keys[i]), 50)
+    assert h.dtype == np.uint32
     u = uniforms(keys, 50)
-    assert u.dtype == torch.float32 and float(u.min()) >= 0.0 and float(u.max()) < 1.0
-    assert torch.equal(u.double(), (h >> 8).double() / 2 ** 24)
+    assert u.dtype == np.float32 and float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert np.array_equal(u.astype(np.float64), (h >> 8) / 2 ** 24)
 
 
 def test_uniforms_are_uniform():
-    u = uniforms(stream_keys(0, range(100), 0), 1000).flatten().numpy()
+    u = uniforms(stream_keys(0, range(100), 0), 1000).ravel()
     # 100,000 draws: the mean's std is sqrt(1/12 / 1e5) < 1e-3; each decile's count std is 95.
     assert abs(u.mean() - 0.5) < 6e-3
     counts = np.histogram(u, bins=10, range=(0, 1))[0]
@@ -289,17 +291,19 @@ def test_sign_of_zero_is_plus_and_a_zero_row_is_zero():
     assert q.tolist() == [[1.5, 1.5, 1.5, -1.5], [0.0, 0.0, 0.0, 0.0]]
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 9, 17])
-def test_packing_equals_numpy_packbits_and_unpacks(width):
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 9, 17, 32])
+def test_packing_is_bit_planes_in_packbits_order_and_unpacks(width):
     from qgm_ray.compression import bits
-    g = torch.Generator().manual_seed(width)
+    rng = np.random.default_rng(width)
     for d in (1, 7, 13):
-        codes = torch.randint(0, 2 ** width, (3, d), generator=g)
+        codes = rng.integers(0, 2 ** width, (3, d), dtype=np.uint64).astype(np.uint32)
         packed = bits.pack(codes, width)
-        planes = ((codes.numpy()[:, :, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8)
-        assert np.array_equal(packed.numpy(), np.packbits(planes.reshape(3, d * width), axis=1))
+        # the reference: plane b holds bit (width - 1 - b) of every code, planes one after the other
+        string = [[(int(codes[r, j]) >> (width - 1 - b)) & 1 for b in range(width) for j in range(d)]
+                  for r in range(3)]
+        assert np.array_equal(packed, np.packbits(np.array(string, dtype=np.uint8), axis=1))
         assert packed.shape[1] == bits.packed_bytes(d, width) == math.ceil(d * width / 8)
-        assert torch.equal(bits.unpack(packed, d, width), codes)
+        assert np.array_equal(bits.unpack(packed, d, width), codes)
 
 
 # ------------------------------------------------------------------ the registry and options
@@ -366,6 +370,31 @@ class Half(Compressor):
 
 def not_a_class(d):
     return d
+
+
+class Lossy(Half):
+    """decode that does not rebuild what compress gives."""
+
+    def compress(self, rows, keys):
+        return rows.clone()
+
+
+class Short(Half):
+    def wire_bytes(self, d):
+        return 2 * d + 1
+
+
+class Stateful(Half):
+    calls = 0
+
+    def compress(self, rows, keys):
+        type(self).calls += 1
+        return super().compress(rows, keys) * type(self).calls
+
+
+class Crashes(Half):
+    def encode(self, rows, keys):
+        raise RuntimeError("no wire today\\nsecond line")
 '''
 
 
@@ -396,3 +425,23 @@ def test_a_plug_in_s_bad_option_or_wrong_kind_is_one_line(plugin_module):
         make_compressor(f"{plugin_module}:not_a_class")
     with pytest.raises(ConfigError, match="no module named 'nowhere_at_all'"):
         make_compressor("nowhere_at_all:Thing")
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=lambda c: str(c))
+def test_every_built_in_passes_the_contract_check(name, options):
+    check_compressor(make_compressor(name, **options))
+
+
+@pytest.mark.parametrize("attr,message", [
+    ("Lossy", "decode(encode(rows)) differs from compress(rows)"),
+    ("Short", "encode of a (3, 19) block must be a uint8 numpy array of shape (3, wire_bytes(19) = 39), "
+              "got uint8 (3, 38)"),
+    ("Stateful", "compress gave two results for the same rows and keys"),
+    ("Crashes", "encode on a (3, 19) block failed: RuntimeError: no wire today"),
+])
+def test_the_contract_check_names_what_a_plug_in_breaks(plugin_module, attr, message):
+    comp = make_compressor(f"{plugin_module}:{attr}")
+    with pytest.raises(ConfigError) as e:
+        check_compressor(comp)
+    assert str(e.value).startswith(f"compression.op='{plugin_module}:{attr}': ") and message in str(e.value)
+    assert "\n" not in str(e.value)

@@ -26,11 +26,14 @@ can regenerate what the sender drew (random_k sends no indices) and a replay, a 
 and the local engine all draw the same. The caller derives the keys with
 `stream_keys(seed, slots, t)` from the run seed, the client slots and the round. Work on
 whole blocks (no Python loop over rows or entries): a block holds up to thousands of clients.
+
+`check_compressor(compressor)` tries one on a small block and names the broken part of the
+contract in one line (a ConfigError): run it on a plug-in before a run starts.
 """
 from qgm_ray.compression.registry import COMPRESSORS, compressor_class, compressor_options, make_compressor
 
-__all__ = ["COMPRESSORS", "Compressor", "compressor_class", "compressor_options", "make_compressor",
-           "stream_keys"]
+__all__ = ["COMPRESSORS", "Compressor", "check_compressor", "compressor_class", "compressor_options",
+           "make_compressor", "stream_keys"]
 
 
 def __getattr__(name: str):
@@ -38,6 +41,9 @@ def __getattr__(name: str):
     if name == "Compressor":
         from qgm_ray.compression.base import Compressor
         return Compressor
+    if name == "check_compressor":
+        from qgm_ray.compression.contract import check_compressor
+        return check_compressor
     if name == "stream_keys":
         from qgm_ray.compression.stream import stream_keys
         return stream_keys

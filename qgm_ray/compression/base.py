@@ -1,7 +1,9 @@
-"""The Compressor interface, the option checks every built-in shares, and `none`.
+"""The Compressor interface, the option checks and wire helpers the built-ins share, and `none`.
 
 A compressor is a pure function of (rows, keys): no state, no RNG of its own. Its randomness
 comes from the keys (`stream.py`), so what a sender compresses the receiver can regenerate.
+The built-ins compute on the host with numpy whatever the rows' device (the wire is a numpy
+array anyway), and return q on the rows' (compress) or the keys' (decode) device.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class Compressor:
     """Compress a block's (k, d) float32 rows, one stream key per row (the package's docstring
     holds the contract). A subclass implements `wire_bytes`, `encode` and `decode`; `compress`
     defaults to decoding the encoded rows, which is right by construction, and a subclass
-    overrides it only to skip the bytes (the built-ins do, on the rows' own device)."""
+    overrides it only to skip the bytes (the built-ins do)."""
 
     name: str = ""
 
@@ -92,15 +94,24 @@ class Compressor:
         return f"{type(self).__name__}({options})"
 
 
-def floats_to_wire(values: torch.Tensor) -> np.ndarray:
+def host(rows: torch.Tensor) -> np.ndarray:
+    """A block's rows as a numpy array (no copy for a CPU tensor): the built-ins compute on
+    the host, where numpy reuses its memory and wraps uint32 products."""
+    return rows.detach().cpu().numpy()
+
+
+def tensor(array: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(array).to(device)
+
+
+def floats_to_wire(values: np.ndarray) -> np.ndarray:
     """(k, m) float32 -> (k, 4m) uint8, little-endian, every bit kept (-0.0 and NaN included)."""
-    return np.ascontiguousarray(values.detach().cpu().numpy().astype("<f4", copy=False)).view(np.uint8)
+    return np.ascontiguousarray(values, dtype="<f4").view(np.uint8)
 
 
-def wire_to_floats(wire: np.ndarray, device) -> torch.Tensor:
-    """(r, 4m) uint8 -> (r, m) float32 on `device`, a copy (a received wire may be read-only)."""
-    values = np.ascontiguousarray(wire).view("<f4").astype(np.float32, copy=True)
-    return torch.from_numpy(values).to(device)
+def wire_to_floats(wire: np.ndarray) -> np.ndarray:
+    """(r, 4m) uint8 -> (r, m) float32, a copy (a received wire may be read-only)."""
+    return np.ascontiguousarray(wire).view("<f4").astype(np.float32, copy=True)
 
 
 class NoCompression(Compressor):
@@ -111,12 +122,12 @@ class NoCompression(Compressor):
 
     def compress(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         check_block(rows, keys)
-        return rows.clone()
+        return tensor(host(rows).copy(), rows.device)
 
     def encode(self, rows: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
         check_block(rows, keys)
-        return floats_to_wire(rows)
+        return floats_to_wire(host(rows).copy())   # a wire of its own, not a view of the rows
 
     def decode(self, wire: np.ndarray, keys: torch.Tensor, d: int) -> torch.Tensor:
         check_wire(wire, keys, self.wire_bytes(d))
-        return wire_to_floats(wire, keys.device)
+        return tensor(wire_to_floats(wire), keys.device)

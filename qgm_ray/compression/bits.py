@@ -1,13 +1,16 @@
-"""Packing small unsigned codes into bytes, on any device, whole blocks at once.
+"""Packing small unsigned codes into bytes, whole blocks at once (numpy).
 
-Order (as numpy.packbits): a row's codes one after the other, each code's bits from the most
-significant down, eight bits to a byte with the first bit in the byte's top bit; the last
-byte of a row is padded with zeros. A loop runs over the bits of one code (at most 32) and
-the eight bits of a byte, never over rows or entries.
+Order: bit plane by bit plane. A row of d codes of `width` bits is the d most significant
+bits (entry 0 first), then the d next bits, down to the d least significant bits; that string
+of d * width bits is cut into bytes as numpy.packbits does (first bit in a byte's top bit, the
+last byte padded with zeros): exactly ceil(d * width / 8) bytes. A loop runs over the bit
+planes of a code (at most 32), never over rows or entries.
 """
 from __future__ import annotations
 
-import torch
+import numpy as np
+
+MAX_WIDTH = 32
 
 
 def packed_bytes(d: int, width: int) -> int:
@@ -15,30 +18,28 @@ def packed_bytes(d: int, width: int) -> int:
     return -(-d * width // 8)
 
 
-def pack(codes: torch.Tensor, width: int) -> torch.Tensor:
-    """(k, d) int64 codes in [0, 2**width) -> (k, packed_bytes(d, width)) uint8."""
+def _check(width: int) -> None:
+    if not 1 <= width <= MAX_WIDTH:
+        raise ValueError(f"bits: a code is 1 to {MAX_WIDTH} bits wide, got {width}")
+
+
+def pack(codes: np.ndarray, width: int) -> np.ndarray:
+    """(k, d) unsigned integer codes in [0, 2**width) -> (k, packed_bytes(d, width)) uint8."""
+    _check(width)
     k, d = codes.shape
-    planes = torch.empty(k, d, width, dtype=torch.uint8, device=codes.device)
+    planes = np.empty((k, width, d), dtype=bool)
     for b in range(width):
-        planes[:, :, b] = (codes >> (width - 1 - b)) & 1
-    n = packed_bytes(d, width)
-    flat = torch.zeros(k, n * 8, dtype=torch.uint8, device=codes.device)
-    flat[:, :d * width] = planes.reshape(k, d * width)
-    flat = flat.reshape(k, n, 8)
-    out = torch.zeros(k, n, dtype=torch.uint8, device=codes.device)
-    for b in range(8):
-        out |= flat[:, :, b] << (7 - b)
-    return out
+        planes[:, b, :] = (codes >> (width - 1 - b)) & 1
+    return np.packbits(planes.reshape(k, width * d), axis=1)
 
 
-def unpack(packed: torch.Tensor, d: int, width: int) -> torch.Tensor:
-    """The inverse of `pack`: (k, packed_bytes(d, width)) uint8 -> (k, d) int64."""
+def unpack(packed: np.ndarray, d: int, width: int) -> np.ndarray:
+    """The inverse of `pack`: (k, packed_bytes(d, width)) uint8 -> (k, d) uint32 codes."""
+    _check(width)
     k = packed.shape[0]
-    flat = torch.empty(k, packed.shape[1], 8, dtype=torch.uint8, device=packed.device)
-    for b in range(8):
-        flat[:, :, b] = (packed >> (7 - b)) & 1
-    planes = flat.reshape(k, -1)[:, :d * width].reshape(k, d, width)
-    codes = torch.zeros(k, d, dtype=torch.int64, device=packed.device)
+    planes = np.unpackbits(packed, axis=1, count=width * d).reshape(k, width, d)
+    codes = np.zeros((k, d), dtype=np.uint32)
     for b in range(width):
-        codes |= planes[:, :, b].to(torch.int64) << (width - 1 - b)
+        codes <<= 1
+        codes |= planes[:, b, :]
     return codes

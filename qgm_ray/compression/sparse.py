@@ -10,52 +10,56 @@ import numpy as np
 import torch
 
 from qgm_ray.compression.base import (Compressor, check_block, check_keep, check_unbiased, check_wire,
-                                      floats_to_wire, index_bytes, kept_entries, wire_to_floats)
+                                      floats_to_wire, host, index_bytes, kept_entries, tensor, wire_to_floats)
 from qgm_ray.compression.stream import entry_hashes
 
-MAX_D = 2 ** 31   # an index and a 31-bit magnitude (or 32-bit hash) share one int64 sort key
+
+def smallest(order: np.ndarray, m: int) -> np.ndarray:
+    """(k, m) int64, increasing: per row the indices of the m smallest values of `order`
+    (no NaN), a tie going to the lower index, so the set is unique. The m-th smallest value
+    comes from a partial sort; entries below it are in, and of those equal to it the first
+    ones by index fill the row up to m."""
+    k, d = order.shape
+    if m == d:
+        return np.broadcast_to(np.arange(d), (k, d)).copy()
+    threshold = np.partition(order, m - 1, axis=1)[:, m - 1:m]
+    chosen = order < threshold
+    tied = order == threshold
+    missing = m - np.count_nonzero(chosen, axis=1)
+    if np.array_equal(np.count_nonzero(tied, axis=1), missing):   # no tie beyond the m-th
+        chosen |= tied
+    else:
+        chosen |= tied & (np.cumsum(tied, axis=1) <= missing[:, None])
+    flat = np.flatnonzero(chosen).reshape(k, m)   # row-major: each row's m, increasing
+    flat -= (np.arange(k) * d)[:, None]
+    return flat
 
 
-def _index_bits(d: int) -> int:
-    if d > MAX_D:
-        raise ValueError(f"compress: rows of more than {MAX_D} entries are not supported, got {d}")
-    return max(1, (d - 1).bit_length())
+def top_indices(x: np.ndarray, m: int) -> np.ndarray:
+    """(k, m) int64, increasing: per row the m entries of largest |x|, a tie going to the
+    lower index. A NaN counts as the smallest magnitude (sent only where fewer than m entries
+    are numbers)."""
+    order = np.abs(x)
+    np.negative(order, out=order)
+    if np.isnan(order).any():
+        order[np.isnan(order)] = np.inf
+    return smallest(order, m)
 
 
-def top_indices(rows: torch.Tensor, m: int) -> torch.Tensor:
-    """(k, m) int64, increasing: per row the m entries of largest |x|, a tie going to the lower
-    index. The sort key packs |x|'s float32 bits (ordered like |x| for non-negative floats)
-    above the complemented index, so every key is distinct and the chosen set is unique
-    whatever order torch.topk works in."""
-    d = rows.shape[1]
-    shift = _index_bits(d)
-    magnitude = rows.abs().contiguous().view(torch.int32).to(torch.int64)
-    lower_first = (d - 1) - torch.arange(d, dtype=torch.int64, device=rows.device)
-    order = (magnitude << shift) | lower_first
-    return order.topk(m, dim=1, sorted=False).indices.sort(dim=1).values
-
-
-def drawn_indices(keys: torch.Tensor, d: int, m: int) -> torch.Tensor:
+def drawn_indices(keys, d: int, m: int) -> np.ndarray:
     """(k, m) int64, increasing: per key m distinct entries of [0, d), uniformly without
-    replacement (the m smallest of d keyed hashes, the index breaking ties), on keys' device."""
-    shift = _index_bits(d)
-    order = (entry_hashes(keys, d) << shift) | torch.arange(d, dtype=torch.int64, device=keys.device)
-    return order.topk(m, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
+    replacement: those of the m smallest keyed hashes (the index breaking a tie)."""
+    return smallest(entry_hashes(keys, d), m)
 
 
-def _scatter(values: torch.Tensor, indices: torch.Tensor, d: int) -> torch.Tensor:
-    out = torch.zeros(values.shape[0], d, dtype=torch.float32, device=values.device)
-    return out.scatter_(1, indices, values)
+def _dense(values: np.ndarray, indices: np.ndarray, d: int) -> np.ndarray:
+    out = np.zeros((values.shape[0], d), dtype=np.float32)
+    np.put_along_axis(out, indices, values, axis=1)
+    return out
 
 
-def _indices_to_wire(indices: torch.Tensor, d: int) -> np.ndarray:
-    dtype = "<u2" if index_bytes(d) == 2 else "<u4"
-    return np.ascontiguousarray(indices.cpu().numpy().astype(dtype)).view(np.uint8)
-
-
-def _wire_to_indices(wire: np.ndarray, d: int, device) -> torch.Tensor:
-    dtype = "<u2" if index_bytes(d) == 2 else "<u4"
-    return torch.from_numpy(np.ascontiguousarray(wire).view(dtype).astype(np.int64)).to(device)
+def _index_dtype(d: int) -> str:
+    return "<u2" if index_bytes(d) == 2 else "<u4"
 
 
 class TopK(Compressor):
@@ -72,22 +76,24 @@ class TopK(Compressor):
 
     def _select(self, rows, keys):
         check_block(rows, keys)
-        indices = top_indices(rows, kept_entries(rows.shape[1], self.keep))
-        return rows.gather(1, indices), indices
+        x = host(rows)
+        indices = top_indices(x, kept_entries(x.shape[1], self.keep))
+        return np.take_along_axis(x, indices, axis=1), indices
 
     def compress(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         values, indices = self._select(rows, keys)
-        return _scatter(values, indices, rows.shape[1])
+        return tensor(_dense(values, indices, rows.shape[1]), rows.device)
 
     def encode(self, rows: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
         values, indices = self._select(rows, keys)
-        return np.concatenate([floats_to_wire(values), _indices_to_wire(indices, rows.shape[1])], axis=1)
+        index_wire = indices.astype(_index_dtype(rows.shape[1])).view(np.uint8)
+        return np.concatenate([floats_to_wire(values), index_wire], axis=1)
 
     def decode(self, wire: np.ndarray, keys: torch.Tensor, d: int) -> torch.Tensor:
         check_wire(wire, keys, self.wire_bytes(d))
         m = kept_entries(d, self.keep)
-        values = wire_to_floats(wire[:, :4 * m], keys.device)
-        return _scatter(values, _wire_to_indices(wire[:, 4 * m:], d, keys.device), d)
+        indices = np.ascontiguousarray(wire[:, 4 * m:]).view(_index_dtype(d)).astype(np.int64)
+        return tensor(_dense(wire_to_floats(wire[:, :4 * m]), indices, d), keys.device)
 
 
 class RandomK(Compressor):
@@ -105,17 +111,18 @@ class RandomK(Compressor):
 
     def _select(self, rows, keys):
         check_block(rows, keys)
-        d = rows.shape[1]
+        x = host(rows)
+        d = x.shape[1]
         m = kept_entries(d, self.keep)
-        indices = drawn_indices(keys.to(rows.device), d, m)
-        values = rows.gather(1, indices)
+        indices = drawn_indices(keys, d, m)
+        values = np.take_along_axis(x, indices, axis=1)
         if self.unbiased:
-            values = values * (d / m)
+            values *= np.float32(d / m)
         return values, indices
 
     def compress(self, rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         values, indices = self._select(rows, keys)
-        return _scatter(values, indices, rows.shape[1])
+        return tensor(_dense(values, indices, rows.shape[1]), rows.device)
 
     def encode(self, rows: torch.Tensor, keys: torch.Tensor) -> np.ndarray:
         values, _ = self._select(rows, keys)
@@ -124,4 +131,4 @@ class RandomK(Compressor):
     def decode(self, wire: np.ndarray, keys: torch.Tensor, d: int) -> torch.Tensor:
         check_wire(wire, keys, self.wire_bytes(d))
         indices = drawn_indices(keys, d, kept_entries(d, self.keep))
-        return _scatter(wire_to_floats(wire, keys.device), indices, d)
+        return tensor(_dense(wire_to_floats(wire), indices, d), keys.device)

@@ -992,8 +992,11 @@ def _validate_compression(cfg: Config, rule) -> None:
                   "choose a run that provides it or another rule")
     if c.op == "none":
         return
-    from qgm_ray.compression import compressor_options, make_compressor
+    from qgm_ray.compression import check_compressor, compressor_options, make_compressor
+    from qgm_ray.plugins import is_reference
     comp = make_compressor(c.op, **c.options())
+    if is_reference(c.op):   # a plug-in's contract, tried on a small block before anything starts
+        check_compressor(comp)
     _require(c.warmup_epochs == 0 or "keep" in compressor_options(c.op),
              f"compression.warmup_epochs={c.warmup_epochs:g} steps `keep`, which compression.op={c.op} does not "
              f"read; set compression.warmup_epochs=0")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from qgm_ray.compression import Compressor
 from qgm_ray.config import load_config
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.choco import keep_at
@@ -245,6 +246,22 @@ def test_op_none_keeps_the_plain_exchange():
     assert all(b.exchange_state == {} for b in e.blocks) and "exchange" not in e.state_dict()["clients"][0]
 
 
+class ForgetfulSign(Compressor):
+    """A plug-in compressor whose decode does not give what compress gives (it drops the scale)."""
+
+    def wire_bytes(self, d):
+        return d
+
+    def encode(self, rows, keys):
+        return (rows.cpu().numpy() < 0).astype(np.uint8)
+
+    def decode(self, wire, keys, d):
+        return torch.from_numpy(1.0 - 2.0 * wire.astype(np.float32))
+
+    def compress(self, rows, keys):
+        return rows.sign() * rows.abs().mean(1, keepdim=True)
+
+
 class FixedWHeavyBall(HeavyBallDSGD):
     """A rule that declares what it needs (as CHOCO written as a rule would)."""
     requires = {"fixed_w", "fixed_members"}
@@ -267,6 +284,7 @@ class FixedWHeavyBall(HeavyBallDSGD):
     (["compression.op=random_k", "compression.keep=0"], "compression.keep must be a number in (0, 1], got 0"),
     (["compression.op=sign", "compression.warmup_epochs=1"],
      "compression.warmup_epochs=1 steps `keep`, which compression.op=sign does not read"),
+    (["compression.op=test_choco:ForgetfulSign"], "compression.op='test_choco:ForgetfulSign'"),
     (["algorithm.name=test_choco:FixedWHeavyBall", "topology.name=time_varying_random_ring"],
      "algorithm.name=test_choco:FixedWHeavyBall needs the same W every round, but "
      "topology.name=time_varying_random_ring is time-varying"),
@@ -274,7 +292,7 @@ class FixedWHeavyBall(HeavyBallDSGD):
      "needs the same clients all run (no elastic.schedule, no fault_tolerance.on_failure=drop), but "
      "elastic.schedule is set"),
 ], ids=["time_varying", "directed", "all_reduce", "no_keep", "consensus_lr", "warmup_epochs", "warmup_long",
-        "warmup_keep", "keep", "warmup_sign", "rule_fixed_w", "rule_fixed_members"])
+        "warmup_keep", "keep", "warmup_sign", "plugin_contract", "rule_fixed_w", "rule_fixed_members"])
 def test_what_cannot_be_compressed_is_refused_in_one_line(extra, message):
     with pytest.raises(ConfigError) as err:
         small(*extra)

@@ -140,6 +140,15 @@ def test_bytes_sent_is_the_wire_size_on_every_edge(op, options, wire_bytes):
     assert sum(e.exchange.edge_bytes(0).values()) == records[0].bytes_sent
 
 
+def test_bytes_crossing_nodes_are_counted_at_the_wire_size():
+    """The payloads that cross nodes are those of plain gossip; each is the compressor's wire size."""
+    plain, e = engine(), engine(*TOP_K)
+    nodes = ["a", "b", "a"]   # the three blocks (2, 2, 1 clients) on two nodes
+    crossing = plain.exchange.cross_node_bytes(0, nodes) // plain.exchange.payload_bytes
+    assert crossing > 0 and e.exchange.cross_node_bytes(0, nodes) == crossing * e.exchange.payload_bytes_at(0)
+    assert e.exchange.record(0, 0.0, nodes).bytes_cross_node == crossing * e.exchange.payload_bytes_at(0)
+
+
 def test_a_client_actor_returns_the_wire_rows_it_counts():
     """What a ClientActor puts in the object store for its exported rows: uint8 arrays of the
     compressor's wire size each (the bytes bytes_sent counts per payload)."""

@@ -445,3 +445,38 @@ def test_the_contract_check_names_what_a_plug_in_breaks(plugin_module, attr, mes
         check_compressor(comp)
     assert str(e.value).startswith(f"compression.op='{plugin_module}:{attr}': ") and message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ the registry as a plugins kind
+
+def test_importing_the_registry_loads_no_torch():
+    import subprocess
+    code = ("import sys, qgm_ray.compression as c; from qgm_ray import plugins; "
+            "plugins.check_name('compressor', 'top_k'); "
+            "assert c.COMPRESSORS[0] == 'none' and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_compression_op_reference_is_a_plug_in_of_the_config():
+    from types import SimpleNamespace as NS
+
+    from qgm_ray import plugins
+    cfg = NS(algorithm=NS(name="dsgd"), model=NS(name="mlp"), data=NS(name="synthetic"), topology=NS(name="ring"),
+             compression=NS(op="my_pkg.comp:Half"), tune=NS(grid={"compression.op": ["top_k", "other.mod:Q"]}))
+    assert plugins.configured(cfg, "compressor") == "my_pkg.comp:Half"
+    assert plugins.references(cfg) == {"compression.op": "my_pkg.comp:Half", "tune.grid.compression.op[1]": "other.mod:Q"}
+    del cfg.compression   # a config without the section names no compressor
+    assert plugins.configured(cfg, "compressor") is None and "compression.op" not in plugins.references(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name,options", CASES, ids=lambda c: str(c))
+def test_rows_on_a_gpu_give_the_cpu_s_q_on_the_gpu(name, options):
+    rows, keys = block(), stream_keys(0, range(6), 1)
+    comp = make_compressor(name, **options)
+    q = comp.compress(rows.cuda(), keys)
+    back = comp.decode(comp.encode(rows.cuda(), keys), keys.cuda(), rows.shape[1])
+    assert q.device.type == back.device.type == "cuda"
+    assert torch.equal(bits(q.cpu()), bits(comp.compress(rows, keys))) and torch.equal(bits(back.cpu()), bits(q.cpu()))

@@ -67,8 +67,7 @@ class QSGD(Compressor):
         """(k, 1) float32 t, (k, d) bool negative, (k, d) float32 integer levels."""
         check_block(rows, keys)
         x = host(rows)
-        k, d = x.shape
-        s = self.levels
+        d, s = x.shape[1], self.levels
         norm = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
         level = np.abs(x)
         level *= np.float32(s)

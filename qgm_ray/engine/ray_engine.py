@@ -63,6 +63,7 @@ class RayEngine:
     def __init__(self, cfg: Config, ds: Dataset, parts: list, log: Callable[[str], None] = print):
         self.cfg, self.log = cfg, log
         self.n_shards = len(parts)
+        self.n_train = len(ds.train_x)   # the coordinator's epochs of a compressed run's warm-up
         self.dropped: set[int] = set()   # shards lost with `on_failure: drop`
         self.coordinator = None
         self.recoveries, self.last_recovery = 0, None
@@ -117,7 +118,7 @@ class RayEngine:
         cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
                                               max_restarts=0, runtime_env=env, **home)
         self.coordinator = cls.remote(self.cfg, self.run_tag, self.meta, self.data_refs, self.parts_ref, slots,
-                                      self.resources, self.counted_rounds)
+                                      self.resources, self.counted_rounds, self.n_train)
         self._apply(self._wait(self.coordinator.start.remote(), f"for {len(slots)} clients"))
         k = self.cfg.ray.clients_per_actor
         self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}; "
@@ -391,7 +392,12 @@ class RayEngine:
     def load_state_dict(self, state: dict) -> None:
         keep = [i for i, s in enumerate(state["slots"]) if s not in self.dropped]
         slots = [int(state["slots"][i]) for i in keep]
-        refs = [ray.put(state["clients"][i]) for i in keep]
+        clients = [state["clients"][i] for i in keep]
+        if len(keep) < len(state["slots"]):
+            # Dropped clients changed W: the compressed exchange's public copies restart at zero
+            # (engine/choco.py), as at a resize.
+            clients = [{k: v for k, v in c.items() if k != "exchange"} for c in clients]
+        refs = [ray.put(c) for c in clients]
         self._call("load_states", slots, refs)
         self._refresh()
 

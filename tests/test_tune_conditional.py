@@ -177,3 +177,31 @@ def test_tune_compression_yaml_is_a_conditional_grid_over_the_compressors():
         assert ("compression.keep" in p) == (p["compression.op"] in ("top_k", "random_k"))
         assert ("compression.levels" in p) == (p["compression.op"] == "qsgd")
         assert ("compression.consensus_lr" in p) == (p["compression.op"] != "none")
+
+
+# ---------------------------------------------------------------- one tiny real sweep
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_tiny_conditional_sweep_runs_each_branch_with_its_own_options(ray_session, tmp_path):
+    """Through Tune itself: every trial gets its branch's keys (dotted again), its run directory
+    holds that config, and the report shows each rule's option value as a row of its own."""
+    cfg = tiny(f"tune.grid={{algorithm: [{{name: dsgd}}, {{name: '{CLIP}', options.clip: [0.5, 2.0]}}]}}",
+               f"data.root={tmp_path / 'data'}")
+    out = qtune.run_sweep(cfg, output_dir=tmp_path / "sweep", log=quiet)
+    assert out["complete"]
+    df = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert len(df) == 3 and set(df["status"]) == {"completed"}
+    got = set()
+    for _, r in df.iterrows():
+        trial = from_dict(config_dict(tmp_path / "sweep" / r["trial_dir"] / "config.yaml"))
+        assert trial.algorithm.name == r["algorithm"]
+        clip = r["algorithm.options.clip"]
+        assert trial.algorithm.options == ({} if pd.isna(clip) else {"clip": clip})
+        got.add((trial.algorithm.name, None if pd.isna(clip) else clip))
+    assert got == {("dsgd", None), (CLIP, 0.5), (CLIP, 2.0)}
+    table = (tmp_path / "sweep" / "table.md").read_text()
+    for row in ("| dsgd |", f"| {CLIP} clip=0.5 |", f"| {CLIP} clip=2 |"):
+        assert row in table
+    data = pd.read_csv(tmp_path / "sweep" / "accuracy_vs_bytes.csv")
+    assert set(data["line"]) == {"dsgd", f"{CLIP} clip=0.5", f"{CLIP} clip=2"}

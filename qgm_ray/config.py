@@ -161,7 +161,7 @@ class ElasticConfig:
 
 @dataclass
 class TuneConfig:
-    grid: dict = field(default_factory=dict)    # {dotted.key: [values]}: every combination
+    grid: dict = field(default_factory=dict)    # {dotted.key: [values]}: every combination; {section: [{key: values}, ...]}: one branch at a time (qgm_ray/grid.py)
     search: dict = field(default_factory=dict)  # {dotted.key: {uniform|loguniform|randint: [lo, hi]} | {choice: [..]}}
     num_samples: int = 1             # samples of the search space per grid point
     scheduler: str = "fifo"          # fifo | asha

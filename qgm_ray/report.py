@@ -686,7 +686,7 @@ def _labelled(df: pd.DataFrame, histories: pd.DataFrame, param_keys=()) -> pd.Da
     labels = row_labels(sel, param_keys)
     sel = sel.assign(label=labels, series=[" ".join([lab] + [str(r[c]) for c in sec_cols])
                                            for lab, (_, r) in zip(labels, sel.iterrows())])
-    return histories.merge(sel[["trial", "label", "series", "alpha", "status"] + sec_cols], on="trial")
+    return histories.merge(sel[["trial", "algorithm", "label", "series", "alpha", "status"] + sec_cols], on="trial")
 
 
 def plot_curves(df: pd.DataFrame, histories: pd.DataFrame, alpha: float, path: Path,
@@ -733,11 +733,11 @@ def _sent(h: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_accuracy_vs_bytes(df: pd.DataFrame, histories: pd.DataFrame, path: Path, param_keys=(),
-                           targets: Optional[dict] = None) -> Optional[Path]:
+                           targets: Optional[dict] = None, order=()) -> Optional[Path]:
     """Test accuracy against the bytes sent so far (`bytes_sent`, every client's, log axis), a panel
     per (section, alpha), a line per row (its best setting; mean over seeds of both at each
-    evaluation). `targets` {(section..., alpha): accuracy}: drawn as a dotted line. Its data:
-    the CSV of the same name."""
+    evaluation), in the table's order (`order`: `label_order`). `targets` {(section..., alpha):
+    accuracy}: drawn as a dotted line. Its data: the CSV of the same name."""
     if histories.empty:
         return None
     h = _sent(_labelled(df, histories, param_keys))
@@ -748,11 +748,14 @@ def plot_accuracy_vs_bytes(df: pd.DataFrame, histories: pd.DataFrame, path: Path
     # Near-iid first, as the table's columns.
     panels = sorted(h.groupby(sec_cols + ["alpha"], sort=False), key=lambda item: -item[0][-1])
     plt = _plt()
-    colors = _colors(h["label"])
+    colors = _colors(_ordered(h["label"], h["algorithm"], order=order))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
     for ax, (key, g) in zip(axes[0], panels):
         key = key if isinstance(key, tuple) else (key,)
-        for label, r in g.groupby("label", sort=False):
+        for label in colors:
+            r = g[g["label"] == label]
+            if r.empty:
+                continue
             agg = r.groupby("epoch").agg(b=("bytes_sent", "mean"), acc=("test_accuracy", "mean")).sort_values("b")
             ax.plot(agg["b"], 100 * agg["acc"], marker=".", label=label, color=colors[label])
         if targets and key in targets:
@@ -912,7 +915,7 @@ def write_sweep_report(sweep_dir: Path, df: pd.DataFrame, target: Optional[float
         a = float(df["alpha"].min())
         written.append(plot_curves(df, histories, a, sweep_dir / f"curves_alpha{a:g}.png", param_keys))
         bytes_png = plot_accuracy_vs_bytes(df, histories, sweep_dir / "accuracy_vs_bytes.png", param_keys,
-                                           column_targets(df, param_keys, target))
+                                           column_targets(df, param_keys, target), label_order(base, param_keys))
         written += [bytes_png, bytes_png.with_suffix(".csv")] if bytes_png else []
     if not parts.empty:
         panels = [(f"alpha = {a:g} (seed {int(g['seed'].iloc[0])})", g.drop(columns=["alpha", "seed"]))

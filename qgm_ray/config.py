@@ -972,7 +972,7 @@ def _validate_compression(cfg: Config, rule) -> None:
     """compression.*: each key's range once (COMPRESSION_CHECKS, the compressors' checks); the compressor built once; a
     run whose exchange cannot be compressed (CHOCO_NEEDS) is refused in one line. A rule or
     a compressor declaring `requires` (NEEDS' names) is refused where its needs fail."""
-    from qgm_ray.compression.base import check_keep, check_levels, check_unbiased
+    from qgm_ray.compression.options import check_keep, check_levels, check_unbiased
 
     c = cfg.compression
     for key, (ok, allowed) in COMPRESSION_CHECKS.items():

@@ -4,4 +4,4 @@ import sys
 from qgm_ray.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m qgm_ray"))
+    sys.exit(main())

@@ -41,7 +41,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def build_parser(prog: str = "python main.py") -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from qgm_ray.command import command
+    prog = prog or command()
     epilog = EPILOG.format(prog=prog)
     parser = argparse.ArgumentParser(
         prog=prog, description="qgm-ray: decentralized deep learning on heterogeneous data, on Ray "
@@ -83,7 +85,7 @@ def build_parser(prog: str = "python main.py") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str], prog: str = "python main.py") -> argparse.Namespace:
+def parse_args(argv: list[str], prog: str | None = None) -> argparse.Namespace:
     # `python main.py --config X` means `python main.py run --config X`.
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["run"] + list(argv)
@@ -198,10 +200,10 @@ def no_bench(args) -> int:
 PRINTING_COMMANDS = ("config", "report")
 
 
-def main(argv: list[str] | None = None, bench=None, prog: str = "python main.py") -> int:
+def main(argv: list[str] | None = None, bench=None, prog: str | None = None) -> int:
     """bench: the `bench` command's handler (main.py passes bench.command; the harness is not
     part of the package, so the package never imports it). prog: the command as usage lines
-    name it."""
+    name it (default: as the user typed it, qgm_ray.command)."""
     from qgm_ray import console, signals
     console.guard()   # a closed or full stdout never stops a command, not even its --help
     args = parse_args(sys.argv[1:] if argv is None else argv, prog)
@@ -241,8 +243,3 @@ def main(argv: list[str] | None = None, bench=None, prog: str = "python main.py"
             print(message, file=sys.stderr)
         signals.quiet_exit_from_now()
         return signals.exit_code(e)
-
-
-def console_main() -> int:
-    """The installed `qgm-ray` command (pyproject.toml's console script)."""
-    return main(prog="qgm-ray")

@@ -157,7 +157,7 @@ def test_the_wheel_holds_the_package_its_command_and_nothing_else(built):
     assert {n for n in names if n.endswith(".py")} == sources   # every module, no tests/ or examples/
     assert "qgm_ray/__main__.py" in sources
     entry_points = zipfile.ZipFile(package).read(f"{dist_info}/entry_points.txt").decode()
-    assert "qgm-ray = qgm_ray.cli:console_main" in entry_points
+    assert "qgm-ray = qgm_ray.cli:main" in entry_points
     metadata = zipfile.ZipFile(package).read(f"{dist_info}/METADATA").decode()
     assert "Requires-Dist: torch" in metadata and "Provides-Extra: nlp" in metadata
 
@@ -198,6 +198,8 @@ def test_installed_it_runs_from_any_directory_as_qgm_ray_and_python_m(venv, loca
     assert len(rows(local_run)) == 2
     with open(local_run / "config.yaml") as f:   # the run names the code it ran
         assert f"name: {DEMO}.heavy_ball:HeavyBallDSGD" in f.read()
+    again = run(qgm_ray_cmd, "--quiet", "--config", "tiny.yaml", "--output-dir", "local", cwd=elsewhere)
+    assert again.returncode == 2 and "`qgm-ray --resume " in again.stderr   # what to type, as typed
 
 
 @pytest.mark.slow
@@ -244,6 +246,17 @@ def test_an_editable_install_imports_the_source_tree(built):
     where = ok(run(python, "-c", "import qgm_ray; print(qgm_ray.__file__)", cwd=tmp))
     assert Path(where.strip()) == src / "qgm_ray" / "__init__.py"
     assert ok(run(python, "-m", "qgm_ray", "config", "--set", "backend=local", cwd=tmp)).count("backend: local") == 1
+
+
+@pytest.mark.parametrize("argv0,typed", [("/venv/bin/qgm-ray", "qgm-ray"), ("main.py", "python main.py"),
+                                         ("/x/site-packages/qgm_ray/__main__.py", "python -m qgm_ray"),
+                                         ("/x/site-packages/pytest/__main__.py", "python main.py"), ("", "python main.py")])
+def test_messages_name_the_command_as_typed(argv0, typed, monkeypatch):
+    from qgm_ray.command import command
+    from qgm_ray.cli import build_parser
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert command() == typed
+    assert build_parser().format_usage().startswith(f"usage: {typed} ")
 
 
 # ------------------------------------------------------------------ entry points in this process

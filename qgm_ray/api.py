@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from qgm_ray.config import Config, config_dict, from_dict, layered, parse_override, read_yaml, set_dotted, _merge
+from qgm_ray import errors
 from qgm_ray.errors import ConfigError
 
 ConfigLike = Union[str, Path, Mapping[str, Any], Config, None]
@@ -143,7 +144,7 @@ def load_run(run_dir: Union[str, Path]) -> RunResult:
     except OSError as e:
         raise ConfigError(f"{summary_path}: cannot read it: {e.strerror or e}") from None
     except (ValueError, UnicodeDecodeError) as e:   # JSONDecodeError is a ValueError
-        raise ConfigError(f"{summary_path}: not a summary qgm-ray wrote (not JSON: {str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{summary_path}: not a summary qgm-ray wrote (not JSON: {errors.first_line(e)})") from None
     if not isinstance(summary, dict):
         raise ConfigError(f"{summary_path}: not a summary qgm-ray wrote (a JSON {type(summary).__name__}, "
                           f"not an object)")

@@ -580,17 +580,17 @@ def _installed_plugins_by_reference(cfg: Config) -> None:
     `module:attr` it stands for, in each name and in a Tune grid over names: from here on it
     is user code like any reference, in this process and in every Ray process."""
     import qgm_ray.algorithms.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401
     import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
     from qgm_ray import plugins
 
     for kind, key in plugins.KEYS.items():
-        section, _, field_name = key.rpartition(".")
-        holder = cfg
-        for part in section.split(".") if section else ():
-            holder = getattr(holder, part)
-        setattr(holder, field_name, plugins.canonical(kind, getattr(holder, field_name), key))
+        name = plugins.configured(cfg, kind)
+        if name is not None:
+            section, _, field_name = key.partition(".")
+            setattr(getattr(cfg, section), field_name, plugins.canonical(kind, name, key))
         values = cfg.tune.grid.get(key)
         if isinstance(values, list):   # a new dict: the caller's grid stays as given
             cfg.tune.grid = {**cfg.tune.grid, key: [plugins.canonical(kind, v, f"tune.grid.{key}") for v in values]}
@@ -619,6 +619,7 @@ def _field_comments(cls) -> dict:
 
 def _dynamic_choices() -> dict:
     import qgm_ray.algorithms.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401
     import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
@@ -796,17 +797,18 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_names(cfg: Config) -> None:
-    """Each of the four names is registered or imports (`package.module:attr`) to the right
+    """Each plug-in name is registered or imports (`package.module:attr`) to the right
     kind of object; a model's or dataset's options fit its signature. The model's output and
     the dataset's arrays are checked when the data is loaded (runner.prepare)."""
-    import qgm_ray.data  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
     from qgm_ray import plugins
 
     for kind, key in plugins.KEYS.items():
-        if kind != "algorithm":   # a rule is checked with its options below
-            name = getattr(cfg, kind).name
+        name = plugins.configured(cfg, kind)
+        if kind != "algorithm" and name is not None:   # a rule is checked with its options below
             # a built-in is known by name (its module, which imports torch, stays unloaded)
             plugins.resolve(kind, name) if plugins.is_reference(name) else plugins.check_name(kind, name)
     for kind, skip, reserved in (("model", 2, ()), ("data", 1, ("augment",))):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qgm_ray import plugins
+from qgm_ray import errors, plugins
 from qgm_ray.augment import AUGMENTATIONS, apply_augment, augment_batch, draw_augment  # noqa: F401 - re-exported
 from qgm_ray.dataset import Dataset, describe, plugin_tensor, save_npz_atomic  # noqa: F401 - describe re-exported
 from qgm_ray.errors import ConfigError
@@ -104,8 +104,7 @@ def load_plugin_dataset(name: str, seed: int, opts: dict) -> Dataset:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code: its error is this key's problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"{key} with data.options={opts}: {type(e).__name__}: {first}") from None
+        raise ConfigError(f"{key} with data.options={opts}: {errors.described(e)}") from None
     if not isinstance(out, (tuple, list)) or len(out) != 4:
         raise ConfigError(f"{key} returned a {type(out).__name__}"
                           f"{' of ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}; "
@@ -393,7 +392,7 @@ def _open_torchvision(name: str, root: str, download: bool):
     except (RuntimeError, OSError) as e:
         if download:
             raise ConfigError(
-                f"dataset {name!r}: download into {where} failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                f"dataset {name!r}: download into {where} failed ({errors.first_line(e)}); "
                 f"check the internet connection, or copy the torchvision files there"
             ) from None
         raise ConfigError(

@@ -8,5 +8,11 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def described(e: BaseException) -> str:
+    """An exception from code outside qgm-ray in one line: its type and its first line."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 class ConfigError(ValueError):
     """A bad configuration value. The message names the key and the allowed values."""

@@ -1,17 +1,18 @@
-"""One registry for the four extension points: update rules, models, datasets, graphs.
+"""One registry for the extension points: update rules, models, datasets, graphs, compressors.
 
-A config name (`algorithm.name`, `model.name`, `data.name`, `topology.name`) is either a
-registered name or a reference `"package.module:attr"` to user code, imported from the working
-directory or PYTHONPATH. An installed distribution may also name its code in the entry-point
-group of the kind (GROUPS: `qgm_ray.algorithms`, `qgm_ray.models`, `qgm_ray.datasets`,
-`qgm_ray.graphs`); such a short name stands for the reference the entry point holds
-(`canonical`), so the run treats it exactly as that reference, and a built-in name is never
-taken over by one. The built-ins register themselves here (algorithms/registry.py,
-models/__init__.py, data.py, topology.py), and `resolve(kind, name)` turns either form into a
-factory. Rules and models register in the user's form; a built-in dataset registers as
-`(seed, root, download, **options) -> Dataset` and a built-in graph as `(n, t, seed, options)
--> W(t)` (they read files and change per round), and a user's dataset or graph is adapted to
-that form where it is called (data.load_plugin_dataset, topology.plugin_graph).
+A config name (`algorithm.name`, `model.name`, `data.name`, `topology.name`, `compression.op`)
+is either a registered name or a reference `"package.module:attr"` to user code, imported from
+the working directory or PYTHONPATH. An installed distribution may also name its code in the
+entry-point group of the kind (GROUPS: `qgm_ray.algorithms`, `qgm_ray.models`,
+`qgm_ray.datasets`, `qgm_ray.graphs`, `qgm_ray.compressors`); such a short name stands for the
+reference the entry point holds (`canonical`), so the run treats it exactly as that reference,
+and a built-in name is never taken over by one. The built-ins register themselves here
+(algorithms/registry.py, models/__init__.py, data.py, topology.py, compression/registry.py),
+and `resolve(kind, name)` turns either form into a factory. Rules, models and compressors
+register in the user's form; a built-in dataset registers as `(seed, root, download,
+**options) -> Dataset` and a built-in graph as `(n, t, seed, options) -> W(t)` (they read
+files and change per round), and a user's dataset or graph is adapted to that form where it
+is called (data.load_plugin_dataset, topology.plugin_graph).
 
 What a factory must be (README, "Bring your own method"):
 
@@ -19,6 +20,7 @@ What a factory must be (README, "Bring your own method"):
     model      attr(input_shape, num_classes, **model.options) -> torch.nn.Module
     data       attr(seed, **data.options) -> (train_x, train_y, test_x, test_y)
     topology   attr(n, **topology.options) -> networkx Graph | DiGraph | n x n numpy W
+    compressor a subclass of qgm_ray.compression.Compressor
 
 Nothing here imports torch, Ray or networkx: config parsing stays cheap. Installed entry
 points are read only for a name that is neither registered nor a reference (reading every
@@ -45,12 +47,13 @@ from qgm_ray import ray_private
 from qgm_ray.errors import ConfigError, first_line
 
 # kind -> the config key that names it
-KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name"}
+KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name",
+        "compressor": "compression.op"}
 # kind -> the entry-point group in which an installed distribution names its plug-ins
 GROUPS = {"algorithm": "qgm_ray.algorithms", "model": "qgm_ray.models", "data": "qgm_ray.datasets",
-          "topology": "qgm_ray.graphs"}
+          "topology": "qgm_ray.graphs", "compressor": "qgm_ray.compressors"}
 # Filled by the modules of each kind when they are imported (algorithms.registry, models,
-# data, topology, which import this module, never the other way round).
+# data, topology, compression.registry, which import this module, never the other way round).
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KEYS}
 # kind -> {short name: (reference, distribution) for each entry point of that name}: read
 # from the installed distributions' metadata once per process, on first need.
@@ -203,11 +206,18 @@ def import_reference(ref: str, key: str) -> Any:
     return obj
 
 
+def configured(cfg, kind: str) -> Any:
+    """The name the config gives `kind` (the value at KEYS[kind]); None when the config has
+    no such section."""
+    section, _, field = KEYS[kind].partition(".")
+    return getattr(getattr(cfg, section, None), field, None)
+
+
 def references(cfg) -> dict[str, str]:
     """{config key: reference} for every plug-in the config names (tune grids included)."""
     out = {}
     for kind, key in KEYS.items():
-        name = getattr(getattr(cfg, kind), "name")
+        name = configured(cfg, kind)
         if is_reference(name):
             out[key] = name
     for key, values in getattr(cfg.tune, "grid", {}).items():

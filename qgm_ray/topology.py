@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from qgm_ray import directed, plugins
+from qgm_ray import directed, errors, plugins
 from qgm_ray.errors import ConfigError
 from qgm_ray.sparse_w import SparseW
 
@@ -396,8 +396,7 @@ def _build_plugin_graph(name: str, n: int, seed: int, options: dict) -> tuple[np
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code: its error is this key's problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"{where} with n={n}: {type(e).__name__}: {first}") from None
+        raise ConfigError(f"{where} with n={n}: {errors.described(e)}") from None
     if isinstance(out, nx.Graph):
         directed_graph = out.is_directed() or want_directed
         G = _simple_directed(out) if directed_graph else _simple(out)

@@ -279,7 +279,8 @@ def installed(tmp_path, monkeypatch):
         "qgm_ray.algorithms": {"hb": "examples.heavy_ball:HeavyBallDSGD", "clip": "examples.clip_rule:ClippedSGD"},
         "qgm_ray.models": {"tiny": "examples.tiny_net:tiny_mlp"},
         "qgm_ray.datasets": {"blobs": "examples.blobs:blobs", "mnist1d": "examples.blobs:blobs"},
-        "qgm_ray.graphs": {"chords": "examples.graphs:ring_with_chords"}})
+        "qgm_ray.graphs": {"chords": "examples.graphs:ring_with_chords"},
+        "qgm_ray.compressors": {"top": "qgm_ray.compression.sparse:TopK"}})
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_INSTALLED", None)
     return tmp_path
@@ -306,6 +307,9 @@ def test_the_by_hand_api_takes_short_names(installed):
     assert qgm_ray.make_model("tiny", (10,), 3, width=4)[1].out_features == 4
     assert len(qgm_ray.load_dataset("blobs", num_samples=100).train_y) == 80
     assert qgm_ray.make_topology("chords", 8).name == "examples.graphs:ring_with_chords"
+    from qgm_ray.compression.registry import make_compressor
+    assert make_compressor("top", keep=0.5).name == "qgm_ray.compression.sparse:TopK"
+    assert plugins.installed_names("compressor") == ("top",) and "top" in plugins.names("compressor")
 
 
 def test_unknown_and_ambiguous_short_names_are_one_config_line(installed):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable
 
-from qgm_ray import plugins
+from qgm_ray import errors, plugins
 from qgm_ray.algorithms.adam import DAdam, QGAdam
 from qgm_ray.algorithms.base import SHARED, Algorithm, check_knobs, resolve_hparams
 from qgm_ray.algorithms.d2 import D2
@@ -138,8 +138,7 @@ def check_state_contract(rule: Algorithm) -> None:
     try:
         state = rule.init(torch.zeros(2, 3))
     except Exception as e:  # noqa: BLE001 - the user's code: its error is this key's problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"{where}: init(params) on a (2, 3) block failed: {type(e).__name__}: {first}") from None
+        raise ConfigError(f"{where}: init(params) on a (2, 3) block failed: {errors.described(e)}") from None
     if not isinstance(state, dict) or "step" not in state:
         raise ConfigError(f"{where}: init(params) must return a dict of tensors holding 'step' "
                           f"(qgm_ray.new_step_counter(params)), got {type(state).__name__}"

@@ -32,7 +32,7 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostErr
                             RayActorError, WorkerCrashedError)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qgm_ray import build, determinism, plugins
+from qgm_ray import build, determinism, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.engine import exchange, placement
 from qgm_ray.engine.actors import ClientActor
@@ -180,7 +180,7 @@ class Coordinator:
                 yield from self._run(t0, lrs)
             except FAILURES as e:
                 self._drain()
-                yield {"failed": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                yield {"failed": errors.described(e)}
 
     def _drain(self) -> None:
         """After a failure: wait for the chunk's other calls to end (they fail fast once a

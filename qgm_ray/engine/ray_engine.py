@@ -41,7 +41,7 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qgm_ray import build, plugins
+from qgm_ray import build, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
@@ -253,7 +253,7 @@ class RayEngine:
                 time.sleep(1.0)
             except (*FAILURES, ray.exceptions.GetTimeoutError):
                 self._restart(f"the coordinator died ({type(err).__name__})")
-        self._recover(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        self._recover(errors.described(err))
 
     def _recover(self, reason: str) -> None:
         policy = self.cfg.fault_tolerance.on_failure

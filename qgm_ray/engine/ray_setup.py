@@ -25,7 +25,7 @@ import socket
 import time
 from typing import Callable, Optional
 
-from qgm_ray import ray_private
+from qgm_ray import errors, ray_private
 from qgm_ray.config import Config
 from qgm_ray.engine.placement import actors_fit
 from qgm_ray.errors import ConfigError
@@ -216,7 +216,7 @@ def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict]
                 ctx = ray.init(address=address, logging_level="WARNING", **env)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"ray.address={address!r}: could not join the Ray cluster: "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"{errors.first_line(e)}") from None
         where = f"joined the Ray cluster at {address}"
     else:
         # address="local": a fresh Ray of our own, never a `ray start` cluster that Ray's
@@ -248,8 +248,7 @@ def start_local_ray(cfg: Config, log: Callable[[str], None], runtime_env: Option
     except Exception as e:  # noqa: BLE001 - Ray raises several kinds here; the retry tells
         if ray.is_initialized():
             ray.shutdown()
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        log(f"ray: the dashboard could not start ({first}); starting Ray without it "
+        log(f"ray: the dashboard could not start ({errors.first_line(e)}); starting Ray without it "
             f"(pip install 'ray[default]' for the dashboard)")
         return ray.init(include_dashboard=False, **kwargs)
 

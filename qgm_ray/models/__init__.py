@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING
 
-from qgm_ray import plugins
+from qgm_ray import errors, plugins
 from qgm_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -79,8 +79,7 @@ def make_model(name: str, input_shape, num_classes: int, seed: int = 0, **kw) ->
         except Exception as e:  # noqa: BLE001 - a plug-in's error is its key's line, in any process
             if not plugins.is_reference(name):
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ConfigError(f"model.name={name!r} with model.options={kw}: {type(e).__name__}: {first}") from None
+            raise ConfigError(f"model.name={name!r} with model.options={kw}: {errors.described(e)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name={name!r} returned a {type(model).__name__}; expected a torch.nn.Module")
     return model

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from qgm_ray import errors
 from qgm_ray.errors import ConfigError
 from qgm_ray.text import PAD_ID, require
 
@@ -61,7 +62,7 @@ def distilbert(input_shape, num_classes, pretrained=DEFAULT_PRETRAINED, config=N
             cfg = transformers.DistilBertConfig(**fields, **head, num_labels=int(num_classes), pad_token_id=PAD_ID)
             model = transformers.DistilBertForSequenceClassification(cfg)
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"distilbert option config is not a valid DistilBertConfig: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"distilbert option config is not a valid DistilBertConfig: {errors.first_line(e)}") from None
     else:
         try:
             model = transformers.DistilBertForSequenceClassification.from_pretrained(
@@ -70,7 +71,7 @@ def distilbert(input_shape, num_classes, pretrained=DEFAULT_PRETRAINED, config=N
         except (OSError, ValueError) as e:
             if download:
                 raise ConfigError(f"distilbert: download of {pretrained!r} into {cache_dir} failed "
-                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+                                  f"({errors.first_line(e)})") from None
             raise ConfigError(
                 f"distilbert: pretrained weights {pretrained!r} not found in {cache_dir} (nothing is fetched unless "
                 f"asked); fix: run once with --set data.download=true, or set model.options.pretrained to a saved folder"

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from qgm_ray import errors
 from qgm_ray.config import Config
 from qgm_ray.outputs import OutputError, RunDir, WriteError, atomic_write
 from qgm_ray.runner.plan import RunState
@@ -96,7 +97,7 @@ class CheckpointStore:
             try:
                 payload = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unreadable file means: fall back
-                log(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                log(f"checkpoint {path} is unreadable ({errors.described(e)}); "
                     f"falling back to the previous one")
                 continue
             yield path, payload

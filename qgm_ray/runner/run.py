@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from qgm_ray import build
+from qgm_ray import build, errors
 from qgm_ray.config import Config, dump_yaml, validate_against_data
 from qgm_ray.engine.base import Engine, EngineFailure, RoundRecord
 from qgm_ray.errors import ConfigError
@@ -68,7 +68,7 @@ def prepare(cfg: Config, log=print):
         raise
     except Exception as e:  # noqa: BLE001 - any constructor error is a bad model.options
         raise ConfigError(f"model.name={cfg.model.name!r} with model.options={cfg.model.options}: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                          f"{errors.described(e)}") from None
     from qgm_ray.contracts import check_plugins
     check_plugins(cfg, ds)   # each plug-in once on a tiny batch: its broken contract is one line
     log(f"data: {cfg.data.name} ({len(ds.train_x)} train / {len(ds.test_x)} test, "

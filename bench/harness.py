@@ -62,10 +62,10 @@ PLANS = {
                  blocks=3, block_rounds={"cnn1d": 20, "resnet20": 4}, discard=1),
     "quick": Plan(ns=(4, 8), models=("cnn1d", "resnet20"), warmup={"cnn1d": 3, "resnet20": 1},
                   blocks=2, block_rounds={"cnn1d": 8, "resnet20": 3}, discard=1),
-    # For tests: every backend and layout of the quick plan on both models, at n = 4 with the
-    # fewest rounds that still give a median (about a third of the quick plan's time).
-    "smoke": Plan(ns=(4,), models=("cnn1d", "resnet20"), warmup={"cnn1d": 1, "resnet20": 1}, blocks=2,
-                  block_rounds={"cnn1d": 3, "resnet20": 2}, discard=1),
+    # For tests: every backend and layout of the quick plan, at n = 4 with the fewest rounds
+    # that still give a median, on cnn1d (the only model the quick plan also packs); a model is
+    # data to the harness (MODELS), so a second one would repeat every process start for no path.
+    "smoke": Plan(ns=(4,), models=("cnn1d",), warmup={"cnn1d": 1}, blocks=2, block_rounds={"cnn1d": 3}, discard=1),
 }
 
 

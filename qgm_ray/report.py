@@ -190,6 +190,14 @@ def label_order(base: dict, param_keys=()) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+
+def _sections(frame: pd.DataFrame, sec_cols: list):
+    """(title, rows) per value of the section columns (one table each): "topology = ring, ..."."""
+    groups = frame.groupby(sec_cols, sort=False, dropna=False) if sec_cols else [((), frame)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        yield ", ".join(f"{c} = {v}" for c, v in zip(sec_cols, key)), g
+
 def _ordered(labels, algorithms, algo_order=(), order=()) -> list[str]:
     """Distinct row labels (`algorithms`: each one's algorithm) grouped by algorithm, in
     `algo_order` then order of appearance; within an algorithm in `order` where listed, then
@@ -311,11 +319,8 @@ def accuracy_tables(df: pd.DataFrame, param_keys=(), value: str = "final_test_ac
     stats["label"] = row_labels(stats, param_keys)
     algos = list(dict.fromkeys(list(algo_order) + list(df["algorithm"])))
     alphas = sorted(df["alpha"].dropna().unique(), reverse=True)
-    groups = stats.groupby(sec_cols, sort=False, dropna=False) if sec_cols else [((), stats)]
     tables = []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        title = ", ".join(f"{c} = {v}" for c, v in zip(sec_cols, key))
+    for title, g in _sections(stats, sec_cols):
         rows = _ordered(g["label"], g["algorithm"], algos, order)
         table = pd.DataFrame("", index=rows, columns=[f"α = {_alpha_text(a)}" for a in alphas])
         table.index.name = "algorithm"
@@ -412,11 +417,8 @@ def bytes_tables(df: pd.DataFrame, histories: pd.DataFrame, param_keys=(), targe
     sec_cols = [_column(k) for k in sections]
     b["label"] = row_labels(b, param_keys)
     alphas = sorted(b["alpha"].dropna().unique(), reverse=True)
-    groups = b.groupby(sec_cols, sort=False, dropna=False) if sec_cols else [((), b)]
     tables = []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        title = ", ".join(f"{c} = {v}" for c, v in zip(sec_cols, key))
+    for title, g in _sections(b, sec_cols):
         rows = _ordered(g["label"], g["algorithm"], algo_order, order)
         heads = {}
         for a in alphas:

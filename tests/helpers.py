@@ -30,3 +30,15 @@ def read_metrics(run_dir) -> list[dict]:
     """A run's metrics.csv, one dict of strings per row."""
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def quiet(msg: str) -> None:
+    """A run's `log` that prints nothing."""
+
+
+def local_engine(cfg):
+    """The local engine of a config, its data prepared as a run prepares it."""
+    from qgm_ray.engine.local import LocalEngine
+    from qgm_ray.runner import run as runner
+    ds, parts = runner.prepare(cfg, log=quiet)
+    return LocalEngine(cfg, ds, parts)

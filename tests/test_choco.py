@@ -14,11 +14,10 @@ from qgm_ray.compression import Compressor
 from qgm_ray.config import load_config
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.choco import keep_at
-from qgm_ray.engine.local import LocalEngine
 from qgm_ray.errors import ConfigError
 from qgm_ray.runner import run as runner
 
-from helpers import main_py, read_metrics, small_run
+from helpers import local_engine, main_py, quiet, read_metrics, small_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # `examples`, as test_plugins does
 from examples.heavy_ball import HeavyBallDSGD  # noqa: E402
@@ -33,14 +32,8 @@ def small(*extra):
     return load_config(None, BASE + list(extra))
 
 
-def quiet(msg):
-    pass
-
-
 def engine(*extra):
-    cfg = small(*extra)
-    ds, parts = runner.prepare(cfg, log=quiet)
-    return LocalEngine(cfg, ds, parts)
+    return local_engine(small(*extra))
 
 
 def spied_rounds(e, rounds, lr=0.05):

@@ -7,7 +7,7 @@ from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.runner import run as runner
 
-from helpers import read_metrics, small_run
+from helpers import quiet, read_metrics, small_run
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
@@ -19,10 +19,6 @@ SMALL = small_run("topology.n_clients=4", "schedule.epochs=2", "eval.every_epoch
 
 def small(*extra):
     return load_config(None, SMALL + list(extra))
-
-
-def quiet(msg):
-    pass
 
 
 def rows(d):

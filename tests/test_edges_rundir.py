@@ -14,15 +14,12 @@ from qgm_ray.runner.checkpoints import CheckpointStore
 from qgm_ray.runner.metrics_file import MetricsFile
 from qgm_ray.config import load_config
 from qgm_ray.outputs import OutputError, RunDir, check_no_links
+from helpers import quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "topology.n_clients=4",
          "data.batch_size=16", "schedule.epochs=2", "eval.every_epochs=1", "progress=false",
          "algorithm.lr=0.05", "backend=local", "fault_tolerance.checkpoint_every=5", "fault_tolerance.keep=100"]
-
-
-def quiet(msg):
-    pass
 
 
 def snapshot(path):

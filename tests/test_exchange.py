@@ -8,7 +8,7 @@ from qgm_ray.engine.base import RoundRecord, round_bytes
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.engine.slowmo import outer_step_bytes
 
-from helpers import small_run
+from helpers import local_engine, quiet, small_run
 
 SMALL = small_run("backend=local", "topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
                   "algorithm.name=dsgdm_n", "ray.clients_per_actor=2")
@@ -18,14 +18,8 @@ def small(*extra):
     return load_config(None, SMALL + list(extra))
 
 
-def quiet(msg):
-    pass
-
-
 def _engine(*extra):
-    cfg = small(*extra)
-    ds, parts = runner.prepare(cfg, log=quiet)
-    return LocalEngine(cfg, ds, parts)
+    return local_engine(small(*extra))
 
 
 @pytest.mark.parametrize("extra, tau", [

@@ -2,7 +2,7 @@
 run (also across a Coordinator restart), live resizes logged."""
 import pytest
 
-from helpers import small_run
+from helpers import quiet, small_run
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -13,10 +13,6 @@ from qgm_ray.engine.base import EngineFailure  # noqa: E402
 
 SMALL = small_run("backend=ray", "topology.n_clients=4", "ray.clients_per_actor=2", "eval.local_models=false",
                   "name=metrics")
-
-
-def quiet(msg):
-    pass
 
 
 def test_a_replayed_round_is_counted_once(ray_session):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import main_py
+from helpers import main_py, quiet
 
 import qgm_ray
 from qgm_ray.runner import run as runner
@@ -28,10 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BYO = ROOT / "examples" / "byo.yaml"
 SAME = ("round", "train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance", "bytes_sent",
         "n_clients", "test_loss")
-
-
-def quiet(msg):
-    pass
 
 
 def rows(run_dir):

@@ -16,7 +16,7 @@ from qgm_ray.engine.local import LocalEngine
 from qgm_ray.outputs import RunDir
 from qgm_ray.runner.checkpoints import CheckpointStore
 
-from helpers import read_metrics, small_run
+from helpers import quiet, read_metrics, small_run
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
@@ -31,10 +31,6 @@ TOL = 0.0
 
 def small(*extra):
     return load_config(None, SMALL + list(extra))
-
-
-def quiet(msg):
-    pass
 
 
 def rel(a, b):

@@ -22,7 +22,7 @@ from qgm_ray.outputs import RunDir
 from qgm_ray.runner.checkpoints import CheckpointStore
 from qgm_ray.runner.metrics_file import MetricsFile
 
-from helpers import main_py, small_run
+from helpers import main_py, quiet, small_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = small_run("topology.n_clients=4", "schedule.epochs=4", "eval.every_epochs=1", "backend=local",
@@ -32,10 +32,6 @@ TINY = ("name: tiny\nbackend: local\nprogress: false\n"
         "model: {name: mlp, options: {hidden: [16]}}\ntopology: {name: ring, n_clients: 4}\n"
         "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: EPOCHS}\n"
         "eval: {every_epochs: 1, local_models: false}\nfault_tolerance: {checkpoint_every: 25, keep: 100}\n")
-
-
-def quiet(msg):
-    pass
 
 
 def small(*extra):

@@ -8,13 +8,9 @@ from qgm_ray.config import load_config
 from qgm_ray.engine import allreduce
 from qgm_ray.engine.local import LocalEngine
 
-from helpers import small_run
+from helpers import quiet, small_run
 
 SMALL = small_run("model.options={hidden: [8]}", "data.batch_size=8", "schedule.epochs=1", "backend=local")
-
-
-def quiet(msg):
-    pass
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 7, 37, 64])

@@ -11,7 +11,7 @@ from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.errors import ConfigError
 
-from helpers import small_run
+from helpers import quiet, small_run
 
 SMALL = small_run("backend=local", "topology.n_clients=4", "schedule.epochs=2", "eval.every_epochs=0.5",
                   "algorithm.name=dsgdm_n")
@@ -20,10 +20,6 @@ SLOWMO = ["algorithm.slowmo_tau=3", "algorithm.slowmo_beta=0.6", "algorithm.slow
 
 def small(*extra):
     return load_config(None, SMALL + list(extra))
-
-
-def quiet(msg):
-    pass
 
 
 def lr_of(t):

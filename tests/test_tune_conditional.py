@@ -12,6 +12,7 @@ from qgm_ray import tune as qtune
 from qgm_ray.config import Config, config_dict, from_dict, load_config
 from qgm_ray.errors import ConfigError
 from tests.helpers import main_py
+from helpers import quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP = "examples.clip_rule:ClippedSGD"   # a plug-in rule with an option of its own: clip
@@ -27,10 +28,6 @@ GRAPHS = ("{name: ring, n_clients: 4}, "
 
 def tiny(*extra):
     return load_config(None, TINY + list(extra))
-
-
-def quiet(msg):
-    pass
 
 
 def test_a_conditional_grid_expands_to_exactly_the_trials_written():

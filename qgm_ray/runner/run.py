@@ -30,7 +30,7 @@ from qgm_ray.runner.recovery import RecoveryPolicy
 from qgm_ray.signals import StopSignals
 
 # Keys a --resume may not change: those that change the numbers, and how they are measured.
-MEASURED_KEYS = REPLAY_KEYS + ("eval",)
+MEASURED_KEYS = REPLAY_KEYS + ("eval", "clock")
 
 
 def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]) -> Engine:

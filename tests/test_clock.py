@@ -248,3 +248,17 @@ def test_a_metrics_file_without_sim_seconds_still_loads(tmp_path):
     p.write_text("round,epoch,lr,train_loss,test_accuracy\n10,1.0,0.1,0.5,0.8\n")
     df = MetricsFile(p).frame()
     assert list(df["round"]) == [10] and "sim_seconds" not in df.columns
+
+
+@pytest.mark.ray
+def test_ray_and_local_runs_keep_the_same_clock(ray_session, tmp_path):
+    """The runner advances the clock from the engine's exchange stage: RayEngine's (built in the
+    driver) must give what LocalEngine's gives, round barriers (SlowMo) included."""
+    keys = small_run("topology.n_clients=4", "schedule.epochs=1", "eval.every_epochs=0.5", "ray.clients_per_actor=2",
+                     "algorithm.name=dsgdm", "algorithm.slowmo_tau=3", "clock.speed.sigma=0.5",
+                     "clock.stragglers.fraction=0.25", "clock.stragglers.redraw=round")
+    sims = {}
+    for backend in ("local", "ray"):
+        runner.run(load_config(None, keys + [f"backend={backend}"]), tmp_path / backend, log=quiet)
+        sims[backend] = [(r["round"], r["sim_seconds"]) for r in rows(tmp_path / backend)]
+    assert sims["ray"] == sims["local"] and float(sims["local"][-1][1]) > 0

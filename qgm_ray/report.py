@@ -531,6 +531,26 @@ def plot_run_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> Optio
     return path
 
 
+def plot_accuracy_vs_time(metrics: pd.DataFrame, path: Path, title: str = "") -> Optional[Path]:
+    """Test accuracy against simulated time (metrics.csv's sim_seconds, qgm_ray/clock.py); None
+    for a run written before the clock (no sim_seconds)."""
+    if "sim_seconds" not in metrics or not metrics["sim_seconds"].notna().any():
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    timed = metrics[metrics["sim_seconds"].notna()]
+    ax.plot(timed["sim_seconds"], 100 * timed["test_accuracy"], marker=".", label="averaged model")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    plt.close(fig)
+    return path
+
+
 # ================================================================ entry points
 
 def _read_csv(path: Path, numeric: tuple = (), text: tuple = ()) -> pd.DataFrame:
@@ -630,7 +650,8 @@ def make_report(path: str | Path) -> list[Path]:
             title += f" alpha={summary['alpha']:g}"
         if "status" in summary:
             title += f" ({summary['status']})"
-        written = [plot_run_curves(metrics, path / "curves.png", title)]
+        written = [plot_run_curves(metrics, path / "curves.png", title),
+                   plot_accuracy_vs_time(metrics, path / "accuracy_vs_time.png", title)]
         if (path / "partition.csv").is_file():
             written.append(plot_partitions([(f"partition {title}", _read_csv(path / "partition.csv", ("client",)))],
                                            path / "partition.png"))

@@ -262,3 +262,15 @@ def test_ray_and_local_runs_keep_the_same_clock(ray_session, tmp_path):
         runner.run(load_config(None, keys + [f"backend={backend}"]), tmp_path / backend, log=quiet)
         sims[backend] = [(r["round"], r["sim_seconds"]) for r in rows(tmp_path / backend)]
     assert sims["ray"] == sims["local"] and float(sims["local"][-1][1]) > 0
+
+
+def test_report_plots_accuracy_against_simulated_time_and_skips_older_runs(full, tmp_path):
+    from qgm_ray import report
+    written = report.make_report(full)
+    assert (Path(full) / "accuracy_vs_time.png") in written and (Path(full) / "accuracy_vs_time.png").stat().st_size
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.csv").write_text("round,epoch,lr,train_loss,test_accuracy,consensus_distance\n"
+                                     "10,1.0,0.1,0.5,0.8,0.01\n")
+    written = report.make_report(old)
+    assert (old / "curves.png") in written and not (old / "accuracy_vs_time.png").exists()

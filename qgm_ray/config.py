@@ -191,7 +191,7 @@ class ClockConfig:
     bandwidth_mbps: float = 1000.0   # per link, 10^6 bits per second (> 0)
     speed: ClockSpeedConfig = field(default_factory=ClockSpeedConfig)
     stragglers: ClockStragglersConfig = field(default_factory=ClockStragglersConfig)
-    trace: Optional[str] = None      # CSV client,from_round,speed: a client's speed factor from that round on; null: none
+    trace: Optional[str] = None      # CSV client,from_round,speed (client: graph position): its speed factor, times sigma's, from that round on
 
 
 @dataclass

@@ -19,9 +19,11 @@ $(VENV)/.nlp-installed: $(VENV)/.installed requirements-nlp.txt
 run: $(VENV)/.installed          ## the offline default: python main.py
 	$(PY) main.py $(ARGS)
 
+# Two workers, whole files each (--dist loadfile: a file's module fixtures are built once): most
+# of a Ray or subprocess test is waiting on process start-up, which the other worker overlaps.
 # --durations: the slowest tests in every CI log, so a test that outgrows the 15-minute budget shows.
 test: $(VENV)/.installed $(VENV)/.nlp-installed  ## the whole test suite (what CI runs)
-	$(PY) -m pytest -q --durations=15 tests $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests $(ARGS)
 
 test-fast: $(VENV)/.installed    ## unit tests only, no Ray
 	$(PY) -m pytest -q tests -m "not ray and not slow" $(ARGS)

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_rep = sub.add_parser("report", help="tables and figures from a run or sweep directory")
     p_rep.add_argument("path", help="a run directory (metrics.csv) or a sweep directory (results.csv)")
+    p_rep.add_argument("--target", type=float, default=None, metavar="ACCURACY",
+                       help="a sweep's table counts the bytes each row sent to reach this test accuracy, in "
+                            "(0, 1] (default: a fraction of the best final accuracy of each column, which table.md names)")
 
     p_bench = sub.add_parser("bench", help="round-time and memory benchmark of the engines")
     p_bench.add_argument("--quick", action="store_true", help="small grid: n in {4, 8}, both models (a few minutes on 2 cores)")
@@ -181,7 +184,7 @@ def cmd_tune(args) -> int:
 
 def cmd_report(args) -> int:
     from qgm_ray import report
-    for path in report.make_report(args.path):
+    for path in report.make_report(args.path, target=args.target):
         print(path)
     return 0
 

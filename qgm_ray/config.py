@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from qgm_ray import grid as tune_grid
 from qgm_ray import yaml_io
 from qgm_ray.errors import ConfigError
 
@@ -160,7 +161,7 @@ class ElasticConfig:
 
 @dataclass
 class TuneConfig:
-    grid: dict = field(default_factory=dict)    # {dotted.key: [values]}: every combination
+    grid: dict = field(default_factory=dict)    # {dotted.key: [values]}: every combination; {section: [{key: values}, ...]}: one branch at a time (qgm_ray/grid.py)
     search: dict = field(default_factory=dict)  # {dotted.key: {uniform|loguniform|randint: [lo, hi]} | {choice: [..]}}
     num_samples: int = 1             # samples of the search space per grid point
     scheduler: str = "fifo"          # fifo | asha
@@ -168,6 +169,31 @@ class TuneConfig:
     mode: str = "max"                # max | min
     max_concurrent_trials: int = 0   # 0: as many as resources allow
     grace_period_evals: int = 2      # asha: evaluations before a trial can be stopped
+
+
+@dataclass
+class CompressionConfig:
+    """Compressed gossip (engine/choco.py: CHOCO-Gossip): each client sends Q(payload - x_hat),
+    a compressed difference to its public copy, instead of its payload. The compressor's own
+    knobs take its default where null; a value set here is range-checked whichever op runs, and
+    an op that does not read it ignores it (a sweep over compression.op shares one config)."""
+    op: str = "none"                 # none | top_k | random_k | qsgd | sign | package.module:attr
+    keep: Optional[float] = None     # (0, 1]: fraction of entries top_k / random_k send, which need it (official compress_ratio = 1 - keep)
+    levels: Optional[int] = None     # >= 1: qsgd's quantization levels s, which it needs (official quantize_level)
+    unbiased: Optional[bool] = None  # random_k (default false): scale kept entries by d/m; qsgd (default true): no contraction (official is_biased = not unbiased)
+    consensus_lr: float = 1.0        # (0, 1]: CHOCO's consensus step size gamma (official consensus_stepsize)
+    warmup_epochs: float = 0.0       # >= 0: epochs of the keep warm-up (official compress_warmup_epochs; 0 = off)
+    # keep fractions stepped through during the warm-up, each kept value >= keep used for an
+    # equal share of warmup_epochs (official compress_warmup_values, which are 1 - keep)
+    warmup_keep: list = field(default_factory=lambda: [0.25, 0.0625, 0.015625, 0.004, 0.001])  # keep values of the warm-up, each in (0, 1]
+
+    def options(self) -> dict:
+        """The compressor knobs the user set that `op` reads (its own defaults fill the others;
+        one it does not read is ignored, as a rule ignores another rule's knob)."""
+        from qgm_ray.compression import compressor_options
+        reads = compressor_options(self.op)
+        values = {"keep": self.keep, "levels": self.levels, "unbiased": self.unbiased}
+        return {key: value for key, value in values.items() if value is not None and key in reads}
 
 
 @dataclass
@@ -215,6 +241,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
 
@@ -623,6 +650,7 @@ def _field_comments(cls) -> dict:
 
 def _dynamic_choices() -> dict:
     import qgm_ray.algorithms.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401
     import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
@@ -796,6 +824,7 @@ def validate(cfg: Config) -> None:
              f"fault_tolerance.resource_wait_s must be >= 0 seconds or null, got {ft.resource_wait_s}")
 
     _validate_elastic(cfg)
+    _validate_compression(cfg, rule)
     _validate_tune(cfg)
     _validate_clock(cfg)
 
@@ -818,17 +847,18 @@ def _validate_clock(cfg: Config) -> None:
 
 
 def _validate_names(cfg: Config) -> None:
-    """Each of the four names is registered or imports (`package.module:attr`) to the right
+    """Each plug-in name is registered or imports (`package.module:attr`) to the right
     kind of object; a model's or dataset's options fit its signature. The model's output and
     the dataset's arrays are checked when the data is loaded (runner.prepare)."""
-    import qgm_ray.data  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
     from qgm_ray import plugins
 
     for kind, key in plugins.KEYS.items():
-        if kind != "algorithm":   # a rule is checked with its options below
-            name = getattr(cfg, kind).name
+        name = plugins.configured(cfg, kind)
+        if kind != "algorithm" and name is not None:   # a rule is checked with its options below
             # a built-in is known by name (its module, which imports torch, stays unloaded)
             plugins.resolve(kind, name) if plugins.is_reference(name) else plugins.check_name(kind, name)
     for kind, skip, reserved in (("model", 2, ()), ("data", 1, ("augment",))):
@@ -939,6 +969,88 @@ def _validate_elastic(cfg: Config) -> None:
                  f"elastic.max_clients={el.max_clients} must be >= the largest client count ({need})")
 
 
+# What a rule, a compressor or the compressed exchange can declare it needs (a class attribute
+# `requires`), with why, written once: each need is refused with one line where it fails.
+NEEDS = {
+    "fixed_w": "the same W every round",
+    "fixed_members": "the same clients all run (no elastic.schedule, no fault_tolerance.on_failure=drop)",
+    "undirected": "an undirected (doubly stochastic) graph",
+    "gossip": "gossip over W (not an all-reduce rule)",
+}
+# CHOCO-Gossip (engine/choco.py): s_i = sum_j W_ij x_hat_j is kept up to date with the neighbours'
+# compressed differences, which holds only while W stays the same (a resize restarts every x_hat
+# and s at zero, so membership may change); push-sum and all-reduce rules mix no such sum.
+CHOCO_NEEDS = ("fixed_w", "undirected", "gossip")
+# (check, allowed values) per key of the exchange's own (the compressors check theirs).
+COMPRESSION_CHECKS = {
+    "consensus_lr": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0 epochs (0: no warm-up)"),
+}
+
+
+def unmet_needs(cfg: Config, needs, centralized: bool = False) -> list[tuple[str, str]]:
+    """[(need, what in the config fails it)] for these needs (NEEDS' names) in this config."""
+    from qgm_ray.topology import TIME_VARYING, is_directed
+
+    t = cfg.topology
+    directed = is_directed(t.name, t.options, t.n_clients, cfg.seed)
+    fails = {
+        "fixed_w": (t.name in TIME_VARYING and not centralized, f"topology.name={t.name} is time-varying"),
+        "fixed_members": (bool(cfg.elastic.schedule) or cfg.fault_tolerance.on_failure == "drop",
+                          "elastic.schedule is set" if cfg.elastic.schedule else "fault_tolerance.on_failure=drop"),
+        "undirected": (directed and not centralized, f"topology.name={t.name} is directed (push-sum)"),
+        "gossip": (centralized, f"algorithm.name={cfg.algorithm.name} is an all-reduce rule"),
+    }
+    return [(need, fails[need][1]) for need in needs if fails[need][0]]
+
+
+def _refuse_unmet(who: str, needs, cfg: Config, centralized: bool, fix: str) -> None:
+    unknown = sorted(set(needs) - set(NEEDS))
+    _require(not unknown, f"{who} requires {unknown[0] if unknown else ''!r}, which is not a need qgm-ray "
+                          f"knows; choose from {', '.join(NEEDS)}")
+    for need, why in unmet_needs(cfg, needs, centralized):
+        raise ConfigError(f"{who} needs {NEEDS[need]}, but {why}; {fix}")
+
+
+def _validate_compression(cfg: Config, rule) -> None:
+    """compression.*: each key's range once (COMPRESSION_CHECKS, the compressors' checks); the compressor built once; a
+    run whose exchange cannot be compressed (CHOCO_NEEDS) is refused in one line. A rule or
+    a compressor declaring `requires` (NEEDS' names) is refused where its needs fail."""
+    from qgm_ray.compression.base import check_keep, check_levels, check_unbiased
+
+    c = cfg.compression
+    for key, (ok, allowed) in COMPRESSION_CHECKS.items():
+        value = getattr(c, key)
+        _require(ok(value), f"compression.{key} must be {allowed}, got {_short(value)}")
+    # A compressor knob set here is checked whichever op runs (the op's own check, written once
+    # in qgm_ray.compression), though only the ops that read it use it.
+    for key, check in (("keep", check_keep), ("levels", check_levels), ("unbiased", check_unbiased)):
+        if getattr(c, key) is not None:
+            check(getattr(c, key))
+    _require(len(c.warmup_keep) >= 1 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+                                             for v in c.warmup_keep),
+             f"compression.warmup_keep must be a non-empty list of fractions in (0, 1], got {_short(c.warmup_keep)}")
+    _require(c.warmup_epochs == 0 or c.warmup_epochs < cfg.schedule.epochs,
+             f"compression.warmup_epochs={c.warmup_epochs:g} must be smaller than schedule.epochs={cfg.schedule.epochs:g}")
+    centralized = bool(getattr(rule, "centralized", False))
+    _refuse_unmet(f"algorithm.name={cfg.algorithm.name}", getattr(rule, "requires", ()), cfg, centralized,
+                  "choose a run that provides it or another rule")
+    if c.op == "none":
+        return
+    from qgm_ray.compression import check_compressor, compressor_options, make_compressor
+    from qgm_ray.plugins import is_reference
+    comp = make_compressor(c.op, **c.options())
+    if is_reference(c.op):   # a plug-in's contract, tried on a small block before anything starts
+        check_compressor(comp)
+    _require(c.warmup_epochs == 0 or "keep" in compressor_options(c.op),
+             f"compression.warmup_epochs={c.warmup_epochs:g} steps `keep`, which compression.op={c.op} does not "
+             f"read; set compression.warmup_epochs=0")
+    _refuse_unmet(f"compression.op={c.op} (CHOCO-Gossip keeps s = sum_j W_ij x_hat_j)", CHOCO_NEEDS, cfg,
+                  centralized, "choose a static undirected graph and a gossip rule, or compression.op=none")
+    _refuse_unmet(f"compression.op={c.op}", getattr(comp, "requires", ()), cfg, centralized,
+                  "choose a run that provides it or another compression.op")
+
+
 def _validate_dashboard_host(cfg: Config) -> None:
     """ray.dashboard_host is where a Ray this process starts binds its dashboard: an address of
     this machine. Ray itself takes a minute to give up on a wrong one and then blames missing
@@ -962,34 +1074,44 @@ def _validate_tune(cfg: Config) -> None:
     tc = cfg.tune
     _require(1 <= tc.num_samples <= MAX_TRIALS,
              f"tune.num_samples must be in [1, {MAX_TRIALS:,}], got {_short(tc.num_samples)}")
-    trials = tc.num_samples
+    shape = tune_grid.problem(tc.grid)
+    _require(shape is None, shape)
+    _require(tc.num_samples * tune_grid.count(tc.grid) <= MAX_TRIALS,
+             f"tune.grid with tune.num_samples={tc.num_samples} makes more than {MAX_TRIALS:,} trials "
+             f"(grid points x num_samples); at most {MAX_TRIALS:,} in one sweep")
     for key, values in tc.grid.items():
-        if isinstance(values, list):
-            trials *= max(1, len(values))
-        _require(trials <= MAX_TRIALS,
-                 f"tune.grid with tune.num_samples={tc.num_samples} makes more than {MAX_TRIALS:,} trials "
-                 f"(grid points x num_samples); at most {MAX_TRIALS:,} in one sweep")
-    for section in ("grid", "search"):
-        for key, values in getattr(cfg.tune, section).items():
-            try:
-                # `<section>.options.<knob>`: a rule's, model's, dataset's or graph's own option,
-                # checked when each trial's config is built (tune.check_trials).
-                parts = key.split(".")
-                if not (len(parts) == 3 and parts[1] == "options" and isinstance(base.get(parts[0]), dict)
-                        and "options" in base[parts[0]]):
-                    get_dotted(base, key)
-            except (KeyError, TypeError):
-                raise ConfigError(f"tune.{section}: {key!r} is not a config key (use dotted keys like data.alpha)") from None
-            if section == "grid":
-                _require(isinstance(values, list) and len(values) > 0,
-                         f"tune.grid.{key} must be a non-empty list of values, got {values!r}")
-            else:
-                _validate_search(key, values)
+        if tune_grid.is_conditional(key, values):
+            # A section's branches: the key is a whole section, each key under it a config key.
+            _require(isinstance(base.get(key), dict),
+                     f"tune.grid.{key}: branches (a list of mappings) go under a config section "
+                     f"({', '.join(k for k, v in base.items() if isinstance(v, dict) and k != 'tune')}), "
+                     f"not {key!r}")
+            for sub in tune_grid.keys({key: values}):
+                _check_tune_key("grid", sub, base)
+        else:
+            _check_tune_key("grid", key, base)
+            _require(isinstance(values, list) and len(values) > 0,
+                     f"tune.grid.{key} must be a non-empty list of values, got {values!r}")
+    for key, values in tc.search.items():
+        _check_tune_key("search", key, base)
+        _validate_search(key, values)
     _require(tc.metric in TUNE_METRICS,
              f"tune.metric={tc.metric!r} is not a reported metric; choose one of {', '.join(TUNE_METRICS)}")
     _require(tc.max_concurrent_trials >= 0,
              f"tune.max_concurrent_trials must be >= 0 (0: as many as resources allow), got {tc.max_concurrent_trials}")
     _require(tc.grace_period_evals >= 1, f"tune.grace_period_evals must be >= 1, got {tc.grace_period_evals}")
+
+
+def _check_tune_key(section: str, key: str, base: dict) -> None:
+    try:
+        # `<section>.options.<knob>`: a rule's, model's, dataset's or graph's own option,
+        # checked when each trial's config is built (tune.check_trials).
+        parts = key.split(".")
+        if not (len(parts) == 3 and parts[1] == "options" and isinstance(base.get(parts[0]), dict)
+                and "options" in base[parts[0]]):
+            get_dotted(base, key)
+    except (KeyError, TypeError):
+        raise ConfigError(f"tune.{section}: {key!r} is not a config key (use dotted keys like data.alpha)") from None
 
 
 def _validate_search(key: str, spec: Any) -> None:

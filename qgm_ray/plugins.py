@@ -1,13 +1,14 @@
-"""One registry for the four extension points: update rules, models, datasets, graphs.
+"""One registry for the extension points: update rules, models, datasets, graphs, compressors.
 
-A config name (`algorithm.name`, `model.name`, `data.name`, `topology.name`) is either a
-registered name or a reference `"package.module:attr"` to user code, imported from the working
-directory or PYTHONPATH. The built-ins register themselves here (algorithms/registry.py,
-models/__init__.py, data.py, topology.py), and `resolve(kind, name)` turns either form into a
-factory. Rules and models register in the user's form; a built-in dataset registers as
-`(seed, root, download, **options) -> Dataset` and a built-in graph as `(n, t, seed, options)
--> W(t)` (they read files and change per round), and a user's dataset or graph is adapted to
-that form where it is called (data.load_plugin_dataset, topology.plugin_graph).
+A config name (`algorithm.name`, `model.name`, `data.name`, `topology.name`, `compression.op`)
+is either a registered name or a reference `"package.module:attr"` to user code, imported from
+the working directory or PYTHONPATH. The built-ins register themselves here
+(algorithms/registry.py, models/__init__.py, data.py, topology.py, compression/registry.py),
+and `resolve(kind, name)` turns either form into a factory. Rules, models and compressors
+register in the user's form; a built-in dataset registers as `(seed, root, download,
+**options) -> Dataset` and a built-in graph as `(n, t, seed, options) -> W(t)` (they read
+files and change per round), and a user's dataset or graph is adapted to that form where it
+is called (data.load_plugin_dataset, topology.plugin_graph).
 
 What a factory must be (README, "Bring your own method"):
 
@@ -15,6 +16,7 @@ What a factory must be (README, "Bring your own method"):
     model      attr(input_shape, num_classes, **model.options) -> torch.nn.Module
     data       attr(seed, **data.options) -> (train_x, train_y, test_x, test_y)
     topology   attr(n, **topology.options) -> networkx Graph | DiGraph | n x n numpy W
+    compressor a subclass of qgm_ray.compression.Compressor
 
 Nothing here imports torch, Ray or networkx: config parsing stays cheap. A reference that
 cannot be imported or names nothing is a ConfigError naming the key.
@@ -38,9 +40,10 @@ from qgm_ray import ray_private
 from qgm_ray.errors import ConfigError, first_line
 
 # kind -> the config key that names it
-KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name"}
+KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name",
+        "compressor": "compression.op"}
 # Filled by the modules of each kind when they are imported (algorithms.registry, models,
-# data, topology, which import this module, never the other way round).
+# data, topology, compression.registry, which import this module, never the other way round).
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KEYS}
 
 
@@ -125,11 +128,18 @@ def import_reference(ref: str, key: str) -> Any:
     return obj
 
 
+def configured(cfg, kind: str) -> Any:
+    """The name the config gives `kind` (the value at KEYS[kind]); None when the config has
+    no such section."""
+    section, _, field = KEYS[kind].partition(".")
+    return getattr(getattr(cfg, section, None), field, None)
+
+
 def references(cfg) -> dict[str, str]:
     """{config key: reference} for every plug-in the config names (tune grids included)."""
     out = {}
     for kind, key in KEYS.items():
-        name = getattr(getattr(cfg, kind), "name")
+        name = configured(cfg, kind)
         if is_reference(name):
             out[key] = name
     for key, values in getattr(cfg.tune, "grid", {}).items():

@@ -1,8 +1,9 @@
 """Ray Tune sweeps: one trial = one full decentralized run (`qgm_ray.runner.run.run`) in its own directory.
 
-The config's `tune:` section declares a grid over dotted config keys (`tune.grid_search`) and
-optionally sampled keys (`tune.loguniform`, ...); every trial merges its values over the
-sweep's config and trains. Each evaluation row goes to `tune.report`, so ASHA can stop bad
+The config's `tune:` section declares a grid over dotted config keys (`tune.grid_search`), where
+a config section may hold conditional branches (`qgm_ray.grid`: Tune's grid_search over a list
+of dicts), and optionally sampled keys (`tune.loguniform`, ...); every trial merges its values
+over the sweep's config and trains. Each evaluation row goes to `tune.report`, so ASHA can stop bad
 trials early and the dashboard shows progress; when the run ends, one last report carries its
 `status` (completed | diverged) and final / best accuracy. A diverged run is a result, not an
 error; an exception in a run is a Tune error (status failed).
@@ -25,7 +26,6 @@ starve each other of the resources their actors need.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import shutil
@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from qgm_ray import grid as tune_grid
 from qgm_ray.config import Config, config_dict, dump_yaml, from_dict, trial_dict
 from qgm_ray.errors import ConfigError
 
@@ -48,7 +49,7 @@ SEAL_EVERY_S = 1.0    # while Tune runs, the state is resealed at most this ofte
 
 # Short labels for trial names and progress lines.
 _SHORT = {"algorithm.name": "", "data.alpha": "alpha", "seed": "seed", "algorithm.lr": "lr",
-          "topology.name": "", "topology.n_clients": "n"}
+          "topology.name": "", "topology.n_clients": "n", "compression.op": ""}
 
 
 # ---------------------------------------------------------------- search space
@@ -68,22 +69,41 @@ def _sampler(key: str, spec: dict):
     raise ConfigError(f"tune.search.{key}: unknown distribution {kind!r}")
 
 
-def param_space(tc) -> dict:
-    """Flat {dotted key: grid_search | sampler}: Tune expands the grid, samples the rest."""
+def _grid_search(key: str, values: list):
+    """A grid key as Tune's search space: a conditional key's branches are grid_search over
+    their dicts, each branch's lists grid_search again (Tune expands them inside the branch)."""
     from ray import tune
-    space = {k: tune.grid_search(list(v)) for k, v in tc.grid.items()}
+    if not tune_grid.is_conditional(key, values):
+        return tune.grid_search(list(values))
+    return tune.grid_search([{sub: tune.grid_search(list(v)) if isinstance(v, list) else v
+                              for sub, v in branch.items()} for branch in values])
+
+
+def param_space(tc) -> dict:
+    """{key: grid_search | sampler}: Tune expands the grid, samples the rest. A trial's config
+    comes back with a conditional key's branch as a dict: `trial_params` makes it dotted keys."""
+    space = {k: _grid_search(k, v) for k, v in tc.grid.items()}
     space.update({k: _sampler(k, spec) for k, spec in tc.search.items()})
     return space
 
 
+def trial_params(config: dict) -> dict:
+    """A trial's values as dotted keys, from the config Tune gives the trial."""
+    return tune_grid.flatten(config)
+
+
 def grid_points(tc) -> list[dict]:
-    """Every grid combination (without the sampled keys)."""
-    keys = list(tc.grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(tc.grid[k] for k in keys))]
+    """Every grid combination as dotted keys (without the sampled keys)."""
+    return tune_grid.points(tc.grid)
+
+
+def grid_keys(tc) -> list[str]:
+    """Every dotted key a grid point or a sample sets: the parameter columns of results.csv."""
+    return tune_grid.keys(tc.grid) + [k for k in tc.search if k not in tc.grid]
 
 
 def count_trials(tc) -> int:
-    return math.prod(len(v) for v in tc.grid.values()) * tc.num_samples
+    return tune_grid.count(tc.grid) * tc.num_samples
 
 
 def trial_config(base: dict, params: dict) -> Config:
@@ -101,7 +121,7 @@ def describe_params(params: dict) -> str:
 
 
 def _trial_name(trial) -> str:
-    safe = describe_params(trial.config).replace(" ", "_").replace("=", "")
+    safe = describe_params(trial_params(trial.config)).replace(" ", "_").replace("=", "")
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in safe)
     return f"{safe}_{trial.trial_id}"
 
@@ -152,6 +172,7 @@ def check_fits(base: dict, tc, cluster: dict, autoscaling: bool = False) -> None
 def _resources_fn(base: dict, cluster: dict) -> Callable:
     def resources(params: dict):
         from ray import tune
+        params = trial_params(params)
         return tune.PlacementGroupFactory(trial_bundles(trial_config(base, params), cluster))
     return resources
 
@@ -181,6 +202,7 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
 
     from qgm_ray.runner import run as runner
 
+    params = trial_params(params)
     cfg = trial_config(base, params)
     cfg.progress = False
     if cfg.backend == "local":
@@ -253,7 +275,7 @@ def _progress_callback(total: int, log: Callable[[str], None], sweep_dir: Path):
             # `trial` itself is not marked TERMINATED / ERROR yet when the callback runs.
             done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
             elapsed = time.time() - self.t0
-            log(f"[{done:>{len(str(total))}}/{total}] {describe_params(trial.config)}: {outcome}"
+            log(f"[{done:>{len(str(total))}}/{total}] {describe_params(trial_params(trial.config))}: {outcome}"
                 f"  ({elapsed / 60:.1f} min elapsed)")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -355,24 +377,28 @@ def check_trials(base: dict, tc, log: Callable[[str], None] = print) -> None:
     # Offline data and plug-ins (whose model output is checked with the data) are prepared now.
     offline = base["data"]["name"] in getattr(qdata, "_OFFLINE", {}) or ":" in base["data"]["name"] \
         or ":" in base["model"]["name"]
-    seen = set()
+    trials = []
+    # Every trial's config first: a bad one is refused before any data is prepared (written).
     for point in grid_points(tc):
         for probe in probes:
             params = {**point, **probe}
             try:
-                cfg = trial_config(base, params)
+                trials.append((params, trial_config(base, params)))
             except ConfigError as e:
                 raise ConfigError(f"trial {describe_params(params)}: {e}") from None
-            if offline:
-                d = cfg.to_dict()
-                key = repr((d["seed"], d["data"], d["topology"], d["elastic"],
-                            d["model"] if ":" in d["model"]["name"] else None))   # a plug-in model: each one built
-                if key not in seen:
-                    seen.add(key)
-                    try:
-                        runner.prepare(cfg, log=lambda m: None)
-                    except ConfigError as e:
-                        raise ConfigError(f"trial {describe_params(params)}: {e}") from None
+    if not offline:
+        return
+    seen = set()
+    for params, cfg in trials:
+        d = cfg.to_dict()
+        key = repr((d["seed"], d["data"], d["topology"], d["elastic"],
+                    d["model"] if ":" in d["model"]["name"] else None))   # a plug-in model: each one built
+        if key not in seen:
+            seen.add(key)
+            try:
+                runner.prepare(cfg, log=lambda m: None)
+            except ConfigError as e:
+                raise ConfigError(f"trial {describe_params(params)}: {e}") from None
 
 
 def default_sweep_dir(name: str) -> Path:
@@ -462,8 +488,8 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         statuses = _tune_statuses(grid)
         # A trial Tune had created but not started when a stop came has no config or path yet:
         # it is counted below as not done.
-        results = [(r.config, Path(r.path).name, r.metrics or {}, r.error) for r in grid
-                   if r.config is not None and r.path is not None]
+        results = [(trial_params(r.config), Path(r.path).name, r.metrics or {}, r.error)
+                   for r in grid if r.config is not None and r.path is not None]
     except BaseException:
         signals.restore()
         raise
@@ -495,7 +521,7 @@ def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> di
         if status in FINISHED and not trial_dir.is_dir():
             log(f"trial {name}: its run directory {trial_dir} is gone; its row comes from Tune's last report")
         rows.append(report.trial_row(sweep_dir, base, Path(TRIALS) / name, params, metrics, status))
-    df = report.results_frame(rows, list(tc.grid) + list(tc.search))
+    df = report.results_frame(rows, grid_keys(tc))
     files = report.write_sweep_report(sweep_dir, df)
     wall = time.time() - t0
     # Not done: trials cut short, and grid points Tune had not even created yet.
@@ -611,7 +637,8 @@ def _trial_status(tune_status: Optional[str], error, scheduler_stopped: bool = F
 
 
 def _space_text(tc) -> str:
-    parts = [f"{k} x{len(v)}" for k, v in tc.grid.items()]
+    parts = [f"{k} x{tune_grid.count({k: v})}" + (f" ({len(v)} branches)" if tune_grid.is_conditional(k, v) else "")
+             for k, v in tc.grid.items()]
     parts += [f"{k} ~ {next(iter(s))}" for k, s in tc.search.items()]
     if tc.num_samples > 1:
         parts.append(f"{tc.num_samples} samples")
@@ -624,5 +651,5 @@ def _resources_text() -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(r.items()) if k in ("CPU", "GPU"))
 
 
-__all__ = ["run_sweep", "param_space", "grid_points", "count_trials", "trial_config", "trial_bundles",
+__all__ = ["run_sweep", "param_space", "grid_points", "grid_keys", "trial_params", "count_trials", "trial_config", "trial_bundles",
            "run_trial", "describe_params"]

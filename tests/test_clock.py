@@ -74,6 +74,21 @@ def test_a_uniform_ring_ends_round_r_at_r_times_step_latency_and_transfer():
     assert start == pytest.approx(50 * (0.1 + 0.001 + 4000 / (1000e6 / 8)), rel=1e-12)
 
 
+def test_a_compressed_exchange_sends_shorter_messages_and_the_clock_follows():
+    """The bytes of each edge are the exchange stage's (engine/choco.py's wire size for CHOCO)."""
+    from qgm_ray.engine import choco
+    P, n = 10_000, 8
+    cfg = load_config(None, ["compression.op=top_k", "compression.keep=0.01", "clock.bandwidth_mbps=1"])
+    m = ClockModel.from_config(cfg, 64)
+    compressed = choco.exchange_for(choco.Choco.of(cfg, 16_000), make_topology("ring", n), False, [list(range(n))],
+                                    P, (), None)
+    plain = exchange("ring", n, P)
+    wire = compressed.payload_bytes_at(0)
+    assert wire < plain.payload_bytes
+    for ex, nbytes in ((compressed, wire), (plain, 4 * P)):
+        assert run_clock(m, ex, 5) == pytest.approx(5 * (0.1 + 0.001 + nbytes / (1e6 / 8)), rel=1e-12)
+
+
 @pytest.mark.parametrize("graph", [("torus", 9, {}), ("one_peer_exponential", 8, {}),
                                    ("time_varying_random_pair", 8, {}), ("social", 15, {"graph": "florentine_families"})])
 def test_stragglers_speeds_and_a_trace_follow_the_recursion_on_a_dense_w(graph, tmp_path):

@@ -28,6 +28,7 @@ from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import block_mix
 from qgm_ray.engine.block import Block
+from qgm_ray.engine.choco import Choco, reset
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 from qgm_ray.engine.exchange import wire_of
 from qgm_ray.errors import ConfigError
@@ -77,6 +78,8 @@ class ClientActor:
         self.block: Optional[Block] = None
         self.barriers: list = []           # engine/barriers.py's, for the block's algorithm
         self.wire = wire_of(cfg)           # how payloads travel (engine/exchange.py)
+        self.choco = Choco.of(cfg, len(self.ds.train_x))   # a compressed exchange (engine/choco.py), or None
+        self.q: Optional[torch.Tensor] = None        # own compressed differences of the pending round (k, D)
         self.positions: list[int] = []     # topology index of each row (changes on resize)
         self.payload: Optional[torch.Tensor] = None  # own payloads of the pending round (k, D)
         self._test = None
@@ -101,7 +104,7 @@ class ClientActor:
         for r, st in enumerate(states):
             self.block.load_client_state(r, st)
         self.positions = list(positions)
-        self.payload = None
+        self.payload = self.q = None
         return self.num_params()
 
     def reset_clients(self, slots: Sequence[int], average: tuple, kept: Optional[list] = None) -> None:
@@ -113,23 +116,36 @@ class ClientActor:
         for barrier, state in zip(self.barriers, kept or []):
             barrier.adopt(self.block, rows, state)
 
+    def reset_exchange(self) -> None:
+        """W changed (a resize): every client's public copies restart at zero (engine/choco.py)."""
+        reset([self.block])
+
     def num_params(self) -> int:
         return self.block.num_params if self.block is not None else 0
 
     # ------------------------------------------------------------ one round
     def step(self, post: Optional[tuple], pre_lr: Optional[float], sources: Sequence[int], *received: np.ndarray,
-             export: Optional[Sequence[int]] = None):
+             export: Optional[Sequence[int]] = None, t: Optional[int] = None,
+             source_slots: Sequence[int] = ()):
         """post = (lr, rows): finish the previous round; rows[c] = (positions, weights) row c
         mixes, in order; `received` are the payloads of `sources` (positions held elsewhere),
         resolved by Ray from the refs the coordinator passed. pre_lr: start the next round and
         return the payloads of the positions in `export` (those another actor mixes next round;
-        None: every row), one float32 array each, in that order, followed by a small record
-        (the record alone when nothing is exported: one return value, not a 1-tuple)."""
+        None: every row), one array each, in that order, followed by a small record (the
+        record alone when nothing is exported: one return value, not a 1-tuple).
+        A compressed run (engine/choco.py) also needs `t` (the round pre_lr starts; post
+        finishes t - 1) and `source_slots` (the slots at `sources`, whose keys decode them);
+        its payloads travel as the compressor's uint8 wire rows."""
         if post is not None:
             lr, rows = post
-            mixed = block_mix(self.payload, self.positions, rows, sources, self.wire.decode(received))
+            if self.choco is None:
+                mixed = block_mix(self.payload, self.positions, rows, sources, self.wire.decode(received))
+            else:
+                q_in = self.choco.decode(received, source_slots, t - 1, self.payload.shape[1])
+                mixed = self.choco.receive(self.block.exchange_state, self.payload, self.q, self.positions, rows,
+                                           sources, q_in)
             self.block.post_mix(mixed, lr)
-            self.payload = None
+            self.payload = self.q = None
         if pre_lr is None:
             return {"losses": []}
         self.payload = self.block.pre_mix(pre_lr)
@@ -141,6 +157,9 @@ class ClientActor:
             # exports 2 rows each, not 8,192 (each return value is an object Ray tracks).
             row_of = {p: r for r, p in enumerate(self.positions)}
             rows = [row_of[p] for p in export]
+        if self.choco is not None:
+            self.q, wire = self.choco.send(self.block.exchange_state, self.payload, self.block.ids, t, rows)
+            return (*wire, record) if rows else record
         if not rows:
             return record
         sent = self.payload if len(rows) == self.block.k else self.payload[rows]
@@ -218,7 +237,7 @@ class ClientActor:
     def load_state_dicts(self, states: list[dict]) -> None:
         for r, s in enumerate(states):
             self.block.load_client_state(r, s)
-        self.payload = None
+        self.payload = self.q = None
 
     def pid(self) -> int:
         return os.getpid()

@@ -12,6 +12,7 @@ from qgm_ray import build
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.block import Block, should_pack
+from qgm_ray.engine.choco import Choco
 from qgm_ray.engine.memory import auto_chunk, heap_for_big_tensors
 
 
@@ -20,7 +21,8 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
     """The block of the clients holding these shards (slots), in this order, on `device`;
     packed (one vmap) per `compute.pack_clients` and the device (engine.block.should_pack); with
     push-sum weights on a directed graph (all-reduce rules ignore the graph); stepping its
-    rows in chunks per `compute.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py).
+    rows in chunks per `compute.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py);
+    with zero public copies where the run compresses its exchange (engine/choco.py).
     heap_for_big: a big CPU block moves this process's big allocations to the heap
     (engine/memory.py; the local engine asks for it)."""
     model = build.build_model(cfg, ds)
@@ -37,6 +39,8 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
                   push_sum=build.uses_push_sum(cfg, algorithm))
     chunk = cfg.compute.vmap_chunk
     block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
+    if cfg.compression.op != "none":   # CHOCO's public copies, per client row (engine/choco.py)
+        block.exchange_state = Choco.fresh_state(block.k, block.payload_size, block.params.dtype, block.device)
     if heap_for_big:
         heap_for_big_tensors(block)
     return block

@@ -160,7 +160,12 @@ def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int)
     inside their block, one partial per block to the root, the mean back)."""
     if averages_everyone(topology, centralized):
         return int(2 * (n - 1) * payload_bytes)
-    W = topology.sparse(t)
+    return gossip_bytes(topology.sparse(t), payload_bytes)
+
+
+def gossip_bytes(W: SparseW, payload_bytes: int) -> int:
+    """Bytes of one gossip round over W: each payload to each out-neighbour (W's off-diagonal
+    nonzeros, counted once per matrix)."""
     if "edges" not in W.memo:
         W.memo["edges"] = W.off_diagonal_nnz()
     return int(W.memo["edges"] * payload_bytes)

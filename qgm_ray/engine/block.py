@@ -77,6 +77,9 @@ class Block:
         # Push-sum weights (directed graphs): every client starts at 1, so sum_i w_i = n.
         self.push_sum = bool(push_sum)
         self.weight = torch.ones(self.k, dtype=self.params.dtype, device=self.device) if self.push_sum else None
+        # Per-client rows the exchange keeps between rounds ({name: (k, D)}; engine/choco.py's
+        # public copies), checkpointed with each client; empty for plain gossip.
+        self.exchange_state: dict = {}
         # All shards in one tensor on the device, so a round's k batches are one gather.
         self.x = torch.cat([x for x, _ in shards]).to(self.device)
         # uint8 shards (data.Dataset.norm): normalised per batch, after the gather
@@ -304,6 +307,8 @@ class Block:
         }
         if self.push_sum:
             state["push_sum_weight"] = self.weight[i].detach().cpu().clone()
+        if self.exchange_state:
+            state["exchange"] = {key: v[i].detach().cpu().clone() for key, v in self.exchange_state.items()}
         return state
 
     def client_states(self) -> list[dict]:
@@ -320,6 +325,11 @@ class Block:
         if self.push_sum:
             # A checkpoint of an undirected run has no weight: its clients hold plain models (w = 1).
             self.weight[i] = s["push_sum_weight"].to(self.device) if "push_sum_weight" in s else 1.0
+        # A state without them (an uncompressed run's, or one whose W has changed since:
+        # engine/choco.py) starts the exchange's rows where a new run does, at zero.
+        saved = s.get("exchange", {})
+        for key, v in self.exchange_state.items():
+            v[i] = saved[key].to(v.device) if key in saved else 0.0
 
     def reset_rows(self, rows: Sequence[int], params: torch.Tensor, buffers: Optional[torch.Tensor] = None) -> None:
         """Elastic joiners: these rows start from `params` (and buffers) with fresh algorithm

@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qgm_ray import build, determinism, errors, plugins
 from qgm_ray.config import Config
-from qgm_ray.engine import exchange, placement
+from qgm_ray.engine import choco, exchange, placement
 from qgm_ray.engine.actors import ClientActor
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import averages_everyone, groups_of
@@ -60,7 +60,7 @@ class NodeClientActor(ClientActor):
 
 class Coordinator:
     def __init__(self, cfg: Config, run: str, meta: dict, data_refs: list, parts_ref, slots: list[int],
-                 resources: dict, counted_rounds: int = 0):
+                 resources: dict, counted_rounds: int = 0, n_train: int = 0):
         self.cfg, self.run, self.meta = cfg, run, meta
         self.data_refs, self.parts_ref = data_refs, parts_ref   # refs (nested: never resolved here)
         self.resources = resources   # {"num_cpus", "num_gpus"} of one ClientActor
@@ -78,6 +78,8 @@ class Coordinator:
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
         self.barriers = barriers_for(self.algorithm)   # engine/barriers.py: none unless the run asks for one
+        # A compressed exchange (engine/choco.py): its wire size per round (n_train: its warm-up's epochs).
+        self.choco = choco.Choco.of(cfg, n_train)
         self.initial_slots = list(slots)
         # py_modules: the plug-in code this coordinator was started with, for every ClientActor.
         self.runtime_env = plugins.ray_runtime_env(
@@ -194,9 +196,9 @@ class Coordinator:
 
     def _exchange(self) -> Exchange:
         """The exchange stage of the actors as they are now (membership changes between chunks)."""
-        return Exchange(self.topology, self.centralized, groups_of(len(self.slots), self.k),
-                        build.payload_floats(self.cfg, self.algorithm, self.num_params), self.barriers,
-                        wire_of(self.cfg))
+        return choco.exchange_for(self.choco, self.topology, self.centralized, groups_of(len(self.slots), self.k),
+                                  build.payload_floats(self.cfg, self.algorithm, self.num_params), self.barriers,
+                                  wire_of(self.cfg))
 
     def _run(self, t0: int, lrs: list[float]):
         depth = self.cfg.ray.max_inflight_rounds
@@ -263,12 +265,15 @@ class Coordinator:
                 post, args = (post_lr, rows), [prev[j] for j in sources]
             else:
                 post, sources, args = None, [], []
+            # A compressed exchange decodes with the senders' keys: (seed, slot, round).
+            keyed = {"t": t, "source_slots": [self.slots[j] for j in sources]} if self.choco is not None else {}
             if pre_lr is None:
-                records.append(actor.step.remote(post, None, sources, *args))
+                records.append(actor.step.remote(post, None, sources, *args, **keyed))
                 continue
             # Only the rows another actor mixes next round go to the object store.
             sent = ex.exports(t, b)
-            refs = actor.step.options(num_returns=len(sent) + 1).remote(post, pre_lr, sources, *args, export=sent)
+            refs = actor.step.options(num_returns=len(sent) + 1).remote(post, pre_lr, sources, *args, export=sent,
+                                                                        **keyed)
             refs = refs if sent else [refs]
             payloads.update(zip(sent, refs[:-1]))
             records.append(refs[-1])
@@ -348,6 +353,8 @@ class Coordinator:
             self._set_slots(slots)
             if joiners:
                 ray.get([a.reset_clients.remote(joiners, avg, kept) for a in self.actors])
+            if self.choco is not None:   # W changed: every public copy restarts at zero (engine/choco.py)
+                ray.get([a.reset_exchange.remote() for a in self.actors])
             return self.info()
 
     def find_dead(self, timeout: float = 10.0) -> list[int]:

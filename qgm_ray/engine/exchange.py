@@ -14,10 +14,9 @@ qgm_ray.layout) it owns
 
 Both engines hold one. LocalEngine calls `mix` with every block's payloads in one process;
 the Ray Coordinator asks `wiring` / `exports` per block and lets the ClientActors mix the
-payloads that Ray moved (each with `block_mix`, so both compute the same bits). The next kinds
-of exchange (a compressed payload: values and indices instead of P floats) are another `Wire`
-(its byte count and its encode / decode) and, where the mixing itself changes, a subclass of
-`Exchange` overriding `mix` and `round_bytes`; nothing else in the engines changes.
+payloads that Ray moved (each with `block_mix`, so both compute the same bits). A compressed
+run's exchange (engine/choco.py, CHOCO-Gossip) is a subclass: its own `Wire` (the compressor's
+bytes), `mix` and `payload_bytes_at`, with per-client state in each block.
 """
 from __future__ import annotations
 
@@ -29,7 +28,8 @@ import numpy as np
 import torch
 
 from qgm_ray.engine import allreduce, placement
-from qgm_ray.engine.base import RoundRecord, averages_everyone, block_mix, exports, mixing_matrix, round_bytes, wiring
+from qgm_ray.engine.base import (RoundRecord, averages_everyone, block_mix, exports, gossip_bytes, mixing_matrix,
+                                 round_bytes, wiring)
 from qgm_ray.sparse_w import SparseW
 
 
@@ -94,6 +94,11 @@ class Exchange:
         """Bytes of one client's payload on the wire."""
         return self.wire.nbytes(self.payload_floats)
 
+    def payload_bytes_at(self, t: int) -> int:
+        """Bytes of one client's payload on the wire in round t (a compressed exchange's size
+        may change over the run: engine/choco.py's keep warm-up)."""
+        return self.payload_bytes
+
     def W(self, t: int) -> SparseW:
         """The mixing matrix of round t (not asked for on all-reduce rounds)."""
         return mixing_matrix(self.topology, self.centralized, self.n, t)
@@ -107,11 +112,12 @@ class Exchange:
         """Positions of block b whose round-t payload another block mixes."""
         return exports(self.W(t), self.groups[b])
 
-    def mix(self, t: int, payloads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def mix(self, t: int, payloads: Sequence[torch.Tensor], blocks: Sequence = ()) -> list[torch.Tensor]:
         """Round t's mixing of every block's (k_b, D) payload in one process: each block's
         (k_b, D) mixed rows, the same bits as the Ray engine's actors compute (same sums in
         the same order). Every block mixes before any post_mix: a payload may alias its
-        sender's state."""
+        sender's state. `blocks` (the blocks of the payloads) are read by an exchange that
+        keeps per-client state (engine/choco.py); plain mixing needs only the payloads."""
         if self.all_reduce:
             mean = allreduce.all_reduce(payloads)   # what the ClientActors compute, same order
             return [allreduce.spread(mean, p.shape[0]) for p in payloads]
@@ -138,15 +144,18 @@ class Exchange:
     def round_bytes(self, t: int) -> int:
         """Bytes put on the wire in round t: the gossip (or all-reduce) of the payloads and the
         barriers that end the round. Counted per client, so it does not depend on the layout."""
-        nbytes = round_bytes(self.topology, self.centralized, self.n, t, self.payload_bytes)
-        return nbytes + sum(x.nbytes(self.n, t, self.payload_bytes) for x in self.barriers)
+        pb = self.payload_bytes_at(t)
+        nbytes = round_bytes(self.topology, self.centralized, self.n, t, pb) if self.all_reduce \
+            else gossip_bytes(self.W(t), pb)
+        # A barrier's exact average travels as float32 values, whatever the gossip's wire.
+        return nbytes + sum(x.nbytes(self.n, t, FLOAT32.nbytes(self.payload_floats)) for x in self.barriers)
 
     def edge_bytes(self, t: int) -> dict[tuple[int, int], int]:
         """Round t's gossip per directed edge {(sender, receiver): bytes}, positions as keys; its
         sum is the gossip part of `round_bytes` (barriers are collective, not per edge). An
         all-reduce is counted as `round_bytes` counts it: each payload up to position 0 and
         the mean back down."""
-        pb = self.payload_bytes
+        pb = self.payload_bytes_at(t)
         if self.all_reduce:
             return {**{(j, 0): pb for j in range(1, self.n)}, **{(0, j): pb for j in range(1, self.n)}}
         W = self.W(t)
@@ -154,7 +163,9 @@ class Exchange:
 
     def cross_node_bytes(self, t: int, nodes: Sequence) -> int:
         """Payload bytes that cross nodes in round t with block b on node `nodes[b]`."""
-        return cross_node_bytes(self.topology, self.centralized, self.groups, t, nodes, self.payload_bytes)
+        if self.all_reduce:
+            return placement.allreduce_cross_node_bytes(nodes, self.payload_bytes_at(t))
+        return placement.cross_node_bytes(self.W(t), self.groups, nodes, self.payload_bytes_at(t))
 
     def record(self, t: int, loss: float, nodes: Optional[Sequence] = None) -> RoundRecord:
         """What round t reports: its loss and its bytes (crossing nodes: with blocks on `nodes`;

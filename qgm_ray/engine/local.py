@@ -19,7 +19,8 @@ from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import RoundRecord
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
-from qgm_ray.engine.exchange import Exchange, wire_of
+from qgm_ray.engine import choco
+from qgm_ray.engine.exchange import wire_of
 from qgm_ray.engine.memory import release_free_heap
 
 
@@ -44,6 +45,7 @@ class LocalEngine:
         # Elastic runs cut max_clients shards; slot i of `self.slots` says which shard client i holds.
         self.slots: list[int] = []
         self.blocks: list[Block] = []
+        self.choco = choco.Choco.of(cfg, len(ds.train_x))   # None: plain gossip (engine/choco.py)
         self._set_slots(list(range(self.n_clients)))
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
         self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
@@ -89,7 +91,7 @@ class LocalEngine:
                 break
             lr = lr_of(t)
             payloads = [b.pre_mix(lr) for b in self.blocks]
-            for b, m in zip(self.blocks, exchange.mix(t, payloads)):
+            for b, m in zip(self.blocks, exchange.mix(t, payloads, self.blocks)):
                 b.post_mix(m, lr)
             exchange.run_barriers(t, self.blocks, lr)
             pending.append((t, torch.cat([b.losses for b in self.blocks])))
@@ -166,8 +168,8 @@ class LocalEngine:
         self.n_clients = len(slots)
         self.topology = build.build_topology(self.cfg, self.n_clients)
         algorithm = blocks[0].algorithm
-        self.exchange = Exchange(self.topology, algorithm.centralized, groups, blocks[0].payload_size,
-                                 barriers_for(algorithm), wire_of(self.cfg))
+        self.exchange = choco.exchange_for(self.choco, self.topology, algorithm.centralized, groups,
+                                           blocks[0].payload_size, barriers_for(algorithm), wire_of(self.cfg))
 
     def resize(self, n_clients: int, at_round: int) -> None:
         """Elastic: leavers release their shard; joiners take free shards, start from the
@@ -185,6 +187,7 @@ class LocalEngine:
             slots = self.slots + free[:n_clients - self.n_clients]
         old = set(self.slots)
         self._set_slots(slots)
+        choco.reset(self.blocks)   # W changed: every public copy restarts at zero (engine/choco.py)
         for b in self.blocks:
             joiners = [r for r, s in enumerate(b.ids) if s not in old]
             b.reset_rows(joiners, avg, bufs)

@@ -44,11 +44,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from qgm_ray import build, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
+from qgm_ray.engine import choco
 from qgm_ray.engine.actors import dataset_meta
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of, round_bytes
 from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
-from qgm_ray.engine.exchange import Exchange, wire_of
+from qgm_ray.engine.exchange import wire_of
 from qgm_ray.engine.placement import clients_per_node
 from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
                                       replan_resources, resolve_clients_per_actor)
@@ -65,6 +66,7 @@ class RayEngine:
     def __init__(self, cfg: Config, ds: Dataset, parts: list, log: Callable[[str], None] = print):
         self.cfg, self.log = cfg, log
         self.n_shards = len(parts)
+        self.n_train = len(ds.train_x)   # the coordinator's epochs of a compressed run's warm-up
         self.dropped: set[int] = set()   # shards lost with `on_failure: drop`
         self.coordinator = None
         self.recoveries, self.last_recovery = 0, None
@@ -119,7 +121,7 @@ class RayEngine:
         cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
                                               max_restarts=0, runtime_env=env, **home)
         self.coordinator = cls.remote(self.cfg, self.run_tag, self.meta, self.data_refs, self.parts_ref, slots,
-                                      self.resources, self.counted_rounds)
+                                      self.resources, self.counted_rounds, self.n_train)
         self._apply(self._wait(self.coordinator.start.remote(), f"for {len(slots)} clients"))
         k = self.cfg.ray.clients_per_actor
         self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}; "
@@ -156,9 +158,10 @@ class RayEngine:
         # What the coordinator's exchange is for these clients, here in the driver: the run's clock
         # reads its per-edge bytes (the actors' blocks do not change them).
         algorithm = build.build_algorithm(self.cfg)
-        self.exchange = Exchange(self.topology, self.centralized, groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
-                                 build.payload_floats(self.cfg, algorithm, info["num_params"]),
-                                 barriers_for(algorithm), wire_of(self.cfg))
+        self.exchange = choco.exchange_for(choco.Choco.of(self.cfg, self.n_train), self.topology, self.centralized,
+                                           groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
+                                           build.payload_floats(self.cfg, algorithm, info["num_params"]),
+                                           barriers_for(algorithm), wire_of(self.cfg))
 
     def _refresh(self) -> None:
         self._apply(self._call("info"))
@@ -399,7 +402,12 @@ class RayEngine:
     def load_state_dict(self, state: dict) -> None:
         keep = [i for i, s in enumerate(state["slots"]) if s not in self.dropped]
         slots = [int(state["slots"][i]) for i in keep]
-        refs = [ray.put(state["clients"][i]) for i in keep]
+        clients = [state["clients"][i] for i in keep]
+        if len(keep) < len(state["slots"]):
+            # Dropped clients changed W: the compressed exchange's public copies restart at zero
+            # (engine/choco.py), as at a resize.
+            clients = [{k: v for k, v in c.items() if k != "exchange"} for c in clients]
+        refs = [ray.put(c) for c in clients]
         self._call("load_states", slots, refs)
         self._refresh()
 

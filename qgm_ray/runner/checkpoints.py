@@ -20,6 +20,9 @@ from qgm_ray.runner.plan import RunState
 
 # Keys whose change makes a checkpoint meaningless for --resume (replay would differ).
 REPLAY_KEYS = ("seed", "data", "model", "topology", "algorithm", "schedule", "elastic")
+# Replayed too, fingerprinted only where the run uses it (compression.op other than none), so
+# the checkpoints of runs written before the section existed stay resumable.
+REPLAY_KEYS_WHERE_USED = ("compression",)
 DIFFERENT_CONFIG = "it was written with a different config"
 
 _NAME = re.compile(r"^round_(\d+)\.pt$")
@@ -35,6 +38,8 @@ def replay_fingerprint(cfg: Config) -> str:
     if not d["algorithm"].get("options"):
         d["algorithm"].pop("options", None)   # as for SlowMo: runs from before the key stay resumable
     text = repr([(k, d[k]) for k in REPLAY_KEYS])
+    if cfg.compression.op != "none":
+        text += repr([(k, d[k]) for k in REPLAY_KEYS_WHERE_USED])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -23,14 +23,15 @@ from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
 from qgm_ray.runner import loop, recovery
-from qgm_ray.runner.checkpoints import DIFFERENT_CONFIG, REPLAY_KEYS, CheckpointStore, replay_fingerprint
+from qgm_ray.runner.checkpoints import (DIFFERENT_CONFIG, REPLAY_KEYS, REPLAY_KEYS_WHERE_USED, CheckpointStore,
+                                       replay_fingerprint)
 from qgm_ray.runner.metrics_file import MetricsFile
 from qgm_ray.runner.plan import RunPlan, RunState
 from qgm_ray.runner.recovery import RecoveryPolicy
 from qgm_ray.signals import StopSignals
 
 # Keys a --resume may not change: those that change the numbers, and how they are measured.
-MEASURED_KEYS = REPLAY_KEYS + ("eval", "clock")
+MEASURED_KEYS = REPLAY_KEYS + REPLAY_KEYS_WHERE_USED + ("eval", "clock")
 
 
 def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]) -> Engine:

@@ -15,6 +15,7 @@ import numpy as np
 from qgm_ray import clock
 from qgm_ray.clock import ClockModel
 from qgm_ray.engine.base import RoundRecord
+from qgm_ray.engine.exchange import FLOAT32
 from qgm_ray.runner.plan import RunState
 
 
@@ -36,12 +37,14 @@ def one_round(start: np.ndarray, model: ClockModel, exchange, t: int) -> np.ndar
     n = exchange.n
     compute = model.compute_seconds(t, n)
     if exchange.all_reduce:
-        start = clock.barrier_round(start, compute, model.allreduce_seconds(n, exchange.payload_bytes))
+        start = clock.barrier_round(start, compute, model.allreduce_seconds(n, exchange.payload_bytes_at(t)))
     else:
         edges = exchange.edge_bytes(t)
         pairs = np.fromiter((x for e in edges for x in e), dtype=np.int64, count=2 * len(edges)).reshape(-1, 2)
         nbytes = np.fromiter(edges.values(), dtype=np.float64, count=len(edges))
         start = clock.gossip_round(start, compute, pairs[:, 0], pairs[:, 1], model.link_seconds(nbytes))
-    for _ in exchange.due(t):   # SlowMo's exact average: one more all-reduce behind a barrier
-        start = clock.barrier_round(start, np.zeros(n), model.allreduce_seconds(n, exchange.payload_bytes))
+    # SlowMo's exact average: one more all-reduce behind a barrier, of float32 values whatever
+    # the gossip's wire (as Exchange.round_bytes counts it).
+    for _ in exchange.due(t):
+        start = clock.barrier_round(start, np.zeros(n), model.allreduce_seconds(n, FLOAT32.nbytes(exchange.payload_floats)))
     return start

@@ -1,4 +1,5 @@
-# `make run` / `make test` build .venv from requirements.txt on first use.
+# `make run` / `make test` build .venv from requirements.txt on first use, then install the
+# package itself into it (editable: the checkout's qgm_ray, the `qgm-ray` command).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,28 +12,33 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# --no-deps: the pinned requirements above are the dependencies; pyproject.toml's ranges admit them.
+$(VENV)/.package-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
 # The optional NLP dependencies (AG News + DistilBERT), so that `make test` (CI) runs tests/test_nlp.py.
 $(VENV)/.nlp-installed: $(VENV)/.installed requirements-nlp.txt
 	$(PY) -m pip install --quiet -r requirements-nlp.txt
 	touch $@
 
-run: $(VENV)/.installed          ## the offline default: python main.py
+run: $(VENV)/.package-installed          ## the offline default: python main.py
 	$(PY) main.py $(ARGS)
 
 # Two workers, whole files each (--dist loadfile: a file's module fixtures are built once): most
 # of a Ray or subprocess test is waiting on process start-up, which the other worker overlaps.
 # --durations: the slowest tests in every CI log, so a test that outgrows the 15-minute budget shows.
-test: $(VENV)/.installed $(VENV)/.nlp-installed  ## the whole test suite (what CI runs)
+test: $(VENV)/.package-installed $(VENV)/.nlp-installed  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests $(ARGS)
 
-test-fast: $(VENV)/.installed    ## unit tests only, no Ray
+test-fast: $(VENV)/.package-installed    ## unit tests only, no Ray
 	$(PY) -m pytest -q tests -m "not ray and not slow" $(ARGS)
 
-tune: $(VENV)/.installed
+tune: $(VENV)/.package-installed
 	$(PY) main.py tune --config configs/tune_heterogeneity.yaml $(ARGS)
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.package-installed
 	$(PY) main.py bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build qgm_ray.egg-info

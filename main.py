@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""qgm-ray entry point: `python main.py [run|tune|report|bench] --help`."""
+"""qgm-ray entry point: `python main.py [run|tune|report|bench|config] --help`.
+
+The same command line as the installed `qgm-ray` (qgm_ray.cli.main), plus `bench`: the
+harness lives in the checkout's bench/, outside the package."""
 import sys
 
 import bench

@@ -1,11 +1,10 @@
 """The Python API on examples/byo.yaml: one run on each engine, then a sweep over the rule's
-own knob. Run from the repository root: `python examples/run_byo.py`."""
-import sys
+own knob. Run from the repository root, with qgm-ray installed (`make` or `pip install -e .`):
+`python examples/run_byo.py`; byo.yaml names its plug-ins `examples.<module>:<attr>`, found
+from the working directory."""
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # `examples` and qgm_ray from the checkout
-
-import qgm_ray  # noqa: E402
+import qgm_ray
 
 if __name__ == "__main__":
     config = Path(__file__).with_name("byo.yaml")

@@ -1,4 +1,6 @@
-"""Command line of main.py: `python main.py [run|tune|report|bench] ...` (run is the default)."""
+"""The command line: `qgm-ray`, `python -m qgm_ray` and a checkout's `python main.py`, all
+`[run|tune|report|bench|config] ...` (run is the default). It reads nothing outside the
+package: no --config means the built-in defaults (configs/default.yaml sets nothing else)."""
 from __future__ import annotations
 
 import argparse
@@ -8,20 +10,22 @@ from pathlib import Path
 
 from qgm_ray.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 COMMANDS = ("run", "tune", "report", "bench", "config")
+DEFAULTS_HELP = "YAML config merged over the built-in defaults (default: none, the built-in defaults)"
 
+# {prog}: the command as the user typed it (main.py, qgm-ray, python -m qgm_ray); every
+# line starts with it, so the comments stay aligned whatever its length.
 EPILOG = """\
 examples:
-  python main.py                                   offline default: mnist1d, ring of 16, QG-DSGDm-N, alpha=0.1
-  python main.py --set backend=local --set data.alpha=10
-  python main.py --config configs/paper/cifar10_ring16.yaml --set data.download=true
-  python main.py --resume runs/default-20261125-101500
-  python main.py tune --config configs/tune_heterogeneity.yaml
-  python main.py report runs/tune_heterogeneity-20261125-101500
-  python main.py bench --quick --output bench.json
-  python main.py config --set data.name=cifar10     the resolved, validated config as YAML
-  python main.py config --keys                     every key: type, default, allowed values
+  {prog}                                   offline default: mnist1d, ring of 16, QG-DSGDm-N, alpha=0.1
+  {prog} --set backend=local --set data.alpha=10
+  {prog} --config configs/paper/cifar10_ring16.yaml --set data.download=true
+  {prog} --resume runs/default-20261125-101500
+  {prog} tune --config configs/tune_heterogeneity.yaml
+  {prog} report runs/tune_heterogeneity-20261125-101500
+  {prog} bench --quick --output bench.json
+  {prog} config --set data.name=cifar10     the resolved, validated config as YAML
+  {prog} config --keys                     every key: type, default, allowed values
 
 Config keys are dotted (data.alpha, topology.name, algorithm.lr, ...); --set parses its value
 as YAML, so `--set elastic.schedule=[[5,8]]` is a list. See README.md for every key.
@@ -30,23 +34,25 @@ as YAML, so `--set elastic.schedule=[[5,8]]` is a list. See README.md for every 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     # default None, not the file: `run --resume` must tell a --config given from none given
-    p.add_argument("--config", default=None,
-                   help="YAML config merged over the built-in defaults (default: configs/default.yaml)")
+    p.add_argument("--config", default=None, help=DEFAULTS_HELP)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, VALUE parsed as YAML; repeatable")
     p.add_argument("--output-dir", default=None, help="where outputs go (default: runs/<name>-<timestamp>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from qgm_ray.command import command
+    prog = prog or command()
+    epilog = EPILOG.format(prog=prog)
     parser = argparse.ArgumentParser(
-        prog="main.py", description="qgm-ray: decentralized deep learning on heterogeneous data, on Ray "
+        prog=prog, description="qgm-ray: decentralized deep learning on heterogeneous data, on Ray "
         "(Quasi-Global Momentum, Lin et al. ICML 2021).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
     sub = parser.add_subparsers(dest="command", metavar="{run,tune,report,bench,config}")
 
     p_run = sub.add_parser("run", help="one decentralized training run (the default command)",
-                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
     _add_config_args(p_run)
     p_run.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="continue a stopped run from its last checkpoint, with its own config.yaml in its "
@@ -74,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(bench/scale.py; --output is a directory, default docs/results/scale)")
 
     p_cfg = sub.add_parser("config", help="print the resolved, validated config as YAML (starts nothing)")
-    p_cfg.add_argument("--config", default=str(DEFAULT_CONFIG),
-                       help="YAML config merged over the built-in defaults (default: configs/default.yaml)")
+    p_cfg.add_argument("--config", default=None, help=DEFAULTS_HELP)
     p_cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, VALUE parsed as YAML; repeatable")
     p_cfg.add_argument("--keys", action="store_true",
@@ -83,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str], prog: str | None = None) -> argparse.Namespace:
     # `python main.py --config X` means `python main.py run --config X`.
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["run"] + list(argv)
-    return build_parser().parse_args(argv)
+    return build_parser(prog).parse_args(argv)
 
 
 def print_summary(summary: dict) -> None:
@@ -155,7 +160,7 @@ def cmd_run(args) -> int:
             raise ConfigError(f"--resume {run_path}: not a run directory (no config.yaml)")
         cfg = from_dict(config_dict(run_path / "config.yaml", args.overrides))
     else:
-        cfg = from_dict(config_dict(args.config or DEFAULT_CONFIG, args.overrides))
+        cfg = from_dict(config_dict(args.config, args.overrides))
     if args.quiet:
         cfg.progress = False
     summary = runner.run(cfg, args.resume or args.output_dir, resume=bool(args.resume))
@@ -173,7 +178,7 @@ def cmd_tune(args) -> int:
     if args.resume is not None:
         refuse_with_resume(args, "sweep")
     # With --resume, the sweep reads its own config.yaml; this one only carries --quiet.
-    cfg = from_dict(config_dict(args.config or DEFAULT_CONFIG, args.overrides))
+    cfg = from_dict(config_dict(args.config, args.overrides))
     if args.quiet:
         cfg.progress = False
     out = qtune.run_sweep(cfg, output_dir=args.output_dir, resume_dir=args.resume)
@@ -198,12 +203,13 @@ def no_bench(args) -> int:
 PRINTING_COMMANDS = ("config", "report")
 
 
-def main(argv: list[str] | None = None, bench=None) -> int:
+def main(argv: list[str] | None = None, bench=None, prog: str | None = None) -> int:
     """bench: the `bench` command's handler (main.py passes bench.command; the harness is not
-    part of the package, so the package never imports it)."""
+    part of the package, so the package never imports it). prog: the command as usage lines
+    name it (default: as the user typed it, qgm_ray.command)."""
     from qgm_ray import console, signals
     console.guard()   # a closed or full stdout never stops a command, not even its --help
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
     if args.command not in PRINTING_COMMANDS:
         console.guard(on_lost=console.say_lost)   # a run's product is its directory: go on
     # A signal from here on: one line and 128 + its number, never a silent death or a traceback.

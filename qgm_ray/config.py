@@ -623,8 +623,30 @@ def trial_dict(base: dict, params: dict) -> dict:
 
 def from_dict(d: dict) -> Config:
     cfg = _build(Config, moved_nested(d))
+    _installed_plugins_by_reference(cfg)
     validate(cfg)
     return cfg
+
+
+def _installed_plugins_by_reference(cfg: Config) -> None:
+    """An installed distribution's short name (an entry point, plugins.GROUPS) becomes the
+    `module:attr` it stands for, in each name and in a Tune grid over names: from here on it
+    is user code like any reference, in this process and in every Ray process."""
+    import qgm_ray.algorithms.registry  # noqa: F401 - these imports register the built-in names
+    import qgm_ray.compression.registry  # noqa: F401
+    import qgm_ray.data  # noqa: F401
+    import qgm_ray.models  # noqa: F401
+    import qgm_ray.topology  # noqa: F401
+    from qgm_ray import plugins
+
+    for kind, key in plugins.KEYS.items():
+        name = plugins.configured(cfg, kind)
+        if name is not None:
+            section, _, field_name = key.partition(".")
+            setattr(getattr(cfg, section), field_name, plugins.canonical(kind, name, key))
+        values = cfg.tune.grid.get(key)
+        if isinstance(values, list):   # a new dict: the caller's grid stays as given
+            cfg.tune.grid = {**cfg.tune.grid, key: [plugins.canonical(kind, v, f"tune.grid.{key}") for v in values]}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
@@ -654,8 +676,8 @@ def _dynamic_choices() -> dict:
     import qgm_ray.data  # noqa: F401
     import qgm_ray.models  # noqa: F401
     import qgm_ray.topology  # noqa: F401
-    from qgm_ray.plugins import KEYS, builtin_names
-    names = {key: builtin_names(kind) + ("package.module:attr",) for kind, key in KEYS.items()}
+    from qgm_ray.plugins import KEYS, names as plugin_names
+    names = {key: plugin_names(kind) + ("package.module:attr",) for kind, key in KEYS.items()}
     return {**names, "compute.pack_clients": ("auto", "true", "false"), "tune.metric": TUNE_METRICS}
 
 
@@ -1016,7 +1038,7 @@ def _validate_compression(cfg: Config, rule) -> None:
     """compression.*: each key's range once (COMPRESSION_CHECKS, the compressors' checks); the compressor built once; a
     run whose exchange cannot be compressed (CHOCO_NEEDS) is refused in one line. A rule or
     a compressor declaring `requires` (NEEDS' names) is refused where its needs fail."""
-    from qgm_ray.compression.base import check_keep, check_levels, check_unbiased
+    from qgm_ray.compression.options import check_keep, check_levels, check_unbiased
 
     c = cfg.compression
     for key, (ok, allowed) in COMPRESSION_CHECKS.items():

@@ -58,6 +58,7 @@ def load_dataset(name: str, root: str = "data", download: bool = False, seed: in
     tensors. `seed` drives generation and splits of the offline datasets (torchvision datasets
     have a fixed split) and is a plug-in's first argument. `augment=` overrides the default."""
     augment_override = opts.pop("augment", "default")
+    name = plugins.canonical("data", name)   # an installed plug-in's short name: its reference
     if plugins.is_reference(name):
         ds = load_plugin_dataset(name, seed, opts)
     else:

@@ -48,11 +48,13 @@ def default_run_dir(name: str, root: str = "runs") -> Path:
     return path
 
 
-def check_new_run_dir(path: str | Path, resume_cmd: str = "python main.py --resume", ignore: tuple = ()) -> None:
+def check_new_run_dir(path: str | Path, resume_cmd: str | None = None, ignore: tuple = ()) -> None:
     """A new run (or sweep) gets a directory of its own: refuse a file, or a directory that
     already holds anything (another run's metrics, checkpoints, config) - never mix or delete.
     Also refuse, before any actor starts, a directory that cannot be made: a parent that is a
-    file, a read-only or unwritable place."""
+    file, a read-only or unwritable place. resume_cmd: what continues it (default: the run's)."""
+    from qgm_ray.command import command
+    resume_cmd = resume_cmd or f"{command()} --resume"
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise OutputError(f"--output-dir / output_dir {str(p)!r} is a file, not a directory; name a new directory")

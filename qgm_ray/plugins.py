@@ -2,7 +2,11 @@
 
 A config name (`algorithm.name`, `model.name`, `data.name`, `topology.name`, `compression.op`)
 is either a registered name or a reference `"package.module:attr"` to user code, imported from
-the working directory or PYTHONPATH. The built-ins register themselves here
+the working directory or PYTHONPATH. An installed distribution may also name its code in the
+entry-point group of the kind (GROUPS: `qgm_ray.algorithms`, `qgm_ray.models`,
+`qgm_ray.datasets`, `qgm_ray.graphs`, `qgm_ray.compressors`); such a short name stands for the
+reference the entry point holds (`canonical`), so the run treats it exactly as that reference,
+and a built-in name is never taken over by one. The built-ins register themselves here
 (algorithms/registry.py, models/__init__.py, data.py, topology.py, compression/registry.py),
 and `resolve(kind, name)` turns either form into a factory. Rules, models and compressors
 register in the user's form; a built-in dataset registers as `(seed, root, download,
@@ -18,7 +22,9 @@ What a factory must be (README, "Bring your own method"):
     topology   attr(n, **topology.options) -> networkx Graph | DiGraph | n x n numpy W
     compressor a subclass of qgm_ray.compression.Compressor
 
-Nothing here imports torch, Ray or networkx: config parsing stays cheap. A reference that
+Nothing here imports torch, Ray or networkx: config parsing stays cheap. Installed entry
+points are read only for a name that is neither registered nor a reference (reading every
+installed distribution's metadata takes a noticeable fraction of a second). A reference that
 cannot be imported or names nothing is a ConfigError naming the key.
 
 User code must also reach every process of a Ray run, on every node: `ship_paths(cfg)` finds
@@ -32,6 +38,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import sysconfig
 from typing import Any, Callable, Iterable
@@ -42,9 +49,15 @@ from qgm_ray.errors import ConfigError, first_line
 # kind -> the config key that names it
 KEYS = {"algorithm": "algorithm.name", "model": "model.name", "data": "data.name", "topology": "topology.name",
         "compressor": "compression.op"}
+# kind -> the entry-point group in which an installed distribution names its plug-ins
+GROUPS = {"algorithm": "qgm_ray.algorithms", "model": "qgm_ray.models", "data": "qgm_ray.datasets",
+          "topology": "qgm_ray.graphs", "compressor": "qgm_ray.compressors"}
 # Filled by the modules of each kind when they are imported (algorithms.registry, models,
 # data, topology, compression.registry, which import this module, never the other way round).
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KEYS}
+# kind -> {short name: (reference, distribution) for each entry point of that name}: read
+# from the installed distributions' metadata once per process, on first need.
+_INSTALLED: dict[str, dict[str, list[tuple[str, str]]]] | None = None
 
 
 def register(kind: str, name: str, factory: Any) -> Any:
@@ -72,21 +85,86 @@ def is_reference(name: Any) -> bool:
     return isinstance(name, str) and ":" in name
 
 
+def _installed() -> dict[str, dict[str, list[tuple[str, str]]]]:
+    global _INSTALLED
+    if _INSTALLED is None:
+        from importlib.metadata import distributions
+
+        found: dict[str, dict[str, list[tuple[str, str]]]] = {kind: {} for kind in GROUPS}
+        kind_of = {group: kind for kind, group in GROUPS.items()}
+        seen = set()
+        for dist in distributions():
+            # The same distribution on two sys.path entries: the first one is what imports.
+            dist_name = dist.metadata["Name"] or "?"
+            normal = re.sub(r"[-_.]+", "-", dist_name).lower()
+            if normal in seen:
+                continue
+            seen.add(normal)
+            for ep in dist.entry_points:
+                kind = kind_of.get(ep.group)
+                # a name with ':' would read as a reference; the attribute is required
+                if kind is None or is_reference(ep.name) or not ep.attr:
+                    continue
+                ref = f"{ep.module}:{ep.attr}"
+                if (ref, dist_name) not in found[kind].setdefault(ep.name, []):
+                    found[kind][ep.name].append((ref, dist_name))
+        _INSTALLED = found
+    return _INSTALLED
+
+
+def installed_names(kind: str) -> tuple[str, ...]:
+    """The short names installed distributions add for `kind` (entry-point group GROUPS[kind]);
+    a built-in name stays the built-in's, so it is not among them."""
+    return tuple(sorted(n for n in _installed().get(kind, {}) if n not in _REGISTRY[kind]))
+
+
+def names(kind: str) -> tuple[str, ...]:
+    """Every short name `kind` takes: the registered ones, then the installed plug-ins'."""
+    return builtin_names(kind) + installed_names(kind)
+
+
+def installed_reference(kind: str, name: str, key: str | None = None) -> str | None:
+    """The `module:attr` an installed distribution names `name` for `kind`, or None. Two
+    distributions naming different code with one name is a ConfigError: neither is chosen."""
+    if kind not in GROUPS or name in _REGISTRY[kind] or is_reference(name):
+        return None
+    entries = _installed()[kind].get(name, [])
+    refs = sorted({ref for ref, _ in entries})
+    if len(refs) > 1:
+        both = ", ".join(f"{dist} ({ref})" for ref, dist in sorted(entries))
+        raise ConfigError(f"{key or KEYS[kind]}={name!r} is an entry point of several installed distributions: "
+                          f"{both}; name the one you mean by its reference 'package.module:attr'")
+    return refs[0] if refs else None
+
+
+def canonical(kind: str, name: Any, key: str | None = None) -> Any:
+    """`name` as a run holds it: an installed plug-in's short name becomes the reference its
+    entry point holds, so the run, its config.yaml and every Ray process treat it as the user
+    code it is (its contract checks, its options checked against its signature); anything else
+    is returned unchanged (an unknown name is check_name's to refuse)."""
+    if not isinstance(name, str) or is_reference(name) or name in _REGISTRY[kind]:
+        return name
+    return installed_reference(kind, name, key) or name
+
+
 def check_name(kind: str, name: str, key: str | None = None) -> None:
-    """ConfigError unless `name` is registered for `kind` or is a reference (imported nothing)."""
+    """ConfigError unless `name` is registered for `kind`, an installed plug-in's short name or a
+    reference (imported nothing)."""
     key = key or KEYS[kind]
-    registered = _REGISTRY[kind]
-    if not is_reference(name) and name not in registered:
-        raise ConfigError(f"{key}={name!r} is unknown; choose one of {', '.join(registered)}, "
+    if not is_reference(name) and name not in _REGISTRY[kind] and installed_reference(kind, name, key) is None:
+        raise ConfigError(f"{key}={name!r} is unknown; choose one of {', '.join(names(kind))}, "
                           f"or a reference 'package.module:attr' to your own code")
 
 
 def resolve(kind: str, name: str, key: str | None = None) -> Any:
-    """The factory `name` stands for: a registered name or an imported `module:attr`."""
+    """The factory `name` stands for: a registered name, an installed plug-in's short name or
+    an imported `module:attr`."""
     key = key or KEYS[kind]
     if is_reference(name):
         return import_reference(name, key)
     check_name(kind, name, key)
+    if name not in _REGISTRY[kind]:
+        return import_reference(installed_reference(kind, name, key), key)
     factory = _REGISTRY[kind][name]
     if isinstance(factory, str):   # a built-in registered by reference: imported now, once
         factory = _REGISTRY[kind][name] = import_reference(factory, key)

@@ -698,4 +698,4 @@ def make_topology(name: str, n: int, seed: int = 0, **kw) -> Topology:
     lazy (any name: W <- (I + W) / 2).
     Options meant for another topology are ignored; None values count as unset.
     """
-    return Topology(name, n, seed, **kw)
+    return Topology(plugins.canonical("topology", name), n, seed, **kw)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from qgm_ray import grid as tune_grid
+from qgm_ray.command import command
 from qgm_ray.config import Config, config_dict, dump_yaml, from_dict, trial_dict
 from qgm_ray.errors import ConfigError
 
@@ -441,11 +442,11 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         check_trials(base, cfg.tune, log)
         sweep_dir = Path(output_dir or cfg.output_dir or default_sweep_dir(cfg.name)).resolve()
         if (sweep_dir / EXPERIMENT).exists():
-            raise ConfigError(f"--output-dir {sweep_dir} already holds a sweep; use `python main.py tune --resume "
+            raise ConfigError(f"--output-dir {sweep_dir} already holds a sweep; use `{command()} tune --resume "
                               f"{sweep_dir}` to continue it, or another directory")
         from qgm_ray.outputs import check_new_run_dir
         from qgm_ray.seal import load_key
-        check_new_run_dir(sweep_dir, resume_cmd="python main.py tune --resume")
+        check_new_run_dir(sweep_dir, resume_cmd=f"{command()} tune --resume")
         load_key(create=True)   # the seal of Tune's state: a key that cannot be made fails now
 
     from qgm_ray.signals import HandlerGuard
@@ -532,7 +533,7 @@ def _write_results(sweep_dir, base, tc, total, results, statuses, t0, log) -> di
     log(f"sweep {'interrupted' if unfinished else 'finished'} after {wall / 60:.1f} min: "
         + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if unfinished:
-        log(f"{unfinished} of {total} trials not done; continue with: python main.py tune --resume {sweep_dir}")
+        log(f"{unfinished} of {total} trials not done; continue with: {command()} tune --resume {sweep_dir}")
     log(f"table: {sweep_dir / 'table.md'}")
     return {"sweep_dir": sweep_dir, "results": df, "files": files, "wall_seconds": wall,
             "complete": unfinished == 0}
@@ -576,7 +577,7 @@ class _SweepSignals:
         if (self.sweep_dir / EXPERIMENT).exists():
             seal_state(self.sweep_dir)   # Tune's loop waits for this handler: its state is whole
             msg = (f"{name}: stopped at once; finished trials are kept; continue with: "
-                   f"python main.py tune --resume {self.sweep_dir}")
+                   f"{command()} tune --resume {self.sweep_dir}")
         else:  # Tune had not started: take back the directory this sweep made, nothing ran
             if self.new:
                 (self.sweep_dir / "config.yaml").unlink(missing_ok=True)

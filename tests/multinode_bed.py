@@ -24,8 +24,6 @@ from pathlib import Path
 
 from helpers import small_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 SMALL = small_run("eval.every_epochs=0.5", "backend=ray")
 OBJECT_STORE = 80 * 2**20
 METRIC_KEYS = ("train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance", "bytes_sent",

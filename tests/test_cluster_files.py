@@ -149,7 +149,6 @@ def test_local_yaml_start_commands_make_a_cluster_main_py_joins(tmp_path):
 
 LISTENERS = r"""
 import json, os, re, sys, time
-sys.path.insert(0, os.getcwd())
 import ray
 from qgm_ray.config import load_config
 from qgm_ray.engine.ray_setup import connect

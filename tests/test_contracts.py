@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))   # `examples` is a package of the checkout, as for a user's own code
+import qgm_ray
+from qgm_ray import contracts
+from qgm_ray.errors import ConfigError
 
-import qgm_ray  # noqa: E402
-from qgm_ray import contracts  # noqa: E402
-from qgm_ray.errors import ConfigError  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 BYO = ROOT / "examples" / "byo.yaml"
 PKG = "contract_plugs"

@@ -19,6 +19,8 @@ SAME = ("round", "train_loss", "test_accuracy", "local_test_accuracy", "consensu
 
 def scenario(name, tmp_path, timeout=240):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The checkout under test, whichever checkout the environment's qgm-ray was installed from.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BED.parent.parent), env.get("PYTHONPATH")]))
     p = subprocess.run([sys.executable, str(BED), name, str(tmp_path)], capture_output=True, text=True,
                        timeout=timeout, env=env, cwd=BED.parent.parent)
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])

@@ -18,13 +18,12 @@ import pytest
 
 from helpers import main_py
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))   # `examples` is a package of the checkout, as for a user's own code
+import qgm_ray
+from qgm_ray.runner import run as runner
+from qgm_ray.errors import ConfigError
+from test_main import start_and_signal  # one way to signal a running main.py
 
-import qgm_ray  # noqa: E402
-from qgm_ray.runner import run as runner  # noqa: E402
-from qgm_ray.errors import ConfigError  # noqa: E402
-from test_main import start_and_signal  # noqa: E402 - one way to signal a running main.py
+ROOT = Path(__file__).resolve().parent.parent
 
 BYO = ROOT / "examples" / "byo.yaml"
 SAME = ("round", "train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance", "bytes_sent",

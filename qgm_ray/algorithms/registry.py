@@ -97,6 +97,7 @@ def make_algorithm(name: str, **hparams: Any) -> Algorithm:
     nesterov=False (gradient_tracking only; the `_n` names imply Nesterov),
     normalization_eps=1e-8 (qg_adam, qg_adam_v2), qgm_local_step=1 (qg_dsgdm_ls, qg_dsgdm_n_ls).
     """
+    name = plugins.canonical("algorithm", name)   # an installed plug-in's short name: its reference
     return _factory(name)(name, hparams)
 
 

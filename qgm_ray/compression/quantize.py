@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from qgm_ray.compression import bits
-from qgm_ray.compression.base import (Compressor, check_block, check_levels, check_unbiased, check_wire,
-                                      floats_to_wire, host, tensor, wire_to_floats)
+from qgm_ray.compression.base import Compressor, check_block, check_wire, floats_to_wire, host, tensor, wire_to_floats
+from qgm_ray.compression.options import check_levels, check_unbiased
 from qgm_ray.compression.stream import uniforms
 
 

@@ -52,6 +52,7 @@ def compressor_options(name: str) -> dict[str, Any]:
 def make_compressor(name: str, **options: Any):
     """The compressor `name` with `options` (each a `compression.<option>` key). An option it
     does not take, a required one missing, or a bad value is a one-line ConfigError."""
+    name = plugins.canonical(KIND, name)   # an installed plug-in's short name: its reference
     cls = compressor_class(name)
     own = compressor_options(name)
     for key in options:

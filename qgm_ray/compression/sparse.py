@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qgm_ray.compression.base import (Compressor, check_block, check_keep, check_unbiased, check_wire,
-                                      floats_to_wire, host, index_bytes, kept_entries, tensor, wire_to_floats)
+from qgm_ray.compression.base import (Compressor, check_block, check_wire, floats_to_wire, host, index_bytes,
+                                      kept_entries, tensor, wire_to_floats)
+from qgm_ray.compression.options import check_keep, check_unbiased
 from qgm_ray.compression.stream import entry_hashes
 
 

@@ -50,6 +50,7 @@ for _name, _builder in _BUILDERS.items():
 
 
 def make_model(name: str, input_shape, num_classes: int, seed: int = 0, **kw) -> nn.Module:
+    name = plugins.canonical("model", name)   # an installed plug-in's short name: its reference
     builder = plugins.resolve("model", name)
     if not callable(builder):
         raise ConfigError(f"model.name={name!r} is a {type(builder).__name__}, not a function or class")

@@ -98,7 +98,8 @@ def check_device(cfg: Config) -> None:
 
 
 def resume_hint(run_dir: RunDir) -> str:
-    return f"python main.py --resume {run_dir.path}"
+    from qgm_ray.command import command
+    return f"{command()} --resume {run_dir.path}"
 
 
 def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,

@@ -3,7 +3,7 @@ system of clients and links (the `clock:` config section). Numpy only; no torch,
 
 The clock models the system being simulated, never the host that simulates it, and it never
 reads the numbers the run computes: it is a function of the config, the graph W(t) and the
-bytes each message has (the exchange stage's `edge_bytes`, so a compressed payload is a
+bytes each message has (the exchange stage's `edges`, so a compressed payload is a
 shorter message). One round t of client i:
 
     compute_i(t) = step_seconds / (speed_i * trace_i(t)) * (slowdown if i straggles in t else 1)

@@ -39,10 +39,8 @@ def one_round(start: np.ndarray, model: ClockModel, exchange, t: int) -> np.ndar
     if exchange.all_reduce:
         start = clock.barrier_round(start, compute, model.allreduce_seconds(n, exchange.payload_bytes_at(t)))
     else:
-        edges = exchange.edge_bytes(t)
-        pairs = np.fromiter((x for e in edges for x in e), dtype=np.int64, count=2 * len(edges)).reshape(-1, 2)
-        nbytes = np.fromiter(edges.values(), dtype=np.float64, count=len(edges))
-        start = clock.gossip_round(start, compute, pairs[:, 0], pairs[:, 1], model.link_seconds(nbytes))
+        src, dst, nbytes = exchange.edges(t)
+        start = clock.gossip_round(start, compute, src, dst, model.link_seconds(nbytes))
     # SlowMo's exact average: one more all-reduce behind a barrier, of float32 values whatever
     # the gossip's wire (as Exchange.round_bytes counts it).
     for _ in exchange.due(t):

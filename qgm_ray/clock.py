@@ -62,9 +62,11 @@ class Trace:
         """(n,) factors of round t for clients 0..n-1."""
         out = np.ones(n)
         live = (self.from_round <= t) & (self.client < n)
-        # Sorted by (client, from_round): the last live entry of a client is its current one.
         c, s = self.client[live], self.speed[live]
-        out[c] = s          # numpy assigns repeated indices in order: the last one wins
+        # Sorted by (client, from_round): a client's last live entry is its current one (chosen
+        # here: numpy does not promise which of repeated indices an assignment keeps).
+        last = np.append(c[1:] != c[:-1], True) if len(c) else np.zeros(0, dtype=bool)
+        out[c[last]] = s[last]
         return out
 
 
@@ -161,7 +163,7 @@ class ClockModel:
 
     def compute_seconds(self, t: int, n: int) -> np.ndarray:
         """(n,) seconds of round t's local step of clients 0..n-1."""
-        speed = self.speeds[:n] if n <= len(self.speeds) else np.resize(self.speeds, n)
+        speed = self.speeds[:n]     # drawn for the run's most clients (build.max_clients)
         if self.trace is not None:
             speed = speed * self.trace.factors(t, n)
         seconds = self.step_seconds / speed

@@ -289,3 +289,47 @@ def test_report_plots_accuracy_against_simulated_time_and_skips_older_runs(full,
                                      "10,1.0,0.1,0.5,0.8,0.01\n")
     written = report.make_report(old)
     assert (old / "curves.png") in written and not (old / "accuracy_vs_time.png").exists()
+
+
+def test_a_sweep_report_tables_the_simulated_time_to_the_target(tmp_path):
+    """Two rules x two seeds written by hand: the time table holds sim_seconds at each trial's
+    first evaluation at the target (0.9 x the best mean final accuracy, 0.81 here)."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from qgm_ray import report
+    from qgm_ray.config import Config, trial_dict
+    from qgm_ray.grid import points
+    from qgm_ray.runner.metrics_file import METRIC_COLUMNS
+    grid = {"algorithm.name": ["dsgd", "qg_dsgdm_n"], "seed": [0, 1]}
+    curves = {"dsgd": ([0.2, 0.5, 0.7, 0.85], 1.0), "qg_dsgdm_n": ([0.3, 0.82, 0.88, 0.9], 1.5)}
+    base = Config().to_dict()
+    base.update(name="timed", backend="local")
+    base["tune"]["grid"] = grid
+    d = tmp_path / "sweep"
+    d.mkdir()
+    (d / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    for i, p in enumerate(points(grid)):
+        accs, rate = curves[p["algorithm.name"]]
+        trial = d / "trials" / f"t{i:02d}"
+        trial.mkdir(parents=True)
+        with open(trial / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            w.writeheader()
+            for r, a in zip((8, 16, 24, 32), accs):
+                w.writerow({"round": r, "epoch": r / 8, "lr": 0.1, "train_loss": 1.0, "test_accuracy": a,
+                            "consensus_distance": 0.1, "bytes_sent": 100 * r, "wall_seconds": 1.0,
+                            "n_clients": 4, "sim_seconds": rate * r})
+        (trial / "config.yaml").write_text(yaml.safe_dump(trial_dict(base, p)))
+        (trial / "summary.json").write_text(json.dumps({"status": "completed", "final_test_accuracy": accs[-1],
+                                                        "best_test_accuracy": accs[-1], "rounds": 32}))
+    report.make_report(d)
+    df, histories = pd.read_csv(d / "results.csv"), pd.read_csv(d / "histories.csv")
+    keys = report.param_keys_of(base)
+    got = report.bytes_to_target(df, histories, keys, column="sim_seconds").set_index("algorithm")
+    assert got.loc["dsgd", "bytes"] == 32.0 and got.loc["qg_dsgdm_n", "bytes"] == 24.0
+    assert got["target"].tolist() == pytest.approx([0.81, 0.81]) and got["n_reached"].tolist() == [2, 2]
+    table = (d / "table.md").read_text()
+    assert "# Simulated time to reach the target accuracy" in table and "**24 s**" in table and "32 s" in table

@@ -264,8 +264,8 @@ CHOICES = {
 
 # What a trial reports to Tune (every metrics.csv column, plus the run's outcome), so the only
 # values `tune.metric` can name; checked here, not after the first trial has trained.
-TUNE_METRICS = ("test_accuracy", "final_test_accuracy", "best_test_accuracy", "local_test_accuracy", "sim_seconds",
-                "train_loss", "test_loss", "consensus_distance")
+TUNE_METRICS = ("test_accuracy", "final_test_accuracy", "best_test_accuracy", "local_test_accuracy",
+                "train_loss", "test_loss", "consensus_distance", "sim_seconds")
 
 # Upper limits that only a typo reaches (schedule.epochs=1e12 exhausted memory while planning).
 MAX_EPOCHS = 100_000

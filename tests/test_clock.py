@@ -333,3 +333,8 @@ def test_a_sweep_report_tables_the_simulated_time_to_the_target(tmp_path):
     assert got["target"].tolist() == pytest.approx([0.81, 0.81]) and got["n_reached"].tolist() == [2, 2]
     table = (d / "table.md").read_text()
     assert "# Simulated time to reach the target accuracy" in table and "**24 s**" in table and "32 s" in table
+
+
+def test_tune_may_optimise_the_simulated_time():
+    cfg = load_config(None, ["tune.metric=sim_seconds", "tune.mode=min"])
+    assert (cfg.tune.metric, cfg.tune.mode) == ("sim_seconds", "min")

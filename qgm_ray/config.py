@@ -197,6 +197,30 @@ class CompressionConfig:
 
 
 @dataclass
+class ClockSpeedConfig:
+    sigma: float = 0.0               # per-client speed factor exp(N(0, sigma^2)), drawn from `seed`; 0: every client speed 1
+
+
+@dataclass
+class ClockStragglersConfig:
+    fraction: float = 0.0            # share of the clients that straggle, in [0, 1] (rounded to a whole count)
+    slowdown: float = 5.0            # a straggler's local step takes this many times longer (>= 1)
+    redraw: str = "fixed"            # fixed: the same clients the whole run | round: drawn anew every round
+
+
+@dataclass
+class ClockConfig:
+    """The simulated time of the system the run models (qgm_ray/clock.py): metrics.csv's
+    sim_seconds. A model, never a measurement; it never changes the numbers."""
+    step_seconds: float = 0.1        # one local step of one client at speed 1 (> 0)
+    latency_ms: float = 1.0          # per message on every link (>= 0)
+    bandwidth_mbps: float = 1000.0   # per link, 10^6 bits per second (> 0)
+    speed: ClockSpeedConfig = field(default_factory=ClockSpeedConfig)
+    stragglers: ClockStragglersConfig = field(default_factory=ClockStragglersConfig)
+    trace: Optional[str] = None      # CSV client,from_round,speed (client: graph position): its speed factor, times sigma's, from that round on
+
+
+@dataclass
 class Config:
     name: str = "default"            # run name: letters, digits, . _ - (directory runs/<name>-<time>), at most 100 characters
     seed: int = 0                    # 0 <= seed < 2^32: partition, init, sampling, random graphs
@@ -219,6 +243,7 @@ class Config:
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -234,12 +259,13 @@ CHOICES = {
     "ray.placement": ("graph", "default"),
     "tune.scheduler": ("fifo", "asha"),
     "tune.mode": ("max", "min"),
+    "clock.stragglers.redraw": ("fixed", "round"),
 }
 
 # What a trial reports to Tune (every metrics.csv column, plus the run's outcome), so the only
 # values `tune.metric` can name; checked here, not after the first trial has trained.
 TUNE_METRICS = ("test_accuracy", "final_test_accuracy", "best_test_accuracy", "local_test_accuracy",
-                "train_loss", "test_loss", "consensus_distance")
+                "train_loss", "test_loss", "consensus_distance", "sim_seconds")
 
 # Upper limits that only a typo reaches (schedule.epochs=1e12 exhausted memory while planning).
 MAX_EPOCHS = 100_000
@@ -822,6 +848,24 @@ def validate(cfg: Config) -> None:
     _validate_elastic(cfg)
     _validate_compression(cfg, rule)
     _validate_tune(cfg)
+    _validate_clock(cfg)
+
+
+def _validate_clock(cfg: Config) -> None:
+    """The clock's keys; a trace file is read now (qgm_ray/clock.py), so a bad one is one line
+    before anything starts."""
+    from qgm_ray import clock
+    k = cfg.clock
+    _require(k.step_seconds > 0, f"clock.step_seconds must be > 0 (seconds of one local step at speed 1), "
+                                 f"got {k.step_seconds}")
+    _require(k.latency_ms >= 0, f"clock.latency_ms must be >= 0, got {k.latency_ms}")
+    _require(k.bandwidth_mbps > 0, f"clock.bandwidth_mbps must be > 0 (10^6 bits per second), got {k.bandwidth_mbps}")
+    _require(k.speed.sigma >= 0, f"clock.speed.sigma must be >= 0 (0: every client speed 1), got {k.speed.sigma}")
+    _require(0 <= k.stragglers.fraction <= 1, f"clock.stragglers.fraction must be in [0, 1], got {k.stragglers.fraction}")
+    _require(k.stragglers.slowdown >= 1, f"clock.stragglers.slowdown must be >= 1 (times slower), "
+                                         f"got {k.stragglers.slowdown}")
+    if k.trace is not None:
+        clock.read_trace(k.trace)
 
 
 def _validate_names(cfg: Config) -> None:

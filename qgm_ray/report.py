@@ -339,12 +339,13 @@ def accuracy_tables(df: pd.DataFrame, param_keys=(), value: str = "final_test_ac
 
 # ---------------------------------------------------------------- bytes to a target accuracy
 
-def reach_bytes(history: pd.DataFrame, target: float) -> float:
-    """`bytes_sent` (cumulative, every client's) at a run's first evaluation whose test accuracy
-    reaches `target`; NaN when none does."""
+def reach_bytes(history: pd.DataFrame, target: float, column: str = "bytes_sent") -> float:
+    """`column` at a run's first evaluation whose test accuracy reaches `target` (bytes_sent:
+    cumulative, every client's; sim_seconds: simulated time); NaN when none does or the run
+    did not record the column."""
     h = history.sort_values("round")
     hit = h[h["test_accuracy"] >= target]
-    return float(hit["bytes_sent"].iloc[0]) if len(hit) else math.nan
+    return float(hit[column].iloc[0]) if len(hit) and column in hit else math.nan
 
 
 def column_targets(df: pd.DataFrame, param_keys=(), target: Optional[float] = None) -> dict:
@@ -363,17 +364,18 @@ def column_targets(df: pd.DataFrame, param_keys=(), target: Optional[float] = No
 
 
 def bytes_to_target(df: pd.DataFrame, histories: pd.DataFrame, param_keys=(),
-                    target: Optional[float] = None) -> pd.DataFrame:
+                    target: Optional[float] = None, column: str = "bytes_sent") -> pd.DataFrame:
     """One row per cell (section..., algorithm, variant..., alpha) of the trials `best_trials`
     keeps that ran to their end (completed or diverged) with a history: its column's `target`
     (`column_targets`), `n` such trials, `n_reached` of them reaching it, and `bytes`: the mean
-    of `reach_bytes` over those that did (NaN when none). Pure pandas."""
+    of `reach_bytes` over those that did (NaN when none); `column`: sim_seconds gives the
+    simulated time to the target in `bytes` instead. Pure pandas."""
     sections, _ = split_keys(param_keys)
     sec_cols = [_column(k) for k in sections]
     var_cols = [k for k in variant_keys(param_keys) if k in df.columns]
     cell = sec_cols + ["algorithm"] + var_cols + ["alpha"]
     columns = cell + ["target", "n", "n_reached", "bytes"]
-    if histories.empty or "bytes_sent" not in histories.columns:
+    if histories.empty or column not in histories.columns or histories[column].isna().all():
         return pd.DataFrame(columns=columns)
     targets = column_targets(df, param_keys, target)
     sel = best_trials(df, param_keys)
@@ -383,7 +385,7 @@ def bytes_to_target(df: pd.DataFrame, histories: pd.DataFrame, param_keys=(),
     for key, g in sel.groupby(cell, sort=False, dropna=False):
         rec = dict(zip(cell, key))
         t = targets.get(tuple(rec[c] for c in sec_cols + ["alpha"]), math.nan)
-        reached = [b for b in (reach_bytes(by_trial[tr], t) for tr in g["trial"]) if not math.isnan(b)]
+        reached = [b for b in (reach_bytes(by_trial[tr], t, column) for tr in g["trial"]) if not math.isnan(b)]
         out.append({**rec, "target": t, "n": len(g), "n_reached": len(reached),
                     "bytes": float(np.mean(reached)) if reached else math.nan})
     return pd.DataFrame(out, columns=columns)
@@ -397,20 +399,27 @@ def bytes_text(n: float) -> str:
     return f"{n:.3g} B"
 
 
-def _fmt_bytes(rec) -> str:
+def seconds_text(s: float) -> str:
+    """Simulated seconds, three significant digits: "12.3 s"."""
+    return f"{s:.3g} s"
+
+
+def _fmt_bytes(rec, text_of=bytes_text) -> str:
     if rec["n"] == 0:
         return "-"
     if rec["n_reached"] == 0:
         return "not reached"
-    text = bytes_text(rec["bytes"])
+    text = text_of(rec["bytes"])
     return text if rec["n_reached"] == rec["n"] else f"{text} [{rec['n_reached']}/{rec['n']} reached]"
 
 
 def bytes_tables(df: pd.DataFrame, histories: pd.DataFrame, param_keys=(), target: Optional[float] = None,
-                 algo_order=(), order=()) -> list[tuple[str, pd.DataFrame]]:
+                 algo_order=(), order=(), column: str = "bytes_sent") -> list[tuple[str, pd.DataFrame]]:
     """[(section title, table)] laid out as `accuracy_tables`, each cell the bytes its row sent to
-    reach its column's target (`bytes_to_target`); the fewest in bold, the target in the header."""
-    b = bytes_to_target(df, histories, param_keys, target)
+    reach its column's target (`bytes_to_target`; `column` sim_seconds: the simulated time); the
+    fewest in bold, the target in the header."""
+    b = bytes_to_target(df, histories, param_keys, target, column)
+    text_of = seconds_text if column == "sim_seconds" else bytes_text
     if b.empty:
         return []
     sections, _ = split_keys(param_keys)
@@ -431,7 +440,7 @@ def bytes_tables(df: pd.DataFrame, histories: pd.DataFrame, param_keys=(), targe
             col = g[g["alpha"] == a]
             fewest = col["bytes"].min()
             for _, rec in col.iterrows():
-                text = _fmt_bytes(rec)
+                text = _fmt_bytes(rec, text_of)
                 if rec["n_reached"] and rec["bytes"] == fewest and col["bytes"].notna().sum() > 1:
                     value, unit, rest = (text.split(" ", 2) + [""])[:3]
                     text = f"**{value} {unit}**" + (f" {rest}" if rest else "")
@@ -519,6 +528,16 @@ def table_markdown(df: pd.DataFrame, base: Optional[dict] = None, param_keys=(),
                       f"over the seeds that reach it, of the trials that ran to their end"
                       + (" with the cell's best setting" if hparams else "") + "; [k/n reached] when some "
                       "seeds do not, \"not reached\" when none does. Bold: fewest bytes in its column.", ""]
+            for title, table in tables:
+                if title:
+                    lines += [f"## {title}", ""]
+                lines += [to_markdown(table), ""]
+        tables = bytes_tables(df, histories, param_keys, target, algo_order, order, column="sim_seconds")
+        if tables:
+            lines += ["# Simulated time to reach the target accuracy", "",
+                      "Cells: `sim_seconds` (the modelled system's time, `clock:` in the config) at the first "
+                      "evaluation whose test accuracy reaches the same target, as above. Bold: the shortest "
+                      "in its column.", ""]
             for title, table in tables:
                 if title:
                     lines += [f"## {title}", ""]
@@ -854,6 +873,26 @@ def plot_run_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> Optio
     return path
 
 
+def plot_accuracy_vs_time(metrics: pd.DataFrame, path: Path, title: str = "") -> Optional[Path]:
+    """Test accuracy against simulated time (metrics.csv's sim_seconds, qgm_ray/clock.py); None
+    for a run written before the clock (no sim_seconds)."""
+    if "sim_seconds" not in metrics or not metrics["sim_seconds"].notna().any():
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    timed = metrics[metrics["sim_seconds"].notna()]
+    ax.plot(timed["sim_seconds"], 100 * timed["test_accuracy"], marker=".", label="averaged model")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    plt.close(fig)
+    return path
+
+
 # ================================================================ entry points
 
 def _read_csv(path: Path, numeric: tuple = (), text: tuple = ()) -> pd.DataFrame:
@@ -962,7 +1001,8 @@ def make_report(path: str | Path, target: Optional[float] = None) -> list[Path]:
             title += f" alpha={summary['alpha']:g}"
         if "status" in summary:
             title += f" ({summary['status']})"
-        written = [plot_run_curves(metrics, path / "curves.png", title)]
+        written = [plot_run_curves(metrics, path / "curves.png", title),
+                   plot_accuracy_vs_time(metrics, path / "accuracy_vs_time.png", title)]
         bytes_png = plot_run_bytes(metrics, path / "accuracy_vs_bytes.png", title)
         written += [bytes_png, bytes_png.with_suffix(".csv")] if bytes_png else []
         if (path / "partition.csv").is_file():

@@ -38,6 +38,7 @@ class Engine(Protocol):
     n_clients: int              # clients now (elastic resizes, dropped clients change it)
     topology: object            # the graph of those n_clients (qgm_ray.topology): the run's log line
     time_lost_seconds: float    # wall time lost to failures and replays (0.0 where nothing fails)
+    exchange: object            # the exchange stage of those n_clients (engine/exchange.py): the run's clock reads it
 
     def train(self, rounds: range, lr_of: Callable[[int], float],
               on_round: Optional[Callable[[RoundRecord], None]] = None,

@@ -8,7 +8,7 @@ qgm_ray.layout) it owns
   which of its payloads other blocks read (`exports`);
 - the payload's wire format (`Wire`): how a block's payload rows travel between processes and
   how many bytes one payload is;
-- the bytes: per round (`round_bytes`, what a RoundRecord reports), per edge (`edge_bytes`)
+- the bytes: per round (`round_bytes`, what a RoundRecord reports), per edge (`edges`)
   and across nodes (`cross_node_bytes`);
 - the round barriers (engine/barriers.py, SlowMo's outer step): which are due, and their bytes.
 
@@ -150,16 +150,28 @@ class Exchange:
         # A barrier's exact average travels as float32 values, whatever the gossip's wire.
         return nbytes + sum(x.nbytes(self.n, t, FLOAT32.nbytes(self.payload_floats)) for x in self.barriers)
 
-    def edge_bytes(self, t: int) -> dict[tuple[int, int], int]:
-        """Round t's gossip per directed edge {(sender, receiver): bytes}, positions as keys; its
-        sum is the gossip part of `round_bytes` (barriers are collective, not per edge). An
-        all-reduce is counted as `round_bytes` counts it: each payload up to position 0 and
-        the mean back down."""
+    def edges(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Round t's gossip per directed edge as arrays (sender, receiver, bytes), positions,
+        receivers in increasing order and each receiver's senders as W(t)'s row lists them: what
+        the run's clock (runner/timeline.py) reads for thousands of clients without a loop per
+        client. Its sum is the gossip part of `round_bytes` (barriers are collective, not per
+        edge). An all-reduce is counted as `round_bytes` counts it: each payload up to position
+        0 and the mean back down."""
         pb = self.payload_bytes_at(t)
         if self.all_reduce:
-            return {**{(j, 0): pb for j in range(1, self.n)}, **{(0, j): pb for j in range(1, self.n)}}
-        W = self.W(t)
-        return {(int(j), i): pb for i in range(self.n) for j in W.row(i)[0].tolist() if j != i}
+            others, root = np.arange(1, self.n, dtype=np.int64), np.zeros(self.n - 1, dtype=np.int64)
+            src, dst = np.concatenate([others, root]), np.concatenate([root, others])
+        else:
+            W = self.W(t)
+            dst = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(W.row_ptr))
+            off = W.cols != dst
+            src, dst = W.cols[off], dst[off]
+        return src, dst, np.full(len(src), pb, dtype=np.int64)
+
+    def edge_bytes(self, t: int) -> dict[tuple[int, int], int]:
+        """`edges(t)` as {(sender, receiver): bytes}."""
+        src, dst, nbytes = self.edges(t)
+        return {(j, i): b for j, i, b in zip(src.tolist(), dst.tolist(), nbytes.tolist())}
 
     def cross_node_bytes(self, t: int, nodes: Sequence) -> int:
         """Payload bytes that cross nodes in round t with block b on node `nodes[b]`."""

@@ -11,6 +11,7 @@ import math
 from typing import Optional, Protocol, Sequence
 
 from qgm_ray.engine.base import Engine, RoundRecord
+from qgm_ray.runner import timeline
 from qgm_ray.runner.plan import RunPlan, RunState
 
 DIVERGENCE_LOSS = 1e3
@@ -37,6 +38,8 @@ def train_to_end(state: RunState, plan: RunPlan, engine: Engine, parts: LoopPart
         records = engine.train(range(state.round, stop_at), plan.lr, parts.on_round,
                                should_stop=parts.should_stop)
         add_up(state, records)
+        if plan.clock is not None:
+            timeline.advance(state, plan.clock, engine.exchange, records)
         if state.round < stop_at:   # the engine stopped cleanly at a round boundary
             raise Stopped
         why = divergence([r.loss for r in records], state.round)
@@ -82,4 +85,4 @@ def metrics_row(state: RunState, plan: RunPlan, n_clients: int, metrics: dict, w
     return {"round": state.round, "epoch": state.round / plan.rounds_per_epoch, "lr": plan.lr(state.round - 1),
             "train_loss": sum(state.pending_losses) / len(state.pending_losses), "bytes_sent": state.bytes_sent,
             "bytes_cross_node": state.bytes_cross_node, "wall_seconds": wall_seconds, "n_clients": n_clients,
-            **metrics}
+            "sim_seconds": state.sim_seconds, **metrics}

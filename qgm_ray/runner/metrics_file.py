@@ -15,7 +15,8 @@ from typing import Callable, Optional
 from qgm_ray.outputs import OutputError, RunDir, WriteError, atomic_write
 
 METRIC_COLUMNS = ["round", "epoch", "lr", "train_loss", "test_accuracy", "local_test_accuracy",
-                  "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss", "bytes_cross_node"]
+                  "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss", "bytes_cross_node",
+                  "sim_seconds"]
 # What a reader can rely on in every metrics.csv this program wrote, whatever its version.
 REQUIRED = ("round", "test_accuracy")
 

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from qgm_ray.clock import ClockModel
 from qgm_ray.config import Config
 from qgm_ray.schedule import LRSchedule, rounds_per_epoch
 
@@ -19,14 +20,16 @@ class RunPlan:
     lr: LRSchedule
     resize_at: dict = field(default_factory=dict)  # round -> n_clients
     checkpoint_every: int = 0
+    clock: Optional[ClockModel] = None   # the simulated time (qgm_ray/clock.py); None: not kept
 
     @classmethod
     def make(cls, cfg: Config, n_train: int) -> "RunPlan":
         rpe = rounds_per_epoch(n_train, cfg.topology.n_clients, cfg.data.batch_size)
         lr = LRSchedule.from_config(cfg, rpe)
         resize = {max(1, round(e * rpe)): n for e, n in cfg.elastic.schedule}
+        from qgm_ray.build import max_clients
         return cls(rpe, lr.total_rounds, max(1, round(cfg.eval.every_epochs * rpe)), lr, resize,
-                   cfg.fault_tolerance.checkpoint_every)
+                   cfg.fault_tolerance.checkpoint_every, ClockModel.from_config(cfg, max_clients(cfg)))
 
     def stops(self, start: int) -> list[int]:
         """Round boundaries after `start` where the runner must regain control."""
@@ -67,6 +70,8 @@ class RunState:
     message: str = ""
     final_test_accuracy: Optional[float] = None   # of the newest evaluation
     best_test_accuracy: Optional[float] = None    # the highest of every evaluation so far
+    sim_seconds: float = 0.0        # simulated time when the last client finished the last round
+    sim_start: list = field(default_factory=list)   # simulated start time of each position's next round
 
     def record_accuracy(self, acc: float) -> None:
         """One more evaluation. `max(best, acc)` keeps the first of equals, as max() over the
@@ -89,6 +94,7 @@ class RunState:
         names = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in rec.items() if k in names})
         state.pending_losses = list(state.pending_losses)
+        state.sim_start = list(state.sim_start)
         return state
 
     def restored(self) -> "RunState":

@@ -31,7 +31,7 @@ from qgm_ray.runner.recovery import RecoveryPolicy
 from qgm_ray.signals import StopSignals
 
 # Keys a --resume may not change: those that change the numbers, and how they are measured.
-MEASURED_KEYS = REPLAY_KEYS + REPLAY_KEYS_WHERE_USED + ("eval",)
+MEASURED_KEYS = REPLAY_KEYS + REPLAY_KEYS_WHERE_USED + ("eval", "clock")
 
 
 def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]) -> Engine:

@@ -37,10 +37,10 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
                   augment=augment, device=device, norm=ds.norm, fill=ds.fill,
                   packed=should_pack(cfg.compute.pack_clients, len(slots), num_params, device),
                   push_sum=build.uses_push_sum(cfg, algorithm))
-    chunk = cfg.compute.vmap_chunk
-    block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
     if cfg.compression.op != "none":   # CHOCO's public copies, per client row (engine/choco.py)
         block.exchange_state = Choco.fresh_state(block.k, block.payload_size, block.params.dtype, block.device)
+    chunk = cfg.compute.vmap_chunk   # after the exchange state: the memory plan counts it
+    block.chunk = auto_chunk(block, gpu_share, log=print) if chunk == "auto" else min(int(chunk), block.k)
     if heap_for_big:
         heap_for_big_tensors(block)
     return block

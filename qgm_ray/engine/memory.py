@@ -54,7 +54,7 @@ def cuda_peak_of(device) -> Callable[[Callable[[], None]], int]:
 
 
 def resident_bytes(*tensors) -> int:
-    """Bytes held by these tensors (a block's rows, state, buffers and data)."""
+    """Bytes held by these tensors (a block's rows, state, buffers, exchange state and data)."""
     total = 0
     for t in tensors:
         if isinstance(t, dict):
@@ -83,7 +83,7 @@ def auto_chunk(block, gpu_share: float, log: Callable[[str], None] = lambda m: N
     device = block.device
     total = torch.cuda.get_device_properties(device).total_memory
     budget = int(total * min(1.0, max(gpu_share, 1e-6)) * MEMORY_FRACTION)
-    resident = resident_bytes(block.params, block.state, block.buffers, block.x, block.y)
+    resident = resident_bytes(block.params, block.state, block.buffers, block.exchange_state, block.x, block.y)
     base, per_row = probe(block.probe_step, cuda_peak_of(device))
     chunk = chunk_rows(block.k, budget - resident, base, per_row)
     if chunk < block.k:

@@ -101,12 +101,7 @@ def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
     assert rep["summary"]["time_lost_seconds"] > 0 and any("later than before the failure" in m
                                                            for m in rep["logs"])
 
-    # Room left (a quarter core an actor): the replacements go to the worker left. (Whether they
-    # log a wait depends on how long they take to start on a busy machine; not asserted.)
-    replay = r["replay"]
-    assert replay["killed"][0] and replay["summary"]["status"] == "completed", replay["summary"]["message"]
-    assert replay["killed"][0] in replay["placed_before_kill"] and replay["killed"][0] not in replay["actor_nodes"]
-    assert replay["recoveries"] >= 1 and same(ref["rows"], replay["rows"])
+    # Room left on the other nodes: tests/test_plugins.py's multi-node lost node.
 
     wait = r["wait"]   # no room, resource_wait_s: null: waits, logs, uses the node that joins
     assert wait["summary"]["status"] == "completed", wait["summary"]["message"]

@@ -409,6 +409,8 @@ def test_plug_ins_on_a_multi_node_cluster_with_a_lost_node(tmp_path):
     assert killed["summary"]["status"] == "completed", killed["summary"]
     assert len(set(killed["actor_nodes"])) >= 2   # the actors really are on several nodes
     assert killed["killed"][0] and killed["recoveries"] >= 1 and killed["coordinator_node"] == r["head"]
+    # room left on the nodes that stay: the replacement goes there, not to the lost node
+    assert killed["killed"][0] in killed["placed_before_kill"] and killed["killed"][0] not in killed["actor_nodes"]
     def same(rs):   # bytes_cross_node is 0 on the local engine, the rest is bit for bit
         return [{k: x[k] for k in SAME if k in x} for x in rs]
     assert len(killed["rows"]) == 4 and same(killed["rows"]) == same(r["local"]["rows"])

@@ -47,7 +47,7 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine import choco
 from qgm_ray.engine.actors import dataset_meta
 from qgm_ray.engine.barriers import barriers_for
-from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of, round_bytes
+from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of
 from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
 from qgm_ray.engine.exchange import wire_of
 from qgm_ray.engine.placement import clients_per_node
@@ -148,7 +148,7 @@ class RayEngine:
         shown = ", ".join(f"{node[:8]}: {c}" for node, c in sorted(per_node.items()))
         self.log(f"ray: clients per node ({len(per_node)} node(s), {self.cfg.ray.placement} placement): {shown}; "
                  f"payload bytes crossing nodes in round 0: {self.cross_node_bytes(0)} of "
-                 f"{round_bytes(self.topology, self.centralized, self.n_clients, 0, self.payload_bytes)}")
+                 f"{int(self.exchange.edges(0)[2].sum())}")   # the gossip's (compressed) wire bytes
 
     def _apply(self, info: dict) -> None:
         self._info = info

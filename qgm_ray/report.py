@@ -833,10 +833,7 @@ def plot_partitions(parts: list[tuple[str, pd.DataFrame]], path: Path) -> Option
         ax.set_ylabel("client")
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="samples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=PNG_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_run_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> Optional[Path]:
@@ -867,10 +864,7 @@ def plot_run_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> Optio
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PNG_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_time(metrics: pd.DataFrame, path: Path, title: str = "") -> Optional[Path]:
@@ -887,10 +881,7 @@ def plot_accuracy_vs_time(metrics: pd.DataFrame, path: Path, title: str = "") ->
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PNG_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ================================================================ entry points

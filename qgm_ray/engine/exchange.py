@@ -63,8 +63,9 @@ FLOAT32 = Wire()
 
 
 def wire_of(cfg) -> Wire:
-    """The wire format of a run: the one place it is chosen, for every engine and actor. Every
-    rule sends P float32 values today."""
+    """The wire format of an uncompressed run's payloads (P float32 values), for every engine
+    and actor. A compressed run's exchange carries its own wire (engine/choco.py `ChocoWire`,
+    chosen by `choco.exchange_for`)."""
     return FLOAT32
 
 

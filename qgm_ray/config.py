@@ -221,6 +221,27 @@ class ClockConfig:
 
 
 @dataclass
+class TrackingMlflowConfig:
+    tracking_uri: Optional[str] = None   # where MLflow keeps runs (http://host:5000, sqlite:///path.db, file:///dir); set: MLflow is on
+    experiment: Optional[str] = None     # MLflow experiment (needs tracking_uri); null: the run's name
+
+
+@dataclass
+class TrackingWandbConfig:
+    project: Optional[str] = None        # W&B project; set: W&B is on
+    mode: Optional[str] = None           # online | offline | disabled (needs project); null: W&B's own (WANDB_MODE, else online)
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers (qgm_ray/tracking.py): every metrics.csv row and the resolved config,
+    as the run goes. A tracker that fails mid-run stops with one warning line; training goes on."""
+    tensorboard: bool = False            # event files in <run dir>/tensorboard/: a scalar per metrics.csv column by round, the config as hparams
+    mlflow: TrackingMlflowConfig = field(default_factory=TrackingMlflowConfig)
+    wandb: TrackingWandbConfig = field(default_factory=TrackingWandbConfig)
+
+
+@dataclass
 class Config:
     name: str = "default"            # run name: letters, digits, . _ - (directory runs/<name>-<time>), at most 100 characters
     seed: int = 0                    # 0 <= seed < 2^32: partition, init, sampling, random graphs
@@ -244,6 +265,7 @@ class Config:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -849,6 +871,7 @@ def validate(cfg: Config) -> None:
     _validate_compression(cfg, rule)
     _validate_tune(cfg)
     _validate_clock(cfg)
+    _validate_tracking(cfg)
 
 
 def _validate_clock(cfg: Config) -> None:
@@ -866,6 +889,21 @@ def _validate_clock(cfg: Config) -> None:
                                          f"got {k.stragglers.slowdown}")
     if k.trace is not None:
         clock.read_trace(k.trace)
+
+
+def _validate_tracking(cfg: Config) -> None:
+    """A tracker's keys hang together and its package is installed: one line before anything starts."""
+    from qgm_ray import tracking
+    t = cfg.tracking
+    _require(t.mlflow.experiment is None or t.mlflow.tracking_uri is not None,
+             f"tracking.mlflow.experiment={t.mlflow.experiment!r} needs tracking.mlflow.tracking_uri: where MLflow "
+             f"keeps runs (http://host:5000, sqlite:///path/mlflow.db or file:///path/mlruns)")
+    _require(t.wandb.mode is None or t.wandb.project is not None,
+             f"tracking.wandb.mode={t.wandb.mode!r} needs tracking.wandb.project: the W&B project the runs go to")
+    _require(t.wandb.mode in (None,) + tracking.WANDB_MODES,
+             f"tracking.wandb.mode={t.wandb.mode!r} is not allowed; choose one of {', '.join(tracking.WANDB_MODES)} "
+             f"or null (W&B's own: WANDB_MODE, else online)")
+    tracking.check_installed(t)
 
 
 def _validate_names(cfg: Config) -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from qgm_ray import build, errors
+from qgm_ray import build, errors, tracking
 from qgm_ray.config import Config, dump_yaml, validate_against_data
 from qgm_ray.engine.base import Engine, EngineFailure, RoundRecord
 from qgm_ray.errors import ConfigError
@@ -25,7 +25,7 @@ from qgm_ray.partition import write_partition_csv
 from qgm_ray.runner import loop, recovery
 from qgm_ray.runner.checkpoints import (DIFFERENT_CONFIG, REPLAY_KEYS, REPLAY_KEYS_WHERE_USED, CheckpointStore,
                                        replay_fingerprint)
-from qgm_ray.runner.metrics_file import MetricsFile
+from qgm_ray.runner.metrics_file import METRIC_COLUMNS, MetricsFile
 from qgm_ray.runner.plan import RunPlan, RunState
 from qgm_ray.runner.recovery import RecoveryPolicy
 from qgm_ray.signals import StopSignals
@@ -132,6 +132,7 @@ class Run:
         self.stop = StopSignals()
         self.engine: Optional[Engine] = None
         self.bar = None
+        self.trackers = tracking.Trackers([], log)   # started with the run (start), fed by record
         self._t0 = time.time() - self.state.wall_seconds
         self._acc = float("nan")
         self.fingerprint = replay_fingerprint(cfg)
@@ -208,6 +209,10 @@ class Run:
         self.log(f"run: {cfg.algorithm.name} on {self.engine.topology.describe()}, {self.plan.total_rounds} rounds "
                  f"({self.plan.rounds_per_epoch}/epoch), evaluating every {self.plan.eval_every}; backend={cfg.backend}")
         self.log(f"run directory: {run_dir.path}")
+        started = time.time()
+        self.trackers = tracking.Trackers.open(cfg, run_dir.path, METRIC_COLUMNS, log=self.log,
+                                               resume_round=self.state.round if self.resume else None)
+        self._t0 += time.time() - started   # a tracker's start (a server's answer) is not training time
         self.bar = _progress(self.plan.total_rounds, self.state.round, cfg.progress)
         self.stop.on_abort = self.abort
 
@@ -309,6 +314,7 @@ class Run:
         self.state = restored = RunState.from_checkpoint(ckpt).restored()
         restored.restarts = s.restarts   # the wall clock goes on too: time lost to the failure is time spent
         self._take_restored(restored)
+        self.trackers.rewind(restored.round)
         self.bar.n = restored.round
         self.bar.refresh()
         self.log(f"recovered from: {e}; restored the checkpoint of round {restored.round} "
@@ -354,6 +360,7 @@ class Run:
             # checkpoint): the run is whole; report it as it is, then exit 128 + n.
             self.stop.late_signum, self.stop.signum = self.stop.signum, None
         self.bar.close()
+        self.trackers.close(self.state.status)
         try:
             self.engine.close()
         except Exception:  # noqa: BLE001 - closing must not hide the real outcome
@@ -362,8 +369,9 @@ class Run:
 
     # ------------------------------------------------------------ the loop's parts
     def record(self, row: dict) -> None:
-        """One metrics row: appended to metrics.csv, handed to on_eval."""
+        """One metrics row: appended to metrics.csv, then to the experiment trackers, handed to on_eval."""
         self.metrics.append(row)
+        self.trackers.log(row)
         self._acc = row["test_accuracy"]
         if self.on_eval is not None:
             self.on_eval(row)

@@ -22,13 +22,19 @@ $(VENV)/.nlp-installed: $(VENV)/.installed requirements-nlp.txt
 	$(PY) -m pip install --quiet -r requirements-nlp.txt
 	touch $@
 
+# The experiment trackers and their readers (TensorBoard, MLflow's client, W&B), so that `make test`
+# (CI) runs tests/test_tracking.py.
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
 run: $(VENV)/.package-installed          ## the offline default: python main.py
 	$(PY) main.py $(ARGS)
 
 # Two workers, whole files each (--dist loadfile: a file's module fixtures are built once): most
 # of a Ray or subprocess test is waiting on process start-up, which the other worker overlaps.
 # --durations: the slowest tests in every CI log, so a test that outgrows the 15-minute budget shows.
-test: $(VENV)/.package-installed $(VENV)/.nlp-installed  ## the whole test suite (what CI runs)
+test: $(VENV)/.package-installed $(VENV)/.nlp-installed $(VENV)/.test-installed  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests $(ARGS)
 
 test-fast: $(VENV)/.package-installed    ## unit tests only, no Ray

@@ -5,8 +5,9 @@ missing package is one line before anything starts; a tracker that fails mid-run
 with one warning and the run completes.
 
 The readers come from requirements-test.txt (`make test` installs it); without one of them
-its tests skip."""
+its tests skip, except in CI (CI=true), where a skip is a failure."""
 import json
+import os
 import signal
 import struct
 from pathlib import Path
@@ -28,6 +29,13 @@ SMALL = small_run("name=tracked", "backend=local", "topology.n_clients=4", "sche
 
 def small(*extra):
     return load_config(None, SMALL + list(extra))
+
+
+def need(module: str):
+    """The module, or a skip (a failure in CI, where requirements-test.txt is installed)."""
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        return __import__(module)
+    return pytest.importorskip(module)
 
 
 def expected(rows, column):
@@ -80,7 +88,7 @@ def test_the_config_as_flat_hyper_parameters():
 def tensorboard_scalars(run_dir):
     """{tag: [(step, value)]} of the scalars TensorBoard serves from the run's event files,
     and the hparams plugin's content by tag."""
-    pytest.importorskip("tensorboard")
+    need("tensorboard")
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
     acc = EventAccumulator(str(Path(run_dir) / tracking.TENSORBOARD_DIR), size_guidance={"tensors": 0})
@@ -166,7 +174,7 @@ def test_tensorboard_hparams_are_the_resolved_config(tracked_run):
 
 
 def test_mlflow_holds_every_metrics_column_by_round_and_the_config_as_params(tracked_run):
-    pytest.importorskip("mlflow")
+    need("mlflow")
     from mlflow.tracking import MlflowClient
     rows = read_metrics(tracked_run["dir"])
     ids = json.loads((tracked_run["dir"] / tracking.IDS_FILE).read_text())
@@ -185,7 +193,7 @@ def test_mlflow_holds_every_metrics_column_by_round_and_the_config_as_params(tra
 
 
 def test_wandb_offline_holds_every_metrics_column_by_round_and_the_config(tracked_run):
-    pytest.importorskip("wandb")
+    need("wandb")
     rows = read_metrics(tracked_run["dir"])
     ids = json.loads((tracked_run["dir"] / tracking.IDS_FILE).read_text())
     files = list((tracked_run["dir"] / "wandb").glob(f"offline-run-*/run-{ids['wandb']['id']}.wandb"))
@@ -226,7 +234,7 @@ def test_a_resume_goes_on_in_the_same_tracker_runs_and_tensorboard_drops_the_red
     """Stopped at round 24, resumed from the checkpoint of round 20 (the one of 24 lost): the
     rows after 20 are redone (their wall_seconds differ). TensorBoard's session restart purges
     the first values of round 24, so what it serves equals metrics.csv again."""
-    pytest.importorskip("tensorboard")
+    need("tensorboard")
     cfg = small("tracking.tensorboard=true", "fault_tolerance.checkpoint_every=20", "fault_tolerance.keep=3")
     d = tmp_path / "r"
     the_run = runner.Run.open(cfg, d, log=quiet)
@@ -249,7 +257,7 @@ def test_a_resume_goes_on_in_the_same_tracker_runs_and_tensorboard_drops_the_red
 
 def test_rewind_purges_the_rows_after_its_round_in_tensorboard(tmp_path):
     """What a replay after an engine failure does: the rows after the restored round come again."""
-    pytest.importorskip("tensorboard")
+    need("tensorboard")
     cfg = small("tracking.tensorboard=true")
     (tmp_path / "r").mkdir()
     trackers = tracking.Trackers.open(cfg, tmp_path / "r", ["round", "test_accuracy"], log=quiet)
@@ -261,3 +269,18 @@ def test_rewind_purges_the_rows_after_its_round_in_tensorboard(tmp_path):
     trackers.close("completed")
     scalars, _ = tensorboard_scalars(tmp_path / "r")
     assert scalars == {"test_accuracy": [(10, 0.1), (20, 0.25), (30, 0.35)]}
+
+
+def test_the_pinned_trackers_satisfy_the_package_extras():
+    """requirements-test.txt pins what the `mlflow` and `wandb` extras of pyproject.toml admit."""
+    import tomllib
+    from packaging.requirements import Requirement
+    root = Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {r.name: r for r in (Requirement(line) for line in (root / "requirements-test.txt").read_text().splitlines()
+                                if line.strip() and not line.startswith("#"))}
+    for extra in ("mlflow", "wandb"):
+        [wanted] = [Requirement(x) for x in extras[extra]]
+        [pin] = pins[wanted.name].specifier
+        assert pin.operator == "==" and wanted.specifier.contains(pin.version), (extra, pin)
+    assert set(pins) == {"tensorboard", "mlflow-skinny", "wandb"}

@@ -51,6 +51,25 @@ def check_installed(tc) -> None:
             raise ConfigError(f"tracking.{name} is on but the {module} package is not installed: {install}")
 
 
+def absolute_uri(uri: Optional[str], cwd: Optional[Path] = None) -> Optional[str]:
+    """An MLflow tracking URI that names a local place relative to the working directory
+    (`mlruns`, `file:./mlruns`, `sqlite:///mlflow.db`), made absolute against `cwd`: a Tune
+    trial runs in a directory of its own. Any other URI is returned as it is."""
+    if uri is None:
+        return None
+    base = Path(cwd or os.getcwd())
+    scheme, sep, rest = uri.partition(":")
+    if uri == "databricks":   # MLflow's one URI without a scheme that is not a path
+        return uri
+    if not sep or len(scheme) == 1:   # a plain path (C: is a drive, not a scheme)
+        return str(base / uri) if not Path(uri).is_absolute() else uri
+    if scheme == "file" and not rest.startswith("//"):
+        return (base / rest).as_uri() if not Path(rest).is_absolute() else Path(rest).as_uri()
+    if scheme == "sqlite" and rest.startswith("///") and not rest.startswith("////") and rest[3:] not in ("", ":memory:"):
+        return f"sqlite:///{base / rest[3:]}"
+    return uri
+
+
 def flat_params(d: dict, prefix: str = "") -> dict:
     """A nested config dict as {dotted.key: bool | int | float | str}: what hyper-parameter views
     take. A list, an empty mapping or null is its JSON text, so every key keeps a value."""

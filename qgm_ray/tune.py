@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from qgm_ray import grid as tune_grid
+from qgm_ray import tracking
 from qgm_ray.command import command
 from qgm_ray.config import Config, config_dict, dump_yaml, from_dict, trial_dict
 from qgm_ray.errors import ConfigError
@@ -358,10 +359,13 @@ def _autoscales() -> bool:
 
 
 def _absolute_paths(d: dict) -> dict:
-    # Trials run in Tune's working directories, not ours: relative data paths must not move.
+    # Trials run in Tune's working directories, not ours: relative data paths (and a local MLflow
+    # store's) must not move.
     root = d["data"]["root"]
     if root and not os.path.isabs(root):
         d["data"]["root"] = os.path.abspath(root)
+    mlflow = d["tracking"]["mlflow"]
+    mlflow["tracking_uri"] = tracking.absolute_uri(mlflow["tracking_uri"])
     return d
 
 

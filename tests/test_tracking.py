@@ -284,3 +284,42 @@ def test_the_pinned_trackers_satisfy_the_package_extras():
         [pin] = pins[wanted.name].specifier
         assert pin.operator == "==" and wanted.specifier.contains(pin.version), (extra, pin)
     assert set(pins) == {"tensorboard", "mlflow-skinny", "wandb"}
+
+
+@pytest.mark.parametrize("uri, absolute", [
+    (None, None),
+    ("mlruns", "/work/dir/mlruns"),
+    ("/data/mlruns", "/data/mlruns"),
+    ("file:./mlruns", "file:///work/dir/mlruns"),
+    ("file:/data/mlruns", "file:///data/mlruns"),
+    ("file:///data/mlruns", "file:///data/mlruns"),
+    ("sqlite:///mlflow.db", "sqlite:////work/dir/mlflow.db"),
+    ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
+    ("http://mlflow.lab:5000", "http://mlflow.lab:5000"),
+    ("databricks", "databricks"),
+])
+def test_a_local_mlflow_store_named_relative_to_the_working_directory_is_made_absolute(uri, absolute):
+    assert tracking.absolute_uri(uri, Path("/work/dir")) == absolute
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_each_trial_of_a_sweep_writes_its_own_events_equal_to_its_metrics(ray_session, tmp_path):
+    need("tensorboard")
+    from qgm_ray import tune as qtune
+    cfg = load_config(None, SMALL + ["name=swept", "schedule.epochs=1", "tracking.tensorboard=true",
+                                     "tune.grid={seed: [0, 1]}", f"data.root={tmp_path / 'data'}"])
+    out = qtune.run_sweep(cfg, output_dir=tmp_path / "sweep", log=quiet)
+    assert out["complete"]
+    trials = sorted((tmp_path / "sweep" / qtune.TRIALS).iterdir())
+    assert len(trials) == 2
+    seeds = []
+    for trial in trials:
+        rows = read_metrics(trial)
+        scalars, content = tensorboard_scalars(trial)
+        for c in METRIC_COLUMNS[1:]:
+            assert scalars[c] == expected(rows, c), (trial.name, c)
+        from tensorboard.plugins.hparams import plugin_data_pb2
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        seeds.append(start.session_start_info.hparams["seed"].number_value)
+    assert sorted(seeds) == [0, 1]

@@ -34,6 +34,10 @@ PACKAGES = {"tensorboard": ("tensorboardX", "pip install tensorboardX"),
 WANDB_MODES = ("online", "offline", "disabled")
 IDS_FILE = "tracking.json"          # the MLflow and W&B run ids of the run directory
 TENSORBOARD_DIR = "tensorboard"     # under the run directory
+# A run's end (summary.json's status) in each tracker's terms: TensorBoard's hparams session
+# status, MLflow's run status, W&B's exit code. A diverged run is a result, not a failure.
+ENDS = {"completed": ("STATUS_SUCCESS", "FINISHED", 0), "diverged": ("STATUS_SUCCESS", "FINISHED", 0),
+        "stopped": ("STATUS_ABORTED", "KILLED", 1), "failed": ("STATUS_FAILURE", "FAILED", 1)}
 
 
 def enabled(tc) -> list[str]:
@@ -249,7 +253,7 @@ class _TensorBoard:
         from tensorboardX.proto.api_pb2 import Status
         from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
         from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
-        code = {"completed": "STATUS_SUCCESS", "stopped": "STATUS_ABORTED"}.get(status, "STATUS_FAILURE")
+        code = ENDS.get(status, ENDS["failed"])[0]
         content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(code), end_time_secs=time.time()),
                                     version=0)
         meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams",
@@ -305,7 +309,7 @@ class _MLflow:
         pass   # MLflow keeps a metric's whole history: the replayed rows are added to it
 
     def close(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, {"completed": "FINISHED", "stopped": "KILLED"}.get(status, "FAILED"))
+        self.client.set_terminated(self.run_id, ENDS.get(status, ENDS["failed"])[1])
 
     def abandon(self) -> None:
         pass
@@ -346,7 +350,7 @@ class _WandB:
         pass   # the replayed rows are logged again against their rounds
 
     def close(self, status: str) -> None:
-        self.run.finish(exit_code=0 if status in ("completed", "diverged", "stopped") else 1)
+        self.run.finish(exit_code=ENDS.get(status, ENDS["failed"])[2])
 
     def abandon(self) -> None:
-        self.run.finish(exit_code=1)
+        self.run.finish(exit_code=ENDS["failed"][2])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from qgm_ray.errors import ConfigError
+from qgm_ray.outputs import WriteError, atomic_write_text
 
 # tracker -> (the module it imports, what to install when it is missing)
 PACKAGES = {"tensorboard": ("tensorboardX", "pip install tensorboardX"),
@@ -34,6 +35,7 @@ PACKAGES = {"tensorboard": ("tensorboardX", "pip install tensorboardX"),
 WANDB_MODES = ("online", "offline", "disabled")
 IDS_FILE = "tracking.json"          # the MLflow and W&B run ids of the run directory
 TENSORBOARD_DIR = "tensorboard"     # under the run directory
+WARNING_CHARS = 400                 # of a tracker's error, in its one warning line
 # A run's end (summary.json's status) in each tracker's terms: TensorBoard's hparams session
 # status, MLflow's run status, W&B's exit code. A diverged run is a result, not a failure.
 ENDS = {"completed": ("STATUS_SUCCESS", "FINISHED", 0), "diverged": ("STATUS_SUCCESS", "FINISHED", 0),
@@ -129,8 +131,8 @@ class Trackers:
         try:
             if any(t.ids() for t in trackers._trackers):
                 _write_ids(run_dir, {**ids, **{t.name: t.ids() for t in trackers._trackers if t.ids()}})
-        except OSError as e:
-            log(f"warning: cannot write {run_dir / IDS_FILE} ({e.strerror or e}); a --resume starts new tracker runs")
+        except WriteError as e:
+            log(f"warning: {e}; a --resume starts new tracker runs")
         return trackers
 
     @property
@@ -160,7 +162,9 @@ class Trackers:
                     pass
 
     def _warn(self, name: str, e: BaseException, what: str) -> None:
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        if len(reason) > WARNING_CHARS:   # one line; what to do about it often closes the message
+            reason = f"{reason[:WARNING_CHARS // 2]} ... {reason[-WARNING_CHARS // 2:]}"
         self._log(f"warning: tracking.{name} {what} ({reason}); training goes on without it")
 
 
@@ -173,7 +177,6 @@ def _read_ids(run_dir: Path) -> dict:
 
 
 def _write_ids(run_dir: Path, ids: dict) -> None:
-    from qgm_ray.outputs import atomic_write_text
     atomic_write_text(run_dir / IDS_FILE, json.dumps(ids, indent=1, sort_keys=True) + "\n")
 
 
@@ -330,8 +333,9 @@ class _WandB:
         self.columns = columns
         known = (ids.get(self.name) or {}).get("id")
         self.id = known if resume_round is not None and known else uuid.uuid4().hex[:16]
-        # console off: the run's stdout and stderr stay ours; no system metrics, requirements,
-        # code or symbolic links (a run directory holds none).
+        # console off: the run's stdout and stderr stay ours; no system metrics, requirements or
+        # code; no latest-run link (W&B's service still links its own debug log, kept in its
+        # cache directory, into the W&B run's logs/).
         settings = wandb.Settings(console="off", x_disable_stats=True, x_save_requirements=False,
                                   save_code=False, symlink=False, silent=True)
         self.run = wandb.init(project=t.project, mode=t.mode, dir=str(run_dir), id=self.id, resume="allow",

@@ -230,12 +230,18 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_one_warning_and_the_run_co
     assert len(read_metrics(tmp_path / "r")) == 5 and the_run.trackers.names == []
 
 
-def test_a_resume_goes_on_in_the_same_tracker_runs_and_tensorboard_drops_the_redone_rows(tmp_path):
+def test_a_resume_goes_on_in_the_same_tracker_runs_and_tensorboard_drops_the_redone_rows(tmp_path, monkeypatch):
     """Stopped at round 24, resumed from the checkpoint of round 20 (the one of 24 lost): the
     rows after 20 are redone (their wall_seconds differ). TensorBoard's session restart purges
-    the first values of round 24, so what it serves equals metrics.csv again."""
+    the first values of round 24, so what it serves equals metrics.csv again; MLflow goes on in
+    the run it started, whose last value of each round is metrics.csv's."""
     need("tensorboard")
-    cfg = small("tracking.tensorboard=true", "fault_tolerance.checkpoint_every=20", "fault_tolerance.keep=3")
+    need("mlflow")
+    from mlflow.tracking import MlflowClient
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    cfg = small("tracking.tensorboard=true", f"tracking.mlflow.tracking_uri={uri}",
+                "fault_tolerance.checkpoint_every=20", "fault_tolerance.keep=3")
     d = tmp_path / "r"
     the_run = runner.Run.open(cfg, d, log=quiet)
 
@@ -245,6 +251,7 @@ def test_a_resume_goes_on_in_the_same_tracker_runs_and_tensorboard_drops_the_red
     the_run.on_eval = stop_at_24
     assert the_run.execute()["status"] == "stopped"
     before = read_metrics(d)
+    started = json.loads((d / tracking.IDS_FILE).read_text())
     CheckpointStore.of(d).list()[-1].unlink()   # the stop's checkpoint, round 24
     assert runner.run(cfg, d, resume=True, log=quiet)["status"] == "completed"
     rows = read_metrics(d)
@@ -253,6 +260,14 @@ def test_a_resume_goes_on_in_the_same_tracker_runs_and_tensorboard_drops_the_red
     scalars, _ = tensorboard_scalars(d)
     for c in METRIC_COLUMNS[1:]:
         assert scalars[c] == expected(rows, c), c
+    assert json.loads((d / tracking.IDS_FILE).read_text()) == started
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert run.info.run_id == started["mlflow"]["run_id"] and run.info.status == "FINISHED"
+    for c in METRIC_COLUMNS[1:]:
+        last = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, c),
+                                                key=lambda m: m.timestamp)}
+        assert sorted(last.items()) == expected(rows, c), c
 
 
 def test_rewind_purges_the_rows_after_its_round_in_tensorboard(tmp_path):

@@ -69,8 +69,9 @@ def test_a_bad_tracking_key_is_one_line(overrides, message):
 
 def test_a_tracker_whose_package_is_missing_is_one_line_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setitem(tracking.PACKAGES, "wandb", ("qgm_ray_no_such_package", "pip install wandb"))
-    with pytest.raises(ConfigError) as e:
-        runner.run(small("tracking.wandb.project=p"), tmp_path / "r", log=quiet)
+    import qgm_ray
+    with pytest.raises(ConfigError) as e:   # what the Python API and main.py (exit 2) meet
+        qgm_ray.run(None, SMALL + ["tracking.wandb.project=p"], output_dir=tmp_path / "r", log=quiet)
     assert str(e.value) == ("tracking.wandb is on but the qgm_ray_no_such_package package is not installed: "
                             "pip install wandb")
     assert not (tmp_path / "r").exists()

@@ -231,6 +231,23 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_one_warning_and_the_run_co
     assert len(read_metrics(tmp_path / "r")) == 5 and the_run.trackers.names == []
 
 
+def test_a_tracker_server_that_is_gone_is_one_warning_and_the_run_completes(tmp_path, monkeypatch):
+    """MLflow pointed at a port nobody listens on (its retries off, so the refusal comes at once)."""
+    need("mlflow")
+    import socket
+    with socket.socket() as s:   # a free port, closed again: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    logs = []
+    summary = runner.run(small(f"tracking.mlflow.tracking_uri=http://127.0.0.1:{port}"), tmp_path / "r",
+                         log=logs.append)
+    assert summary["status"] == "completed" and len(read_metrics(tmp_path / "r")) == 5
+    [warning] = [m for m in logs if m.startswith("warning")]
+    assert warning.startswith("warning: tracking.mlflow could not start (") and "\n" not in warning
+    assert not (tmp_path / "r" / tracking.IDS_FILE).exists()
+
+
 def test_a_resume_goes_on_in_the_same_tracker_runs_and_tensorboard_drops_the_redone_rows(tmp_path, monkeypatch):
     """Stopped at round 24, resumed from the checkpoint of round 20 (the one of 24 lost): the
     rows after 20 are redone (their wall_seconds differ). TensorBoard's session restart purges

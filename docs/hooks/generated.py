@@ -11,6 +11,7 @@ A marker the build does not know is an error, so a typo does not leave a page ha
 """
 from __future__ import annotations
 
+import html
 import re
 
 import qgm_ray
@@ -19,7 +20,10 @@ MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
 
 
 def _cell(text: str) -> str:
-    """A table cell: a `|` inside it would end the cell."""
+    """Plain text as a table cell, shown as the terminal shows it: `<name>` is not an HTML tag,
+    `*`, `_` and backticks are not emphasis or code, and a `|` does not end the cell."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"([\\`*_\[\]])", r"\\\1", text)
     return text.replace("|", "&#124;")
 
 
@@ -40,7 +44,7 @@ def config_keys() -> str:
 
     out = ["| key | type | default | allowed / meaning |", "|---|---|---|---|"]
     for key, kind, default, text in parse_key_table(describe_keys()):
-        out.append(f"| `{key}` | {_cell(kind)} | `{_cell(default)}` | {_cell(text)} |")
+        out.append(f"| `{key}` | {_cell(kind)} | {_cell(default)} | {_cell(text)} |")
     return "\n".join(out)
 
 
@@ -51,7 +55,7 @@ def rule_knobs() -> str:
     out = ["| `algorithm.name` | knobs and their defaults |", "|---|---|"]
     for name in builtin_names("algorithm"):
         knobs = ", ".join(f"`{k}: {v!r}`" for k, v in algorithm_class(name).knobs().items())
-        out.append(f"| `{name}` | {_cell(knobs)} |")
+        out.append(f"| `{name}` | {knobs} |")
     return "\n".join(out)
 
 

@@ -67,6 +67,9 @@ def test_key_table_is_what_config_keys_prints():
     for line, (key, *_rest) in zip(table[2:], rows):
         assert line.startswith(f"| `{key}` |")
         assert line.count("|") == 5, line   # a `|` inside a cell is escaped
+    # cells are plain text as the terminal prints them: <name> is no HTML tag, _ no emphasis
+    name_row = next(line for line in table if line.startswith("| `name` |"))
+    assert "runs/&lt;name&gt;" in name_row
 
 
 def test_api_page_documents_every_stable_name():

@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "tutorial.ipynb"
-# Where the notebook's sweep writes, relative to the directory it runs in.
-SWEEP_DIR = Path("runs/tutorial-sweep")
 
 
 def test_committed_without_outputs():
@@ -50,7 +48,8 @@ def test_notebook_runs(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
 
-    results = pd.read_csv(tmp_path / SWEEP_DIR / "results.csv")
+    [sweep_dir] = (tmp_path / "runs").glob("tutorial-*")   # the sweep's default directory
+    results = pd.read_csv(sweep_dir / "results.csv")
     assert sorted(zip(results["algorithm"], results["alpha"])) == [
         ("dsgdm_n", 0.1), ("dsgdm_n", 10.0), ("qg_dsgdm_n", 0.1), ("qg_dsgdm_n", 10.0)]
     assert set(results["status"]) == {"completed"}

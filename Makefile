@@ -28,6 +28,11 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $@
 
+# The documentation site and the tutorial notebook's kernel: `make docs`, and so CI (`make test`).
+$(VENV)/.docs-installed: $(VENV)/.installed requirements-docs.txt
+	$(PY) -m pip install --quiet -r requirements-docs.txt
+	touch $@
+
 run: $(VENV)/.package-installed          ## the offline default: python main.py
 	$(PY) main.py $(ARGS)
 
@@ -48,3 +53,13 @@ bench: $(VENV)/.package-installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache build qgm_ray.egg-info
+
+# --strict: a broken link or anchor, or a docstring the API reference cannot
+# render fails the build. `python -m` puts the checkout first on sys.path, so the generated pages
+# (docs/hooks/generated.py) read this checkout's qgm_ray. NO_MKDOCS_2_WARNING: Material's banner.
+.PHONY: docs
+docs: $(VENV)/.package-installed $(VENV)/.docs-installed   ## the documentation site into build/site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+# CI builds the site before the tests; the notebook's test needs the kernel it installs.
+test: docs

@@ -693,7 +693,7 @@ def make_topology(name: str, n: int, seed: int = 0, **kw) -> Topology:
     """The topology `name` on n clients; ConfigError if they do not fit (see valid_sizes).
 
     kw: graph (social: davis_southern_women | florentine_families | karate_club |
-    les_miserables), edge_list=PATH or generator=NAME [+ generator_kwargs] [+ directed]
+    les_miserables), `edge_list=PATH` or `generator=NAME [+ generator_kwargs] [+ directed]`
     (name='graph'), degree (random_peer: out-links per round drawn from 1..degree, default 3),
     lazy (any name: W <- (I + W) / 2).
     Options meant for another topology are ignored; None values count as unset.

@@ -57,7 +57,7 @@ class Schedule:
     weight: np.ndarray          # (n, d) their weights, padded with 0
     version: Optional[np.ndarray]   # (N, d) gossip: the version mixed from each source (own: m)
     peer: Optional[np.ndarray]      # (N,) pairwise: the neighbour the event averages with
-    deps: list                  # per event, the events it depends on
+    deps: np.ndarray            # (N, c) per event, the events it depends on, padded with -1
     history: int                # payload versions kept per client (gossip)
     event_bytes: np.ndarray     # (N,) bytes the event puts on the wire
 
@@ -93,9 +93,9 @@ class Schedule:
         """Row r's events grouped into waves, each in event order (module docstring)."""
         start = r * self.n
         level = [0] * self.n
-        for k in range(self.n):
-            deps = [level[d - start] for d in self.deps[start + k] if d >= start]
-            level[k] = 1 + (max(deps) if deps else 0)
+        # Dependencies before the row are done (level 0); the padding -1 is before every row.
+        for k, deps in enumerate((np.maximum(self.deps[start:start + self.n] - start + 1, 0)).tolist()):
+            level[k] = 1 + max(level[d - 1] if d else 0 for d in deps)
         level = np.asarray(level)
         order = np.argsort(level, kind="stable")
         cuts = np.flatnonzero(np.diff(level[order])) + 1
@@ -158,8 +158,7 @@ def build(model, W, n: int, rows: int, payload_bytes: int, kind: str, seed: int)
         reads = ~own[client] & (weight[client] != 0)
         on = np.where(reads, pos[np.maximum(version, 0), src[client]], -1)
         on[version < 0] = -1
-        deps = [[p, *[x for x in row if x >= 0]] if p >= 0 else [x for x in row if x >= 0]
-                for p, row in zip(prev.tolist(), on.tolist())]
+        deps = np.concatenate([prev[:, None], on], axis=1)
         # The depth of the ring: a reader of (j, v) in row r runs, at the latest, after every
         # event of j in rows <= r; slot v mod H must still hold v then.
         last = _made_by_row(client, rows, n)[(np.arange(count) // n)[:, None], src[client]] - 1
@@ -172,9 +171,9 @@ def build(model, W, n: int, rows: int, payload_bytes: int, kind: str, seed: int)
             nbrs = src[i][~own[i] & (weight[i] != 0)]
             u = np.random.default_rng([seed, _PEER_STREAM, i]).random(made[i])
             peer[pos[:made[i], i]] = nbrs[np.floor(u * len(nbrs)).astype(np.int64)]
-        deps, last = [], {}
+        deps, last = np.empty((count, 2), dtype=np.int64), np.full(n, -1, dtype=np.int64)
         for e, (i, p) in enumerate(zip(client.tolist(), peer.tolist())):
-            deps.append([x for x in (last.get(i, -1), last.get(p, -1)) if x >= 0])
+            deps[e] = last[i], last[p]
             last[i] = last[p] = e
         version, history = None, 1
         event_bytes = np.full(count, 2 * int(payload_bytes), dtype=np.int64)

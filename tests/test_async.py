@@ -184,6 +184,17 @@ def test_a_block_of_clients_equals_blocks_of_one():
     assert torch.equal(got[0], got[1])
 
 
+def test_a_stop_comes_at_a_row_boundary_and_training_goes_on_from_there():
+    cfg = config(*HETERO, "schedule.epochs=1", "topology.n_clients=6", "algorithm.name=qg_dsgdm_n")
+    whole, parts = local_engine(cfg), local_engine(cfg)
+    want = whole.train(range(6), lambda r: 0.05)
+    calls = iter(range(100))
+    got = parts.train(range(6), lambda r: 0.05, should_stop=lambda: next(calls) >= 2)
+    assert [r.round for r in got] == [0, 1]
+    got += parts.train(range(2, 6), lambda r: 0.05)
+    assert got == want and torch.equal(parts.params, whole.params)
+
+
 # ---------------------------------------------------------------- runs
 
 RUN = (*HETERO, "topology.n_clients=6", "schedule.epochs=4", "eval.every_epochs=1",

@@ -68,8 +68,8 @@ def exchange_for(cfg, topology, groups, payload_floats: int, wire, n_train: int)
 def fresh_state(block, history: int) -> dict:
     """A block's rows of what an asynchronous run carries, at the run's start."""
     k, P = block.params.shape
-    state = {"grad": torch.zeros_like(block.params), "loss": torch.zeros(k, dtype=block.params.dtype),
-             "ready": torch.zeros(k, dtype=block.params.dtype)}
+    state = {"grad": torch.zeros_like(block.params), "loss": block.params.new_zeros(k),
+             "ready": block.params.new_zeros(k)}
     if history:
         state["history"] = block.params.unsqueeze(1).repeat(1, history, 1)
     return state

@@ -887,6 +887,8 @@ def _validate_async(cfg: Config, rule) -> None:
                                f"so it runs only asynchronously; set clock.mode=async")
         return
     who = "clock.mode=async"
+    _require(cfg.topology.n_clients >= 2, f"{who} gossips between clients: topology.n_clients must be >= 2, "
+                                          f"got {cfg.topology.n_clients}")
     _require(cfg.backend == "local", f"{who} runs on backend=local (the Ray engine runs synchronous rounds only), "
                                      f"got backend={cfg.backend}; set backend=local")
     from qgm_ray.algorithms.registry import ASYNC_ALGORITHMS, push_sum_algorithms

@@ -292,6 +292,7 @@ def test_ad_psgd_averages_first_then_steps():
     (ASYNC + ("compression.op=top_k", "compression.keep=0.1"), "set compression.op=none"),
     (ASYNC + ("algorithm.name=dsgdm", "algorithm.slowmo_tau=4"), "set algorithm.slowmo_tau=0"),
     (ASYNC + ("elastic.schedule=[[1, 8]]",), "needs the same clients all run"),
+    (ASYNC + ("topology.n_clients=1",), "topology.n_clients must be >= 2"),
     (("clock.mode=sometimes",), "clock.mode='sometimes' is not allowed; choose one of sync, async"),
 ])
 def test_what_an_async_run_cannot_mean_is_one_line(keys, says):

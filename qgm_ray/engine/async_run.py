@@ -54,11 +54,11 @@ class AsyncExchange(Exchange):
         return self.schedule.row_bytes(t)
 
 
-def exchange_for(cfg, topology, groups, payload_floats: int, wire, n_train: int) -> AsyncExchange:
-    """The schedule of the whole run (its rows from the lr schedule), in its exchange."""
+def exchange_for(cfg, rule, topology, groups, payload_floats: int, wire, n_train: int) -> AsyncExchange:
+    """The schedule of the whole run (its rows from the lr schedule), in its exchange; `rule`
+    pairwise (AD-PSGD) or gossiping its parameters."""
     n = topology.n
     rows = LRSchedule.from_config(cfg, rounds_per_epoch(n_train, n, cfg.data.batch_size)).total_rounds
-    rule = build.build_algorithm(cfg)
     kind = "pairwise" if getattr(rule, "pairwise", False) else "gossip"
     model = ClockModel.from_config(cfg, build.max_clients(cfg))
     sched = async_schedule.build(model, topology.sparse(0), n, rows, wire.nbytes(payload_floats), kind, cfg.seed)

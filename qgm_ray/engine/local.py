@@ -174,7 +174,7 @@ class LocalEngine:
                                            blocks[0].payload_size, barriers_for(algorithm), wire_of(self.cfg))
         self.asynchronous = None   # clock.mode=async: the schedule's events instead of rounds (engine/async_run.py)
         if self.cfg.clock.mode == "async":
-            self.exchange = async_run.exchange_for(self.cfg, self.topology, groups, blocks[0].payload_size,
+            self.exchange = async_run.exchange_for(self.cfg, algorithm, self.topology, groups, blocks[0].payload_size,
                                                    wire_of(self.cfg), len(self.ds.train_x))
             self.asynchronous = async_run.AsyncRun(blocks, self.exchange)
 

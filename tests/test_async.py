@@ -25,7 +25,7 @@ from qgm_ray.runner.metrics_file import METRIC_COLUMNS, MetricsFile
 from qgm_ray.sampler import BatchSampler
 from qgm_ray.topology import make_topology
 
-from helpers import local_engine, quiet, read_metrics, small_run
+from helpers import local_engine, main_py, quiet, read_metrics, small_run
 
 ASYNC = ("backend=local", "clock.mode=async")
 HETERO = ("clock.speed.sigma=0.5", "clock.stragglers.fraction=0.2", "clock.stragglers.slowdown=5",
@@ -299,3 +299,10 @@ def test_what_an_async_run_cannot_mean_is_one_line(keys, says):
     with pytest.raises(ConfigError) as e:
         load_config(None, list(keys))
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_refuses_async_on_ray_with_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    res = main_py("--set", "clock.mode=async", "--set", "backend=ray", "--output-dir", str(out))
+    assert res.returncode == 2 and "clock.mode=async runs on backend=local" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()

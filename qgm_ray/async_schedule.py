@@ -32,8 +32,10 @@ dependencies: the fewest waves any order respecting them can have), so no event 
 another of its wave, and any execution respecting the dependencies computes the same numbers.
 
 A client keeps the payload versions its in-neighbours may still read in a ring of `history`
-slots (version v in slot v mod history); `history` is the smallest depth for which no slot is
-overwritten before its last reader in the row has run, whatever the order of the row's waves.
+slots (version v in slot v mod history). A reader of version v of client j in row r runs, at the
+latest, after every event of j up to the end of row r, so `history` = 1 + the largest
+(j's last version in the reader's row - v) over every read: no slot is overwritten before its
+last reader has run, in any order of the row's events that respects their dependencies.
 """
 from __future__ import annotations
 

@@ -306,3 +306,15 @@ def test_cli_refuses_async_on_ray_with_exit_2_and_writes_nothing(tmp_path):
     res = main_py("--set", "clock.mode=async", "--set", "backend=ray", "--output-dir", str(out))
     assert res.returncode == 2 and "clock.mode=async runs on backend=local" in res.stderr
     assert "Traceback" not in res.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("sweep", ["sync", "async"])
+def test_the_study_configs_hold_only_valid_trials(sweep):
+    """docs/results/async: every trial of each sweep is a config the run accepts (the check
+    `tune` makes before preparing data), 18 each."""
+    from qgm_ray.config import config_dict
+    from qgm_ray.tune import grid_points, trial_config
+    path = Path(__file__).resolve().parent.parent / "docs" / "results" / "async" / f"{sweep}.yaml"
+    trials = [trial_config(config_dict(path), p) for p in grid_points(load_config(path).tune)]
+    assert len(trials) == 18 and {t.clock.mode for t in trials} == {sweep}
+    assert {t.clock.stragglers.fraction for t in trials} == {0.1}

@@ -211,7 +211,8 @@ class ClockStragglersConfig:
 @dataclass
 class ClockConfig:
     """The simulated time of the system the run models (qgm_ray/clock.py): metrics.csv's
-    sim_seconds. A model, never a measurement; it never changes the numbers."""
+    sim_seconds. A model, never a measurement; in sync mode it never changes the numbers."""
+    mode: str = "sync"               # sync: rounds behind each client's in-neighbours | async: no barrier, each client steps at its own pace and mixes the newest payloads that arrived (qgm_ray/async_schedule.py; backend local)
     step_seconds: float = 0.1        # one local step of one client at speed 1 (> 0)
     latency_ms: float = 1.0          # per message on every link (>= 0)
     bandwidth_mbps: float = 1000.0   # per link, 10^6 bits per second (> 0)
@@ -282,6 +283,7 @@ CHOICES = {
     "tune.scheduler": ("fifo", "asha"),
     "tune.mode": ("max", "min"),
     "clock.stragglers.redraw": ("fixed", "round"),
+    "clock.mode": ("sync", "async"),
 }
 
 # What a trial reports to Tune (every metrics.csv column, plus the run's outcome), so the only
@@ -870,11 +872,17 @@ def validate(cfg: Config) -> None:
     _validate_elastic(cfg)
     _validate_compression(cfg, rule)
     _validate_tune(cfg)
-    _validate_clock(cfg)
+    _validate_clock(cfg, rule)
     _validate_tracking(cfg)
 
 
-def _validate_clock(cfg: Config) -> None:
+# What an asynchronous run needs (qgm_ray/async_schedule.py): one W for every step of every
+# client (no rounds to index a time-varying graph by), the same clients the whole run (the
+# schedule is computed for them up front) and symmetric links (AD-PSGD's pair averaging).
+ASYNC_NEEDS = ("fixed_w", "undirected", "fixed_members", "gossip")
+
+
+def _validate_clock(cfg: Config, rule) -> None:
     """The clock's keys; a trace file is read now (qgm_ray/clock.py), so a bad one is one line
     before anything starts."""
     from qgm_ray import clock
@@ -889,6 +897,37 @@ def _validate_clock(cfg: Config) -> None:
                                          f"got {k.stragglers.slowdown}")
     if k.trace is not None:
         clock.read_trace(k.trace)
+    _validate_async(cfg, rule)
+
+
+def _validate_async(cfg: Config, rule) -> None:
+    """clock.mode=async and the asynchronous rules (AD-PSGD): what they cannot mean is refused
+    in one line before anything starts."""
+    pairwise = bool(getattr(rule, "pairwise", False))
+    name = cfg.algorithm.name
+    if cfg.clock.mode == "sync":
+        _require(not pairwise, f"algorithm.name={name} averages with one peer whenever a client finishes a step, "
+                               f"so it runs only asynchronously; set clock.mode=async")
+        return
+    who = "clock.mode=async"
+    _require(cfg.topology.n_clients >= 2, f"{who} gossips between clients: topology.n_clients must be >= 2, "
+                                          f"got {cfg.topology.n_clients}")
+    _require(cfg.backend == "local", f"{who} runs on backend=local (the Ray engine runs synchronous rounds only), "
+                                     f"got backend={cfg.backend}; set backend=local")
+    from qgm_ray.algorithms.registry import ASYNC_ALGORITHMS, push_sum_algorithms
+    _require(pairwise or bool(getattr(rule, "push_sum", False)),
+             f"{who} mixes the newest payload of each neighbour that has arrived, which needs a rule whose payload "
+             f"is its parameters ({', '.join(push_sum_algorithms() + list(ASYNC_ALGORITHMS))}), "
+             f"got algorithm.name={name}")
+    _require(not (cfg.topology.name == "complete" and not cfg.topology.options.get("lazy")),
+             f"{who} has no all-reduce: topology.name=complete averages everyone behind a barrier; choose a "
+             f"sparse graph (or complete with lazy: true)")
+    _require(cfg.compression.op == "none", f"{who} sends whole payloads (CHOCO-Gossip's public copies need every "
+                                           f"neighbour's difference every round); set compression.op=none")
+    _require(cfg.algorithm.slowmo_tau == 0, f"{who} has no round barrier for SlowMo's exact average; "
+                                            f"set algorithm.slowmo_tau=0")
+    _refuse_unmet(who, ASYNC_NEEDS, cfg, bool(getattr(rule, "centralized", False)),
+                  "choose a static undirected graph, a gossip rule and no elastic.schedule or on_failure=drop")
 
 
 def _validate_tracking(cfg: Config) -> None:

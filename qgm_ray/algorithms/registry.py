@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any, Callable
 
 from qgm_ray import errors, plugins
+from qgm_ray.algorithms.ad_psgd import ADPSGD
 from qgm_ray.algorithms.adam import DAdam, QGAdam
 from qgm_ray.algorithms.base import SHARED, Algorithm, check_knobs, resolve_hparams
 from qgm_ray.algorithms.d2 import D2
@@ -43,6 +44,11 @@ for _name, _factory in _BUILTINS.items():
     plugins.register("algorithm", _name, _factory)
 
 ALGORITHMS: tuple[str, ...] = tuple(_BUILTINS)
+
+# Rules that run only on the asynchronous clock (clock.mode: async), apart from ALGORITHMS,
+# which every engine runs in synchronous rounds.
+ASYNC_ALGORITHMS: tuple[str, ...] = ("ad_psgd",)
+plugins.register("algorithm", "ad_psgd", ADPSGD)
 
 
 def _factory(name: str) -> Callable[..., Algorithm]:

@@ -121,17 +121,21 @@ class Block:
         return {name: params[..., off:off + n].view(*params.shape[:-1], *shape)
                 for name, off, n, shape in self.layout}
 
-    def _batches(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.cat([s.next() + off for s, off in zip(self.samplers, self.offsets.tolist())])
+    def _batches(self, rows: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of every row (or of these rows only: the other samplers do not move)."""
+        rows = range(self.k) if rows is None else rows
+        samplers, offsets = [self.samplers[i] for i in rows], self.offsets.tolist()
+        idx = torch.cat([self.samplers[i].next() + offsets[i] for i in rows])
         idx = idx.to(self.device)
-        xb = to_float(self.x[idx], self.table).view(self.k, self.batch_size, *self.x.shape[1:])
-        yb = self.y[idx].view(self.k, self.batch_size)
+        k = len(samplers)
+        xb = to_float(self.x[idx], self.table).view(k, self.batch_size, *self.x.shape[1:])
+        yb = self.y[idx].view(k, self.batch_size)
         if self.augment:
             # Each client's own generator draws its crops and flips (the numbers of a lone
             # client), then one crop/flip program runs over the whole block's k*b samples.
-            draws = [draw_augment(self.batch_size, s.generator, self.augment) for s in self.samplers]
+            draws = [draw_augment(self.batch_size, s.generator, self.augment) for s in samplers]
             params = {key: torch.cat([d[key] for d in draws], dim=-1) for key in draws[0]}
-            flat = xb.reshape(self.k * self.batch_size, *self.x.shape[1:])
+            flat = xb.reshape(k * self.batch_size, *self.x.shape[1:])
             xb = apply_augment(flat, params, self.augment, fill=self.fill).view_as(xb)
         return xb, yb
 
@@ -165,6 +169,41 @@ class Block:
             losses.append(loss.detach())
         self.losses = torch.stack(losses)
         return self.grad
+
+    def row_gradients(self, rows: Sequence[int]) -> torch.Tensor:
+        """(len(rows), P) gradients of these rows only, each on its next batch; sets their
+        `losses`. The other rows' samplers, buffers and parameters do not move (an asynchronous
+        run steps the rows whose events are due: engine/async_run.py). Unpacked, a row steps
+        alone, so its numbers do not depend on the rows stepping with it; packed, the rows
+        share one vmap (one per row for a model with dropout, whose draws a vmap shares)."""
+        rows = list(rows)
+        xb, yb = self._batches(rows)
+        if self.packed:
+            out, losses = [], []
+            step = 1 if self.stochastic else self.chunk
+            for a in range(0, len(rows), step):
+                r = rows[a:a + step]
+                # Gathered rows are copies: BatchNorm's running stats go back to the block after.
+                bufs = {name: b[r] for name, b in self.buffers.items()}
+                with self._global_rng([self.ids[i] for i in r], rows=r):
+                    grads, loss = self._vstep(self._param_views(self.params[r]), bufs, xb[a:a + len(r)],
+                                              yb[a:a + len(r)])
+                for name, b in bufs.items():
+                    self.buffers[name][r] = b
+                out.append(self._flat(grads, len(r)))
+                losses.append(loss.detach())
+            self.losses[rows] = torch.cat(losses).to(self.losses.dtype)
+            return torch.cat(out)
+        modules = self._row_modules()
+        losses = []
+        for a, i in enumerate(rows):
+            self.grad[i].zero_()
+            with self._global_rng([self.ids[i]], rows=[i]):
+                loss = F.cross_entropy(modules[i](xb[a]), yb[a])
+            loss.backward()
+            losses.append(loss.detach())
+        self.losses[rows] = torch.stack(losses).to(self.losses.dtype)
+        return self.grad[rows]
 
     def _flat(self, grads: dict, rows: int) -> torch.Tensor:
         return torch.cat([grads[name].reshape(rows, n) for name, _, n, _ in self.layout], dim=1)

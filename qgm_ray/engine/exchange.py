@@ -76,6 +76,10 @@ class Exchange:
     everyone (an all-reduce) whatever the graph; `payload_floats`: D, the floats of one
     client's payload; `barriers`: engine/barriers.py's, for this run's algorithm."""
 
+    # An asynchronous run's schedule (qgm_ray/async_schedule.py, engine/async_run.py): None for
+    # synchronous rounds. The run's clock reads it.
+    schedule = None
+
     def __init__(self, topology, centralized: bool, groups: Sequence[Sequence[int]], payload_floats: int,
                  barriers: Sequence = (), wire: Wire = FLOAT32):
         self.topology, self.centralized = topology, centralized

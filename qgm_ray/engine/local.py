@@ -19,7 +19,7 @@ from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import RoundRecord
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
-from qgm_ray.engine import choco
+from qgm_ray.engine import async_run, choco
 from qgm_ray.engine.exchange import wire_of
 from qgm_ray.engine.memory import release_free_heap
 
@@ -68,6 +68,8 @@ class LocalEngine:
     def train(self, rounds: range, lr_of: Callable[[int], float],
               on_round: Optional[Callable[[RoundRecord], None]] = None,
               should_stop: Optional[Callable[[], bool]] = None) -> list[RoundRecord]:
+        if self.asynchronous is not None:
+            return self.asynchronous.train(rounds, lr_of, on_round, should_stop)
         records: list[RoundRecord] = []
         pending: list[tuple[int, torch.Tensor]] = []   # (round, every client's loss) not read yet
         exchange = self.exchange   # a chunk runs with one membership: resizes happen between chunks
@@ -170,6 +172,11 @@ class LocalEngine:
         algorithm = blocks[0].algorithm
         self.exchange = choco.exchange_for(self.choco, self.topology, algorithm.centralized, groups,
                                            blocks[0].payload_size, barriers_for(algorithm), wire_of(self.cfg))
+        self.asynchronous = None   # clock.mode=async: the schedule's events instead of rounds (engine/async_run.py)
+        if self.cfg.clock.mode == "async":
+            self.exchange = async_run.exchange_for(self.cfg, algorithm, self.topology, groups, blocks[0].payload_size,
+                                                   wire_of(self.cfg), len(self.ds.train_x))
+            self.asynchronous = async_run.AsyncRun(blocks, self.exchange)
 
     def resize(self, n_clients: int, at_round: int) -> None:
         """Elastic: leavers release their shard; joiners take free shards, start from the

@@ -48,6 +48,9 @@ def train_to_end(state: RunState, plan: RunPlan, engine: Engine, parts: LoopPart
             return
         if plan.evaluates_at(state.round):
             row = metrics_row(state, plan, engine.n_clients, engine.evaluate(), parts.clock())
+            if plan.clock is not None:
+                row.update(timeline.staleness_columns(engine.exchange, state.round - len(state.pending_losses),
+                                                      state.round))
             state.pending_losses = []
             parts.record(row)
             state.record_accuracy(row["test_accuracy"])

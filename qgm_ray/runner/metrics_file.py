@@ -17,6 +17,9 @@ from qgm_ray.outputs import OutputError, RunDir, WriteError, atomic_write
 METRIC_COLUMNS = ["round", "epoch", "lr", "train_loss", "test_accuracy", "local_test_accuracy",
                   "consensus_distance", "bytes_sent", "wall_seconds", "n_clients", "test_loss", "bytes_cross_node",
                   "sim_seconds"]
+# Columns written only by the runs that measure them (an asynchronous gossip run's staleness:
+# runner/timeline.py), after METRIC_COLUMNS, so every other run's file keeps its columns.
+OPTIONAL_COLUMNS = ["staleness_mean", "staleness_max"]
 # What a reader can rely on in every metrics.csv this program wrote, whatever its version.
 REQUIRED = ("round", "test_accuracy")
 
@@ -39,7 +42,7 @@ class MetricsFile:
             with open(self.path, "a", newline="") as f:
                 size = f.tell()
                 try:
-                    w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+                    w = csv.DictWriter(f, fieldnames=columns_of(row), extrasaction="ignore")
                     if new:
                         w.writeheader()
                     w.writerow(row)
@@ -105,7 +108,7 @@ class MetricsFile:
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+                w = csv.DictWriter(f, fieldnames=columns_of(rows[0] if rows else {}), extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
         atomic_write(self.path, write)
@@ -124,6 +127,11 @@ class MetricsFile:
                 raise OutputError(f"{self.path}: column {c} holds {str(bad.iloc[0])[:40]!r}, not a number")
             df[c] = values
         return df
+
+
+def columns_of(row: dict) -> list[str]:
+    """The header of a file holding rows like this one."""
+    return METRIC_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in row]
 
 
 def _column_order(name: str) -> tuple:

@@ -4,7 +4,8 @@ The runner advances it, in the driver, from each chunk's RoundRecords and the en
 stage (`Engine.exchange`: the graph W(t), the bytes of every message, the all-reduce, the round
 barriers), so both engines give the same clock by construction. The start times live in the
 run's state record (`RunState.sim_start`), so a checkpoint, --resume and a replay after a lost
-actor go on with the same clock.
+actor go on with the same clock. An asynchronous run's clock is its schedule's
+(qgm_ray/async_schedule.py): a row ends when its last step does.
 """
 from __future__ import annotations
 
@@ -24,12 +25,26 @@ def advance(state: RunState, model: ClockModel, exchange, records: Sequence[Roun
     changes only between chunks)."""
     if not records:
         return
+    if exchange.schedule is not None:   # asynchronous: the schedule holds every step's end
+        state.sim_seconds = exchange.schedule.end_seconds(records[-1].round)
+        return
     n = exchange.n
     start = clock.resized(state.sim_start, n)
     for rec in records:
         start = one_round(start, model, exchange, rec.round)
     state.sim_start = start.tolist()
     state.sim_seconds = float(np.max(start)) if n else state.sim_seconds
+
+
+def staleness_columns(exchange, first: int, end: int) -> dict:
+    """metrics.csv's staleness of an asynchronous gossip run over rows first..end-1: the mean and
+    the largest own step - version mixed, over every neighbour each step mixed (none for
+    synchronous rounds, where it is 0, nor for AD-PSGD, which reads its peer's model as it is)."""
+    schedule = exchange.schedule
+    if schedule is None or schedule.version is None:
+        return {}
+    mean, worst = schedule.staleness(first, end)
+    return {"staleness_mean": mean, "staleness_max": worst}
 
 
 def one_round(start: np.ndarray, model: ClockModel, exchange, t: int) -> np.ndarray:

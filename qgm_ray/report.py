@@ -11,8 +11,8 @@ sent to reach a target accuracy) and PNG figures (for an lr grid also lr_sensiti
 accuracy against lr per alpha; accuracy_vs_bytes.png, its data in accuracy_vs_bytes.csv). A run
 gets its curves, its accuracy against bytes sent and its partition heat-map.
 
-The table functions are pure pandas (testable without Tune); the figures use matplotlib's Agg
-backend, so no display is needed.
+The table functions are pure pandas (testable without Tune); the figures are matplotlib Figure
+objects written straight to PNG, so no display and no pyplot state are involved.
 """
 from __future__ import annotations
 
@@ -576,11 +576,12 @@ def collect_partitions(sweep_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
 
 # ================================================================ figures
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _subplots(*args, figsize, **kwargs):
+    """A figure of its own (matplotlib's object API, not pyplot): no global backend to switch and
+    no figure registry to close, so reports drawn inside a notebook leave its inline plots alone."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _colors(labels) -> dict:
@@ -607,7 +608,6 @@ def _save(fig, path: Path, data: Optional[tuple[str, str]] = None) -> Path:
                 rows += [{"panel": ax.get_title(), "line": line.get_label(), data[0]: x, data[1]: y}
                          for x, y in zip(line.get_xdata(), line.get_ydata())]
         pd.DataFrame(rows, columns=["panel", "line", *data]).to_csv(Path(path).with_suffix(".csv"), index=False)
-    _plt().close(fig)
     return path
 
 
@@ -620,11 +620,10 @@ def plot_accuracy_vs_alpha(df: pd.DataFrame, path: Path, param_keys=()) -> Optio
     if stats.empty or df["alpha"].nunique() < 1:
         return None
     stats["label"] = row_labels(stats, param_keys)
-    plt = _plt()
     sec_cols = [_column(k) for k in sections]
     colors = _colors(row_labels(df, param_keys))
     groups = list(stats.groupby(sec_cols, sort=False)) if sec_cols else [((), stats)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    fig, axes = _subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
     for ax, (key, g) in zip(axes[0], groups):
         for label in colors:
             a = g[g["label"] == label].sort_values("alpha")
@@ -664,9 +663,8 @@ def plot_lr_sensitivity(df: pd.DataFrame, path: Path, param_keys=()) -> Optional
     alphas = sorted(curves["alpha"].dropna().unique(), reverse=True)
     if not alphas:
         return None
-    plt = _plt()
     colors = _colors(curves["label"])
-    fig, axes = plt.subplots(1, len(alphas), figsize=(4.6 * len(alphas), 4), squeeze=False, sharey=True)
+    fig, axes = _subplots(1, len(alphas), figsize=(4.6 * len(alphas), 4), squeeze=False, sharey=True)
     for ax, alpha in zip(axes[0], alphas):
         for label in colors:
             c = curves[(curves["label"] == label) & (curves["alpha"] == alpha)].sort_values("lr")
@@ -719,9 +717,8 @@ def plot_curves(df: pd.DataFrame, histories: pd.DataFrame, alpha: float, path: P
     h = h[np.isclose(h["alpha"], alpha)]
     if h.empty:
         return None
-    plt = _plt()
     colors = _colors(h["series"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(11, 4))
     for label, g in h.groupby("series", sort=False):
         agg = g.groupby("epoch").agg(acc=("test_accuracy", "mean"), acc_lo=("test_accuracy", "min"),
                                      acc_hi=("test_accuracy", "max"), cd=("consensus_distance", "mean"))
@@ -768,9 +765,8 @@ def plot_accuracy_vs_bytes(df: pd.DataFrame, histories: pd.DataFrame, path: Path
     sec_cols = [_column(k) for k in sections]
     # Near-iid first, as the table's columns.
     panels = sorted(h.groupby(sec_cols + ["alpha"], sort=False), key=lambda item: -item[0][-1])
-    plt = _plt()
     colors = _colors(_ordered(h["label"], h["algorithm"], order=order))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
+    fig, axes = _subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
     for ax, (key, g) in zip(axes[0], panels):
         key = key if isinstance(key, tuple) else (key,)
         for label in colors:
@@ -797,8 +793,7 @@ def plot_run_bytes(metrics: pd.DataFrame, path: Path, title: str = "") -> Option
     m = _sent(metrics)
     if m.empty:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = _subplots(figsize=(5.5, 4.2))
     ax.plot(m["bytes_sent"], 100 * m["test_accuracy"], marker=".", label="averaged model")
     ax.set_xscale("log")
     ax.set_xlabel("bytes sent, all clients (log)")
@@ -818,9 +813,8 @@ def plot_partitions(parts: list[tuple[str, pd.DataFrame]], path: Path) -> Option
     parts = [(t, p) for t, p in parts if len(p)]
     if not parts:
         return None
-    plt = _plt()
     n_clients = max(len(p) for _, p in parts)
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 1.5 + 0.25 * n_clients), squeeze=False)
+    fig, axes = _subplots(1, len(parts), figsize=(4.2 * len(parts), 1.5 + 0.25 * n_clients), squeeze=False)
     for ax, (title, p) in zip(axes[0], parts):
         classes = _class_columns(p)
         counts = p[classes].to_numpy(dtype=float)
@@ -839,8 +833,7 @@ def plot_partitions(parts: list[tuple[str, pd.DataFrame]], path: Path) -> Option
 def plot_run_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> Optional[Path]:
     if metrics.empty:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = _subplots(2, 2, figsize=(10, 7))
     x = metrics["epoch"]
     ax = axes[0, 0]
     ax.plot(x, 100 * metrics["test_accuracy"], label="averaged model")
@@ -872,8 +865,7 @@ def plot_accuracy_vs_time(metrics: pd.DataFrame, path: Path, title: str = "") ->
     for a run written before the clock (no sim_seconds)."""
     if "sim_seconds" not in metrics or not metrics["sim_seconds"].notna().any():
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     timed = metrics[metrics["sim_seconds"].notna()]
     ax.plot(timed["sim_seconds"], 100 * timed["test_accuracy"], marker=".", label="averaged model")
     ax.set_xlabel("simulated time (s)")

@@ -147,7 +147,6 @@ def cmd_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from qgm_ray.runner import run as runner
     from qgm_ray.config import config_dict, from_dict
 
     check_paths(args)
@@ -163,6 +162,9 @@ def cmd_run(args) -> int:
         cfg = from_dict(config_dict(args.config, args.overrides))
     if args.quiet:
         cfg.progress = False
+    # Imported once the config is valid: the runner brings torch (seconds of a process's start),
+    # and a mistyped key is answered without it.
+    from qgm_ray.runner import run as runner
     summary = runner.run(cfg, args.resume or args.output_dir, resume=bool(args.resume))
     print_summary(summary)
     if summary["status"] == "stopped":  # by a signal: 128 + its number, as a shell reports it

@@ -129,7 +129,7 @@ SIZES = {
     "expander": (2, 3, 5, 7, 11, 13, 29, 31, 37), "time_varying_exponential": (1, 2, 3, 4, 6, 16, 17, 40),
     "time_varying_random_ring": (1, 2, 3, 9, 16), "time_varying_random_pair": (2, 4, 10, 16),
     "bipartite_one_peer": (2, 4, 6, 16, 18), "one_peer_exponential": (1, 2, 3, 16, 17),
-    "two_peer_exponential": (1, 2, 3, 4, 16, 17), "random_peer": (1, 2, 3, 5, 16, 40),
+    "two_peer_exponential": (1, 2, 3, 4, 16, 17), "random_peer": (1, 2, 3, 5, 16, 24),
 }
 
 

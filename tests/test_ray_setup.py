@@ -164,7 +164,7 @@ def test_a_ray_client_address_that_is_no_ray_client_server_fails_within_10s_with
         httpd.shutdown()
 
 
-def test_main_with_an_address_that_is_not_ray_is_one_line_within_10s(tmp_path):
+def test_main_with_an_address_that_is_not_ray_is_one_line_before_rays_retries_end(tmp_path):
     srv = _silent_server()
     out = tmp_path / "run"
     t0 = time.time()
@@ -177,7 +177,10 @@ def test_main_with_an_address_that_is_not_ray_is_one_line_within_10s(tmp_path):
     assert p.returncode == 2, p.stderr
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "is not a Ray cluster's GCS" in lines[0], p.stderr
-    assert took < 10, took  # the whole command: imports, the probe (before the data is made)
+    # The probe's own bound is checked in-process above; the whole command adds a Python start and
+    # imports, which a loaded 2-core CI machine can stretch past 10 s. What this bound tells apart:
+    # an answer, against ray.init retrying the address for a minute or more.
+    assert took < 45, took
     assert not out.exists()
 
 

@@ -41,11 +41,12 @@ $(VENV)/.docs-installed: $(VENV)/.installed requirements-docs.txt
 run: $(VENV)/.package-installed          ## the offline default: python main.py
 	$(PY) main.py $(ARGS)
 
-# Two workers, whole files each (--dist loadfile: a file's module fixtures are built once): most
-# of a Ray or subprocess test is waiting on process start-up, which the other worker overlaps.
+# Two workers (--dist worksteal): each starts on its half of the tests, in files, and a worker that
+# runs out takes the untouched end of the other's queue, so the run ends with both busy instead
+# of one file running alone (a file split between them builds its module fixtures twice).
 # --durations: the slowest tests in every CI log, so a test that outgrows the 15-minute budget shows.
 test: $(VENV)/.package-installed $(VENV)/.nlp-installed $(VENV)/.test-installed  ## the whole test suite (what CI runs)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 tests $(ARGS)
 
 test-fast: $(VENV)/.package-installed    ## unit tests only, no Ray
 	$(PY) -m pytest -q tests -m "not ray and not slow" $(ARGS)

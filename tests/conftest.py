@@ -28,8 +28,8 @@ def ray_session():
 
 def pytest_collection_modifyitems(session, config, items):
     """The files with the most slow (then Ray) tests first (a stable sort: the order inside a
-    file is kept). `make test` runs `pytest -n 2 --dist loadfile`, which hands whole files to the
-    workers in this order, so the long files start at once instead of one running alone at the end."""
+    file is kept). `make test` runs `pytest -n 2 --dist worksteal`: the first worker starts on the
+    long files, the second on the short ones and then takes the end of the first one's queue."""
     heavy: dict = {}
     for item in items:
         weight = 10 * (item.get_closest_marker("slow") is not None) + (item.get_closest_marker("ray") is not None)

@@ -32,6 +32,11 @@ def read_metrics(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def replayable_metrics(run_dir) -> list[dict]:
+    """read_metrics without wall_seconds: what two runs of one config must agree on exactly."""
+    return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(run_dir)]
+
+
 def quiet(msg: str) -> None:
     """A run's `log` that prints nothing."""
 

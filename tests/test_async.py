@@ -2,7 +2,6 @@
 qgm_ray/async_schedule.py, engine/async_run.py, algorithm ad_psgd): the schedule's arithmetic, the
 engine against a plain event-by-event simulation with a heap, determinism, stop + --resume, the
 refusals, and what metrics.csv holds."""
-import csv
 import heapq
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ from qgm_ray.runner.metrics_file import METRIC_COLUMNS, MetricsFile
 from qgm_ray.sampler import BatchSampler
 from qgm_ray.topology import make_topology
 
-from helpers import local_engine, main_py, quiet, read_metrics, small_run
+from helpers import local_engine, main_py, quiet, read_metrics, replayable_metrics, small_run
 
 ASYNC = ("backend=local", "clock.mode=async")
 HETERO = ("clock.speed.sigma=0.5", "clock.stragglers.fraction=0.2", "clock.stragglers.slowdown=5",
@@ -201,11 +200,6 @@ RUN = (*HETERO, "topology.n_clients=6", "schedule.epochs=4", "eval.every_epochs=
        "fault_tolerance.checkpoint_every=7", "fault_tolerance.keep=100", "algorithm.name=qg_dsgdm_n")
 
 
-def rows_of(d):
-    with open(Path(d) / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in csv.DictReader(f)]
-
-
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     d = tmp_path_factory.mktemp("async") / "run"
@@ -232,7 +226,7 @@ def test_a_run_writes_staleness_and_the_schedules_time(full):
 
 def test_the_same_config_twice_gives_the_same_metrics(full, tmp_path):
     runner.run(config(*RUN), tmp_path / "again", log=quiet)
-    assert rows_of(tmp_path / "again") == rows_of(full)
+    assert replayable_metrics(tmp_path / "again") == replayable_metrics(full)
 
 
 def test_a_resume_equals_the_uninterrupted_run(full, tmp_path):
@@ -244,7 +238,7 @@ def test_a_resume_equals_the_uninterrupted_run(full, tmp_path):
     MetricsFile.of(d).truncate_after(21)
     (d / "summary.json").unlink()
     runner.run(config(*RUN), d, resume=True, log=quiet)
-    assert rows_of(d) == rows_of(full)
+    assert replayable_metrics(d) == replayable_metrics(full)
 
 
 def test_ad_psgd_runs_and_writes_no_staleness(tmp_path):

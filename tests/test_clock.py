@@ -19,7 +19,7 @@ from qgm_ray.runner.checkpoints import CheckpointStore
 from qgm_ray.runner.metrics_file import MetricsFile
 from qgm_ray.topology import make_topology
 
-from helpers import main_py, small_run
+from helpers import main_py, quiet, replayable_metrics, small_run
 
 
 def model(n_max=64, seed=0, *extra):
@@ -206,15 +206,6 @@ CLOCKED = small_run("topology.n_clients=4", "schedule.epochs=4", "eval.every_epo
                     "clock.stragglers.fraction=0.25", "clock.stragglers.redraw=round")
 
 
-def quiet(msg):
-    pass
-
-
-def rows(d):
-    with open(Path(d) / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in csv.DictReader(f)]
-
-
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     d = tmp_path_factory.mktemp("clocked") / "run"
@@ -223,7 +214,7 @@ def full(tmp_path_factory):
 
 
 def test_a_run_writes_sim_seconds_as_the_recursion_gives_them(full):
-    got = rows(full)
+    got = replayable_metrics(full)
     cfg = load_config(None, CLOCKED)
     m = ClockModel.from_config(cfg, 4)
     # The run's own payload: bytes per round over the ring's 8 directed edges.
@@ -244,7 +235,7 @@ def test_a_resume_continues_the_clock_of_the_uninterrupted_run(full, tmp_path):
     MetricsFile.of(d).truncate_after(40)
     (d / "summary.json").unlink()
     runner.run(load_config(None, CLOCKED), d, resume=True, log=quiet)
-    assert rows(d) == rows(full)
+    assert replayable_metrics(d) == replayable_metrics(full)
 
 
 def test_a_resume_refuses_a_changed_clock(full, tmp_path):
@@ -275,7 +266,7 @@ def test_ray_and_local_runs_keep_the_same_clock(ray_session, tmp_path):
     sims = {}
     for backend in ("local", "ray"):
         runner.run(load_config(None, keys + [f"backend={backend}"]), tmp_path / backend, log=quiet)
-        sims[backend] = [(r["round"], r["sim_seconds"]) for r in rows(tmp_path / backend)]
+        sims[backend] = [(r["round"], r["sim_seconds"]) for r in replayable_metrics(tmp_path / backend)]
     assert sims["ray"] == sims["local"] and float(sims["local"][-1][1]) > 0
 
 

@@ -38,7 +38,8 @@ from qgm_ray.engine import choco, exchange, placement
 from qgm_ray.engine.actors import ClientActor
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import averages_everyone, groups_of
-from qgm_ray.engine.exchange import Exchange, wire_of
+from qgm_ray.engine.exchange import Exchange
+from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.engine.metrics import RunMetrics
 
 # What "a process or node died" looks like to the caller of ray.get.
@@ -78,8 +79,8 @@ class Coordinator:
         self.algorithm = build.build_algorithm(cfg)
         self.centralized = self.algorithm.centralized
         self.barriers = barriers_for(self.algorithm)   # engine/barriers.py: none unless the run asks for one
-        # A compressed exchange (engine/choco.py): its wire size per round (n_train: its warm-up's epochs).
-        self.choco = choco.Choco.of(cfg, n_train)
+        self.n_train = n_train   # the epochs of a compressed exchange's warm-up (engine/stage.py)
+        self.choco = choco.Choco.of(cfg, n_train)   # a compressed exchange (engine/choco.py), or None
         self.initial_slots = list(slots)
         # py_modules: the plug-in code this coordinator was started with, for every ClientActor.
         self.runtime_env = plugins.ray_runtime_env(
@@ -196,9 +197,8 @@ class Coordinator:
 
     def _exchange(self) -> Exchange:
         """The exchange stage of the actors as they are now (membership changes between chunks)."""
-        return choco.exchange_for(self.choco, self.topology, self.centralized, groups_of(len(self.slots), self.k),
-                                  build.payload_floats(self.cfg, self.algorithm, self.num_params), self.barriers,
-                                  wire_of(self.cfg))
+        return exchange_stage(self.cfg, self.algorithm, self.topology, groups_of(len(self.slots), self.k),
+                              build.payload_floats(self.cfg, self.algorithm, self.num_params), self.n_train)
 
     def _run(self, t0: int, lrs: list[float]):
         depth = self.cfg.ray.max_inflight_rounds

@@ -65,7 +65,7 @@ FLOAT32 = Wire()
 def wire_of(cfg) -> Wire:
     """The wire format of an uncompressed run's payloads (P float32 values), for every engine
     and actor. A compressed run's exchange carries its own wire (engine/choco.py `ChocoWire`,
-    chosen by `choco.exchange_for`)."""
+    chosen in engine/stage.py)."""
     return FLOAT32
 
 

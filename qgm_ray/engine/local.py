@@ -15,12 +15,11 @@ from qgm_ray import build, determinism, layout
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.assembly import build_block
-from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import RoundRecord
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 from qgm_ray.engine import async_run, choco
-from qgm_ray.engine.exchange import wire_of
+from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.engine.memory import release_free_heap
 
 
@@ -45,7 +44,6 @@ class LocalEngine:
         # Elastic runs cut max_clients shards; slot i of `self.slots` says which shard client i holds.
         self.slots: list[int] = []
         self.blocks: list[Block] = []
-        self.choco = choco.Choco.of(cfg, len(ds.train_x))   # None: plain gossip (engine/choco.py)
         self._set_slots(list(range(self.n_clients)))
         self.test_x, self.test_y = ds.test_x.to(device), ds.test_y.to(device)
         self.averaged = AveragedModel(cfg, ds, device, (self.test_x, self.test_y))
@@ -169,14 +167,10 @@ class LocalEngine:
         self.slots = list(slots)
         self.n_clients = len(slots)
         self.topology = build.build_topology(self.cfg, self.n_clients)
-        algorithm = blocks[0].algorithm
-        self.exchange = choco.exchange_for(self.choco, self.topology, algorithm.centralized, groups,
-                                           blocks[0].payload_size, barriers_for(algorithm), wire_of(self.cfg))
-        self.asynchronous = None   # clock.mode=async: the schedule's events instead of rounds (engine/async_run.py)
-        if self.cfg.clock.mode == "async":
-            self.exchange = async_run.exchange_for(self.cfg, algorithm, self.topology, groups, blocks[0].payload_size,
-                                                   wire_of(self.cfg), len(self.ds.train_x))
-            self.asynchronous = async_run.AsyncRun(blocks, self.exchange)
+        self.exchange = exchange_stage(self.cfg, blocks[0].algorithm, self.topology, groups, blocks[0].payload_size,
+                                       len(self.ds.train_x))
+        # clock.mode=async: the schedule's events instead of rounds (engine/async_run.py)
+        self.asynchronous = async_run.AsyncRun(blocks, self.exchange) if self.cfg.clock.mode == "async" else None
 
     def resize(self, n_clients: int, at_round: int) -> None:
         """Elastic: leavers release their shard; joiners take free shards, start from the

@@ -44,12 +44,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from qgm_ray import build, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine import choco
 from qgm_ray.engine.actors import dataset_meta
-from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of
 from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
-from qgm_ray.engine.exchange import wire_of
+from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.engine.placement import clients_per_node
 from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
                                       replan_resources, resolve_clients_per_actor)
@@ -158,10 +156,9 @@ class RayEngine:
         # What the coordinator's exchange is for these clients, here in the driver: the run's clock
         # reads its per-edge bytes (the actors' blocks do not change them).
         algorithm = build.build_algorithm(self.cfg)
-        self.exchange = choco.exchange_for(choco.Choco.of(self.cfg, self.n_train), self.topology, self.centralized,
-                                           groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
-                                           build.payload_floats(self.cfg, algorithm, info["num_params"]),
-                                           barriers_for(algorithm), wire_of(self.cfg))
+        self.exchange = exchange_stage(self.cfg, algorithm, self.topology,
+                                       groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
+                                       build.payload_floats(self.cfg, algorithm, info["num_params"]), self.n_train)
 
     def _refresh(self) -> None:
         self._apply(self._call("info"))

@@ -67,5 +67,10 @@ clean:
 docs: $(VENV)/.package-installed $(VENV)/.docs-installed   ## the documentation site into build/site
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
-# CI builds the site before the tests; the notebook's test needs the kernel it installs.
-test: docs
+# pyproject.toml's [tool.ruff] rules over the whole checkout.
+.PHONY: lint
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check --quiet .
+
+# CI builds the site and lints before the tests; the notebook's test needs the kernel docs installs.
+test: docs lint

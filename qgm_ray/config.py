@@ -955,7 +955,7 @@ def _validate_names(cfg: Config) -> None:
     import qgm_ray.topology  # noqa: F401
     from qgm_ray import plugins
 
-    for kind, key in plugins.KEYS.items():
+    for kind in plugins.KEYS:
         name = plugins.configured(cfg, kind)
         if kind != "algorithm" and name is not None:   # a rule is checked with its options below
             # a built-in is known by name (its module, which imports torch, stays unloaded)

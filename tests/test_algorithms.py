@@ -104,7 +104,7 @@ def ref_run(name, hp, problem, Ws, lrs, steps=STEPS):
     M = np.zeros((n, d))
     M2 = np.zeros((n, d))
     Y = np.zeros((n, d))
-    X_prev = G_prev = None
+    X_prev = G_prev = S_prev = None
     J = np.full((n, n), 1.0 / n)
     history = []
     for t in range(steps):
@@ -218,7 +218,7 @@ def test_qg_buffer_tracks_parameter_progress(name):
     rng = np.random.default_rng(6)
     xs = [torch.tensor(rng.normal(size=DIM)) for _ in range(N)]
     states = [algo.init(x) for x in xs]
-    for t in range(4):
+    for _ in range(4):
         W = torch.tensor(random_doubly_stochastic(rng, N))
         before = [s["momentum_buffer"].clone() for s in states]
         payloads = [algo.pre_mix(s, x, torch.tensor(rng.normal(size=DIM)), lr) for s, x in zip(states, xs)]

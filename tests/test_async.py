@@ -122,7 +122,7 @@ def reference(cfg, rows):
     heap = [(clock.compute_seconds(0, n)[i], i) for i in range(n)]
     heapq.heapify(heap)
     losses = []
-    for e in range(rows * n):
+    for _ in range(rows * n):
         f, i = heapq.heappop(heap)
         g, loss = pending[i]
         losses.append(loss)

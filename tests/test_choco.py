@@ -12,7 +12,6 @@ import torch
 
 from qgm_ray.compression import Compressor
 from qgm_ray.config import load_config
-from qgm_ray.engine.block import Block
 from qgm_ray.engine.choco import keep_at
 from qgm_ray.errors import ConfigError
 from qgm_ray.runner import run as runner

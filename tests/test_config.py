@@ -207,9 +207,9 @@ def test_describe_keys_lists_every_key_with_default_and_choices():
                 flat.add(prefix + k)
     walk(Config().to_dict())
     assert keys == flat
-    line = next(l for l in text.splitlines() if l.startswith("data.partition "))
+    line = next(ln for ln in text.splitlines() if ln.startswith("data.partition "))
     assert "dirichlet" in line and "one of iid, dirichlet, sorted" in line
-    assert "one of test_accuracy" in next(l for l in text.splitlines() if l.startswith("tune.metric "))
+    assert "one of test_accuracy" in next(ln for ln in text.splitlines() if ln.startswith("tune.metric "))
 
 
 NONSENSE = [   # accepted before 2026-12-02 (issue 18): each is now one line naming the key

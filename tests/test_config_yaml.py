@@ -1,7 +1,6 @@
 """One YAML reading for the whole project: `1e-3`-style numbers are floats in files, `--set`
 values and every `options` dict, and what a config may hold is bounded while reading."""
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """A run follows no symbolic link out of its directory: a resume of a run whose checkpoints/,
 metrics.csv or a checkpoint file is a link elsewhere is refused in one line, and the place the
 link points to is left as it was."""
-import os
 import shutil
 import subprocess
 import sys

@@ -42,7 +42,7 @@ def test_end_to_end_small_run(tmp_path):
 def test_bad_config_is_one_line_exit_2_and_nothing_written(tmp_path):
     out = main_py("--set", "data.alpha=-1", "--output-dir", str(tmp_path / "never"))
     assert out.returncode == 2
-    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "data.alpha" in lines[0]
     assert not (tmp_path / "never").exists()
 
@@ -74,7 +74,7 @@ def tiny_config(tmp_path):
 
 
 def one_line(stderr: str) -> str:
-    lines = [l for l in stderr.splitlines() if l.strip()]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr[-3000:]
     return lines[0]
 

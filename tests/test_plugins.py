@@ -52,7 +52,7 @@ def test_import_is_cheap_and_every_public_name_resolves():
     for name in ("load_config", "run", "sweep", "Algorithm", "finish_round", "rows_where", "with_weight_decay"):
         assert name in qgm_ray.__all__
     with pytest.raises(AttributeError):
-        qgm_ray.no_such_name
+        _ = qgm_ray.no_such_name
 
 
 def test_load_config_takes_a_path_a_dict_a_config_and_overrides():

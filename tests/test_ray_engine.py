@@ -378,8 +378,8 @@ def test_metrics_are_exported_to_prometheus(ray_session):
         tag = f'run="{engine.name}"'
 
         def missing(text):  # this run's series (earlier tests' runs export the same names)
-            lines = [l for l in text.splitlines() if tag in l]
-            return [n for n in NAMES if not any(l.startswith(f"ray_{n}") for l in lines)]
+            lines = [ln for ln in text.splitlines() if tag in ln]
+            return [n for n in NAMES if not any(ln.startswith(f"ray_{n}") for ln in lines)]
         deadline, text, err = time.time() + 60, "", None
         while time.time() < deadline:
             try:
@@ -392,9 +392,9 @@ def test_metrics_are_exported_to_prometheus(ray_session):
             time.sleep(1)
         if err is not None and not text:
             pytest.skip(f"Ray's metrics agent does not serve {url} here ({err})")
-        assert not missing(text), (missing(text), [l for l in text.splitlines() if "qgm" in l][:20])
-        per_client = [l for l in text.splitlines() if l.startswith("ray_qgm_train_loss") and tag in l]
-        assert any('client="mean"' in l for l in per_client) and any('client="0"' in l for l in per_client)
+        assert not missing(text), (missing(text), [ln for ln in text.splitlines() if "qgm" in ln][:20])
+        per_client = [ln for ln in text.splitlines() if ln.startswith("ray_qgm_train_loss") and tag in ln]
+        assert any('client="mean"' in ln for ln in per_client) and any('client="0"' in ln for ln in per_client)
     finally:
         engine.close()
 

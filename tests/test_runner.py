@@ -325,7 +325,7 @@ def test_the_run_object_driven_from_python_stops_and_resumes_to_the_same_numbers
     saved = runner.RunState.from_checkpoint(CheckpointStore.of(tmp_path / "r").latest())
     assert saved == the_run.state   # the record on disk is the record in memory (wall time aside)
     resumed = runner.run(cfg, tmp_path / "r", resume=True, log=lambda m: None)
-    full = runner.run(cfg, tmp_path / "full", log=lambda m: None)
+    runner.run(cfg, tmp_path / "full", log=lambda m: None)
     assert resumed["status"] == "completed"
     assert as_numbers(read_metrics(tmp_path / "r")) == as_numbers(read_metrics(tmp_path / "full"))
 

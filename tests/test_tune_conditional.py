@@ -9,7 +9,7 @@ import yaml
 
 from qgm_ray import grid as tune_grid
 from qgm_ray import tune as qtune
-from qgm_ray.config import Config, config_dict, from_dict, load_config
+from qgm_ray.config import config_dict, from_dict, load_config
 from qgm_ray.errors import ConfigError
 from tests.helpers import main_py
 from helpers import quiet

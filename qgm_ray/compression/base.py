@@ -12,7 +12,6 @@ import math
 import numpy as np
 import torch
 
-from qgm_ray.errors import ConfigError
 
 def kept_entries(d: int, keep: float) -> int:
     """m = max(1, floor(d * keep)) entries of a row of d, as the official code's

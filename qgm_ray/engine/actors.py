@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from qgm_ray import build, contracts, determinism
+from qgm_ray import contracts, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce

@@ -238,7 +238,7 @@ class Block:
             self._rows = []
             for i in range(self.k):
                 m = copy.deepcopy(self.model).train()
-                for (name, off, n, shape), p in zip(self.layout, m.parameters()):
+                for (_, off, n, shape), p in zip(self.layout, m.parameters()):
                     p.data = self.params[i, off:off + n].view(shape)
                     p.grad = self.grad[i, off:off + n].view(shape)
                 for name, stacked in self.buffers.items():

@@ -378,7 +378,7 @@ def route_ray_console(log: Callable[[str], None]) -> None:
         # output); the autoscaler's INFO lines and the like go to the file silently.
         if not state["told"] and (data.get("pid") == "raylet" or data.get("is_err")):
             state["told"] = True
-            first = next((l for l in data.get("lines", []) if l.strip()), "").strip()
+            first = next((ln for ln in data.get("lines", []) if ln.strip()), "").strip()
             log(f"ray: {first[:70]}{'...' if len(first) > 70 else ''} (Ray's messages: {path}; "
                 f"{CONSOLE_ENV}=1 prints them here)")
 

@@ -23,7 +23,8 @@ OPTIONAL_COLUMNS = ["staleness_mean", "staleness_max"]
 # What a reader can rely on in every metrics.csv this program wrote, whatever its version.
 REQUIRED = ("round", "test_accuracy")
 
-_quiet: Callable[[str], None] = lambda msg: None
+def _quiet(msg: str) -> None:
+    """The default `log`: says nothing."""
 
 
 class MetricsFile:

@@ -120,14 +120,14 @@ class Run:
     read or set."""
 
     def __init__(self, cfg: Config, ds, parts, plan: RunPlan, run_dir: RunDir, *, resume: bool,
-                 checkpoint: Optional[dict] = None, older: Iterator[tuple[Path, dict]] = iter(()),
+                 checkpoint: Optional[dict] = None, older: Optional[Iterator[tuple[Path, dict]]] = None,
                  on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print,
                  own_files: tuple = ()):
         self.cfg, self.ds, self.parts, self.plan, self.run_dir = cfg, ds, parts, plan, run_dir
         self.resume, self.on_eval, self.log, self.own_files = resume, on_eval, log, own_files
         self.metrics = MetricsFile.of(run_dir.path)
         self.store = CheckpointStore.of(run_dir.path)
-        self._checkpoint, self._older = checkpoint, older   # the restore point; older candidates
+        self._checkpoint, self._older = checkpoint, older or iter(())   # the restore point; older candidates
         self.state = RunState() if checkpoint is None else RunState.from_checkpoint(checkpoint).restored()
         self.stop = StopSignals()
         self.engine: Optional[Engine] = None

@@ -61,12 +61,21 @@ def _device(num_gpus: float) -> str:
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
+def expect_lost_payloads() -> None:
+    """After a failure a Ray process of a run drops refs to calls that failed because a payload
+    was lost; those errors are expected and handled (EngineFailure on the driver), not
+    "unhandled". Ray reads the variable when such an error surfaces, so each actor sets it for
+    itself (no runtime_env, whose workers start slower: engine/ray_engine.py)."""
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+
+
 class ClientActor:
     """One block of k decentralized clients in one process. One `step` call per round does the
     post-mix of the previous round and the pre-mix of this one, so a round costs one actor call."""
 
     def __init__(self, cfg: Config, meta: dict, parts: list, num_gpus: float,
                  train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray):
+        expect_lost_payloads()
         determinism.apply(cfg)
         torch.set_num_threads(cfg.compute.torch_threads)
         self.cfg, self.parts = cfg, parts

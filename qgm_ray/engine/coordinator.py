@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from qgm_ray import build, determinism, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.engine import choco, exchange, placement
-from qgm_ray.engine.actors import ClientActor
+from qgm_ray.engine.actors import ClientActor, expect_lost_payloads
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import averages_everyone, groups_of
 from qgm_ray.engine.exchange import Exchange
@@ -62,6 +62,7 @@ class NodeClientActor(ClientActor):
 class Coordinator:
     def __init__(self, cfg: Config, run: str, meta: dict, data_refs: list, parts_ref, slots: list[int],
                  resources: dict, counted_rounds: int = 0, n_train: int = 0):
+        expect_lost_payloads()
         self.cfg, self.run, self.meta = cfg, run, meta
         self.data_refs, self.parts_ref = data_refs, parts_ref   # refs (nested: never resolved here)
         self.resources = resources   # {"num_cpus", "num_gpus"} of one ClientActor

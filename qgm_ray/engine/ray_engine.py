@@ -101,12 +101,12 @@ class RayEngine:
 
     # ------------------------------------------------------------ lifecycle
     def _start(self, slots: list[int]) -> None:
-        # After a failure the coordinator drops refs to calls that failed because a payload
-        # was lost; those errors are expected and handled (EngineFailure), not "unhandled".
-        env = {"env_vars": {"RAY_IGNORE_UNHANDLED_ERRORS": "1"}}
         # Plug-in code (`module:attr` names) travels with the coordinator; its ClientActors
-        # inherit it (and the coordinator names it again: coordinator.runtime_env).
-        env = plugins.ray_runtime_env(self.cfg, env)
+        # inherit it (and the coordinator names it again: coordinator.runtime_env). Nothing else
+        # goes in a runtime_env: a worker with one of its own starts through Ray's setup_worker (a
+        # second Python and `import ray`) and cannot take a prestarted idle worker, and the
+        # actors inherit the coordinator's.
+        env = plugins.ray_runtime_env(self.cfg)
         # On the driver's node: the one node a run cannot lose anyway. Not soft: with a
         # runtime_env Ray's soft affinity may put it on a worker node, and losing that node
         # would take the whole run down with it.

@@ -27,11 +27,13 @@ def ray_session():
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The files with the most slow (then Ray) tests first (a stable sort: the order inside a
-    file is kept). `make test` runs `pytest -n 2 --dist worksteal`: the first worker starts on the
-    long files, the second on the short ones and then takes the end of the first one's queue."""
+    """The files with `long` tests first, then those with the most slow (then Ray) tests (a stable
+    sort: the order inside a file is kept). `make test` runs `pytest -n 2 --dist worksteal`: each
+    worker starts on its half, and one that runs out takes the end of the other's queue; a test
+    of minutes that started last would leave one worker running it alone at the end."""
     heavy: dict = {}
     for item in items:
-        weight = 10 * (item.get_closest_marker("slow") is not None) + (item.get_closest_marker("ray") is not None)
+        weight = (1000 * (item.get_closest_marker("long") is not None) + 10 * (item.get_closest_marker("slow") is not None)
+                  + (item.get_closest_marker("ray") is not None))
         heavy[item.path] = heavy.get(item.path, 0) + weight
     items.sort(key=lambda item: -heavy.get(item.path, 0))

@@ -21,6 +21,7 @@ def _local(cfg_dict, rounds, lr):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_bench_writes_valid_records(tmp_path):
     """`python main.py bench` on the smoke plan: every backend and layout of the quick plan
     (local, Ray one client per actor, Ray packed, gloo) on cnn1d, fewer rounds and n = 4 only

@@ -84,6 +84,7 @@ def stop(temp_dir: str) -> None:
             return
 
 
+@pytest.mark.long
 def test_local_yaml_start_commands_make_a_cluster_main_py_joins(tmp_path):
     local, aws = load("local.yaml"), load("aws.yaml")
     shared = [c for c in local["setup_commands"] if c in aws["setup_commands"]]

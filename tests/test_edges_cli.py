@@ -109,6 +109,7 @@ def test_write_results_of_a_finished_sweep_with_a_trial_directory_deleted_is_com
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.long
 def test_tune_resume_of_a_finished_sweep_with_a_trial_directory_deleted_finishes(tmp_path):
     cfg_file = tmp_path / "sweep.yaml"
     cfg_file.write_text(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long]
 pytest.importorskip("ray")
 BED = Path(__file__).with_name("multinode_bed.py")
 SAME = ("round", "train_loss", "test_accuracy", "local_test_accuracy", "consensus_distance", "bytes_sent",

@@ -78,6 +78,7 @@ def test_replan_keeps_the_gpu_share_and_plans_for_the_largest_client_count():
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.long
 def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
     """tests/multinode_bed.py `node_loss`: real raylets on this machine, default resources."""
     pytest.importorskip("ray")

@@ -399,6 +399,7 @@ def test_main_py_tune_sweeps_the_rules_own_knob(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.long
 def test_plug_ins_on_a_multi_node_cluster_with_a_lost_node(tmp_path):
     """tests/multinode_bed.py: the plug-ins in a package only the driver can import, on three
     one-CPU worker nodes; a node killed mid-run is replayed to the local engine's numbers."""

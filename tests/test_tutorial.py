@@ -32,6 +32,7 @@ def _need(module: str) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.long
 def test_notebook_runs(tmp_path, monkeypatch):
     _need("nbclient")
     _need("ipykernel")

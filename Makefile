@@ -69,7 +69,7 @@ docs: $(VENV)/.package-installed $(VENV)/.docs-installed   ## the documentation 
 
 # pyproject.toml's [tool.ruff] rules over the whole checkout.
 .PHONY: lint
-lint: $(VENV)/.test-installed
+lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --quiet .
 
 # CI builds the site and lints before the tests; the notebook's test needs the kernel docs installs.

@@ -174,7 +174,7 @@ def test_the_pinned_requirements_satisfy_the_package_ranges():
     pins = {"main": parse((ROOT / "requirements.txt").read_text().splitlines()),
             "nlp": parse((ROOT / "requirements-nlp.txt").read_text().splitlines())}
     # the test tools of the checkout, not of the library
-    pins["test"] = {name: pins["main"].pop(name) for name in ("pytest", "pytest-xdist")}
+    pins["test"] = {name: pins["main"].pop(name) for name in ("pytest", "pytest-xdist", "ruff")}
     for group, pinned in pins.items():
         assert set(pinned) == set(ranges[group]), group
         for name, pin in pinned.items():

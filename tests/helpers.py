@@ -37,6 +37,22 @@ def replayable_metrics(run_dir) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in read_metrics(run_dir)]
 
 
+def stopped_copy(run_dir, into, after_round: int):
+    """A copy of a finished run directory as a driver killed after `after_round` leaves it: no
+    later checkpoints, no later metrics rows, no summary. Returns the copy's path."""
+    import shutil
+
+    from qgm_ray.runner.checkpoints import CheckpointStore
+    from qgm_ray.runner.metrics_file import MetricsFile
+    shutil.copytree(run_dir, into)
+    for p in CheckpointStore.of(into).list():
+        if int(p.stem.split("_")[1]) > after_round:
+            p.unlink()
+    MetricsFile.of(into).truncate_after(after_round)
+    (Path(into) / "summary.json").unlink()
+    return Path(into)
+
+
 def quiet(msg: str) -> None:
     """A run's `log` that prints nothing."""
 

@@ -3,7 +3,6 @@ qgm_ray/async_schedule.py, engine/async_run.py, algorithm ad_psgd): the schedule
 engine against a plain event-by-event simulation with a heap, determinism, stop + --resume, the
 refusals, and what metrics.csv holds."""
 import heapq
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,11 @@ from qgm_ray.config import load_config
 from qgm_ray.errors import ConfigError
 from qgm_ray.flat_model import load_params
 from qgm_ray.runner import run as runner
-from qgm_ray.runner.checkpoints import CheckpointStore
-from qgm_ray.runner.metrics_file import METRIC_COLUMNS, MetricsFile
+from qgm_ray.runner.metrics_file import METRIC_COLUMNS
 from qgm_ray.sampler import BatchSampler
 from qgm_ray.topology import make_topology
 
-from helpers import local_engine, main_py, quiet, read_metrics, replayable_metrics, small_run
+from helpers import local_engine, main_py, quiet, read_metrics, replayable_metrics, small_run, stopped_copy
 
 ASYNC = ("backend=local", "clock.mode=async")
 HETERO = ("clock.speed.sigma=0.5", "clock.stragglers.fraction=0.2", "clock.stragglers.slowdown=5",
@@ -230,13 +228,7 @@ def test_the_same_config_twice_gives_the_same_metrics(full, tmp_path):
 
 
 def test_a_resume_equals_the_uninterrupted_run(full, tmp_path):
-    d = tmp_path / "run"
-    shutil.copytree(full, d)
-    for p in CheckpointStore.of(d).list():       # what a driver killed after round 21 leaves
-        if int(p.stem.split("_")[1]) > 21:
-            p.unlink()
-    MetricsFile.of(d).truncate_after(21)
-    (d / "summary.json").unlink()
+    d = stopped_copy(full, tmp_path / "run", after_round=21)
     runner.run(config(*RUN), d, resume=True, log=quiet)
     assert replayable_metrics(d) == replayable_metrics(full)
 

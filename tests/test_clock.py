@@ -19,7 +19,7 @@ from qgm_ray.runner.checkpoints import CheckpointStore
 from qgm_ray.runner.metrics_file import MetricsFile
 from qgm_ray.topology import make_topology
 
-from helpers import main_py, quiet, replayable_metrics, small_run
+from helpers import main_py, quiet, replayable_metrics, small_run, stopped_copy
 
 
 def model(n_max=64, seed=0, *extra):
@@ -227,13 +227,7 @@ def test_a_run_writes_sim_seconds_as_the_recursion_gives_them(full):
 
 
 def test_a_resume_continues_the_clock_of_the_uninterrupted_run(full, tmp_path):
-    d = tmp_path / "run"
-    shutil.copytree(full, d)
-    for p in CheckpointStore.of(d).list():       # what a driver killed after round 40 leaves
-        if int(p.stem.split("_")[1]) > 40:
-            p.unlink()
-    MetricsFile.of(d).truncate_after(40)
-    (d / "summary.json").unlink()
+    d = stopped_copy(full, tmp_path / "run", after_round=40)
     runner.run(load_config(None, CLOCKED), d, resume=True, log=quiet)
     assert replayable_metrics(d) == replayable_metrics(full)
 

@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qgm_ray import build, determinism, errors, plugins
 from qgm_ray.config import Config
-from qgm_ray.engine import choco, exchange, placement
+from qgm_ray.engine import exchange, placement
 from qgm_ray.engine.actors import ClientActor, expect_lost_payloads
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import averages_everyone, groups_of
@@ -81,7 +81,7 @@ class Coordinator:
         self.centralized = self.algorithm.centralized
         self.barriers = barriers_for(self.algorithm)   # engine/barriers.py: none unless the run asks for one
         self.n_train = n_train   # the epochs of a compressed exchange's warm-up (engine/stage.py)
-        self.choco = choco.Choco.of(cfg, n_train)   # a compressed exchange (engine/choco.py), or None
+        self.compressed = cfg.compression.op != "none"   # CHOCO-Gossip's exchange (engine/choco.py)
         self.initial_slots = list(slots)
         # py_modules: the plug-in code this coordinator was started with, for every ClientActor.
         self.runtime_env = plugins.ray_runtime_env(
@@ -267,7 +267,7 @@ class Coordinator:
             else:
                 post, sources, args = None, [], []
             # A compressed exchange decodes with the senders' keys: (seed, slot, round).
-            keyed = {"t": t, "source_slots": [self.slots[j] for j in sources]} if self.choco is not None else {}
+            keyed = {"t": t, "source_slots": [self.slots[j] for j in sources]} if self.compressed else {}
             if pre_lr is None:
                 records.append(actor.step.remote(post, None, sources, *args, **keyed))
                 continue
@@ -354,7 +354,7 @@ class Coordinator:
             self._set_slots(slots)
             if joiners:
                 ray.get([a.reset_clients.remote(joiners, avg, kept) for a in self.actors])
-            if self.choco is not None:   # W changed: every public copy restarts at zero (engine/choco.py)
+            if self.compressed:   # W changed: every public copy restarts at zero (engine/choco.py)
                 ray.get([a.reset_exchange.remote() for a in self.actors])
             return self.info()
 

@@ -24,6 +24,7 @@ _EXPORTS = {
     # `sweep`, not `tune`: qgm_ray.tune is the module that runs it on Ray Tune
     "sweep": "qgm_ray.api",
     "load_run": "qgm_ray.api",
+    "release_actors": "qgm_ray.api",
     "RunResult": "qgm_ray.api",
     "SweepResult": "qgm_ray.api",
     "Config": "qgm_ray.config",

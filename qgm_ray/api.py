@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -196,6 +197,15 @@ class SweepResult:
         row = (self.results.iloc[name_or_index] if isinstance(name_or_index, int)
                else self.results.loc[self.results["trial"] == name_or_index].iloc[0])
         return load_run(self.sweep_dir / row["trial_dir"])
+
+
+def release_actors() -> None:
+    """Kill the actors a run with `ray.reuse_actors: true` kept for the next run of this
+    process; their CPUs go back to Ray. Nothing to do when none is kept."""
+    if "ray" not in sys.modules:   # no run of this process used Ray
+        return
+    from qgm_ray.engine import crew
+    crew.release()
 
 
 def sweep(config: ConfigLike, overrides: Overrides = (), output_dir: Union[str, Path, None] = None, *,

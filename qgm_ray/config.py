@@ -140,6 +140,11 @@ class RayConfig:
     # graph: actors holding graph neighbours share a node where resources allow
     # (engine/placement.py); default: wherever Ray's scheduler puts them.
     placement: str = "graph"
+    # Keep a run's coordinator and ClientActors when it ends, for the next run of this driver
+    # process whose actors ask Ray for the same (engine/crew.py): it skips their start and
+    # imports. They hold their CPUs until then, `qgm_ray.release_actors()` or the driver's exit.
+    # Tune's trials of a sweep on Ray keep theirs for the sweep's next trial.
+    reuse_actors: bool = False       # keep the actors for this process's next Ray run asking for the same
 
 
 @dataclass

@@ -94,6 +94,11 @@ class ClientActor:
         self._test = None
         self._averaged: Optional[Evaluator] = None   # built on the first evaluation (actor 0 only)
 
+    def reconfigure(self, *args) -> None:
+        """The next run of a kept crew (engine/crew.py): this process, the state of a new actor."""
+        self.__dict__.clear()
+        self.__init__(*args)
+
     # ------------------------------------------------------------ membership
     def set_clients(self, slots: Sequence[int], positions: Sequence[int], *states: dict) -> int:
         """Hold exactly these shards (slots) at these topology positions; clients that stay keep

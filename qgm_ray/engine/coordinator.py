@@ -88,6 +88,18 @@ class Coordinator:
             cfg, {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None)
         self.eval_pids: list[int] = []   # the process that answered each evaluation
 
+    def reconfigure(self, *args) -> None:
+        """A kept crew taking the next run (engine/crew.py): this coordinator and its actors in
+        the state of new ones (same constructor arguments), their processes kept."""
+        with self.lock:
+            actors, nodes = self.actors, self.nodes
+            self.__dict__.clear()
+            self.__init__(*args)
+            self.actors, self.nodes = actors, nodes
+            gpu = self.resources["num_gpus"]
+            ray.get([a.reconfigure.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
+                     for a in actors])
+
     def start(self) -> dict:
         """Create the actors and build the clients (blocks while the cluster lacks resources)."""
         with self.lock:

@@ -33,6 +33,7 @@ how many clients each node holds and how many payload bytes per round cross node
 """
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from typing import Callable, Optional
@@ -45,6 +46,7 @@ from qgm_ray import build, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
+from qgm_ray.engine import crew
 from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of
 from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
 from qgm_ray.engine.stage import exchange_stage
@@ -60,6 +62,18 @@ WAIT_LOG_EVERY_S = 30.0
 NAMESPACE = "qgm"
 
 
+def _settles(method):
+    """The engine is clean (its actors may be kept for the next run: engine/crew.py) only
+    between calls that returned: one that raised or was interrupted may leave work running."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self.clean = False
+        out = method(self, *args, **kwargs)
+        self.clean = True
+        return out
+    return wrapper
+
+
 class RayEngine:
     def __init__(self, cfg: Config, ds: Dataset, parts: list, log: Callable[[str], None] = print):
         self.cfg, self.log = cfg, log
@@ -67,6 +81,7 @@ class RayEngine:
         self.n_train = len(ds.train_x)   # the coordinator's epochs of a compressed run's warm-up
         self.dropped: set[int] = set()   # shards lost with `on_failure: drop`
         self.coordinator = None
+        self.clean = False
         self.recoveries, self.last_recovery = 0, None
         # Time lost to failures: from the first time the run reached its furthest round to the
         # time the replay reached it again (recovery + replayed rounds).
@@ -95,6 +110,7 @@ class RayEngine:
             self.run_tag = self.name
             self.counted_rounds = 0   # rounds in qgm_bytes_sent_total (a replay does not count twice)
             self._start(list(range(cfg.topology.n_clients)))
+            self.clean = True
         except BaseException:
             self.close()
             raise
@@ -112,18 +128,27 @@ class RayEngine:
         # would take the whole run down with it.
         # Inside a placement group (a Tune trial) nothing is pinned: an explicit strategy would
         # take the actors out of the group the trial reserved. A Ray Client driver has no node.
-        home = {}
+        home, home_node = {}, None
         if ray.util.get_current_placement_group() is None and not ray.util.client.ray.is_connected():
-            home = {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
-                                                                          soft=False)}
-        cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
-                                              max_restarts=0, runtime_env=env, **home)
-        self.coordinator = cls.remote(self.cfg, self.run_tag, self.meta, self.data_refs, self.parts_ref, slots,
-                                      self.resources, self.counted_rounds, self.n_train)
-        self._apply(self._wait(self.coordinator.start.remote(), f"for {len(slots)} clients"))
+            home_node = ray.get_runtime_context().get_node_id()
+            home = {"scheduling_strategy": NodeAffinitySchedulingStrategy(home_node, soft=False)}
+        args = (self.cfg, self.run_tag, self.meta, self.data_refs, self.parts_ref, slots, self.resources,
+                self.counted_rounds, self.n_train)
         k = self.cfg.ray.clients_per_actor
-        self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}; "
-                 f"coordinator actor {self.name!r} in namespace {NAMESPACE!r} (metrics tag run={self.run_tag})")
+        self.crew_key = crew.crew_key({**self.resources, "deterministic": self.cfg.deterministic}, k, env,
+                                      home_node)
+        kept = crew.take(self.crew_key) if self.cfg.ray.reuse_actors else crew.release()
+        if kept is not None:
+            self.coordinator, self.name = kept.coordinator, kept.name
+            self._wait(self.coordinator.reconfigure.remote(*args), f"for {len(slots)} clients")
+        else:
+            cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
+                                                  max_restarts=0, runtime_env=env, **home)
+            self.coordinator = cls.remote(*args)
+        self._apply(self._wait(self.coordinator.start.remote(), f"for {len(slots)} clients"))
+        self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}"
+                 f"{' (kept from the last run)' if kept is not None else ''}; coordinator actor {self.name!r} "
+                 f"in namespace {NAMESPACE!r} (metrics tag run={self.run_tag})")
         self._log_placement()
 
     def _wait(self, ref, what: str):
@@ -173,6 +198,12 @@ class RayEngine:
         return self._info["payload_bytes"]
 
     def close(self) -> None:
+        # A run that ended cleanly leaves its actors to the next one (engine/crew.py); a Ray this
+        # engine started goes down with it, actors and all.
+        if (self.coordinator is not None and self.cfg.ray.reuse_actors and self.clean and not self.started_ray
+                and ray.is_initialized()):
+            crew.keep(crew.Crew(self.crew_key, self.coordinator, self.name))
+            self.coordinator = None
         if self.coordinator is not None:
             try:
                 ray.get(self.coordinator.shutdown.remote(), timeout=30)
@@ -188,6 +219,7 @@ class RayEngine:
             self.started_ray = False
 
     # ------------------------------------------------------------ training
+    @_settles
     def train(self, rounds: range, lr_of: Callable[[int], float],
               on_round: Optional[Callable[[RoundRecord], None]] = None,
               should_stop: Optional[Callable[[], bool]] = None) -> list[RoundRecord]:
@@ -386,9 +418,11 @@ class RayEngine:
         raise EngineFailure(reason)
 
     # ------------------------------------------------------------ evaluation, state
+    @_settles
     def evaluate(self) -> dict:
         return self._call("evaluate")
 
+    @_settles
     def state_dict(self) -> dict:
         try:
             per_actor = ray.get(ray.get(self.coordinator.state_refs.remote()))
@@ -396,6 +430,7 @@ class RayEngine:
             self._on_failure(e)
         return {"slots": list(self.slots), "clients": [s for states in per_actor for s in states]}
 
+    @_settles
     def load_state_dict(self, state: dict) -> None:
         keep = [i for i, s in enumerate(state["slots"]) if s not in self.dropped]
         slots = [int(state["slots"][i]) for i in keep]
@@ -408,6 +443,7 @@ class RayEngine:
         self._call("load_states", slots, refs)
         self._refresh()
 
+    @_settles
     def resize(self, n_clients: int, at_round: int) -> None:
         from qgm_ray.topology import validate_topology
         validate_topology(self.cfg.topology.name, n_clients, **self.cfg.topology.options)

@@ -25,6 +25,16 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def release_kept_actors():
+    """A module's runs may leave their actors to its next run (tests/helpers.py: SMALL_RUN); the
+    next module's tests find the session's CPUs free."""
+    yield
+    import sys
+    if "qgm_ray.engine.crew" in sys.modules:
+        sys.modules["qgm_ray.engine.crew"].release()
+
+
 
 def pytest_collection_modifyitems(session, config, items):
     """The files with `long` tests first, then those with the most slow (then Ray) tests (a stable

@@ -9,9 +9,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # A run that takes seconds: a 16-unit MLP on the synthetic dataset, quiet. Files add the
-# client count, epochs, evaluation cadence and backend their tests need.
+# client count, epochs, evaluation cadence and backend their tests need. On the session's Ray a
+# run leaves its actors to the next one (engine/crew.py): their start would cost more than the
+# run; tests/test_crew.py checks that the numbers are those of new actors.
 SMALL_RUN = ("data.name=synthetic", "model.name=mlp", "model.options={hidden: [16]}", "data.batch_size=16",
-             "progress=false", "algorithm.lr=0.05", "data.alpha=1.0")
+             "progress=false", "algorithm.lr=0.05", "data.alpha=1.0", "ray.reuse_actors=true")
 
 
 def small_run(*extra: str) -> list[str]:

@@ -62,7 +62,8 @@ def reference(ray_session, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_leftover_actors(ray_session):
-    """Every engine a test starts must be gone when it ends (close() kills the actors)."""
+    """Every engine a test starts must be gone when it ends (close() kills the actors, or keeps
+    them for the next run: the one crew engine/crew.py holds)."""
     yield
     import time
     deadline = time.time() + 10
@@ -72,7 +73,10 @@ def no_leftover_actors(ray_session):
 
 
 def coordinators():
-    return [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "qgm"]
+    """The coordinators of this session, but the one kept for the next run."""
+    from qgm_ray.engine import crew
+    kept = crew.kept().name if crew.kept() is not None else None
+    return [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "qgm" and a["name"] != kept]
 
 
 def capture_engine(monkeypatch):
@@ -375,7 +379,7 @@ def test_metrics_are_exported_to_prometheus(ray_session):
         engine.train(range(0, 3), lambda t: 0.05)
         engine.evaluate()
         url = f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"
-        tag = f'run="{engine.name}"'
+        tag = f'run="{engine.run_tag}"'
 
         def missing(text):  # this run's series (earlier tests' runs export the same names)
             lines = [ln for ln in text.splitlines() if tag in ln]

@@ -22,7 +22,10 @@ run is on CUDA). With `backend: ray` a trial reserves, through a PlacementGroupF
 bundle for itself (the trial process, which also hosts the engine's Coordinator) and one bundle
 per ClientActor; Tune schedules the trial with `placement_group_capture_child_tasks=True`, so
 the actors the engine creates land in the trial's own bundles and concurrent trials can never
-starve each other of the resources their actors need.
+starve each other of the resources their actors need. A finished trial's process goes to the
+next trial asking for the same bundles (Tune's `reuse_actors`), and on Ray its coordinator and
+ClientActors with it (`ray.reuse_actors`, engine/crew.py): the trial starts without new
+processes importing torch.
 """
 from __future__ import annotations
 
@@ -209,6 +212,8 @@ def run_trial(params: dict, base: dict, sweep_dir: str) -> None:
     cfg.progress = False
     if cfg.backend == "local":
         torch.set_num_threads(cfg.compute.torch_threads)
+    else:   # the sweep's next trial in this process takes this one's actors (engine/crew.py)
+        cfg.ray.reuse_actors = True
     name = tune.get_context().get_trial_name()
     path = Path(sweep_dir) / TRIALS / name
     resume = _prepare_trial_dir(path)
@@ -345,8 +350,10 @@ def _init_ray(cfg: Config, log: Callable[[str], None]) -> bool:
     Ray's start, the reaper for its processes, Ray's console lines in its logs, our own line
     for the dashboard (no coloured INFO line of Ray's). Plug-in code goes to every process of
     the sweep, trials included, on every node, as the job's runtime_env."""
+    from qgm_ray.engine import crew
     from qgm_ray.engine.ray_setup import connect
     from qgm_ray.plugins import job_runtime_env
+    crew.release()   # actors an earlier run of this process kept would hold the trials' CPUs
     return connect(cfg, log, runtime_env=job_runtime_env(cfg))
 
 
@@ -609,8 +616,8 @@ def _tune_config(cfg: Config):
     return tune.TuneConfig(metric=tc.metric, mode=tc.mode, scheduler=scheduler, num_samples=tc.num_samples,
                            max_concurrent_trials=tc.max_concurrent_trials or None,
                            # A new trial process pays seconds of imports (torch) before its first
-                           # round; trials of a local sweep are short, so keep the processes.
-                           reuse_actors=cfg.backend == "local",
+                           # round, and on Ray its actors as many again: keep them for the next trial.
+                           reuse_actors=True,
                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
 
 

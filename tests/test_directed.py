@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray import directed
+from qgm_ray.topology import directed
 from qgm_ray.algorithms import make_algorithm
 from qgm_ray.config import load_config
 from qgm_ray.engine import push_sum as ps

@@ -1,5 +1,5 @@
 """The dataset record every loader returns (built-in, AG News in text.py, or a plug-in), and
-the atomic cache writer they share. A module of its own so that data.py (the registry) and
+the atomic cache writer they share. A module of its own so that data/ (the registry) and
 text.py (one loader) both import it and not each other."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Directed and one-peer graphs (qgm_ray/directed.py) and push-sum gossip (engine/push_sum.py)."""
+"""Directed and one-peer graphs (qgm_ray/topology/directed.py) and push-sum gossip (engine/push_sum.py)."""
 import networkx as nx
 import numpy as np
 import pytest

@@ -14,24 +14,25 @@ Offline datasets (no files needed): `mnist1d` (generated with the `mnist1d` pack
 cached as .npz), `digits` (bundled with scikit-learn), `synthetic`, `synthetic_image`.
 torchvision datasets read the usual torchvision layout under `root` and download only when
 asked to (`download=True`). `imagenet32` reads the downsampled-ImageNet batch files under
-`root/imagenet32`; `agnews` (qgm_ray/text.py, optional NLP dependencies) reads a saved copy
+`root/imagenet32`; `agnews` (text.py, optional NLP dependencies) reads a saved copy
 under `root/agnews` and fetches one only with `download=True`.
 
 This package is the registry: the built-in names, registered below, and `load_dataset`.
-plugin.py makes a plug-in's arrays into a Dataset, tensors.py a built-in loader's tensors,
-pixels.py normalises uint8 batches; offline.py, vision.py (torchvision) and imagenet32.py
-are the loaders.
+record.py holds the Dataset record; plugin.py makes a plug-in's arrays into one, tensors.py a
+built-in loader's tensors; pixels.py normalises uint8 batches, augment.py crops and flips
+them; offline.py, vision.py (torchvision), imagenet32.py and text.py (AG News) are the
+loaders.
 """
 from __future__ import annotations
 
 from qgm_ray import plugins
-from qgm_ray.augment import AUGMENTATIONS, apply_augment, augment_batch, draw_augment
+from qgm_ray.data.augment import AUGMENTATIONS, apply_augment, augment_batch, draw_augment
 from qgm_ray.data.imagenet32 import _load_imagenet32
 from qgm_ray.data.offline import _OFFLINE, _OFFLINE_OPTS
 from qgm_ray.data.pixels import pixel_table, to_float
 from qgm_ray.data.plugin import load_plugin_dataset
+from qgm_ray.data.record import Dataset, describe
 from qgm_ray.data.vision import _TORCHVISION, _load_torchvision
-from qgm_ray.dataset import Dataset, describe
 from qgm_ray.errors import ConfigError
 
 __all__ = [
@@ -99,7 +100,7 @@ def _check_opts(name: str, opts: dict, allowed: tuple) -> dict:
 
 
 def _load_agnews(root, download, seed, **opts) -> Dataset:
-    from qgm_ray.text import load_agnews
+    from qgm_ray.data.text import load_agnews
 
     return load_agnews(root=root, download=download, **opts)
 

@@ -7,8 +7,8 @@ import pickle
 
 import numpy as np
 
+from qgm_ray.data.record import Dataset
 from qgm_ray.data.tensors import _dataset
-from qgm_ray.dataset import Dataset
 from qgm_ray.errors import ConfigError
 
 IMAGENET32_FOLDER = "imagenet32"

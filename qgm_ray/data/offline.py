@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qgm_ray.data.record import Dataset, save_npz_atomic
 from qgm_ray.data.tensors import _dataset, _standardise
-from qgm_ray.dataset import Dataset, save_npz_atomic
 
 # torch is imported where a tensor is made: validating a config reads only the names and
 # option tables of the registry.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qgm_ray import errors, plugins
-from qgm_ray.dataset import Dataset, plugin_tensor
+from qgm_ray.data.record import Dataset, plugin_tensor
 from qgm_ray.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qgm_ray.dataset import Dataset
+from qgm_ray.data.record import Dataset
 
 # torch is imported where a tensor is made: validating a config reads only the names and
 # option tables of the registry.

@@ -8,8 +8,8 @@ import os
 import numpy as np
 
 from qgm_ray import errors
+from qgm_ray.data.record import Dataset
 from qgm_ray.data.tensors import _dataset
-from qgm_ray.dataset import Dataset
 from qgm_ray.errors import ConfigError
 
 # Normalisation constants of the official QGM code (pcode/datasets/prepare_data.py) where it

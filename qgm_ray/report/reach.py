@@ -1,6 +1,6 @@
-"""Bytes to a target accuracy (pure pandas): the bytes (or simulated seconds) each run sent
-before its first evaluation at the target, the target of each column of the table, and those
-counts per cell laid out as the accuracy table is."""
+"""Bytes to a target accuracy (pure pandas): the bytes (or simulated seconds) a run had sent at
+its first evaluation that reaches the target, the target of each column of the table, and
+those counts per cell, laid out as the accuracy table is."""
 from __future__ import annotations
 
 import math

@@ -10,10 +10,8 @@ time-varying graphs rebuild it from (seed, t), so any process asking for round t
 same matrix without sharing state.
 
 Every name is a builder `(n, t, seed, options) -> W` registered in `qgm_ray.plugins`; a
-`"package.module:function"` reference is a user's graph, `function(n, **options)` returning a
-networkx Graph (Metropolis-Hastings weights, as `social`), a DiGraph (column stochastic,
-push-sum, as directed `graph`) or an n x n W (checked doubly stochastic, or column stochastic
-with `directed: true`); it is static (built once per n).
+`"package.module:function"` reference is a user's graph (plugin.py says what it may return),
+static (built once per n).
 
 This package is the registry: the built-in names, registered below, and `make_topology`.
 names.py holds the tables of names, graphs.py and directed.py the built-in graphs' weights,

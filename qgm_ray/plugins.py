@@ -7,7 +7,7 @@ entry-point group of the kind (GROUPS: `qgm_ray.algorithms`, `qgm_ray.models`,
 `qgm_ray.datasets`, `qgm_ray.graphs`, `qgm_ray.compressors`); such a short name stands for the
 reference the entry point holds (`canonical`), so the run treats it exactly as that reference,
 and a built-in name is never taken over by one. The built-ins register themselves here
-(algorithms/registry.py, models/__init__.py, data.py, topology.py, compression/registry.py),
+(algorithms/registry.py, models/__init__.py, data/, topology/, compression/registry.py),
 and `resolve(kind, name)` turns either form into a factory. Rules, models and compressors
 register in the user's form; a built-in dataset registers as `(seed, root, download,
 **options) -> Dataset` and a built-in graph as `(n, t, seed, options) -> W(t)` (they read

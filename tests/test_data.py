@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import qgm_ray.data as data
-from qgm_ray.data import DATASETS, augment_batch, describe, load_dataset, pixel_table, to_float
+from qgm_ray.data import DATASETS, augment_batch, describe, load_dataset, pixel_table, to_float, vision
 from qgm_ray.errors import ConfigError
 
 
@@ -186,7 +185,7 @@ def test_to_tensors_layouts():
     mnist_like = Fake()
     mnist_like.data = torch.full((2, 28, 28), 255, dtype=torch.uint8)
     mnist_like.targets = torch.tensor([3, 4])
-    x, y = data._to_tensors(mnist_like, data._TORCHVISION["mnist"])
+    x, y = vision._to_tensors(mnist_like, vision._TORCHVISION["mnist"])
     assert x.shape == (2, 1, 28, 28) and x.dtype == torch.uint8 and y.tolist() == [3, 4]
     x = to_float(x, pixel_table(((0.1307,), (0.3081,))))
     assert torch.allclose(x, torch.full_like(x, (1 - 0.1307) / 0.3081))
@@ -194,7 +193,7 @@ def test_to_tensors_layouts():
     svhn_like = Fake()
     svhn_like.data = np.zeros((2, 3, 32, 32), dtype=np.uint8)
     svhn_like.labels = np.array([0, 9])
-    x, y = data._to_tensors(svhn_like, data._TORCHVISION["svhn"])
+    x, y = vision._to_tensors(svhn_like, vision._TORCHVISION["svhn"])
     assert x.shape == (2, 3, 32, 32) and y.dtype == torch.int64 and torch.all(x == 0)
     assert torch.all(to_float(x, pixel_table(((0.5,) * 3, (0.5,) * 3))) == -1)
 

@@ -1,10 +1,10 @@
-"""Directed and one-peer graphs (qgm_ray/directed.py) and push-sum gossip (engine/push_sum.py)."""
+"""Directed and one-peer graphs (qgm_ray/topology/directed.py) and push-sum gossip (engine/push_sum.py)."""
 import networkx as nx
 import numpy as np
 import pytest
 import torch
 
-from qgm_ray import directed
+from qgm_ray.topology import directed
 from qgm_ray.algorithms import make_algorithm
 from qgm_ray.config import load_config
 from qgm_ray.engine import push_sum as ps

@@ -84,7 +84,7 @@ def test_agnews_reads_a_saved_dataset_as_token_ids_and_caches_them(nlp_root, mon
     assert ds.train_x[5].tolist() == want
     assert (ds.train_x[:, 0] == tok.cls_token_id).all() and (ds.train_x == 0).any()  # [CLS] first, padded with 0
     # The ids are cached: a second load does not tokenise again.
-    import qgm_ray.text as text
+    from qgm_ray.data import text
 
     monkeypatch.setattr(text, "_encode", lambda *a: (_ for _ in ()).throw(AssertionError("re-tokenised")))
     again = load_dataset("agnews", root=str(root), tokenizer=str(root / "tok"), max_length=MAX_LEN)

@@ -222,7 +222,7 @@ def test_engines_read_w_only_through_the_sparse_form(monkeypatch):
 def test_directed_weights_of_a_digraph_equal_the_dense_definition_bit_for_bit():
     """`graph` with directed: true and plug-in DiGraphs: counts (self 1, one per out-link,
     self-loops ignored), each column divided by its sum."""
-    from qgm_ray import directed
+    from qgm_ray.topology import directed
     for s in range(20):
         G = nx.gnp_random_graph(5 + s, 0.3, seed=s, directed=True)
         G.add_edge(0, 0)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from qgm_ray import build, data
+from qgm_ray import build
 from qgm_ray.config import load_config
-from qgm_ray.data import apply_augment, draw_augment, load_dataset, pixel_table, to_float
+from qgm_ray.data import apply_augment, draw_augment, load_dataset, pixel_table, to_float, vision
 from qgm_ray.engine.actors import dataset_from_arrays, dataset_meta
 from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.local import LocalEngine
@@ -18,7 +18,7 @@ from test_data import _write_fake_cifar10, _write_fake_imagenet32
 
 CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 IMAGENET32 = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-NORMS = {name: (spec["mean"], spec["std"]) for name, spec in data._TORCHVISION.items()} | {"imagenet32": IMAGENET32}
+NORMS = {name: (spec["mean"], spec["std"]) for name, spec in vision._TORCHVISION.items()} | {"imagenet32": IMAGENET32}
 
 
 def old_float_path(x: torch.Tensor, norm) -> torch.Tensor:

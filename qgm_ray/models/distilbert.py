@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from qgm_ray import errors
 from qgm_ray.errors import ConfigError
-from qgm_ray.text import PAD_ID, require
+from qgm_ray.data.text import PAD_ID, require
 
 DEFAULT_PRETRAINED = "distilbert-base-uncased"
 

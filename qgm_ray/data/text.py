@@ -23,7 +23,7 @@ import os
 import numpy as np
 import torch
 
-from qgm_ray.dataset import Dataset, save_npz_atomic
+from qgm_ray.data.record import Dataset, save_npz_atomic
 from qgm_ray.errors import ConfigError, first_line
 
 NLP_REQUIREMENTS = "requirements-nlp.txt"

@@ -1,6 +1,6 @@
 """The dataset record every loader returns (built-in, AG News in text.py, or a plug-in), and
-the atomic cache writer they share. A module of its own so that data.py (the registry) and
-text.py (one loader) both import it and not each other."""
+the atomic cache writer they share. A module of its own so that the registry (__init__.py)
+and every loader import it and not each other."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qgm_ray.augment import augment_batch
+from qgm_ray.data.augment import augment_batch
 from qgm_ray.errors import ConfigError
 
 if TYPE_CHECKING:   # the fields hold tensors; importing the record (config validation) needs no torch

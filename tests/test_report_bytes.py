@@ -260,3 +260,23 @@ def test_a_bad_target_is_one_line_and_main_py_exits_2(tmp_path):
     out = main_py("report", str(tmp_path / "run"), "--target", "75")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "run" / "curves.png").exists()
+
+
+def test_a_sweep_over_topology_sections_draws_bytes_by_section_not_by_the_rows_client_count(tmp_path):
+    """metrics.csv has an n_clients column too (the count at each row); a sweep whose sections
+    include topology.n_clients takes the trial's value, as the table does."""
+    keys = ["topology.name", "topology.n_clients", "algorithm.name", "seed"]
+    rows, hist = [], []
+    for i, (topo, n) in enumerate([("ring", 16), ("social", 32)]):
+        rows.append({"trial": f"t{i}", "topology": topo, "n_clients": n, "algorithm": "dsgdm_n", "alpha": 0.1,
+                     "seed": 0, "lr": 0.1, "trial_dir": f"trials/t{i}", "status": "completed",
+                     "final_test_accuracy": 0.5, "best_test_accuracy": 0.5})
+        hist += [{"trial": f"t{i}", "round": r, "epoch": r / 4, "test_accuracy": 0.1 * r, "bytes_sent": 100 * r * n,
+                  "n_clients": n} for r in (1, 2, 4)]
+    df = report.results_frame(rows, keys)
+    path = report.plot_accuracy_vs_bytes(df, pd.DataFrame(hist), tmp_path / "accuracy_vs_bytes.png", keys)
+    assert path is not None and path.stat().st_size > 1000
+    data = pd.read_csv(tmp_path / "accuracy_vs_bytes.csv")
+    assert sorted(data["panel"].unique()) == ["topology=ring, n_clients=16, alpha = 0.1",
+                                              "topology=social, n_clients=32, alpha = 0.1"]
+    assert sorted(data["bytes_sent"]) == sorted(h["bytes_sent"] for h in hist)

@@ -132,7 +132,10 @@ def _labelled(df: pd.DataFrame, histories: pd.DataFrame, param_keys=()) -> pd.Da
     labels = row_labels(sel, param_keys)
     sel = sel.assign(label=labels, series=[" ".join([lab] + [str(r[c]) for c in sec_cols])
                                            for lab, (_, r) in zip(labels, sel.iterrows())])
-    return histories.merge(sel[["trial", "algorithm", "label", "series", "alpha", "status"] + sec_cols], on="trial")
+    cols = ["trial", "algorithm", "label", "series", "alpha", "status"] + sec_cols
+    # A section's value is the trial's: metrics.csv's n_clients is the client count at each row.
+    own = histories.drop(columns=[c for c in cols[1:] if c in histories.columns])
+    return own.merge(sel[cols], on="trial")
 
 
 def plot_curves(df: pd.DataFrame, histories: pd.DataFrame, alpha: float, path: Path,

@@ -111,13 +111,15 @@ def table_markdown(df: pd.DataFrame, base: Optional[dict] = None, param_keys=(),
     value = "final_test_accuracy"
     seeds = sorted(df["seed"].dropna().unique())
     lines = ["# Test accuracy (%) by algorithm and heterogeneity", ""]
+    sections, hparams = split_keys(param_keys)
     if base:
         s = base["schedule"]
-        lines.append(f"{base['data']['name']}, model {base['model']['name']}, "
-                     f"{base['topology']['name']} n={base['topology']['n_clients']}, "
+        # A topology the sweep varies is named by each section's heading instead.
+        topo = ("" if any(k.startswith("topology.") for k in sections) else
+                f"{base['topology']['name']} n={base['topology']['n_clients']}, ")
+        lines.append(f"{base['data']['name']}, model {base['model']['name']}, {topo}"
                      f"{s['epochs']:g} epochs, batch {base['data']['batch_size']}/client, "
                      f"{_lr_text(base)}, backend {base['backend']}.")
-    sections, hparams = split_keys(param_keys)
     grid = tc.get("grid", {}) if base else None
     lines.append(f"Cells: test accuracy of the averaged model at the end of training, mean ± std "
                  f"(sample std) over {len(seeds)} seed(s) of the completed trials; Dirichlet alpha: "

@@ -65,6 +65,11 @@ def exchange_for(cfg, rule, topology, groups, payload_floats: int, wire, n_train
     return AsyncExchange(topology, groups, payload_floats, sched, wire)
 
 
+def history_of(schedule) -> int:
+    """Payload versions each client keeps (gossip); a pairwise run keeps none."""
+    return 0 if schedule.kind == "pairwise" else schedule.history
+
+
 def fresh_state(block, history: int) -> dict:
     """A block's rows of what an asynchronous run carries, at the run's start."""
     k, P = block.params.shape
@@ -118,16 +123,7 @@ class AsyncRun:
     def _take_pending_gradients(self) -> None:
         """Step 0's gradients of a fresh run (a restored run has them in its state)."""
         for block in self.blocks:
-            st = block.exchange_state
-            rows = torch.nonzero(st["ready"] == 0).reshape(-1).tolist()
-            if rows:
-                self._next_gradients(block, rows)
-
-    def _next_gradients(self, block, rows: list) -> None:
-        st = block.exchange_state
-        st["grad"][rows] = block.row_gradients(rows)
-        st["loss"][rows] = block.losses[rows].to(st["loss"].dtype)
-        st["ready"][rows] = 1
+            take_pending_gradients(block)
 
     def _wave(self, wave: np.ndarray, lr: float, losses: np.ndarray, start: int) -> None:
         s = self.schedule
@@ -139,26 +135,15 @@ class AsyncRun:
             if not mask.any():
                 continue
             rows = self.row_of[clients[mask]].tolist()
-            st = block.exchange_state
-            losses[wave[mask] - start] = st["loss"][rows].tolist()
-            state = {key: v[rows] for key, v in block.state.items()}
-            params = block.params[rows]
-            out = contracts.call_rule(block.algorithm, "pre_mix", state, params, st["grad"][rows], lr)
-            out = contracts.rule_result(block.algorithm, "pre_mix", out, len(rows), block.payload_size,
-                                        block.params.dtype)
+            losses[wave[mask] - start] = block.exchange_state["loss"][rows].tolist()
+            state, params, out = pre_rows(block, rows, lr)
             if payload is None:
                 payload = torch.empty(len(wave), out.shape[1], dtype=out.dtype, device=out.device)
             payload[torch.from_numpy(np.flatnonzero(mask))] = out
             parts.append((block, rows, mask, state, params))
         mixed = self._pair(clients, wave, payload) if self.pairwise else self._gossip(clients, wave, payload)
         for block, rows, mask, state, params in parts:
-            new = contracts.call_rule(block.algorithm, "post_mix", state, params,
-                                      mixed[torch.from_numpy(np.flatnonzero(mask))], lr)
-            block.params[rows] = contracts.rule_result(block.algorithm, "post_mix", new, len(rows),
-                                                       block.num_params, block.params.dtype)
-            for key, v in state.items():
-                block.state[key][rows] = v
-            self._next_gradients(block, rows)
+            post_rows(block, rows, state, params, mixed[torch.from_numpy(np.flatnonzero(mask))], lr)
 
     def _gossip(self, clients: np.ndarray, wave: np.ndarray, payload: torch.Tensor) -> torch.Tensor:
         """Each event's W row over the versions it mixes: its own fresh payload first goes into
@@ -168,11 +153,7 @@ class AsyncRun:
         self.ring[torch.from_numpy(clients), steps] = payload
         table = self.ring.view(-1, self.ring.shape[2])
         idx = torch.from_numpy(s.src[clients] * H + s.version[wave] % H)
-        w = self.weight[torch.from_numpy(clients)]
-        out = table[idx[:, 0]] * w[:, 0:1]
-        for c in range(1, idx.shape[1]):
-            out.addcmul_(table[idx[:, c]], w[:, c:c + 1])
-        return out
+        return mix_versions(table, idx, self.weight[torch.from_numpy(clients)])
 
     def _pair(self, clients: np.ndarray, wave: np.ndarray, payload: torch.Tensor) -> torch.Tensor:
         """AD-PSGD: each event's mean with its peer's model now; the peer takes the mean too."""
@@ -182,9 +163,64 @@ class AsyncRun:
             mask = self.block_of[peers] == b
             if mask.any():
                 theirs[torch.from_numpy(np.flatnonzero(mask))] = block.params[self.row_of[peers[mask]].tolist()]
-        mixed = payload.add(theirs).mul_(0.5)
+        mixed = pair_mean(payload, theirs)
         for b, block in enumerate(self.blocks):
             mask = self.block_of[peers] == b
             if mask.any():
                 block.params[self.row_of[peers[mask]].tolist()] = mixed[torch.from_numpy(np.flatnonzero(mask))]
         return mixed
+
+
+# ------------------------------------------------------------------ the arithmetic of an event
+# Shared by both engines (AsyncRun here, engine/async_ray.py in each ClientActor): the same
+# functions on the same rows of the same blocks give the same bits.
+
+def take_pending_gradients(block) -> None:
+    """Step 0's gradients of the block's rows that have none yet (a fresh run's)."""
+    rows = torch.nonzero(block.exchange_state["ready"] == 0).reshape(-1).tolist()
+    if rows:
+        next_gradients(block, rows)
+
+
+def next_gradients(block, rows: list) -> None:
+    """The pending gradient and loss of these rows' next step, on their models as they are now."""
+    st = block.exchange_state
+    st["grad"][rows] = block.row_gradients(rows)
+    st["loss"][rows] = block.losses[rows].to(st["loss"].dtype)
+    st["ready"][rows] = 1
+
+
+def pre_rows(block, rows: list, lr: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The rule's pre_mix for these rows of a block, on gathered copies of their state and
+    parameters (the other rows do not move): (state, params, payload)."""
+    state = {key: v[rows] for key, v in block.state.items()}
+    params = block.params[rows]
+    out = contracts.call_rule(block.algorithm, "pre_mix", state, params, block.exchange_state["grad"][rows], lr)
+    out = contracts.rule_result(block.algorithm, "pre_mix", out, len(rows), block.payload_size, block.params.dtype)
+    return state, params, out
+
+
+def post_rows(block, rows: list, state: dict, params: torch.Tensor, mixed: torch.Tensor, lr: float) -> None:
+    """The rule's post_mix for the rows `pre_rows` gathered, scattered back, then their next
+    gradients."""
+    new = contracts.call_rule(block.algorithm, "post_mix", state, params, mixed, lr)
+    block.params[rows] = contracts.rule_result(block.algorithm, "post_mix", new, len(rows), block.num_params,
+                                               block.params.dtype)
+    for key, v in state.items():
+        block.state[key][rows] = v
+    next_gradients(block, rows)
+
+
+def mix_versions(table: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Row e = sum_c weight[e, c] * table[idx[e, c]]: one gather per column, multiplied by the
+    first weight, the others added with addcmul in column (increasing source) order, as
+    engine/base.py's block_mix sums."""
+    out = table[idx[:, 0]] * weight[:, 0:1]
+    for c in range(1, idx.shape[1]):
+        out.addcmul_(table[idx[:, c]], weight[:, c:c + 1])
+    return out
+
+
+def pair_mean(payload: torch.Tensor, peer: torch.Tensor) -> torch.Tensor:
+    """AD-PSGD's average of the initiator's payload with its peer's model (both keep it)."""
+    return payload.add(peer).mul_(0.5)

@@ -1,0 +1,116 @@
+"""Asynchronous runs on the Ray engine (engine/async_ray.py): the local engine's numbers bit for
+bit (metrics.csv equal but the wall clock: losses, accuracies, bytes, sim_seconds, staleness),
+for asynchronous gossip and AD-PSGD, across actors of one and of two clients; a killed
+ClientActor replayed, and a stopped run resumed, to the same numbers.
+
+Tiny runs (4 clients, an MLP, synthetic data, 2 epochs of 13 rows), each run once per module
+and shared: most of a Ray run's time is its actors importing torch."""
+import threading
+
+import pytest
+
+from qgm_ray.config import load_config
+from qgm_ray.runner import run as runner
+
+from qgm_ray.runner.metrics_file import METRIC_COLUMNS, OPTIONAL_COLUMNS, MetricsFile
+
+from helpers import quiet, read_metrics, replayable_metrics, small_run, stopped_copy
+
+ray = pytest.importorskip("ray")
+
+# Speeds, stragglers and messages slower than a step: rows of several waves, neighbours several
+# versions behind (rings deeper than one), pairs across actors.
+CLOCK = ("clock.mode=async", "clock.speed.sigma=0.5", "clock.stragglers.fraction=0.25", "clock.stragglers.slowdown=5",
+         "clock.latency_ms=30", "clock.bandwidth_mbps=1")
+RUN = (*CLOCK, "topology.n_clients=4", "schedule.epochs=2", "data.batch_size=32", "eval.every_epochs=0.5",
+       "fault_tolerance.checkpoint_every=5", "fault_tolerance.keep=100")
+CASES = {"dsgdm_n-k2": ("algorithm.name=dsgdm_n", "ray.clients_per_actor=2"),
+         "qg_dsgdm_n-k1": ("algorithm.name=qg_dsgdm_n", "ray.clients_per_actor=1"),
+         "ad_psgd-k2": ("algorithm.name=ad_psgd", "ray.clients_per_actor=2")}
+
+
+def config(case: str, backend: str):
+    return load_config(None, small_run(*RUN, *CASES[case], f"backend={backend}"))
+
+
+@pytest.fixture(scope="module")
+def runs(ray_session, tmp_path_factory):
+    """Each case's run directory on each engine, made on first use."""
+    made = {}
+
+    def get(case: str, backend: str):
+        if (case, backend) not in made:
+            d = tmp_path_factory.mktemp(f"{case}-{backend}") / "run"
+            made[case, backend] = (runner.run(config(case, backend), d, log=quiet), d)
+        return made[case, backend]
+    return get
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("case", list(CASES))
+def test_ray_equals_local_bit_for_bit(runs, case):
+    (s_local, local), (s_ray, on_ray) = runs(case, "local"), runs(case, "ray")
+    assert s_ray["status"] == "completed" and s_ray["backend"] == "ray"
+    want = replayable_metrics(local)
+    assert replayable_metrics(on_ray) == want
+    assert s_ray["final_test_accuracy"] == s_local["final_test_accuracy"]
+    # Not a run that would agree anyway: the clock spreads the steps and delays the messages.
+    sim = [float(r["sim_seconds"]) for r in want]
+    assert len(want) == 5 and sim == sorted(sim) and len(set(sim)) == 5
+    if case.startswith("ad_psgd"):
+        assert "staleness_mean" not in want[0]
+    else:
+        assert max(float(r["staleness_max"]) for r in want) >= 2, "rings deeper than one version"
+
+
+@pytest.mark.ray
+def test_a_killed_actor_is_replayed_to_the_same_numbers(runs, monkeypatch, tmp_path):
+    """ray.kill of a ClientActor while the chunk after the first evaluation runs: the run
+    restores its last checkpoint (the clients' rings, pending gradients and losses in it) and
+    replays to the uninterrupted run's numbers."""
+    _, local = runs("dsgdm_n-k2", "local")
+    engines, logs, fired = [], [], []
+    make = runner.make_engine
+
+    def capture(*a, **k):
+        engines.append(make(*a, **k))
+        return engines[-1]
+    monkeypatch.setattr(runner, "make_engine", capture)
+
+    def on_eval(row):
+        if not fired:
+            fired.append(row["round"])
+            threading.Timer(0.02, lambda: ray.kill(engines[0].actor_handles()[1])).start()
+
+    s = runner.run(config("dsgdm_n-k2", "ray"), tmp_path / "run", on_eval=on_eval, log=logs.append)
+    assert s["status"] == "completed", s["message"]
+    assert engines[0].recoveries == 1 and any("recovered from" in m for m in logs), logs
+    assert replayable_metrics(tmp_path / "run") == replayable_metrics(local)
+
+
+@pytest.mark.ray
+def test_a_stopped_run_resumes_to_the_uninterrupted_run(runs, tmp_path):
+    """The AD-PSGD run as a driver stopped after its second checkpoint leaves it, resumed on
+    Ray: the peers' models and the pending steps come back from the clients' states."""
+    _, whole = runs("ad_psgd-k2", "ray")
+    cut = int(read_metrics(whole)[1]["round"])
+    d = stopped_copy(whole, tmp_path / "run", after_round=cut)
+    assert len(read_metrics(d)) == 2
+    s = runner.run(config("ad_psgd-k2", "ray"), d, resume=True, log=quiet)
+    assert s["status"] == "completed"
+    assert replayable_metrics(d) == replayable_metrics(whole)
+
+
+def test_rows_after_a_truncation_to_no_row_write_their_optional_columns(tmp_path):
+    """A recovery or a resume from a checkpoint before the first evaluation truncates
+    metrics.csv to its header; an asynchronous run's rows still get their staleness columns."""
+    m = MetricsFile(tmp_path / "metrics.csv")
+    row = {**{c: 1 for c in METRIC_COLUMNS}, "staleness_mean": 0.5, "staleness_max": 2.0}
+    m.append({**row, "round": 4})
+    m.truncate_after(0)
+    m.append({**row, "round": 6})
+    m.append({**row, "round": 8})
+    rows = m.read()
+    assert [r["round"] for r in rows] == ["6", "8"]
+    assert [r["staleness_max"] for r in rows] == ["2.0", "2.0"] and None not in rows[0]
+    assert list(rows[0]) == METRIC_COLUMNS + OPTIONAL_COLUMNS

@@ -114,3 +114,27 @@ def test_rows_after_a_truncation_to_no_row_write_their_optional_columns(tmp_path
     assert [r["round"] for r in rows] == ["6", "8"]
     assert [r["staleness_max"] for r in rows] == ["2.0", "2.0"] and None not in rows[0]
     assert list(rows[0]) == METRIC_COLUMNS + OPTIONAL_COLUMNS
+
+
+@pytest.mark.parametrize("rule", ["dsgdm_n", "ad_psgd"])
+def test_bytes_crossing_nodes_are_the_events_messages_that_leave_their_node(rule):
+    """Six clients on a ring in blocks of two, blocks 0 and 1 on one node, block 2 on another:
+    a gossip payload counts once per other node holding an out-neighbour, AD-PSGD's exchange
+    where the peer is on the other node; counted here event by event from W."""
+    from qgm_ray import build
+    from qgm_ray.engine.stage import exchange_stage
+    cfg = load_config(None, small_run(*CLOCK, "topology.n_clients=6", f"algorithm.name={rule}"))
+    rule_obj, topology = build.build_algorithm(cfg), build.build_topology(cfg, 6)
+    ex = exchange_stage(cfg, rule_obj, topology, [[0, 1], [2, 3], [4, 5]], 100, 1600)
+    s, W, pb = ex.schedule, topology.matrix(0), ex.payload_bytes
+    node = ["a", "a", "a", "a", "b", "b"]
+    for t in range(3):
+        want = 0
+        for e in s.events(t):
+            i = int(s.client[e])
+            if rule == "ad_psgd":
+                want += 2 * pb * (node[int(s.peer[e])] != node[i])
+            else:
+                want += pb * len({node[j] for j in range(6) if j != i and W[j, i] != 0} - {node[i]})
+        assert ex.cross_node_bytes(t, ["a", "a", "b"]) == want
+    assert ex.cross_node_bytes(0, ["a", "a", "a"]) == 0 and want > 0

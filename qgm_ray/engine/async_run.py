@@ -53,6 +53,28 @@ class AsyncExchange(Exchange):
         """Bytes put on the wire by metrics row t's n events."""
         return self.schedule.row_bytes(t)
 
+    def cross_node_bytes(self, t: int, nodes: Sequence) -> int:
+        """Bytes of row t's events that leave their node with block b on node `nodes[b]`: a
+        gossip payload once per other node holding an out-neighbour (as a synchronous round's
+        are counted), AD-PSGD's two models where the peer is on another node."""
+        s = self.schedule
+        codes = {m: c for c, m in enumerate(dict.fromkeys(nodes))}
+        node = np.empty(self.n, dtype=np.int64)
+        for b, g in enumerate(self.groups):
+            node[g] = codes[nodes[b]]
+        events = s.events(t)
+        clients = s.client[events]
+        if s.kind == "pairwise":
+            return int(s.event_bytes[events][node[s.peer[events]] != node[clients]].sum())
+        if getattr(self, "_cross", (None,))[0] != tuple(nodes):
+            # Per sender, the other nodes that hold a client mixing its payload.
+            read = (s.weight != 0) & (s.src != np.arange(self.n)[:, None])
+            sender = s.src[read]
+            at = np.repeat(node, read.sum(1))
+            pairs = np.unique(np.stack([sender, at])[:, node[sender] != at], axis=1)
+            self._cross = (tuple(nodes), np.bincount(pairs[0], minlength=self.n))
+        return int(self._cross[1][clients].sum() * self.payload_bytes)
+
 
 def exchange_for(cfg, rule, topology, groups, payload_floats: int, wire, n_train: int) -> AsyncExchange:
     """The schedule of the whole run (its rows from the lr schedule), in its exchange; `rule`

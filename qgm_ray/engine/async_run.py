@@ -82,9 +82,17 @@ def exchange_for(cfg, rule, topology, groups, payload_floats: int, wire, n_train
     n = topology.n
     rows = LRSchedule.from_config(cfg, rounds_per_epoch(n_train, n, cfg.data.batch_size)).total_rounds
     kind = "pairwise" if getattr(rule, "pairwise", False) else "gossip"
-    model = ClockModel.from_config(cfg, build.max_clients(cfg))
-    sched = async_schedule.build(model, topology.sparse(0), n, rows, wire.nbytes(payload_floats), kind, cfg.seed)
-    return AsyncExchange(topology, groups, payload_floats, sched, wire)
+    # The schedule is a function of these alone (read-only once built): a process asking again
+    # (the Ray driver and coordinator, every chunk) reuses it rather than recomputing the run's.
+    key = (repr(cfg), n, rows, wire.nbytes(payload_floats), kind)
+    if _LAST_SCHEDULE[0] != key:
+        model = ClockModel.from_config(cfg, build.max_clients(cfg))
+        _LAST_SCHEDULE[:] = [key, async_schedule.build(model, topology.sparse(0), n, rows,
+                                                       wire.nbytes(payload_floats), kind, cfg.seed)]
+    return AsyncExchange(topology, groups, payload_floats, _LAST_SCHEDULE[1], wire)
+
+
+_LAST_SCHEDULE: list = [None, None]   # [key, Schedule] of the last schedule this process built
 
 
 def history_of(schedule) -> int:

@@ -1,20 +1,28 @@
 """Asynchronous runs on the Ray engine (engine/async_ray.py): the local engine's numbers bit for
 bit (metrics.csv equal but the wall clock: losses, accuracies, bytes, sim_seconds, staleness),
 for asynchronous gossip and AD-PSGD, across actors of one and of two clients; a killed
-ClientActor replayed, and a stopped run resumed, to the same numbers.
+ClientActor replayed, and a stopped run resumed, to the same numbers. Without Ray, the actors'
+wave plan on graphs and blocks the Ray runs leave out (uneven blocks, four neighbours).
 
 Tiny runs (4 clients, an MLP, synthetic data, 2 epochs of 13 rows), each run once per module
 and shared: most of a Ray run's time is its actors importing torch."""
 import threading
 
+import numpy as np
 import pytest
+import torch
 
+from qgm_ray import build
 from qgm_ray.config import load_config
+from qgm_ray.engine.actors import ClientActor, dataset_meta
+from qgm_ray.engine.async_ray import Waves, WavePlan
+from qgm_ray.engine.base import groups_of
+from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.runner import run as runner
 
 from qgm_ray.runner.metrics_file import METRIC_COLUMNS, OPTIONAL_COLUMNS, MetricsFile
 
-from helpers import quiet, read_metrics, replayable_metrics, small_run, stopped_copy
+from helpers import local_engine, quiet, read_metrics, replayable_metrics, small_run, stopped_copy
 
 ray = pytest.importorskip("ray")
 
@@ -138,3 +146,61 @@ def test_bytes_crossing_nodes_are_the_events_messages_that_leave_their_node(rule
                 want += pb * len({node[j] for j in range(6) if j != i and W[j, i] != 0} - {node[i]})
         assert ex.cross_node_bytes(t, ["a", "a", "b"]) == want
     assert ex.cross_node_bytes(0, ["a", "a", "a"]) == 0 and want > 0
+
+
+def in_hand(cfg, chunks, lr: float):
+    """The Ray engine's asynchronous dataflow without Ray: its ClientActor class and its wave
+    plan (`Waves`, the coordinator's), each call made in this process and its returns passed on
+    as they are. Each chunk starts with the rings' copies, as a chunk of a Ray run does.
+    Returns (every client's parameters, each row's loss)."""
+    ds, parts = runner.prepare(cfg, log=quiet)
+    arrays = [np.ascontiguousarray(t.numpy()) for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y)]
+    n = cfg.topology.n_clients
+    groups = groups_of(n, cfg.ray.clients_per_actor)
+    actors = [ClientActor(cfg, dataset_meta(ds), [np.asarray(p) for p in parts], 0, *arrays) for _ in groups]
+    for actor, g in zip(actors, groups):
+        actor.set_clients(g, g)
+    block = actors[0].block
+    ex = exchange_stage(cfg, block.algorithm, build.build_topology(cfg, n), groups, block.payload_size,
+                        len(ds.train_x))
+
+    def returns(out):
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def call(b, deliver, post, pre, k):
+        msg, refs = post if post is not None else (None, [])
+        got = returns(actors[b].async_wave([(r, s) for _, r, s in deliver], msg, pre, *[x for x, _, _ in deliver],
+                                           *refs))
+        assert len(got) == k + 1
+        return got
+
+    losses = []
+    for rows in chunks:
+        waves = Waves(WavePlan(ex.schedule, ex.groups, ex.W(0)), len(actors), call)
+        waves.begin(lambda b, positions: returns(actors[b].async_history(positions)),
+                    lambda b, rings: actors[b].async_begin(*rings))
+        for r in rows:
+            row = np.empty(n)
+            for rec in waves.row(r, lr):
+                row[np.asarray(rec["events"], dtype=np.int64) - r * n] = rec["losses"]
+            losses.append(float(np.mean(row)))
+        waves.finish()
+    return torch.cat([torch.from_numpy(a.params()[0]) for a in actors]), losses
+
+
+@pytest.mark.parametrize("extra", [
+    ("algorithm.name=dsgd", "topology.name=torus", "topology.n_clients=9", "ray.clients_per_actor=4"),
+    ("algorithm.name=qg_dsgdm_n", "topology.n_clients=6", "ray.clients_per_actor=1"),
+    ("algorithm.name=ad_psgd", "topology.name=torus", "topology.n_clients=9", "ray.clients_per_actor=4"),
+    ("algorithm.name=ad_psgd", "topology.n_clients=6", "ray.clients_per_actor=1"),
+], ids=["dsgd-torus9-k4", "qg_dsgdm_n-ring6-k1", "ad_psgd-torus9-k4", "ad_psgd-ring6-k1"])
+def test_the_actors_wave_plan_equals_the_local_engine_bit_for_bit(extra):
+    cfg = load_config(None, small_run(*CLOCK, "schedule.epochs=1", *extra))
+    local = local_engine(cfg)
+    want = [r.loss for r in local.train(range(7), lambda r: 0.05)]
+    params, losses = in_hand(cfg, [range(0, 3), range(3, 7)], 0.05)
+    assert losses == want and torch.equal(params, local.params)
+    schedule = local.exchange.schedule
+    assert max(len(schedule.waves(r)) for r in range(7)) > 1
+    if schedule.kind == "gossip":
+        assert schedule.history > 1, "versions delivered late enough to need a deeper ring"

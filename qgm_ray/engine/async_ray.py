@@ -147,6 +147,57 @@ class WavePlan:
         return posts
 
 
+class Waves:
+    """The calls of a chunk's rows, made through `call(b, deliver, post, pre, k)`: actor b's
+    `async_wave` with the deliveries [(ref, table row, slot)], the (post, refs) that finish its
+    last wave (or None) and this wave's pre (or None), returning its k exported refs and then
+    its record's. The coordinator's call goes through Ray; any other runs the actors in hand."""
+
+    def __init__(self, plan: WavePlan, n_actors: int, call):
+        self.plan, self.call = plan, call
+        self.deliver: list = [[] for _ in range(n_actors)]   # gossip: what each actor has yet to write
+        self.posts: list = [None] * n_actors                  # (post, refs) finishing each actor's last wave
+
+    def begin(self, history, begin) -> list:
+        """A chunk's start: `history(b, positions)` -> refs of actor b's rings of these positions
+        (those other actors copy), then `begin(b, refs)` hands each actor its in-neighbours'
+        rings in source order. The begin calls' results."""
+        rings: dict = {}
+        sources = [[] for _ in self.posts] if self.plan.pairwise else self.plan.sources
+        if not self.plan.pairwise:
+            for b, sent in enumerate(self.plan.exports):
+                if sent:
+                    rings.update(zip(sent, history(b, sent)))
+        return [begin(b, [rings[p] for p in sources[b]]) for b in range(len(self.posts))]
+
+    def row(self, r: int, lr: float) -> list:
+        """Submit row r's waves; the refs of their records."""
+        records = []
+        for wave in self.plan.schedule.waves(r):
+            plans = self.plan.wave(wave, lr)
+            exported: list = [[] for _ in self.posts]
+            for b, post in enumerate(self.posts):
+                pre = plans[b][0] if plans[b] is not None else None
+                if pre is None and post is None:
+                    continue
+                k = len(pre["export"]) + len(pre.get("give", ())) if pre is not None else 0
+                refs = self._call(b, post, pre, k)
+                exported[b] = refs[:-1]
+                records.append(refs[-1])
+            self.posts = self.plan.route(wave, plans, exported, self.deliver)
+        return records
+
+    def finish(self) -> list:
+        """Post-only calls finishing every started event; the refs of their records."""
+        done = [self._call(b, post, None, 0)[-1] for b, post in enumerate(self.posts) if post is not None]
+        self.posts = [None] * len(self.posts)
+        return done
+
+    def _call(self, b: int, post, pre: Optional[dict], k: int) -> list:
+        got, self.deliver[b] = self.deliver[b], []
+        return self.call(b, got, post, pre, k)
+
+
 class AsyncClient:
     """A ClientActor's side of an asynchronous run: its block, its ring table (gossip) and the
     events it has started but not finished."""

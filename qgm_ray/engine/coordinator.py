@@ -35,7 +35,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from qgm_ray import build, determinism, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.engine import exchange, placement
-from qgm_ray.engine.async_ray import WavePlan
+from qgm_ray.engine.async_ray import WavePlan, Waves
 from qgm_ray.engine.actors import ClientActor, expect_lost_payloads
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import averages_everyone, groups_of
@@ -291,9 +291,9 @@ class Coordinator:
         rounds do, at most ray.max_inflight_rounds in flight; the chunk ends with post-only calls."""
         plan = WavePlan(ex.schedule, ex.groups, ex.W(0))
         depth, inflight = self.cfg.ray.max_inflight_rounds, self.inflight
-        self._async_begin(plan)
-        deliver = [[] for _ in self.actors]   # gossip: (ref, ring table row, slot) each actor has yet to write
-        posts: list = [None] * len(self.actors)   # (post, refs) that finish each actor's last wave
+        waves = Waves(plan, len(self.actors), self._async_call)
+        # Each actor's copies of its in-neighbours' rings, from their owners (a restore's too).
+        self.finals.extend(waves.begin(self._async_history, lambda b, rings: self.actors[b].async_begin.remote(*rings)))
         last_time, done = time.time(), 0
         for idx, lr in enumerate(lrs):
             if self.stop_requested:
@@ -302,24 +302,9 @@ class Coordinator:
                 rec = self._collect_row(inflight.popleft(), ex, last_time)
                 last_time = time.time()
                 yield rec
-            records = []
-            for wave in ex.schedule.waves(t0 + idx):
-                plans = plan.wave(wave, lr)
-                exported: list = [[] for _ in self.actors]
-                for b, actor in enumerate(self.actors):
-                    pre = plans[b][0] if plans[b] is not None else None
-                    if pre is None and posts[b] is None:
-                        continue
-                    k = len(pre["export"]) + len(pre.get("give", ())) if pre is not None else 0
-                    refs = self._async_call(b, actor, deliver, posts[b], pre, k)
-                    exported[b] = refs[:-1]
-                    records.append(refs[-1])
-                posts = plan.route(wave, plans, exported, deliver)
-            inflight.append((t0 + idx, records))
+            inflight.append((t0 + idx, waves.row(t0 + idx, lr)))
             done += 1
-        for b, actor in enumerate(self.actors):   # finish every started event
-            if posts[b] is not None:
-                self.finals.append(self._async_call(b, actor, deliver, posts[b], None, 0)[-1])
+        self.finals.extend(waves.finish())
         while inflight:
             rec = self._collect_row(inflight.popleft(), ex, last_time)
             last_time = time.time()
@@ -327,27 +312,15 @@ class Coordinator:
         ray.get(self.finals)
         yield {"done": done}
 
-    def _async_begin(self, plan: WavePlan) -> None:
-        """Every actor's copies of the rings of its in-neighbours held elsewhere, from their
-        owners, and the pending gradients of a fresh run."""
-        rings = {}
-        if not plan.pairwise:
-            for b, actor in enumerate(self.actors):
-                sent = plan.exports[b]
-                if sent:
-                    refs = actor.async_history.options(num_returns=len(sent)).remote(sent)
-                    rings.update(zip(sent, refs if len(sent) > 1 else [refs]))
-        for b, actor in enumerate(self.actors):
-            sources = plan.sources[b] if not plan.pairwise else []
-            self.finals.append(actor.async_begin.remote(*[rings[p] for p in sources]))
+    def _async_history(self, b: int, positions: list) -> list:
+        refs = self.actors[b].async_history.options(num_returns=len(positions)).remote(positions)
+        return refs if len(positions) > 1 else [refs]
 
-    @staticmethod
-    def _async_call(b: int, actor, deliver: list, post, pre: Optional[dict], k: int) -> list:
-        """One `async_wave` call; its refs (k exported rows, then the record)."""
-        got, deliver[b] = deliver[b], []
+    def _async_call(self, b: int, deliver: list, post, pre: Optional[dict], k: int) -> list:
+        """Actor b's `async_wave` (async_ray.Waves): its refs, k exported rows and the record."""
         msg, refs = post if post is not None else (None, [])
-        out = actor.async_wave.options(num_returns=k + 1).remote(
-            [(row, slot) for _, row, slot in got], msg, pre, *[ref for ref, _, _ in got], *refs)
+        out = self.actors[b].async_wave.options(num_returns=k + 1).remote(
+            [(row, slot) for _, row, slot in deliver], msg, pre, *[ref for ref, _, _ in deliver], *refs)
         return out if k else [out]
 
     def _collect_row(self, item, ex: Exchange, since: float) -> dict:

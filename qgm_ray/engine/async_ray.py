@@ -124,25 +124,23 @@ class WavePlan:
                 if pre["rows"]:
                     posts[b] = (post, [])
             return posts
-        payload_of, model_of = {}, {}   # event -> ref of the initiator's payload / of the peer's model
         peers = s.peer[wave]
+        peer_block = self.block_of[peers]
+        straddle = peer_block != self.block_of[s.client[wave]]
+        payload_of, model_of = {}, {}   # event -> ref of the initiator's payload / of the peer's model
         for b, plan in enumerate(plans):
             if plan is None:
                 continue
             pre, _ = plan
             n_out = len(pre["export"])
-            for i, ref in zip(pre["export"], exported[b][:n_out]):
-                payload_of[pre["events"][i]] = ref
-            given = [e for e, p in zip(wave.tolist(), peers.tolist())
-                     if self.block_of[p] == b and self.block_of[s.client[e]] != b]
-            model_of.update(zip(given, exported[b][n_out:]))
+            payload_of.update(zip((pre["events"][i] for i in pre["export"]), exported[b][:n_out]))
+            model_of.update(zip(wave[straddle & (peer_block == b)].tolist(), exported[b][n_out:]))
         for b, plan in enumerate(plans):
             if plan is None:
                 continue
             pre, post = plan
             theirs = [model_of[pre["events"][i]] for i in pre["export"]]
-            taken = [payload_of[e] for e, p in zip(wave.tolist(), peers.tolist())
-                     if self.block_of[p] == b and self.block_of[s.client[e]] != b]
+            taken = [payload_of[e] for e in wave[straddle & (peer_block == b)].tolist()]
             posts[b] = (post, theirs + taken)
         return posts
 

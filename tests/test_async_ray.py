@@ -204,3 +204,23 @@ def test_the_actors_wave_plan_equals_the_local_engine_bit_for_bit(extra):
     assert max(len(schedule.waves(r)) for r in range(7)) > 1
     if schedule.kind == "gossip":
         assert schedule.history > 1, "versions delivered late enough to need a deeper ring"
+
+
+@pytest.mark.ray
+def test_a_stop_comes_at_a_row_boundary_and_the_rows_go_on_from_there(ray_session):
+    """should_stop (what Ctrl-C sets) stops the waves at the end of a row with every started
+    event finished; training on from there gives the local engine's rows and models."""
+    from qgm_ray.engine.ray_engine import RayEngine
+    cfg = load_config(None, small_run(*RUN, *CASES["dsgdm_n-k2"], "backend=ray", "ray.max_inflight_rounds=2"))
+    ds, parts = runner.prepare(cfg, log=quiet)
+    local, engine = local_engine(cfg), RayEngine(cfg, ds, parts, log=quiet)
+    try:
+        seen = []
+        got = engine.train(range(0, 12), lambda r: 0.05, on_round=lambda rec: seen.append(rec.round),
+                           should_stop=lambda: len(seen) >= 3)
+        assert 3 <= len(got) < 12 and [r.round for r in got] == list(range(len(got)))
+        got += engine.train(range(len(got), 12), lambda r: 0.05)
+        assert got == local.train(range(0, 12), lambda r: 0.05)
+        assert engine.evaluate() == local.evaluate()
+    finally:
+        engine.close()

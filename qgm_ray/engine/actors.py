@@ -20,14 +20,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from qgm_ray import contracts, determinism
+from qgm_ray import build, contracts, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine import allreduce, async_run
 from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.async_ray import AsyncClient
 from qgm_ray.engine.barriers import barriers_for
-from qgm_ray.engine.base import block_mix
+from qgm_ray.engine.base import block_mix, groups_of
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.choco import Choco, reset
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
@@ -200,8 +200,6 @@ class ClientActor:
     def _async_history(self) -> int:
         """Payload versions each client keeps: the schedule's (a function of the config alone;
         asynchronous runs keep their clients, so n is the config's)."""
-        from qgm_ray import build
-        from qgm_ray.engine.base import groups_of
         n = self.cfg.topology.n_clients
         ex = async_run.exchange_for(self.cfg, self.block.algorithm, build.build_topology(self.cfg, n),
                                     groups_of(n, self.cfg.ray.clients_per_actor), self.block.payload_size,

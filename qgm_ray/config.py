@@ -217,7 +217,7 @@ class ClockStragglersConfig:
 class ClockConfig:
     """The simulated time of the system the run models (qgm_ray/clock.py): metrics.csv's
     sim_seconds. A model, never a measurement; in sync mode it never changes the numbers."""
-    mode: str = "sync"               # sync: rounds behind each client's in-neighbours | async: no barrier, each client steps at its own pace and mixes the newest payloads that arrived (qgm_ray/async_schedule.py; backend local)
+    mode: str = "sync"               # sync: rounds behind each client's in-neighbours | async: no barrier, each client steps at its own pace and mixes the newest payloads that arrived (qgm_ray/async_schedule.py)
     step_seconds: float = 0.1        # one local step of one client at speed 1 (> 0)
     latency_ms: float = 1.0          # per message on every link (>= 0)
     bandwidth_mbps: float = 1000.0   # per link, 10^6 bits per second (> 0)
@@ -917,8 +917,6 @@ def _validate_async(cfg: Config, rule) -> None:
     who = "clock.mode=async"
     _require(cfg.topology.n_clients >= 2, f"{who} gossips between clients: topology.n_clients must be >= 2, "
                                           f"got {cfg.topology.n_clients}")
-    _require(cfg.backend == "local", f"{who} runs on backend=local (the Ray engine runs synchronous rounds only), "
-                                     f"got backend={cfg.backend}; set backend=local")
     from qgm_ray.algorithms.registry import ASYNC_ALGORITHMS, push_sum_algorithms
     _require(pairwise or bool(getattr(rule, "push_sum", False)),
              f"{who} mixes the newest payload of each neighbour that has arrived, which needs a rule whose payload "

@@ -20,13 +20,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from qgm_ray import contracts, determinism
+from qgm_ray import build, contracts, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine import allreduce
+from qgm_ray.engine import allreduce, async_run
 from qgm_ray.engine.assembly import build_block
+from qgm_ray.engine.async_ray import AsyncClient
 from qgm_ray.engine.barriers import barriers_for
-from qgm_ray.engine.base import block_mix
+from qgm_ray.engine.base import block_mix, groups_of
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.choco import Choco, reset
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
@@ -93,6 +94,7 @@ class ClientActor:
         self.payload: Optional[torch.Tensor] = None  # own payloads of the pending round (k, D)
         self._test = None
         self._averaged: Optional[Evaluator] = None   # built on the first evaluation (actor 0 only)
+        self.asynchronous: Optional[AsyncClient] = None   # clock.mode=async: this chunk's (engine/async_ray.py)
 
     def reconfigure(self, *args) -> None:
         """The next run of a kept crew (engine/crew.py): this process, the state of a new actor."""
@@ -112,6 +114,8 @@ class ClientActor:
             except ConfigError as e:   # a plug-in's one line, which Ray would wrap in this actor's traceback
                 raise contracts.crossing_ray(e) from None
             self.barriers = barriers_for(self.block.algorithm)
+            if self.cfg.clock.mode == "async":   # the rows an asynchronous run carries, before any state loads
+                self.block.exchange_state = async_run.fresh_state(self.block, self._async_history())
             for r, s in enumerate(slots):
                 if s in kept and not states:
                     self.block.load_client_state(r, kept[s])
@@ -119,6 +123,7 @@ class ClientActor:
             self.block.load_client_state(r, st)
         self.positions = list(positions)
         self.payload = self.q = None
+        self.asynchronous = None
         return self.num_params()
 
     def reset_clients(self, slots: Sequence[int], average: tuple, kept: Optional[list] = None) -> None:
@@ -196,6 +201,35 @@ class ClientActor:
         root of the all-reduce; every actor's next `step_mean` reads the result's ref)."""
         return allreduce.mean_of_partials([as_tensor(p) for p in partials], n).numpy()
 
+    # ------------------------------------------------------------ asynchronous waves (engine/async_ray.py)
+    def _async_history(self) -> int:
+        """Payload versions each client keeps: the schedule's (a function of the config alone;
+        asynchronous runs keep their clients, so n is the config's)."""
+        n = self.cfg.topology.n_clients
+        ex = async_run.exchange_for(self.cfg, self.block.algorithm, build.build_topology(self.cfg, n),
+                                    groups_of(n, self.cfg.ray.clients_per_actor), self.block.payload_size,
+                                    self.wire, len(self.ds.train_x))
+        return async_run.history_of(ex.schedule)
+
+    def async_history(self, positions: Sequence[int]):
+        """The rings of these positions of the block (one array each; one return value for one)."""
+        row_of = {p: r for r, p in enumerate(self.positions)}
+        rings = AsyncClient.history_rows(self.block, [row_of[p] for p in positions])
+        return rings[0] if len(rings) == 1 else tuple(rings)
+
+    def async_begin(self, *rings: np.ndarray) -> None:
+        """A chunk's start: copies of the in-neighbours' rings (`async_history` of their actors,
+        in source order) and the pending gradients of a fresh run."""
+        self.asynchronous = AsyncClient(self.block, [as_tensor(r) for r in rings])
+
+    def async_wave(self, deliver: Sequence[tuple], post: Optional[dict], pre: Optional[dict], *received: np.ndarray):
+        """Finish this block's events of the last wave and start those of this one; returns the
+        rows other actors read, one array each, then the record (the record alone when none)."""
+        out, record = self.asynchronous.wave(deliver, post, pre, [as_tensor(a) for a in received])
+        if not out:
+            return record
+        return (*self.wire.encode(torch.stack(out)), record)
+
     # ------------------------------------------------------------ round barriers (engine/barriers.py)
     def barrier_gather(self, i: int):
         """Barrier i's contribution of this block, after its post-mix, as numpy arrays."""
@@ -252,6 +286,7 @@ class ClientActor:
         for r, s in enumerate(states):
             self.block.load_client_state(r, s)
         self.payload = self.q = None
+        self.asynchronous = None
 
     def pid(self) -> int:
         return os.getpid()

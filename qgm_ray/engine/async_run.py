@@ -53,6 +53,28 @@ class AsyncExchange(Exchange):
         """Bytes put on the wire by metrics row t's n events."""
         return self.schedule.row_bytes(t)
 
+    def cross_node_bytes(self, t: int, nodes: Sequence) -> int:
+        """Bytes of row t's events that leave their node with block b on node `nodes[b]`: a
+        gossip payload once per other node holding an out-neighbour (as a synchronous round's
+        are counted), AD-PSGD's two models where the peer is on another node."""
+        s = self.schedule
+        codes = {m: c for c, m in enumerate(dict.fromkeys(nodes))}
+        node = np.empty(self.n, dtype=np.int64)
+        for b, g in enumerate(self.groups):
+            node[g] = codes[nodes[b]]
+        events = s.events(t)
+        clients = s.client[events]
+        if s.kind == "pairwise":
+            return int(s.event_bytes[events][node[s.peer[events]] != node[clients]].sum())
+        if getattr(self, "_cross", (None,))[0] != tuple(nodes):
+            # Per sender, the other nodes that hold a client mixing its payload.
+            read = (s.weight != 0) & (s.src != np.arange(self.n)[:, None])
+            sender = s.src[read]
+            at = np.repeat(node, read.sum(1))
+            pairs = np.unique(np.stack([sender, at])[:, node[sender] != at], axis=1)
+            self._cross = (tuple(nodes), np.bincount(pairs[0], minlength=self.n))
+        return int(self._cross[1][clients].sum() * self.payload_bytes)
+
 
 def exchange_for(cfg, rule, topology, groups, payload_floats: int, wire, n_train: int) -> AsyncExchange:
     """The schedule of the whole run (its rows from the lr schedule), in its exchange; `rule`
@@ -60,9 +82,22 @@ def exchange_for(cfg, rule, topology, groups, payload_floats: int, wire, n_train
     n = topology.n
     rows = LRSchedule.from_config(cfg, rounds_per_epoch(n_train, n, cfg.data.batch_size)).total_rounds
     kind = "pairwise" if getattr(rule, "pairwise", False) else "gossip"
-    model = ClockModel.from_config(cfg, build.max_clients(cfg))
-    sched = async_schedule.build(model, topology.sparse(0), n, rows, wire.nbytes(payload_floats), kind, cfg.seed)
-    return AsyncExchange(topology, groups, payload_floats, sched, wire)
+    # The schedule is a function of these alone (read-only once built): a process asking again
+    # (the Ray driver and coordinator, every chunk) reuses it rather than recomputing the run's.
+    key = (repr(cfg), n, rows, wire.nbytes(payload_floats), kind)
+    if _LAST_SCHEDULE[0] != key:
+        model = ClockModel.from_config(cfg, build.max_clients(cfg))
+        _LAST_SCHEDULE[:] = [key, async_schedule.build(model, topology.sparse(0), n, rows,
+                                                       wire.nbytes(payload_floats), kind, cfg.seed)]
+    return AsyncExchange(topology, groups, payload_floats, _LAST_SCHEDULE[1], wire)
+
+
+_LAST_SCHEDULE: list = [None, None]   # [key, Schedule] of the last schedule this process built
+
+
+def history_of(schedule) -> int:
+    """Payload versions each client keeps (gossip); a pairwise run keeps none."""
+    return 0 if schedule.kind == "pairwise" else schedule.history
 
 
 def fresh_state(block, history: int) -> dict:
@@ -118,16 +153,7 @@ class AsyncRun:
     def _take_pending_gradients(self) -> None:
         """Step 0's gradients of a fresh run (a restored run has them in its state)."""
         for block in self.blocks:
-            st = block.exchange_state
-            rows = torch.nonzero(st["ready"] == 0).reshape(-1).tolist()
-            if rows:
-                self._next_gradients(block, rows)
-
-    def _next_gradients(self, block, rows: list) -> None:
-        st = block.exchange_state
-        st["grad"][rows] = block.row_gradients(rows)
-        st["loss"][rows] = block.losses[rows].to(st["loss"].dtype)
-        st["ready"][rows] = 1
+            take_pending_gradients(block)
 
     def _wave(self, wave: np.ndarray, lr: float, losses: np.ndarray, start: int) -> None:
         s = self.schedule
@@ -139,26 +165,15 @@ class AsyncRun:
             if not mask.any():
                 continue
             rows = self.row_of[clients[mask]].tolist()
-            st = block.exchange_state
-            losses[wave[mask] - start] = st["loss"][rows].tolist()
-            state = {key: v[rows] for key, v in block.state.items()}
-            params = block.params[rows]
-            out = contracts.call_rule(block.algorithm, "pre_mix", state, params, st["grad"][rows], lr)
-            out = contracts.rule_result(block.algorithm, "pre_mix", out, len(rows), block.payload_size,
-                                        block.params.dtype)
+            losses[wave[mask] - start] = block.exchange_state["loss"][rows].tolist()
+            state, params, out = pre_rows(block, rows, lr)
             if payload is None:
                 payload = torch.empty(len(wave), out.shape[1], dtype=out.dtype, device=out.device)
             payload[torch.from_numpy(np.flatnonzero(mask))] = out
             parts.append((block, rows, mask, state, params))
         mixed = self._pair(clients, wave, payload) if self.pairwise else self._gossip(clients, wave, payload)
         for block, rows, mask, state, params in parts:
-            new = contracts.call_rule(block.algorithm, "post_mix", state, params,
-                                      mixed[torch.from_numpy(np.flatnonzero(mask))], lr)
-            block.params[rows] = contracts.rule_result(block.algorithm, "post_mix", new, len(rows),
-                                                       block.num_params, block.params.dtype)
-            for key, v in state.items():
-                block.state[key][rows] = v
-            self._next_gradients(block, rows)
+            post_rows(block, rows, state, params, mixed[torch.from_numpy(np.flatnonzero(mask))], lr)
 
     def _gossip(self, clients: np.ndarray, wave: np.ndarray, payload: torch.Tensor) -> torch.Tensor:
         """Each event's W row over the versions it mixes: its own fresh payload first goes into
@@ -168,11 +183,7 @@ class AsyncRun:
         self.ring[torch.from_numpy(clients), steps] = payload
         table = self.ring.view(-1, self.ring.shape[2])
         idx = torch.from_numpy(s.src[clients] * H + s.version[wave] % H)
-        w = self.weight[torch.from_numpy(clients)]
-        out = table[idx[:, 0]] * w[:, 0:1]
-        for c in range(1, idx.shape[1]):
-            out.addcmul_(table[idx[:, c]], w[:, c:c + 1])
-        return out
+        return mix_versions(table, idx, self.weight[torch.from_numpy(clients)])
 
     def _pair(self, clients: np.ndarray, wave: np.ndarray, payload: torch.Tensor) -> torch.Tensor:
         """AD-PSGD: each event's mean with its peer's model now; the peer takes the mean too."""
@@ -182,9 +193,64 @@ class AsyncRun:
             mask = self.block_of[peers] == b
             if mask.any():
                 theirs[torch.from_numpy(np.flatnonzero(mask))] = block.params[self.row_of[peers[mask]].tolist()]
-        mixed = payload.add(theirs).mul_(0.5)
+        mixed = pair_mean(payload, theirs)
         for b, block in enumerate(self.blocks):
             mask = self.block_of[peers] == b
             if mask.any():
                 block.params[self.row_of[peers[mask]].tolist()] = mixed[torch.from_numpy(np.flatnonzero(mask))]
         return mixed
+
+
+# ------------------------------------------------------------------ the arithmetic of an event
+# Shared by both engines (AsyncRun here, engine/async_ray.py in each ClientActor): the same
+# functions on the same rows of the same blocks give the same bits.
+
+def take_pending_gradients(block) -> None:
+    """Step 0's gradients of the block's rows that have none yet (a fresh run's)."""
+    rows = torch.nonzero(block.exchange_state["ready"] == 0).reshape(-1).tolist()
+    if rows:
+        next_gradients(block, rows)
+
+
+def next_gradients(block, rows: list) -> None:
+    """The pending gradient and loss of these rows' next step, on their models as they are now."""
+    st = block.exchange_state
+    st["grad"][rows] = block.row_gradients(rows)
+    st["loss"][rows] = block.losses[rows].to(st["loss"].dtype)
+    st["ready"][rows] = 1
+
+
+def pre_rows(block, rows: list, lr: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The rule's pre_mix for these rows of a block, on gathered copies of their state and
+    parameters (the other rows do not move): (state, params, payload)."""
+    state = {key: v[rows] for key, v in block.state.items()}
+    params = block.params[rows]
+    out = contracts.call_rule(block.algorithm, "pre_mix", state, params, block.exchange_state["grad"][rows], lr)
+    out = contracts.rule_result(block.algorithm, "pre_mix", out, len(rows), block.payload_size, block.params.dtype)
+    return state, params, out
+
+
+def post_rows(block, rows: list, state: dict, params: torch.Tensor, mixed: torch.Tensor, lr: float) -> None:
+    """The rule's post_mix for the rows `pre_rows` gathered, scattered back, then their next
+    gradients."""
+    new = contracts.call_rule(block.algorithm, "post_mix", state, params, mixed, lr)
+    block.params[rows] = contracts.rule_result(block.algorithm, "post_mix", new, len(rows), block.num_params,
+                                               block.params.dtype)
+    for key, v in state.items():
+        block.state[key][rows] = v
+    next_gradients(block, rows)
+
+
+def mix_versions(table: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Row e = sum_c weight[e, c] * table[idx[e, c]]: one gather per column, multiplied by the
+    first weight, the others added with addcmul in column (increasing source) order, as
+    engine/base.py's block_mix sums."""
+    out = table[idx[:, 0]] * weight[:, 0:1]
+    for c in range(1, idx.shape[1]):
+        out.addcmul_(table[idx[:, c]], weight[:, c:c + 1])
+    return out
+
+
+def pair_mean(payload: torch.Tensor, peer: torch.Tensor) -> torch.Tensor:
+    """AD-PSGD's average of the initiator's payload with its peer's model (both keep it)."""
+    return payload.add(peer).mul_(0.5)

@@ -35,6 +35,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from qgm_ray import build, determinism, errors, plugins
 from qgm_ray.config import Config
 from qgm_ray.engine import exchange, placement
+from qgm_ray.engine.async_ray import WavePlan, Waves
 from qgm_ray.engine.actors import ClientActor, expect_lost_payloads
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.base import averages_everyone, groups_of
@@ -216,6 +217,9 @@ class Coordinator:
     def _run(self, t0: int, lrs: list[float]):
         depth = self.cfg.ray.max_inflight_rounds
         ex = self._exchange()
+        if ex.schedule is not None:   # clock.mode=async: the schedule's waves (engine/async_ray.py)
+            yield from self._run_async(t0, lrs, ex)
+            return
         inflight = self.inflight
         # What the next round's post-mix reads: position -> payload ref (gossip) or the ref of
         # the mean (all-reduce); None before the first round.
@@ -291,6 +295,60 @@ class Coordinator:
             payloads.update(zip(sent, refs[:-1]))
             records.append(refs[-1])
         return (payloads if pre_lr is not None else None), records
+
+    # ------------------------------------------------------------ asynchronous runs
+    def _run_async(self, t0: int, lrs: list[float], ex: Exchange):
+        """Metrics rows t0.. of an asynchronous run: each row's waves, one `async_wave` call per
+        actor with events in the wave or in the one before (engine/async_ray.py). Rows stream as
+        rounds do, at most ray.max_inflight_rounds in flight; the chunk ends with post-only calls."""
+        plan = WavePlan(ex.schedule, ex.groups, ex.W(0))
+        depth, inflight = self.cfg.ray.max_inflight_rounds, self.inflight
+        waves = Waves(plan, len(self.actors), self._async_call)
+        # Each actor's copies of its in-neighbours' rings, from their owners (a restore's too).
+        self.finals.extend(waves.begin(self._async_history, lambda b, rings: self.actors[b].async_begin.remote(*rings)))
+        last_time, done = time.time(), 0
+        for idx, lr in enumerate(lrs):
+            if self.stop_requested:
+                break
+            while len(inflight) >= depth:
+                rec = self._collect_row(inflight.popleft(), ex, last_time)
+                last_time = time.time()
+                yield rec
+            inflight.append((t0 + idx, waves.row(t0 + idx, lr)))
+            done += 1
+        self.finals.extend(waves.finish())
+        while inflight:
+            rec = self._collect_row(inflight.popleft(), ex, last_time)
+            last_time = time.time()
+            yield rec
+        ray.get(self.finals)
+        yield {"done": done}
+
+    def _async_history(self, b: int, positions: list) -> list:
+        refs = self.actors[b].async_history.options(num_returns=len(positions)).remote(positions)
+        return refs if len(positions) > 1 else [refs]
+
+    def _async_call(self, b: int, deliver: list, post, pre: Optional[dict], k: int) -> list:
+        """Actor b's `async_wave` (async_ray.Waves): its refs, k exported rows and the record."""
+        msg, refs = post if post is not None else (None, [])
+        out = self.actors[b].async_wave.options(num_returns=k + 1).remote(
+            [(row, slot) for _, row, slot in deliver], msg, pre, *[ref for ref, _, _ in deliver], *refs)
+        return out if k else [out]
+
+    def _collect_row(self, item, ex: Exchange, since: float) -> dict:
+        """An asynchronous row's record: its events' losses, in event order, as AsyncRun reads them."""
+        t, refs = item
+        n = ex.schedule.n
+        losses = np.empty(n)
+        for rec in ray.get(refs):
+            losses[np.asarray(rec["events"], dtype=np.int64) - t * n] = rec["losses"]
+        seconds = time.time() - since
+        record = ex.record(t, float(np.mean(losses)), self.nodes)
+        clients = ex.schedule.client[t * n:(t + 1) * n]
+        self.metrics.on_round(t, losses.tolist(), [self.slots[c] for c in clients.tolist()], seconds,
+                              record.bytes_sent, record.bytes_cross_node)
+        return {"round": t, "loss": record.loss, "seconds": seconds, "bytes_sent": record.bytes_sent,
+                "bytes_cross_node": record.bytes_cross_node}
 
     def _barriers(self, ex: Exchange, t: int, lr: float) -> None:
         """The barriers that end round t (engine/barriers.py): every actor gathers, the first

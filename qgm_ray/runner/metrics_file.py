@@ -40,6 +40,11 @@ class MetricsFile:
         """One row, whole or not at all (WriteError, one line)."""
         new = not self.path.exists() or self.path.stat().st_size == 0
         try:
+            if not new and self._bare_header() not in (None, columns_of(row)):
+                # Rows truncated away (a resume or a recovery before the first evaluation) left
+                # a header of their own: the rows to come write theirs, optional columns included.
+                atomic_write(self.path, lambda tmp: Path(tmp).write_text(""))
+                new = True
             with open(self.path, "a", newline="") as f:
                 size = f.tell()
                 try:
@@ -54,6 +59,14 @@ class MetricsFile:
                     raise
         except OSError as e:
             raise WriteError(self.path, e) from None
+
+    def _bare_header(self) -> Optional[list[str]]:
+        """The columns of a file that holds a header and no row, else None."""
+        with open(self.path, newline="") as f:
+            first = f.readline()
+            if f.read(1):
+                return None
+        return next(csv.reader([first]), None)
 
     def read(self, log: Callable[[str], None] = print, required: tuple = REQUIRED) -> list[dict]:
         """Every row, checked: OutputError (one line) if it is not a metrics file this program

@@ -49,7 +49,7 @@ def take(key: str) -> Optional[Crew]:
         return None
     if crew.key == key and _alive(crew):
         return crew
-    _kill(crew)
+    stop(crew.coordinator)
     return None
 
 
@@ -57,7 +57,7 @@ def keep(crew: Crew) -> None:
     """Keep `crew` for the next run, releasing any crew kept before."""
     global _kept
     if _kept is not None and _kept is not crew:
-        _kill(_kept)
+        stop(_kept.coordinator)
     _kept = crew
 
 
@@ -70,7 +70,7 @@ def release() -> None:
     global _kept
     crew, _kept = _kept, None
     if crew is not None:
-        _kill(crew)
+        stop(crew.coordinator)
 
 
 def _alive(crew: Crew) -> bool:
@@ -83,14 +83,15 @@ def _alive(crew: Crew) -> bool:
         return False
 
 
-def _kill(crew: Crew) -> None:
+def stop(coordinator) -> None:
+    """Shut a coordinator down (it kills its ClientActors), then kill it."""
     if not ray.is_initialized():
         return
     try:
-        ray.get(crew.coordinator.shutdown.remote(), timeout=30)
+        ray.get(coordinator.shutdown.remote(), timeout=30)
     except Exception:  # noqa: BLE001 - dead already, or stuck: kill below
         pass
     try:
-        ray.kill(crew.coordinator)
+        ray.kill(coordinator)
     except Exception:  # noqa: BLE001
         pass

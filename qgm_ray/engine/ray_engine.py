@@ -205,14 +205,7 @@ class RayEngine:
             crew.keep(crew.Crew(self.crew_key, self.coordinator, self.name))
             self.coordinator = None
         if self.coordinator is not None:
-            try:
-                ray.get(self.coordinator.shutdown.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - dead already, or stuck: kill below
-                pass
-            try:
-                ray.kill(self.coordinator)
-            except Exception:  # noqa: BLE001
-                pass
+            crew.stop(self.coordinator)
             self.coordinator = None
         if self.started_ray and ray.is_initialized():
             ray.shutdown()

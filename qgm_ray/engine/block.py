@@ -36,6 +36,7 @@ from qgm_ray.data import apply_augment, draw_augment, pixel_table, to_float
 from qgm_ray.flat_model import evaluate_model, load_params
 from qgm_ray.sampler import BatchSampler
 from qgm_ray.engine import push_sum as ps
+from qgm_ray.engine.kernels import BatchedModel
 from qgm_ray import contracts
 
 
@@ -43,7 +44,7 @@ class Block:
     def __init__(self, model: nn.Module, algorithm, shards: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  ids: Sequence[int], batch_size: int, seed: int, augment: Optional[str] = None,
                  device: str = "cpu", packed: bool = False, push_sum: bool = False,
-                 norm: Optional[tuple] = None, fill: Optional[tuple] = None):
+                 norm: Optional[tuple] = None, fill: Optional[tuple] = None, kernels: str = "vmap"):
         if not ids or len(ids) != len(shards):
             raise ValueError("a block needs one shard per client and at least one client")
         self.ids = list(ids)
@@ -90,6 +91,10 @@ class Block:
         self.samplers = [BatchSampler(n, batch_size, seed=seed * 1_000_003 + cid) for n, cid in zip(sizes, self.ids)]
         self.losses = torch.full((self.k,), float("nan"), device=self.device)
         self._vstep = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0), randomness="different")
+        # A packed block's forward/backward: one vmap, or the model's layers as batched matrix
+        # products over the rows (engine/kernels.py; kernels.choose decides from the config).
+        self.kernels = kernels if packed else "vmap"
+        self._batched = BatchedModel(self.model) if self.kernels == "batched" else None
         # Rows per vmapped forward/backward of a packed block (engine/memory.py sets it on a GPU
         # where the whole block's activations would not fit; compute.vmap_chunk overrides).
         self.chunk = self.k
@@ -150,8 +155,8 @@ class Block:
             for a in range(0, self.k, self.chunk):
                 r = slice(a, min(a + self.chunk, self.k))
                 with self._global_rng(self.ids[r], rows=range(r.start, r.stop)):
-                    grads, loss = self._vstep(self._param_views(self.params[r]),
-                                              {name: b[r] for name, b in self.buffers.items()}, xb[r], yb[r])
+                    grads, loss = self._packed_step(self.params[r], {name: b[r] for name, b in self.buffers.items()},
+                                                    xb[r], yb[r])
                 out.append(self._flat(grads, r.stop - r.start))
                 losses.append(loss.detach())
             self.losses = losses[0] if len(losses) == 1 else torch.cat(losses)
@@ -186,8 +191,7 @@ class Block:
                 # Gathered rows are copies: BatchNorm's running stats go back to the block after.
                 bufs = {name: b[r] for name, b in self.buffers.items()}
                 with self._global_rng([self.ids[i] for i in r], rows=r):
-                    grads, loss = self._vstep(self._param_views(self.params[r]), bufs, xb[a:a + len(r)],
-                                              yb[a:a + len(r)])
+                    grads, loss = self._packed_step(self.params[r], bufs, xb[a:a + len(r)], yb[a:a + len(r)])
                 for name, b in bufs.items():
                     self.buffers[name][r] = b
                 out.append(self._flat(grads, len(r)))
@@ -204,6 +208,13 @@ class Block:
             losses.append(loss.detach())
         self.losses[rows] = torch.stack(losses).to(self.losses.dtype)
         return self.grad[rows]
+
+    def _packed_step(self, params: torch.Tensor, buffers: dict, xb: torch.Tensor,
+                     yb: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """({name: (r, *shape)} gradients, (r,) losses) of r packed rows."""
+        if self._batched is not None:   # no buffers: engine/kernels.py runs only such models
+            return self._batched.gradients(self._param_views(params), xb, yb)
+        return self._vstep(self._param_views(params), buffers, xb, yb)
 
     def _flat(self, grads: dict, rows: int) -> torch.Tensor:
         return torch.cat([grads[name].reshape(rows, n) for name, _, n, _ in self.layout], dim=1)

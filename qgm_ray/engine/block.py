@@ -8,9 +8,10 @@ clients' training shards concatenated on the block's device. One round:
     block.post_mix(mixed, lr)         # mixed: (k, D), row i = sum_j W[i, j] payload_j
 
 The forward/backward is one `vmap(grad_and_value(functional_call(...)))` over the k rows
-when the block is packed, else the rows one at a time (CPU: vmap's grouped convolutions
-lose to separate ones for large models, see `should_pack`); either way the algorithm runs
-once on the whole (k, P) block. Each client keeps its own seeded, checkpointable
+when the block is packed (or, per `compute.kernels`, the model's Linear / Conv1d layers as
+batched matrix products over the rows: engine/kernels.py), else the rows one at a time (CPU:
+vmap's grouped convolutions lose to separate ones for large models, see `should_pack`);
+either way the algorithm runs once on the whole (k, P) block. Each client keeps its own seeded, checkpointable
 `BatchSampler` (the same numbers as a lone client), so a client's batches do not depend on
 which block it is in. Losses stay on the device (`block.losses`) until an engine reads them.
 

@@ -5,8 +5,9 @@ slower than a convolution of the same FLOPs, and its Python machinery (functiona
 costs more than a small model's arithmetic. Here a block's k clients run the model's own
 forward on their k*b samples as one batch, with every parametrised layer swapped for one batched
 matrix product over the k clients: Linear as `baddbmm`, Conv1d as im2col (`unfold`) and
-`baddbmm`. autograd differentiates these plain ops, and the gradient of the sum of the k
-clients' mean losses is, row by row, each client's own gradient.
+`baddbmm`, each with its backward written out (autograd.Function), while autograd runs the
+rest of the model. The gradient of the sum of the k clients' mean losses is, row by row,
+each client's own gradient.
 
 Each layer function maps (k, n, ...) activations and (k, ...) weights to (k, n, ...); the
 numbers of client i depend on row i only, so a block's rows equal lone clients' to a float32

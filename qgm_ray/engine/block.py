@@ -221,15 +221,15 @@ class Block:
         return torch.cat([grads[name].reshape(rows, n) for name, _, n, _ in self.layout], dim=1)
 
     def probe_step(self, rows: int) -> None:
-        """One vmapped forward/backward of the first `rows` rows that changes nothing (cloned
+        """One packed forward/backward of the first `rows` rows that changes nothing (cloned
         buffers, forked RNG, the first samples of the shards instead of a sampler draw): what
         engine/memory.py measures to choose `chunk`."""
         r = slice(0, rows)
         xb = to_float(self.x[:self.batch_size], self.table).unsqueeze(0).expand(rows, *([-1] * self.x.dim()))
         yb = self.y[:self.batch_size].unsqueeze(0).expand(rows, -1)
         with _seeded(0, [self.device] if self.device.type == "cuda" else []):
-            self._vstep(self._param_views(self.params[r]), {n: b[r].clone() for n, b in self.buffers.items()},
-                        xb.contiguous(), yb.contiguous())
+            self._packed_step(self.params[r], {n: b[r].clone() for n, b in self.buffers.items()}, xb.contiguous(),
+                              yb.contiguous())
 
     def _global_rng(self, ids: Sequence[int], rows: Optional[Sequence[int]] = None):
         """The global RNG seeded from (seed, these clients, their step counts), restored after.

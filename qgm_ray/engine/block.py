@@ -11,9 +11,10 @@ The forward/backward is one `vmap(grad_and_value(functional_call(...)))` over th
 when the block is packed (or, per `compute.kernels`, the model's Linear / Conv1d layers as
 batched matrix products over the rows: engine/kernels.py), else the rows one at a time (CPU:
 vmap's grouped convolutions lose to separate ones for large models, see `should_pack`);
-either way the algorithm runs once on the whole (k, P) block. Each client keeps its own seeded, checkpointable
-`BatchSampler` (the same numbers as a lone client), so a client's batches do not depend on
-which block it is in. Losses stay on the device (`block.losses`) until an engine reads them.
+either way the algorithm runs once on the whole (k, P) block. Each client keeps its own
+seeded, checkpointable `BatchSampler` (the same numbers as a lone client), so a client's
+batches do not depend on which block it is in. Losses stay on the device (`block.losses`)
+until an engine reads them.
 
 On a directed graph (`push_sum=True`) each row also carries a push-sum weight, sent as one
 extra payload column and de-biased after the mix (engine/push_sum.py).

@@ -3,8 +3,11 @@ torch.distributed (gloo) peer. Entry point: `python main.py bench [--quick] [--o
 
 
 def command(args) -> int:
-    """`python main.py bench`: the CPU harness, the GPU comparison (--device cuda) or the
-    scaling sweep (--scale), per the parsed arguments of qgm_ray.cli."""
+    """`python main.py bench`: the CPU harness, the GPU comparison (--device cuda), the
+    scaling sweep (--scale) or the CPU ceiling (--ceiling), per the parsed arguments of qgm_ray.cli."""
+    if args.ceiling:
+        from bench.ceiling import main as ceiling_main
+        return ceiling_main(quick=args.quick, output=args.output)
     if args.scale:
         from bench.scale import main as scale_main
         return scale_main(quick=args.quick, output=args.output)

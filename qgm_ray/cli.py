@@ -78,6 +78,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p_bench.add_argument("--scale", action="store_true",
                          help="many clients: n up to 16,384 on both engines, round time, peak PSS by role, start-up "
                               "(bench/scale.py; --output is a directory, default docs/results/scale)")
+    p_bench.add_argument("--ceiling", action="store_true",
+                         help="the local engine against one model at batch n*32 on one thread, cnn1d and mlp at "
+                              "n in {16, 256, 1024} (--quick: {16, 64}), interleaved (bench/ceiling.py)")
 
     p_cfg = sub.add_parser("config", help="print the resolved, validated config as YAML (starts nothing)")
     p_cfg.add_argument("--config", default=None, help=DEFAULTS_HELP)

@@ -117,6 +117,11 @@ class ComputeConfig:
     # where a probe says the block's activations would not fit in its share of the GPU
     # (engine/memory.py); a number caps it.
     vmap_chunk: Union[int, str] = "auto"      # auto | k >= 1
+    # How a packed block computes its forward/backward (engine/kernels.py). batched: each
+    # Linear / Conv1d as one batched matrix product over the block's clients, for models made
+    # of those layers alone (cnn1d, mlp; others keep vmap); vmap: one vmap over the clients.
+    # auto: batched on CPU, vmap on CUDA. The choice changes a run's last bits, never the math.
+    kernels: str = "auto"                     # auto | vmap | batched
 
 
 @dataclass
@@ -289,6 +294,7 @@ CHOICES = {
     "tune.mode": ("max", "min"),
     "clock.stragglers.redraw": ("fixed", "round"),
     "clock.mode": ("sync", "async"),
+    "compute.kernels": ("auto", "vmap", "batched"),
 }
 
 # What a trial reports to Tune (every metrics.csv column, plus the run's outcome), so the only

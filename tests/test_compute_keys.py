@@ -118,7 +118,7 @@ def test_an_old_run_directory_loads_and_its_checkpoint_stays_valid(told):
 
 def test_the_dump_and_the_key_listing_name_only_the_new_keys(told):
     dumped = yaml.safe_load(dump_yaml(load_config(None, LOCAL + ["ray.torch_threads=2"])))
-    assert dumped["compute"] == {"torch_threads": 2, "pack_clients": "auto", "vmap_chunk": "auto"}
+    assert dumped["compute"] == {"torch_threads": 2, "pack_clients": "auto", "vmap_chunk": "auto", "kernels": "auto"}
     assert not set(dumped["ray"]) & {"torch_threads", "pack_clients", "vmap_chunk"}
     keys = [line.split()[0] for line in describe_keys().splitlines()[1:]]
     assert {"compute.torch_threads", "compute.pack_clients", "compute.vmap_chunk"} <= set(keys)

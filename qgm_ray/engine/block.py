@@ -8,11 +8,13 @@ clients' training shards concatenated on the block's device. One round:
     block.post_mix(mixed, lr)         # mixed: (k, D), row i = sum_j W[i, j] payload_j
 
 The forward/backward is one `vmap(grad_and_value(functional_call(...)))` over the k rows
-when the block is packed, else the rows one at a time (CPU: vmap's grouped convolutions
-lose to separate ones for large models, see `should_pack`); either way the algorithm runs
-once on the whole (k, P) block. Each client keeps its own seeded, checkpointable
-`BatchSampler` (the same numbers as a lone client), so a client's batches do not depend on
-which block it is in. Losses stay on the device (`block.losses`) until an engine reads them.
+when the block is packed (or, per `compute.kernels`, the model's Linear / Conv1d layers as
+batched matrix products over the rows: engine/kernels.py), else the rows one at a time (CPU:
+vmap's grouped convolutions lose to separate ones for large models, see `should_pack`);
+either way the algorithm runs once on the whole (k, P) block. Each client keeps its own
+seeded, checkpointable `BatchSampler` (the same numbers as a lone client), so a client's
+batches do not depend on which block it is in. Losses stay on the device (`block.losses`)
+until an engine reads them.
 
 On a directed graph (`push_sum=True`) each row also carries a push-sum weight, sent as one
 extra payload column and de-biased after the mix (engine/push_sum.py).
@@ -36,6 +38,7 @@ from qgm_ray.data import apply_augment, draw_augment, pixel_table, to_float
 from qgm_ray.flat_model import evaluate_model, load_params
 from qgm_ray.sampler import BatchSampler
 from qgm_ray.engine import push_sum as ps
+from qgm_ray.engine.kernels import BatchedModel
 from qgm_ray import contracts
 
 
@@ -43,7 +46,7 @@ class Block:
     def __init__(self, model: nn.Module, algorithm, shards: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  ids: Sequence[int], batch_size: int, seed: int, augment: Optional[str] = None,
                  device: str = "cpu", packed: bool = False, push_sum: bool = False,
-                 norm: Optional[tuple] = None, fill: Optional[tuple] = None):
+                 norm: Optional[tuple] = None, fill: Optional[tuple] = None, kernels: str = "vmap"):
         if not ids or len(ids) != len(shards):
             raise ValueError("a block needs one shard per client and at least one client")
         self.ids = list(ids)
@@ -90,6 +93,10 @@ class Block:
         self.samplers = [BatchSampler(n, batch_size, seed=seed * 1_000_003 + cid) for n, cid in zip(sizes, self.ids)]
         self.losses = torch.full((self.k,), float("nan"), device=self.device)
         self._vstep = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0), randomness="different")
+        # A packed block's forward/backward: one vmap, or the model's layers as batched matrix
+        # products over the rows (engine/kernels.py; kernels.choose decides from the config).
+        self.kernels = kernels if packed else "vmap"
+        self._batched = BatchedModel(self.model) if self.kernels == "batched" else None
         # Rows per vmapped forward/backward of a packed block (engine/memory.py sets it on a GPU
         # where the whole block's activations would not fit; compute.vmap_chunk overrides).
         self.chunk = self.k
@@ -150,8 +157,8 @@ class Block:
             for a in range(0, self.k, self.chunk):
                 r = slice(a, min(a + self.chunk, self.k))
                 with self._global_rng(self.ids[r], rows=range(r.start, r.stop)):
-                    grads, loss = self._vstep(self._param_views(self.params[r]),
-                                              {name: b[r] for name, b in self.buffers.items()}, xb[r], yb[r])
+                    grads, loss = self._packed_step(self.params[r], {name: b[r] for name, b in self.buffers.items()},
+                                                    xb[r], yb[r])
                 out.append(self._flat(grads, r.stop - r.start))
                 losses.append(loss.detach())
             self.losses = losses[0] if len(losses) == 1 else torch.cat(losses)
@@ -186,8 +193,7 @@ class Block:
                 # Gathered rows are copies: BatchNorm's running stats go back to the block after.
                 bufs = {name: b[r] for name, b in self.buffers.items()}
                 with self._global_rng([self.ids[i] for i in r], rows=r):
-                    grads, loss = self._vstep(self._param_views(self.params[r]), bufs, xb[a:a + len(r)],
-                                              yb[a:a + len(r)])
+                    grads, loss = self._packed_step(self.params[r], bufs, xb[a:a + len(r)], yb[a:a + len(r)])
                 for name, b in bufs.items():
                     self.buffers[name][r] = b
                 out.append(self._flat(grads, len(r)))
@@ -205,19 +211,26 @@ class Block:
         self.losses[rows] = torch.stack(losses).to(self.losses.dtype)
         return self.grad[rows]
 
+    def _packed_step(self, params: torch.Tensor, buffers: dict, xb: torch.Tensor,
+                     yb: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """({name: (r, *shape)} gradients, (r,) losses) of r packed rows."""
+        if self._batched is not None:   # no buffers: engine/kernels.py runs only such models
+            return self._batched.gradients(self._param_views(params), xb, yb)
+        return self._vstep(self._param_views(params), buffers, xb, yb)
+
     def _flat(self, grads: dict, rows: int) -> torch.Tensor:
         return torch.cat([grads[name].reshape(rows, n) for name, _, n, _ in self.layout], dim=1)
 
     def probe_step(self, rows: int) -> None:
-        """One vmapped forward/backward of the first `rows` rows that changes nothing (cloned
+        """One packed forward/backward of the first `rows` rows that changes nothing (cloned
         buffers, forked RNG, the first samples of the shards instead of a sampler draw): what
         engine/memory.py measures to choose `chunk`."""
         r = slice(0, rows)
         xb = to_float(self.x[:self.batch_size], self.table).unsqueeze(0).expand(rows, *([-1] * self.x.dim()))
         yb = self.y[:self.batch_size].unsqueeze(0).expand(rows, -1)
         with _seeded(0, [self.device] if self.device.type == "cuda" else []):
-            self._vstep(self._param_views(self.params[r]), {n: b[r].clone() for n, b in self.buffers.items()},
-                        xb.contiguous(), yb.contiguous())
+            self._packed_step(self.params[r], {n: b[r].clone() for n, b in self.buffers.items()}, xb.contiguous(),
+                              yb.contiguous())
 
     def _global_rng(self, ids: Sequence[int], rows: Optional[Sequence[int]] = None):
         """The global RNG seeded from (seed, these clients, their step counts), restored after.

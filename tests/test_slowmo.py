@@ -9,6 +9,7 @@ from qgm_ray.algorithms import make_algorithm
 from qgm_ray.algorithms.slowmo import SlowMo, exact_average, is_outer_round, slowmo_update
 from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
+from qgm_ray.runner.checkpoints import REPLAY_KEYS
 from qgm_ray.errors import ConfigError
 
 from helpers import quiet, small_run
@@ -184,7 +185,7 @@ def test_checkpoints_without_slowmo_keep_their_fingerprint():
     d = cfg.to_dict()
     for key in ("slowmo_tau", "slowmo_beta", "slowmo_alpha", "options"):   # options: newer still (plug-in knobs)
         del d["algorithm"][key]
-    old = hashlib.sha256(repr([(k, d[k]) for k in runner.REPLAY_KEYS]).encode()).hexdigest()[:16]
+    old = hashlib.sha256(repr([(k, d[k]) for k in REPLAY_KEYS]).encode()).hexdigest()[:16]
     assert runner.replay_fingerprint(cfg) == old == runner.replay_fingerprint(small("algorithm.slowmo_beta=0.3"))
     on = runner.replay_fingerprint(small(*SLOWMO))
     assert on != old and on != runner.replay_fingerprint(small(*SLOWMO, "algorithm.slowmo_beta=0.3"))

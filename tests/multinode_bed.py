@@ -175,10 +175,13 @@ def node_loss(out: Path) -> dict:
         stop(cluster)
 
 
-def placement(out: Path) -> dict:
-    """Ring of 16 in 8 actors of 2 over 4 one-CPU nodes: graph placement vs Ray's default."""
+def placement(out: Path, cluster=None) -> dict:
+    """Ring of 16 in 8 actors of 2 over 4 one-CPU nodes: graph placement vs Ray's default
+    (`cluster`: one of 4 workers to use, else a new one)."""
     from qgm_ray.runner import run as runner
-    cluster = start_cluster(4)
+    own = cluster is None
+    cluster = start_cluster(4) if own else cluster
+    assert len(cluster.worker_nodes) == 4, cluster.worker_nodes
     result = {}
     try:
         for how in ("graph", "default"):
@@ -194,14 +197,18 @@ def placement(out: Path) -> dict:
                            "logs": [m for m in rec.logs if "per node" in m]}
         return result
     finally:
-        stop(cluster)
+        if own:
+            stop(cluster)
 
 
-def joining(out: Path) -> dict:
+def joining(out: Path, cluster=None) -> dict:
     """Elastic run 4 -> 6 -> 4 clients on 2 nodes; a third node joins after the first
-    evaluation and the grow places the new actor there. Compared with the local engine."""
+    evaluation and the grow places the new actor there. Compared with the local engine
+    (`cluster`: one of 2 workers to use, else a new one)."""
     from qgm_ray.runner import run as runner
-    cluster = start_cluster(2)
+    own = cluster is None
+    cluster = start_cluster(2) if own else cluster
+    assert len(cluster.worker_nodes) == 2, cluster.worker_nodes
     try:
         extra = ["topology.n_clients=4", "elastic.max_clients=6", "elastic.schedule=[[1.0, 6], [1.5, 4]]",
                  "ray.clients_per_actor=2", "ray.cpus_per_client=0.25", "schedule.epochs=2"]
@@ -215,6 +222,20 @@ def joining(out: Path) -> dict:
         local = runner.run(config(*extra, "backend=local"), out / "local", log=lambda m: None)
         return {"summary": s, "local_summary": local, "rows": rows(out / "ray"), "local_rows": rows(out / "local"),
                 "joined": joined, "logs": rec.logs}
+    finally:
+        if own:
+            stop(cluster)
+
+
+def joining_then_placement(out: Path) -> dict:
+    """`joining` and then `placement` on one cluster (a head and a Ray start the fewer): 2
+    workers, a third joins during the elastic run, a fourth is added, and the placement runs
+    over the 4."""
+    cluster = start_cluster(2)
+    try:
+        joined = joining(out / "joining", cluster)
+        add_worker(cluster)
+        return {"joining": joined, "placement": placement(out / "placement", cluster)}
     finally:
         stop(cluster)
 
@@ -254,7 +275,8 @@ def plugins(out: Path) -> dict:
         stop(cluster)
 
 
-SCENARIOS = {"node_loss": node_loss, "placement": placement, "joining": joining, "plugins": plugins}
+SCENARIOS = {"node_loss": node_loss, "placement": placement, "joining": joining,
+             "joining_then_placement": joining_then_placement, "plugins": plugins}
 
 if __name__ == "__main__":
     name, out = sys.argv[1], Path(sys.argv[2])

@@ -379,10 +379,13 @@ def test_code_the_workers_cannot_import_is_shipped_to_them(ray_session, tmp_path
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_main_py_tune_sweeps_the_rules_own_knob(tmp_path):
-    """`main.py tune` on examples/byo.yaml (its grid: algorithm.options.clip), on a Ray of its
-    own; a trial's numbers are those of `main.py` with that clip."""
-    p = main_py("tune", "--config", str(BYO), "--output-dir", str(tmp_path / "sweep"), "--quiet", timeout=600)
+def test_main_py_tune_sweeps_the_rules_own_knob(ray_session, tmp_path):
+    """`main.py tune` on examples/byo.yaml (its grid: algorithm.options.clip), on the test
+    session's Ray; a trial's numbers are those of `main.py` with that clip."""
+    import ray
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    p = main_py("tune", "--config", str(BYO), "--output-dir", str(tmp_path / "sweep"), "--quiet", timeout=600,
+                env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     import pandas as pd
     results = pd.read_csv(tmp_path / "sweep" / "results.csv")

@@ -335,9 +335,12 @@ def test_on_ray_plug_ins_give_the_local_numbers_and_a_killed_actor_is_replayed(r
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_main_py_on_ray_matches_the_local_engine(local_byo, tmp_path):
+def test_main_py_on_ray_matches_the_local_engine(ray_session, local_byo, tmp_path):
+    """A real `python main.py` driver, on the test session's Ray."""
+    import ray
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     p = main_py("--config", str(BYO), "--output-dir", str(tmp_path / "ray"), "--quiet", "--set", "backend=ray",
-                *[f"--set={o}" for o in ELASTIC])
+                *[f"--set={o}" for o in ELASTIC], env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert rows(tmp_path / "ray") == local_byo
 

@@ -135,7 +135,7 @@ def run_killing(cluster, out: Path, name: str, cfg, actor: int = 1, on_log=None)
 # ------------------------------------------------------------------ scenarios
 
 
-def node_loss(out: Path) -> dict:
+def node_loss(out: Path, cluster=None) -> dict:
     """Node loss with the default resources, on a 0-CPU head and one-CPU workers; 6 clients in
     3 actors of 2. One uninterrupted reference on the local engine, which every replay must
     equal (the numbers depend on the blocks, not on where they run: Ray == local), then the
@@ -146,10 +146,13 @@ def node_loss(out: Path) -> dict:
               joins: after resource_wait_s the actors share the core left;
       wait    1 worker holding every actor, resource_wait_s null: waits and logs until a node
               joins.
-    (A node lost with room left on the others: the `plugins` scenario.)"""
+    (A node lost with room left on the others: the `plugins` scenario.) `cluster`: one of 3
+    workers to use, else a new one."""
     from qgm_ray.runner import run as runner
     from qgm_ray.engine import ray_engine
-    cluster = start_cluster(3)
+    own = cluster is None
+    cluster = start_cluster(3) if own else cluster
+    assert len(cluster.worker_nodes) == 3, cluster.worker_nodes
     try:
         base = ["topology.n_clients=6", "ray.clients_per_actor=2", "schedule.epochs=2",
                 "fault_tolerance.checkpoint_every=7", "fault_tolerance.keep=3"]
@@ -172,13 +175,17 @@ def node_loss(out: Path) -> dict:
         return {"head": cluster.head_node.node_id, "reference": {"summary": ref, "rows": rows(out / "reference")},
                 "drop": drop, "replan": replan, "wait": wait}
     finally:
-        stop(cluster)
+        if own:
+            stop(cluster)
 
 
-def placement(out: Path) -> dict:
-    """Ring of 16 in 8 actors of 2 over 4 one-CPU nodes: graph placement vs Ray's default."""
+def placement(out: Path, cluster=None) -> dict:
+    """Ring of 16 in 8 actors of 2 over 4 one-CPU nodes: graph placement vs Ray's default
+    (`cluster`: one of 4 workers to use, else a new one)."""
     from qgm_ray.runner import run as runner
-    cluster = start_cluster(4)
+    own = cluster is None
+    cluster = start_cluster(4) if own else cluster
+    assert len(cluster.worker_nodes) == 4, cluster.worker_nodes
     result = {}
     try:
         for how in ("graph", "default"):
@@ -194,14 +201,18 @@ def placement(out: Path) -> dict:
                            "logs": [m for m in rec.logs if "per node" in m]}
         return result
     finally:
-        stop(cluster)
+        if own:
+            stop(cluster)
 
 
-def joining(out: Path) -> dict:
+def joining(out: Path, cluster=None) -> dict:
     """Elastic run 4 -> 6 -> 4 clients on 2 nodes; a third node joins after the first
-    evaluation and the grow places the new actor there. Compared with the local engine."""
+    evaluation and the grow places the new actor there. Compared with the local engine
+    (`cluster`: one of 2 workers to use, else a new one)."""
     from qgm_ray.runner import run as runner
-    cluster = start_cluster(2)
+    own = cluster is None
+    cluster = start_cluster(2) if own else cluster
+    assert len(cluster.worker_nodes) == 2, cluster.worker_nodes
     try:
         extra = ["topology.n_clients=4", "elastic.max_clients=6", "elastic.schedule=[[1.0, 6], [1.5, 4]]",
                  "ray.clients_per_actor=2", "ray.cpus_per_client=0.25", "schedule.epochs=2"]
@@ -216,14 +227,29 @@ def joining(out: Path) -> dict:
         return {"summary": s, "local_summary": local, "rows": rows(out / "ray"), "local_rows": rows(out / "local"),
                 "joined": joined, "logs": rec.logs}
     finally:
+        if own:
+            stop(cluster)
+
+
+def joining_then_placement(out: Path) -> dict:
+    """`joining` and then `placement` on one cluster (a head and a Ray start the fewer): 2
+    workers, a third joins during the elastic run, a fourth is added, and the placement runs
+    over the 4."""
+    cluster = start_cluster(2)
+    try:
+        joined = joining(out / "joining", cluster)
+        add_worker(cluster)
+        return {"joining": joined, "placement": placement(out / "placement", cluster)}
+    finally:
         stop(cluster)
 
 
-def plugins(out: Path) -> dict:
+def plugins(out: Path, cluster=None) -> dict:
     """examples/byo.yaml's rule, model, dataset and graph, copied into a package that only this
     driver has on its sys.path (not the working directory, not PYTHONPATH): the workers of
     every node get it only if the run ships it. A local reference, then a Ray run over three
-    one-CPU nodes whose node holding ClientActor 1 is killed mid-run."""
+    one-CPU nodes whose node holding ClientActor 1 is killed mid-run (`cluster`: one of 3
+    workers to use, else a new one)."""
     import shutil
 
     from qgm_ray.runner import run as runner
@@ -245,16 +271,34 @@ def plugins(out: Path) -> dict:
         return load_config(root / "examples" / "byo.yaml", overrides + list(extra))
     shipped = ship_paths(byo())
     local = runner.run(byo("backend=local"), out / "local", log=lambda m: None)
-    cluster = start_cluster(3)
+    own = cluster is None
+    cluster = start_cluster(3) if own else cluster
+    assert len(cluster.worker_nodes) == 3, cluster.worker_nodes
     try:
         killed = run_killing(cluster, out, "killed", byo("backend=ray"))
         return {"shipped": shipped, "head": cluster.head_node.node_id, "local": {"summary": local, "rows": rows(out / "local")},
                 "killed": killed}
     finally:
+        if own:
+            stop(cluster)
+
+
+def plugins_then_node_loss(out: Path) -> dict:
+    """`plugins` and then `node_loss` on one cluster (a head and a Ray start the fewer): 3
+    workers, the plug-in run loses one, a worker is added in its place, and the node-loss runs
+    take the cluster from there."""
+    cluster = start_cluster(3)
+    try:
+        plug = plugins(out / "plugins", cluster)
+        add_worker(cluster)
+        return {"plugins": plug, "node_loss": node_loss(out / "node_loss", cluster)}
+    finally:
         stop(cluster)
 
 
-SCENARIOS = {"node_loss": node_loss, "placement": placement, "joining": joining, "plugins": plugins}
+SCENARIOS = {"node_loss": node_loss, "placement": placement, "joining": joining,
+             "joining_then_placement": joining_then_placement, "plugins": plugins,
+             "plugins_then_node_loss": plugins_then_node_loss}
 
 if __name__ == "__main__":
     name, out = sys.argv[1], Path(sys.argv[2])

@@ -157,8 +157,9 @@ def ref(attr: str) -> str:
     return f"{PKG}.user:{attr}"
 
 
-def main_py(root, *args, timeout=300):
-    env = {**__import__("os").environ, "PYTHONPATH": f"{root}:{ROOT}"}
+def main_py(root, *args, timeout=300, env=None):
+    """main.py with the plug-ins' package on its path (env: variables added to this process's)."""
+    env = {**__import__("os").environ, "PYTHONPATH": f"{root}:{ROOT}", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
@@ -305,8 +306,12 @@ def test_the_checks_change_no_number_of_a_valid_run_nor_the_global_generators(pl
     (RULE, ref("RaisesLater"), ": pre_mix raised RuntimeError: boom at step 3"),
     ("model.name", ref("in_actors_only"), " returned a str; expected a torch.nn.Module"),
 ])
-def test_on_ray_the_driver_prints_the_plug_ins_line_and_exits_2(plugs, tmp_path, key, name, line):
+def test_on_ray_the_driver_prints_the_plug_ins_line_and_exits_2(ray_session, plugs, tmp_path, key, name, line):
+    """The driver joins the test session's Ray: its workers have not the plug-ins' package on
+    their path, so the run ships it, as on a cluster."""
+    import ray
     p = main_py(plugs, "--quiet", "--config", str(BYO), "--output-dir", str(tmp_path / "run"),
-                "--set", f"{key}={name}", "--set", "backend=ray", timeout=400)
+                "--set", f"{key}={name}", "--set", "backend=ray", timeout=400,
+                env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address})
     assert p.returncode == 2, p.stderr[-3000:]
     assert one_line(p.stderr) == f"config error: {key}={name!r}{line}"

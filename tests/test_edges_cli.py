@@ -110,7 +110,10 @@ def test_write_results_of_a_finished_sweep_with_a_trial_directory_deleted_is_com
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.long
-def test_tune_resume_of_a_finished_sweep_with_a_trial_directory_deleted_finishes(tmp_path):
+def test_tune_resume_of_a_finished_sweep_with_a_trial_directory_deleted_finishes(ray_session, tmp_path):
+    """The sweep and both resumes are real `python main.py tune` drivers; they join the test
+    session's Ray (what a sweep runs on is not the question here)."""
+    import ray
     cfg_file = tmp_path / "sweep.yaml"
     cfg_file.write_text(
         f"name: gone\nbackend: local\nprogress: false\n"
@@ -119,10 +122,8 @@ def test_tune_resume_of_a_finished_sweep_with_a_trial_directory_deleted_finishes
         "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: 1}\neval: {every_epochs: 1, local_models: false}\n"
         "tune: {grid: {seed: [0, 1]}, max_concurrent_trials: 1}\n")
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    env.pop("RAY_ADDRESS", None)
-    first = main_py("tune", "--config", str(cfg_file), "--output-dir", str(sweep), "--set", "ray.num_cpus=2",
-                    env=env, timeout=600)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = main_py("tune", "--config", str(cfg_file), "--output-dir", str(sweep), env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
     assert (sweep / qtune.SEAL).is_file()
     gone = sorted((sweep / qtune.TRIALS).iterdir())[0]

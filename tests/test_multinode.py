@@ -1,7 +1,8 @@
 """The Ray engine on a multi-node cluster (tests/multinode_bed.py): several raylets and object
 stores on this machine. Each scenario runs in its own process (one driver joins one cluster
 per process, and the session's single-node Ray is another cluster); a scenario prints its
-result as JSON and the assertions live here (node loss: in tests/test_node_loss.py)."""
+result as JSON and the assertions live here (node loss: in tests/test_node_loss.py). This
+file's two scenarios share one cluster and one process (a module fixture)."""
 import json
 import os
 import subprocess
@@ -31,8 +32,15 @@ def same(a, b):
     return [{k: r[k] for k in SAME} for r in a] == [{k: r[k] for k in SAME} for r in b]
 
 
-def test_graph_placement_halves_cross_node_bytes_of_ray_default(tmp_path):
-    r = scenario("placement", tmp_path)
+@pytest.fixture(scope="module")
+def joining_then_placement(tmp_path_factory):
+    """Both scenarios of this file on one cluster, in one process (a cluster start is tens of
+    CPU-seconds)."""
+    return scenario("joining_then_placement", tmp_path_factory.mktemp("multinode"), timeout=480)
+
+
+def test_graph_placement_halves_cross_node_bytes_of_ray_default(joining_then_placement):
+    r = joining_then_placement["placement"]
     graph, default = r["graph"], r["default"]
     for x in (graph, default):
         assert x["summary"]["status"] == "completed"
@@ -47,8 +55,8 @@ def test_graph_placement_halves_cross_node_bytes_of_ray_default(tmp_path):
           f"Ray default {default['cross_per_round']}")
 
 
-def test_node_joining_mid_run_is_used_by_the_next_grow(tmp_path):
-    r = scenario("joining", tmp_path)
+def test_node_joining_mid_run_is_used_by_the_next_grow(joining_then_placement):
+    r = joining_then_placement["joining"]
     assert r["summary"]["status"] == "completed" and r["joined"]
     assert any("joined the cluster during the run" in m and r["joined"][0][:8] in m for m in r["logs"]), r["logs"]
     n = [int(x["n_clients"]) for x in r["rows"]]

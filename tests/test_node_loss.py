@@ -1,7 +1,9 @@
 """Node loss on a cluster with no room left (fault_tolerance.resource_wait_s): the re-plan rule
 without Ray, the key's checks, and the scenario itself on a multi-node Ray on this machine
 (tests/multinode_bed.py: a head with 0 CPUs, two one-CPU workers, 6 clients in 3 actors with
-the default resources, the node of an actor killed mid-run)."""
+the default resources, the node of an actor killed mid-run). On the same cluster, first: the
+plug-ins of examples/byo.yaml, which only the driver can import, lose a node with room left
+on the others."""
 import math
 
 import pytest
@@ -76,14 +78,22 @@ def test_replan_keeps_the_gpu_share_and_plans_for_the_largest_client_count():
     assert replan_resources(cfg, 8, 2, [gpu_node], {"num_cpus": 1.0, "num_gpus": 0.75}) is None
 
 
+@pytest.fixture(scope="module")
+def plugins_then_node_loss(tmp_path_factory):
+    """tests/multinode_bed.py `plugins_then_node_loss`: both scenarios on one cluster, in one
+    process (a cluster start is tens of CPU-seconds)."""
+    pytest.importorskip("ray")
+    from test_multinode import scenario
+    return scenario("plugins_then_node_loss", tmp_path_factory.mktemp("node_loss"), timeout=600)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.long
-def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
+def test_node_killed_mid_run_is_replayed_to_identical_numbers(plugins_then_node_loss):
     """tests/multinode_bed.py `node_loss`: real raylets on this machine, default resources."""
-    pytest.importorskip("ray")
-    from test_multinode import same, scenario
-    r = scenario("node_loss", tmp_path, timeout=600)
+    from test_multinode import same
+    r = plugins_then_node_loss["node_loss"]
     ref = r["reference"]   # the local engine: Ray == local, bit for bit
     assert ref["summary"]["status"] == "completed" and ref["summary"]["backend"] == "local"
 
@@ -115,3 +125,25 @@ def test_node_killed_mid_run_is_replayed_to_identical_numbers(tmp_path):
     assert len(set(drop["placed_before_kill"])) == 3 and r["head"] not in drop["placed_before_kill"]
     assert drop["summary"]["status"] == "completed", drop["summary"]["message"]
     assert drop["summary"]["n_clients"] == 4 and drop["last_recovery"]["lost_slots"] == [2, 3]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.long
+def test_plug_ins_on_a_multi_node_cluster_with_a_lost_node(plugins_then_node_loss):
+    """tests/multinode_bed.py `plugins`: the plug-ins in a package only the driver can import, on
+    three one-CPU worker nodes; a node killed mid-run is replayed to the local engine's numbers."""
+    from test_multinode import SAME
+    r = plugins_then_node_loss["plugins"]
+    assert r["shipped"] and r["local"]["summary"]["status"] == "completed"
+    killed = r["killed"]
+    assert killed["summary"]["status"] == "completed", killed["summary"]
+    assert len(set(killed["actor_nodes"])) >= 2   # the actors really are on several nodes
+    assert killed["killed"][0] and killed["recoveries"] >= 1 and killed["coordinator_node"] == r["head"]
+    # room left on the nodes that stay: the replacement goes there, not to the lost node
+    assert killed["killed"][0] in killed["placed_before_kill"] and killed["killed"][0] not in killed["actor_nodes"]
+
+    def same(rs):   # bytes_cross_node is 0 on the local engine, the rest is bit for bit
+        return [{k: x[k] for k in SAME if k in x} for x in rs]
+    assert len(killed["rows"]) == 4 and same(killed["rows"]) == same(r["local"]["rows"])
+    assert int(killed["rows"][-1]["bytes_cross_node"]) > 0

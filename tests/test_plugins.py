@@ -335,9 +335,12 @@ def test_on_ray_plug_ins_give_the_local_numbers_and_a_killed_actor_is_replayed(r
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_main_py_on_ray_matches_the_local_engine(local_byo, tmp_path):
+def test_main_py_on_ray_matches_the_local_engine(ray_session, local_byo, tmp_path):
+    """A real `python main.py` driver, on the test session's Ray."""
+    import ray
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     p = main_py("--config", str(BYO), "--output-dir", str(tmp_path / "ray"), "--quiet", "--set", "backend=ray",
-                *[f"--set={o}" for o in ELASTIC])
+                *[f"--set={o}" for o in ELASTIC], env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert rows(tmp_path / "ray") == local_byo
 
@@ -379,10 +382,13 @@ def test_code_the_workers_cannot_import_is_shipped_to_them(ray_session, tmp_path
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_main_py_tune_sweeps_the_rules_own_knob(tmp_path):
-    """`main.py tune` on examples/byo.yaml (its grid: algorithm.options.clip), on a Ray of its
-    own; a trial's numbers are those of `main.py` with that clip."""
-    p = main_py("tune", "--config", str(BYO), "--output-dir", str(tmp_path / "sweep"), "--quiet", timeout=600)
+def test_main_py_tune_sweeps_the_rules_own_knob(ray_session, tmp_path):
+    """`main.py tune` on examples/byo.yaml (its grid: algorithm.options.clip), on the test
+    session's Ray; a trial's numbers are those of `main.py` with that clip."""
+    import ray
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    p = main_py("tune", "--config", str(BYO), "--output-dir", str(tmp_path / "sweep"), "--quiet", timeout=600,
+                env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     import pandas as pd
     results = pd.read_csv(tmp_path / "sweep" / "results.csv")
@@ -397,25 +403,8 @@ def test_main_py_tune_sweeps_the_rules_own_knob(tmp_path):
     assert clips[0.5] != clips[2.0]   # the knob reached the rule
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.long
-def test_plug_ins_on_a_multi_node_cluster_with_a_lost_node(tmp_path):
-    """tests/multinode_bed.py: the plug-ins in a package only the driver can import, on three
-    one-CPU worker nodes; a node killed mid-run is replayed to the local engine's numbers."""
-    from test_multinode import scenario
-    r = scenario("plugins", tmp_path, timeout=420)
-    assert r["shipped"] and r["local"]["summary"]["status"] == "completed"
-    killed = r["killed"]
-    assert killed["summary"]["status"] == "completed", killed["summary"]
-    assert len(set(killed["actor_nodes"])) >= 2   # the actors really are on several nodes
-    assert killed["killed"][0] and killed["recoveries"] >= 1 and killed["coordinator_node"] == r["head"]
-    # room left on the nodes that stay: the replacement goes there, not to the lost node
-    assert killed["killed"][0] in killed["placed_before_kill"] and killed["killed"][0] not in killed["actor_nodes"]
-    def same(rs):   # bytes_cross_node is 0 on the local engine, the rest is bit for bit
-        return [{k: x[k] for k in SAME if k in x} for x in rs]
-    assert len(killed["rows"]) == 4 and same(killed["rows"]) == same(r["local"]["rows"])
-    assert int(killed["rows"][-1]["bytes_cross_node"]) > 0
+# The plug-ins on a multi-node cluster with a lost node: tests/test_node_loss.py, on the
+# cluster of the node-loss scenarios.
 
 
 def test_a_sweep_checks_each_plug_in_model_of_its_grid_before_any_trial(tmp_path, monkeypatch):

@@ -223,10 +223,11 @@ def test_a_worker_death_is_one_line_of_ours_and_rays_message_goes_to_its_logs(tm
     from bench import procs   # the driver's descendants and their command lines, as the benchmarks read them
 
     cfg = tmp_path / "run.yaml"
+    # The actor is killed once the first evaluation is written: 5 of the 6 epochs still to run.
     cfg.write_text("name: death\nbackend: ray\nprogress: false\n"
                    f"data: {{name: synthetic, batch_size: 16, alpha: 1.0, root: {tmp_path / 'data'}}}\n"
                    "model: {name: mlp, options: {hidden: [16]}}\ntopology: {name: ring, n_clients: 4}\n"
-                   "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: 20}\n"
+                   "algorithm: {name: dsgd, lr: 0.05}\nschedule: {epochs: 6}\n"
                    "eval: {every_epochs: 1, local_models: false}\nray: {clients_per_actor: 2}\n")
     env = {k: v for k, v in os.environ.items() if k != "QGM_RAY_CONSOLE"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(cfg), "--output-dir",

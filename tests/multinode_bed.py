@@ -182,6 +182,7 @@ def node_loss(out: Path, cluster=None) -> dict:
 def placement(out: Path, cluster=None) -> dict:
     """Ring of 16 in 8 actors of 2 over 4 one-CPU nodes: graph placement vs Ray's default
     (`cluster`: one of 4 workers to use, else a new one)."""
+    from qgm_ray.engine.coordinator import cross_node_bytes
     from qgm_ray.runner import run as runner
     own = cluster is None
     cluster = start_cluster(4) if own else cluster
@@ -195,8 +196,13 @@ def placement(out: Path, cluster=None) -> dict:
             s = runner.run(cfg, out / how, log=rec.log)
             eng = rec.engines[-1]
             r = rows(out / how)
-            result[how] = {"summary": s, "actor_nodes": eng._info["actor_nodes"],
+            nodes = eng._info["actor_nodes"]
+            # The same actors dealt round-robin over the same nodes (Ray's SPREAD): a fixed baseline.
+            spread = [sorted(set(nodes))[a % len(set(nodes))] for a in range(len(nodes))]
+            result[how] = {"summary": s, "actor_nodes": nodes,
                            "cross_per_round": eng.cross_node_bytes(0), "payload_bytes": eng.payload_bytes,
+                           "spread_cross_per_round": cross_node_bytes(eng.topology, eng.centralized, eng.n_clients,
+                                                                      0, 2, spread, eng.payload_bytes),
                            "rounds": s["rounds"], "bytes_cross_node": int(r[-1]["bytes_cross_node"]),
                            "logs": [m for m in rec.logs if "per node" in m]}
         return result

@@ -1,5 +1,7 @@
 """`ray.reuse_actors`: a finished run's coordinator and ClientActors serve the next run of the
 driver (engine/crew.py), and the numbers are those of new actors, bit for bit."""
+import dataclasses
+
 import pytest
 
 from qgm_ray.config import load_config
@@ -45,10 +47,16 @@ def alive_coordinators():
     return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "qgm"}
 
 
+def local_rows(cfg, run_dir):
+    """The same run on the local engine: what new ClientActors compute, bit for bit
+    (tests/test_ray_engine.py), without starting any."""
+    runner.run(dataclasses.replace(cfg, backend="local"), run_dir, log=quiet)
+    return [{k: r[k] for k in KEYS} for r in read_metrics(run_dir)]
+
+
 def test_the_next_run_takes_the_kept_actors_and_gives_the_numbers_of_new_ones(tmp_path, monkeypatch):
-    fresh_a, _, _ = run_capturing(cfg_of("algorithm.name=qg_dsgdm_n"), tmp_path / "fresh_a", monkeypatch)
-    fresh_b, _, _ = run_capturing(cfg_of("algorithm.name=dsgdm_n", "seed=3"), tmp_path / "fresh_b", monkeypatch)
-    assert crew.kept() is None   # reuse_actors is off by default: nothing was kept
+    fresh_a = local_rows(cfg_of("algorithm.name=qg_dsgdm_n"), tmp_path / "fresh_a")
+    fresh_b = local_rows(cfg_of("algorithm.name=dsgdm_n", "seed=3"), tmp_path / "fresh_b")
 
     rows_a, name_a, pids_a = run_capturing(cfg_of("algorithm.name=qg_dsgdm_n", "ray.reuse_actors=true"),
                                            tmp_path / "a", monkeypatch)
@@ -68,9 +76,10 @@ def test_the_next_run_takes_the_kept_actors_and_gives_the_numbers_of_new_ones(tm
     assert name_a not in alive_coordinators()
     assert crew.kept().name == name_c
 
-    # A run that does not reuse actors releases what is kept: its CPUs are Ray's again.
-    run_capturing(cfg_of(), tmp_path / "d", monkeypatch)
-    assert crew.kept() is None and name_c not in alive_coordinators()
+    # A run that does not reuse actors (the default) releases what is kept, its CPUs are Ray's
+    # again, and keeps nothing itself.
+    _, name_d, _ = run_capturing(cfg_of(), tmp_path / "d", monkeypatch)
+    assert crew.kept() is None and not {name_c, name_d} & alive_coordinators()
 
 
 def test_release_actors_kills_the_kept_crew(tmp_path, monkeypatch):

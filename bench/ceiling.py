@@ -17,10 +17,8 @@ batch). `--quick` measures n in {16, 64} with fewer blocks.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 MODELS = ("cnn1d", "mlp")
 PLANS = {
@@ -146,7 +144,7 @@ def markdown(records: list[dict], meta: dict) -> str:
 
 
 def main(quick: bool = False, output: str | None = None, models=MODELS, ns=None, variants=None) -> int:
-    from bench.harness import metadata
+    from bench.harness import metadata, report
 
     mode = "quick" if quick else "full"
     plan = PLANS[mode]
@@ -158,14 +156,7 @@ def main(quick: bool = False, output: str | None = None, models=MODELS, ns=None,
                 records.append(rec)
                 print(f"{model} n={n} {rec['variant']}: engine {rec['engine_round_seconds'] * 1e3:.1f} ms, ceiling "
                       f"{rec['ceiling_round_seconds'] * 1e3:.1f} ms, ratio {rec['ceiling_ratio']:.2f}", flush=True)
-    table = markdown(records, meta)
-    print()
-    print(table)
-    if output:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
-        out.with_suffix(".md").write_text(table)
+    report(markdown(records, meta), meta, records, output)
     return 0
 
 

@@ -18,10 +18,8 @@ exits 2 with one line (nothing is measured on a CPU: bench/harness.py is the CPU
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
 MODELS = ("resnet20", "resnet_evonorm20")
 PLANS = {
@@ -153,6 +151,8 @@ def markdown(records: list[dict], meta: dict) -> str:
 def main(quick: bool = False, output: str | None = None) -> int:
     import torch
 
+    from bench.harness import report
+
     if not torch.cuda.is_available():
         print("bench --device cuda: no CUDA device is visible (torch.cuda.is_available() is False); "
               "use `python main.py bench` for the CPU benchmark", file=sys.stderr)
@@ -164,12 +164,5 @@ def main(quick: bool = False, output: str | None = None) -> int:
     records = run("cuda", plan["ns"], warmup=plan["warmup"], rounds=plan["rounds"],
                   log=lambda s: print(f"[{time.monotonic() - t0:6.1f}s] {s}", flush=True))
     meta["seconds"] = round(time.monotonic() - t0, 1)
-    table = markdown(records, meta)
-    print()
-    print(table)
-    if output:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": meta, "records": records}, indent=1))
-        out.with_suffix(".md").write_text(table)
+    report(markdown(records, meta), meta, records, output)
     return 0

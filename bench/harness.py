@@ -486,6 +486,18 @@ def write(records: list[dict], meta: dict, out: Path) -> None:
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
 
 
+def report(table: str, meta: dict, records: list[dict], output: str | None) -> None:
+    """Print a benchmark's table; with `output`, write {"meta", "records"} to it as JSON and
+    the table beside it (FILE.md)."""
+    print()
+    print(table)
+    if output:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
+        out.with_suffix(".md").write_text(table)
+
+
 def merge(base: Path, patch: Path) -> None:
     """Replace base's records of every (model, n) that `patch` measured (a re-run of part of
     the grid, e.g. after a failure), keeping both runs' metadata."""

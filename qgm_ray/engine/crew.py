@@ -31,12 +31,15 @@ class Crew:
 _kept: Optional[Crew] = None
 
 
-def crew_key(resources: dict, clients_per_actor: int, runtime_env: Optional[dict], home: Optional[str]) -> str:
-    """Equal for two runs whose actors Ray would schedule alike: resources per ClientActor,
-    block size, runtime_env (plug-in code, environment), where the coordinator must run, the
-    placement group they run in (a crew of another Ray session answers nobody: `take`)."""
+def crew_key(resources: dict, clients_per_actor: int, runtime_env: Optional[dict], deterministic: bool,
+             home: Optional[str]) -> str:
+    """Equal for two runs whose actors Ray would schedule alike (resources per ClientActor,
+    block size, runtime_env: plug-in code and environment, the node the coordinator must run on,
+    the placement group) and whose processes need the same settings: deterministic kernels, once
+    a process turns them on, stay on. A crew of another Ray session answers nobody (`take`)."""
     group = ray.util.get_current_placement_group()
-    return json.dumps({"resources": resources, "k": clients_per_actor, "env": runtime_env, "home": home,
+    return json.dumps({"resources": resources, "k": clients_per_actor, "env": runtime_env,
+                       "deterministic": deterministic, "home": home,
                        "group": group.id.hex() if group is not None else None}, sort_keys=True, default=str)
 
 

@@ -135,9 +135,12 @@ class RayEngine:
         args = (self.cfg, self.run_tag, self.meta, self.data_refs, self.parts_ref, slots, self.resources,
                 self.counted_rounds, self.n_train)
         k = self.cfg.ray.clients_per_actor
-        self.crew_key = crew.crew_key({**self.resources, "deterministic": self.cfg.deterministic}, k, env,
-                                      home_node)
-        kept = crew.take(self.crew_key) if self.cfg.ray.reuse_actors else crew.release()
+        self.crew_key = crew.crew_key(self.resources, k, env, self.cfg.deterministic, home_node)
+        kept = None
+        if self.cfg.ray.reuse_actors:
+            kept = crew.take(self.crew_key)
+        else:   # actors kept by an earlier run would hold CPUs this run may need
+            crew.release()
         if kept is not None:
             self.coordinator, self.name = kept.coordinator, kept.name
             self._wait(self.coordinator.reconfigure.remote(*args), f"for {len(slots)} clients")

@@ -140,6 +140,12 @@ class RayConfig:
     # core per client, for clients big enough to use one). null: ray.cpus_per_actor decides.
     cpus_per_client: Optional[float] = None
     max_inflight_rounds: int = 2     # rounds of payloads in flight at most, >= 1
+    # Where every ClientActor shares one node, an actor call runs many whole rounds and the
+    # actors swap payload rows through that node's shared memory (engine/fused.py): the same
+    # numbers without a call and object-store objects per round. auto: calls of about a quarter
+    # second; k: k rounds a call; 1: one call a round, payloads through the object store (what
+    # runs across nodes, with compression, time-varying graphs, barriers or asynchrony).
+    rounds_per_call: Union[int, str] = "auto"    # auto or k >= 1
     dashboard_host: str = "127.0.0.1"  # where a local Ray's dashboard listens
     num_cpus: Optional[int] = None   # for a local Ray; None: the machine's
     # graph: actors holding graph neighbours share a node where resources allow
@@ -870,6 +876,8 @@ def validate(cfg: Config) -> None:
              f"ray.cpus_per_actor={r.cpus_per_actor} and ray.cpus_per_client={r.cpus_per_client} both size the "
              f"ClientActors; set only one (cpus_per_client: null to use cpus_per_actor)")
     _require(r.max_inflight_rounds >= 1, f"ray.max_inflight_rounds must be >= 1, got {r.max_inflight_rounds}")
+    _require(r.rounds_per_call == "auto" or (isinstance(r.rounds_per_call, int) and r.rounds_per_call >= 1),
+             f"ray.rounds_per_call must be 'auto' or an integer >= 1, got {r.rounds_per_call!r}")
     _require(r.num_cpus is None or r.num_cpus >= 1, f"ray.num_cpus must be >= 1 or null, got {r.num_cpus}")
     _validate_dashboard_host(cfg)
 

@@ -316,17 +316,20 @@ def test_resume_after_driver_stop_reproduces_the_run(reference, tmp_path):
     assert_same_rows(reference["rows"], read_metrics(d))
 
 
-def test_graceful_stop_checkpoints_at_a_round_boundary(ray_session, tmp_path):
-    """should_stop (what Ctrl-C sets) stops the pipelined rounds at a consistent round."""
+@pytest.mark.parametrize("extra,rounds", [(["ray.rounds_per_call=1"], 40), (["ray.rounds_per_call=2"], 400)],
+                         ids=["per_round", "fused"])
+def test_graceful_stop_checkpoints_at_a_round_boundary(ray_session, tmp_path, extra, rounds):
+    """should_stop (what Ctrl-C sets) stops the pipelined rounds, or the queued fused calls
+    (engine/fused.py: two a actor at most), at a consistent round."""
     from qgm_ray.engine.ray_engine import RayEngine
-    cfg = small("ray.clients_per_actor=2", "ray.max_inflight_rounds=3")
+    cfg = small("ray.clients_per_actor=2", "ray.max_inflight_rounds=3", *extra)
     ds, parts = runner.prepare(cfg, log=quiet)
     ray_engine, local = RayEngine(cfg, ds, parts, log=quiet), LocalEngine(cfg, ds, parts)
     try:
         seen = []
-        losses = ray_engine.train(range(0, 40), lambda t: 0.05, on_round=lambda rec: seen.append(rec.round),
+        losses = ray_engine.train(range(0, rounds), lambda t: 0.05, on_round=lambda rec: seen.append(rec.round),
                                   should_stop=lambda: len(seen) >= 3)
-        assert 3 <= len(losses) < 40
+        assert 3 <= len(losses) < rounds
         local.train(range(0, len(losses)), lambda t: 0.05)
         a, b = local.evaluate(), ray_engine.evaluate()
         assert all(rel(a[k], b[k]) <= TOL for k in a)

@@ -23,7 +23,7 @@ import torch
 from qgm_ray import build, contracts, determinism
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
-from qgm_ray.engine import allreduce, async_run
+from qgm_ray.engine import allreduce, async_run, mailbox
 from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.async_ray import AsyncClient
 from qgm_ray.engine.barriers import barriers_for
@@ -95,6 +95,8 @@ class ClientActor:
         self._test = None
         self._averaged: Optional[Evaluator] = None   # built on the first evaluation (actor 0 only)
         self.asynchronous: Optional[AsyncClient] = None   # clock.mode=async: this chunk's (engine/async_ray.py)
+        self.fused: Optional[dict] = None               # this chunk's part in fused rounds (engine/fused.py)
+        self.mailbox: Optional[mailbox.Mailbox] = None  # and its shared-memory outbox
 
     def reconfigure(self, *args) -> None:
         """The next run of a kept crew (engine/crew.py): this process, the state of a new actor."""
@@ -124,6 +126,7 @@ class ClientActor:
         self.positions = list(positions)
         self.payload = self.q = None
         self.asynchronous = None
+        self._close_mailbox()
         return self.num_params()
 
     def reset_clients(self, slots: Sequence[int], average: tuple, kept: Optional[list] = None) -> None:
@@ -183,6 +186,49 @@ class ClientActor:
             return record
         sent = self.payload if len(rows) == self.block.k else self.payload[rows]
         return (*self.wire.encode(sent), record)
+
+    # ------------------------------------------------------------ fused rounds (engine/fused.py)
+    def open_mailbox(self, prefix: str, me: int, plan: dict, start: int) -> None:
+        """This actor's part in fused rounds from round `start` (engine/fused.py `plans`) and its
+        outbox (engine/mailbox.py). Every actor opens its own before any `rounds` call runs."""
+        self._close_mailbox()
+        self.fused = plan
+        self.mailbox = mailbox.open_for(prefix, me, plan, start)
+
+    def _close_mailbox(self) -> None:
+        if self.mailbox is not None:
+            self.mailbox.close()
+        self.mailbox = self.fused = None
+
+    def rounds(self, t0: int, lrs: Sequence[float]) -> list[list[float]]:
+        """Rounds t0 .. t0 + len(lrs) - 1, each whole (pre-mix, exchange, mix, post-mix), the
+        payload rows other actors mix swapped through the mailbox; returns each round's losses
+        in row order. The same operations on the same rows as a `step` per round."""
+        box, plan = self.mailbox, self.fused
+        if box is not None:
+            if box.broken:   # an earlier call of this chunk failed: the blocks are not where the peers are
+                raise mailbox.PeerLost("an earlier call of this chunk failed")
+            box.attach()
+        losses = []
+        try:
+            for i, lr in enumerate(lrs):
+                t = t0 + i
+                payload = self.block.pre_mix(lr)
+                losses.append(self.block.losses.tolist())
+                received = []
+                if box is not None:
+                    if plan["export"]:
+                        box.publish(t, payload[plan["export"]].detach().to("cpu", torch.float32))
+                    received = self.wire.decode(box.received(t, plan["at"]))
+                mixed = block_mix(payload, self.positions, plan["rows"], plan["sources"], received)
+                if box is not None:
+                    box.consumed(t)
+                self.block.post_mix(mixed, lr)
+        except BaseException:
+            if box is not None:
+                box.abort()
+            raise
+        return losses
 
     # ------------------------------------------------------------ one round of an all-reduce
     def step_mean(self, post_lr: Optional[float], pre_lr: Optional[float], mean: Optional[np.ndarray]):

@@ -21,8 +21,10 @@ get through while `run_rounds` runs; a lock serialises everything else).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
 from collections import deque
 from typing import Optional
 
@@ -34,7 +36,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qgm_ray import build, determinism, errors, plugins
 from qgm_ray.config import Config
-from qgm_ray.engine import exchange, placement
+from qgm_ray.engine import exchange, fused, mailbox, placement
 from qgm_ray.engine.async_ray import WavePlan, Waves
 from qgm_ray.engine.actors import ClientActor, expect_lost_payloads
 from qgm_ray.engine.barriers import barriers_for
@@ -169,8 +171,9 @@ class Coordinator:
         self.nodes = list(nodes)
 
     def info(self) -> dict:
+        ex = self._exchange()
         return {"slots": list(self.slots), "num_params": self.num_params, "n_actors": len(self.actors),
-                "payload_bytes": self._exchange().payload_bytes,
+                "payload_bytes": ex.payload_bytes, "fused": self._fusable(ex),
                 "metrics": {"run": self.run, "counted_rounds": self.metrics.counted_rounds,
                             "bytes_counted": self.metrics.bytes_counted},
                 "actor_nodes": list(self.nodes), "joined_nodes_used": list(self.joined_used),
@@ -195,7 +198,7 @@ class Coordinator:
             self.finals: list = []
             try:
                 yield from self._run(t0, lrs)
-            except FAILURES as e:
+            except (*FAILURES, mailbox.PeerLost) as e:
                 self._drain()
                 yield {"failed": errors.described(e)}
 
@@ -219,6 +222,9 @@ class Coordinator:
         ex = self._exchange()
         if ex.schedule is not None:   # clock.mode=async: the schedule's waves (engine/async_ray.py)
             yield from self._run_async(t0, lrs, ex)
+            return
+        if self._fusable(ex):
+            yield from self._run_fused(t0, lrs, ex)
             return
         inflight = self.inflight
         # What the next round's post-mix reads: position -> payload ref (gossip) or the ref of
@@ -296,6 +302,53 @@ class Coordinator:
             records.append(refs[-1])
         return (payloads if pre_lr is not None else None), records
 
+    # ------------------------------------------------------------ fused rounds (engine/fused.py)
+    def _fusable(self, ex: Exchange) -> bool:
+        return fused.fusable(self.cfg.ray.rounds_per_call, ex, self.topology, self.compressed, self.nodes)
+
+    def _run_fused(self, t0: int, lrs: list[float], ex: Exchange):
+        """Rounds t0.. as calls of many whole rounds each, the actors swapping payload rows
+        through their node's shared memory. Two calls per actor are queued at most, so a stop
+        request waits for two calls; every call ends with its rounds finished."""
+        prefix = os.path.join(mailbox.shm_dir(), f"qgm-{uuid.uuid4().hex[:16]}")
+        ray.get([a.open_mailbox.remote(prefix, b, plan, t0)
+                 for b, (a, plan) in enumerate(zip(self.actors, fused.plans(ex, t0)))])
+        size, inflight = fused.RoundsPerCall(self.cfg.ray.rounds_per_call), self.inflight
+        submitted, last_time = 0, time.time()
+        while True:
+            while submitted < len(lrs) and len(inflight) < 2 and not self.stop_requested:
+                r = min(size.size, len(lrs) - submitted)
+                inflight.append((t0 + submitted, [a.rounds.remote(t0 + submitted, lrs[submitted:submitted + r])
+                                                  for a in self.actors]))
+                submitted += r
+            if not inflight:
+                break
+            t, refs = inflight[0]
+            per_actor = self._fused_results(refs)
+            inflight.popleft()
+            now, rounds = time.time(), len(per_actor[0])
+            size.observe(rounds, now - last_time)
+            for i in range(rounds):   # the call's time, spread evenly over its rounds
+                yield self._record(t + i, [x for losses in per_actor for x in losses[i]], ex,
+                                   (now - last_time) / rounds)
+            last_time = now
+        yield {"done": submitted}
+
+    @staticmethod
+    def _fused_results(refs: list) -> list:
+        """Each actor's losses of one fused call. A call that stopped because a peer failed
+        (PeerLost) is read past, so the peer's own error (a lost actor, or the exception a
+        rule raised) is the one that surfaces."""
+        out, lost = [], None
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except mailbox.PeerLost as e:
+                lost = lost or e
+        if lost is not None:
+            raise lost
+        return out
+
     # ------------------------------------------------------------ asynchronous runs
     def _run_async(self, t0: int, lrs: list[float], ex: Exchange):
         """Metrics rows t0.. of an asynchronous run: each row's waves, one `async_wave` call per
@@ -342,13 +395,8 @@ class Coordinator:
         losses = np.empty(n)
         for rec in ray.get(refs):
             losses[np.asarray(rec["events"], dtype=np.int64) - t * n] = rec["losses"]
-        seconds = time.time() - since
-        record = ex.record(t, float(np.mean(losses)), self.nodes)
         clients = ex.schedule.client[t * n:(t + 1) * n]
-        self.metrics.on_round(t, losses.tolist(), [self.slots[c] for c in clients.tolist()], seconds,
-                              record.bytes_sent, record.bytes_cross_node)
-        return {"round": t, "loss": record.loss, "seconds": seconds, "bytes_sent": record.bytes_sent,
-                "bytes_cross_node": record.bytes_cross_node}
+        return self._record(t, losses.tolist(), ex, time.time() - since, [self.slots[c] for c in clients.tolist()])
 
     def _barriers(self, ex: Exchange, t: int, lr: float) -> None:
         """The barriers that end round t (engine/barriers.py): every actor gathers, the first
@@ -366,9 +414,13 @@ class Coordinator:
     def _collect(self, item, ex: Exchange, since: float) -> dict:
         t, refs = item
         losses = [x for r in ray.get(refs) for x in r["losses"]]   # position order, as LocalEngine
-        seconds = time.time() - since
+        return self._record(t, losses, ex, time.time() - since)
+
+    def _record(self, t: int, losses: list[float], ex: Exchange, seconds: float, slots: Optional[list] = None) -> dict:
+        """Round t's record and metrics from its losses (of `slots`, default position order)."""
         record = ex.record(t, float(np.mean(losses)), self.nodes)
-        self.metrics.on_round(t, losses, self.slots, seconds, record.bytes_sent, record.bytes_cross_node)
+        self.metrics.on_round(t, losses, self.slots if slots is None else slots, seconds, record.bytes_sent,
+                              record.bytes_cross_node)
         return {"round": t, "loss": record.loss, "seconds": seconds, "bytes_sent": record.bytes_sent,
                 "bytes_cross_node": record.bytes_cross_node}
 

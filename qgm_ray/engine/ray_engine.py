@@ -151,7 +151,8 @@ class RayEngine:
         self._apply(self._wait(self.coordinator.start.remote(), f"for {len(slots)} clients"))
         self.log(f"ray: {self.n_clients} clients in {self._info['n_actors']} ClientActor(s) of up to {k}"
                  f"{' (kept from the last run)' if kept is not None else ''}; coordinator actor {self.name!r} "
-                 f"in namespace {NAMESPACE!r} (metrics tag run={self.run_tag})")
+                 f"in namespace {NAMESPACE!r} (metrics tag run={self.run_tag})"
+                 f"{'; rounds fused, payloads through shared memory' if self._info['fused'] else ''}")
         self._log_placement()
 
     def _wait(self, ref, what: str):

@@ -1,0 +1,234 @@
+"""Payloads between the ClientActors of one node through shared memory, so that one actor
+call can run many rounds (engine/fused.py plans them; ClientActor.rounds runs them).
+
+Each actor owns an outbox: a file in /dev/shm (RAM) holding the payload rows other actors mix,
+in two slots (round t writes slot t % 2), and a FIFO, its inbox of notices. A round:
+
+    write my exported rows of round t into slot t % 2, notify DATA(t) to every reader;
+    wait for DATA(t) from every source actor, mix their rows, ACK(t) to each of them.
+
+A writer reuses slot t % 2 in round t only once every reader has acknowledged round t - 2, so
+a slow reader never sees a row overwritten. The pipe also orders the memory: what a writer
+stored before its notice is visible to a reader that has read the notice, on any CPU (the
+kernel's pipe lock is the barrier), so no spin on shared flags and no sleeping poll: a waiting
+actor blocks in select() until a notice comes.
+
+Failures: an actor whose call raises sends ABORT to every peer, which then raise `PeerLost`;
+a peer whose process is gone (SIGKILL, OOM) is found by its pid when a wait has heard nothing
+for `POLL_S`. Files are unlinked as soon as every peer has opened them (a HELLO notice), so a
+killed process leaves nothing in /dev/shm past its mailbox's first round.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import struct
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+
+DATA, ACK, HELLO, ABORT = 1, 2, 3, 4
+_NOTICE = struct.Struct("<iiq")   # kind, actor, round: 16 bytes, written atomically (< PIPE_BUF)
+_HEADER = 8                       # the owner's pid (int64) before the rows
+POLL_S = 0.25                     # how long a wait trusts silence before it checks its peers' pids
+
+
+class PeerLost(RuntimeError):
+    """A peer of this mailbox failed (its call raised, or its process is gone): this call stops;
+    the engine recovers the chunk as it does a lost actor."""
+
+
+def shm_dir() -> str:
+    """Where outboxes live: RAM-backed /dev/shm where there is one, else the temp directory."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def _paths(prefix: str, actor: int) -> tuple[str, str]:
+    return f"{prefix}-{actor}.rows", f"{prefix}-{actor}.fifo"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")   # a killed process its parent has not reaped yet is gone
+    except FileNotFoundError:
+        return False
+    except OSError:   # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+class Mailbox:
+    """One actor's end: its outbox (`rows` exported rows of `width` float32 values) and its
+    inbox, plus the actors it reads from (`sources`) and those that read from it (`readers`),
+    for rounds `start`, `start` + 1, ... Created in two steps: `Mailbox(...)` makes this
+    actor's files (every actor of the run, before any attaches), then `attach()` opens the
+    peers' (each actor's first `rounds` call)."""
+
+    def __init__(self, prefix: str, me: int, rows: int, width: int, sources: Sequence[int], readers: Sequence[int],
+                 start: int):
+        self.prefix, self.me, self.width = prefix, int(me), int(width)
+        self.sources = sorted(int(b) for b in sources)
+        self.readers = sorted(int(b) for b in readers)
+        self.peers = sorted(set(self.sources) | set(self.readers))
+        self.broken = False
+        self._closed = False
+        rows_path, fifo_path = _paths(prefix, me)
+        size = _HEADER + 2 * max(int(rows), 1) * self.width * 4
+        fd = os.open(rows_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        np.frombuffer(self._map, dtype=np.int64, count=1)[0] = os.getpid()
+        self.outbox = np.frombuffer(self._map, dtype=np.float32, offset=_HEADER).reshape(2, max(int(rows), 1), self.width)
+        os.mkfifo(fifo_path, 0o600)
+        # Read-write: the FIFO never sees end-of-file and opening it never blocks.
+        self._inbox = os.open(fifo_path, os.O_RDWR | os.O_NONBLOCK)
+        self._unlinked = False
+        self._pending = b""
+        # Rounds before `start` count as published and mixed: nothing of theirs is in the slots.
+        self.written = {b: start - 1 for b in self.sources}   # last round each source has published
+        self.acked = {b: start - 2 for b in self.readers}     # last round each reader has mixed
+        self.hello: set = set()
+        self.views: dict = {}     # source actor -> its outbox (2, rows, width), read-only
+        self.pids: dict = {}
+        self.to: dict = {}        # peer -> write end of its FIFO
+
+    # ------------------------------------------------------------ set-up and tear-down
+    def attach(self) -> None:
+        if self.views or self.to or not self.peers:
+            self._maybe_unlink()
+            return
+        for b in self.peers:
+            rows_path, fifo_path = _paths(self.prefix, b)
+            fd = os.open(rows_path, os.O_RDONLY)
+            try:
+                m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self.pids[b] = int(np.frombuffer(m, dtype=np.int64, count=1)[0])
+            if b in self.sources:
+                self.views[b] = np.frombuffer(m, dtype=np.float32, offset=_HEADER).reshape(2, -1, self.width)
+            w = os.open(fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+            os.set_blocking(w, True)   # a full pipe waits for its reader rather than dropping a notice
+            self.to[b] = w
+        for b in self.peers:
+            self._send(b, HELLO, 0)
+        self._maybe_unlink()
+
+    def _maybe_unlink(self) -> None:
+        if not self._unlinked and self.hello >= set(self.peers):
+            for path in _paths(self.prefix, self.me):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            self._unlinked = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.hello = set(self.peers)
+        self._maybe_unlink()
+        for w in self.to.values():
+            os.close(w)
+        os.close(self._inbox)
+        self.views, self.to, self.outbox = {}, {}, None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # ------------------------------------------------------------ one round
+    def publish(self, t: int, rows) -> None:
+        """Write this actor's exported rows of round t (a (rows, width) tensor or array) and
+        tell its readers."""
+        self.wait(lambda: all(a >= t - 2 for a in self.acked.values()))
+        slot = self.outbox[t % 2]
+        np.copyto(slot[:len(rows)], rows if isinstance(rows, np.ndarray) else rows.numpy())
+        for b in self.readers:
+            self._send(b, DATA, t)
+
+    def received(self, t: int, order: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Round t's rows at `order` [(source actor, row in its outbox)], once all are there."""
+        self.wait(lambda: all(self.written[b] >= t for b, _ in order))
+        return [self.views[b][t % 2, r] for b, r in order]
+
+    def consumed(self, t: int) -> None:
+        """Round t's received rows are mixed: their writers may reuse the slot."""
+        for b in self.sources:
+            self._send(b, ACK, t)
+
+    def abort(self) -> None:
+        """This actor's call failed: its peers stop waiting for it."""
+        self.broken = True
+        for b in self.to:
+            try:
+                self._send(b, ABORT, 0)
+            except PeerLost:
+                pass
+
+    # ------------------------------------------------------------ notices
+    def _send(self, b: int, kind: int, t: int) -> None:
+        try:
+            os.write(self.to[b], _NOTICE.pack(kind, self.me, t))
+        except BrokenPipeError:   # nobody reads that FIFO any more: the peer closed or died
+            if kind in (ACK, HELLO):   # a peer that has finished its rounds needs neither
+                return
+            self.broken = True
+            raise self._lost(b) if not _alive(self.pids[b]) else PeerLost(f"ClientActor {b}'s mailbox is closed") from None
+
+    def _lost(self, b: int) -> PeerLost:
+        return PeerLost(f"the process of ClientActor {b} (pid {self.pids[b]}) is gone")
+
+    def wait(self, ready) -> None:
+        while not ready():
+            if self.broken:
+                raise PeerLost("a peer's call failed earlier in this chunk")
+            got, _, _ = select.select([self._inbox], [], [], POLL_S)
+            if got:
+                self._drain()
+            else:
+                dead = [b for b, pid in self.pids.items() if not _alive(pid)]
+                if dead:
+                    self.broken = True
+                    raise self._lost(dead[0])
+
+    def _drain(self) -> None:
+        try:
+            data = self._pending + os.read(self._inbox, 1 << 16)
+        except BlockingIOError:
+            return
+        whole = len(data) - len(data) % _NOTICE.size
+        self._pending = data[whole:]
+        for kind, b, t in _NOTICE.iter_unpack(data[:whole]):
+            if kind == DATA:
+                self.written[b] = max(self.written[b], t)
+            elif kind == ACK:
+                self.acked[b] = max(self.acked[b], t)
+            elif kind == HELLO:
+                self.hello.add(b)
+                self._maybe_unlink()
+            elif kind == ABORT:
+                self.broken = True
+                raise PeerLost(f"ClientActor {b}'s call failed")
+
+
+def open_for(prefix: str, me: int, plan: dict, start: int) -> Optional[Mailbox]:
+    """This actor's mailbox for its fused plan (engine/fused.py) from round `start`, or None
+    when it exchanges with no other actor."""
+    sources = sorted({b for b, _ in plan["at"]})
+    if not sources and not plan["readers"]:
+        return None
+    return Mailbox(prefix, me, len(plan["export"]), plan["width"], sources, plan["readers"], start)

@@ -4,10 +4,14 @@ torch.distributed (gloo) peer. Entry point: `python main.py bench [--quick] [--o
 
 def command(args) -> int:
     """`python main.py bench`: the CPU harness, the GPU comparison (--device cuda), the
-    scaling sweep (--scale) or the CPU ceiling (--ceiling), per the parsed arguments of qgm_ray.cli."""
+    scaling sweep (--scale), the CPU ceiling (--ceiling) or the default run's round on Ray
+    (--ray-round), per the parsed arguments of qgm_ray.cli."""
     if args.ceiling:
         from bench.ceiling import main as ceiling_main
         return ceiling_main(quick=args.quick, output=args.output)
+    if args.ray_round:
+        from bench.ray_round import main as ray_round_main
+        return ray_round_main(quick=args.quick, output=args.output)
     if args.scale:
         from bench.scale import main as scale_main
         return scale_main(quick=args.quick, output=args.output)

@@ -90,3 +90,67 @@ def test_ring_block_reads_no_gather(monkeypatch):
     assert not calls
     assert torch.equal(got, reference_block_mix(payloads[:32], list(range(32)), rows, sources,
                                                 [payloads[j] for j in sources]))
+
+
+# ------------------------------------------------------------------ the rules' steps
+
+def _ref_direction(m, g, beta, nesterov):
+    m.mul_(beta).add_(g)
+    return g.add(m, alpha=beta) if nesterov else m
+
+
+def _ref_rule_round(name, x, grad, state, mixed_of, lr, hp):
+    """A round of `name` as each step computed with a new tensor: (payload, x+, state)."""
+    wd, beta, mu = hp["weight_decay"], hp.get("momentum", 0.0), hp.get("qgm_beta", 0.0)
+    nesterov = name.endswith("_n")
+    m = state.get("momentum_buffer")
+    if name.startswith("centralized"):
+        payload = grad.clone()
+        gbar = mixed_of(payload).add(x, alpha=wd)
+        return payload, x.add(_ref_direction(m, gbar, beta, nesterov), alpha=-lr)
+    g = grad.add(x, alpha=wd)
+    if name == "dsgd":
+        payload = x.add(g, alpha=-lr)
+    elif name.startswith("qg"):
+        payload = x.add(_ref_direction(m.clone(), g, beta, nesterov), alpha=-lr)
+    else:
+        payload = x.add(_ref_direction(m, g, beta, nesterov), alpha=-lr)
+    x_new = mixed_of(payload).clone()
+    if name.startswith("qg"):
+        m.mul_(mu).add_(x.sub(x_new), alpha=(1.0 - mu) / lr)
+    return payload, x_new
+
+
+@pytest.mark.parametrize("name", ["dsgd", "dsgdm", "dsgdm_n", "qg_dsgdm", "qg_dsgdm_n", "centralized_sgdm",
+                                  "centralized_sgdm_n"])
+def test_sgd_rules_write_over_their_temporaries_with_the_same_bits(name):
+    """The rules' steps written over their own temporaries give the bits of the steps that
+    make a new tensor each, on a block's (k, P) rows, over rounds with a changing lr; the
+    caller's x, grad and mixed stay as they were."""
+    from qgm_ray.algorithms import make_algorithm
+    hp = {"weight_decay": 1e-3}
+    if name != "dsgd":
+        hp["momentum"] = 0.85
+    if name.startswith("qg"):
+        hp["qgm_beta"] = 0.7
+    algo = make_algorithm(name, **hp)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 301, generator=gen)
+    state, ref_state = algo.init(x), algo.init(x)
+    W = torch.rand(6, 6, generator=gen)
+    W /= W.sum(1, keepdim=True)
+    mixed_of = (lambda p: W @ p) if not algo.centralized else (lambda p: p.mean(0, keepdim=True).expand_as(p).clone())
+    for t, lr in enumerate((0.1, 0.05, 0.2)):
+        grad = torch.randn(6, 301, generator=gen)
+        want_payload, want_x = _ref_rule_round(name, x, grad.clone(), ref_state, mixed_of, lr, hp)
+        x_copy, grad_copy = x.clone(), grad.clone()
+        payload = algo.pre_mix(state, x, grad, lr)
+        mixed = mixed_of(payload)
+        mixed_copy = mixed.clone()
+        x_new = algo.post_mix(state, x, mixed, lr)
+        assert torch.equal(_bits(payload), _bits(want_payload)) and torch.equal(_bits(x_new), _bits(want_x)), t
+        for key in ref_state:
+            if key != "step":
+                assert torch.equal(_bits(state[key]), _bits(ref_state[key])), (t, key)
+        assert torch.equal(x, x_copy) and torch.equal(grad, grad_copy) and torch.equal(mixed, mixed_copy)
+        x = x_new

@@ -90,9 +90,9 @@ def centralized_adam_post_mix(
 
 
 def qg_local_step_update(
-    m: Tensor, progress: Tensor, x: Tensor, x_new: Tensor, t: Tensor, lr: float, mu: float, local_step: int
+    m: Tensor, progress: Tensor, delta: Tensor, t: Tensor, lr: float, mu: float, local_step: int
 ) -> None:
-    """`progress += (x - x+)/lr`; on rounds t with t % local_step == 0 (t counts from 0, as
+    """`progress += delta/lr` (delta = x - x+, this round's progress); on rounds t with t % local_step == 0 (t counts from 0, as
     the official `local_index`; one per row), `m <- mu*m + (1-mu)*progress/local_step` and
     the sum restarts.
 
@@ -103,7 +103,7 @@ def qg_local_step_update(
     if lr < 0:
         raise ValueError(f"qg momentum needs lr >= 0, got {lr!r}")
     if lr > 0:  # lr = 0: no optimisation step to learn a direction from (see sgd.py)
-        progress.add_(x.sub(x_new), alpha=1.0 / lr)
+        progress.add_(delta, alpha=1.0 / lr)
     refresh = torch.as_tensor(t) % local_step == 0
     if bool(refresh.all()):
         m.mul_(mu).add_(progress, alpha=(1.0 - mu) / local_step)
@@ -192,10 +192,11 @@ class QGDSGDmLocalStep(QGDSGDm):
     # pre_mix is QGDSGDm's: the local step is the same, only the buffer refresh differs.
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
-        x_new = mixed.clone()
+        # x+ is copied over this round's progress x - x+ once the sum has read it (as QGDSGDm's).
+        delta = params.sub(mixed)
         qg_local_step_update(
-            state["momentum_buffer"], state["progress_sum"], params, x_new, state["step"], lr,
+            state["momentum_buffer"], state["progress_sum"], delta, state["step"], lr,
             self.qgm_beta, self.qgm_local_step,
         )
         finish_round(state)
-        return x_new
+        return delta.copy_(mixed)

@@ -154,3 +154,73 @@ def test_sgd_rules_write_over_their_temporaries_with_the_same_bits(name):
                 assert torch.equal(_bits(state[key]), _bits(ref_state[key])), (t, key)
         assert torch.equal(x, x_copy) and torch.equal(grad, grad_copy) and torch.equal(mixed, mixed_copy)
         x = x_new
+
+
+def _ref_adam_step(x, m1, m2, t, lr, betas, eps):
+    import math
+    bc1, bc2 = 1 - betas[0] ** t, 1 - betas[1] ** t
+    denom = (m2.sqrt() / math.sqrt(bc2)).add_(eps)
+    return x.addcdiv(m1, denom, value=-lr / bc1)
+
+
+def _ref_adam_round(name, x, grad, state, mixed_of, lr, hp):
+    """A round of an Adam rule as each step computed with a new tensor: (payload, x+)."""
+    (b1, b2), eps, wd, neps = hp["betas"], hp["eps"], hp["weight_decay"], hp.get("normalization_eps")
+    m1, m2 = state["exp_avg"], state["exp_avg_sq"]
+    t = int(state["step"].reshape(-1)[0]) + 1
+    if name == "centralized_adam":
+        payload = grad.clone()
+        g = mixed_of(payload).add(x, alpha=wd)
+        m1.mul_(b1).add_(g, alpha=1 - b1)
+        m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+        return payload, _ref_adam_step(x, m1, m2, t, lr, (b1, b2), eps)
+    g = grad.add(x, alpha=wd)
+    if name == "dadam":
+        m1.mul_(b1).add_(g, alpha=1 - b1)
+        m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+        payload = _ref_adam_step(x, m1, m2, t, lr, (b1, b2), eps)
+    elif name == "qg_adam":
+        payload = _ref_adam_step(x, m1.mul(b1).add_(g), m2.mul(b2).addcmul_(g, g, value=1 - b2), t, lr, (b1, b2), eps)
+    else:   # qg_adam_v2
+        m1.mul_(b1).add_(g, alpha=1 - b1)
+        payload = _ref_adam_step(x, m1, m2.mul(b2).addcmul_(g, g, value=1 - b2), t, lr, (b1, b2), eps)
+    x_new = mixed_of(payload).clone()
+    if name == "qg_adam":
+        d = x.sub(x_new)
+        d.div_(d.norm(p=2, dim=-1, keepdim=True) + neps)
+        m1.mul_(b1).add_(d, alpha=1 - b1)
+        m2.mul_(b2).addcmul_(d, d, value=1 - b2)
+    elif name == "qg_adam_v2":
+        d = x.sub(x_new)
+        d.div_(d.norm(p=2, dim=-1, keepdim=True).add_(neps))
+        m2.mul_(b2).addcmul_(d, d, value=1 - b2)
+    return payload, x_new
+
+
+@pytest.mark.parametrize("name", ["dadam", "qg_adam", "qg_adam_v2", "centralized_adam"])
+def test_adam_rules_write_over_their_temporaries_with_the_same_bits(name):
+    """As the SGD rules': the Adam rules' denominators and progress temporaries reused give the
+    bits of a new tensor per step."""
+    from qgm_ray.algorithms import make_algorithm
+    algo = make_algorithm(name, weight_decay=1e-3)
+    hp = dict(algo.hparams)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 301, generator=gen)
+    state, ref_state = algo.init(x), algo.init(x)
+    W = torch.rand(6, 6, generator=gen)
+    W /= W.sum(1, keepdim=True)
+    mixed_of = (lambda p: W @ p) if not algo.centralized else (lambda p: p.mean(0, keepdim=True).expand_as(p).clone())
+    for t, lr in enumerate((0.01, 0.005, 0.02)):
+        grad = torch.randn(6, 301, generator=gen)
+        want_payload, want_x = _ref_adam_round(name, x, grad.clone(), ref_state, mixed_of, lr, hp)
+        ref_state["step"] += 1
+        x_copy, grad_copy = x.clone(), grad.clone()
+        payload = algo.pre_mix(state, x, grad, lr)
+        mixed = mixed_of(payload)
+        mixed_copy = mixed.clone()
+        x_new = algo.post_mix(state, x, mixed, lr)
+        assert torch.equal(_bits(payload), _bits(want_payload)) and torch.equal(_bits(x_new), _bits(want_x)), t
+        for key in ref_state:
+            assert torch.equal(state[key], ref_state[key]), (t, key)
+        assert torch.equal(x, x_copy) and torch.equal(grad, grad_copy) and torch.equal(mixed, mixed_copy)
+        x = x_new

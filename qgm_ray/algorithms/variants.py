@@ -70,12 +70,15 @@ def qg_adam_v2_pre_mix(
     g = with_weight_decay(grad, x, weight_decay)
     m1.mul_(beta1).add_(g, alpha=1 - beta1)
     e2 = m2.mul(beta2).addcmul_(g, g, value=1 - beta2)
-    return adam_step(x, m1, e2, t, lr, betas, eps)
+    return adam_step(x, m1, e2, t, lr, betas, eps, own_m2=True)
 
 
-def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, normalization_eps: float) -> None:
+def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, normalization_eps: float) -> Tensor:
+    """Refresh m2 from the normalised progress; returns x+ as a new tensor, copied over the
+    progress once m2 has read it (as qg_adam_post_mix)."""
     d = normalized_progress(x, x_new, normalization_eps)
     m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+    return d.copy_(x_new)
 
 
 def centralized_adam_post_mix(
@@ -153,8 +156,7 @@ class QGAdamV2(_RowAdam):
         )
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
-        x_new = mixed.clone()
-        qg_adam_v2_post_mix(params, x_new, state["exp_avg_sq"], self.betas[1], self.normalization_eps)
+        x_new = qg_adam_v2_post_mix(params, mixed, state["exp_avg_sq"], self.betas[1], self.normalization_eps)
         finish_round(state)
         return x_new
 

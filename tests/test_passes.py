@@ -85,7 +85,7 @@ def test_ring_block_reads_no_gather(monkeypatch):
     calls = []
     real = torch.Tensor.index_select
     monkeypatch.setattr(torch.Tensor, "index_select", lambda *a, **k: calls.append(1) or real(*a, **k))
-    payloads = torch.randn(64, 3 * base.SLICE_FLOATS)
+    payloads = torch.randn(64, base.SLICE_FLOATS // 8)   # 32 rows: 4 x SLICE_FLOATS floats a slot
     got = block_mix(payloads[:32], list(range(32)), rows, sources, [payloads[j] for j in sources])
     assert not calls
     assert torch.equal(got, reference_block_mix(payloads[:32], list(range(32)), rows, sources,

@@ -152,9 +152,9 @@ def block_mix(own: torch.Tensor, positions: Sequence[int], rows: Sequence[tuple]
     return out
 
 
-# A call per run costs about as much as moving this many floats: a slot whose runs exceed
-# one per this many of the block's payload floats gathers its rows instead.
-SLICE_FLOATS = 4096
+# A call per run costs about what gathering this many floats does (on CPU, one thread): a
+# slot with more than one run per this many of the block's payload floats gathers instead.
+SLICE_FLOATS = 1 << 16
 
 
 @dataclass(frozen=True)

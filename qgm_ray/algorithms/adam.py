@@ -21,9 +21,12 @@ from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_cou
 NORMALIZATION_EPS = 1e-8
 
 
-def adam_step(x: Tensor, m1: Tensor, m2: Tensor, t, lr: float, betas: tuple[float, float], eps: float) -> Tensor:
+def adam_step(x: Tensor, m1: Tensor, m2: Tensor, t, lr: float, betas: tuple[float, float], eps: float,
+              own_m2: bool = False) -> Tensor:
     """`x - lr/bc1 * m1 / (sqrt(m2)/sqrt(bc2) + eps)` as a new tensor. `t`: an int, or one
-    per row of a block (a CPU tensor: each row's bias correction is its own)."""
+    per row of a block (a CPU tensor: each row's bias correction is its own). `own_m2`: m2 is
+    the caller's temporary, so its square root is taken in place. The denominator is one
+    temporary, which the step is then written over (the same values as new tensors)."""
     import torch
     beta1, beta2 = betas
     ts = torch.as_tensor(t)
@@ -33,8 +36,8 @@ def adam_step(x: Tensor, m1: Tensor, m2: Tensor, t, lr: float, betas: tuple[floa
         t = int(ts.reshape(-1)[0])
         bias_correction1 = 1 - beta1**t
         bias_correction2 = 1 - beta2**t
-        denom = (m2.sqrt() / math.sqrt(bias_correction2)).add_(eps)
-        return x.addcdiv(m1, denom, value=-lr / bias_correction1)
+        denom = (m2.sqrt_() if own_m2 else m2.sqrt()).div_(math.sqrt(bias_correction2)).add_(eps)
+        return torch.addcdiv(x, m1, denom, value=-lr / bias_correction1, out=denom)
     steps = [int(v) for v in ts.reshape(-1)]
     col = (len(steps),) + (1,) * (x.dim() - ts.dim())
 
@@ -68,13 +71,15 @@ def qg_adam_pre_mix(
     g = with_weight_decay(grad, x, weight_decay)
     e1 = m1.mul(beta1).add_(g)
     e2 = m2.mul(beta2).addcmul_(g, g, value=1 - beta2)
-    return adam_step(x, e1, e2, t, lr, betas, eps)
+    return adam_step(x, e1, e2, t, lr, betas, eps, own_m2=True)
 
 
 def qg_adam_post_mix(
     x: Tensor, x_new: Tensor, m1: Tensor, m2: Tensor, betas: tuple[float, float],
     normalization_eps: float = NORMALIZATION_EPS,
-) -> None:
+) -> Tensor:
+    """Refresh the moments from the normalised progress x - x+; returns x+ as a new tensor
+    (copied over the progress once the moments have read it: one temporary serves both)."""
     # Normalising the progress (over each client's flat vector) makes the moments track the
     # direction of the network's movement, independent of lr and of its scale.
     beta1, beta2 = betas
@@ -82,6 +87,7 @@ def qg_adam_post_mix(
     d.div_(d.norm(p=2, dim=-1, keepdim=True) + normalization_eps)   # per client (row) of a block
     m1.mul_(beta1).add_(d, alpha=1 - beta1)
     m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+    return d.copy_(x_new)
 
 
 class _AdamBase(Algorithm):
@@ -124,7 +130,7 @@ class QGAdam(_AdamBase):
         )
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
-        x_new = mixed.clone()
-        qg_adam_post_mix(params, x_new, state["exp_avg"], state["exp_avg_sq"], self.betas, self.normalization_eps)
+        x_new = qg_adam_post_mix(params, mixed, state["exp_avg"], state["exp_avg_sq"], self.betas,
+                                 self.normalization_eps)
         finish_round(state)
         return x_new

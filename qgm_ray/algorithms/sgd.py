@@ -18,14 +18,18 @@ from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_cou
 
 # ---- functional core ------------------------------------------------------------------
 
-def momentum_direction(m: Tensor, g: Tensor, beta: float, nesterov: bool) -> Tensor:
-    """`m <- beta*m + g` in place; the descent direction is `m` (heavy ball) or `g + beta*m`."""
+def momentum_direction(m: Tensor, g: Tensor, beta: float, nesterov: bool, own_g: bool = False) -> Tensor:
+    """`m <- beta*m + g` in place; the descent direction is `m` (heavy ball) or `g + beta*m`.
+    `own_g`: `g` is the caller's temporary, so the Nesterov direction is written over it
+    instead of a new tensor (the same values)."""
     m.mul_(beta).add_(g)
-    return g.add(m, alpha=beta) if nesterov else m
+    if not nesterov:
+        return m
+    return g.add_(m, alpha=beta) if own_g else g.add(m, alpha=beta)
 
 
-def qg_momentum_update(m: Tensor, x: Tensor, x_new: Tensor, lr: float, mu: float) -> None:
-    """`m <- mu*m + (1-mu)*(x - x+)/lr` in place.
+def qg_momentum_update(m: Tensor, progress: Tensor, lr: float, mu: float) -> None:
+    """`m <- mu*m + (1-mu)*progress/lr` in place, where progress = x - x+.
 
     (x - x+)/lr is this round's progress including the gossip step, i.e. a direction
     that already averages the neighbours' gradients; tracking it instead of the local
@@ -38,27 +42,45 @@ def qg_momentum_update(m: Tensor, x: Tensor, x_new: Tensor, lr: float, mu: float
         # learn a direction from. Keep the buffer rather than fill it with inf/nan, so a
         # schedule that touches 0 (warm-up from 0, cosine to 0) does not wreck the run.
         return
-    m.mul_(mu).add_(x.sub(x_new), alpha=(1.0 - mu) / lr)
+    m.mul_(mu).add_(progress, alpha=(1.0 - mu) / lr)
 
+
+def qg_dsgdm_post_mix(x: Tensor, mixed: Tensor, m: Tensor, lr: float, mu: float) -> Tensor:
+    """`x+ = mixed` as a new tensor, and `m` refreshed from the progress x - x+: x+ is copied
+    over the progress once the buffer has read it, so one temporary serves both."""
+    progress = x.sub(mixed)
+    qg_momentum_update(m, progress, lr, mu)
+    return progress.copy_(mixed)
+
+
+# Each step below writes the payload over a temporary of its own (`torch.add(..., out=)`):
+# the same values as a new tensor, without one more (k, P) allocation per round.
 
 def dsgd_pre_mix(x: Tensor, grad: Tensor, lr: float, weight_decay: float) -> Tensor:
-    return x.add(with_weight_decay(grad, x, weight_decay), alpha=-lr)
+    import torch
+    g = with_weight_decay(grad, x, weight_decay)
+    return torch.add(x, g, alpha=-lr, out=g)
 
 
 def dsgdm_pre_mix(
     x: Tensor, grad: Tensor, m: Tensor, lr: float, beta: float, weight_decay: float, nesterov: bool
 ) -> Tensor:
+    import torch
     g = with_weight_decay(grad, x, weight_decay)
-    return x.add(momentum_direction(m, g, beta, nesterov), alpha=-lr)
+    return torch.add(x, momentum_direction(m, g, beta, nesterov, own_g=True), alpha=-lr, out=g)
 
 
 def qg_dsgdm_pre_mix(
     x: Tensor, grad: Tensor, m: Tensor, lr: float, beta: float, weight_decay: float, nesterov: bool
 ) -> Tensor:
     # The local step uses m_tmp = beta*m + g, but m itself is only refreshed after gossip
-    # (from the parameter progress), so work on a copy.
+    # (from the parameter progress), so m_tmp is a temporary: `m.mul` makes it.
+    import torch
     g = with_weight_decay(grad, x, weight_decay)
-    return x.add(momentum_direction(m.clone(), g, beta, nesterov), alpha=-lr)
+    m_tmp = m.mul(beta).add_(g)
+    if nesterov:
+        return torch.add(x, g.add_(m_tmp, alpha=beta), alpha=-lr, out=m_tmp)
+    return torch.add(x, m_tmp, alpha=-lr, out=g)
 
 
 def centralized_sgdm_post_mix(
@@ -66,8 +88,9 @@ def centralized_sgdm_post_mix(
 ) -> Tensor:
     # Weight decay after the all-reduce: every client holds the same x, so adding it before
     # or after averaging is the same number, and this way the payload is the raw gradient.
+    import torch
     gbar = mean_grad.add(x, alpha=weight_decay)
-    return x.add(momentum_direction(m, gbar, beta, nesterov), alpha=-lr)
+    return torch.add(x, momentum_direction(m, gbar, beta, nesterov, own_g=True), alpha=-lr, out=gbar)
 
 
 # ---- thin stateful wrappers -------------------------------------------------------------
@@ -121,8 +144,7 @@ class QGDSGDm(DSGDm):
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         # `params` is the x that pre_mix stepped from (contract), so x - x+ needs no extra state.
-        x_new = mixed.clone()
-        qg_momentum_update(state["momentum_buffer"], params, x_new, lr, self.qgm_beta)
+        x_new = qg_dsgdm_post_mix(params, mixed, state["momentum_buffer"], lr, self.qgm_beta)
         finish_round(state)
         return x_new
 

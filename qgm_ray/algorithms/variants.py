@@ -70,12 +70,15 @@ def qg_adam_v2_pre_mix(
     g = with_weight_decay(grad, x, weight_decay)
     m1.mul_(beta1).add_(g, alpha=1 - beta1)
     e2 = m2.mul(beta2).addcmul_(g, g, value=1 - beta2)
-    return adam_step(x, m1, e2, t, lr, betas, eps)
+    return adam_step(x, m1, e2, t, lr, betas, eps, own_m2=True)
 
 
-def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, normalization_eps: float) -> None:
+def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, normalization_eps: float) -> Tensor:
+    """Refresh m2 from the normalised progress; returns x+ as a new tensor, copied over the
+    progress once m2 has read it (as qg_adam_post_mix)."""
     d = normalized_progress(x, x_new, normalization_eps)
     m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+    return d.copy_(x_new)
 
 
 def centralized_adam_post_mix(
@@ -90,9 +93,9 @@ def centralized_adam_post_mix(
 
 
 def qg_local_step_update(
-    m: Tensor, progress: Tensor, x: Tensor, x_new: Tensor, t: Tensor, lr: float, mu: float, local_step: int
+    m: Tensor, progress: Tensor, delta: Tensor, t: Tensor, lr: float, mu: float, local_step: int
 ) -> None:
-    """`progress += (x - x+)/lr`; on rounds t with t % local_step == 0 (t counts from 0, as
+    """`progress += delta/lr` (delta = x - x+, this round's progress); on rounds t with t % local_step == 0 (t counts from 0, as
     the official `local_index`; one per row), `m <- mu*m + (1-mu)*progress/local_step` and
     the sum restarts.
 
@@ -103,7 +106,7 @@ def qg_local_step_update(
     if lr < 0:
         raise ValueError(f"qg momentum needs lr >= 0, got {lr!r}")
     if lr > 0:  # lr = 0: no optimisation step to learn a direction from (see sgd.py)
-        progress.add_(x.sub(x_new), alpha=1.0 / lr)
+        progress.add_(delta, alpha=1.0 / lr)
     refresh = torch.as_tensor(t) % local_step == 0
     if bool(refresh.all()):
         m.mul_(mu).add_(progress, alpha=(1.0 - mu) / local_step)
@@ -153,8 +156,7 @@ class QGAdamV2(_RowAdam):
         )
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
-        x_new = mixed.clone()
-        qg_adam_v2_post_mix(params, x_new, state["exp_avg_sq"], self.betas[1], self.normalization_eps)
+        x_new = qg_adam_v2_post_mix(params, mixed, state["exp_avg_sq"], self.betas[1], self.normalization_eps)
         finish_round(state)
         return x_new
 
@@ -192,10 +194,11 @@ class QGDSGDmLocalStep(QGDSGDm):
     # pre_mix is QGDSGDm's: the local step is the same, only the buffer refresh differs.
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
-        x_new = mixed.clone()
+        # x+ is copied over this round's progress x - x+ once the sum has read it (as QGDSGDm's).
+        delta = params.sub(mixed)
         qg_local_step_update(
-            state["momentum_buffer"], state["progress_sum"], params, x_new, state["step"], lr,
+            state["momentum_buffer"], state["progress_sum"], delta, state["step"], lr,
             self.qgm_beta, self.qgm_local_step,
         )
         finish_round(state)
-        return x_new
+        return delta.copy_(mixed)

@@ -116,40 +116,105 @@ def block_mix(own: torch.Tensor, positions: Sequence[int], rows: Sequence[tuple]
     row of `own` (the block's own payloads, rows at `positions`) or one of `received` (the
     payloads of `sources`, in that order).
 
-    One gather + multiply-add per in-neighbour slot over the whole block (d ops for in-degree
-    d, padded with zero weights), not one Python loop per client. Both engines call this with
-    the same inputs in the same order and shapes (the layout gives them the same blocks), so
-    they agree bit for bit. Not a BLAS `W @ P`: a matmul is free to reorder and block its sums.
+    One multiply-add per in-neighbour slot over the whole block (d ops for in-degree d,
+    padded with zero weights), not one Python loop per client. A slot reads, for each row, a
+    row of `own` or a received payload; where consecutive rows read consecutive rows of
+    `own` (a ring, a torus, an exponential graph laid out in blocks: mostly shifts) or the same
+    payload, the slot reads them as a slice or a broadcast view, so nothing is copied; a slot
+    whose rows scatter over many runs gathers them into one (k, D) tensor. Either way each
+    output row is the same multiply-add of the same values: each row's sum runs over its
+    sources in increasing order whatever form a slot takes. Both engines call this with the
+    same inputs in the same order and shapes (the layout gives them the same blocks), so they
+    agree bit for bit. Not a BLAS `W @ P`: a matmul is free to reorder and block its sums.
     """
-    table = own if not received else torch.cat([own] + [r.reshape(1, -1).to(own.device) for r in received])
-    idx_t, w_t = _mix_plan(tuple(positions), tuple(sources), tuple((tuple(s), tuple(w)) for s, w in rows),
-                           own.dtype, own.device)
-    d = idx_t.shape[1]
-    out = table[idx_t[:, 0]] * w_t[:, 0:1]
-    for c in range(1, d):
-        out.addcmul_(table[idx_t[:, c]], w_t[:, c:c + 1])
+    plan = _mix_plan(tuple(positions), tuple(sources), tuple((tuple(s), tuple(w)) for s, w in rows),
+                     own.dtype, own.device)
+    received = [r.reshape(1, -1).to(own.device) for r in received]
+    out = torch.empty_like(own)
+    k, width = own.shape
+    for c, runs in enumerate(plan.runs):
+        w = plan.weights[:, c:c + 1]
+        if len(runs) * SLICE_FLOATS > k * width:
+            # Many short runs: one gather of the slot's rows (own rows by index, then the
+            # received payloads written over their rows) costs less than a call per run.
+            parts = [(0, k, own.index_select(0, plan.gather[c][0]))]
+            for row, j in plan.gather[c][1]:
+                parts[0][2][row] = received[j][0]
+        else:
+            parts = [(a, b, own[start:start + b - a] if src < 0 and step else
+                      (own[start:start + 1] if src < 0 else received[src]).expand(b - a, width))
+                     for a, b, src, start, step in runs]
+        for a, b, values in parts:
+            if c == 0:
+                torch.mul(values, w[a:b], out=out[a:b])
+            else:
+                out[a:b].addcmul_(values, w[a:b])
     return out
+
+
+# A call per run costs about what gathering this many floats does (on CPU, one thread): a
+# slot with more than one run per this many of the block's payload floats gathers instead.
+SLICE_FLOATS = 1 << 16
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How block_mix reads each in-neighbour slot c (the c-th source of every row, zero-padded
+    to the largest in-degree d with the row's own payload at weight 0)."""
+    weights: torch.Tensor   # (k, d)
+    # per slot: runs (a, b, src, start, step): rows a..b-1 read own rows start.. (src = -1;
+    # step 1: consecutive rows, step 0: row `start` for every row) or received payload src
+    runs: tuple
+    # per slot: (k,) own row per row (its own where it reads a received payload), and the
+    # (row, received index) pairs to write over the gathered rows
+    gather: tuple
 
 
 _PLANS: dict = {}
 
 
-def _mix_plan(positions: tuple, sources: tuple, rows: tuple, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(k, d) gather indices into [own rows, received rows] and (k, d) weights, zero-padded to
-    the largest in-degree d. Cached: a static graph asks for the same plan every round."""
+def _mix_plan(positions: tuple, sources: tuple, rows: tuple, dtype, device) -> _Plan:
+    """Block_mix's plan of a block's rows of W. Cached: a static graph asks for the same plan
+    every round."""
     key = (positions, sources, rows, dtype, str(device))
     plan = _PLANS.get(key)
     if plan is None:
-        where = {p: i for i, p in enumerate(positions)}
-        where.update({p: len(positions) + i for i, p in enumerate(sources)})
+        where = {p: (-1, i) for i, p in enumerate(positions)}
+        where.update({p: (j, 0) for j, p in enumerate(sources)})
         d = max(len(src) for src, _ in rows)
-        idx = [[where[j] for j in src] + [i] * (d - len(src)) for i, (src, _) in enumerate(rows)]
+        # (src, row) of each row's c-th source; a padded slot reads the row's own payload
+        slots = [[where[src[c]] if c < len(src) else (-1, i) for i, (src, _) in enumerate(rows)] for c in range(d)]
         w = [list(ws) + [0.0] * (d - len(ws)) for _, ws in rows]
-        plan = (torch.tensor(idx, dtype=torch.long).to(device), torch.tensor(w, dtype=dtype).to(device))
+        plan = _Plan(weights=torch.tensor(w, dtype=dtype).to(device),
+                     runs=tuple(_runs(col) for col in slots),
+                     gather=tuple((torch.tensor([r if s < 0 else i for i, (s, r) in enumerate(col)],
+                                                dtype=torch.long).to(device),
+                                   tuple((i, s) for i, (s, _) in enumerate(col) if s >= 0)) for col in slots))
         if len(_PLANS) >= 256:   # time-varying graphs: many plans, each used once in a while
             _PLANS.clear()
         _PLANS[key] = plan
     return plan
+
+
+def _runs(col: list) -> tuple:
+    """Maximal runs (a, b, src, start, step) of consecutive rows whose reads are one slice
+    (own rows start, start+1, ...: step 1) or one row repeated (step 0)."""
+    runs: list = []
+    for i, (src, r) in enumerate(col):
+        if runs:
+            a, b, s, start, step = runs[-1]
+            if s == src and b == i:
+                if b - a == 1 and src < 0 and r == start + 1:
+                    runs[-1] = (a, i + 1, s, start, 1)
+                    continue
+                if (step == 0 or b - a == 1) and r == start:
+                    runs[-1] = (a, i + 1, s, start, 0)
+                    continue
+                if step == 1 and b - a > 1 and r == start + (i - a):
+                    runs[-1] = (a, i + 1, s, start, 1)
+                    continue
+        runs.append((i, i + 1, src, r, 1 if src < 0 else 0))
+    return tuple(runs)
 
 
 def round_bytes(topology, centralized: bool, n: int, t: int, payload_bytes: int) -> int:

@@ -90,6 +90,7 @@ class Block:
         self.y = torch.cat([y for _, y in shards]).to(self.device)
         sizes = [len(x) for x, _ in shards]
         self.offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        self._batch_offsets = self.offsets.repeat_interleave(batch_size)   # a batch of every row
         self.samplers = [BatchSampler(n, batch_size, seed=seed * 1_000_003 + cid) for n, cid in zip(sizes, self.ids)]
         self.losses = torch.full((self.k,), float("nan"), device=self.device)
         self._vstep = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0, 0), randomness="different")
@@ -130,9 +131,13 @@ class Block:
 
     def _batches(self, rows: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch of every row (or of these rows only: the other samplers do not move)."""
-        rows = range(self.k) if rows is None else rows
-        samplers, offsets = [self.samplers[i] for i in rows], self.offsets.tolist()
-        idx = torch.cat([self.samplers[i].next() + offsets[i] for i in rows])
+        if rows is None:
+            rows, shift = range(self.k), self._batch_offsets
+        else:
+            shift = self.offsets[list(rows)].repeat_interleave(self.batch_size)
+        samplers = [self.samplers[i] for i in rows]
+        # Each shard's indices, then one add of each row's shard offset (not one per row).
+        idx = torch.cat([s.next() for s in samplers]).add_(shift)
         idx = idx.to(self.device)
         k = len(samplers)
         xb = to_float(self.x[idx], self.table).view(k, self.batch_size, *self.x.shape[1:])

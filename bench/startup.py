@@ -30,12 +30,13 @@ COLUMNS = (*PHASES, "exit")
 REPEATS = {"full": 5, "quick": 2}
 
 
-def one_run(backend: str, out: Path) -> dict:
-    """Run the default config once in a fresh process: {phase: seconds since it started}."""
-    args = [sys.executable, str(REPO / "main.py"), *(a for s in SCHEDULE for a in ("--set", s)),
+def one_run(backend: str, out: Path, repo: Path = REPO) -> dict:
+    """Run the default config once in a fresh process of the checkout `repo` (another one: an
+    A/B of two versions): {phase: seconds since it started}."""
+    args = [sys.executable, str(repo / "main.py"), *(a for s in SCHEDULE for a in ("--set", s)),
             "--set", f"backend={backend}", "--output-dir", str(out)]
     t0 = time.time()
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=repo, capture_output=True, text=True)
     ended = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")

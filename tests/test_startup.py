@@ -88,3 +88,18 @@ def test_medians_skip_the_phases_a_backend_does_not_reach():
 def test_bench_takes_the_startup_flag():
     args = parse_args(["bench", "--startup", "--quick"])
     assert args.startup and args.quick and not args.ceiling
+
+
+def test_a_cached_mnist1d_loads_without_importing_the_package(tmp_path, monkeypatch):
+    """Generating needs the mnist1d package (matplotlib, scipy); a cache hit needs only the file."""
+    from qgm_ray.data import load_dataset
+
+    made = load_dataset("mnist1d", root=str(tmp_path), seed=3, num_samples=200)
+    for name in [m for m in sys.modules if m == "mnist1d" or m.startswith("mnist1d.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mnist1d", None)   # an import of it now raises ImportError
+    cached = load_dataset("mnist1d", root=str(tmp_path), seed=3, num_samples=200)
+    assert all(getattr(made, k).equal(getattr(cached, k)) for k in ("train_x", "train_y", "test_x", "test_y"))
+    assert len(made.train_x) == 160
+    with pytest.raises(ImportError):   # the block is real: a new set would need the package
+        load_dataset("mnist1d", root=str(tmp_path), seed=4, num_samples=200)

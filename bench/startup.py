@@ -23,7 +23,7 @@ from pathlib import Path
 from qgm_ray.runner.startup import PHASES
 
 REPO = Path(__file__).resolve().parent.parent
-# A few rounds of the default run: 0.1 of its 40 epochs' 32 rounds each, evaluated once at the end.
+# A few rounds of the default run: 0.1 of an epoch of 32 rounds (3 rounds), evaluated once at the end.
 SCHEDULE = ("schedule.epochs=0.1", "progress=false")
 BACKENDS = ("ray", "local")
 COLUMNS = (*PHASES, "exit")

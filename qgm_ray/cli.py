@@ -83,7 +83,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                               "n in {16, 256, 1024} (--quick: {16, 64}), interleaved (bench/ceiling.py)")
     p_bench.add_argument("--startup", action="store_true",
                          help="the default run's time to its first round, phase by phase: fresh `main.py` processes "
-                              "on Ray and local, alternating, 5 each (--quick: 2) (bench/startup.py)")
+                              "on Ray and local, alternating, medians (--quick: fewer runs) (bench/startup.py)")
 
     p_cfg = sub.add_parser("config", help="print the resolved, validated config as YAML (starts nothing)")
     p_cfg.add_argument("--config", default=None, help=DEFAULTS_HELP)

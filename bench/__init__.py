@@ -4,8 +4,11 @@ torch.distributed (gloo) peer. Entry point: `python main.py bench [--quick] [--o
 
 def command(args) -> int:
     """`python main.py bench`: the CPU harness, the GPU comparison (--device cuda), the
-    scaling sweep (--scale), the CPU ceiling (--ceiling) or the default run's round on Ray
-    (--ray-round), per the parsed arguments of qgm_ray.cli."""
+    scaling sweep (--scale), the CPU ceiling (--ceiling), the default run's round on Ray
+    (--ray-round) or its start-up (--startup), per the parsed arguments of qgm_ray.cli."""
+    if args.startup:
+        from bench.startup import main as startup_main
+        return startup_main(quick=args.quick, output=args.output)
     if args.ceiling:
         from bench.ceiling import main as ceiling_main
         return ceiling_main(quick=args.quick, output=args.output)

@@ -84,6 +84,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p_bench.add_argument("--ray-round", action="store_true",
                          help="the default run's round: Ray (fused and a call a round) against the local engine and "
                               "one model at batch 16 x 32, on 1 thread and all cores, interleaved (bench/ray_round.py)")
+    p_bench.add_argument("--startup", action="store_true",
+                         help="the default run's time to its first round, phase by phase: fresh `main.py` processes "
+                              "on Ray and local, alternating, medians (--quick: fewer runs) (bench/startup.py)")
 
     p_cfg = sub.add_parser("config", help="print the resolved, validated config as YAML (starts nothing)")
     p_cfg.add_argument("--config", default=None, help=DEFAULTS_HELP)

@@ -181,7 +181,7 @@ def test_max_restarts_used_up_is_a_resumable_failure(tmp_path, monkeypatch):
             return super().train(rounds, lr_of, on_round, should_stop)
 
     real = runner.make_engine
-    monkeypatch.setattr(runner, "make_engine", lambda cfg, ds, parts, log: Failing(cfg, ds, parts))
+    monkeypatch.setattr(runner, "make_engine", lambda cfg, ds, parts, log, **kw: Failing(cfg, ds, parts))
     cfg = small("fault_tolerance.checkpoint_every=5", "fault_tolerance.max_restarts=2")
     d = tmp_path / "f"
     s = runner.run(cfg, d, log=lambda m: None)

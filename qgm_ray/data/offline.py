@@ -41,15 +41,16 @@ def _load_mnist1d(root, seed, **opts) -> Dataset:
     import torch
     from importlib.metadata import version
 
-    args = _mnist1d_default_args()
-    args.update(opts)
-    args["seed"] = int(seed)
-    key = json.dumps({"args": args, "mnist1d": version("mnist1d")}, sort_keys=True)
+    # The cache's name holds what the package's version does not fix: the options given and
+    # the seed. Its defaults are its version's, so a cached set loads without importing the
+    # package (which brings matplotlib and scipy: most of a cached load's time).
+    key = json.dumps({"options": opts, "seed": int(seed), "mnist1d": version("mnist1d")}, sort_keys=True)
     path = os.path.join(root, "mnist1d", hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz")
     if os.path.exists(path):
         with np.load(path) as f:
             arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
     else:
+        args = {**_mnist1d_default_args(), **opts, "seed": int(seed)}
         arrays = _generate_mnist1d(args)
         save_npz_atomic(path, arrays)
     train_x = torch.from_numpy(arrays["x"]).float().unsqueeze(1)

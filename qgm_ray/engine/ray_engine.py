@@ -75,7 +75,9 @@ def _settles(method):
 
 
 class RayEngine:
-    def __init__(self, cfg: Config, ds: Dataset, parts: list, log: Callable[[str], None] = print):
+    def __init__(self, cfg: Config, ds: Dataset, parts: list, log: Callable[[str], None] = print,
+                 mark: Optional[Callable[[str], None]] = None):
+        """`mark("ray")` once Ray is up: the run's start-up record (runner/startup.py)."""
         self.cfg, self.log = cfg, log
         self.n_shards = len(parts)
         self.n_train = len(ds.train_x)   # the coordinator's epochs of a compressed run's warm-up
@@ -89,6 +91,8 @@ class RayEngine:
         self._frontier = (0, time.time())   # (rounds done, when first done)
         self._behind: Optional[tuple] = None
         self.started_ray = connect(cfg, log)
+        if mark is not None:
+            mark("ray")
         try:
             self.n_max = n_max = build.max_clients(cfg)
             # Everything below (coordinator, actors, resource plan) sees a number for k.

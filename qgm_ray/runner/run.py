@@ -28,14 +28,16 @@ from qgm_ray.runner.metrics_file import METRIC_COLUMNS, MetricsFile
 from qgm_ray.runner.plan import RunPlan, RunState
 from qgm_ray.runner.recovery import RecoveryPolicy
 from qgm_ray.runner.resume import check_resumable, refuse_finished, restore_points
+from qgm_ray.runner.startup import Startup
 from qgm_ray.signals import StopSignals
 
 
-
-def make_engine(cfg: Config, ds, parts, log: Callable[[str], None]) -> Engine:
+def make_engine(cfg: Config, ds, parts, log: Callable[[str], None],
+                mark: Optional[Callable[[str], None]] = None) -> Engine:
+    """`mark(phase)`: told when Ray is up (runner/startup.py), on the Ray engine."""
     if cfg.backend == "ray":
         from qgm_ray.engine.ray_engine import RayEngine  # Ray is imported only when used
-        return RayEngine(cfg, ds, parts, log=log)
+        return RayEngine(cfg, ds, parts, log=log, mark=mark)
     from qgm_ray.engine.local import LocalEngine
     return LocalEngine(cfg, ds, parts, device=build.resolve_device(cfg))
 
@@ -120,8 +122,9 @@ class Run:
     def __init__(self, cfg: Config, ds, parts, plan: RunPlan, run_dir: RunDir, *, resume: bool,
                  checkpoint: Optional[dict] = None, older: Optional[Iterator[tuple[Path, dict]]] = None,
                  on_eval: Optional[Callable[[dict], None]] = None, log: Callable[[str], None] = print,
-                 own_files: tuple = ()):
+                 own_files: tuple = (), startup: Optional[Startup] = None):
         self.cfg, self.ds, self.parts, self.plan, self.run_dir = cfg, ds, parts, plan, run_dir
+        self.startup = startup or Startup()   # the phase times of the run's start (summary.json)
         self.resume, self.on_eval, self.log, self.own_files = resume, on_eval, log, own_files
         self.metrics = MetricsFile.of(run_dir.path)
         self.store = CheckpointStore.of(run_dir.path)
@@ -143,6 +146,8 @@ class Run:
              on_eval=None, log: Callable[[str], None] = print, own_files: tuple = ()) -> "Run":
         """Every check that can fail, before Ray or any actor starts and before anything is
         written: the directory (a resume locks it now), the data, the restore point."""
+        startup = Startup()
+        startup.mark("run")
         run_dir = RunDir(output_dir or cfg.output_dir or default_run_dir(cfg.name))
         if not resume:
             check_new_run_dir(run_dir.path, ignore=own_files)  # never write into another run's directory
@@ -156,13 +161,14 @@ class Run:
                 if ray_address(cfg) and not _ray_initialized():
                     probe_address(ray_address(cfg))
             ds, parts = prepare(cfg, log)
+            startup.mark("data")
             plan = RunPlan.make(cfg, len(ds.train_x))
             checkpoint, older = None, iter(())
             if resume:
                 checkpoint, older = restore_points(run_dir, cfg, plan, log)
                 refuse_finished(run_dir, checkpoint, plan)
             return cls(cfg, ds, parts, plan, run_dir, resume=resume, checkpoint=checkpoint, older=older,
-                       on_eval=on_eval, log=log, own_files=own_files)
+                       on_eval=on_eval, log=log, own_files=own_files, startup=startup)
         except BaseException:
             run_dir.unlock()
             raise
@@ -173,7 +179,8 @@ class Run:
         cannot run this config fails with a ConfigError and no half-made run dir. A new run
         that fails before its first checkpoint is on disk leaves nothing behind."""
         cfg, run_dir = self.cfg, self.run_dir
-        self.engine = make_engine(cfg, self.ds, self.parts, self.log)
+        self.engine = make_engine(cfg, self.ds, self.parts, self.log, mark=self.startup.mark)
+        self.startup.mark("engine")
         self._t0 = time.time()   # the training clock starts now: Ray's start is not training time
         self.stop.reinstall()
         if self.stop():  # a signal while Ray or the actors started: nothing to save yet
@@ -363,6 +370,7 @@ class Run:
             self.engine.close()
         except Exception:  # noqa: BLE001 - closing must not hide the real outcome
             pass
+        self.startup.mark("end")
         return self.write_summary()
 
     # ------------------------------------------------------------ the loop's parts
@@ -390,6 +398,7 @@ class Run:
         return self.stop()
 
     def on_round(self, record: RoundRecord) -> None:
+        self.startup.mark("first_round")
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{self._acc:.3f}", refresh=False)
 
@@ -414,6 +423,7 @@ class Run:
             "time_lost_seconds": self.engine.time_lost_seconds,   # to failures and replays
             "message": s.message,
             "run_dir": str(self.run_dir.path),
+            "startup": self.startup.seconds(),
         }
 
     def write_summary(self) -> dict:

@@ -262,7 +262,7 @@ def test_minimal_ray_without_dashboard_starts_with_a_log_line(monkeypatch):
 
 
 def test_block_mix_and_exports_on_a_ring_split_in_two_blocks():
-    """A block mixes its own rows and the rows it received with one gather-multiply-add per
+    """A block mixes its own rows and the rows it received with one multiply-add per
     in-neighbour slot; it only has to export the rows the other block mixes."""
     import numpy as np
 

@@ -145,13 +145,3 @@ def main(quick: bool = False, output: str | None = None) -> int:
     report(markdown(records, meta), meta, records, output)
     return 0
 
-
-if __name__ == "__main__":
-    import argparse
-    import sys
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--output", default=None)
-    a = ap.parse_args()
-    sys.exit(main(a.quick, a.output))

@@ -134,15 +134,23 @@ def test_sgd_rules_write_over_their_temporaries_with_the_same_bits(name):
     if name.startswith("qg"):
         hp["qgm_beta"] = 0.7
     algo = make_algorithm(name, **hp)
-    gen = torch.Generator().manual_seed(4)
+    _rounds_against(algo, 4, (0.1, 0.05, 0.2),
+                    lambda x, grad, ref_state, mixed_of, lr: _ref_rule_round(name, x, grad, ref_state, mixed_of, lr, hp))
+
+
+def _rounds_against(algo, seed, lrs, reference):
+    """Rounds of `algo` on a block's (6, 301) rows, one per lr, against `reference(x, grad,
+    ref_state, mixed_of, lr) -> (payload, x+)` on its own state: the same bits of payload, x+
+    and every buffer, and the caller's x, grad and mixed as they were."""
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(6, 301, generator=gen)
     state, ref_state = algo.init(x), algo.init(x)
     W = torch.rand(6, 6, generator=gen)
     W /= W.sum(1, keepdim=True)
     mixed_of = (lambda p: W @ p) if not algo.centralized else (lambda p: p.mean(0, keepdim=True).expand_as(p).clone())
-    for t, lr in enumerate((0.1, 0.05, 0.2)):
+    for t, lr in enumerate(lrs):
         grad = torch.randn(6, 301, generator=gen)
-        want_payload, want_x = _ref_rule_round(name, x, grad.clone(), ref_state, mixed_of, lr, hp)
+        want_payload, want_x = reference(x, grad.clone(), ref_state, mixed_of, lr)
         x_copy, grad_copy = x.clone(), grad.clone()
         payload = algo.pre_mix(state, x, grad, lr)
         mixed = mixed_of(payload)
@@ -150,7 +158,7 @@ def test_sgd_rules_write_over_their_temporaries_with_the_same_bits(name):
         x_new = algo.post_mix(state, x, mixed, lr)
         assert torch.equal(_bits(payload), _bits(want_payload)) and torch.equal(_bits(x_new), _bits(want_x)), t
         for key in ref_state:
-            if key != "step":
+            if key != "step":   # the references count no steps
                 assert torch.equal(_bits(state[key]), _bits(ref_state[key])), (t, key)
         assert torch.equal(x, x_copy) and torch.equal(grad, grad_copy) and torch.equal(mixed, mixed_copy)
         x = x_new
@@ -204,23 +212,9 @@ def test_adam_rules_write_over_their_temporaries_with_the_same_bits(name):
     from qgm_ray.algorithms import make_algorithm
     algo = make_algorithm(name, weight_decay=1e-3)
     hp = dict(algo.hparams)
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(6, 301, generator=gen)
-    state, ref_state = algo.init(x), algo.init(x)
-    W = torch.rand(6, 6, generator=gen)
-    W /= W.sum(1, keepdim=True)
-    mixed_of = (lambda p: W @ p) if not algo.centralized else (lambda p: p.mean(0, keepdim=True).expand_as(p).clone())
-    for t, lr in enumerate((0.01, 0.005, 0.02)):
-        grad = torch.randn(6, 301, generator=gen)
-        want_payload, want_x = _ref_adam_round(name, x, grad.clone(), ref_state, mixed_of, lr, hp)
-        ref_state["step"] += 1
-        x_copy, grad_copy = x.clone(), grad.clone()
-        payload = algo.pre_mix(state, x, grad, lr)
-        mixed = mixed_of(payload)
-        mixed_copy = mixed.clone()
-        x_new = algo.post_mix(state, x, mixed, lr)
-        assert torch.equal(_bits(payload), _bits(want_payload)) and torch.equal(_bits(x_new), _bits(want_x)), t
-        for key in ref_state:
-            assert torch.equal(state[key], ref_state[key]), (t, key)
-        assert torch.equal(x, x_copy) and torch.equal(grad, grad_copy) and torch.equal(mixed, mixed_copy)
-        x = x_new
+
+    def reference(x, grad, ref_state, mixed_of, lr):
+        out = _ref_adam_round(name, x, grad, ref_state, mixed_of, lr, hp)
+        ref_state["step"] += 1   # Adam's bias correction reads the step: the reference keeps its own
+        return out
+    _rounds_against(algo, 5, (0.01, 0.005, 0.02), reference)

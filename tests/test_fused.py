@@ -167,6 +167,69 @@ def test_an_aborting_peer_stops_its_neighbours(tmp_path):
     assert "lost: ClientActor 0's call failed" in out.values(), out
 
 
+# ------------------------------------------------------------------ ClientActors in threads, no Ray
+
+def _actors(cfg):
+    from qgm_ray.engine.actors import ClientActor, dataset_meta
+    from qgm_ray.runner import run as runner
+
+    ds, parts = runner.prepare(cfg, log=quiet)
+    arrays = [np.ascontiguousarray(t.numpy()) for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y)]
+    groups = groups_of(cfg.topology.n_clients, cfg.ray.clients_per_actor)
+    actors = [ClientActor(cfg, dataset_meta(ds), [np.asarray(p) for p in parts], 0, *arrays) for _ in groups]
+    for actor, g in zip(actors, groups):
+        actor.set_clients(g, g)
+    return ds, parts, actors, groups
+
+
+def test_client_actors_in_threads_equal_the_local_engine(tmp_path):
+    """ClientActor.rounds as the Ray engine runs it (every actor's outbox opened, then calls of
+    several rounds each, side by side), here as threads of one process: the local engine's bits."""
+    import threading
+
+    from qgm_ray import build
+    from qgm_ray.config import load_config
+    from qgm_ray.engine.local import LocalEngine
+    from qgm_ray.engine.stage import exchange_stage
+
+    cfg = load_config(None, small_run("topology.n_clients=7", "ray.clients_per_actor=3", "backend=local"))
+    ds, parts, actors, groups = _actors(cfg)
+    block = actors[0].block
+    ex = exchange_stage(cfg, block.algorithm, build.build_topology(cfg, 7), groups, block.payload_size, len(ds.train_x))
+    lrs = [0.05] * 4 + [0.02] * 5
+    for b, (actor, plan) in enumerate(zip(actors, fused.plans(ex, 0))):
+        assert actor.open_mailbox(str(tmp_path / "box"), b, plan, 0) is None
+    losses: dict = {}
+
+    def run(b):
+        losses[b] = actors[b].rounds(0, lrs[:4]) + actors[b].rounds(4, lrs[4:])
+    threads = [threading.Thread(target=run, args=(b,)) for b in range(len(actors))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    local = LocalEngine(cfg, ds, parts)
+    records = local.train(range(0, 9), lambda t: lrs[t])
+    got = [float(np.mean([x for b in range(len(actors)) for x in losses[b][t]])) for t in range(9)]
+    assert got == [r.loss for r in records]
+    want = torch.stack([c["params"] for c in local.state_dict()["clients"]])
+    assert torch.equal(torch.cat([a.block.params for a in actors]), want)
+    assert not list(tmp_path.iterdir())   # unlinked once every peer opened them
+
+
+def test_no_room_in_shared_memory_is_a_reason_not_a_crash(tmp_path):
+    """An outbox the node's shared memory cannot hold is refused when it is made (its pages are
+    reserved up front), with nothing left behind: the coordinator then runs a call per round."""
+    from qgm_ray.config import load_config
+
+    cfg = load_config(None, small_run("backend=local", "topology.n_clients=4", "ray.clients_per_actor=2"))
+    _, _, actors, _ = _actors(cfg)
+    plan = {"rows": [], "sources": [], "at": [(1, 0)], "export": [0], "readers": [1], "width": 1 << 44}
+    why = actors[0].open_mailbox(str(tmp_path / "box"), 0, plan, 0)
+    assert why.startswith(f"{tmp_path}: ") and actors[0].mailbox is None and actors[0].fused is None
+    assert not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------ on Ray
 
 ray = pytest.importorskip("ray")

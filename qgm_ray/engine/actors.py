@@ -188,17 +188,25 @@ class ClientActor:
         return (*self.wire.encode(sent), record)
 
     # ------------------------------------------------------------ fused rounds (engine/fused.py)
-    def open_mailbox(self, prefix: str, me: int, plan: dict, start: int) -> None:
+    def open_mailbox(self, prefix: str, me: int, plan: dict, start: int) -> Optional[str]:
         """This actor's part in fused rounds from round `start` (engine/fused.py `plans`) and its
-        outbox (engine/mailbox.py). Every actor opens its own before any `rounds` call runs."""
+        outbox (engine/mailbox.py). Every actor opens its own before any `rounds` call runs.
+        Returns why it could not (no room in the node's shared memory), else None."""
         self._close_mailbox()
+        try:
+            self.mailbox = mailbox.open_for(prefix, me, plan, start)
+        except OSError as e:
+            return f"{os.path.dirname(prefix)}: {e.strerror or e}"
         self.fused = plan
-        self.mailbox = mailbox.open_for(prefix, me, plan, start)
+        return None
 
     def _close_mailbox(self) -> None:
         if self.mailbox is not None:
             self.mailbox.close()
         self.mailbox = self.fused = None
+
+    def close_mailbox(self) -> None:
+        self._close_mailbox()
 
     def rounds(self, t0: int, lrs: Sequence[float]) -> list[list[float]]:
         """Rounds t0 .. t0 + len(lrs) - 1, each whole (pre-mix, exchange, mix, post-mix), the

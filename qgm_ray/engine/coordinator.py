@@ -90,6 +90,7 @@ class Coordinator:
         self.runtime_env = plugins.ray_runtime_env(
             cfg, {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None)
         self.eval_pids: list[int] = []   # the process that answered each evaluation
+        self.fused_refused = False       # a node's shared memory had no room for fused rounds
 
     def reconfigure(self, *args) -> None:
         """A kept crew taking the next run (engine/crew.py): this coordinator and its actors in
@@ -224,8 +225,13 @@ class Coordinator:
             yield from self._run_async(t0, lrs, ex)
             return
         if self._fusable(ex):
-            yield from self._run_fused(t0, lrs, ex)
-            return
+            refused = self._open_mailboxes(ex, t0)
+            if refused is None:
+                yield from self._run_fused(t0, lrs, ex)
+                return
+            if not self.fused_refused:   # said once a run, in the driver's log
+                yield {"note": f"rounds not fused, payloads through the object store: {refused}"}
+            self.fused_refused = True
         inflight = self.inflight
         # What the next round's post-mix reads: position -> payload ref (gossip) or the ref of
         # the mean (all-reduce); None before the first round.
@@ -306,13 +312,21 @@ class Coordinator:
     def _fusable(self, ex: Exchange) -> bool:
         return fused.fusable(self.cfg.ray.rounds_per_call, ex, self.topology, self.compressed, self.nodes)
 
+    def _open_mailboxes(self, ex: Exchange, t0: int) -> Optional[str]:
+        """Every actor's outbox for fused rounds from t0; where the node's shared memory has no
+        room for one, why (and none is kept: the chunk runs a call per round)."""
+        prefix = os.path.join(mailbox.shm_dir(), f"qgm-{uuid.uuid4().hex[:16]}")
+        why = [w for w in ray.get([a.open_mailbox.remote(prefix, b, plan, t0)
+                                   for b, (a, plan) in enumerate(zip(self.actors, fused.plans(ex, t0)))]) if w]
+        if why:
+            ray.get([a.close_mailbox.remote() for a in self.actors])
+            return why[0]
+        return None
+
     def _run_fused(self, t0: int, lrs: list[float], ex: Exchange):
         """Rounds t0.. as calls of many whole rounds each, the actors swapping payload rows
         through their node's shared memory. Two calls per actor are queued at most, so a stop
         request waits for two calls; every call ends with its rounds finished."""
-        prefix = os.path.join(mailbox.shm_dir(), f"qgm-{uuid.uuid4().hex[:16]}")
-        ray.get([a.open_mailbox.remote(prefix, b, plan, t0)
-                 for b, (a, plan) in enumerate(zip(self.actors, fused.plans(ex, t0)))])
         size, inflight = fused.RoundsPerCall(self.cfg.ray.rounds_per_call), self.inflight
         submitted, last_time = 0, time.time()
         while True:

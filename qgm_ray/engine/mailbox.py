@@ -84,7 +84,14 @@ class Mailbox:
         fd = os.open(rows_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, size)
+            # Reserve the pages now: a full /dev/shm (a container's is often 64 MB) then fails
+            # here with ENOSPC, not later with a SIGBUS in the middle of a round.
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
             self._map = mmap.mmap(fd, size)
+        except OSError:
+            os.unlink(rows_path)
+            raise
         finally:
             os.close(fd)
         np.frombuffer(self._map, dtype=np.int64, count=1)[0] = os.getpid()

@@ -238,6 +238,9 @@ class RayEngine:
                     self._recover(rec["failed"])
                 if "done" in rec:
                     break
+                if "note" in rec:
+                    self.log(f"ray: {rec['note']}")
+                    continue
                 record = RoundRecord(round=rec["round"], loss=rec["loss"], bytes_sent=rec["bytes_sent"],
                                      bytes_cross_node=rec["bytes_cross_node"])
                 records.append(record)

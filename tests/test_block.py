@@ -261,6 +261,16 @@ def test_minimal_ray_without_dashboard_starts_with_a_log_line(monkeypatch):
     assert len(logs) == 1 and "dashboard could not start" in logs[0] and "missing packages" in logs[0]
 
 
+def test_ray_dashboard_false_starts_a_local_ray_without_it(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from qgm_ray.engine import ray_setup
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs) or "ctx")
+    cfg = load_config(None, BASE + ["ray.dashboard=false"])
+    assert ray_setup.start_local_ray(cfg, lambda m: None) == "ctx"
+    assert [c["include_dashboard"] for c in calls] == [False] and "dashboard_host" not in calls[0]
+
+
 def test_block_mix_and_exports_on_a_ring_split_in_two_blocks():
     """A block mixes its own rows and the rows it received with one multiply-add per
     in-neighbour slot; it only has to export the rows the other block mixes."""

@@ -230,19 +230,24 @@ def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict]
         where = "started a local Ray"
     url = getattr(ctx, "dashboard_url", None)
     gcs = ray.get_runtime_context().gcs_address   # what another process passes to ray.init(address=...)
+    off = not address and not cfg.ray.dashboard
     log(f"ray: {where} (address {gcs}); dashboard: " + (dashboard_access(url) if url else
+                                                          "off (ray.dashboard: false)" if off else
                                                           "not running (needs ray[default])"))
     return not address
 
 
 def start_local_ray(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict] = None):
-    """A local Ray with the dashboard, or without it where its packages are missing (a minimal
-    `pip install ray`, as on some GPU machines): a log line, not a crash."""
+    """A local Ray with the dashboard (unless ray.dashboard is false), or without it where its
+    packages are missing (a minimal `pip install ray`, as on some GPU machines): a log line,
+    not a crash."""
     import ray
 
     kwargs = dict(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), logging_level="WARNING")
     if runtime_env:
         kwargs["runtime_env"] = runtime_env
+    if not cfg.ray.dashboard:
+        return ray.init(include_dashboard=False, **kwargs)
     try:
         return ray.init(include_dashboard=True, dashboard_host=cfg.ray.dashboard_host, **kwargs)
     except Exception as e:  # noqa: BLE001 - Ray raises several kinds here; the retry tells

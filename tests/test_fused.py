@@ -91,12 +91,15 @@ def _value(t, actor, row, width):
 
 
 def _member(prefix, me, n_actors, rounds, width, start, go, results, seed, die_at=None, abort_at=None):
-    """Actor `me` of a ring of actors, each exporting 2 rows to both neighbours."""
+    """Actor `me` of a ring of actors, each exporting 2 rows to both neighbours. `go`: a
+    barrier of all of them, passed once every outbox is made and once every actor attached."""
     left, right = (me - 1) % n_actors, (me + 1) % n_actors
     box = mailbox.Mailbox(prefix, me, 2, width, sorted({left, right}), sorted({left, right}), start)
     go.wait()
     rng = random.Random(seed)
     box.attach()
+    go.wait()
+    box.unlink()
     try:
         for t in range(start, start + rounds):
             time.sleep(rng.random() * 0.004)   # skew: some actors run ahead
@@ -123,7 +126,7 @@ def _member(prefix, me, n_actors, rounds, width, start, go, results, seed, die_a
 def _ring(tmp_path, n_actors, rounds, **kw):
     ctx = mp.get_context("fork")
     prefix = str(tmp_path / "box")
-    go, results = ctx.Event(), ctx.Queue()
+    go, results = ctx.Barrier(n_actors), ctx.Queue()
     procs = []
     for me in range(n_actors):
         extra = {key: v for key, v in kw.items() if key in ("die_at", "abort_at") and me == 0}
@@ -131,8 +134,6 @@ def _ring(tmp_path, n_actors, rounds, **kw):
                                  kwargs=extra))
     for p in procs:
         p.start()
-    time.sleep(0.5)   # every member has made its outbox before any attaches
-    go.set()
     out = {}
     deadline = time.time() + 30
     while len(out) < n_actors - (1 if "die_at" in kw else 0) and time.time() < deadline:
@@ -199,6 +200,10 @@ def test_client_actors_in_threads_equal_the_local_engine(tmp_path):
     lrs = [0.05] * 4 + [0.02] * 5
     for b, (actor, plan) in enumerate(zip(actors, fused.plans(ex, 0))):
         assert actor.open_mailbox(str(tmp_path / "box"), b, plan, 0) is None
+    for actor in actors:
+        actor.attach_mailbox()
+    for actor in actors:
+        actor.unlink_mailbox()
     losses: dict = {}
 
     def run(b):
@@ -272,6 +277,47 @@ def test_fused_rounds_equal_per_round_calls_and_the_local_engine(ray_session, ex
         assert torch.equal(out[name][2], out["local"][2])
 
 
+def _outboxes_of(pids) -> list[str]:
+    """Outbox files in the shared-memory directory whose owner is one of these processes."""
+    out = []
+    for name in os.listdir(mailbox.shm_dir()):
+        if name.startswith("qgm-") and name.endswith(".rows"):
+            try:
+                pid = int(np.fromfile(os.path.join(mailbox.shm_dir(), name), dtype=np.int64, count=1)[0])
+            except (OSError, IndexError):
+                continue   # removed meanwhile, or another test's outbox being made
+            if pid in pids:
+                out.append(name)
+    return out
+
+
+@pytest.mark.ray
+def test_an_actor_killed_during_fused_rounds_leaves_no_outbox(ray_session):
+    """A ClientActor killed at any point of a fused chunk (making, opening or unlinking the
+    outboxes, or mid-round) is a failure the engine reports, and no outbox of the run's actors
+    is left in shared memory."""
+    import threading
+
+    from qgm_ray.config import load_config
+    from qgm_ray.engine.base import EngineFailure
+    from qgm_ray.engine.ray_engine import RayEngine
+    from qgm_ray.runner import run as runner
+
+    cfg = load_config(None, BASE + ["ray.clients_per_actor=2", "ray.rounds_per_call=2"])
+    ds, parts = runner.prepare(cfg, log=quiet)
+    engine = RayEngine(cfg, ds, parts, log=quiet)
+    try:
+        pids = set(engine.actor_pids())
+        engine.train(range(0, 4), lambda t: 0.05)
+        threading.Timer(0.3, os.kill, [sorted(pids)[1], signal.SIGKILL]).start()
+        with pytest.raises(EngineFailure):
+            for c in range(200):   # short chunks: the kill lands in one, at whatever phase
+                engine.train(range(4 + 5 * c, 9 + 5 * c), lambda t: 0.05)
+    finally:
+        engine.close()
+    assert _outboxes_of(pids) == []
+
+
 @pytest.mark.ray
 def test_a_rule_error_in_fused_rounds_surfaces_as_itself(ray_session):
     from qgm_ray.config import load_config
@@ -283,8 +329,10 @@ def test_a_rule_error_in_fused_rounds_surfaces_as_itself(ray_session):
     engine = RayEngine(cfg, ds, parts, log=quiet)
     try:
         assert engine._info["fused"]
+        pids = set(engine.actor_pids())
         # QG momentum refuses a negative learning rate in its post-mix (algorithms/sgd.py)
         with pytest.raises(ValueError, match="qg momentum needs lr >= 0"):
             engine.train(range(0, 8), lambda t: -1.0 if t == 5 else 0.05)
     finally:
         engine.close()
+    assert _outboxes_of(pids) == []

@@ -190,8 +190,9 @@ class ClientActor:
     # ------------------------------------------------------------ fused rounds (engine/fused.py)
     def open_mailbox(self, prefix: str, me: int, plan: dict, start: int) -> Optional[str]:
         """This actor's part in fused rounds from round `start` (engine/fused.py `plans`) and its
-        outbox (engine/mailbox.py). Every actor opens its own before any `rounds` call runs.
-        Returns why it could not (no room in the node's shared memory), else None."""
+        outbox (engine/mailbox.py). Every actor opens its own, then every actor attaches to its
+        peers', then every actor unlinks its names, before any `rounds` call runs. Returns why
+        it could not (no room in the node's shared memory), else None."""
         self._close_mailbox()
         try:
             self.mailbox = mailbox.open_for(prefix, me, plan, start)
@@ -205,6 +206,17 @@ class ClientActor:
             self.mailbox.close()
         self.mailbox = self.fused = None
 
+    def attach_mailbox(self) -> None:
+        """Open the peers' outboxes (once every actor has opened its own)."""
+        if self.mailbox is not None:
+            self.mailbox.attach()
+
+    def unlink_mailbox(self) -> None:
+        """Remove this actor's outbox names (once every actor has attached): from here on a
+        killed process leaves nothing in /dev/shm."""
+        if self.mailbox is not None:
+            self.mailbox.unlink()
+
     def close_mailbox(self) -> None:
         self._close_mailbox()
 
@@ -216,7 +228,6 @@ class ClientActor:
         if box is not None:
             if box.broken:   # an earlier call of this chunk failed: the blocks are not where the peers are
                 raise mailbox.PeerLost("an earlier call of this chunk failed")
-            box.attach()
         losses = []
         try:
             for i, lr in enumerate(lrs):

@@ -91,6 +91,7 @@ class Coordinator:
             cfg, {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None)
         self.eval_pids: list[int] = []   # the process that answered each evaluation
         self.fused_refused = False       # a node's shared memory had no room for fused rounds
+        self.mailboxes_open = False      # this chunk's actors hold outboxes (engine/mailbox.py)
 
     def reconfigure(self, *args) -> None:
         """A kept crew taking the next run (engine/crew.py): this coordinator and its actors in
@@ -201,7 +202,10 @@ class Coordinator:
                 yield from self._run(t0, lrs)
             except (*FAILURES, mailbox.PeerLost) as e:
                 self._drain()
+                self._close_mailboxes()   # before the driver hears of it: it may kill the actors next
                 yield {"failed": errors.described(e)}
+            finally:
+                self._close_mailboxes()
 
     def _drain(self) -> None:
         """After a failure: wait for the chunk's other calls to end (they fail fast once a
@@ -316,12 +320,26 @@ class Coordinator:
         """Every actor's outbox for fused rounds from t0; where the node's shared memory has no
         room for one, why (and none is kept: the chunk runs a call per round)."""
         prefix = os.path.join(mailbox.shm_dir(), f"qgm-{uuid.uuid4().hex[:16]}")
+        self.mailboxes_open = True   # from the first call on: an actor lost meanwhile leaves its peers' to close
         why = [w for w in ray.get([a.open_mailbox.remote(prefix, b, plan, t0)
                                    for b, (a, plan) in enumerate(zip(self.actors, fused.plans(ex, t0)))]) if w]
         if why:
-            ray.get([a.close_mailbox.remote() for a in self.actors])
+            self._close_mailboxes()
             return why[0]
+        ray.get([a.attach_mailbox.remote() for a in self.actors])
+        ray.get([a.unlink_mailbox.remote() for a in self.actors])
         return None
+
+    def _close_mailboxes(self) -> None:
+        """Close the chunk's outboxes in every live actor: their memory and descriptors go back,
+        and the names a peer lost before its first round left are removed with them."""
+        if not self.mailboxes_open:
+            return
+        self.mailboxes_open = False
+        refs = [a.close_mailbox.remote() for a in self.actors]
+        # A dead actor's call fails at once (its names go with its peers' close); one that does
+        # not answer in time is not waited for.
+        ray.wait(refs, num_returns=len(refs), timeout=10)
 
     def _run_fused(self, t0: int, lrs: list[float], ex: Exchange):
         """Rounds t0.. as calls of many whole rounds each, the actors swapping payload rows
@@ -346,6 +364,7 @@ class Coordinator:
                 yield self._record(t + i, [x for losses in per_actor for x in losses[i]], ex,
                                    (now - last_time) / rounds)
             last_time = now
+        # The outboxes live as long as the chunk (run_rounds closes them, whatever ended it).
         yield {"done": submitted}
 
     @staticmethod
@@ -581,6 +600,7 @@ class Coordinator:
         return list(self.eval_pids)
 
     def shutdown(self) -> None:
+        self._close_mailboxes()
         for a in self.actors:
             try:
                 ray.kill(a)

@@ -15,8 +15,9 @@ actor blocks in select() until a notice comes.
 
 Failures: an actor whose call raises sends ABORT to every peer, which then raise `PeerLost`;
 a peer whose process is gone (SIGKILL, OOM) is found by its pid when a wait has heard nothing
-for `POLL_S`. Files are unlinked as soon as every peer has opened them (a HELLO notice), so a
-killed process leaves nothing in /dev/shm past its mailbox's first round.
+for `POLL_S`. The engine opens every actor's outbox, has every actor `attach` to its peers',
+then has every actor `unlink` its names before the rounds run, so a process killed during the
+rounds leaves nothing in /dev/shm (closing also removes the names of peers lost before that).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-DATA, ACK, HELLO, ABORT = 1, 2, 3, 4
+DATA, ACK, ABORT = 1, 2, 3
 _NOTICE = struct.Struct("<iiq")   # kind, actor, round: 16 bytes, written atomically (< PIPE_BUF)
 _HEADER = 8                       # the owner's pid (int64) before the rows
 POLL_S = 0.25                     # how long a wait trusts silence before it checks its peers' pids
@@ -47,6 +48,15 @@ def shm_dir() -> str:
 
 def _paths(prefix: str, actor: int) -> tuple[str, str]:
     return f"{prefix}-{actor}.rows", f"{prefix}-{actor}.fifo"
+
+
+def _remove(prefix: str, actor: int) -> None:
+    """Remove an actor's outbox names (the files live on while anyone holds them open)."""
+    for path in _paths(prefix, actor):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _alive(pid: int) -> bool:
@@ -67,9 +77,9 @@ def _alive(pid: int) -> bool:
 class Mailbox:
     """One actor's end: its outbox (`rows` exported rows of `width` float32 values) and its
     inbox, plus the actors it reads from (`sources`) and those that read from it (`readers`),
-    for rounds `start`, `start` + 1, ... Created in two steps: `Mailbox(...)` makes this
-    actor's files (every actor of the run, before any attaches), then `attach()` opens the
-    peers' (each actor's first `rounds` call)."""
+    for rounds `start`, `start` + 1, ... Made in three steps, each done by every actor before
+    any takes the next: `Mailbox(...)` makes this actor's files, `attach()` opens the peers',
+    `unlink()` removes this actor's names (the open files live on)."""
 
     def __init__(self, prefix: str, me: int, rows: int, width: int, sources: Sequence[int], readers: Sequence[int],
                  start: int):
@@ -104,17 +114,15 @@ class Mailbox:
         # Rounds before `start` count as published and mixed: nothing of theirs is in the slots.
         self.written = {b: start - 1 for b in self.sources}   # last round each source has published
         self.acked = {b: start - 2 for b in self.readers}     # last round each reader has mixed
-        self.hello: set = set()
         self.views: dict = {}     # source actor -> its outbox (2, rows, width), read-only
         self.pids: dict = {}
         self.to: dict = {}        # peer -> write end of its FIFO
 
     # ------------------------------------------------------------ set-up and tear-down
     def attach(self) -> None:
-        if self.views or self.to or not self.peers:
-            self._maybe_unlink()
-            return
         for b in self.peers:
+            if b in self.to:
+                continue
             rows_path, fifo_path = _paths(self.prefix, b)
             fd = os.open(rows_path, os.O_RDONLY)
             try:
@@ -127,25 +135,22 @@ class Mailbox:
             w = os.open(fifo_path, os.O_WRONLY | os.O_NONBLOCK)
             os.set_blocking(w, True)   # a full pipe waits for its reader rather than dropping a notice
             self.to[b] = w
-        for b in self.peers:
-            self._send(b, HELLO, 0)
-        self._maybe_unlink()
 
-    def _maybe_unlink(self) -> None:
-        if not self._unlinked and self.hello >= set(self.peers):
-            for path in _paths(self.prefix, self.me):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+    def unlink(self) -> None:
+        """Remove this actor's file names once every peer has attached (idempotent)."""
+        if not self._unlinked:
+            _remove(self.prefix, self.me)
             self._unlinked = True
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.hello = set(self.peers)
-        self._maybe_unlink()
+        self.unlink()
+        # A peer that died before its first round left its names: whoever closes last removes
+        # them (a name nobody opens again; the files go when the last holder closes them).
+        for b in self.peers:
+            _remove(self.prefix, b)
         for w in self.to.values():
             os.close(w)
         os.close(self._inbox)
@@ -191,7 +196,7 @@ class Mailbox:
         try:
             os.write(self.to[b], _NOTICE.pack(kind, self.me, t))
         except BrokenPipeError:   # nobody reads that FIFO any more: the peer closed or died
-            if kind in (ACK, HELLO):   # a peer that has finished its rounds needs neither
+            if kind == ACK:   # a peer that has finished its rounds needs none
                 return
             self.broken = True
             raise self._lost(b) if not _alive(self.pids[b]) else PeerLost(f"ClientActor {b}'s mailbox is closed") from None
@@ -224,9 +229,6 @@ class Mailbox:
                 self.written[b] = max(self.written[b], t)
             elif kind == ACK:
                 self.acked[b] = max(self.acked[b], t)
-            elif kind == HELLO:
-                self.hello.add(b)
-                self._maybe_unlink()
             elif kind == ABORT:
                 self.broken = True
                 raise PeerLost(f"ClientActor {b}'s call failed")

@@ -160,6 +160,30 @@ def test_a_killed_peer_is_found_by_its_waiting_neighbours(tmp_path):
     assert any(s.startswith("lost: the process of ClientActor 0 (pid ") for s in out.values()), out
 
 
+def _make_and_die(prefix):
+    box = mailbox.Mailbox(prefix, 0, 1, 4, [1], [1], 0)   # noqa: F841 - held open until the kill
+    os.kill(os.getpid(), signal.SIGKILL)   # as a run killed whole: nothing closes
+
+
+def test_outboxes_of_gone_processes_are_swept_when_the_next_is_made(tmp_path):
+    """A run killed whole between making its outboxes and unlinking them leaves their names;
+    the next outbox made on the node removes those whose owner is gone, and only those."""
+    ctx = mp.get_context("fork")
+    child = ctx.Process(target=_make_and_die, args=(str(tmp_path / "qgm-00000000000000aa"),))
+    child.start()
+    child.join()
+    mine = mailbox.Mailbox(str(tmp_path / "qgm-00000000000000bb"), 0, 1, 4, [1], [1], 0)
+    (tmp_path / "qgm-00000000000000cc-0.rows").write_bytes(b"")   # being made: no owner yet
+    (tmp_path / "notes.txt").write_text("not an outbox")
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "qgm-00000000000000aa-0.fifo", "qgm-00000000000000aa-0.rows",
+                                            "qgm-00000000000000bb-0.fifo", "qgm-00000000000000bb-0.rows",
+                                            "qgm-00000000000000cc-0.rows"]
+    assert mailbox.sweep(str(tmp_path)) == ["qgm-00000000000000aa-0.rows"]
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "qgm-00000000000000bb-0.fifo", "qgm-00000000000000bb-0.rows",
+                                            "qgm-00000000000000cc-0.rows"]
+    mine.close()
+
+
 def test_an_aborting_peer_stops_its_neighbours(tmp_path):
     out, _ = _ring(tmp_path, 3, rounds=40, abort_at=12)
     assert out[0] == "aborted"

@@ -21,10 +21,8 @@ get through while `run_rounds` runs; a lock serialises everything else).
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections import deque
 from typing import Optional
 
@@ -319,7 +317,7 @@ class Coordinator:
     def _open_mailboxes(self, ex: Exchange, t0: int) -> Optional[str]:
         """Every actor's outbox for fused rounds from t0; where the node's shared memory has no
         room for one, why (and none is kept: the chunk runs a call per round)."""
-        prefix = os.path.join(mailbox.shm_dir(), f"qgm-{uuid.uuid4().hex[:16]}")
+        prefix = mailbox.new_prefix()
         self.mailboxes_open = True   # from the first call on: an actor lost meanwhile leaves its peers' to close
         why = [w for w in ray.get([a.open_mailbox.remote(prefix, b, plan, t0)
                                    for b, (a, plan) in enumerate(zip(self.actors, fused.plans(ex, t0)))]) if w]

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import select
 import struct
 import tempfile
+import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -50,6 +52,14 @@ def _paths(prefix: str, actor: int) -> tuple[str, str]:
     return f"{prefix}-{actor}.rows", f"{prefix}-{actor}.fifo"
 
 
+def new_prefix() -> str:
+    """The names of one chunk's outboxes: `<prefix>-<actor>.rows` and `.fifo`."""
+    return os.path.join(shm_dir(), f"qgm-{uuid.uuid4().hex[:16]}")
+
+
+_NAME = re.compile(r"(qgm-[0-9a-f]{16})-(\d+)\.rows")   # an outbox's rows file, as new_prefix names it
+
+
 def _remove(prefix: str, actor: int) -> None:
     """Remove an actor's outbox names (the files live on while anyone holds them open)."""
     for path in _paths(prefix, actor):
@@ -57,6 +67,27 @@ def _remove(prefix: str, actor: int) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def sweep(directory: str) -> list[str]:
+    """Remove the outboxes in `directory` whose owner process is gone: what a run killed whole
+    (its driver, coordinator and actors at once) between making its outboxes and unlinking
+    them left behind. Each actor sweeps its node when it makes an outbox. Returns the removed."""
+    removed = []
+    for name in os.listdir(directory):
+        m = _NAME.fullmatch(name)
+        if m is None:
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as f:
+                pid = int.from_bytes(f.read(_HEADER), "little")
+        except OSError:
+            continue
+        if pid > 0 and not _alive(pid):   # 0: an outbox being made, its owner not yet written
+            _remove(os.path.join(directory, m.group(1)), int(m.group(2)))
+            removed.append(name)
+    return removed
 
 
 def _alive(pid: int) -> bool:
@@ -240,4 +271,5 @@ def open_for(prefix: str, me: int, plan: dict, start: int) -> Optional[Mailbox]:
     sources = sorted({b for b, _ in plan["at"]})
     if not sources and not plan["readers"]:
         return None
+    sweep(os.path.dirname(prefix) or ".")
     return Mailbox(prefix, me, len(plan["export"]), plan["width"], sources, plan["readers"], start)

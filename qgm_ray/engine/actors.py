@@ -126,7 +126,7 @@ class ClientActor:
         self.positions = list(positions)
         self.payload = self.q = None
         self.asynchronous = None
-        self._close_mailbox()
+        self.close_mailbox()
         return self.num_params()
 
     def reset_clients(self, slots: Sequence[int], average: tuple, kept: Optional[list] = None) -> None:
@@ -193,7 +193,7 @@ class ClientActor:
         outbox (engine/mailbox.py). Every actor opens its own, then every actor attaches to its
         peers', then every actor unlinks its names, before any `rounds` call runs. Returns why
         it could not (no room in the node's shared memory), else None."""
-        self._close_mailbox()
+        self.close_mailbox()
         try:
             self.mailbox = mailbox.open_for(prefix, me, plan, start)
         except OSError as e:
@@ -201,7 +201,7 @@ class ClientActor:
         self.fused = plan
         return None
 
-    def _close_mailbox(self) -> None:
+    def close_mailbox(self) -> None:
         if self.mailbox is not None:
             self.mailbox.close()
         self.mailbox = self.fused = None
@@ -217,17 +217,13 @@ class ClientActor:
         if self.mailbox is not None:
             self.mailbox.unlink()
 
-    def close_mailbox(self) -> None:
-        self._close_mailbox()
-
     def rounds(self, t0: int, lrs: Sequence[float]) -> list[list[float]]:
         """Rounds t0 .. t0 + len(lrs) - 1, each whole (pre-mix, exchange, mix, post-mix), the
         payload rows other actors mix swapped through the mailbox; returns each round's losses
         in row order. The same operations on the same rows as a `step` per round."""
         box, plan = self.mailbox, self.fused
-        if box is not None:
-            if box.broken:   # an earlier call of this chunk failed: the blocks are not where the peers are
-                raise mailbox.PeerLost("an earlier call of this chunk failed")
+        if box is not None and box.broken:   # an earlier call of this chunk failed: the blocks are not where the peers are
+            raise mailbox.PeerLost("an earlier call of this chunk failed")
         losses = []
         try:
             for i, lr in enumerate(lrs):
@@ -237,7 +233,7 @@ class ClientActor:
                 received = []
                 if box is not None:
                     if plan["export"]:
-                        box.publish(t, payload[plan["export"]].detach().to("cpu", torch.float32))
+                        box.publish(t, self.wire.host(payload[plan["export"]]))
                     received = self.wire.decode(box.received(t, plan["at"]))
                 mixed = block_mix(payload, self.positions, plan["rows"], plan["sources"], received)
                 if box is not None:

@@ -45,10 +45,13 @@ class Wire:
     def nbytes(self, payload_floats: int) -> int:
         return int(payload_floats) * self.BYTES_PER_FLOAT
 
+    def host(self, rows: torch.Tensor) -> np.ndarray:
+        """(r, D) payload rows as one (r, D) float32 array in host memory (one device->host copy)."""
+        return rows.detach().to("cpu", torch.float32).numpy()
+
     def encode(self, rows: torch.Tensor) -> list[np.ndarray]:
-        """(r, D) payload rows -> r arrays (one device->host copy for all of them)."""
-        host = rows.detach().to("cpu", torch.float32).numpy()
-        return [np.ascontiguousarray(row) for row in host]
+        """(r, D) payload rows -> r arrays, what goes in the object store."""
+        return [np.ascontiguousarray(row) for row in self.host(rows)]
 
     def decode(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Received payloads -> tensors `block_mix` reads, zero-copy over the arrays. Arrays

@@ -121,7 +121,8 @@ class Mailbox:
         self.broken = False
         self._closed = False
         rows_path, fifo_path = _paths(prefix, me)
-        size = _HEADER + 2 * max(int(rows), 1) * self.width * 4
+        rows = max(int(rows), 1)   # an actor that exports nothing (it only reads) still maps one row
+        size = _HEADER + 2 * rows * self.width * 4
         fd = os.open(rows_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, size)
@@ -136,7 +137,7 @@ class Mailbox:
         finally:
             os.close(fd)
         np.frombuffer(self._map, dtype=np.int64, count=1)[0] = os.getpid()
-        self.outbox = np.frombuffer(self._map, dtype=np.float32, offset=_HEADER).reshape(2, max(int(rows), 1), self.width)
+        self.outbox = np.frombuffer(self._map, dtype=np.float32, offset=_HEADER).reshape(2, rows, self.width)
         os.mkfifo(fifo_path, 0o600)
         # Read-write: the FIFO never sees end-of-file and opening it never blocks.
         self._inbox = os.open(fifo_path, os.O_RDWR | os.O_NONBLOCK)
@@ -194,12 +195,11 @@ class Mailbox:
             pass
 
     # ------------------------------------------------------------ one round
-    def publish(self, t: int, rows) -> None:
-        """Write this actor's exported rows of round t (a (rows, width) tensor or array) and
-        tell its readers."""
+    def publish(self, t: int, rows: np.ndarray) -> None:
+        """Write this actor's exported rows of round t ((rows, width) float32) and tell its
+        readers."""
         self.wait(lambda: all(a >= t - 2 for a in self.acked.values()))
-        slot = self.outbox[t % 2]
-        np.copyto(slot[:len(rows)], rows if isinstance(rows, np.ndarray) else rows.numpy())
+        np.copyto(self.outbox[t % 2, :len(rows)], rows)
         for b in self.readers:
             self._send(b, DATA, t)
 

@@ -287,7 +287,8 @@ def test_state_is_checkpointable_dict_of_tensors_and_args_are_not_mutated(name):
         mixed_copy = mixed.clone()
         x_new = algo.post_mix(state, x, mixed, 0.05)
         assert torch.equal(x, x_copy) and torch.equal(g, g_copy) and torch.equal(mixed, mixed_copy)
-        assert x_new.data_ptr() not in (x.data_ptr(), mixed.data_ptr())
+        # x+ may be `mixed` itself (the engines copy it into their parameters), never x or a buffer
+        assert x_new.data_ptr() != x.data_ptr()
         assert all(x_new.data_ptr() != v.data_ptr() for v in state.values())
         return x_new
 

@@ -181,7 +181,7 @@ def _heap_probe(*overrides) -> list[str]:
 
 
 def test_a_big_cpu_block_moves_big_allocations_to_the_heap_and_a_small_one_does_not():
-    """A block whose (k, P) rows take 16 MB or more switches its process's malloc to the heap
+    """A block whose (k, P) rows take 4 MB or more (memory.HEAP_BLOCK_BYTES) switches its process's malloc to the heap
     for big tensors (freed memory reused, not faulted in again every round); the default and
     paper-size runs (small blocks) leave malloc alone."""
     # mlp with hidden [4096]: ~180k parameters, 2 blocks of 32 -> 23 MB a (k, P) tensor

@@ -78,8 +78,8 @@ def qg_adam_post_mix(
     x: Tensor, x_new: Tensor, m1: Tensor, m2: Tensor, betas: tuple[float, float],
     normalization_eps: float = NORMALIZATION_EPS,
 ) -> Tensor:
-    """Refresh the moments from the normalised progress x - x+; returns x+ as a new tensor
-    (copied over the progress once the moments have read it: one temporary serves both)."""
+    """Refresh the moments from the normalised progress x - x+; returns x+ (`x_new` as is: the
+    engine copies it into its parameters)."""
     # Normalising the progress (over each client's flat vector) makes the moments track the
     # direction of the network's movement, independent of lr and of its scale.
     beta1, beta2 = betas
@@ -87,7 +87,7 @@ def qg_adam_post_mix(
     d.div_(d.norm(p=2, dim=-1, keepdim=True) + normalization_eps)   # per client (row) of a block
     m1.mul_(beta1).add_(d, alpha=1 - beta1)
     m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-    return d.copy_(x_new)
+    return x_new
 
 
 class _AdamBase(Algorithm):
@@ -113,7 +113,7 @@ class DAdam(_AdamBase):
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         finish_round(state)
-        return mixed.clone()
+        return mixed
 
 
 class QGAdam(_AdamBase):

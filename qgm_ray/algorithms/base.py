@@ -35,7 +35,9 @@ class Algorithm:
 
     Subclasses implement `pre_mix` and `post_mix` (and `init` when they keep buffers) on a
     block's (k, P) rows or one client's (P,) vector alike; `post_mix` receives the same
-    `params` tensor that `pre_mix` received in that round, and the same `lr`.
+    `params` tensor that `pre_mix` received in that round, and the same `lr`. `post_mix` may
+    return `mixed` itself (DSGD's x+ is the mixed payload): the engines copy what it returns
+    into their parameters before they reuse `mixed`, so no rule spends a pass on a copy.
 
     Knobs: `defaults` maps each hyper-parameter the rule reads to its default, whose type is
     the knob's type (a float knob takes ints, a tuple knob a list of that length). The dicts

@@ -46,11 +46,10 @@ def qg_momentum_update(m: Tensor, progress: Tensor, lr: float, mu: float) -> Non
 
 
 def qg_dsgdm_post_mix(x: Tensor, mixed: Tensor, m: Tensor, lr: float, mu: float) -> Tensor:
-    """`x+ = mixed` as a new tensor, and `m` refreshed from the progress x - x+: x+ is copied
-    over the progress once the buffer has read it, so one temporary serves both."""
-    progress = x.sub(mixed)
-    qg_momentum_update(m, progress, lr, mu)
-    return progress.copy_(mixed)
+    """`x+ = mixed` (returned as is: the engine copies it into its parameters), and `m`
+    refreshed from the progress x - x+."""
+    qg_momentum_update(m, x.sub(mixed), lr, mu)
+    return mixed
 
 
 # Each step below writes the payload over a temporary of its own (`torch.add(..., out=)`):
@@ -103,8 +102,7 @@ class DSGD(Algorithm):
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         finish_round(state)
-        # A copy: `mixed` may be a row view of the engine's W @ payloads matrix.
-        return mixed.clone()
+        return mixed
 
 
 class DSGDm(Algorithm):
@@ -127,7 +125,7 @@ class DSGDm(Algorithm):
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         finish_round(state)
-        return mixed.clone()
+        return mixed
 
 
 class QGDSGDm(DSGDm):

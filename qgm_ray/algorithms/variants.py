@@ -74,11 +74,10 @@ def qg_adam_v2_pre_mix(
 
 
 def qg_adam_v2_post_mix(x: Tensor, x_new: Tensor, m2: Tensor, beta2: float, normalization_eps: float) -> Tensor:
-    """Refresh m2 from the normalised progress; returns x+ as a new tensor, copied over the
-    progress once m2 has read it (as qg_adam_post_mix)."""
+    """Refresh m2 from the normalised progress; returns x+ (`x_new` as is, as qg_adam_post_mix)."""
     d = normalized_progress(x, x_new, normalization_eps)
     m2.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-    return d.copy_(x_new)
+    return x_new
 
 
 def centralized_adam_post_mix(
@@ -133,7 +132,7 @@ class D2Official(Algorithm):
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
         finish_round(state)
-        return mixed.clone()
+        return mixed
 
 
 class _RowAdam(_AdamBase):
@@ -194,11 +193,9 @@ class QGDSGDmLocalStep(QGDSGDm):
     # pre_mix is QGDSGDm's: the local step is the same, only the buffer refresh differs.
 
     def post_mix(self, state: State, params: Tensor, mixed: Tensor, lr: float) -> Tensor:
-        # x+ is copied over this round's progress x - x+ once the sum has read it (as QGDSGDm's).
-        delta = params.sub(mixed)
         qg_local_step_update(
-            state["momentum_buffer"], state["progress_sum"], delta, state["step"], lr,
+            state["momentum_buffer"], state["progress_sum"], params.sub(mixed), state["step"], lr,
             self.qgm_beta, self.qgm_local_step,
         )
         finish_round(state)
-        return delta.copy_(mixed)
+        return mixed

@@ -97,17 +97,17 @@ def auto_chunk(block, gpu_share: float, log: Callable[[str], None] = lambda m: N
 
 # glibc serves an allocation above its mmap threshold (dynamic, at most 32 MB) with a fresh
 # mmap and unmaps it on free, and trims the heap's top above twice that threshold, so such a
-# tensor faults in again, 4 KB at a time, every time it is made. A packed CPU block's (k, P)
-# tensors reach that size from about 512 mlp / 1,024 cnn1d clients per block, and every round
-# makes a dozen of them (gathers, the rule's arithmetic): taking big tensors from the heap and
-# keeping freed memory for reuse makes such rounds several times faster for a somewhat higher
-# peak RSS. Blocks from half the largest threshold (16 MB) switch. Arithmetic is unchanged:
+# tensor faults in again, 4 KB at a time, every time it is made. Every round makes a dozen of
+# a packed CPU block's (k, P) tensors (gathers, the rule's arithmetic, the mixing), and a
+# block of a few MB a tensor already frees them at the heap's top faster than the threshold
+# grows: taking big tensors from the heap and keeping freed memory for reuse saves those
+# faults' system time, a sizable share of such a round (several times faster past 32 MB),
+# for a somewhat higher peak RSS. Blocks from HEAP_BLOCK_BYTES switch. Arithmetic is unchanged:
 # only where the bytes live. Only the local engine switches: in the Ray engine's ClientActors
 # the heap grows far more, and a run of 16,384 clients on Ray is meant to fit 8 GB on a small
 # machine. Transparent huge pages are not used: the kernel's compaction stalls cost more than
 # they save at that scale. The measurements behind each choice: docs/results/scale/README.md.
-MMAP_THRESHOLD_MAX = 32 * 2**20
-HEAP_BLOCK_BYTES = MMAP_THRESHOLD_MAX // 2
+HEAP_BLOCK_BYTES = 4 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4       # glibc's mallopt parameters (malloc.h)
 _HEAP_KEPT = 2**31 - 1                        # keep up to 2 GB of freed heap for reuse
 _heap_mode = False

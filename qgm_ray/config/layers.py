@@ -128,7 +128,7 @@ def _drop_foreign_options(d: dict, before: dict, set_keys) -> None:
 
 def trial_dict(base: dict, params: dict) -> dict:
     """The config dict of one sweep trial: `params` (dotted keys) over the sweep's `base`, with
-    an empty tune section (a trial is a plain run). Shared by tune.py and report.py."""
+    an empty tune section (a trial is a plain run). Shared by qgm_ray.tune and qgm_ray.report."""
     d = apply_overrides(copy.deepcopy(base), params or {})  # a grid over data.name drops the file's options
     d["tune"] = Config().to_dict()["tune"]
     return d

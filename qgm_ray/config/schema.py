@@ -239,7 +239,7 @@ class TrackingWandbConfig:
 
 @dataclass
 class TrackingConfig:
-    """Experiment trackers (qgm_ray/tracking.py): every metrics.csv row and the resolved config,
+    """Experiment trackers (qgm_ray/tracking/): every metrics.csv row and the resolved config,
     as the run goes. A tracker that fails mid-run stops with one warning line; training goes on."""
     tensorboard: bool = False            # event files in <run dir>/tensorboard/: a scalar per metrics.csv column by round, the config as hparams
     mlflow: TrackingMlflowConfig = field(default_factory=TrackingMlflowConfig)

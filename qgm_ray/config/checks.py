@@ -130,7 +130,7 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_clock(cfg: Config, rule) -> None:
-    """The clock's keys; a trace file is read now (qgm_ray/clock.py), so a bad one is one line
+    """The clock's keys; a trace file is read now (qgm_ray/clock/trace.py), so a bad one is one line
     before anything starts."""
     from qgm_ray import clock
     k = cfg.clock

@@ -214,7 +214,7 @@ class ClockStragglersConfig:
 
 @dataclass
 class ClockConfig:
-    """The simulated time of the system the run models (qgm_ray/clock.py): metrics.csv's
+    """The simulated time of the system the run models (qgm_ray/clock/): metrics.csv's
     sim_seconds. A model, never a measurement; in sync mode it never changes the numbers."""
     mode: str = "sync"               # sync: rounds behind each client's in-neighbours | async: no barrier, each client steps at its own pace and mixes the newest payloads that arrived (qgm_ray/async_schedule.py)
     step_seconds: float = 0.1        # one local step of one client at speed 1 (> 0)

@@ -21,7 +21,7 @@ _EXPORTS = {
     # running
     "load_config": "qgm_ray.api",
     "run": "qgm_ray.api",
-    # `sweep`, not `tune`: qgm_ray.tune is the module that runs it on Ray Tune
+    # `sweep`, not `tune`: qgm_ray.tune is the package that runs it on Ray Tune
     "sweep": "qgm_ray.api",
     "load_run": "qgm_ray.api",
     "release_actors": "qgm_ray.api",

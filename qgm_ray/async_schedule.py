@@ -3,7 +3,7 @@ versions of whose payload. Numpy only; a pure function of the config (the clock 
 graph, the payload's bytes, the seed), never of the numbers the run computes.
 
 Client i takes local steps m = 0, 1, 2, ... back to back; step m takes compute_i(m) of the
-clock model (qgm_ray/clock.py, with the step index m where the synchronous clock has the round),
+clock model (qgm_ray/clock/, with the step index m where the synchronous clock has the round),
 so it ends at
 
     f_i(m) = s_i(m) + compute_i(m),      s_i(0) = 0,   s_i(m + 1) = f_i(m) + gap

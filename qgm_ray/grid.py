@@ -12,7 +12,7 @@ branch at a time. An option that only one choice has is so set only with that ch
       - {name: qg_dsgdm_n, options.clip: [1.0, 10.0]}
 
 This is Tune's own conditional grid, `grid_search` over a list of dicts whose values may be
-`grid_search` again (Tune expands the nested ones inside each branch); `tune.py` hands Tune
+`grid_search` again (Tune expands the nested ones inside each branch); `qgm_ray.tune` hands Tune
 exactly that, and these pure functions expand the same space before anything starts, to count
 and validate every trial. A list-valued key (`options.betas`) is written as a list of lists,
 as in a plain grid. Pure Python: the config imports it.

@@ -1,4 +1,4 @@
-"""Simulated time (qgm_ray/clock.py, runner/timeline.py, the `clock:` section): the start-time
+"""Simulated time (qgm_ray/clock/, runner/timeline.py, the `clock:` section): the start-time
 recursion against plain loops over a dense W, the ring all-reduce formula, the config's checks,
 and sim_seconds in a run's metrics.csv, continued by a resume."""
 import csv

@@ -9,6 +9,7 @@ import yaml
 
 import qgm_ray
 from qgm_ray import config
+from qgm_ray.config import moved
 from qgm_ray.config import MOVED_KEYS, ConfigError, describe_keys, dump_yaml, load_config, trial_dict
 from tests.helpers import main_py
 
@@ -19,7 +20,7 @@ LOCAL = ["backend=local"]
 @pytest.fixture
 def told(monkeypatch, capsys):
     """A process that has not yet said any key moved; returns a reader of what it said since."""
-    monkeypatch.setattr(config, "_told_moved", set())
+    monkeypatch.setattr(moved, "_told_moved", set())
     capsys.readouterr()
     return lambda: capsys.readouterr().err.splitlines()
 

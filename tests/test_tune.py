@@ -376,6 +376,14 @@ def test_a_sweep_on_an_address_that_is_not_ray_writes_nothing(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_the_names_an_older_sweeps_tune_state_holds_still_resolve():
+    """Tune's state (tune/tuner.pkl) names qgm-ray's functions by module: a sweep written while
+    qgm_ray.tune was one module resumes only while qgm_ray.tune.<name> still finds each."""
+    for name in ("_trial_name", "describe_params", "trial_params", "_pct", "_mark_scheduler_stop", "seal_state",
+                 "run_trial"):
+        assert callable(getattr(qtune, name)), name
+
+
 def test_trial_status_tells_a_scheduler_stop_from_an_interruption():
     assert qtune._trial_status("TERMINATED", None, scheduler_stopped=True) == "stopped"
     assert qtune._trial_status("TERMINATED", None) == "interrupted"   # Tune's cleanup after a signal

@@ -426,7 +426,7 @@ def reserved_clients(n: int, k: int) -> int:
     return math.ceil(n / k) * k
 
 
-# What a Tune trial's own process reserves (qgm_ray/tune.py: the first bundle of a trial); its
+# What a Tune trial's own process reserves (qgm_ray/tune/resources.py: the first bundle of a trial); its
 # engine's actors share the rest of the cluster (actor_resources).
 TRIAL_PROCESS_CPUS = 0.5
 

@@ -291,7 +291,7 @@ def plot_run_curves(metrics: pd.DataFrame, path: Path, title: str = "") -> Optio
 
 
 def plot_accuracy_vs_time(metrics: pd.DataFrame, path: Path, title: str = "") -> Optional[Path]:
-    """Test accuracy against simulated time (metrics.csv's sim_seconds, qgm_ray/clock.py); None
+    """Test accuracy against simulated time (metrics.csv's sim_seconds, qgm_ray/clock/); None
     for a run written before the clock (no sim_seconds)."""
     if "sim_seconds" not in metrics or not metrics["sim_seconds"].notna().any():
         return None

@@ -20,7 +20,7 @@ class RunPlan:
     lr: LRSchedule
     resize_at: dict = field(default_factory=dict)  # round -> n_clients
     checkpoint_every: int = 0
-    clock: Optional[ClockModel] = None   # the simulated time (qgm_ray/clock.py); None: not kept
+    clock: Optional[ClockModel] = None   # the simulated time (qgm_ray/clock/); None: not kept
 
     @classmethod
     def make(cls, cfg: Config, n_train: int) -> "RunPlan":

@@ -1,4 +1,4 @@
-"""The run's simulated time (qgm_ray/clock.py), advanced by the rounds the engine finished.
+"""The run's simulated time (qgm_ray/clock/), advanced by the rounds the engine finished.
 
 The runner advances it, in the driver, from each chunk's RoundRecords and the engine's exchange
 stage (`Engine.exchange`: the graph W(t), the bytes of every message, the all-reduce, the round

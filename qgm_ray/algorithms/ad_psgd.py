@@ -30,7 +30,7 @@ def ad_psgd_step(x: Tensor, grad: Tensor, m: Tensor, lr: float, beta: float, wei
 
 class ADPSGD(Algorithm):
     defaults = {"momentum": 0.0, "weight_decay": 1e-4}
-    # Averages with one peer at a time, atomically, on the asynchronous clock (config.py refuses
+    # Averages with one peer at a time, atomically, on the asynchronous clock (config/checks.py refuses
     # it in sync mode; engine/async_run.py runs it).
     pairwise = True
 

@@ -25,7 +25,7 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
     push-sum weights on a directed graph (all-reduce rules ignore the graph); stepping its
     rows in chunks per `compute.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py);
     with zero public copies where the run compresses its exchange (engine/choco.py).
-    heap_for_big: a big CPU block moves this process's big allocations to the heap
+    heap_for_big: a CPU block moves this process's big allocations to the heap
     (engine/memory.py; the local engine asks for it)."""
     model = build.build_model(cfg, ds)
     num_params = sum(p.numel() for p in model.parameters())

@@ -93,21 +93,20 @@ def auto_chunk(block, gpu_share: float, log: Callable[[str], None] = lambda m: N
     return chunk
 
 
-# --------------------------------------------------------------------------- big blocks on CPU
+# --------------------------------------------------------------------------- CPU blocks' allocations
 
-# glibc serves an allocation above its mmap threshold (dynamic, at most 32 MB) with a fresh
-# mmap and unmaps it on free, and trims the heap's top above twice that threshold, so such a
-# tensor faults in again, 4 KB at a time, every time it is made. Every round makes a dozen of
-# a packed CPU block's (k, P) tensors (gathers, the rule's arithmetic, the mixing), and a
-# block of a few MB a tensor already frees them at the heap's top faster than the threshold
-# grows: taking big tensors from the heap and keeping freed memory for reuse saves those
-# faults' system time, a sizable share of such a round (several times faster past 32 MB),
-# for a somewhat higher peak RSS. Blocks from HEAP_BLOCK_BYTES switch. Arithmetic is unchanged:
+# glibc serves an allocation above its mmap threshold (128 KB, rising to the largest freed,
+# at most 32 MB) with a fresh mmap and unmaps it on free, and trims the heap's top above
+# twice that threshold, so such a tensor faults in again, 4 KB at a time, every time it is
+# made. Every round makes a dozen of a packed CPU block's (k, P) tensors (gathers, the rule's
+# arithmetic, the mixing), above that threshold from a few clients up, and frees them at the
+# heap's top: taking big tensors from the heap and keeping freed memory for reuse saves those
+# faults' system time, a share of every round that grows with the block (several times the
+# arithmetic past 32 MB a tensor), for a somewhat higher peak RSS. Arithmetic is unchanged:
 # only where the bytes live. Only the local engine switches: in the Ray engine's ClientActors
 # the heap grows far more, and a run of 16,384 clients on Ray is meant to fit 8 GB on a small
 # machine. Transparent huge pages are not used: the kernel's compaction stalls cost more than
 # they save at that scale. The measurements behind each choice: docs/results/scale/README.md.
-HEAP_BLOCK_BYTES = 4 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4       # glibc's mallopt parameters (malloc.h)
 _HEAP_KEPT = 2**31 - 1                        # keep up to 2 GB of freed heap for reuse
 _heap_mode = False
@@ -115,14 +114,11 @@ _heap_mode = False
 
 def heap_for_big_tensors(block, log: Callable[[str], None] = lambda m: None) -> bool:
     """Switch this process's glibc malloc to the heap for big allocations (no mmap, no trim
-    below 2 GB) when `block` is a CPU block whose (k, P) rows take HEAP_BLOCK_BYTES or more;
-    once per process. Small blocks (every run of the paper's size, the default run)
-    leave malloc as it is. False where nothing changed (small block, GPU, no glibc)."""
+    below 2 GB) when `block` is a CPU block; once per process. False where nothing changed
+    (a GPU block, no glibc)."""
     global _heap_mode
     if _heap_mode or block.device.type != "cpu":
         return _heap_mode
-    if block.params.numel() * block.params.element_size() < HEAP_BLOCK_BYTES:
-        return False
     import ctypes
     try:
         libc = ctypes.CDLL(None)

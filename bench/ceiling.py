@@ -14,6 +14,14 @@ engine, ...), so the machine's other load hits them alike; a round's time is the
 time divided by its rounds, and each reports the median over its blocks. ceiling ratio =
 ceiling round / engine round (1: the engine trains n models as fast as one at the large
 batch). `--quick` measures n in {16, 64} with fewer blocks.
+
+Ratio bound: the ceiling steps one model's P parameters, the engine n models' n*P, and no
+fusion of a round's passes moves fewer bytes than its state and its exchange need (MIN_FLOATS
+a client-parameter). The traffic floor is those bytes at the rate this thread moves
+n*P-float arrays (the size of the run's rows, so the cache level is the run's), measured
+beside the rounds; with the engine's forward/backward no faster than the ceiling's whole
+step, ceiling ratio <= ceiling / (ceiling + floor). A target above the bound needs fewer bytes
+a client-parameter, not faster kernels.
 """
 from __future__ import annotations
 
@@ -29,6 +37,12 @@ PLANS = {
 
 # The engine as configured (compute.kernels auto) and on vmap, each against the same ceiling.
 VARIANTS = {"default": (), "vmap": ("compute.kernels=vmap",)}
+
+# float32 values a round moves per client-parameter, however its passes are fused:
+# QG-DSGDm-N (the bench's rule) reads and writes its parameters and its momentum, and writes
+# the payload that its neighbours read before any of them can mix. The gradient is left
+# out: a kernel could in principle consume it as the backward produces it.
+MIN_FLOATS = 6
 
 
 class Ceiling:
@@ -94,7 +108,15 @@ def measure(model: str, n: int, plan: dict, variants: dict) -> list[dict]:
         for _ in range(r):
             ceiling.step()
 
-    steps = {**{label: stepper(label) for label in engines}, "ceiling": ceiling_rounds}
+    # One r2w1 pass (2 reads, 1 write) over n*P floats moves 3 floats a client-parameter.
+    num_params = engines[next(iter(engines))].blocks[0].num_params
+    a, b, c = (torch.ones(n * num_params) for _ in range(3))
+
+    def traffic_rounds(r):
+        for _ in range(r):
+            torch.add(a, b, out=c)
+
+    steps = {**{label: stepper(label) for label in engines}, "ceiling": ceiling_rounds, "traffic": traffic_rounds}
     try:
         for fn in steps.values():
             fn(plan["warmup"])
@@ -111,6 +133,7 @@ def measure(model: str, n: int, plan: dict, variants: dict) -> list[dict]:
                 fn(per[name])
                 times[name].append((time.perf_counter() - t0) / per[name])
         ceil = statistics.median(times["ceiling"])
+        floor = statistics.median(times["traffic"]) * MIN_FLOATS / 3
         after = procs.load_avg()[0]
         out = []
         for label, engine in engines.items():
@@ -120,6 +143,8 @@ def measure(model: str, n: int, plan: dict, variants: dict) -> list[dict]:
                         "kernels": sorted({b.kernels if b.packed else "unpacked" for b in engine.blocks}),
                         "torch_threads": cfgs[label].compute.torch_threads,
                         "engine_round_seconds": eng, "ceiling_round_seconds": ceil, "ceiling_ratio": ceil / eng,
+                        "num_params": num_params, "traffic_floor_seconds": floor,
+                        "ratio_bound": ceil / (ceil + floor),
                         "engine_rounds_per_block": per[label], "ceiling_rounds_per_block": per["ceiling"],
                         "engine_round_seconds_all": times[label], "ceiling_round_seconds_all": times["ceiling"],
                         "load_1min": [load, after]})
@@ -132,14 +157,18 @@ def measure(model: str, n: int, plan: dict, variants: dict) -> list[dict]:
 def markdown(records: list[dict], meta: dict) -> str:
     lines = [f"Ceiling bench ({meta['mode']}), {meta['date']} UTC, {meta['machine']}; {meta['versions']}.",
              "Local engine vs one model at batch n x 32 with SGD, one torch thread, interleaved; "
-             "load: 1-minute load average before / after.", "",
-             "| model | n | variant | blocks x k | kernels | engine ms | ceiling ms | ceiling ratio | load |",
-             "|---|---|---|---|---|---:|---:|---:|---|"]
+             f"load: 1-minute load average before / after. Traffic floor: {MIN_FLOATS} float32 a "
+             "client-parameter at this thread's rate over n*P-float arrays; ratio bound = ceiling / "
+             "(ceiling + floor).", "",
+             "| model | n | variant | blocks x k | kernels | engine ms | ceiling ms | ceiling ratio | "
+             "traffic floor ms | ratio bound | load |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['n_clients']} | {r['variant']} | {r['blocks']} x {r['clients_per_block']} | "
                      f"{','.join(r['kernels'])} | "
                      f"{r['engine_round_seconds'] * 1e3:.1f} | {r['ceiling_round_seconds'] * 1e3:.1f} | "
-                     f"{r['ceiling_ratio']:.2f} | {r['load_1min'][0]:.1f} / {r['load_1min'][1]:.1f} |")
+                     f"{r['ceiling_ratio']:.2f} | {r['traffic_floor_seconds'] * 1e3:.1f} | {r['ratio_bound']:.2f} | "
+                     f"{r['load_1min'][0]:.1f} / {r['load_1min'][1]:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +184,8 @@ def main(quick: bool = False, output: str | None = None, models=MODELS, ns=None,
             for rec in measure(model, n, plan, variants or VARIANTS):
                 records.append(rec)
                 print(f"{model} n={n} {rec['variant']}: engine {rec['engine_round_seconds'] * 1e3:.1f} ms, ceiling "
-                      f"{rec['ceiling_round_seconds'] * 1e3:.1f} ms, ratio {rec['ceiling_ratio']:.2f}", flush=True)
+                      f"{rec['ceiling_round_seconds'] * 1e3:.1f} ms, ratio {rec['ceiling_ratio']:.2f} "
+                      f"(bound {rec['ratio_bound']:.2f})", flush=True)
     report(markdown(records, meta), meta, records, output)
     return 0
 

@@ -21,6 +21,8 @@ def test_ceiling_bench_times_both_kernels_against_one_ceiling(tmp_path, monkeypa
     for r in records:
         assert len(r["engine_round_seconds_all"]) == TINY["blocks"]
         assert r["ceiling_ratio"] == r["ceiling_round_seconds"] / r["engine_round_seconds"]
+        floor, ceil = r["traffic_floor_seconds"], r["ceiling_round_seconds"]
+        assert floor > 0 and r["ratio_bound"] == ceil / (ceil + floor) < 1
     assert out.with_suffix(".md").read_text().count("| mlp | 16 |") == 2
 
 

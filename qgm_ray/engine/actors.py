@@ -149,10 +149,7 @@ class ClientActor:
         return self.per_round.step(post, pre_lr, sources, received, export=export, t=t, source_slots=source_slots)
 
     def open_mailbox(self, prefix: str, me: int, plan: dict, start: int) -> Optional[str]:
-        """This actor's part in fused rounds from round `start` (engine/fused.py `plans`) and its
-        outbox (engine/mailbox.py). Every actor opens its own, then every actor attaches to its
-        peers', then every actor unlinks its names, before any `rounds` call runs. Returns why
-        it could not (no room in the node's shared memory), else None."""
+        """This actor's part in fused rounds from round `start`, or why not (engine/fused_actor.py)."""
         self.close_mailbox()
         part = FusedPart.open(prefix, me, plan, start)
         if isinstance(part, str):
@@ -195,13 +192,11 @@ class ClientActor:
         return rings[0] if len(rings) == 1 else tuple(rings)
 
     def async_begin(self, *rings: np.ndarray) -> None:
-        """A chunk's start: copies of the in-neighbours' rings (`async_history` of their actors,
-        in source order) and the pending gradients of a fresh run."""
+        """A chunk's start: the in-neighbours' rings, in source order (engine/async_ray.py `AsyncClient`)."""
         self.asynchronous = AsyncClient(self.block, [as_tensor(r) for r in rings])
 
     def async_wave(self, deliver: Sequence[tuple], post: Optional[dict], pre: Optional[dict], *received: np.ndarray):
-        """Finish this block's events of the last wave and start those of this one; returns the
-        rows other actors read, one array each, then the record (the record alone when none)."""
+        """A wave's call: rows others read, then the record (alone if none; engine/async_ray.py `AsyncClient.wave`)."""
         out, record = self.asynchronous.wave(deliver, post, pre, [as_tensor(a) for a in received])
         if not out:
             return record

@@ -213,6 +213,8 @@ class AsyncClient:
     events it has started but not finished."""
 
     def __init__(self, block, rings: Sequence[torch.Tensor]):
+        """A chunk's start: `rings` are copies of the in-neighbours' rings (`history_rows` of
+        their actors, in source order); the block takes the pending gradients of a fresh run."""
         self.block = block
         st = block.exchange_state
         self.table: Optional[torch.Tensor] = None

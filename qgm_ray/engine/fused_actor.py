@@ -1,7 +1,11 @@
 """A ClientActor's part in fused rounds (engine/fused.py): its plan, its outbox
 (engine/mailbox.py), and whole rounds run back to back with the rows other actors mix swapped
 through the outboxes. The same operations on the same rows as a round-per-call `step` each
-round (engine/round_calls.py), so the same bits."""
+round (engine/round_calls.py), so the same bits.
+
+A chunk opens the parts in three steps of every actor before any `rounds` call runs: every
+actor opens its own (`FusedPart.open`), then every actor attaches to its peers' outboxes, then
+every actor unlinks its names."""
 from __future__ import annotations
 
 import os

@@ -14,6 +14,7 @@ from qgm_ray.algorithms import ALGORITHMS
 from qgm_ray.config import load_config
 from qgm_ray.engine.assembly import build_block
 from qgm_ray.engine.block import PACK_AUTO_MAX_PARAMS, should_pack
+from qgm_ray.engine.block_eval import evaluate_packed
 from qgm_ray.engine.local import LocalEngine
 
 from numerics import longest_reduction, normwise_error, reduction_bound, unit_roundoff
@@ -370,7 +371,7 @@ def test_packed_local_model_evaluation_equals_one_by_one():
     _run(e)
     b = e.blocks[0]
     b.chunk = 3   # rows 0-2, then 3
-    vmapped = b._evaluate_packed(e.test_x, e.test_y, 16)
+    vmapped = evaluate_packed(b, e.test_x, e.test_y, 16)
     assert vmapped == b.evaluate_rows(e.test_x, e.test_y, 16)
 
 

@@ -33,8 +33,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from qgm_ray.engine.async_run import history_of, mix_versions, pair_mean, post_rows, pre_rows, take_pending_gradients
-from qgm_ray.engine.base import exports, wiring
+from qgm_ray import build
+from qgm_ray.engine.async_run import (exchange_for, fresh_state, history_of, mix_versions, pair_mean, post_rows,
+                                      pre_rows, take_pending_gradients)
+from qgm_ray.engine.base import exports, groups_of, wiring
 
 
 class WavePlan:
@@ -196,11 +198,23 @@ class Waves:
         return self.call(b, got, post, pre, k)
 
 
+def fresh_rings(cfg, block, wire, n_train: int) -> dict:
+    """The rows a ClientActor's block carries through an asynchronous run, at its start (before
+    any state loads). The rings keep the schedule's payload versions: a function of the config
+    alone (asynchronous runs keep their clients, so n is the config's)."""
+    n = cfg.topology.n_clients
+    ex = exchange_for(cfg, block.algorithm, build.build_topology(cfg, n), groups_of(n, cfg.ray.clients_per_actor),
+                      block.payload_size, wire, n_train)
+    return fresh_state(block, history_of(ex.schedule))
+
+
 class AsyncClient:
     """A ClientActor's side of an asynchronous run: its block, its ring table (gossip) and the
     events it has started but not finished."""
 
     def __init__(self, block, rings: Sequence[torch.Tensor]):
+        """A chunk's start: `rings` are copies of the in-neighbours' rings (`history_rows` of
+        their actors, in source order); the block takes the pending gradients of a fresh run."""
         self.block = block
         st = block.exchange_state
         self.table: Optional[torch.Tensor] = None

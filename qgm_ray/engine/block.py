@@ -19,9 +19,10 @@ until an engine reads them.
 On a directed graph (`push_sum=True`) each row also carries a push-sum weight, sent as one
 extra payload column and de-biased after the mix (engine/push_sum.py).
 
-A single client is a block of 1. Checkpoints stay per client: `client_state(i)` slices row
-i, `load_client_state(i, s)` writes it back, so `--resume`, replays and elastic resizes
-work whatever the blocks were when the checkpoint was written.
+A single client is a block of 1. Checkpoints stay per client (`client_state(i)`,
+`load_client_state(i, s)`: engine/block_state.py), so `--resume`, replays and elastic resizes
+work whatever the blocks were when the checkpoint was written; each client's own model is
+evaluated by engine/block_eval.py.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from qgm_ray.data import apply_augment, draw_augment, pixel_table, to_float
-from qgm_ray.flat_model import evaluate_model, load_params
 from qgm_ray.sampler import BatchSampler
+from qgm_ray.engine import block_eval, block_state
 from qgm_ray.engine import push_sum as ps
 from qgm_ray.engine.kernels import BatchedModel
 from qgm_ray import contracts
@@ -76,7 +77,7 @@ class Block:
         self.params = init.unsqueeze(0).repeat(self.k, 1).contiguous()
         self.buffers = {name: b.detach().unsqueeze(0).repeat(self.k, *([1] * b.dim())).contiguous()
                         for name, b in self.model.named_buffers()}
-        self.state = self._fresh_state(self.params)
+        self.state = block_state.fresh_state(self.algorithm, self.params)
         # Push-sum weights (directed graphs): every client starts at 1, so sum_i w_i = n.
         self.push_sum = bool(push_sum)
         self.weight = torch.ones(self.k, dtype=self.params.dtype, device=self.device) if self.push_sum else None
@@ -101,16 +102,9 @@ class Block:
         # Rows per vmapped forward/backward of a packed block (engine/memory.py sets it on a GPU
         # where the whole block's activations would not fit; compute.vmap_chunk overrides).
         self.chunk = self.k
-        self._eval_model: Optional[nn.Module] = None
+        self.eval_model: Optional[nn.Module] = None   # CPU evaluation's model (engine/block_eval.py)
         self._rows: Optional[list] = None   # unpacked: per-row modules over views of the rows
         self.grad: Optional[torch.Tensor] = None
-
-    # ------------------------------------------------------------ state
-    def _fresh_state(self, params: torch.Tensor) -> dict:
-        state = self.algorithm.init(params)
-        # A rule written for one client may count steps with a scalar: give each row its own.
-        rows = params.shape[0]
-        return {key: v.expand(rows).clone() if v.dim() == 0 else v for key, v in state.items()}
 
     @property
     def num_params(self) -> int:
@@ -121,11 +115,11 @@ class Block:
         # build.payload_floats says the same for the Ray coordinator, which holds no block
         return self.algorithm.payload_size(self.num_params) + (1 if self.push_sum else 0)
 
-    # ------------------------------------------------------------ one round
     def _loss(self, params: dict, buffers: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(self.model, (params, buffers), (xb,)), yb)
 
-    def _param_views(self, params: torch.Tensor) -> dict:
+    def param_views(self, params: torch.Tensor) -> dict:
+        """{name: (..., *shape)}: views of (..., P) rows, one per parameter of the model."""
         return {name: params[..., off:off + n].view(*params.shape[:-1], *shape)
                 for name, off, n, shape in self.layout}
 
@@ -220,8 +214,8 @@ class Block:
                      yb: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """({name: (r, *shape)} gradients, (r,) losses) of r packed rows."""
         if self._batched is not None:   # no buffers: engine/kernels.py runs only such models
-            return self._batched.gradients(self._param_views(params), xb, yb)
-        return self._vstep(self._param_views(params), buffers, xb, yb)
+            return self._batched.gradients(self.param_views(params), xb, yb)
+        return self._vstep(self.param_views(params), buffers, xb, yb)
 
     def _flat(self, grads: dict, rows: int) -> torch.Tensor:
         return torch.cat([grads[name].reshape(rows, n) for name, _, n, _ in self.layout], dim=1)
@@ -290,118 +284,29 @@ class Block:
         # copy_ would broadcast a (P,) result into every row and cast integers silently.
         return contracts.rule_result(self.algorithm, "post_mix", value, self.k, self.num_params, self.params.dtype)
 
-    # ------------------------------------------------------------ views for evaluation and averaging
-    def float_buffer_names(self) -> list[str]:
-        return [n for n, b in self.buffers.items() if b.is_floating_point()]
-
     def flat_buffers(self) -> torch.Tensor:
-        """(k, B): each client's floating-point buffers (BatchNorm running stats), flattened in
-        the model's buffer order (B may be 0)."""
-        names = self.float_buffer_names()
-        if not names:
-            return torch.zeros(self.k, 0, device=self.device)
-        return torch.cat([self.buffers[n].reshape(self.k, -1).float() for n in names], dim=1)
-
-    def _load_flat_buffers(self, rows, flat: torch.Tensor) -> None:
-        offset = 0
-        for n in self.float_buffer_names():
-            b = self.buffers[n]
-            size = b[0].numel()
-            b[rows] = flat[..., offset:offset + size].reshape(b[rows].shape).to(b.dtype)
-            offset += size
+        """(k, B): each client's float buffers, flattened per row (engine/block_state.py)."""
+        return block_state.flat_buffers(self)
 
     def evaluate_rows(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
-        """Test accuracy of each client's own model, in row order: on a GPU one vmapped forward
-        for a chunk of rows per test batch, on CPU one model at a time, which is faster there
-        (docs/results/bench)."""
-        if self.device.type == "cuda":
-            return self._evaluate_packed(x, y, batch_size)
-        if self._eval_model is None:
-            import copy
-            self._eval_model = copy.deepcopy(self.model)
-        bufs = self.flat_buffers()
-        accs = []
-        for i in range(self.k):
-            load_params(self._eval_model, self.params[i], bufs[i])
-            accs.append(evaluate_model(self._eval_model, x, y, batch_size, self.table)[0])
-        return accs
+        """Test accuracy of each client's own model, in row order (engine/block_eval.py)."""
+        return block_eval.evaluate_rows(self, x, y, batch_size)
 
-    @torch.no_grad()
-    def _evaluate_packed(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[float]:
-        # `chunk` rows per call (what fits the GPU for training), each on at least a training
-        # batch of test samples (a forward without saved activations needs less than that step),
-        # or on batch_size / rows samples when that is more.
-        rows = self.chunk
-        per_row = max(self.batch_size, batch_size // rows)
-        forward = vmap(lambda p, b, xb: functional_call(self.model, (p, b), (xb,)), in_dims=(0, 0, None))
-        views = self._param_views(self.params)
-        correct = torch.zeros(self.k, dtype=torch.long, device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for a in range(0, self.k, rows):
-                r = slice(a, min(a + rows, self.k))
-                p = {n: v[r] for n, v in views.items()}
-                b = {n: v[r] for n, v in self.buffers.items()}
-                for start in range(0, len(x), per_row):
-                    logits = forward(p, b, to_float(x[start:start + per_row], self.table))
-                    correct[r] += (logits.argmax(-1) == y[start:start + per_row]).sum(-1)
-        finally:
-            self.model.train(was_training)
-        n = max(1, len(x))
-        return [c / n for c in correct.tolist()]
-
-    # ------------------------------------------------------------ per-client state
     def client_state(self, i: int, flat_buffers: Optional[torch.Tensor] = None) -> dict:
-        """Client i's checkpoint (CPU tensors): the format of a lone client, whatever the block."""
-        bufs = self.flat_buffers() if flat_buffers is None else flat_buffers
-        state = {
-            "id": self.ids[i],
-            "params": self.params[i].detach().cpu().clone(),
-            "buffers": bufs[i].cpu().clone(),
-            "algorithm": {key: v[i].detach().cpu().clone() for key, v in self.state.items()},
-            "sampler": self.samplers[i].state_dict(),
-        }
-        if self.push_sum:
-            state["push_sum_weight"] = self.weight[i].detach().cpu().clone()
-        if self.exchange_state:
-            state["exchange"] = {key: v[i].detach().cpu().clone() for key, v in self.exchange_state.items()}
-        return state
+        """Client i's checkpoint, the format of a lone client (engine/block_state.py)."""
+        return block_state.client_state(self, i, flat_buffers)
 
     def client_states(self) -> list[dict]:
-        bufs = self.flat_buffers()   # once for the block, not once per client
-        return [self.client_state(i, bufs) for i in range(self.k)]
+        """Every client's checkpoint, in row order (engine/block_state.py)."""
+        return block_state.client_states(self)
 
     def load_client_state(self, i: int, s: dict) -> None:
-        self.params[i] = s["params"].to(self.device)
-        if s["buffers"].numel():
-            self._load_flat_buffers(i, s["buffers"].to(self.device))
-        for key, v in s["algorithm"].items():
-            self.state[key][i] = v.to(self.state[key].device)
-        self.samplers[i].load_state_dict(s["sampler"])
-        if self.push_sum:
-            # A checkpoint of an undirected run has no weight: its clients hold plain models (w = 1).
-            self.weight[i] = s["push_sum_weight"].to(self.device) if "push_sum_weight" in s else 1.0
-        # A state without them (an uncompressed run's, or one whose W has changed since:
-        # engine/choco.py) starts the exchange's rows where a new run does, at zero.
-        saved = s.get("exchange", {})
-        for key, v in self.exchange_state.items():
-            v[i] = saved[key].to(v.device) if key in saved else 0.0
+        """Row i becomes the client of checkpoint `s` (engine/block_state.py)."""
+        block_state.load_client_state(self, i, s)
 
     def reset_rows(self, rows: Sequence[int], params: torch.Tensor, buffers: Optional[torch.Tensor] = None) -> None:
-        """Elastic joiners: these rows start from `params` (and buffers) with fresh algorithm
-        state in their rows only; the other rows keep theirs (and their step counts)."""
-        rows = list(rows)
-        if not rows:
-            return
-        self.params[rows] = params.to(self.device)
-        if buffers is not None and buffers.numel():
-            self._load_flat_buffers(rows, buffers.to(self.device).expand(len(rows), -1))
-        fresh = self._fresh_state(self.params[rows])
-        for key, v in fresh.items():
-            self.state[key][rows] = v.to(self.state[key].device)
-        if self.push_sum:
-            self.weight[rows] = 1.0
+        """Elastic joiners start in these rows only (engine/block_state.py)."""
+        block_state.reset_rows(self, rows, params, buffers)
 
 
 @contextlib.contextmanager

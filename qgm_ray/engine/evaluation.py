@@ -1,5 +1,5 @@
 """The averaged model, the same for both engines: the mean of the clients' rows, evaluated on
-the test set. LocalEngine holds one; on Ray the first ClientActor does (engine/actors.py).
+the test set. LocalEngine holds one; on Ray the first ClientActor does (engine/actor_evaluation.py).
 With push-sum (directed graphs) the mean is weighted by the clients' push-sum weights: the
 point push-sum conserves, sum_i w_i z_i / sum_i w_i."""
 from __future__ import annotations

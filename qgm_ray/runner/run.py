@@ -4,32 +4,36 @@ store, the recovery policy and the stop signals; `run()` is what main.py, a Tune
 Python API call.
 
 The order matters for the user: every check that can fail (config, data, partition sizes,
-topology) happens before the run directory is created or any actor starts.
+topology: `prepare`, runner/prepare.py) happens before the run directory is created or any
+actor starts. A restore point goes into the engine through runner/restore.py; what the run's
+end says (summary.json, the stop and failure messages) is runner/outcome.py's.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from qgm_ray import build, errors, tracking
-from qgm_ray.config import Config, dump_yaml, validate_against_data
+from qgm_ray import build, tracking
+from qgm_ray.config import Config, dump_yaml
 from qgm_ray.engine.base import Engine, EngineFailure, RoundRecord
-from qgm_ray.errors import ConfigError
 from qgm_ray.outputs import OutputError, RunDir, WriteError, check_new_run_dir, default_run_dir
 from qgm_ray.partition import write_partition_csv
-from qgm_ray.runner import loop, recovery
+from qgm_ray.runner import loop, outcome, recovery, restore
 from qgm_ray.runner.checkpoints import CheckpointStore, replay_fingerprint
 from qgm_ray.runner.metrics_file import METRIC_COLUMNS, MetricsFile
+from qgm_ray.runner.outcome import resume_hint
 from qgm_ray.runner.plan import RunPlan, RunState
+from qgm_ray.runner.prepare import check_device, check_ray_address, prepare
 from qgm_ray.runner.recovery import RecoveryPolicy
 from qgm_ray.runner.resume import check_resumable, refuse_finished, restore_points
 from qgm_ray.runner.startup import Startup
 from qgm_ray.signals import StopSignals
+
+__all__ = ["Run", "check_device", "make_engine", "prepare", "resume_hint", "run"]
 
 
 def make_engine(cfg: Config, ds, parts, log: Callable[[str], None],
@@ -46,60 +50,6 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, disable=not enabled, unit="round", dynamic_ncols=True,
                 desc="training", leave=True)
-
-
-def prepare(cfg: Config, log=print):
-    """Load data and cut the partition; raises ConfigError on anything wrong. No side effects."""
-    import torch
-
-    # Data preprocessing (standardisation) reduces over the whole dataset; its last bits depend
-    # on the intra-op thread count. A Tune trial or Ray worker starts with OMP_NUM_THREADS=1, a
-    # shell does not: the same thread count everywhere gives main.py and a Tune trial of one
-    # config the same data, bit for bit.
-    torch.set_num_threads(cfg.compute.torch_threads)
-    check_device(cfg)
-    ds = build.build_dataset(cfg)
-    parts = build.build_partition(cfg, ds)
-    validate_against_data(cfg, [len(p) for p in parts])
-    try:  # model options only the data's shape can check (one model, only when options are set
-        # or the model is a plug-in, whose output must be an nn.Module before any actor starts)
-        if cfg.model.options or ":" in cfg.model.name:
-            build.build_model(cfg, ds)
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any constructor error is a bad model.options
-        raise ConfigError(f"model.name={cfg.model.name!r} with model.options={cfg.model.options}: "
-                          f"{errors.described(e)}") from None
-    from qgm_ray.contracts import check_plugins
-    check_plugins(cfg, ds)   # each plug-in once on a tiny batch: its broken contract is one line
-    log(f"data: {cfg.data.name} ({len(ds.train_x)} train / {len(ds.test_x)} test, "
-        f"{ds.num_classes} classes), {cfg.data.partition} partition"
-        + (f" alpha={cfg.data.alpha:g}" if cfg.data.partition == "dirichlet" else "")
-        + f" over {len(parts)} clients, sizes {min(map(len, parts))}..{max(map(len, parts))}")
-    return ds, parts
-
-
-def _ray_initialized() -> bool:
-    if "ray" not in sys.modules:  # importing Ray just to ask costs a second
-        return False
-    import ray
-    return ray.is_initialized()
-
-
-def check_device(cfg: Config) -> None:
-    """device=cuda where it can be known now (local engine, or a Ray this process starts)."""
-    import torch
-    if cfg.device != "cuda" or torch.cuda.is_available():
-        return
-    joins_cluster = cfg.backend == "ray" and (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    if not joins_cluster:  # a cluster's GPUs are checked when the engine plans its resources
-        raise ConfigError("device=cuda but torch sees no CUDA GPU on this machine; use device=auto "
-                          "(GPU when there is one) or device=cpu")
-
-
-def resume_hint(run_dir: RunDir) -> str:
-    from qgm_ray.command import command
-    return f"{command()} --resume {run_dir.path}"
 
 
 def run(cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,
@@ -140,7 +90,6 @@ class Run:
         # max_restarts is a budget per process: counted from the record this process opened
         self.policy = RecoveryPolicy(cfg.fault_tolerance.max_restarts, resume_hint(run_dir), self.state.restarts)
 
-    # ------------------------------------------------------------ before anything is written
     @classmethod
     def open(cls, cfg: Config, output_dir: Optional[str | Path] = None, *, resume: bool = False,
              on_eval=None, log: Callable[[str], None] = print, own_files: tuple = ()) -> "Run":
@@ -156,10 +105,7 @@ class Run:
         try:
             if resume:
                 check_resumable(cfg, run_dir, log)
-            if cfg.backend == "ray":  # a wrong ray.address fails in seconds, before the data is made
-                from qgm_ray.engine.ray_setup import probe_address, ray_address
-                if ray_address(cfg) and not _ray_initialized():
-                    probe_address(ray_address(cfg))
+            check_ray_address(cfg)   # a wrong ray.address fails in seconds, before the data is made
             ds, parts = prepare(cfg, log)
             startup.mark("data")
             plan = RunPlan.make(cfg, len(ds.train_x))
@@ -200,7 +146,7 @@ class Run:
             if self.resume:
                 self._load_restore_point()
                 self._t0 = time.time() - self.state.wall_seconds   # the clock goes on from the checkpoint's
-                self._take_restored(self.state)
+                restore.take_restored(self.metrics, self.state)
                 self.log(f"resumed from round {self.state.round} of {self.plan.total_rounds}")
             else:
                 self._first_checkpoint()  # the restore point of a failure before the first periodic checkpoint
@@ -237,33 +183,13 @@ class Run:
                 self.log(f"recovered from: {e}; before round 0, so the first checkpoint is taken again ({d.message})")
 
     def _load_restore_point(self) -> None:
-        """The newest valid checkpoint whose engine state the engine takes; one it refuses (the
-        wrong content) falls back to the one before."""
-        while True:
-            try:
-                self.engine.load_state_dict(self._checkpoint["engine"])
-                return
-            except EngineFailure:
-                raise
-            except Exception as e:  # noqa: BLE001 - the engine cannot take this state: try the previous
-                self.log(f"checkpoint of round {self.state.round} does not fit this run's engine "
-                         f"({type(e).__name__}: {e}); falling back to the previous one")
-            self._checkpoint = next((ckpt for _, ckpt in self._older), None)
-            if self._checkpoint is None:
-                raise ConfigError(f"--resume {self.run_dir.path}: no checkpoint in {self.run_dir.checkpoints} "
-                                  f"fits this run's engine")
-            self.state = RunState.from_checkpoint(self._checkpoint).restored()
+        """The newest valid checkpoint the engine takes (runner/restore.py); a fallback to an
+        older one goes on from that one's record."""
+        taken = restore.load_fitting(self.engine, self._checkpoint, self._older, self.run_dir, self.log)
+        if taken is not self._checkpoint:
+            self._checkpoint, self.state = taken, RunState.from_checkpoint(taken).restored()
             self.policy = dataclasses.replace(self.policy, restarts_at_open=self.state.restarts)
 
-    def _take_restored(self, state: RunState) -> None:
-        """Go on from a restored record: the evaluations after its round are redone. A record
-        written before it kept the accuracies gets those of the rows before its round."""
-        self.metrics.truncate_after(state.round)
-        if state.final_test_accuracy is None:
-            for acc in self.metrics.accuracies():
-                state.record_accuracy(acc)
-
-    # ------------------------------------------------------------ the loop and its ends
     def execute(self) -> dict:
         """Train to the end (or a stop, a divergence, a failure), write the summary, return it.
         SIGINT / SIGTERM stop the run gracefully meanwhile; the directory's lock is released at
@@ -318,7 +244,7 @@ class Run:
                 e = again
         self.state = restored = RunState.from_checkpoint(ckpt).restored()
         restored.restarts = s.restarts   # the wall clock goes on too: time lost to the failure is time spent
-        self._take_restored(restored)
+        restore.take_restored(self.metrics, restored)
         self.trackers.rewind(restored.round)
         self.bar.n = restored.round
         self.bar.refresh()
@@ -328,26 +254,21 @@ class Run:
     def stopped(self) -> None:
         """A stop signal: the engine stopped at a round boundary, its state is that of the round."""
         s = self.state
-        name = signal.Signals(self.stop.signum).name if self.stop.signum else "stop"
-        s.status = "stopped"
-        s.message = f"{name}: stopped at round {s.round} (checkpointed); resume with: {resume_hint(self.run_dir)}"
+        s.status, s.message = "stopped", outcome.stopped_message(self.stop.signum, s.round, self.run_dir)
         try:
             self.checkpoint()
         except WriteError as e:
             self.fail_to_write(e)
 
     def fail_to_write(self, e: WriteError) -> None:
-        kept = self.store.newest_round()
-        where = (f"the checkpoint of round {kept} is kept: resume with {resume_hint(self.run_dir)} once there is room"
-                 if kept is not None else "no checkpoint is kept")
-        self.state.status, self.state.message = "failed", f"{e} at round {self.state.round}; {where}"
+        message = outcome.write_failed_message(e, self.state.round, self.store.newest_round(), self.run_dir)
+        self.state.status, self.state.message = "failed", message
 
     def abort(self, signum: int) -> None:
         """Second signal: no checkpoint, no engine shutdown (that is what takes seconds and, cut
         short, printed pages of Ray internals). The summary says how to go on; os._exit ends
         this process, and a Ray it started dies with it (Ray's fate-sharing of child processes)."""
-        msg = (f"{signal.Signals(signum).name} again: stopped at once at round {self.state.round}; resume from the "
-               f"last checkpoint with: {resume_hint(self.run_dir)}")
+        msg = outcome.aborted_message(signum, self.state.round, self.run_dir)
         try:
             self.bar.close()
             self.state.status, self.state.message = "stopped", msg
@@ -373,7 +294,6 @@ class Run:
         self.startup.mark("end")
         return self.write_summary()
 
-    # ------------------------------------------------------------ the loop's parts
     def record(self, row: dict) -> None:
         """One metrics row: appended to metrics.csv, then to the experiment trackers, handed to on_eval."""
         self.metrics.append(row)
@@ -402,34 +322,9 @@ class Run:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{self._acc:.3f}", refresh=False)
 
-    # ------------------------------------------------------------ the outcome
     def summary(self) -> dict:
-        cfg, s = self.cfg, self.state
-        return {
-            "status": s.status,
-            "final_test_accuracy": s.final_test_accuracy,
-            "best_test_accuracy": s.best_test_accuracy,
-            "rounds": s.round,
-            "wall_seconds": self.clock(),
-            "n_clients": self.engine.n_clients,
-            "algorithm": cfg.algorithm.name,
-            "alpha": cfg.data.alpha,
-            "topology": cfg.topology.name,
-            "dataset": cfg.data.name,
-            "model": cfg.model.name,
-            "seed": cfg.seed,
-            "lr": cfg.algorithm.lr,
-            "backend": cfg.backend,
-            "time_lost_seconds": self.engine.time_lost_seconds,   # to failures and replays
-            "message": s.message,
-            "run_dir": str(self.run_dir.path),
-            "startup": self.startup.seconds(),
-        }
+        """summary.json's record of the run as it is now (runner/outcome.py)."""
+        return outcome.summary(self.cfg, self.state, self.engine, self.run_dir, self.startup, self.clock())
 
     def write_summary(self) -> dict:
-        summary = self.summary()
-        try:
-            self.run_dir.write_summary(summary)
-        except WriteError as e:  # the disk is full: say so, the caller still gets the outcome
-            print(f"{e}", file=sys.stderr, flush=True)
-        return summary
+        return outcome.write_summary(self.run_dir, self.summary())

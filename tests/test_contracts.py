@@ -1,4 +1,4 @@
-"""Plug-ins that break their contract (qgm_ray/contracts.py): a rule, a model or a dataset that
+"""Plug-ins that break their contract (qgm_ray/contracts/): a rule, a model or a dataset that
 returns the wrong thing is one line naming it, what it returned and what was expected. Checked
 on a tiny batch before the run starts (nothing written, no actor started) where that is
 possible, else at the round it happens; on Ray the driver prints the same line as the local

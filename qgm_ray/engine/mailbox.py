@@ -18,91 +18,30 @@ a peer whose process is gone (SIGKILL, OOM) is found by its pid when a wait has 
 for `POLL_S`. The engine opens every actor's outbox, has every actor `attach` to its peers',
 then has every actor `unlink` its names before the rounds run, so a process killed during the
 rounds leaves nothing in /dev/shm (closing also removes the names of peers lost before that).
+The files' names, and the sweep of those a run killed whole left, are engine/outbox_files.py's.
 """
 from __future__ import annotations
 
 import mmap
 import os
-import re
 import select
 import struct
-import tempfile
-import uuid
 from typing import Optional, Sequence
 
 import numpy as np
 
+from qgm_ray.engine.outbox_files import _HEADER, _alive, _paths, _remove, new_prefix, shm_dir, sweep
+
+__all__ = ["ABORT", "ACK", "DATA", "POLL_S", "Mailbox", "PeerLost", "new_prefix", "open_for", "shm_dir", "sweep"]
+
 DATA, ACK, ABORT = 1, 2, 3
 _NOTICE = struct.Struct("<iiq")   # kind, actor, round: 16 bytes, written atomically (< PIPE_BUF)
-_HEADER = 8                       # the owner's pid (int64) before the rows
 POLL_S = 0.25                     # how long a wait trusts silence before it checks its peers' pids
 
 
 class PeerLost(RuntimeError):
     """A peer of this mailbox failed (its call raised, or its process is gone): this call stops;
     the engine recovers the chunk as it does a lost actor."""
-
-
-def shm_dir() -> str:
-    """Where outboxes live: RAM-backed /dev/shm where there is one, else the temp directory."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-
-
-def _paths(prefix: str, actor: int) -> tuple[str, str]:
-    return f"{prefix}-{actor}.rows", f"{prefix}-{actor}.fifo"
-
-
-def new_prefix() -> str:
-    """The names of one chunk's outboxes: `<prefix>-<actor>.rows` and `.fifo`."""
-    return os.path.join(shm_dir(), f"qgm-{uuid.uuid4().hex[:16]}")
-
-
-_NAME = re.compile(r"(qgm-[0-9a-f]{16})-(\d+)\.rows")   # an outbox's rows file, as new_prefix names it
-
-
-def _remove(prefix: str, actor: int) -> None:
-    """Remove an actor's outbox names (the files live on while anyone holds them open)."""
-    for path in _paths(prefix, actor):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def sweep(directory: str) -> list[str]:
-    """Remove the outboxes in `directory` whose owner process is gone: what a run killed whole
-    (its driver, coordinator and actors at once) between making its outboxes and unlinking
-    them left behind. Each actor sweeps its node when it makes an outbox. Returns the removed."""
-    removed = []
-    for name in os.listdir(directory):
-        m = _NAME.fullmatch(name)
-        if m is None:
-            continue
-        path = os.path.join(directory, name)
-        try:
-            with open(path, "rb") as f:
-                pid = int.from_bytes(f.read(_HEADER), "little")
-        except OSError:
-            continue
-        if pid > 0 and not _alive(pid):   # 0: an outbox being made, its owner not yet written
-            _remove(os.path.join(directory, m.group(1)), int(m.group(2)))
-            removed.append(name)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")   # a killed process its parent has not reaped yet is gone
-    except FileNotFoundError:
-        return False
-    except OSError:   # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
 
 
 class Mailbox:
@@ -150,7 +89,6 @@ class Mailbox:
         self.pids: dict = {}
         self.to: dict = {}        # peer -> write end of its FIFO
 
-    # ------------------------------------------------------------ set-up and tear-down
     def attach(self) -> None:
         for b in self.peers:
             if b in self.to:
@@ -194,7 +132,6 @@ class Mailbox:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    # ------------------------------------------------------------ one round
     def publish(self, t: int, rows: np.ndarray) -> None:
         """Write this actor's exported rows of round t ((rows, width) float32) and tell its
         readers."""
@@ -222,7 +159,6 @@ class Mailbox:
             except PeerLost:
                 pass
 
-    # ------------------------------------------------------------ notices
     def _send(self, b: int, kind: int, t: int) -> None:
         try:
             os.write(self.to[b], _NOTICE.pack(kind, self.me, t))

@@ -127,7 +127,7 @@ def test_cross_node_bytes_count_only_what_leaves_a_node():
 
 def test_the_wire_carries_payload_rows_bit_for_bit():
     import torch
-    from qgm_ray.engine.exchange import FLOAT32, wire_of
+    from qgm_ray.engine.wire import FLOAT32, wire_of
     rows = torch.randn(3, 7)
     arrays = FLOAT32.encode(rows)
     assert len(arrays) == 3 and all(a.flags["C_CONTIGUOUS"] and a.dtype.name == "float32" for a in arrays)

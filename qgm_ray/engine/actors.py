@@ -34,7 +34,7 @@ from qgm_ray.engine.async_ray import AsyncClient, fresh_rings
 from qgm_ray.engine.barriers import barriers_for
 from qgm_ray.engine.block import Block
 from qgm_ray.engine.choco import Choco, reset
-from qgm_ray.engine.exchange import wire_of
+from qgm_ray.engine.wire import wire_of
 from qgm_ray.engine.fused_actor import FusedPart
 from qgm_ray.engine.round_calls import RoundCalls, mean_of
 from qgm_ray.errors import ConfigError
@@ -84,7 +84,7 @@ class ClientActor:
         self.ds = dataset_from_arrays(meta, train_x, train_y, test_x, test_y)
         self.block: Optional[Block] = None
         self.barriers: list = []           # engine/barriers.py's, for the block's algorithm
-        self.wire = wire_of(cfg)           # how payloads travel (engine/exchange.py)
+        self.wire = wire_of(cfg)           # how payloads travel (engine/wire.py)
         self.choco = Choco.of(cfg, len(self.ds.train_x))   # a compressed exchange (engine/choco.py), or None
         self.positions: list[int] = []     # topology index of each row (changes on resize)
         self.evaluation = ActorEvaluation(cfg, self.ds, self.device)

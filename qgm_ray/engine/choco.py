@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from qgm_ray.engine.base import block_mix
-from qgm_ray.engine.exchange import Exchange, Wire
+from qgm_ray.engine.exchange import Exchange
+from qgm_ray.engine.wire import Wire
 from qgm_ray.schedule import rounds_per_epoch
 
 STATE_KEYS = ("xhat", "s")

@@ -6,8 +6,8 @@ qgm_ray.layout) it owns
 - the mixing: W(t) of the topology, or the exact all-reduce (engine/allreduce.py) where every
   client mixes the plain mean; which rows each block mixes from which sources (`wiring`) and
   which of its payloads other blocks read (`exports`);
-- the payload's wire format (`Wire`): how a block's payload rows travel between processes and
-  how many bytes one payload is;
+- the payload's wire format (`Wire`, engine/wire.py): how a block's payload rows travel
+  between processes and how many bytes one payload is;
 - the bytes: per round (`round_bytes`, what a RoundRecord reports), per edge (`edges`)
   and across nodes (`cross_node_bytes`);
 - the round barriers (engine/barriers.py, SlowMo's outer step): which are due, and their bytes.
@@ -22,54 +22,16 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import warnings
-
 import numpy as np
 import torch
 
 from qgm_ray.engine import allreduce, placement
 from qgm_ray.engine.base import (RoundRecord, averages_everyone, block_mix, exports, gossip_bytes, mixing_matrix,
                                  round_bytes, wiring)
+from qgm_ray.engine.wire import FLOAT32, Wire, wire_of
 from qgm_ray.sparse_w import SparseW
 
-
-class Wire:
-    """The wire format of a payload: P float32 values, one contiguous array per payload row.
-
-    `nbytes` is the one place that says how many bytes a payload of P floats is; `encode` is
-    what a block puts in the object store for the rows other blocks read, `decode` what a
-    block mixes from what it received."""
-    name = "float32"
-    BYTES_PER_FLOAT = 4
-
-    def nbytes(self, payload_floats: int) -> int:
-        return int(payload_floats) * self.BYTES_PER_FLOAT
-
-    def host(self, rows: torch.Tensor) -> np.ndarray:
-        """(r, D) payload rows as one (r, D) float32 array in host memory (one device->host copy)."""
-        return rows.detach().to("cpu", torch.float32).numpy()
-
-    def encode(self, rows: torch.Tensor) -> list[np.ndarray]:
-        """(r, D) payload rows -> r arrays, what goes in the object store."""
-        return [np.ascontiguousarray(row) for row in self.host(rows)]
-
-    def decode(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """Received payloads -> tensors `block_mix` reads, zero-copy over the arrays. Arrays
-        from the object store are read-only and mixing only reads them, so torch's
-        not-writable warning is noise."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return [torch.from_numpy(a) for a in arrays]
-
-
-FLOAT32 = Wire()
-
-
-def wire_of(cfg) -> Wire:
-    """The wire format of an uncompressed run's payloads (P float32 values), for every engine
-    and actor. A compressed run's exchange carries its own wire (engine/choco.py `ChocoWire`,
-    chosen in engine/stage.py)."""
-    return FLOAT32
+__all__ = ["FLOAT32", "Exchange", "Wire", "cross_node_bytes", "wire_of"]
 
 
 class Exchange:
@@ -96,7 +58,6 @@ class Exchange:
         # position -> (block, row in block)
         self._where = {p: (b, r) for b, g in enumerate(self.groups) for r, p in enumerate(g)}
 
-    # ------------------------------------------------------------ the mixing
     @property
     def payload_bytes(self) -> int:
         """Bytes of one client's payload on the wire."""
@@ -136,7 +97,6 @@ class Exchange:
             mixed.append(block_mix(own, self.groups[b], rows, sources, received))
         return mixed
 
-    # ------------------------------------------------------------ barriers
     def due(self, t: int) -> list:
         """The barriers that end round t, in registration order."""
         return [x for x in self.barriers if x.due(t)]
@@ -148,7 +108,6 @@ class Exchange:
             for b in blocks:
                 barrier.apply(b, reduced, lr)
 
-    # ------------------------------------------------------------ bytes
     def round_bytes(self, t: int) -> int:
         """Bytes put on the wire in round t: the gossip (or all-reduce) of the payloads and the
         barriers that end the round. Counted per client, so it does not depend on the layout."""

@@ -19,7 +19,7 @@ from qgm_ray.engine.base import block_mix
 
 class RoundCalls:
     """The rounds of one block at `positions` (the topology index of each row), payloads on
-    `wire` (engine/exchange.py), compressed by `choco` (or None)."""
+    `wire` (engine/wire.py), compressed by `choco` (or None)."""
 
     def __init__(self, block, positions: Sequence[int], wire, choco):
         self.block, self.positions, self.wire, self.choco = block, list(positions), wire, choco

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from qgm_ray.engine import async_run, choco
 from qgm_ray.engine.barriers import barriers_for
-from qgm_ray.engine.exchange import Exchange, wire_of
+from qgm_ray.engine.exchange import Exchange
+from qgm_ray.engine.wire import wire_of
 
 
 def exchange_stage(cfg, rule, topology, groups, payload_floats: int, n_train: int) -> Exchange:

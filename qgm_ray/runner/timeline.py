@@ -16,7 +16,7 @@ import numpy as np
 from qgm_ray import clock
 from qgm_ray.clock import ClockModel
 from qgm_ray.engine.base import RoundRecord
-from qgm_ray.engine.exchange import FLOAT32
+from qgm_ray.engine.wire import FLOAT32
 from qgm_ray.runner.plan import RunState
 
 

@@ -16,18 +16,20 @@ A run goes through three phases, and a signal means something different in each:
 
 Every exit without Python's unwinding (os._exit) leaves the Ray processes this process started
 to the reaper (engine/reaper.py), which ends them within about a second. `cleanups` run first.
+While a handler here is installed, qgm_ray/handler_guard.py keeps it in place at the C level.
 
 Only the main thread can own signals: a Tune trial runs in another thread and is stopped by Tune.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
 import threading
 from typing import Callable, Optional
+
+from qgm_ray.handler_guard import HandlerGuard
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 # A terminal sends these to its whole foreground process group, Ray's processes included. Ray
@@ -36,6 +38,9 @@ GROUP_SIGNALS = (signal.SIGHUP, signal.SIGQUIT)
 FINISH_GRACE_S = 5.0
 
 STARTING, TRAINING, FINISHING = "starting", "training", "finishing"
+
+__all__ = ["FINISH_GRACE_S", "GROUP_SIGNALS", "SIGNALS", "HandlerGuard", "Interrupted", "StopSignals", "exit_code",
+           "hard_exit", "install_early", "quiet_exit_from_now", "shielded_children", "signal_name"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -116,47 +121,6 @@ def quiet_exit_from_now() -> None:
             signal.signal(s, _exit_now)
 
 
-class HandlerGuard:
-    """Keeps the C-level handlers of `signals` what they are now, from a thread that looks
-    every EVERY_S. Ray's core worker installs C++ handlers of its own when it connects (a
-    stack dump, then death) and ray.shutdown() resets SIGTERM to the default action, behind
-    Python's back: Python still believes its handler is in place, and a SIGTERM during Ray's
-    shutdown would kill the process silently (exit -15). Linux / glibc; a no-op elsewhere."""
-
-    EVERY_S = 0.02   # the window left: 20 ms of a 2-s shutdown
-    _SIZE = 512   # >= sizeof(struct sigaction); the handler pointer is its first field
-
-    def __init__(self, signals=SIGNALS):
-        self._stop = threading.Event()
-        self.restored = 0
-        try:
-            self._sigaction = ctypes.CDLL(None, use_errno=True).sigaction
-        except (OSError, AttributeError):
-            self._sigaction = None
-            return
-        self._ptr = ctypes.sizeof(ctypes.c_void_p)
-        self.saved = {s: self._current(s) for s in signals}
-        self._thread = threading.Thread(target=self._watch, name="qgm-signal-guard", daemon=True)
-        self._thread.start()
-
-    def _current(self, sig: int):
-        buf = ctypes.create_string_buffer(self._SIZE)
-        self._sigaction(int(sig), None, buf)
-        return buf
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.EVERY_S):
-            for sig, saved in self.saved.items():
-                if self._current(sig).raw[:self._ptr] != saved.raw[:self._ptr]:
-                    self._sigaction(int(sig), saved, None)
-                    self.restored += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._sigaction is not None:
-            self._thread.join()
-
-
 class StopSignals:
     """The phase-aware handler of one run (see the module's docstring). `with` installs it;
     nested `with` blocks install it once. The runner marks the phases: `training()` once the
@@ -179,7 +143,6 @@ class StopSignals:
     def __call__(self) -> bool:
         return self.signum is not None
 
-    # ------------------------------------------------------------ phases
     def training(self) -> None:
         self.phase = TRAINING
         self.reinstall()
@@ -195,7 +158,6 @@ class StopSignals:
         for s in self._previous:
             signal.signal(s, self._handler)
 
-    # ------------------------------------------------------------ the handler
     def _handler(self, signum, frame):
         name = signal_name(signum)
         if self.phase == STARTING:

@@ -156,7 +156,7 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         check_new_run_dir(sweep_dir, resume_cmd=f"{command()} tune --resume")
         load_key(create=True)   # the seal of Tune's state: a key that cannot be made fails now
 
-    from qgm_ray.signals import HandlerGuard
+    from qgm_ray.signals import SIGNALS, HandlerGuard
 
     tc = cfg.tune
     total = count_trials(tc)
@@ -166,7 +166,7 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
     try:
         started_ray = _init_ray(cfg, log)
         signals.install()       # Ray's core worker put C++ handlers in place when it connected
-        guard = HandlerGuard()  # and ray.shutdown() resets SIGTERM behind Python's back
+        guard = HandlerGuard(SIGNALS)  # and ray.shutdown() resets SIGTERM behind Python's back
         cluster = ray.cluster_resources()
         check_fits(base, tc, cluster, autoscaling=not started_ray and _autoscales())
         if resume_dir is None:

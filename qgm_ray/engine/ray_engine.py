@@ -475,6 +475,8 @@ class RayEngine:
 
     # ------------------------------------------------------------ for tests and operators
     def actor_handles(self) -> list:
+        """The ClientActors' handles. A handle held keeps its actor alive: one of the start's
+        (the driver's: coordinator.first_actors) then outlives a dead coordinator."""
         return ray.get(self.coordinator.handles.remote())
 
     def actor_pids(self) -> list[int]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import ray
@@ -60,6 +60,68 @@ class NodeClientActor(ClientActor):
         return ray.get_runtime_context().get_node_id()
 
 
+def actor_runtime_env(cfg: Config) -> Optional[dict]:
+    """The runtime_env every ClientActor of this config names: the plug-in code (py_modules)
+    and the determinism settings' environment; None: the creator's own."""
+    env_vars = determinism.env_vars(cfg)
+    return plugins.ray_runtime_env(cfg, {"env_vars": env_vars} if env_vars else None)
+
+
+def new_client_actor(cfg: Config, meta: dict, parts_ref, data_refs: list, resources: dict,
+                     runtime_env: Optional[dict], node: Optional[str] = None):
+    """Create one ClientActor on `node` (None: where Ray puts it). The one place its options
+    are chosen: the driver creates a start's actors with it, the coordinator every later one."""
+    # Per actor (ray_setup.plan_resources): GPU room for k clients whatever it holds now, so a
+    # resize can add clients to it later.
+    cpu, gpu = resources["num_cpus"], resources["num_gpus"]
+    # soft: a node that is full, gone or unknown falls back to Ray's own choice. No target:
+    # no strategy at all, so that a placement group the caller runs in (Tune) captures it.
+    where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
+    if runtime_env:
+        where["runtime_env"] = runtime_env
+    cls = ray.remote(NodeClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0, **where)
+    return cls.remote(cfg, meta, parts_ref, gpu, *data_refs)
+
+
+def alive_nodes() -> list[dict]:
+    """Ray's alive nodes, by node id (the order placement breaks ties in)."""
+    return sorted((x for x in ray.nodes() if x.get("Alive")), key=lambda x: x["NodeID"])
+
+
+def actor_targets(cfg: Config, resources: dict, centralized: bool, n: int, alive: list[dict], fixed: dict,
+                  exclude=()) -> dict:
+    """actor index -> node for the actors of an n-client layout not in `fixed` (index -> node
+    of live actors that stay), graph neighbours together (engine/placement.py), on the `alive`
+    nodes but the excluded ones. {} with `ray.placement: default` or inside a placement group
+    (a Tune trial): Ray's scheduler, or the group, places them."""
+    if cfg.ray.placement != "graph" or n == 0 or ray.util.get_current_placement_group() is not None:
+        return {}
+    need = {"CPU": resources["num_cpus"], "GPU": resources["num_gpus"]}
+    capacity = {x["NodeID"]: placement.actors_fit(x.get("Resources", {}), need)
+                for x in alive if x["NodeID"] not in set(exclude)}
+    topo = build.build_topology(cfg, n)
+    groups = groups_of(n, cfg.ray.clients_per_actor)
+    if averages_everyone(topo, centralized):
+        traffic = placement.allreduce_traffic(len(groups))
+    else:
+        rounds = placement.ROUNDS_FOR_GRAPH if topo.time_varying else 1
+        traffic = placement.actor_traffic((topo.sparse(t) for t in range(rounds)), groups)
+    return placement.assign(traffic, capacity, {a: m for a, m in fixed.items() if m in capacity})
+
+
+def first_actors(cfg: Config, meta: dict, parts_ref, data_refs: list, resources: dict, n: int,
+                 centralized: bool) -> list:
+    """The ClientActors of an n-client start, placed and created as the coordinator would
+    create them (`Coordinator.start` adopts them). The driver creates them beside the
+    coordinator: their processes start and import torch while the coordinator's does, instead
+    of after it. Their handles must not outlive the call that hands them over: held by the
+    coordinator alone, they die with it, as the actors it creates do."""
+    targets = actor_targets(cfg, resources, centralized, n, alive_nodes(), {})
+    env = actor_runtime_env(cfg)
+    return [new_client_actor(cfg, meta, parts_ref, data_refs, resources, env, targets.get(i))
+            for i in range(len(groups_of(n, cfg.ray.clients_per_actor)))]
+
+
 class Coordinator:
     def __init__(self, cfg: Config, run: str, meta: dict, data_refs: list, parts_ref, slots: list[int],
                  resources: dict, counted_rounds: int = 0, n_train: int = 0):
@@ -85,8 +147,7 @@ class Coordinator:
         self.compressed = cfg.compression.op != "none"   # CHOCO-Gossip's exchange (engine/choco.py)
         self.initial_slots = list(slots)
         # py_modules: the plug-in code this coordinator was started with, for every ClientActor.
-        self.runtime_env = plugins.ray_runtime_env(
-            cfg, {"env_vars": determinism.env_vars(cfg)} if determinism.env_vars(cfg) else None)
+        self.runtime_env = actor_runtime_env(cfg)
         self.eval_pids: list[int] = []   # the process that answered each evaluation
         self.fused_refused = False       # a node's shared memory had no room for fused rounds
         self.mailboxes_open = False      # this chunk's actors hold outboxes (engine/mailbox.py)
@@ -103,47 +164,33 @@ class Coordinator:
             ray.get([a.reconfigure.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
                      for a in actors])
 
-    def start(self) -> dict:
-        """Create the actors and build the clients (blocks while the cluster lacks resources)."""
+    def start(self, actors: Sequence = ()) -> dict:
+        """Build the clients in the actors held (a kept crew's), in `actors` (first_actors: a
+        new coordinator's, created by the driver), or in actors created here (blocks while the
+        cluster lacks resources)."""
         with self.lock:
+            if actors:
+                self.actors = list(actors)
             self._set_slots(self.initial_slots)
             return self.info()
 
     # ------------------------------------------------------------ actors
     def _new_actor(self, node: Optional[str] = None):
-        # Per actor (ray_setup.plan_resources): GPU room for k clients whatever it holds now, so a
-        # resize can add clients to it later.
-        cpu, gpu = self.resources["num_cpus"], self.resources["num_gpus"]
-        # soft: a node that is full, gone or unknown falls back to Ray's own choice. No target:
-        # no strategy at all, so that a placement group the caller runs in (Tune) captures it.
-        where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
-        if self.runtime_env:
-            where["runtime_env"] = self.runtime_env
-        cls = ray.remote(NodeClientActor).options(num_cpus=cpu, num_gpus=gpu, max_restarts=0, **where)
-        return cls.remote(self.cfg, self.meta, self.parts_ref, gpu, *self.data_refs)
+        return new_client_actor(self.cfg, self.meta, self.parts_ref, self.data_refs, self.resources,
+                                self.runtime_env, node)
 
-    def _targets(self, n: int, fixed: dict, exclude=()) -> dict:
-        """actor index -> node for the actors of an n-client layout not in `fixed` (index ->
-        node of live actors that stay), graph neighbours together (engine/placement.py).
-        {} with `ray.placement: default`: Ray's scheduler decides."""
-        alive = sorted((x for x in ray.nodes() if x.get("Alive")), key=lambda x: x["NodeID"])
+    def _observe_nodes(self) -> list[dict]:
+        """The alive nodes, noting which joined since the last placement (the engine logs
+        those that get actors)."""
+        alive = alive_nodes()
         alive_ids = {x["NodeID"] for x in alive}
-        # Joined since the last placement: logged by the engine when they get actors.
         self._fresh = alive_ids - self.known_nodes if self.known_nodes else set()
         self.known_nodes = alive_ids
-        if self.cfg.ray.placement != "graph" or n == 0 or ray.util.get_current_placement_group() is not None:
-            return {}   # default placement, or a placement group (a Tune trial) places the actors
-        need = {"CPU": self.resources["num_cpus"], "GPU": self.resources["num_gpus"]}
-        capacity = {x["NodeID"]: placement.actors_fit(x.get("Resources", {}), need)
-                    for x in alive if x["NodeID"] not in set(exclude)}
-        topo = build.build_topology(self.cfg, n)
-        groups = groups_of(n, self.k)
-        if averages_everyone(topo, self.centralized):
-            traffic = placement.allreduce_traffic(len(groups))
-        else:
-            rounds = placement.ROUNDS_FOR_GRAPH if topo.time_varying else 1
-            traffic = placement.actor_traffic((topo.sparse(t) for t in range(rounds)), groups)
-        return placement.assign(traffic, capacity, {a: m for a, m in fixed.items() if m in capacity})
+        return alive
+
+    def _targets(self, n: int, fixed: dict, exclude=()) -> dict:
+        """actor_targets on the nodes alive now."""
+        return actor_targets(self.cfg, self.resources, self.centralized, n, self._observe_nodes(), fixed, exclude)
 
     def _set_slots(self, slots: list[int], states: Optional[list] = None) -> None:
         """Make the actors hold exactly `slots` (position i = slots[i]) in blocks of k; reuse
@@ -153,7 +200,10 @@ class Coordinator:
         for extra in self.actors[len(groups):]:
             ray.kill(extra)
         self.actors, self.nodes = self.actors[:len(groups)], self.nodes[:len(groups)]
-        targets = self._targets(len(slots), dict(enumerate(self.nodes)))
+        alive = self._observe_nodes()
+        if len(self.actors) < len(groups):   # placed around the actors that stay
+            targets = actor_targets(self.cfg, self.resources, self.centralized, len(slots), alive,
+                                    dict(enumerate(self.nodes)))
         while len(self.actors) < len(groups):
             self.actors.append(self._new_actor(targets.get(len(self.actors))))
         calls = []

@@ -511,7 +511,7 @@ class Coordinator:
             params = [a.params.remote() for a in self.actors]
             local = ([a.local_accuracies.remote(self.cfg.eval.batch_size, len(self.slots)) for a in self.actors]
                      if self.cfg.eval.local_models else [])
-            # The first ClientActor evaluates the average (actors.py: the averaged model).
+            # The first ClientActor evaluates the average (engine/actor_evaluation.py: the averaged model).
             out = ray.get(self.actors[0].evaluate_average.remote(*params))
             self.eval_pids.append(out.pop("evaluator_pid"))
             accs = [x for r in ray.get(local) for x in r]

@@ -9,6 +9,8 @@ local engine (up to float summation order), which `tests/test_bench.py` checks.
 The parent process (`GlooPeer`) never imports torch; it drives the ranks over pipes in blocks
 of rounds and reads the ranks' round-end timestamps (CLOCK_MONOTONIC, shared by every
 process on the machine), so a round's time is `max over ranks of its end - the previous one's`.
+A rank (`_rank_main`) and its driver are the two ends of one pipe protocol ("train", "params",
+"stop" and their replies), which one module holds whole.
 """
 from __future__ import annotations
 
@@ -23,8 +25,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-# ------------------------------------------------------------------------------ one rank
 
 def _mix(payload, w, rank: int, in_nb: list[int], out_nb: list[int], dist):
     """mixed = sum_j W[rank, j] * payload_j over j in {rank} + in-neighbours, via isend/irecv,
@@ -93,8 +93,6 @@ def _rank_main(rank: int, n: int, port: int, cfg_dict: dict, threads: int, conn)
             conn.send("stopped")
             return
 
-
-# ------------------------------------------------------------------------------ the driver
 
 class GlooPeer:
     """n gloo ranks, one client each, driven in blocks of rounds (see module docstring)."""

@@ -151,7 +151,7 @@ def markdown(records: list[dict], meta: dict) -> str:
 def main(quick: bool = False, output: str | None = None) -> int:
     import torch
 
-    from bench.harness import report
+    from bench.reporting import report
 
     if not torch.cuda.is_available():
         print("bench --device cuda: no CUDA device is visible (torch.cuda.is_available() is False); "

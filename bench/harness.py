@@ -12,10 +12,8 @@ gloo, pss_mb, processes, torch threads, load average, status. Next to FILE.json 
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procs
+# Every benchmark's metadata and report are bench/reporting.py's; importable from here as they were.
+from bench.reporting import metadata, report
+
+__all__ = ["BACKENDS", "MB_PER_PROCESS", "MODELS", "PLANS", "REPO", "SCHEMA", "Bench", "Plan", "Spec", "backend_specs",
+           "config_dict", "finalize", "groups", "main", "markdown", "merge", "metadata", "plot", "report",
+           "validate_records", "write"]
 
 REPO = Path(__file__).resolve().parent.parent
 MB_PER_PROCESS = 450  # rough resident cost of one torch process here (import torch alone: ~290 MB anon)
@@ -371,8 +375,6 @@ def validate_records(records: list) -> list[str]:
     return errors
 
 
-# ---------------------------------------------------------------------------- reporting
-
 def _fmt(x, spec):
     return "—" if x is None else format(x, spec)
 
@@ -442,37 +444,6 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def metadata() -> dict:
-    from importlib.metadata import version
-
-    def v(pkg):
-        try:
-            return version(pkg)
-        except Exception:  # noqa: BLE001
-            return "?"
-
-    mem = 0.0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = float(line.split()[1]) / 1024 / 1024
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, no GPU",
-        "versions": f"Python {platform.python_version()}, torch {v('torch')}, ray {v('ray')}",
-        "load_start": procs.load_avg(),
-    }
-
-
 def write(records: list[dict], meta: dict, out: Path) -> None:
     """FILE.json (records), FILE.md (table), FILE.meta.json, FILE.png."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -484,18 +455,6 @@ def write(records: list[dict], meta: dict, out: Path) -> None:
     except Exception as e:  # noqa: BLE001 - the numbers matter more than the figure
         print(f"plot failed: {e}", file=sys.stderr)
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
-
-
-def report(table: str, meta: dict, records: list[dict], output: str | None) -> None:
-    """Print a benchmark's table; with `output`, write {"meta", "records"} to it as JSON and
-    the table beside it (FILE.md)."""
-    print()
-    print(table)
-    if output:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
-        out.with_suffix(".md").write_text(table)
 
 
 def merge(base: Path, patch: Path) -> None:

@@ -184,7 +184,7 @@ def markdown(records: list[dict], meta: dict) -> str:
 
 
 def main(quick: bool = False, output: str | None = None, only: list | None = None) -> int:
-    from bench.harness import metadata
+    from bench.reporting import metadata
 
     plan = QUICK if quick else FULL
     specs = [dict(zip(("kind", "backend", "n", "model", "algorithm", "topology", "rounds"), p)) for p in plan]

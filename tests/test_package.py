@@ -283,7 +283,7 @@ def installed(tmp_path, monkeypatch):
         "qgm_ray.graphs": {"chords": "examples.graphs:ring_with_chords"},
         "qgm_ray.compressors": {"top": "qgm_ray.compression.sparse:TopK"}})
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(plugins, "_INSTALLED", None)
+    monkeypatch.setattr(plugins.registry, "_INSTALLED", None)
     return tmp_path
 
 
@@ -318,7 +318,7 @@ def test_unknown_and_ambiguous_short_names_are_one_config_line(installed):
                                           r"or a reference"):
         qgm_ray.load_config(None, ["algorithm.name=nope"])
     distribution(installed, "other-plugins", {"qgm_ray.models": {"tiny": "other.nets:tiny"}})
-    plugins._INSTALLED = None   # monkeypatch restores the value it replaced
+    plugins.registry._INSTALLED = None   # monkeypatch restores the value it replaced
     with pytest.raises(ConfigError, match=r"^model.name='tiny' is an entry point of several installed distributions: "
                                           r"byo-examples \(examples.tiny_net:tiny_mlp\), other-plugins "
                                           r"\(other.nets:tiny\); name the one you mean by its reference"):
@@ -328,7 +328,7 @@ def test_unknown_and_ambiguous_short_names_are_one_config_line(installed):
 def test_built_in_names_read_no_entry_points(monkeypatch):
     def never():
         raise AssertionError("entry points read for a built-in name")
-    monkeypatch.setattr(plugins, "_installed", never)
+    monkeypatch.setattr(plugins.registry, "_installed", never)
     for overrides in ([], ["algorithm.name=dadam", "model.name=resnet20", "data.name=cifar10", "topology.name=torus"],
                       ["tune.grid={algorithm.name: [dsgdm, qg_dsgdm]}"], ["algorithm.name=examples.clip_rule:ClippedSGD"]):
         qgm_ray.load_config(None, overrides)

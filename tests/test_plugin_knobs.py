@@ -95,7 +95,7 @@ def test_shared_knob_checked_even_where_the_rule_ignores_it(override, message):
 
 
 def test_one_range_check_per_shared_knob():
-    from qgm_ray.algorithms.base import SHARED, SHARED_CHECKS, _merged
+    from qgm_ray.algorithms.hparams import SHARED, SHARED_CHECKS, _merged
     from qgm_ray.algorithms.registry import ALGORITHMS, algorithm_class
     assert set(SHARED_CHECKS) <= set(SHARED)
     for name in ALGORITHMS:   # the built-ins leave the shared knobs' ranges to SHARED_CHECKS

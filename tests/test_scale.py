@@ -148,14 +148,14 @@ def test_local_models_are_evaluated_on_a_subset_only_above_the_budget(monkeypatc
     assert engine.evaluate()["local_test_accuracy"] == want
 
 
-# ------------------------------------------------------------------ big CPU blocks on the heap (engine/memory.py)
+# ------------------------------------------------------------------ big CPU blocks on the heap (engine/host_heap.py)
 
 HEAP_PROBE = """
 import sys, torch
 from qgm_ray.config import load_config
 from qgm_ray.engine.local import LocalEngine
 from qgm_ray.runner import run as runner
-from qgm_ray.engine import memory
+from qgm_ray.engine import host_heap
 
 def in_heap(t):
     for line in open("/proc/self/maps"):
@@ -168,7 +168,7 @@ before = in_heap(torch.empty(16 * 2**20))          # 64 MB: glibc maps it on its
 cfg = load_config(None, sys.argv[1:])
 ds, parts = runner.prepare(cfg, log=lambda m: None)
 engine = LocalEngine(cfg, ds, parts)
-print(before, memory._heap_mode, in_heap(torch.empty(16 * 2**20)), engine.blocks[0].params.shape[0])
+print(before, host_heap._heap_mode, in_heap(torch.empty(16 * 2**20)), engine.blocks[0].params.shape[0])
 """
 
 

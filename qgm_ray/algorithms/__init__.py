@@ -12,7 +12,8 @@ A rule declares its knobs in the class attribute `defaults` (merged over its bas
 built-ins do it the same way as a user's rule referenced by `"package.module:Class"`.
 """
 
-from qgm_ray.algorithms.base import SHARED, Algorithm, State
+from qgm_ray.algorithms.base import Algorithm, State
+from qgm_ray.algorithms.hparams import SHARED
 from qgm_ray.algorithms.registry import (
     ALGORITHMS,
     accepted_hparams,

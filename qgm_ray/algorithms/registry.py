@@ -14,8 +14,9 @@ from typing import Any, Callable
 from qgm_ray import errors, plugins
 from qgm_ray.algorithms.ad_psgd import ADPSGD
 from qgm_ray.algorithms.adam import DAdam, QGAdam
-from qgm_ray.algorithms.base import SHARED, Algorithm, check_knobs, resolve_hparams
+from qgm_ray.algorithms.base import Algorithm
 from qgm_ray.algorithms.d2 import D2
+from qgm_ray.algorithms.hparams import SHARED, check_knobs, resolve_hparams
 from qgm_ray.algorithms.sgd import DSGD, CentralizedSGDm, DSGDm, QGDSGDm
 from qgm_ray.algorithms.tracking import GradientTracking
 from qgm_ray.algorithms.variants import CentralizedAdam, D2Official, QGAdamV2, QGDSGDmLocalStep

@@ -14,7 +14,8 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine.block import Block, should_pack
 from qgm_ray.engine.choco import Choco
 from qgm_ray.engine.kernels import choose as choose_kernels
-from qgm_ray.engine.memory import auto_chunk, heap_for_big_tensors
+from qgm_ray.engine.host_heap import heap_for_big_tensors
+from qgm_ray.engine.memory import auto_chunk
 
 
 def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device: str, gpu_share: float = 1.0,
@@ -26,7 +27,7 @@ def build_block(cfg: Config, ds: Dataset, parts: list, slots: list[int], device:
     rows in chunks per `compute.vmap_chunk` (auto: what fits in `gpu_share` of a GPU, engine/memory.py);
     with zero public copies where the run compresses its exchange (engine/choco.py).
     heap_for_big: a CPU block moves this process's big allocations to the heap
-    (engine/memory.py; the local engine asks for it)."""
+    (engine/host_heap.py; the local engine asks for it)."""
     model = build.build_model(cfg, ds)
     num_params = sum(p.numel() for p in model.parameters())
     shards = []

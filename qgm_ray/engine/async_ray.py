@@ -1,6 +1,6 @@
 """An asynchronous run (`clock.mode: async`) on the Ray engine: each ClientActor steps its
 block's events of every wave of the schedule (qgm_ray/async_schedule.py) with the arithmetic of
-engine/async_run.py, so the numbers equal the local engine's bit for bit.
+engine/async_event.py, so the numbers equal the local engine's bit for bit.
 
 The coordinator knows every wave in advance (`WavePlan`, numpy only). An actor's call for wave w
 finishes its events of wave w - 1 and starts its events of wave w, one call per actor per wave
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from qgm_ray import build
-from qgm_ray.engine.async_run import (exchange_for, fresh_state, history_of, mix_versions, pair_mean, post_rows,
-                                      pre_rows, take_pending_gradients)
+from qgm_ray.engine.async_event import mix_versions, pair_mean, post_rows, pre_rows, take_pending_gradients
+from qgm_ray.engine.async_run import exchange_for, fresh_state, history_of
 from qgm_ray.engine.base import exports, groups_of, wiring
 
 

@@ -20,7 +20,7 @@ from qgm_ray.engine.block import Block
 from qgm_ray.engine.evaluation import AveragedModel, average_rows, local_test_set
 from qgm_ray.engine import async_run, choco
 from qgm_ray.engine.stage import exchange_stage
-from qgm_ray.engine.memory import release_free_heap
+from qgm_ray.engine.host_heap import release_free_heap
 
 
 LOSS_READS_EVERY = 16   # rounds of losses kept on the device before one read
@@ -114,7 +114,7 @@ class LocalEngine:
         return average_rows(self.params, self.flat_buffers(), self.push_sum_weights())
 
     def evaluate(self) -> dict:
-        release_free_heap()   # what the rounds keep for reuse (engine/memory.py)
+        release_free_heap()   # what the rounds keep for reuse (engine/host_heap.py)
         bs = self.cfg.eval.batch_size
         out = self.averaged.evaluate(self.params, self.flat_buffers(), self.push_sum_weights())
         if self.cfg.eval.local_models:

@@ -173,7 +173,7 @@ def markdown(records: list[dict], meta: dict) -> str:
 
 
 def main(quick: bool = False, output: str | None = None, models=MODELS, ns=None, variants=None) -> int:
-    from bench.harness import metadata, report
+    from bench.reporting import metadata, report
 
     mode = "quick" if quick else "full"
     plan = PLANS[mode]

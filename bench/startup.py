@@ -68,7 +68,7 @@ def table(rows: dict, repeats: int, load: list) -> str:
 
 
 def main(quick: bool = False, output: str | None = None) -> int:
-    from bench.harness import metadata, report
+    from bench.reporting import metadata, report
 
     repeats = REPEATS["quick" if quick else "full"]
     load = [os.getloadavg()[0]]

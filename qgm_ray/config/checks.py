@@ -28,7 +28,7 @@ def validate(cfg: Config) -> None:
     """Every rule that can be checked without loading data. Raises ConfigError."""
     # Imported here: these registries import torch/networkx, and config parsing should not.
     from qgm_ray.algorithms import make_algorithm_from_config
-    from qgm_ray.algorithms.base import check_shared
+    from qgm_ray.algorithms.hparams import check_shared
     from qgm_ray.topology import validate_topology
 
     _require(len(cfg.name) <= MAX_NAME_LENGTH,

@@ -35,14 +35,14 @@ def _dynamic_choices() -> dict:
 
 
 def _shared_names() -> tuple:
-    from qgm_ray.algorithms.base import SHARED
+    from qgm_ray.algorithms.hparams import SHARED
     return SHARED
 
 
 def _rule_rows(name: str) -> tuple[dict, list]:
     """For rule `name`: {algorithm.<shared key>: its default in this rule} and a row per knob of
     its own (`algorithm.options.<knob>`), so `config --keys` shows what the named rule runs with."""
-    from qgm_ray.algorithms.base import SHARED
+    from qgm_ray.algorithms.hparams import SHARED
     from qgm_ray.algorithms.registry import algorithm_class
 
     knobs = algorithm_class(name).knobs()

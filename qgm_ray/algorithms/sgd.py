@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 from qgm_ray.algorithms.base import Algorithm, State, finish_round, new_step_counter, with_weight_decay
 
 
-# ---- functional core ------------------------------------------------------------------
+# The functional core: pure functions over (k, P) rows or (P,) vectors, as torch.optim's.
 
 def momentum_direction(m: Tensor, g: Tensor, beta: float, nesterov: bool, own_g: bool = False) -> Tensor:
     """`m <- beta*m + g` in place; the descent direction is `m` (heavy ball) or `g + beta*m`.
@@ -92,7 +92,7 @@ def centralized_sgdm_post_mix(
     return torch.add(x, momentum_direction(m, gbar, beta, nesterov, own_g=True), alpha=-lr, out=gbar)
 
 
-# ---- thin stateful wrappers -------------------------------------------------------------
+# The rules: thin classes that hold the hyper-parameters and pass their state to the functions above.
 
 class DSGD(Algorithm):
     push_sum = True

@@ -38,7 +38,7 @@ def _column(values: Tensor, like: Tensor) -> Tensor:
     return values.to(dtype=like.dtype, device=like.device).reshape(*values.shape, *([1] * (like.dim() - values.dim())))
 
 
-# ---- functional core ------------------------------------------------------------------
+# The functional core: pure functions over (k, P) rows or (P,) vectors, as torch.optim's.
 
 def normalized_progress(x: Tensor, x_new: Tensor, eps: float) -> Tensor:
     """`(x - x+) / (||x - x+|| + eps)`, the norm taken per client (over the last dimension)."""
@@ -116,7 +116,7 @@ def qg_local_step_update(
         progress.masked_fill_(rows, 0.0)
 
 
-# ---- thin stateful wrappers -------------------------------------------------------------
+# The rules: thin classes that hold the hyper-parameters and pass their state to the functions above.
 
 class D2Official(Algorithm):
 

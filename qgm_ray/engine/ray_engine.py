@@ -5,7 +5,7 @@
 
 The driver starts or joins Ray (ray_setup), puts the dataset into the object store once
 (numpy arrays: every actor on a node maps the same memory and slices its own partition),
-starts the Coordinator and, beside it, the ClientActors it adopts (coordinator.first_actors),
+starts the Coordinator and, beside it, the ClientActors it adopts (actor_start.first_actors),
 and then only exchanges small things with it: per-round records that feed the progress bar,
 evaluation dicts, and the client states it writes to checkpoints. See coordinator.py for the
 round dataflow and actors.py for the workers.
@@ -48,7 +48,8 @@ from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
 from qgm_ray.engine import crew
 from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of
-from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes, first_actors
+from qgm_ray.engine.actor_start import first_actors
+from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
 from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.engine.placement import clients_per_node
 from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
@@ -153,7 +154,7 @@ class RayEngine:
             cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
                                                   max_restarts=0, runtime_env=env, **home)
             self.coordinator = cls.remote(*args)
-            # The ClientActors start beside the coordinator (coordinator.first_actors); once the
+            # The ClientActors start beside the coordinator (actor_start.first_actors); once the
             # call holds their handles the driver lets go of them, so they die with the coordinator.
             started = self.coordinator.start.remote(first_actors(self.cfg, self.meta, self.parts_ref, self.data_refs,
                                                                  self.resources, len(slots), self.centralized))
@@ -476,7 +477,7 @@ class RayEngine:
     # ------------------------------------------------------------ for tests and operators
     def actor_handles(self) -> list:
         """The ClientActors' handles. A handle held keeps its actor alive: one of the start's
-        (the driver's: coordinator.first_actors) then outlives a dead coordinator."""
+        (the driver's: actor_start.first_actors) then outlives a dead coordinator."""
         return ray.get(self.coordinator.handles.remote())
 
     def actor_pids(self) -> list[int]:

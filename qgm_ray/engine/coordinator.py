@@ -1,11 +1,12 @@
 """The `Coordinator` actor: topology, round counter, the wiring of the dataflow, membership.
 
 Between chunks of rounds it holds the run's ClientActors and their slots (created and placed
-by engine/actor_start.py), evaluates, checkpoints, resizes and repairs; a chunk of rounds it
-drives one of three ways, each the module of its topic: a call per actor per round
-(engine/round_flow.py, which describes the dataflow), fused rounds (engine/fused_coordinator.py)
-or an asynchronous run's waves (engine/async_coordinator.py). A chunk ends with every client's
-round finished, so evaluation, checkpoints, resizes and replacements happen only between chunks.
+by engine/actor_start.py), evaluates, checkpoints, resizes and repairs (lost actors:
+engine/actor_repair.py); a chunk of rounds it drives one of three ways, each the module of its
+topic: a call per actor per round (engine/round_flow.py, which describes the dataflow), fused
+rounds (engine/fused_coordinator.py) or an asynchronous run's waves
+(engine/async_coordinator.py). A chunk ends with every client's round finished, so evaluation,
+checkpoints, resizes and replacements happen only between chunks.
 
 Plain class, wrapped with `ray.remote` by the engine (max_concurrency=2: `request_stop` must
 get through while `run_rounds` runs; a lock serialises everything else).
@@ -18,12 +19,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import (ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
-                            RayActorError, WorkerCrashedError)
 
 from qgm_ray import build, errors
 from qgm_ray.config import Config
-from qgm_ray.engine import async_coordinator, exchange, fused_coordinator, mailbox, round_flow
+from qgm_ray.engine import actor_repair, async_coordinator, exchange, fused_coordinator, mailbox, round_flow
+from qgm_ray.engine.actor_repair import FAILURES
 from qgm_ray.engine.actor_start import actor_runtime_env, actor_targets, alive_nodes, new_client_actor
 from qgm_ray.engine.actors import expect_lost_payloads
 from qgm_ray.engine.barriers import barriers_for
@@ -31,11 +31,6 @@ from qgm_ray.engine.base import groups_of
 from qgm_ray.engine.exchange import Exchange
 from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.engine.metrics import RunMetrics
-
-
-# What "a process or node died" looks like to the caller of ray.get.
-FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError, OwnerDiedError,
-            WorkerCrashedError)
 
 
 def cross_node_bytes(topology, centralized: bool, n: int, t: int, k: int, nodes: list, payload_bytes: int) -> int:
@@ -269,86 +264,24 @@ class Coordinator:
             return self.info()
 
     def find_dead(self, timeout: float = 10.0) -> list[int]:
-        """Indices of ClientActors that do not answer (dead process or node)."""
-        pings = [a.ping.remote() for a in self.actors]
-        dead = []
-        for i, p in enumerate(pings):
-            try:
-                ray.get(p, timeout=timeout)
-            except FAILURES:
-                dead.append(i)
-            except ray.exceptions.GetTimeoutError:
-                dead.append(i)
-        return dead
+        """Indices of ClientActors that do not answer (engine/actor_repair.py)."""
+        return actor_repair.find_dead(self, timeout)
 
     def repair(self, policy: str) -> dict:
-        """After a failure: replace dead actors (replay: same clients, state restored later by
-        load_states) or remove them with their clients (drop). Returns the lost slots at once;
-        "pending" lists the replacements that have not answered yet (await_replacements).
-
-        Replacements go to the nodes left (placement, away from the nodes where actors just
-        died: such a node may be dying and not yet known dead). Whether to try again when one
-        dies is not decided here: the engine reports it and the runner's restore repairs again."""
+        """After a failure: dead actors replaced (replay) or removed with their clients (drop);
+        the lost slots, and the replacements not answered yet (engine/actor_repair.py)."""
         with self.lock:
-            dead = self.find_dead()
-            groups = groups_of(len(self.slots), self.k)
-            lost = [self.slots[i] for a in dead for i in groups[a]]
-            suspect = {self.nodes[a] for a in dead if a < len(self.nodes)}
-            for a in dead:
-                try:
-                    ray.kill(self.actors[a])
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
-            # Replacements not yet answered (actor index -> ref of its node id), and those that
-            # died before answering; set here because every await or replan follows a repair.
-            self._pending, self._unreplaced = {}, []
-            if policy == "drop":
-                self.actors = [a for i, a in enumerate(self.actors) if i not in dead]
-                self.nodes = [m for i, m in enumerate(self.nodes) if i not in dead]
-                slots = [s for s in self.slots if s not in lost]   # held from the restore (load_states) on
-            else:
-                slots = list(self.slots)
-                live = {i: m for i, m in enumerate(self.nodes) if i not in dead}
-                targets = self._targets(len(self.slots), live, exclude=suspect)
-                for a in dead:
-                    self.actors[a] = self._new_actor(targets.get(a))
-                    self._pending[a] = self.actors[a].node_id.remote()
-            return {**self.info(), "slots": slots, "dead_actors": dead, "lost_slots": lost,
-                    "pending": sorted(self._pending)}
+            return actor_repair.repair(self, policy)
 
     def await_replacements(self, timeout: float) -> dict:
-        """Wait up to `timeout` seconds for the pending replacements (repair, replan) to start.
-        Returns info() with "waiting" (actor indices still waiting for resources) and
-        "unreplaced" (those whose replacement died before it answered)."""
+        """Wait up to `timeout` seconds for the pending replacements (engine/actor_repair.py)."""
         with self.lock:
-            refs = list(self._pending.values())
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout) if refs else ([], [])
-            for a, ref in list(self._pending.items()):
-                if ref not in ready:
-                    continue
-                del self._pending[a]
-                try:
-                    self.nodes[a] = ray.get(ref)
-                except FAILURES:
-                    self._unreplaced.append(a)
-            return {**self.info(), "waiting": sorted(self._pending), "unreplaced": sorted(self._unreplaced)}
+            return actor_repair.await_replacements(self, timeout)
 
     def replan(self, resources: dict) -> list[int]:
-        """The cluster as it is cannot hold the replacements: start every actor anew asking for
-        `resources` (per actor; the same blocks), placed for them. The restore that follows
-        (load_states) loads every client. Returns the actors to await."""
+        """Every actor started anew asking for `resources`; the actors to await (engine/actor_repair.py)."""
         with self.lock:
-            self.resources = dict(resources)
-            for a in self.actors:
-                try:
-                    ray.kill(a)
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
-            targets = self._targets(len(self.slots), {})
-            self.actors = [self._new_actor(targets.get(i)) for i in range(len(self.actors))]
-            self._pending = {i: a.node_id.remote() for i, a in enumerate(self.actors)}
-            self._unreplaced = []
-            return sorted(self._pending)
+            return actor_repair.replan(self, resources)
 
     def evaluator_pids(self) -> list[int]:
         """The pid of the process that answered each evaluation so far (tests, operators)."""

@@ -35,7 +35,8 @@ from qgm_ray.engine.actors import dataset_meta
 from qgm_ray.engine import crew, ray_recovery, resource_wait
 from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of
 from qgm_ray.engine.actor_start import first_actors
-from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes
+from qgm_ray.engine.actor_repair import FAILURES
+from qgm_ray.engine.coordinator import Coordinator, cross_node_bytes
 from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.engine.placement import clients_per_node
 from qgm_ray.engine.ray_setup import TRIAL_PROCESS_CPUS, connect, plan_resources, resolve_clients_per_actor

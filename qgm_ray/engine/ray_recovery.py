@@ -24,7 +24,7 @@ import ray
 
 from qgm_ray import errors
 from qgm_ray.engine.base import EngineFailure
-from qgm_ray.engine.coordinator import FAILURES
+from qgm_ray.engine.actor_repair import FAILURES
 from qgm_ray.engine.resource_wait import await_replacements
 from qgm_ray.errors import ConfigError
 

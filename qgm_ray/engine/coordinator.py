@@ -185,6 +185,8 @@ class Coordinator:
                               build.payload_floats(self.cfg, self.algorithm, self.num_params), self.n_train)
 
     def _run(self, t0: int, lrs: list[float]):
+        """The chunk's rounds, driven as its exchange allows: an asynchronous run's waves, fused
+        rounds, or a call per actor per round."""
         ex = self._exchange()
         if ex.schedule is not None:   # clock.mode=async: the schedule's waves (engine/async_ray.py)
             yield from async_coordinator.run(self, t0, lrs, ex)
@@ -207,7 +209,6 @@ class Coordinator:
         """Close the chunk's outboxes, if open (engine/fused_coordinator.py)."""
         fused_coordinator.close_mailboxes(self)
 
-
     def evaluate(self) -> dict:
         with self.lock:
             params = [a.params.remote() for a in self.actors]
@@ -220,7 +221,6 @@ class Coordinator:
             out["local_test_accuracy"] = float(np.mean(accs)) if accs else float("nan")
             self.metrics.on_eval(out)
             return out
-
 
     def state_refs(self) -> list:
         """Refs of each actor's list of client state dicts, in position order (the driver

@@ -74,7 +74,6 @@ def run(c, t0: int, lrs: list[float], ex: Exchange):
     yield {"done": submitted}
 
 
-
 def call_results(refs: list) -> list:
     """Each actor's losses of one fused call. A call that stopped because a peer failed
     (PeerLost) is read past, so the peer's own error (a lost actor, or the exception a

@@ -152,7 +152,6 @@ class RayEngine:
         """ray.get(ref), logging while new actors wait for resources (engine/resource_wait.py)."""
         return resource_wait.wait(self, ref, what)
 
-
     def _log_placement(self) -> None:
         per_node = clients_per_node(groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
                                     self._info["actor_nodes"])
@@ -261,7 +260,6 @@ class RayEngine:
     def _recover(self, reason: str) -> None:
         """A chunk failed: dead actors replaced or dropped, EngineFailure (engine/ray_recovery.py)."""
         ray_recovery.recover(self, reason)
-
 
     def _restart(self, reason: str) -> None:
         if self._behind is None:

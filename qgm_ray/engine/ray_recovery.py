@@ -29,8 +29,8 @@ from qgm_ray.engine.resource_wait import await_replacements
 from qgm_ray.errors import ConfigError
 
 
-
 def progress(e, done: int) -> None:
+    """`done` rounds done: a replay back at the furthest round adds the time it lost."""
     now = time.time()
     if e._behind is not None and done >= e._behind[0]:
         lost = now - e._behind[1]

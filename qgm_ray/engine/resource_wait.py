@@ -20,7 +20,6 @@ from qgm_ray.layout import MAX_ACTORS_PER_CORE
 WAIT_LOG_EVERY_S = 30.0
 
 
-
 def wait(e, ref, what: str):
     """ray.get(ref), logging every WAIT_LOG_EVERY_S while new actors (a start, a grow) wait
     for resources, as long as it takes: the run needs them, where lost actors' replacements

@@ -149,7 +149,7 @@ def node_loss(out: Path, cluster=None) -> dict:
     (A node lost with room left on the others: the `plugins` scenario.) `cluster`: one of 3
     workers to use, else a new one."""
     from qgm_ray.runner import run as runner
-    from qgm_ray.engine import ray_engine
+    from qgm_ray.engine import resource_wait
     own = cluster is None
     cluster = start_cluster(3) if own else cluster
     assert len(cluster.worker_nodes) == 3, cluster.worker_nodes
@@ -163,7 +163,7 @@ def node_loss(out: Path, cluster=None) -> dict:
         replan["workers_left"] = len(cluster.worker_nodes)
 
 
-        ray_engine.WAIT_LOG_EVERY_S = 2.0   # 30 s in real runs
+        resource_wait.WAIT_LOG_EVERY_S = 2.0   # 30 s in real runs
         joiner = []
 
         def on_log(msg):   # called on the main thread, where Cluster.add_node must run

@@ -1,5 +1,5 @@
 """The Ray engine's start: the driver creates the first ClientActors beside the coordinator
-(coordinator.first_actors), the coordinator adopts them, and every later actor is the
+(actor_start.first_actors), the coordinator adopts them, and every later actor is the
 coordinator's. Who created an actor shows in its fate: an actor dies with the process that
 created it, and otherwise when the last handle to it goes."""
 import os

@@ -5,31 +5,17 @@
 
 The driver starts or joins Ray (ray_setup), puts the dataset into the object store once
 (numpy arrays: every actor on a node maps the same memory and slices its own partition),
-starts the Coordinator and, beside it, the ClientActors it adopts (coordinator.first_actors),
+starts the Coordinator and, beside it, the ClientActors it adopts (actor_start.first_actors),
 and then only exchanges small things with it: per-round records that feed the progress bar,
-evaluation dicts, and the client states it writes to checkpoints. See coordinator.py for the
-round dataflow and actors.py for the workers.
+evaluation dicts, and the client states it writes to checkpoints. See coordinator.py (and
+round_flow.py for the round dataflow) and actors.py for the workers.
 
-Failures. A ClientActor that dies (process killed, node lost) makes the coordinator's chunk
-end with a "failed" record; the engine then has the coordinator replace the dead actors
-(`fault_tolerance.on_failure: replay`) or remove them with their clients (`drop`, which
-rebuilds the topology for the clients left and refuses an n it cannot take) and raises
-EngineFailure. The runner restores the last checkpoint into the engine and replays from
-there, so a replayed run's numbers are those of an uninterrupted one. A dead Coordinator
-(its actors share its fate) is rebuilt the same way.
-
-Nodes. A lost node is a set of dead actors: the replacements go to the nodes left, or wait,
-logging every 30 s, until one joins (the autoscaler's, or an operator's `ray start`). With no
-node joining for `fault_tolerance.resource_wait_s` (a fixed cluster that lost a node), every
-actor starts anew asking for the share of the cores left that fits, in the same blocks, so
-the replay's numbers do not change; null waits for a node however long it takes. Every
-failure, also one while restoring (a replacement on a node that was dying too) or while
-replacing, is an EngineFailure: whether to retry is the runner's decision
-(`fault_tolerance.max_restarts`), and the engine retries nothing by itself. The coordinator
-runs on the driver's node (the head, on a cluster), so only the driver's node is needed to
-the end.
-Actors are placed so that graph neighbours share a node (engine/placement.py); the log says
-how many clients each node holds and how many payload bytes per round cross nodes.
+Failures (a dead ClientActor or Coordinator: replaced or dropped, EngineFailure, the runner's
+replay) are engine/ray_recovery.py's; waiting for resources (a start, a grow, lost actors'
+replacements, the re-plan when no node joins) is engine/resource_wait.py's. The coordinator
+runs on the driver's node (the head, on a cluster), so only the driver's node is needed to the
+end. Actors are placed so that graph neighbours share a node (engine/placement.py); the log
+says how many clients each node holds and how many payload bytes per round cross nodes.
 """
 from __future__ import annotations
 
@@ -42,21 +28,20 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qgm_ray import build, errors, plugins
+from qgm_ray import build, plugins
 from qgm_ray.config import Config
 from qgm_ray.data import Dataset
 from qgm_ray.engine.actors import dataset_meta
-from qgm_ray.engine import crew
+from qgm_ray.engine import crew, ray_recovery, resource_wait
 from qgm_ray.engine.base import EngineFailure, RoundRecord, groups_of
-from qgm_ray.engine.coordinator import FAILURES, Coordinator, cross_node_bytes, first_actors
+from qgm_ray.engine.actor_start import first_actors
+from qgm_ray.engine.actor_repair import FAILURES
+from qgm_ray.engine.coordinator import Coordinator, cross_node_bytes
 from qgm_ray.engine.stage import exchange_stage
 from qgm_ray.engine.placement import clients_per_node
-from qgm_ray.engine.ray_setup import (TRIAL_PROCESS_CPUS, connect, describe_resources, plan_resources,
-                                      replan_resources, resolve_clients_per_actor)
+from qgm_ray.engine.ray_setup import TRIAL_PROCESS_CPUS, connect, plan_resources, resolve_clients_per_actor
 from qgm_ray.errors import ConfigError
-from qgm_ray.layout import MAX_ACTORS_PER_CORE
 
-WAIT_LOG_EVERY_S = 30.0
 # Coordinators are named actors in this namespace, so an operator can reach a running one from
 # another process: ray.get_actor("qgm-<name>-<id>", namespace="qgm").resize.remote(8)
 NAMESPACE = "qgm"
@@ -119,7 +104,6 @@ class RayEngine:
             self.close()
             raise
 
-    # ------------------------------------------------------------ lifecycle
     def _start(self, slots: list[int]) -> None:
         # Plug-in code (`module:attr` names) travels with the coordinator; its ClientActors
         # inherit it (and the coordinator names it again: coordinator.runtime_env). Nothing else
@@ -153,7 +137,7 @@ class RayEngine:
             cls = ray.remote(Coordinator).options(name=self.name, namespace=NAMESPACE, num_cpus=0, max_concurrency=2,
                                                   max_restarts=0, runtime_env=env, **home)
             self.coordinator = cls.remote(*args)
-            # The ClientActors start beside the coordinator (coordinator.first_actors); once the
+            # The ClientActors start beside the coordinator (actor_start.first_actors); once the
             # call holds their handles the driver lets go of them, so they die with the coordinator.
             started = self.coordinator.start.remote(first_actors(self.cfg, self.meta, self.parts_ref, self.data_refs,
                                                                  self.resources, len(slots), self.centralized))
@@ -165,18 +149,8 @@ class RayEngine:
         self._log_placement()
 
     def _wait(self, ref, what: str):
-        """ray.get(ref), logging every WAIT_LOG_EVERY_S while new actors (a start, a grow) wait
-        for resources, as long as it takes: the run needs them, where lost actors' replacements
-        can share cores instead (_await_replacements)."""
-        t0 = time.time()
-        while True:
-            ready, _ = ray.wait([ref], timeout=WAIT_LOG_EVERY_S)
-            if ready:
-                return ray.get(ref)
-            self.log(f"ray: waiting {time.time() - t0:.0f}s for resources {what} "
-                     f"(alive nodes: {sum(1 for x in ray.nodes() if x.get('Alive'))}; available now: "
-                     f"{describe_resources(ray.available_resources())}); an autoscaler or `ray start` "
-                     f"on a new node ends the wait")
+        """ray.get(ref), logging while new actors wait for resources (engine/resource_wait.py)."""
+        return resource_wait.wait(self, ref, what)
 
     def _log_placement(self) -> None:
         per_node = clients_per_node(groups_of(self.n_clients, self.cfg.ray.clients_per_actor),
@@ -224,7 +198,6 @@ class RayEngine:
             ray.shutdown()
             self.started_ray = False
 
-    # ------------------------------------------------------------ training
     @_settles
     def train(self, rounds: range, lr_of: Callable[[int], float],
               on_round: Optional[Callable[[RoundRecord], None]] = None,
@@ -277,139 +250,16 @@ class RayEngine:
             self._on_failure(e)
 
     def _progress(self, done: int) -> None:
-        now = time.time()
-        if self._behind is not None and done >= self._behind[0]:
-            lost = now - self._behind[1]
-            self.time_lost_seconds += lost
-            self.log(f"ray: back at round {self._behind[0]} {lost:.1f}s later than before the failure "
-                     f"(recovery and replay; {self.time_lost_seconds:.1f}s lost to failures in all)")
-            self._behind = None
-        if done > self._frontier[0]:
-            self._frontier = (done, now)
+        """Rounds done so far: the time lost to failures (engine/ray_recovery.py)."""
+        ray_recovery.progress(self, done)
 
     def _on_failure(self, err: Exception) -> None:
-        # Is it the coordinator (its actors die with it) or one of its actors? "Unavailable"
-        # is what Ray says while it does not know yet: ask again, for 30 s at most. Either way
-        # this ends in EngineFailure (_recover, _restart); retrying is the runner's decision.
-        deadline = time.time() + 30
-        while True:
-            try:
-                ray.get(self.coordinator.info.remote(), timeout=max(1.0, deadline - time.time()))
-                break
-            except ray.exceptions.ActorUnavailableError:
-                if time.time() > deadline:
-                    self._restart(f"the coordinator did not answer for 30s ({type(err).__name__})")
-                time.sleep(1.0)
-            except (*FAILURES, ray.exceptions.GetTimeoutError):
-                self._restart(f"the coordinator died ({type(err).__name__})")
-        self._recover(errors.described(err))
+        """A call failed: the coordinator's or an actor's death, EngineFailure (engine/ray_recovery.py)."""
+        ray_recovery.on_failure(self, err)
 
     def _recover(self, reason: str) -> None:
-        policy = self.cfg.fault_tolerance.on_failure
-        t0 = time.time()
-        if self._behind is None:
-            self._behind = self._frontier
-        try:
-            info = ray.get(self.coordinator.repair.remote(policy))
-            if info["pending"]:
-                info = {**info, **self._await_replacements()}
-        except FAILURES:   # the coordinator died while repairing: rebuild everything
-            self._restart(f"the coordinator died while replacing actors ({reason})")
-        lost = info["lost_slots"]
-        if policy == "drop":
-            self.dropped.update(lost)
-            left = len(info["slots"])
-            try:
-                from qgm_ray.topology import validate_topology
-                if left == 0:
-                    raise ConfigError("no client is left")
-                validate_topology(self.cfg.topology.name, left, **self.cfg.topology.options)
-            except ConfigError as e:
-                raise ConfigError(f"fault_tolerance.on_failure=drop: clients {lost} died and the "
-                                  f"{left} left cannot form the topology: {e}") from None
-        self.recoveries += 1
-        self.last_recovery = {"reason": reason, "lost_slots": lost, "dead_actors": info["dead_actors"],
-                              "repair_seconds": time.time() - t0}
-        self._apply({**self._info, "actor_nodes": info["actor_nodes"], "slots": info["slots"],
-                     "n_actors": len(info["actor_nodes"])})
-        action = "replaced" if policy == "replay" else "dropped"
-        unreplaced = info.get("unreplaced")
-        if unreplaced:   # the runner's restore repairs again, within fault_tolerance.max_restarts
-            action += f", but the replacement(s) of actor(s) {unreplaced} died before they started"
-        else:
-            self._log_placement()
-        raise EngineFailure(f"ClientActor(s) {info['dead_actors']} died ({reason}); clients {lost} {action}",
-                            lost)
-
-    def _await_replacements(self) -> dict:
-        """Wait for the replacements of lost actors, logging every WAIT_LOG_EVERY_S. A node that
-        joins (an autoscaler's, an operator's `ray start`) ends the wait; with none joining for
-        fault_tolerance.resource_wait_s, the actors are re-planned to share the cores left
-        (_replan), and null waits for a node however long it takes."""
-        limit = self.cfg.fault_tolerance.resource_wait_s
-        t0 = last_log = time.time()
-        deadline = None if limit is None else t0 + limit
-        nodes = self._alive_nodes()
-        told = replanned = False
-        while True:
-            step = WAIT_LOG_EVERY_S if deadline is None else min(WAIT_LOG_EVERY_S, max(0.0, deadline - time.time()))
-            ans = ray.get(self.coordinator.await_replacements.remote(step))
-            if not ans["waiting"]:
-                return ans
-            now, alive = time.time(), self._alive_nodes()
-            if alive - nodes and deadline is not None:
-                deadline = now + limit   # a node joined: its resources may still come
-            nodes = alive
-            if deadline is not None and now >= deadline:
-                why = self._replan(len(ans["slots"]), ans["n_actors"], limit)
-                if why is None:
-                    deadline, replanned = None, True   # they fit: what is left is Ray starting them
-                    continue
-                if not told:
-                    self.log(f"ray: no node joined in fault_tolerance.resource_wait_s={limit:g}s and {why}: "
-                             f"waiting for a node")
-                    told = True
-                deadline = now + WAIT_LOG_EVERY_S   # the cluster may change: look again then
-            if now - last_log >= WAIT_LOG_EVERY_S - 0.5:
-                last_log = now
-                after = ("the actors were re-planned for the cluster as it is; Ray is starting them" if replanned
-                         else "fault_tolerance.resource_wait_s: null waits for one" if limit is None else
-                         f"after fault_tolerance.resource_wait_s={limit:g}s without one the actors are "
-                         f"re-planned to share the cores left")
-                self.log(f"ray: waiting {now - t0:.0f}s for resources to replace lost actors (alive nodes: "
-                         f"{len(alive)}; available now: {describe_resources(ray.available_resources())}); "
-                         f"an autoscaler or `ray start` on a new node ends the wait; {after}")
-
-    def _replan(self, n_clients: int, n_actors: int, limit: float) -> Optional[str]:
-        """Start every actor anew, asking for the share of the cluster as it is now that fits
-        (ray_setup.replan_resources); the blocks stay, so the replay's numbers are those of an
-        uninterrupted run. None when done, else why it cannot."""
-        if ray.util.get_current_placement_group() is not None:
-            return "the actors run in a placement group (a Tune trial), whose bundles Ray places"
-        nodes = [x.get("Resources", {}) for x in ray.nodes() if x.get("Alive")]
-        plan = replan_resources(self.cfg, self.n_max, n_actors, nodes, self.resources)
-        k = self.cfg.ray.clients_per_actor
-        cpus = sum(x.get("CPU", 0.0) for x in nodes)
-        if plan is None:
-            r = self.cfg.ray
-            fixed = (f"ray.cpus_per_client={r.cpus_per_client:g}" if r.cpus_per_client is not None else
-                     f"ray.cpus_per_actor={r.cpus_per_actor:g}" if r.cpus_per_actor != "auto" else None)
-            how = (f"{fixed} fixes what each asks for" if fixed else
-                   f"sharing cores (at most {MAX_ACTORS_PER_CORE} actors a core) does not make them fit")
-            return (f"{n_actors} ClientActor(s) of {self.resources['num_cpus']:g} CPU do not fit in "
-                    f"{len(nodes)} node(s) with {cpus:g} CPU: {how}")
-        before = self.resources["num_cpus"]
-        ray.get(self.coordinator.replan.remote(plan))
-        self.resources = plan
-        self.log(f"ray: no node joined in fault_tolerance.resource_wait_s={limit:g}s: re-planned the run's "
-                 f"{n_actors} ClientActor(s) of up to {k} clients ({n_clients} in all) for the cluster as it is "
-                 f"now ({len(nodes)} node(s), {cpus:g} CPU): {before:g} -> {plan['num_cpus']:g} CPU per actor, "
-                 f"the same blocks, so the replay's numbers are unchanged")
-        return None
-
-    @staticmethod
-    def _alive_nodes() -> set:
-        return {x["NodeID"] for x in ray.nodes() if x.get("Alive")}
+        """A chunk failed: dead actors replaced or dropped, EngineFailure (engine/ray_recovery.py)."""
+        ray_recovery.recover(self, reason)
 
     def _restart(self, reason: str) -> None:
         if self._behind is None:
@@ -426,7 +276,6 @@ class RayEngine:
             raise EngineFailure(f"{reason}; starting a new one failed too ({type(e).__name__})") from None
         raise EngineFailure(reason)
 
-    # ------------------------------------------------------------ evaluation, state
     @_settles
     def evaluate(self) -> dict:
         return self._call("evaluate")
@@ -473,10 +322,9 @@ class RayEngine:
         except FAILURES as e:
             self._on_failure(e)
 
-    # ------------------------------------------------------------ for tests and operators
     def actor_handles(self) -> list:
         """The ClientActors' handles. A handle held keeps its actor alive: one of the start's
-        (the driver's: coordinator.first_actors) then outlives a dead coordinator."""
+        (the driver's: actor_start.first_actors) then outlives a dead coordinator."""
         return ray.get(self.coordinator.handles.remote())
 
     def actor_pids(self) -> list[int]:

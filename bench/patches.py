@@ -13,39 +13,21 @@ from __future__ import annotations
 
 
 def lean_coordinator() -> None:
-    """Coordinator without per-round O(n) Python: W(t)'s wiring cached while W does not
-    change, and the per-client loss gauges refreshed every 50 rounds instead of every round
-    (the mean is still exported every round)."""
+    """Coordinator without per-round O(n) metrics: the per-client loss gauges refreshed every
+    50 rounds instead of every round (the mean is still exported every round). W(t)'s wiring
+    is memoised by the engine itself (engine/base.py `wiring`)."""
     from qgm_ray.engine import coordinator, metrics
 
     if getattr(coordinator.Coordinator, "_bench_lean", False):
         return
-    orig_wiring = coordinator.wiring
-    cache: dict = {}
-
-    def wiring(W, group):
-        # Static topologies hand out the same W object every round; keep W alive in the
-        # entry so its id cannot be reused by another matrix.
-        key = (id(W), tuple(group))
-        hit = cache.get(key)
-        if hit is None or hit[0] is not W:
-            if len(cache) > 4096:
-                cache.clear()
-            hit = cache[key] = (W, orig_wiring(W, group))
-        return hit[1]
-
-    coordinator.wiring = wiring
     orig_on_round = metrics.RunMetrics.on_round
 
-    def on_round(self, t, losses, slots, seconds, nbytes):
-        if t % 50 == 0:
-            return orig_on_round(self, t, losses, slots, seconds, nbytes)
-        self.round.set(t + 1, tags=self.tags)
-        self.round_seconds.set(seconds, tags=self.tags)
-        if nbytes > 0:
-            self.bytes_sent.inc(nbytes, tags=self.tags)
-        if losses:
-            self.train_loss.set(sum(losses) / len(losses), tags={**self.tags, "client": "mean"})
+    def on_round(self, t, losses, slots, seconds, nbytes, cross_nbytes=0):
+        if t % 50 == 0 or not losses:
+            return orig_on_round(self, t, losses, slots, seconds, nbytes, cross_nbytes)
+        # Everything but the per-client gauges, then the mean that `losses=[]` skipped.
+        orig_on_round(self, t, [], slots, seconds, nbytes, cross_nbytes)
+        self.train_loss.set(sum(losses) / len(losses), tags={**self.tags, "client": "mean"})
 
     metrics.RunMetrics.on_round = on_round
     coordinator.Coordinator._bench_lean = True
@@ -63,10 +45,10 @@ def timed_actors() -> None:
         return
     orig_step = cls.step
 
-    def step(self, *args):
+    def step(self, *args, **kwargs):
         t = time.thread_time()
         try:
-            return orig_step(self, *args)
+            return orig_step(self, *args, **kwargs)
         finally:
             self._bench_cpu = getattr(self, "_bench_cpu", 0.0) + time.thread_time() - t
             self._bench_calls = getattr(self, "_bench_calls", 0) + 1

@@ -125,7 +125,7 @@ def test_the_dump_and_the_key_listing_name_only_the_new_keys(told):
     assert {"compute.torch_threads", "compute.pack_clients", "compute.vmap_chunk"} <= set(keys)
     assert not {"ray.torch_threads", "ray.pack_clients", "ray.vmap_chunk"} & set(keys)
     assert "one of auto, true, false" in next(line for line in describe_keys().splitlines()
-                                               if line.startswith("compute.pack_clients"))
+                                              if line.startswith("compute.pack_clients"))
 
 
 def test_the_cli_reads_an_old_key_with_one_line():

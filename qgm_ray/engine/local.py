@@ -158,7 +158,7 @@ class LocalEngine:
                 # One GPU holds every block: each gets its share (as each actor of a Ray run on
                 # one GPU does), so both engines choose the same vmap chunks (engine/memory.py).
                 block = build_block(self.cfg, self.ds, self.parts, ids, self.device, gpu_share=1 / len(groups),
-                                          heap_for_big=True)
+                                    heap_for_big=True)
                 for r, s in enumerate(ids):
                     if s in kept:
                         block.load_client_state(r, kept[s])

@@ -36,7 +36,7 @@ def progress(e, done: int) -> None:
         lost = now - e._behind[1]
         e.time_lost_seconds += lost
         e.log(f"ray: back at round {e._behind[0]} {lost:.1f}s later than before the failure "
-                 f"(recovery and replay; {e.time_lost_seconds:.1f}s lost to failures in all)")
+              f"(recovery and replay; {e.time_lost_seconds:.1f}s lost to failures in all)")
         e._behind = None
     if done > e._frontier[0]:
         e._frontier = (done, now)
@@ -85,9 +85,9 @@ def recover(e, reason: str) -> None:
                               f"{left} left cannot form the topology: {e}") from None
     e.recoveries += 1
     e.last_recovery = {"reason": reason, "lost_slots": lost, "dead_actors": info["dead_actors"],
-                          "repair_seconds": time.time() - t0}
+                       "repair_seconds": time.time() - t0}
     e._apply({**e._info, "actor_nodes": info["actor_nodes"], "slots": info["slots"],
-                 "n_actors": len(info["actor_nodes"])})
+              "n_actors": len(info["actor_nodes"])})
     action = "replaced" if policy == "replay" else "dropped"
     unreplaced = info.get("unreplaced")
     if unreplaced:   # the runner's restore repairs again, within fault_tolerance.max_restarts

@@ -232,8 +232,8 @@ def connect(cfg: Config, log: Callable[[str], None], runtime_env: Optional[dict]
     gcs = ray.get_runtime_context().gcs_address   # what another process passes to ray.init(address=...)
     off = not address and not cfg.ray.dashboard
     log(f"ray: {where} (address {gcs}); dashboard: " + (dashboard_access(url) if url else
-                                                          "off (ray.dashboard: false)" if off else
-                                                          "not running (needs ray[default])"))
+                                                        "off (ray.dashboard: false)" if off else
+                                                        "not running (needs ray[default])"))
     return not address
 
 

@@ -30,9 +30,9 @@ def wait(e, ref, what: str):
         if ready:
             return ray.get(ref)
         e.log(f"ray: waiting {time.time() - t0:.0f}s for resources {what} "
-                 f"(alive nodes: {sum(1 for x in ray.nodes() if x.get('Alive'))}; available now: "
-                 f"{describe_resources(ray.available_resources())}); an autoscaler or `ray start` "
-                 f"on a new node ends the wait")
+              f"(alive nodes: {sum(1 for x in ray.nodes() if x.get('Alive'))}; available now: "
+              f"{describe_resources(ray.available_resources())}); an autoscaler or `ray start` "
+              f"on a new node ends the wait")
 
 
 def await_replacements(e) -> dict:
@@ -61,7 +61,7 @@ def await_replacements(e) -> dict:
                 continue
             if not told:
                 e.log(f"ray: no node joined in fault_tolerance.resource_wait_s={limit:g}s and {why}: "
-                         f"waiting for a node")
+                      f"waiting for a node")
                 told = True
             deadline = now + WAIT_LOG_EVERY_S   # the cluster may change: look again then
         if now - last_log >= WAIT_LOG_EVERY_S - 0.5:
@@ -71,8 +71,8 @@ def await_replacements(e) -> dict:
                      f"after fault_tolerance.resource_wait_s={limit:g}s without one the actors are "
                      f"re-planned to share the cores left")
             e.log(f"ray: waiting {now - t0:.0f}s for resources to replace lost actors (alive nodes: "
-                     f"{len(alive)}; available now: {describe_resources(ray.available_resources())}); "
-                     f"an autoscaler or `ray start` on a new node ends the wait; {after}")
+                  f"{len(alive)}; available now: {describe_resources(ray.available_resources())}); "
+                  f"an autoscaler or `ray start` on a new node ends the wait; {after}")
 
 
 def replan(e, n_clients: int, n_actors: int, limit: float) -> Optional[str]:
@@ -97,9 +97,9 @@ def replan(e, n_clients: int, n_actors: int, limit: float) -> Optional[str]:
     ray.get(e.coordinator.replan.remote(plan))
     e.resources = plan
     e.log(f"ray: no node joined in fault_tolerance.resource_wait_s={limit:g}s: re-planned the run's "
-             f"{n_actors} ClientActor(s) of up to {k} clients ({n_clients} in all) for the cluster as it is "
-             f"now ({len(nodes)} node(s), {cpus:g} CPU): {before:g} -> {plan['num_cpus']:g} CPU per actor, "
-             f"the same blocks, so the replay's numbers are unchanged")
+          f"{n_actors} ClientActor(s) of up to {k} clients ({n_clients} in all) for the cluster as it is "
+          f"now ({len(nodes)} node(s), {cpus:g} CPU): {before:g} -> {plan['num_cpus']:g} CPU per actor, "
+          f"the same blocks, so the replay's numbers are unchanged")
     return None
 
 

@@ -98,7 +98,7 @@ class RunDir:
         return stale
 
     def discard(self, made: bool, names: tuple = ("config.yaml", "partition.csv", "metrics.csv",
-                                                   "summary.json", "checkpoints")) -> None:
+                                                  "summary.json", "checkpoints")) -> None:
         """Undo a new run that wrote nothing worth keeping: the whole directory when this run
         made it, else only the files a run writes (a pre-existing empty directory stays)."""
         if made:

@@ -184,6 +184,19 @@ def test_outboxes_of_gone_processes_are_swept_when_the_next_is_made(tmp_path):
     mine.close()
 
 
+def test_a_peer_that_ends_between_making_and_attaching_is_a_lost_peer(tmp_path):
+    """A peer whose process ends after it made its outbox (a lost node's worker exiting closes
+    its outbox, which removes its peers' names too) makes the attach raise PeerLost, which the
+    coordinator reads past to the lost actor's own error, not an OSError that fails the run."""
+    prefix = str(tmp_path / "qgm-00000000000000dd")
+    boxes = [mailbox.Mailbox(prefix, me, 1, 4, [1 - me], [1 - me], 0) for me in (0, 1)]
+    boxes[1].close()
+    with pytest.raises(mailbox.PeerLost, match="actor 1's outbox is gone before the chunk began"):
+        boxes[0].attach()
+    boxes[0].close()
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_aborting_peer_stops_its_neighbours(tmp_path):
     out, _ = _ring(tmp_path, 3, rounds=40, abort_at=12)
     assert out[0] == "aborted"

@@ -31,8 +31,10 @@ def open_mailboxes(c, ex: Exchange, t0: int) -> Optional[str]:
     if why:
         close_mailboxes(c)
         return why[0]
-    ray.get([a.attach_mailbox.remote() for a in c.actors])
-    ray.get([a.unlink_mailbox.remote() for a in c.actors])
+    # An actor lost after it made its outbox fails its own call and makes its peers' attach
+    # raise PeerLost: read past those, so the lost actor is what surfaces (and is recovered).
+    call_results([a.attach_mailbox.remote() for a in c.actors])
+    call_results([a.unlink_mailbox.remote() for a in c.actors])
     return None
 
 def close_mailboxes(c) -> None:

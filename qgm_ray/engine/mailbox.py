@@ -90,21 +90,31 @@ class Mailbox:
         self.to: dict = {}        # peer -> write end of its FIFO
 
     def attach(self) -> None:
+        """Open the peers' outboxes (once every actor has made its own). A peer whose names are
+        gone, or whose inbox has no reader, ended after it made them (its process died, and a
+        process that exits closes its outbox, which removes its peers' names too): PeerLost,
+        so the engine recovers the chunk as it does a lost actor."""
         for b in self.peers:
             if b in self.to:
                 continue
-            rows_path, fifo_path = _paths(self.prefix, b)
-            fd = os.open(rows_path, os.O_RDONLY)
             try:
-                m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-            finally:
-                os.close(fd)
-            self.pids[b] = int(np.frombuffer(m, dtype=np.int64, count=1)[0])
-            if b in self.sources:
-                self.views[b] = np.frombuffer(m, dtype=np.float32, offset=_HEADER).reshape(2, -1, self.width)
-            w = os.open(fifo_path, os.O_WRONLY | os.O_NONBLOCK)
-            os.set_blocking(w, True)   # a full pipe waits for its reader rather than dropping a notice
-            self.to[b] = w
+                self._attach(b)
+            except OSError as e:   # FileNotFoundError; ENXIO: a FIFO whose reader is gone
+                raise PeerLost(f"actor {b}'s outbox is gone before the chunk began: {e.strerror or e}") from None
+
+    def _attach(self, b: int) -> None:
+        rows_path, fifo_path = _paths(self.prefix, b)
+        fd = os.open(rows_path, os.O_RDONLY)
+        try:
+            m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self.pids[b] = int(np.frombuffer(m, dtype=np.int64, count=1)[0])
+        if b in self.sources:
+            self.views[b] = np.frombuffer(m, dtype=np.float32, offset=_HEADER).reshape(2, -1, self.width)
+        w = os.open(fifo_path, os.O_WRONLY | os.O_NONBLOCK)
+        os.set_blocking(w, True)   # a full pipe waits for its reader rather than dropping a notice
+        self.to[b] = w
 
     def unlink(self) -> None:
         """Remove this actor's file names once every peer has attached (idempotent)."""

@@ -39,7 +39,7 @@ FINISH_GRACE_S = 5.0
 
 STARTING, TRAINING, FINISHING = "starting", "training", "finishing"
 
-__all__ = ["FINISH_GRACE_S", "GROUP_SIGNALS", "SIGNALS", "HandlerGuard", "Interrupted", "StopSignals", "exit_code",
+__all__ = ["FINISH_GRACE_S", "GROUP_SIGNALS", "SIGNALS", "Interrupted", "StopSignals", "exit_code",
            "hard_exit", "install_early", "quiet_exit_from_now", "shielded_children", "signal_name"]
 
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-# The checks are importable from here as they were (plug-ins name qgm_ray.positive, ...).
-from qgm_ray.algorithms.hparams import (RESERVED, SHARED, SHARED_CHECKS, _merged, check_knobs, check_shared,
-                                        check_type, non_negative, pair_in_unit_interval, positive, positive_int,
-                                        resolve_hparams, unit_interval)
+from qgm_ray.algorithms.hparams import _merged, resolve_hparams
 
 # torch is imported where a tensor is made: config validation reads the rules' knobs, and
 # parsing a config loads no torch.
@@ -22,9 +19,8 @@ if TYPE_CHECKING:
 
 State = dict[str, "Tensor"]
 
-__all__ = ["RESERVED", "SHARED", "SHARED_CHECKS", "Algorithm", "State", "check_knobs", "check_shared", "check_type",
-           "finish_round", "first_round", "new_step_counter", "non_negative", "pair_in_unit_interval", "positive",
-           "positive_int", "resolve_hparams", "rows_where", "step_of", "unit_interval", "with_weight_decay"]
+__all__ = ["Algorithm", "State", "finish_round", "first_round", "new_step_counter", "rows_where", "step_of",
+           "with_weight_decay"]
 
 
 class Algorithm:

@@ -28,10 +28,10 @@ import torch
 from qgm_ray.engine import allreduce, placement
 from qgm_ray.engine.base import (RoundRecord, averages_everyone, block_mix, exports, gossip_bytes, mixing_matrix,
                                  round_bytes, wiring)
-from qgm_ray.engine.wire import FLOAT32, Wire, wire_of
+from qgm_ray.engine.wire import FLOAT32, Wire
 from qgm_ray.sparse_w import SparseW
 
-__all__ = ["FLOAT32", "Exchange", "Wire", "cross_node_bytes", "wire_of"]
+__all__ = ["Exchange", "cross_node_bytes"]
 
 
 class Exchange:

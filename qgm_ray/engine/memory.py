@@ -20,11 +20,9 @@ from typing import Callable
 
 import torch
 
-# A CPU block's allocations are engine/host_heap.py's; importable from here as they were.
-from qgm_ray.engine.host_heap import heap_for_big_tensors, release_free_heap
 
-__all__ = ["CPU_CHUNK_SAMPLES", "MEMORY_FRACTION", "auto_chunk", "chunk_rows", "cuda_peak_of", "heap_for_big_tensors",
-           "probe", "release_free_heap", "resident_bytes"]
+__all__ = ["CPU_CHUNK_SAMPLES", "MEMORY_FRACTION", "auto_chunk", "chunk_rows", "cuda_peak_of", "probe",
+           "resident_bytes"]
 
 # Of its share of the GPU a block plans to use this much; the rest is the CUDA context,
 # allocator fragmentation, the evaluation model and the payload copies.

@@ -156,7 +156,8 @@ def run_sweep(cfg: Config, output_dir: Optional[str | Path] = None, resume_dir: 
         check_new_run_dir(sweep_dir, resume_cmd=f"{command()} tune --resume")
         load_key(create=True)   # the seal of Tune's state: a key that cannot be made fails now
 
-    from qgm_ray.signals import SIGNALS, HandlerGuard
+    from qgm_ray.handler_guard import HandlerGuard
+    from qgm_ray.signals import SIGNALS
 
     tc = cfg.tune
     total = count_trials(tc)

@@ -138,7 +138,7 @@ class Coordinator:
     def info(self) -> dict:
         ex = self._exchange()
         return {"slots": list(self.slots), "num_params": self.num_params, "n_actors": len(self.actors),
-                "payload_bytes": ex.payload_bytes, "fused": self._fusable(ex),
+                "payload_bytes": ex.payload_bytes, "fused": fused_coordinator.fusable(self, ex),
                 "metrics": {"run": self.run, "counted_rounds": self.metrics.counted_rounds,
                             "bytes_counted": self.metrics.bytes_counted},
                 "actor_nodes": list(self.nodes), "joined_nodes_used": list(self.joined_used),
@@ -164,10 +164,10 @@ class Coordinator:
                 yield from self._run(t0, lrs)
             except (*FAILURES, mailbox.PeerLost) as e:
                 self._drain()
-                self._close_mailboxes()   # before the driver hears of it: it may kill the actors next
+                fused_coordinator.close_mailboxes(self)   # before the driver hears of it: it may kill the actors next
                 yield {"failed": errors.described(e)}
             finally:
-                self._close_mailboxes()
+                fused_coordinator.close_mailboxes(self)
 
     def _drain(self) -> None:
         """After a failure: wait for the chunk's other calls to end (they fail fast once a
@@ -191,7 +191,7 @@ class Coordinator:
         if ex.schedule is not None:   # clock.mode=async: the schedule's waves (engine/async_ray.py)
             yield from async_coordinator.run(self, t0, lrs, ex)
             return
-        if self._fusable(ex):
+        if fused_coordinator.fusable(self, ex):
             refused = fused_coordinator.open_mailboxes(self, ex, t0)
             if refused is None:
                 yield from fused_coordinator.run(self, t0, lrs, ex)
@@ -200,14 +200,6 @@ class Coordinator:
                 yield {"note": f"rounds not fused, payloads through the object store: {refused}"}
             self.fused_refused = True
         yield from round_flow.run(self, t0, lrs, ex)
-
-    def _fusable(self, ex: Exchange) -> bool:
-        """Whether this chunk runs fused rounds (engine/fused.py)."""
-        return fused_coordinator.fusable(self, ex)
-
-    def _close_mailboxes(self) -> None:
-        """Close the chunk's outboxes, if open (engine/fused_coordinator.py)."""
-        fused_coordinator.close_mailboxes(self)
 
     def evaluate(self) -> dict:
         with self.lock:
@@ -288,7 +280,7 @@ class Coordinator:
         return list(self.eval_pids)
 
     def shutdown(self) -> None:
-        self._close_mailboxes()
+        fused_coordinator.close_mailboxes(self)
         for a in self.actors:
             try:
                 ray.kill(a)

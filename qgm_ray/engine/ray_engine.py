@@ -213,7 +213,7 @@ class RayEngine:
             for ref in stream:
                 rec = ray.get(ref)
                 if "failed" in rec:
-                    self._recover(rec["failed"])
+                    ray_recovery.recover(self, rec["failed"])
                 if "done" in rec:
                     break
                 if "note" in rec:
@@ -223,7 +223,7 @@ class RayEngine:
                                      bytes_cross_node=rec["bytes_cross_node"])
                 records.append(record)
                 self.counted_rounds = max(self.counted_rounds, record.round + 1)
-                self._progress(record.round + 1)
+                ray_recovery.progress(self, record.round + 1)
                 if on_round is not None:
                     on_round(record)
                 if not stop_sent and should_stop is not None and should_stop():
@@ -249,17 +249,9 @@ class RayEngine:
         except FAILURES as e:
             self._on_failure(e)
 
-    def _progress(self, done: int) -> None:
-        """Rounds done so far: the time lost to failures (engine/ray_recovery.py)."""
-        ray_recovery.progress(self, done)
-
     def _on_failure(self, err: Exception) -> None:
         """A call failed: the coordinator's or an actor's death, EngineFailure (engine/ray_recovery.py)."""
         ray_recovery.on_failure(self, err)
-
-    def _recover(self, reason: str) -> None:
-        """A chunk failed: dead actors replaced or dropped, EngineFailure (engine/ray_recovery.py)."""
-        ray_recovery.recover(self, reason)
 
     def _restart(self, reason: str) -> None:
         if self._behind is None:

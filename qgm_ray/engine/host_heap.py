@@ -11,7 +11,8 @@ arithmetic past 32 MB a tensor), for a somewhat higher peak RSS. Arithmetic is u
 only where the bytes live. Only the local engine switches: in the Ray engine's ClientActors
 the heap grows far more, and a run of 16,384 clients on Ray is meant to fit 8 GB on a small
 machine. Transparent huge pages are not used: the kernel's compaction stalls cost more than
-they save at that scale. The measurements behind each choice: docs/results/scale/README.md.
+they save at that scale. The measurements behind each choice: docs/results/scale/README.md
+(big blocks) and docs/results/bench/README.md (every block size, the Ray actors tried).
 """
 from __future__ import annotations
 
